@@ -1,0 +1,9 @@
+"""Views of the django_hello project."""
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def hello(request: HttpRequest) -> HttpResponse:
+    """Say hello from Django."""
+    return render(request, "django_hello/hello.html")

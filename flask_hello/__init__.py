@@ -1,0 +1,36 @@
+"""A small Flask app: a greeting at ``/`` and a stylesheet under ``/static/``.
+
+It is an ordinary Flask app and knows nothing of the gateway that may mount it::
+
+    flask --app flask_hello run
+
+Configuration comes from ``create_app(config)`` and from ``FLASK_*`` environment
+variables (``FLASK_SECRET_KEY``, ``FLASK_MAX_CONTENT_LENGTH``, ...), Flask's own
+``from_prefixed_env`` convention.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Flask
+
+from flask_hello import views
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Create and configure the Flask app."""
+    app = Flask(__name__)
+    app.config.from_prefixed_env()
+    if config is not None:
+        app.config.from_mapping(config)
+    if not app.config["SECRET_KEY"]:
+        # Enough for `flask run`; sessions then last as long as the process. Set
+        # FLASK_SECRET_KEY (the gateway does) to keep them across restarts and workers.
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+    app.register_blueprint(views.bp)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,180 @@
+"""The ``gateway`` command: serve the mounts, list them, manage Django.
+
+::
+
+    gateway serve [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]
+                  [--reload] [--log-level LEVEL] [--mount /prefix=module:attr ...]
+                  [--server uvicorn|granian]
+    gateway routes [--mount ...]
+    gateway migrate
+    gateway manage <django command> [args...]
+
+Options are written to ``GATEWAY_*`` environment variables (see ``gateway.config``),
+which every server worker reads back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import click
+
+from gateway import __version__
+from gateway.config import Config, configure_apps
+from gateway.mounts import MountError, MountSpec, MountTable
+from gateway.server import ServerError, check_port, run_granian, run_uvicorn
+from gateway.wsgi import load_table
+
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
+
+mount_option = click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="/PREFIX=MODULE:ATTR",
+    help="Mount another WSGI or ASGI app (repeatable); add @wsgi or @asgi to skip detection.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gateway")
+def cli() -> None:
+    """Serve Flask at /flask and Django at /django from one process."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads per worker for the WSGI apps [default: GATEWAY_THREADS or 100].",
+)
+@click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
+@click.option("--server", default="uvicorn", show_default=True, type=click.Choice(["uvicorn", "granian"]))
+@click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    help="On shutdown, seconds to let running requests finish [default: no limit].",
+)
+@mount_option
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int | None,
+    reload: bool,
+    log_level: str,
+    server: str,
+    graceful_timeout: float | None,
+    mounts: tuple[str, ...],
+) -> None:
+    """Serve all mounts on one server."""
+    config = _config(mounts, threads)
+    table = _load(config)
+    migrate_embedded_database()
+    check_port(host, port)
+    click.echo(f"gateway {__version__} on {server}: {workers} worker(s), {config.threads} threads each")
+    shown = "localhost" if host in {"127.0.0.1", "0.0.0.0", "::", "::1"} else host
+    click.echo(f"  /  index          http://{shown}:{port}/")
+    for mount in table:
+        click.echo(f"  {mount.prefix:<16} http://{shown}:{port}{mount.prefix}/  ({mount.framework})")
+    if server == "granian":
+        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload, log_level=log_level)
+        return
+    from gateway.asgi import create_asgi_app
+
+    app = create_asgi_app(table, threads=config.threads)
+    run_uvicorn(
+        app, host=host, port=port, workers=workers, reload=reload,
+        log_level=log_level, graceful_timeout=graceful_timeout,
+    )
+
+
+@cli.command()
+@mount_option
+def routes(mounts: tuple[str, ...]) -> None:
+    """Print the mount table."""
+    table = _load(_config(mounts, None))
+    click.echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")
+    for mount in table:
+        click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
+    click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply Django's migrations to the configured database."""
+    _manage(["migrate"])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def manage(args: tuple[str, ...]) -> None:
+    """Run a Django management command, e.g. gateway manage createsuperuser."""
+    _manage(list(args))
+
+
+def _config(mounts: tuple[str, ...], threads: int | None) -> Config:
+    try:
+        config = Config.from_env()
+        for text in mounts:
+            MountSpec.parse(text)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    config = replace(config, mounts=config.mounts + mounts, threads=threads or config.threads)
+    os.environ.update(config.to_env())
+    return config
+
+
+def _load(config: Config) -> MountTable:
+    try:
+        return load_table(config)
+    except MountError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _manage(args: list[str]) -> None:
+    configure_apps(Config.from_env())
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["gateway manage", *args])
+
+
+def migrate_embedded_database() -> None:
+    """Apply migrations when Django runs on the embedded SQLite default.
+
+    Any other database (``DATABASE_URL``) is migrated explicitly with ``gateway
+    migrate``, so that several workers or instances never race to do it.
+    """
+    from django.apps import apps
+
+    if not apps.ready or os.environ.get("DATABASE_URL"):
+        return
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; errors end with one line and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="gateway", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"gateway: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.ClickException, ServerError, ValueError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"gateway: error: {message}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+

@@ -1,0 +1,164 @@
+"""The mount table: which app answers under which path prefix.
+
+Both entry points read it: ``gateway.wsgi`` hands it to Werkzeug's
+``DispatcherMiddleware``, ``gateway.asgi`` routes with :meth:`MountTable.match`, which
+follows the same rules (segment boundaries, longest prefix first). A mount is written
+``/prefix=package.module:attribute``, optionally followed by ``@wsgi`` or ``@asgi``
+when the app's interface should not be detected::
+
+    table = MountTable.from_specs(["/flask=flask_hello:app", "/api=myapi:app@asgi"])
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Literal
+
+Interface = Literal["wsgi", "asgi"]
+
+DEFAULT_MOUNTS = (
+    "/flask=flask_hello:app",
+    "/django=django_hello.wsgi:application",
+)
+
+_PREFIX = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_FORM = '"/prefix=package.module:attribute" (optionally followed by "@wsgi" or "@asgi")'
+
+
+class MountError(ValueError):
+    """A mount that cannot be parsed or loaded; the message is one full sentence."""
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A parsed, not yet imported, mount: ``/prefix=module:attr[@interface]``."""
+
+    prefix: str
+    target: str
+    interface: Interface | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MountSpec:
+        """Parse ``/prefix=package.module:attribute[@wsgi|@asgi]``."""
+        prefix, sep, target = text.strip().partition("=")
+        interface: str | None = None
+        if "@" in target:
+            target, _, interface = target.rpartition("@")
+        if not sep or not _TARGET.fullmatch(target) or interface not in (None, "wsgi", "asgi"):
+            raise MountError(f'Mount "{text}" must be in the form {_FORM}.')
+        if not _PREFIX.fullmatch(prefix) or any(s in {".", ".."} for s in prefix.split("/")):
+            raise MountError(
+                f'Mount prefix "{prefix}" must start with "/", have no trailing slash, and use '
+                'only URL path characters, e.g. "/flask" or "/apps/blog".'
+            )
+        return cls(prefix, target, interface)  # type: ignore[arg-type]
+
+    def load(self) -> Mount:
+        """Import the app and detect its interface."""
+        app = import_app(self.target)
+        return Mount(self.prefix, self.target, self.interface or detect_interface(app), app)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A loaded mount: the app object and whether it speaks WSGI or ASGI."""
+
+    prefix: str
+    target: str
+    interface: Interface
+    app: Any
+
+    @property
+    def framework(self) -> str:
+        """Name the framework and version of the app, e.g. ``Flask 3.1.3``."""
+        return describe_framework(self.app, self.interface)
+
+
+class MountTable:
+    """An ordered set of mounts with Werkzeug's dispatch rules."""
+
+    def __init__(self, mounts: Iterable[Mount]) -> None:
+        self.mounts: dict[str, Mount] = {}
+        for mount in mounts:
+            self.mounts[mount.prefix] = mount
+
+    @classmethod
+    def from_specs(cls, specs: Iterable[str], *, defaults: bool = True) -> MountTable:
+        """Parse and load mounts; later specs replace earlier ones with the same prefix."""
+        parsed: dict[str, MountSpec] = {}
+        for text in (*(DEFAULT_MOUNTS if defaults else ()), *specs):
+            spec = MountSpec.parse(text)
+            parsed[spec.prefix] = spec
+        return cls(spec.load() for spec in parsed.values())
+
+    def __iter__(self) -> Iterator[Mount]:
+        return iter(self.mounts.values())
+
+    def __len__(self) -> int:
+        return len(self.mounts)
+
+    def match(self, path: str) -> tuple[Mount | None, str, str]:
+        """Split ``path`` into ``(mount, script_name, path_info)``.
+
+        The same walk as ``werkzeug.middleware.dispatcher.DispatcherMiddleware``: drop
+        the last segment until a prefix matches, so ``/flaskx`` never reaches ``/flask``.
+        Without a match the mount is ``None`` and the whole path is the path info.
+        """
+        mounts = self.mounts
+        script = path
+        path_info = ""
+        while "/" in script:
+            if script in mounts:
+                return mounts[script], script, path_info
+            script, last = script.rsplit("/", 1)
+            path_info = f"/{last}{path_info}"
+        if script in mounts:
+            return mounts[script], script, path_info
+        return None, "", path
+
+
+def import_app(target: str) -> Any:
+    """Import ``package.module:attribute`` and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise MountError(f'Could not import module "{module_name}" (from "{target}").') from None
+        raise MountError(f'Importing "{module_name}" (from "{target}") failed: {exc}.') from exc
+    app: Any = module
+    try:
+        for part in attr.split("."):
+            app = getattr(app, part)
+    except AttributeError:
+        raise MountError(f'Attribute "{attr}" not found in module "{module_name}".') from None
+    if not callable(app):
+        raise MountError(f'"{target}" is not a WSGI or ASGI application: it is not callable.')
+    return app
+
+
+def detect_interface(app: Any) -> Interface:
+    """Tell an ASGI app (a coroutine function or async ``__call__``) from a WSGI one."""
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+        getattr(app, "__call__", None)
+    ):
+        return "asgi"
+    return "wsgi"
+
+
+def describe_framework(app: Any, interface: Interface) -> str:
+    """Name the framework behind ``app`` from its class's top-level package."""
+    package = type(app).__module__.partition(".")[0]
+    names = {"flask": "Flask", "django": "Django", "starlette": "Starlette", "fastapi": "FastAPI"}
+    if package in names:
+        try:
+            return f"{names[package]} {metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            return names[package]
+    return f"{interface.upper()} app"

@@ -1,0 +1,83 @@
+"""Run the gateway on a server: uvicorn (ASGI, the default) or Granian (WSGI)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+ASGI_TARGET = "gateway.asgi:application"
+WSGI_TARGET = "gateway.wsgi:application"
+SOURCE_DIRS = [str(Path(__file__).resolve().parent.parent / d) for d in ("gateway", "flask_hello", "django_hello")]
+
+
+class ServerError(RuntimeError):
+    """The server cannot start; the message is one full sentence."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with a clear sentence if ``host:port`` cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"Port {port} on {host} is already in use; pick another with --port."
+                ) from None
+            raise ServerError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+
+
+def run_uvicorn(
+    app: object,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    reload: bool,
+    log_level: str,
+    graceful_timeout: float | None,
+) -> None:
+    """Serve the ASGI gateway with uvicorn (an app object, or its import string)."""
+    import uvicorn
+
+    uvicorn.run(
+        ASGI_TARGET if (workers > 1 or reload) else app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        workers=workers if workers > 1 else None,
+        reload=reload,
+        reload_dirs=SOURCE_DIRS if reload else None,
+        log_level=log_level,
+        lifespan="on",
+        # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
+        http="httptools",
+        timeout_graceful_shutdown=graceful_timeout,
+    )
+
+
+def run_granian(
+    *, host: str, port: int, workers: int, threads: int, reload: bool, log_level: str
+) -> None:
+    """Serve the WSGI gateway with Granian's WSGI interface."""
+    try:
+        from granian import Granian
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+    except ImportError:
+        raise ServerError(
+            'Granian is not installed; install the extra: pip install "flask-django-gateway[granian]".'
+        ) from None
+    Granian(
+        WSGI_TARGET,
+        address=host,
+        port=port,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=threads,
+        log_level=LogLevels(log_level if log_level != "trace" else "debug"),
+        reload=reload,
+        reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
+    ).serve()

@@ -106,10 +106,11 @@ def routes(mounts: tuple[str, ...]) -> None:
     click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
 
 
-@cli.command()
-def migrate() -> None:
-    """Apply Django's migrations to the configured database."""
-    _manage(["migrate"])
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def migrate(args: tuple[str, ...]) -> None:
+    """Apply Django's migrations to the configured database (takes Django's options)."""
+    _manage(["migrate", *args])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
-SOURCE_DIRS = [str(Path(__file__).resolve().parent.parent / d) for d in ("gateway", "flask_hello", "django_hello")]
+SOURCE_DIRS = [
+    str(Path(__file__).resolve().parent.parent / d) for d in ("gateway", "flask_hello", "django_hello")
+]
 
 
 class ServerError(RuntimeError):
@@ -39,23 +46,48 @@ def run_uvicorn(
     reload: bool,
     log_level: str,
     graceful_timeout: float | None,
+    access_log: bool = True,
 ) -> None:
-    """Serve the ASGI gateway with uvicorn (an app object, or its import string)."""
+    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers."""
     import uvicorn
 
-    uvicorn.run(
-        ASGI_TARGET if (workers > 1 or reload) else app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        reload=reload,
-        reload_dirs=SOURCE_DIRS if reload else None,
-        log_level=log_level,
-        lifespan="on",
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": access_log,
+        "lifespan": "on",
         # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
-        http="httptools",
-        timeout_graceful_shutdown=graceful_timeout,
-    )
+        "http": "httptools",
+        "timeout_graceful_shutdown": graceful_timeout,
+    }
+    if workers > 1 or reload:
+        # uvicorn's supervisors import the app in each worker process themselves.
+        uvicorn.run(
+            ASGI_TARGET,
+            workers=workers if workers > 1 else None,
+            reload=reload,
+            reload_dirs=SOURCE_DIRS if reload else None,
+            **options,
+        )
+        return
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGINT/SIGTERM once it has shut down, so the process
+            # would end "killed by SIGTERM"; after a clean drain we exit 0 instead.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    Server(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
 
 
 def run_granian(
@@ -68,7 +100,8 @@ def run_granian(
         from granian.log import LogLevels
     except ImportError:
         raise ServerError(
-            'Granian is not installed; install the extra: pip install "flask-django-gateway[granian]".'
+            "Granian is not installed; install the extra: "
+            'pip install "flask-django-gateway[granian]".'
         ) from None
     Granian(
         WSGI_TARGET,

@@ -70,7 +70,8 @@ class ServerProcess:
     @property
     def log(self) -> str:
         """Everything the server has written so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:

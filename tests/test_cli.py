@@ -1,0 +1,91 @@
+"""The ``gateway`` command: its table, and its one-line errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, server_env
+
+
+def gateway(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=ROOT, env=server_env(tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_routes_prints_the_mount_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = gateway("routes", "--mount", "/third=tests.thirdapp:asgi_app", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert rows[0][:3] == ["/flask", "wsgi", "Flask"]
+    assert rows[1][:3] == ["/django", "wsgi", "Django"]
+    assert rows[2] == ["/third", "asgi", "ASGI", "app", "tests.thirdapp:asgi_app"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["serve", "--mount", "flask"], 'Mount "flask" must be in the form "/prefix=package.module:attribute"', id="no-equals"),
+        pytest.param(["serve", "--mount", "/x=nope"], 'Mount "/x=nope" must be in the form', id="no-colon"),
+        pytest.param(["serve", "--mount", "x=a:b"], 'Mount prefix "x" must start with "/"', id="relative-prefix"),
+        pytest.param(["serve", "--mount", "/x/=a:b"], 'Mount prefix "/x/" must start with "/", have no trailing slash', id="trailing-slash"),
+        pytest.param(["serve", "--mount", "/x=no_such_module:app"], 'Could not import module "no_such_module"', id="no-module"),
+        pytest.param(["serve", "--mount", "/x=tests.thirdapp:missing"], 'Attribute "missing" not found in module "tests.thirdapp"', id="no-attr"),
+        pytest.param(["serve", "--mount", "/x=tests.thirdapp:not_callable"], '"tests.thirdapp:not_callable" is not a WSGI or ASGI application', id="not-callable"),
+        pytest.param(["serve", "--mount", "/x=tests.thirdapp:wsgi_app@cgi"], "must be in the form", id="bad-interface"),
+        pytest.param(["serve", "--port", "70000"], "Invalid value for '--port'", id="bad-port"),
+        pytest.param(["serve", "--bogus"], "No such option '--bogus'", id="bad-option"),
+        pytest.param(["serve", "--threads", "0"], "Invalid value for '--threads'", id="zero-threads"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    result = gateway(*args, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.startswith("gateway: error: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_taken_port_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = gateway("serve", "--port", str(port), tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"gateway: error: Port {port} on 127.0.0.1 is already in use; pick another with --port."
+    )
+
+
+def test_bad_environment_setting_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "routes"], cwd=ROOT,
+        env=server_env(tmp_path, GATEWAY_THREADS="many"), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        'gateway: error: GATEWAY_THREADS="many" must be a positive whole number, e.g. GATEWAY_THREADS=100.'
+    )
+
+
+def test_serve_prints_each_mount_url(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway()
+    assert f"http://localhost:{server.port}/flask/" in server.log
+    assert f"http://localhost:{server.port}/django/" in server.log
+
+
+def test_python_dash_m_and_console_script_agree(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "gateway") if (ROOT / ".venv").exists() else "gateway", "--version"],
+        capture_output=True, text=True, timeout=60,
+    )
+    module = gateway("--version", tmp_path=tmp_path)
+    assert module.returncode == 0 and script.returncode == 0
+    assert script.stdout == module.stdout and module.stdout.startswith("gateway, version ")

@@ -1,0 +1,153 @@
+"""The gateway over real HTTP: ``gateway serve`` (uvicorn) and gunicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import re
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+SERVERS = ["gateway_server", "gunicorn_server"]
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Each real server in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "text"),
+    [
+        pytest.param("/", 200, "/django/", id="index"),
+        pytest.param("/flask/?name=%3Cb%3EAda", 200, "Hello, &lt;b&gt;Ada!", id="flask"),
+        pytest.param("/django/", 200, "Hello, Django!", id="django"),
+        pytest.param("/flaskx", 404, "Not Found", id="flaskx"),
+        pytest.param("/django/static/admin/css/base.css", 200, "body", id="admin-css"),
+        pytest.param("/flask/static/style.css", 200, "font-family", id="flask-css"),
+    ],
+)
+def test_pages(server, path: str, status: int, text: str) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.get(server.url + path)
+    assert response.status_code == status
+    assert text in response.text
+
+
+@pytest.mark.parametrize("prefix", ["/flask", "/django"])
+def test_slash_redirect_keeps_query(server, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.get(f"{server.url}{prefix}?a=1")
+    assert response.status_code == 308
+    assert response.headers["location"] == f"{prefix}/?a=1"
+
+
+def test_admin_login_round_trip(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Log into the admin under /django/ with CSRF and session cookies; stay under /django/."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, server_env
+
+    env = server_env(server.log_path.parent, DJANGO_SUPERUSER_PASSWORD="correct horse battery")
+    subprocess.run(
+        [sys.executable, "-m", "gateway", "manage", "createsuperuser", "--noinput",
+         "--username", f"admin-{server.port}", "--email", "admin@example.com"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )
+    jar = http.cookiejar.CookieJar()
+    visited: list[str] = []
+
+    class Record(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+            visited.append(urllib.parse.urlsplit(newurl).path)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), Record())
+    with opener.open(server.url + "/django/admin/") as page:
+        assert page.url.endswith("/django/admin/login/?next=/django/admin/")
+        html = page.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert token
+    assert {c.name: c.path for c in jar} == {"csrftoken": "/django"}
+    form = urllib.parse.urlencode({
+        "csrfmiddlewaretoken": token.group(1), "username": f"admin-{server.port}",
+        "password": "correct horse battery", "next": "/django/admin/",
+    }).encode()
+    request = urllib.request.Request(server.url + "/django/admin/login/?next=/django/admin/", data=form,
+                                     headers={"Referer": server.url + "/django/admin/login/"})
+    with opener.open(request) as page:
+        assert urllib.parse.urlsplit(page.url).path == "/django/admin/"
+        assert "Site administration" in page.read().decode()
+    assert {c.name: c.path for c in jar} == {"csrftoken": "/django", "sessionid": "/django"}
+    assert visited and all(p.startswith("/django/") for p in visited)
+
+
+def test_cookie_paths(server) -> None:  # type: ignore[no-untyped-def]
+    flask = httpx.get(server.url + "/flask/?name=Ada")
+    assert re.search(r"session=[^;]+;.*Path=/flask\b", flask.headers["set-cookie"])
+    django = httpx.get(server.url + "/django/admin/login/")
+    assert re.search(r"^csrftoken=[^;]+;.*Path=/django\b", django.headers["set-cookie"])
+
+
+def test_64_concurrent_requests_all_succeed(server) -> None:  # type: ignore[no-untyped-def]
+    paths = ["/flask/", "/django/", "/flask/?name=x", "/django/admin/login/"] * 16
+
+    async def run() -> list[int]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+            responses = await asyncio.gather(*(client.get(p) for p in paths))
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(run()) == [200] * 64
+
+
+def test_wsgi_threads_serve_64_blocking_requests_at_once(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """64 requests that block until all 64 are in the app: the pool is not 10 threads wide."""
+    server = start_gateway("--mount", "/slow=tests.thirdapp.slow:app")
+    with ThreadPoolExecutor(64) as pool:
+        responses = list(pool.map(lambda _: httpx.get(server.url + "/slow/", timeout=60), range(64)))
+    assert [(r.status_code, r.text) for r in responses] == [(200, "met")] * 64
+
+
+def test_third_app_mounts(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway("--mount", "/asgi=tests.thirdapp:asgi_app", "--mount", "/wsgi/x=tests.thirdapp:wsgi_app")
+    response = httpx.get(server.url + "/asgi/a/b?q=1")
+    assert response.text == "asgi root_path=/asgi path=/asgi/a/b"
+    assert "Path=/asgi" in response.headers["set-cookie"]
+    assert httpx.get(server.url + "/wsgi/x/y").text == "wsgi script_name=/wsgi/x path_info=/y"
+    assert httpx.get(server.url + "/asgi").headers["location"] == "/asgi/"
+    assert httpx.get(server.url + "/django/").status_code == 200
+    index = httpx.get(server.url + "/").text
+    assert 'href="/asgi/"' in index and 'href="/wsgi/x/"' in index
+
+
+def test_shutdown_is_clean(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway()
+    assert httpx.get(server.url + "/flask/").status_code == 200
+    assert server.stop() == 0
+    log = server.log
+    assert "Application startup complete" in log
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_websocket_to_wsgi_mount_is_refused_without_traceback(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import os
+    import socket
+
+    server = start_gateway()
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            f"GET /flask/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 403 Forbidden"
+    assert httpx.get(server.url + "/flask/").status_code == 200
+    assert "Traceback" not in server.log

@@ -1,0 +1,36 @@
+"""Apps the tests mount next to the defaults with ``--mount``."""
+
+
+async def asgi_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """A bare ASGI app that reports its root_path and path, and keeps a lifespan log."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                STATE.append("startup")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                STATE.append("shutdown")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": f"root_path={scope['root_path']}"})
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    body = f"asgi root_path={scope['root_path']} path={scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"set-cookie", b"third=1; Path=/")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def wsgi_app(environ, start_response):  # type: ignore[no-untyped-def]
+    """A bare WSGI app that reports SCRIPT_NAME and PATH_INFO."""
+    body = f"wsgi script_name={environ['SCRIPT_NAME']} path_info={environ['PATH_INFO']}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+STATE: list[str] = []
+not_callable = 42

@@ -9,6 +9,9 @@ Everything that differs between machines comes from the environment:
   in the data directory.
 - ``DJANGO_DEBUG``: ``1`` to turn debug mode on (off by default).
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated host names (default: loopback names).
+- ``DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE``: the request body limit in bytes.
+- ``DJANGO_HTTPS``: ``1`` when clients reach the site over HTTPS (secure cookies, HSTS).
+- ``REDIS_URL``: a Redis server for the cache and (cached) sessions.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django_hello.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -93,6 +97,9 @@ TEMPLATES = [
 ]
 
 # Database: SQLite in the data directory unless DATABASE_URL says otherwise.
+# Connections are per thread; CONN_MAX_AGE keeps each one open between requests, with
+# a health check before reuse. 0 (the default) closes it after every request, which
+# keeps the count of open connections at the count of running requests.
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{DATA_DIR / 'django.sqlite3'}",
@@ -100,6 +107,20 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and "DATABASE_URL" not in os.environ:
+    # The embedded database: created here (migrate fills it), but opened read-write
+    # only, so a file that disappears later is an error, not a new empty database.
+    _sqlite = Path(DATABASES["default"]["NAME"])
+    _sqlite.parent.mkdir(parents=True, exist_ok=True)
+    _sqlite.touch(exist_ok=True)
+    DATABASES["default"]["NAME"] = f"file:{_sqlite}?mode=rw"
+    DATABASES["default"]["OPTIONS"] = {"uri": True, "timeout": 2}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+
+if REDIS_URL := os.environ.get("REDIS_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -125,19 +146,42 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django_hello.storage.ScriptPrefixStaticFilesStorage"},
 }
 
+# Request limits
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", 2621440))
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+
 # Security
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+if os.environ.get("DJANGO_HTTPS", "").lower() in {"1", "true", "yes", "on"}:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 
-# Logging: errors (with their traceback) go to stderr whatever DEBUG says.
+
+def _skip_unreadable_post(record: object) -> bool:
+    """Drop the error of a client that left mid-upload (Django's documented filter)."""
+    from django.http import UnreadablePostError
+
+    exc_info = getattr(record, "exc_info", None)
+    return not (exc_info and isinstance(exc_info[1], UnreadablePostError))
+
+
+# Logging: records go to the root logger (the gateway's handler, or Python's last-resort
+# stderr handler when run alone), so each error is written once, with its traceback.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "skip_unreadable_post": {"()": "django.utils.log.CallbackFilter", "callback": _skip_unreadable_post},
+    },
     "loggers": {
-        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
-        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.request": {"handlers": [], "level": "ERROR", "filters": ["skip_unreadable_post"]},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }

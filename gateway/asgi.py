@@ -13,34 +13,54 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
-from gateway.mountpolicy import ASGIMount, WSGIMount
+from gateway.front import (
+    HEALTH_PATHS,
+    REQUEST_ID,
+    ASGIAccess,
+    HostPolicy,
+    access_log,
+    bad_host,
+    forwarded,
+    is_trusted,
+    log_access,
+    request_id,
+)
+from gateway.mountpolicy import ASGIMount
 from gateway.mounts import MountTable
 from gateway.pages import Pages
 from gateway.types import ASGIApp, Message, Receive, Scope, Send
-from gateway.wsgi import load_table
+from gateway.wsgi import health_app, load_table, mounted_wsgi_apps
 
 logger = logging.getLogger("gateway")
 
 
 class Gateway:
-    """ASGI app that routes each request to the mount its path names."""
+    """ASGI app that applies the front policy and routes each request to its mount."""
 
-    def __init__(self, table: MountTable, *, threads: int) -> None:
+    def __init__(self, table: MountTable, config: Config, *, threads: int | None = None) -> None:
         self.table = table
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
+        self.config = config
+        self.executor = ThreadPoolExecutor(
+            max_workers=threads or config.threads, thread_name_prefix="wsgi"
+        )
+        wsgi_apps = mounted_wsgi_apps(table, config)
         self.routes: dict[str, ASGIApp] = {}
         self.wsgi_prefixes: set[str] = set()
         for mount in table:
             if mount.interface == "wsgi":
-                self.routes[mount.prefix] = WSGIBridge(WSGIMount(mount.app), self.executor)
+                self.routes[mount.prefix] = WSGIBridge(wsgi_apps[mount.prefix], self.executor)
                 self.wsgi_prefixes.add(mount.prefix)
             else:
-                self.routes[mount.prefix] = ASGIMount(mount.app)
+                self.routes[mount.prefix] = ASGIMount(mount.app, config.body_limit(mount.prefix))
         self.fallback = WSGIBridge(Pages(table), self.executor)
+        self.health = WSGIBridge(health_app(table, wsgi_apps, config), self.executor)
+        self.hosts = HostPolicy(config.allowed_hosts)
+        self.proxies = config.trusted_proxies
         self.lifespans: list[MountLifespan] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,20 +68,59 @@ class Gateway:
         if kind == "lifespan":
             await self.lifespan(receive, send)
             return
+        started = time.perf_counter()
+        hosts: list[bytes] = []
+        offered = None
+        proxy_headers: dict[bytes, bytes] = {}
+        for name, value in scope.get("headers", ()):
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"x-request-id":
+                offered = value.decode("latin-1")
+            elif name.startswith(b"x-forwarded-"):
+                proxy_headers[name] = value
+        if proxy_headers and self.proxies and is_trusted((scope.get("client") or ("",))[0], self.proxies):
+            scope = forwarded(scope, proxy_headers)
+            if b"x-forwarded-host" in proxy_headers:
+                hosts = [v for n, v in scope["headers"] if n == b"host"]
+        rid = request_id(offered)
+        REQUEST_ID.set(rid)
+        scope = dict(scope)
+        scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"x-request-id"]
+        scope["headers"].append((b"x-request-id", rid.encode("latin-1")))
+
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
         route = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         mount, prefix, _ = self.table.match(route)
-        if mount is None:
-            app: ASGIApp = self.fallback
-        else:
-            if kind == "websocket" and prefix in self.wsgi_prefixes:
-                await refuse_websocket(receive, send)
+        if kind == "http":
+            send = ASGIAccess(send, rid)
+        if route in HEALTH_PATHS:
+            app: ASGIApp = self.health
+        elif len(hosts) != 1 or not self.hosts.allows(hosts[0].decode("latin-1")):
+            if kind == "websocket":
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
                 return
+            await bad_host(send)
+            app = None  # type: ignore[assignment]
+        elif mount is None:
+            app = self.fallback
+        elif kind == "websocket" and prefix in self.wsgi_prefixes:
+            await refuse_websocket(receive, send)
+            return
+        else:
             app = self.routes[prefix]
-            scope = dict(scope)
             scope["root_path"] = root_path + prefix
-        await app(scope, receive, send)
+        if app is not None:
+            await app(scope, receive, send)
+        if kind == "http" and access_log.isEnabledFor(logging.INFO):
+            assert isinstance(send, ASGIAccess)
+            query = scope.get("query_string", b"").decode("latin-1")
+            log_access(
+                (scope.get("client") or ("-",))[0], scope["method"], f"{path}?{query}" if query else path,
+                f"HTTP/{scope.get('http_version', '1.1')}", send.status, send.size, started, prefix,
+            )
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         """Answer the lifespan protocol, starting and stopping ASGI mounts that use it."""
@@ -128,16 +187,19 @@ class MountLifespan:
         await self._answer()
 
 
-def create_asgi_app(table: MountTable, *, threads: int) -> Gateway:
+def create_asgi_app(table: MountTable, config: Config | None = None, *, threads: int | None = None) -> Gateway:
     """Route the apps of ``table``; WSGI ones run on a pool of ``threads`` threads."""
-    return Gateway(table, threads=threads)
+    return Gateway(table, config or Config.from_env(), threads=threads)
 
 
 def __getattr__(name: str) -> Gateway:
     # Built on first access, like gateway.wsgi.application.
     if name == "application":
+        from gateway.logs import configure_logging_if_unset
+
         global application
         config = Config.from_env()
-        application = create_asgi_app(load_table(config), threads=config.threads)
+        configure_logging_if_unset(config.log_format)
+        application = create_asgi_app(load_table(config), config)
         return application
     raise AttributeError(name)

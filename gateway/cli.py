@@ -8,6 +8,7 @@
     gateway routes [--mount ...]
     gateway migrate
     gateway manage <django command> [args...]
+    gateway check [--deploy]
 
 Options are written to ``GATEWAY_*`` environment variables (see ``gateway.config``),
 which every server worker reads back.
@@ -15,6 +16,7 @@ which every server worker reads back.
 
 from __future__ import annotations
 
+import logging.config
 import os
 import sys
 from dataclasses import replace
@@ -22,7 +24,8 @@ from dataclasses import replace
 import click
 
 from gateway import __version__
-from gateway.config import Config, configure_apps
+from gateway.config import Config, configure_apps, weak_secret
+from gateway.logs import logging_config
 from gateway.mounts import MountError, MountSpec, MountTable
 from gateway.server import ServerError, check_port, run_granian, run_uvicorn
 from gateway.wsgi import load_table
@@ -61,6 +64,7 @@ def cli() -> None:
     type=click.FloatRange(min=0),
     help="On shutdown, seconds to let running requests finish [default: no limit].",
 )
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].")
 @mount_option
 def serve(
     host: str,
@@ -71,27 +75,34 @@ def serve(
     log_level: str,
     server: str,
     graceful_timeout: float | None,
+    log_format: str | None,
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
-    config = _config(mounts, threads)
+    config = _config(mounts, threads, log_format=log_format)
+    log_config = logging_config(log_level, config.log_format)
+    logging.config.dictConfig(log_config)
     table = _load(config)
     migrate_embedded_database()
     check_port(host, port)
-    click.echo(f"gateway {__version__} on {server}: {workers} worker(s), {config.threads} threads each")
-    shown = "localhost" if host in {"127.0.0.1", "0.0.0.0", "::", "::1"} else host
-    click.echo(f"  /  index          http://{shown}:{port}/")
-    for mount in table:
-        click.echo(f"  {mount.prefix:<16} http://{shown}:{port}{mount.prefix}/  ({mount.framework})")
+    shown = f"[{host}]" if ":" in host else host
+    lines = [
+        f"gateway {__version__} on {server}: {workers} worker(s) x {config.threads} threads",
+        f"  database  {describe_database()}",
+        f"  /         http://{shown}:{port}/  (index)",
+        *(f"  {m.prefix:<9} http://{shown}:{port}{m.prefix}/  ({m.framework})" for m in table),
+    ]
+    click.echo("\n".join(lines), err=True)
     if server == "granian":
-        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload, log_level=log_level)
+        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload,
+                    log_level=log_level, log_config=log_config)
         return
     from gateway.asgi import create_asgi_app
 
-    app = create_asgi_app(table, threads=config.threads)
+    app = create_asgi_app(table, config)
     run_uvicorn(
-        app, host=host, port=port, workers=workers, reload=reload,
-        log_level=log_level, graceful_timeout=graceful_timeout,
+        app, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+        graceful_timeout=graceful_timeout, log_config=log_config,
     )
 
 
@@ -120,14 +131,76 @@ def manage(args: tuple[str, ...]) -> None:
     _manage(list(args))
 
 
-def _config(mounts: tuple[str, ...], threads: int | None) -> Config:
+@cli.command()
+@click.option("--deploy", is_flag=True, help="Also run the checks for a production deployment.")
+def check(deploy: bool) -> None:
+    """Check the configuration: Django's system checks plus the gateway's own."""
+    config = _config((), None)
+    problems = gateway_problems(config, deploy=deploy)
+    _load(config)
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    try:
+        call_command("check", deploy=deploy, fail_level="WARNING")
+    except SystemCheckError as exc:
+        click.echo(str(exc).strip(), err=True)
+        problems.append("Django's system checks reported the issues above.")
+    for problem in problems:
+        click.echo(f"gateway: {problem}", err=True)
+    if problems:
+        raise click.exceptions.Exit(1)
+    click.echo("gateway: no problems found.")
+
+
+def gateway_problems(config: Config, *, deploy: bool) -> list[str]:
+    """The gateway's own checks of a configuration: one sentence a problem."""
+    problems = []
+    if deploy:
+        if config.env != "production":
+            problems.append("GATEWAY_ENV is not \"production\": secret keys may be generated on disk.")
+        for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY"):
+            if problem := weak_secret(os.environ.get(name, "")):
+                problems.append(f"{name} {problem}.")
+        if "*" in config.allowed_hosts:
+            problems.append("GATEWAY_ALLOWED_HOSTS allows any host (\"*\"); list your host names.")
+        if any(n.prefixlen == 0 for n in config.trusted_proxies):
+            problems.append("GATEWAY_TRUSTED_PROXIES trusts every address; list your proxies.")
+        if not config.https:
+            problems.append("GATEWAY_HTTPS is not set: cookies are not marked Secure and HSTS is off.")
+    for prefix, size in [("(default)", config.max_body_size), *config.max_body_sizes.items()]:
+        if size > 1024**3:
+            problems.append(f"The body size limit for {prefix} is {size} bytes; more than 1 GiB is unsafe.")
+    return problems
+
+
+def describe_database() -> str:
+    """Name Django's default database without its password, or say there is none."""
+    from django.apps import apps
+
+    if not apps.ready:
+        return "none (Django is not mounted)"
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    engine = db["ENGINE"].rsplit(".", 1)[-1]
+    if engine == "sqlite3":
+        return f"sqlite {db['NAME']}"
+    where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 'default port'}"
+    return f"{engine} {db.get('USER') or ''}@{where}/{db['NAME']}"
+
+
+def _config(mounts: tuple[str, ...], threads: int | None, log_format: str | None = None) -> Config:
     try:
         config = Config.from_env()
         for text in mounts:
             MountSpec.parse(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    config = replace(config, mounts=config.mounts + mounts, threads=threads or config.threads)
+    config = replace(
+        config, mounts=config.mounts + mounts, threads=threads or config.threads,
+        log_format=log_format or config.log_format,
+    )
     os.environ.update(config.to_env())
     return config
 
@@ -135,7 +208,7 @@ def _config(mounts: tuple[str, ...], threads: int | None) -> Config:
 def _load(config: Config) -> MountTable:
     try:
         return load_table(config)
-    except MountError as exc:
+    except (MountError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -5,12 +5,30 @@ server worker process (uvicorn, Granian, gunicorn) builds the same gateway. Befo
 apps are imported, :func:`configure_apps` translates these settings into each
 framework's own conventions (``DJANGO_*``, ``FLASK_*``), without overriding what the
 environment already says.
+
+========================  =====================================================
+``GATEWAY_ENV``           ``development`` (default) or ``production`` (secret keys
+                          must come from the environment)
+``GATEWAY_DATA_DIR``      SQLite database and generated keys (default ``./var``)
+``GATEWAY_MOUNTS``        extra mounts, ``/prefix=module:attr``, space-separated
+``GATEWAY_THREADS``       WSGI threads per worker under uvicorn (default 100)
+``GATEWAY_ALLOWED_HOSTS`` Host names both apps answer, comma-separated (``.x.com``
+                          matches subdomains, ``*`` anything)
+``GATEWAY_MAX_BODY_SIZE`` request body limit in bytes (``K``/``M``/``G`` suffixes)
+``GATEWAY_MAX_BODY_SIZES`` per-mount limits, ``/flask=1M,/django=20M``
+``GATEWAY_TRUSTED_PROXIES`` addresses or networks whose ``X-Forwarded-*`` headers
+                          are honoured, comma-separated
+``GATEWAY_HTTPS``         ``1`` when clients reach the gateway over HTTPS (secure
+                          cookies, HSTS)
+``GATEWAY_LOG_FORMAT``    ``text`` (default) or ``json``
+========================  =====================================================
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -18,45 +36,102 @@ from pathlib import Path
 
 DEFAULT_THREADS = 100
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+FLASK_PREFIX, DJANGO_PREFIX = "/flask", "/django"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 @dataclass(frozen=True)
 class Config:
     """What the gateway serves and how."""
 
+    env: str = "development"
     mounts: tuple[str, ...] = ()
     threads: int = DEFAULT_THREADS
     data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    max_body_sizes: Mapping[str, int] = field(default_factory=dict)
+    trusted_proxies: tuple[Network, ...] = ()
+    https: bool = False
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
         """Read the settings from ``GATEWAY_*`` variables."""
+        env = environ.get("GATEWAY_ENV", "development").strip().lower() or "development"
+        if env not in {"development", "production"}:
+            raise ValueError(f'GATEWAY_ENV="{env}" must be "development" or "production".')
+        log_format = environ.get("GATEWAY_LOG_FORMAT", "text").strip().lower() or "text"
+        if log_format not in {"text", "json"}:
+            raise ValueError(f'GATEWAY_LOG_FORMAT="{log_format}" must be "text" or "json".')
         return cls(
+            env=env,
             mounts=tuple(environ.get("GATEWAY_MOUNTS", "").split()),
             threads=_positive_int(environ, "GATEWAY_THREADS", DEFAULT_THREADS),
             data_dir=Path(environ.get("GATEWAY_DATA_DIR", "var")).resolve(),
             allowed_hosts=tuple(_split(environ.get("GATEWAY_ALLOWED_HOSTS"))) or DEFAULT_HOSTS,
+            max_body_size=parse_size(
+                environ.get("GATEWAY_MAX_BODY_SIZE", str(DEFAULT_MAX_BODY_SIZE)), "GATEWAY_MAX_BODY_SIZE"
+            ),
+            max_body_sizes=_sizes(environ.get("GATEWAY_MAX_BODY_SIZES", "")),
+            trusted_proxies=tuple(_network(n) for n in _split(environ.get("GATEWAY_TRUSTED_PROXIES"))),
+            https=_flag(environ.get("GATEWAY_HTTPS")),
+            log_format=log_format,
         )
 
     def to_env(self) -> dict[str, str]:
         """Return the ``GATEWAY_*`` variables that :meth:`from_env` reads back."""
         return {
+            "GATEWAY_ENV": self.env,
             "GATEWAY_MOUNTS": " ".join(self.mounts),
             "GATEWAY_THREADS": str(self.threads),
             "GATEWAY_DATA_DIR": str(self.data_dir),
             "GATEWAY_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
+            "GATEWAY_MAX_BODY_SIZE": str(self.max_body_size),
+            "GATEWAY_MAX_BODY_SIZES": ",".join(f"{p}={n}" for p, n in self.max_body_sizes.items()),
+            "GATEWAY_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
+            "GATEWAY_HTTPS": "1" if self.https else "",
+            "GATEWAY_LOG_FORMAT": self.log_format,
         }
+
+    def body_limit(self, prefix: str) -> int:
+        """Return the request body limit for the mount at ``prefix``."""
+        return self.max_body_sizes.get(prefix, self.max_body_size)
 
 
 def configure_apps(config: Config, environ: MutableMapping[str, str] = os.environ) -> None:
-    """Set the frameworks' own variables from the gateway's, where not already set."""
+    """Set the frameworks' own variables from the gateway's, where not already set.
+
+    In production the secret keys must come from the environment; raises ValueError
+    with a sentence naming the problem otherwise.
+    """
+    if config.env == "production":
+        for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY"):
+            if problem := weak_secret(environ.get(name, "")):
+                raise ValueError(f"{name} {problem} (GATEWAY_ENV=production).")
     environ.setdefault("DJANGO_SETTINGS_MODULE", "django_hello.settings")
     environ.setdefault("DJANGO_DATA_DIR", str(config.data_dir))
     environ.setdefault("DJANGO_ALLOWED_HOSTS", ",".join(config.allowed_hosts))
-    environ.setdefault("FLASK_TRUSTED_HOSTS", json.dumps(_flask_hosts(config.allowed_hosts)))
+    environ.setdefault("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", str(config.body_limit(DJANGO_PREFIX)))
+    environ.setdefault("FLASK_MAX_CONTENT_LENGTH", str(config.body_limit(FLASK_PREFIX)))
+    if config.https:
+        environ.setdefault("DJANGO_HTTPS", "1")
+        environ.setdefault("FLASK_SESSION_COOKIE_SECURE", "true")
     if "FLASK_SECRET_KEY" not in environ:
         environ["FLASK_SECRET_KEY"] = stored_secret(config.data_dir, "flask-secret-key")
+
+
+def weak_secret(value: str) -> str | None:
+    """Say what is wrong with a secret key, or None if it will do (Django's rule)."""
+    if not value:
+        return "is not set"
+    if len(value) < 50 or len(set(value)) < 5 or value.startswith("django-insecure-"):
+        return "is too weak: use at least 50 random characters"
+    return None
 
 
 def stored_secret(data_dir: Path, name: str) -> str:
@@ -78,10 +153,37 @@ def stored_secret(data_dir: Path, name: str) -> str:
     return key
 
 
-def _flask_hosts(hosts: tuple[str, ...]) -> list[str]:
-    """Translate Django-style host patterns (``.example.com``, ``*``) for Flask."""
-    # Werkzeug matches a leading dot as a suffix, like Django; an empty list allows all.
-    return [] if "*" in hosts else list(hosts)
+def parse_size(text: str, name: str) -> int:
+    """Parse ``10485760``, ``10M`` or ``10MiB`` into bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f'{name}="{text}" must be a size in bytes, e.g. 10485760 or 10M.')
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def _sizes(text: str) -> dict[str, int]:
+    sizes = {}
+    for item in _split(text):
+        prefix, sep, size = item.partition("=")
+        if not sep or not prefix.startswith("/"):
+            raise ValueError(
+                f'GATEWAY_MAX_BODY_SIZES item "{item}" must be in the form "/prefix=size", e.g. "/django=20M".'
+            )
+        sizes[prefix.rstrip("/")] = parse_size(size, f"GATEWAY_MAX_BODY_SIZES {prefix}")
+    return sizes
+
+
+def _network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f'GATEWAY_TRUSTED_PROXIES item "{text}" must be an IP address or network, e.g. 10.0.0.0/8.'
+        ) from None
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _split(value: str | None) -> list[str]:

@@ -2,6 +2,10 @@
 
 - A bare prefix (``/django``) redirects to its slash form (``/django/``), keeping the
   query string, so that relative links on the app's root page resolve under it.
+- A request body larger than the mount's limit is refused with a 413 before it is read
+  (``Content-Length`` over the limit), or as soon as it passes the limit (chunked). A
+  chunked body within the limit is collected (in memory up to 1 MiB, then in a temporary
+  file) and handed on with a ``Content-Length``: Django reads no body without one.
 - Cookies an app sets for the whole site (``Path=/``, Flask's and Django's default, or
   no ``Path``) are scoped to the mount's full script name (``Path=/django``, or
   ``/apps/django`` behind a proxy prefix), so one app's cookies are never sent to the
@@ -10,7 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
@@ -40,21 +46,49 @@ def slash_location(path: str, query_string: str) -> str:
     return f"{path}/?{query_string}" if query_string else f"{path}/"
 
 
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+def too_large(limit: int) -> bytes:
+    """The body of a 413 answer."""
+    return f"Request body too large: the limit here is {limit} bytes.\n".encode()
+
+
+def _plain(start_response: StartResponse, status: str, body: bytes, *extra: tuple[str, str]) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), *extra])
+    return [body]
+
+
 class WSGIMount:
     """Apply the mount policy to a WSGI app (``SCRIPT_NAME`` is the mount's path)."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, max_body_size: int | None = None) -> None:
         self.app = app
+        self.max_body_size = max_body_size
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_SAFE)
         if not environ.get("PATH_INFO"):
             location = slash_location(path, environ.get("QUERY_STRING", ""))
-            start_response(
-                "308 Permanent Redirect",
-                [("Location", location), ("Content-Type", "text/plain"), ("Content-Length", "0")],
-            )
-            return [b""]
+            return _plain(start_response, "308 Permanent Redirect", b"", ("Location", location))
+        spool = None
+        limit = self.max_body_size
+        if limit is not None:
+            length = environ.get("CONTENT_LENGTH")
+            if length:
+                if not length.isdigit():
+                    return _plain(start_response, "400 Bad Request",
+                                  b"Bad Request: invalid Content-Length.\n", ("Connection", "close"))
+                if int(length) > limit:
+                    # Connection: close, so the server does not read the rest of the body.
+                    return _plain(start_response, "413 Content Too Large", too_large(limit),
+                                  ("Connection", "close"))
+            elif "HTTP_TRANSFER_ENCODING" in environ:
+                spool = _collect_body(environ, limit)
+                if spool is None:
+                    return _plain(start_response, "413 Content Too Large", too_large(limit),
+                                  ("Connection", "close"))
 
         def start_scoped(status: str, headers: list[tuple[str, str]], exc_info: object = None):  # type: ignore[no-untyped-def]
             for i, (name, value) in enumerate(headers):
@@ -62,14 +96,57 @@ class WSGIMount:
                     headers[i] = (name, scope_cookie(value, path))
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start_scoped)
+        result = self.app(environ, start_scoped)
+        return result if spool is None else _ClosingSpool(result, spool)
+
+
+def _collect_body(environ: Environ, limit: int) -> Any:
+    """Read a body of unknown length up to ``limit``; None if it is longer."""
+    stream = environ["wsgi.input"]
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed with the response
+    size = 0
+    while chunk := stream.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            return None
+        spool.write(chunk)
+    spool.seek(0)
+    environ["wsgi.input"] = spool
+    environ["CONTENT_LENGTH"] = str(size)
+    environ.pop("wsgi.input_terminated", None)
+    return spool
+
+
+class _ClosingSpool:
+    """The app's response iterable; closing it also closes the collected body."""
+
+    def __init__(self, result: Iterable[bytes], spool: Any) -> None:
+        self.result = result
+        self.spool = spool
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.spool.close()
 
 
 class ASGIMount:
-    """Apply the mount policy to an ASGI app (``root_path`` is the mount's path)."""
+    """Apply the mount policy to an ASGI app (``root_path`` is the mount's path).
 
-    def __init__(self, app: ASGIApp) -> None:
+    A body longer than the limit without a ``Content-Length`` ends, for the app, in
+    ``http.disconnect`` once it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_size: int | None = None) -> None:
         self.app = app
+        self.max_body_size = max_body_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +165,15 @@ class ASGIMount:
             )
             await send({"type": "http.response.body", "body": b""})
             return
+        limit = self.max_body_size
+        if limit is not None:
+            for name, value in scope.get("headers", ()):
+                if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+                    await send({"type": "http.response.start", "status": 413, "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": too_large(limit)})
+                    return
+            receive = _limited(receive, limit)
 
         async def send_scoped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -100,3 +186,19 @@ class ASGIMount:
             await send(message)
 
         await self.app(scope, receive, send_scoped)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Wrap ``receive`` so that a body past ``limit`` ends in ``http.disconnect``."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return {"type": "http.disconnect"}
+        return message
+
+    return limited

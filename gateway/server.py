@@ -46,7 +46,7 @@ def run_uvicorn(
     reload: bool,
     log_level: str,
     graceful_timeout: float | None,
-    access_log: bool = True,
+    log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers."""
     import uvicorn
@@ -55,7 +55,9 @@ def run_uvicorn(
         "host": host,
         "port": port,
         "log_level": log_level,
-        "access_log": access_log,
+        "log_config": log_config,
+        # The gateway writes one access line per request itself (gateway.front).
+        "access_log": False,
         "lifespan": "on",
         # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
         "http": "httptools",
@@ -91,7 +93,8 @@ def run_uvicorn(
 
 
 def run_granian(
-    *, host: str, port: int, workers: int, threads: int, reload: bool, log_level: str
+    *, host: str, port: int, workers: int, threads: int, reload: bool, log_level: str,
+    log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve the WSGI gateway with Granian's WSGI interface."""
     try:
@@ -111,6 +114,7 @@ def run_granian(
         workers=workers,
         blocking_threads=threads,
         log_level=LogLevels(log_level if log_level != "trace" else "debug"),
+        log_dictconfig=log_config,
         reload=reload,
         reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
     ).serve()

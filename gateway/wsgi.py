@@ -1,8 +1,9 @@
 """The gateway as a WSGI app: ``gateway.wsgi:application``.
 
 Werkzeug's ``DispatcherMiddleware`` over the mount table, with the gateway's pages
-(an index at ``/``, a 404 elsewhere) as the fallback. Runs unchanged under gunicorn,
-Granian's WSGI interface or Werkzeug's development server::
+(an index at ``/``, a 404 elsewhere) as the fallback and the front policy
+(:mod:`gateway.front`) around it. Runs unchanged under gunicorn, Granian's WSGI
+interface or Werkzeug's development server::
 
     gunicorn gateway.wsgi:application
 """
@@ -12,16 +13,32 @@ from __future__ import annotations
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gateway.config import Config, configure_apps
+from gateway.front import WSGIFront
+from gateway.health import Health
 from gateway.mountpolicy import WSGIMount
 from gateway.mounts import Mount, MountTable
 from gateway.pages import Pages
 from gateway.types import WSGIApp
 
 
-def create_wsgi_app(table: MountTable) -> WSGIApp:
-    """Mount every app of ``table`` on a Werkzeug dispatcher."""
-    mounts = {mount.prefix: WSGIMount(as_wsgi(mount)) for mount in table}
-    return DispatcherMiddleware(Pages(table), mounts)
+def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIApp:
+    """Mount every app of ``table`` on a Werkzeug dispatcher behind the front policy."""
+    config = config or Config.from_env()
+    mounted = mounted_wsgi_apps(table, config)
+    dispatcher = DispatcherMiddleware(Pages(table), mounted)
+    return WSGIFront(dispatcher, health_app(table, mounted, config), config)
+
+
+def mounted_wsgi_apps(table: MountTable, config: Config) -> dict[str, WSGIApp]:
+    """Each mount's app as WSGI, with the mount policy around it."""
+    return {m.prefix: WSGIMount(as_wsgi(m), config.body_limit(m.prefix)) for m in table}
+
+
+def health_app(table: MountTable, mounted: dict[str, WSGIApp], config: Config) -> Health:
+    """The ``/healthz`` and ``/readyz`` app, probing the WSGI mounts as mounted."""
+    host = next((h for h in config.allowed_hosts if h not in {"*"} and not h.startswith(".")), "localhost")
+    wsgi_only = {m.prefix: mounted[m.prefix] for m in table if m.interface == "wsgi"}
+    return Health(table, wsgi_only, host)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:
@@ -44,7 +61,11 @@ def __getattr__(name: str) -> WSGIApp:
     # Built on first access, so that importing this module (for create_wsgi_app, in
     # tests or the CLI) does not import every app.
     if name == "application":
+        from gateway.logs import configure_logging_if_unset
+
         global application
-        application = create_wsgi_app(load_table(Config.from_env()))
+        config = Config.from_env()
+        configure_logging_if_unset(config.log_format)
+        application = create_wsgi_app(load_table(config), config)
         return application
     raise AttributeError(name)

@@ -89,7 +89,8 @@ def test_websocket_reaches_asgi_mount_and_is_refused_by_wsgi_mount() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {"type": "websocket", "path": path, "root_path": "", "headers": [], "query_string": b""}
+        scope = {"type": "websocket", "path": path, "root_path": "", "query_string": b"",
+                 "headers": [(b"host", b"localhost")]}
         await app(scope, receive, send)
         return sent
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -75,10 +76,24 @@ def test_bad_environment_setting_is_one_line(tmp_path) -> None:  # type: ignore[
     )
 
 
-def test_serve_prints_each_mount_url(start_gateway) -> None:  # type: ignore[no-untyped-def]
-    server = start_gateway()
-    assert f"http://localhost:{server.port}/flask/" in server.log
-    assert f"http://localhost:{server.port}/django/" in server.log
+def test_serve_prints_a_banner(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway("--threads", "12")
+    banner = server.log.split("Started server process")[0]
+    assert "gateway 0.1.0 on uvicorn: 1 worker(s) x 12 threads" in banner
+    assert re.search(r"database  sqlite \S+/django\.sqlite3", banner)
+    assert re.search(rf"/flask +http://127\.0\.0\.1:{server.port}/flask/  \(Flask \d", banner)
+    assert re.search(rf"/django +http://127\.0\.0\.1:{server.port}/django/  \(Django \d", banner)
+
+
+def test_banner_never_shows_a_database_password(start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-c", "import django, gateway.cli as c, gateway.config as g, gateway.wsgi as w;"
+         "w.load_table(g.Config.from_env()); print(c.describe_database())"],
+        cwd=ROOT, env=server_env(tmp_path, DATABASE_URL="postgres://app:s3cret-pw@db.example:5433/appdb"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip() == "postgresql app@db.example:5433/appdb"
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_python_dash_m_and_console_script_agree(tmp_path) -> None:  # type: ignore[no-untyped-def]

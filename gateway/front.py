@@ -1,0 +1,263 @@
+"""What the gateway does for every request, before any app sees it, on both sides.
+
+- From a trusted proxy (``GATEWAY_TRUSTED_PROXIES``), ``X-Forwarded-For``, ``-Proto``,
+  ``-Host``, ``-Port`` and ``-Prefix`` (one hop) replace the client address, scheme, host
+  and script root: Werkzeug's ``ProxyFix`` on the WSGI side, the same rewrite of the
+  scope on the ASGI side. From anyone else they are left alone.
+- ``/healthz`` and ``/readyz`` are answered by :mod:`gateway.health` (no Host check,
+  so that probes by address work).
+- A ``Host`` that is missing, malformed, repeated or not in ``GATEWAY_ALLOWED_HOSTS``
+  gets a 400 before any app runs: one check for every mount.
+- A request ID: the client's ``X-Request-ID`` when it is a sane token, else a new one;
+  passed on as that header, returned in the response, and in every log record.
+- Security headers on every response, unless the app set them itself.
+- One access-log line per request (``gateway.access``), when that logger is enabled.
+
+The WSGI and ASGI classes share the policy functions below; only the plumbing differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway.config import Config, Network
+from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
+
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+SECURITY_HEADERS = (
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+)
+
+access_log = logging.getLogger("gateway.access")
+_TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+
+
+def request_id(offered: str | None) -> str:
+    """Keep the client's request ID when it is a sane token, else make a new one."""
+    if offered and _TOKEN.fullmatch(offered):
+        return offered
+    return secrets.token_hex(16)
+
+
+class HostPolicy:
+    """Django's ``ALLOWED_HOSTS`` rules: exact names, ``.suffix`` for subdomains, ``*``."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        names = [h.lower().rstrip(".") for h in allowed]
+        self.any = "*" in names
+        self.exact = frozenset(n for n in names if not n.startswith("."))
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("."))
+
+    def allows(self, host: str | None) -> bool:
+        """True if ``host`` (a ``Host`` header, port optional) is well formed and allowed."""
+        if not host:
+            return False
+        match = _HOST.fullmatch(host)
+        if match is None or (match.group(2) and not 0 < int(match.group(2)) < 65536):
+            return False
+        if self.any:
+            return True
+        name = match.group(1).lower().rstrip(".")
+        return name in self.exact or any(name == s or name.endswith("." + s) for s in self.suffixes)
+
+
+def is_trusted(address: str | None, proxies: tuple[Network, ...]) -> bool:
+    """True if ``address`` lies in one of the trusted proxy networks."""
+    if not address or not proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def missing_security_headers(present: Iterable[str], csp: str | None) -> list[tuple[str, str]]:
+    """Return the security headers the response lacks (names lower-case)."""
+    have = set(present)
+    frame_ok = csp is not None and "frame-ancestors" in csp
+    return [
+        (name, value)
+        for name, value in SECURITY_HEADERS
+        if name not in have and not (name == "x-frame-options" and frame_ok)
+    ]
+
+
+def log_access(
+    client: str, method: str, target: str, protocol: str, status: int, size: int, started: float,
+    mount: str,
+) -> None:
+    """Write one access-log line (the caller checked that the logger is enabled)."""
+    duration = (time.perf_counter() - started) * 1000
+    access_log.info(
+        '%s "%s %s %s" %d %d %.1fms %s',
+        client, method, target, protocol, status, size, duration, mount or "-",
+        extra={"client": client, "method": method, "path": target, "status": status,
+               "bytes": size, "duration_ms": round(duration, 2), "mount": mount or "-"},
+    )
+
+
+_BAD_HOST = b"Bad Request: the Host header is missing, malformed or not allowed here.\n"
+
+
+def _bad_host(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_BAD_HOST)))],
+    )
+    return [_BAD_HOST]
+
+
+class WSGIFront:
+    """The front policy around the WSGI dispatcher."""
+
+    def __init__(self, app: WSGIApp, health: WSGIApp, config: Config) -> None:
+        self.app = app
+        self.health = health
+        self.hosts = HostPolicy(config.allowed_hosts)
+        self.proxies = config.trusted_proxies
+        self.proxy_fix = ProxyFix(self._serve, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.proxies and is_trusted(environ.get("REMOTE_ADDR"), self.proxies):
+            return self.proxy_fix(environ, start_response)
+        return self._serve(environ, start_response)
+
+    def _serve(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ["HTTP_X_REQUEST_ID"] = rid
+        REQUEST_ID.set(rid)
+        base = environ.get("SCRIPT_NAME", "")
+        status = [0]
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None):  # type: ignore[no-untyped-def]
+            names = {name.lower() for name, _ in headers}
+            csp = next((v for n, v in headers if n.lower() == "content-security-policy"), None)
+            headers.extend(missing_security_headers(names, csp))
+            headers.append(("X-Request-ID", rid))
+            status[0] = int(status_line[:3])
+            return start_response(status_line, headers, exc_info)
+
+        if environ.get("PATH_INFO") in HEALTH_PATHS:
+            app = self.health
+        elif self.hosts.allows(environ.get("HTTP_HOST")):
+            app = self.app
+        else:
+            app = _bad_host
+        result = app(environ, start)
+        if not access_log.isEnabledFor(logging.INFO):
+            return result
+        return _Logged(result, environ, base, status, started)
+
+
+class _Logged:
+    """The app's response iterable, counted and logged when closed."""
+
+    __slots__ = ("result", "environ", "base", "status", "started", "size")
+
+    def __init__(self, result: Iterable[bytes], environ: Environ, base: str, status: list[int],
+                 started: float) -> None:
+        self.result = result
+        self.environ = environ
+        self.base = base
+        self.status = status
+        self.started = started
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.result:
+            self.size += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            e = self.environ
+            query = e.get("QUERY_STRING")
+            path = e.get("SCRIPT_NAME", "") + e.get("PATH_INFO", "")
+            mount = e.get("SCRIPT_NAME", "")[len(self.base):]
+            log_access(
+                e.get("REMOTE_ADDR", "-"), e.get("REQUEST_METHOD", "-"), f"{path}?{query}" if query else path,
+                e.get("SERVER_PROTOCOL", "-"), self.status[0], self.size, self.started, mount,
+            )
+
+
+def forwarded(scope: Scope, headers: dict[bytes, bytes]) -> Scope:
+    """Apply one hop of ``X-Forwarded-*`` headers to an ASGI scope, as ProxyFix does."""
+    scope = dict(scope)
+    if value := headers.get(b"x-forwarded-for"):
+        client = value.decode("latin-1").split(",")[-1].strip()
+        scope["client"] = (client, 0)
+    if value := headers.get(b"x-forwarded-proto"):
+        scheme = value.decode("latin-1").split(",")[-1].strip().lower()
+        scope["scheme"] = ("wss" if scheme == "https" else "ws") if scope["type"] == "websocket" else scheme
+    raw = list(scope.get("headers", ()))
+    if value := headers.get(b"x-forwarded-host"):
+        host = value.split(b",")[-1].strip()
+        raw = [(n, v) for n, v in raw if n.lower() != b"host"] + [(b"host", host)]
+        scope["server"] = (host.decode("latin-1").rsplit(":", 1)[0], (scope.get("server") or (None, None))[1])
+    if value := headers.get(b"x-forwarded-port"):
+        port = value.split(b",")[-1].strip()
+        if port.isdigit() and scope.get("server"):
+            scope["server"] = (scope["server"][0], int(port))
+    if value := headers.get(b"x-forwarded-prefix"):
+        prefix = value.decode("latin-1").split(",")[-1].strip().rstrip("/")
+        scope["root_path"] = prefix + scope.get("root_path", "")
+        scope["path"] = prefix + scope["path"]
+    scope["headers"] = raw
+    return scope
+
+
+class ASGIAccess:
+    """The response half of the front policy on the ASGI side: headers and the log line."""
+
+    __slots__ = ("send", "rid", "status", "size")
+
+    def __init__(self, send: Send, rid: str) -> None:
+        self.send = send
+        self.rid = rid
+        self.status = 0
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = list(message.get("headers", ()))
+            names = {bytes(n).lower().decode("latin-1") for n, _ in headers}
+            csp = next((bytes(v).decode("latin-1") for n, v in headers
+                        if bytes(n).lower() == b"content-security-policy"), None)
+            headers += [(n.encode(), v.encode()) for n, v in missing_security_headers(names, csp)]
+            headers.append((b"x-request-id", self.rid.encode("latin-1")))
+            message = dict(message)
+            message["headers"] = headers
+            self.status = message["status"]
+        elif kind == "http.response.body":
+            self.size += len(message.get("body", b""))
+        await self.send(message)
+
+
+async def bad_host(send: Send) -> None:
+    """Answer 400 for a bad Host header."""
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_BAD_HOST)).encode())]})
+    await send({"type": "http.response.body", "body": _BAD_HOST})
+
+

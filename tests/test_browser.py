@@ -1,0 +1,318 @@
+"""End to end: headless Chromium drives ``gateway serve`` on loopback.
+
+Needs Debian's Chromium at ``/usr/bin/chromium`` and the ``playwright`` package; the
+browser is launched from that path, so ``playwright install`` is never needed::
+
+    apt-get install -y chromium && pip install playwright
+    pytest tests/test_browser.py
+
+Every step leaves a screenshot in ``tests/artifacts/browser/``. With
+``UPDATE_SCREENSHOTS=1`` the run also rewrites the two images under ``docs/images/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import GATEWAY, ROOT, ServerProcess, server_env
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Frame, Page, Request, Response
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    ),
+]
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+)
+expect = sync_api.expect
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI containers run as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 10_000
+ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
+DOC_IMAGES = ROOT / "docs" / "images"
+PREFIXES = ("/flask/", "/django/")
+# Chromium asks for /favicon.ico on its own (no page declares an icon), unseen by the page's
+# events; it is the one request outside the prefixes, and its 404 the one error status, that
+# the server's log may show.
+BROWSER_OWN = {("/favicon.ico", 404)}
+USERNAME = "admin"
+PASSWORD = secrets.token_urlsafe(16)
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def in_prefixes(path: str) -> bool:
+    """Tell whether ``path`` is the index or lies under a mount."""
+    return path == "/" or path.startswith(PREFIXES)
+
+
+def mounts() -> list[tuple[str, str]]:
+    """Each default mount's prefix and the framework and version the index must show."""
+    return [
+        ("/flask", f"Flask {metadata.version('flask')}"),
+        ("/django", f"Django {metadata.version('django')}"),
+    ]
+
+
+@dataclass
+class Traffic:
+    """What a page asked its origin for: navigations, requests, statuses, failures."""
+
+    origin: str
+    navigations: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def watch(self, page: Page) -> None:
+        """Record everything ``page`` navigates to and requests from now on."""
+        page.on("framenavigated", self._navigated)
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("response", self._responded)
+        page.on("requestfailed", self._failed)
+
+    def _navigated(self, frame: Frame) -> None:
+        if frame.parent_frame is None:
+            self.navigations.append(frame.url)
+
+    def _responded(self, response: Response) -> None:
+        if response.status >= 400:
+            self.errors.append(f"{response.status} {response.url}")
+
+    def _failed(self, request: Request) -> None:
+        self.errors.append(f"failed ({request.failure}) {request.url}")
+
+    def paths(self, urls: list[str]) -> list[str]:
+        """The paths of ``urls``; every URL must be on this origin (loopback)."""
+        foreign = [u for u in urls if u.startswith("http") and not u.startswith(self.origin + "/")]
+        assert not foreign, f"requests left {self.origin}: {foreign}"
+        return [urlsplit(u).path for u in urls if u.startswith("http")]
+
+    def check(self) -> None:
+        """Assert the page stayed under the prefixes and got no error status."""
+        outside = [p for p in self.paths(self.navigations + self.requests) if not in_prefixes(p)]
+        assert not outside, f"the browser left the prefixes: {outside}"
+        assert not self.errors, f"unexpected errors: {self.errors}"
+
+
+def served(server: ServerProcess) -> list[tuple[str, int]]:
+    """The path and status of every request in the server's access log."""
+    lines = re.findall(r'"[A-Z]+ (\S+) HTTP/[\d.]+" (\d{3})', server.log)
+    return [(urlsplit(target).path, int(status)) for target, status in lines]
+
+
+def shoot(page: Page, name: str, doc: str | None = None) -> None:
+    """Save a screenshot of the step; with UPDATE_SCREENSHOTS=1 also as docs/images/doc."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    if doc and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=DOC_IMAGES / doc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless; each launch gets a fresh temporary profile."""
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Open pages in fresh contexts with short timeouts; the contexts close afterwards."""
+    contexts = []
+
+    def open_page(**options: object) -> Page:
+        context = browser.new_context(
+            viewport={"width": 1024, "height": 640}, color_scheme="light", **options
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def site(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> ServerProcess:
+    """``gateway serve`` on its own data directory, with an admin user created in it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = start_gateway(data_dir=data_dir)  # it migrates before it answers
+    env = server_env(
+        data_dir,
+        DJANGO_SUPERUSER_USERNAME=USERNAME,
+        DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+        DJANGO_SUPERUSER_EMAIL="admin@example.com",
+    )
+    subprocess.run(
+        [*GATEWAY, "manage", "createsuperuser", "--noinput"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
+    )
+    return server
+
+
+def check_index(page: Page) -> None:
+    """Assert the index lists every mount: link, prefix, framework and version."""
+    items = page.locator("ul.mounts li")
+    expect(items).to_have_count(len(mounts()))
+    for prefix, framework in mounts():
+        item = items.filter(has=page.locator(f'a[href="{prefix}/"]'))
+        expect(item.locator("a")).to_have_text(f"{prefix}/")
+        expect(item).to_contain_text(framework)
+
+
+def check_admin_styled(page: Page) -> None:
+    """Assert admin/css/base.css was applied: the header takes its --header-bg colour."""
+    header_bg, expected = page.evaluate("""() => {
+        const probe = document.createElement("div");
+        probe.style.backgroundColor = "var(--header-bg)";
+        document.body.append(probe);
+        const expected = getComputedStyle(probe).backgroundColor;
+        probe.remove();
+        return [getComputedStyle(document.querySelector("#header")).backgroundColor, expected];
+    }""")
+    # Without base.css the variable is undefined and both are transparent.
+    assert header_bg == expected and header_bg not in {"rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"}
+
+
+def greet_in_flask(page: Page, base: str) -> None:
+    """Follow the index's link to Flask and greet through its form."""
+    page.click('a[href="/flask/"]')
+    expect(page).to_have_url(f"{base}/flask/")
+    expect(page.locator("#greeting")).to_have_text("Hello, World!")
+    # #0b6e4f from flask_hello/static/style.css: the stylesheet loaded under the prefix.
+    expect(page.locator("h1")).to_have_css("color", "rgb(11, 110, 79)")
+    shoot(page, "02-flask")
+    page.fill("#name", "Ada")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{base}/flask/?name=Ada")
+    expect(page.locator("#greeting")).to_have_text("Hello, Ada!")
+    shoot(page, "03-flask-ada")
+    page.fill("#name", "<b>x</b>")
+    page.click("button[type=submit]")
+    expect(page.locator("#greeting")).to_have_text("Hello, <b>x</b>!")
+    expect(page.locator("#greeting b")).to_have_count(0)
+    expect(page.locator("#name")).to_have_value("<b>x</b>")
+    shoot(page, "04-flask-markup")
+
+
+def use_admin(page: Page, base: str) -> None:
+    """Log in to the admin, add a Greeting, see it listed, log out."""
+    page.get_by_role("link", name="Django admin").click()
+    expect(page).to_have_url(f"{base}/django/admin/login/?next=/django/admin/")
+    check_admin_styled(page)
+    shoot(page, "06-admin-login")
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    expect(page).to_have_url(f"{base}/django/admin/")
+    check_admin_styled(page)
+    expect(page.locator("#user-tools")).to_contain_text(USERNAME)
+    greetings = "/django/admin/django_hello/greeting/"
+    model = page.locator("#content-main").get_by_role("link", name="Greetings", exact=True)
+    expect(model).to_have_attribute("href", greetings)
+    shoot(page, "07-admin", doc="admin.png")
+    page.click(f'#content-main a.addlink[href="{greetings}add/"]')
+    page.fill("#id_language", "fr")
+    page.fill("#id_text", "Bonjour")
+    shoot(page, "08-admin-add")
+    page.click("input[name=_save]")
+    expect(page).to_have_url(base + greetings)
+    expect(page.locator(".messagelist .success")).to_contain_text("was added successfully")
+    row = page.locator("#result_list tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".field-language")).to_have_text("fr")
+    expect(row.locator(".field-text")).to_have_text("Bonjour")
+    shoot(page, "09-admin-changelist")
+    page.click("#logout-form button[type=submit]")
+    expect(page).to_have_url(f"{base}/django/admin/logout/")
+    expect(page.locator("#content h1")).to_have_text("Logged out")
+    log_in_again = page.get_by_role("link", name="Log in again")
+    expect(log_in_again).to_have_attribute("href", "/django/admin/")
+    shoot(page, "10-admin-logged-out")
+
+
+def test_journey(site: ServerProcess, new_page: Callable[..., Page]) -> None:
+    """Index, Flask's form, Django, the admin: all under the prefixes, no error status."""
+    base = site.url
+    page = new_page()
+    traffic = Traffic(base)
+    traffic.watch(page)
+
+    page.goto(f"{base}/")
+    check_index(page)
+    shoot(page, "01-index", doc="index.png")
+    greet_in_flask(page, base)
+
+    page.goto(f"{base}/")
+    page.click('a[href="/django/"]')
+    expect(page).to_have_url(f"{base}/django/")
+    expect(page.locator("#greeting")).to_have_text("Hello, Django!")
+    shoot(page, "05-django")
+    use_admin(page, base)
+
+    traffic.check()
+    assert traffic.paths(traffic.navigations) == [
+        "/", "/flask/", "/flask/", "/flask/", "/", "/django/", "/django/admin/login/",
+        "/django/admin/", "/django/admin/django_hello/greeting/add/",
+        "/django/admin/django_hello/greeting/", "/django/admin/logout/",
+    ]
+    log = served(site)
+    assert ("/django/admin/logout/", 200) in log, "no access log to check"
+    unexpected = [
+        (path, status) for path, status in log
+        if (path, status) not in BROWSER_OWN and (not in_prefixes(path) or status >= 400)
+    ]
+    assert not unexpected, f"the server saw requests outside the prefixes or failing: {unexpected}"
+
+
+def test_without_javascript(gateway_server: ServerProcess, new_page: Callable[..., Page]) -> None:
+    """The index, its links and Flask's form work with JavaScript off."""
+    base = gateway_server.url
+    page = new_page(java_script_enabled=False)
+    traffic = Traffic(base)
+    traffic.watch(page)
+
+    page.goto(f"{base}/")
+    check_index(page)
+    shoot(page, "11-index-no-js")
+    page.click('a[href="/flask/"]')
+    page.fill("#name", "Grace")
+    page.click("button[type=submit]")
+    expect(page.locator("#greeting")).to_have_text("Hello, Grace!")
+    page.go_back()
+    page.go_back()
+    expect(page).to_have_url(f"{base}/")
+    page.click('a[href="/django/"]')
+    expect(page.locator("#greeting")).to_have_text("Hello, Django!")
+    shoot(page, "12-django-no-js")
+    traffic.check()

@@ -1,4 +1,5 @@
-"""A small Flask app: a greeting at ``/`` and a stylesheet under ``/static/``.
+"""A small Flask app: a greeting at ``/``, a stylesheet under ``/static/``, and the
+greetings kept in the Django project's database at ``/greetings``.
 
 It is an ordinary Flask app and knows nothing of the gateway that may mount it::
 
@@ -6,7 +7,8 @@ It is an ordinary Flask app and knows nothing of the gateway that may mount it::
 
 Configuration comes from ``create_app(config)`` and from ``FLASK_*`` environment
 variables (``FLASK_SECRET_KEY``, ``FLASK_MAX_CONTENT_LENGTH``, ...), Flask's own
-``from_prefixed_env`` convention.
+``from_prefixed_env`` convention. Reading the Django project's data needs
+``DJANGO_SETTINGS_MODULE`` (see ``flask_hello.django_data``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from flask import Flask
 
-from flask_hello import views
+from flask_hello import django_data, views
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -29,6 +31,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # Enough for `flask run`; sessions then last as long as the process. Set
         # FLASK_SECRET_KEY (the gateway does) to keep them across restarts and workers.
         app.config["SECRET_KEY"] = secrets.token_hex(32)
+    django_data.init_app(app)
     app.register_blueprint(views.bp)
     return app
 

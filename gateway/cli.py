@@ -230,8 +230,10 @@ def migrate_embedded_database() -> None:
     if not apps.ready or os.environ.get("DATABASE_URL"):
         return
     from django.core.management import call_command
+    from django.db import connections
 
     call_command("migrate", interactive=False, verbosity=0)
+    connections.close_all()  # requests open their own, on their own threads
 
 
 def main(argv: list[str] | None = None) -> None:

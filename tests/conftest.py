@@ -198,7 +198,7 @@ class SyncASGIClient:
     def __init__(self, app, base_url: str = "http://localhost") -> None:  # type: ignore[no-untyped-def]
         self.app = app
         self.base_url = base_url
-        self.cookies: dict[str, str] = {}
+        self.cookies: object = None
 
     def request(self, method: str, url: str, **kwargs):  # type: ignore[no-untyped-def]
         import httpx
@@ -208,7 +208,7 @@ class SyncASGIClient:
             async with httpx.AsyncClient(transport=transport, base_url=self.base_url,
                                          cookies=self.cookies) as client:
                 response = await client.request(method, url, **kwargs)
-                self.cookies = dict(client.cookies)
+                self.cookies = client.cookies
                 return response
 
         return asyncio.run(go())
@@ -224,3 +224,72 @@ class SyncASGIClient:
 def asgi_client(asgi_app) -> SyncASGIClient:  # type: ignore[no-untyped-def]
     """A synchronous httpx client on the ASGI gateway."""
     return SyncASGIClient(asgi_app)
+
+
+class PostgresCluster:
+    """A private PostgreSQL server on a free loopback port, in a temporary directory."""
+
+    def __init__(self, bindir: Path, root: Path) -> None:
+        self.bindir = bindir
+        self.root = root
+        self.datadir = root / "data"
+        self.port = free_port()
+        self.log_path = root / "postgres.log"
+        # initdb refuses to run as root: run the server as the postgres account then.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--no-sync")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l", str(self.log_path), "-w", "start")
+
+    def stop(self) -> None:
+        """Stop the server at once (clients see their connections drop)."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def url(self, database: str) -> str:
+        """A DATABASE_URL for ``database`` on this server."""
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """Run one statement with autocommit; return its rows."""
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(sql)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def create_database(self) -> str:
+        """Create a fresh database; return its name."""
+        name = f"gw_{os.urandom(4).hex()}"
+        self.execute(f"CREATE DATABASE {name}")
+        return name
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL server, started from Debian's binaries; skipped without them."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql: apt-get install postgresql")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+    root = Path(tempfile.mkdtemp(prefix="gateway-pg-", dir="/tmp"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PostgresCluster(Path(found[-1]).parent, root)
+    yield cluster
+    try:
+        cluster.stop()
+    except subprocess.CalledProcessError:
+        pass  # already stopped by a test
+    shutil.rmtree(root, ignore_errors=True)

@@ -214,7 +214,7 @@ def greet_in_flask(page: Page, base: str) -> None:
     shoot(page, "02-flask")
     page.fill("#name", "Ada")
     page.click("button[type=submit]")
-    expect(page).to_have_url(f"{base}/flask/?name=Ada")
+    expect(page).to_have_url(f"{base}/flask/?name=Ada&lang=")
     expect(page.locator("#greeting")).to_have_text("Hello, Ada!")
     shoot(page, "03-flask-ada")
     page.fill("#name", "<b>x</b>")
@@ -223,6 +223,20 @@ def greet_in_flask(page: Page, base: str) -> None:
     expect(page.locator("#greeting b")).to_have_count(0)
     expect(page.locator("#name")).to_have_value("<b>x</b>")
     shoot(page, "04-flask-markup")
+
+
+def greet_from_django_data(page: Page, base: str) -> None:
+    """Flask greets in the language the admin just added, read through Django's ORM."""
+    page.goto(f"{base}/flask/")
+    page.fill("#name", "Ada")
+    page.fill("#lang", "fr")
+    page.click("button[type=submit]")
+    expect(page.locator("#greeting")).to_have_text("Bonjour, Ada!")
+    shoot(page, "10-flask-bonjour")
+    page.get_by_role("link", name="Greetings in every language").click()
+    expect(page).to_have_url(f"{base}/flask/greetings")
+    expect(page.locator("#greetings li")).to_have_text(["fr: Bonjour"])
+    shoot(page, "11-flask-greetings")
 
 
 def use_admin(page: Page, base: str) -> None:
@@ -279,12 +293,14 @@ def test_journey(site: ServerProcess, new_page: Callable[..., Page]) -> None:
     expect(page.locator("#greeting")).to_have_text("Hello, Django!")
     shoot(page, "05-django")
     use_admin(page, base)
+    greet_from_django_data(page, base)
 
     traffic.check()
     assert traffic.paths(traffic.navigations) == [
         "/", "/flask/", "/flask/", "/flask/", "/", "/django/", "/django/admin/login/",
         "/django/admin/", "/django/admin/django_hello/greeting/add/",
         "/django/admin/django_hello/greeting/", "/django/admin/logout/",
+        "/flask/", "/flask/", "/flask/greetings",
     ]
     log = served(site)
     assert ("/django/admin/logout/", 200) in log, "no access log to check"

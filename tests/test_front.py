@@ -144,7 +144,7 @@ def test_host_policy(allowed: tuple[str, ...], host: str, ok: bool) -> None:
 
 
 def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) -> None:  # type: ignore[no-untyped-def]
-    server = start_gateway("--log-format", "json", "--mount", "/faults=tests.apps.flaskfaults:app")
+    server = start_gateway("--log-format", "json", "--mount", "/faults=tests.thirdapp.rid:flask_app")
     httpx.get(server.url + "/flask/?name=x", headers={"X-Request-ID": "req-flask-1"})
     httpx.get(server.url + "/django/", headers={"X-Request-ID": "req-django-1"})
     httpx.get(server.url + "/faults/boom", headers={"X-Request-ID": "req-boom-1"})

@@ -26,3 +26,9 @@ def django_rid(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [path("rid/", django_rid), path("", include("django_hello.urls"))]
+
+
+@flask_app.get("/boom")
+def flask_boom() -> str:
+    """Fail with an unhandled exception."""
+    raise RuntimeError("boom from the request-ID test app")

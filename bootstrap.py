@@ -24,7 +24,7 @@ PYTHON = BIN / "python"
 
 def ensure_environment() -> None:
     """Create .venv and install the project with its test tools, when needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file may be run by an older Python
         sys.exit(f"bootstrap: error: Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     stamp = VENV / ".installed"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()

@@ -25,9 +25,7 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, (OperationalError, InterfaceError)) and not (
-            type(exception) is DatabaseError
-        ):
+        if not isinstance(exception, (OperationalError, InterfaceError)) and type(exception) is not DatabaseError:
             return None
         logger.warning("Database unavailable for %s: %s", request.path, str(exception).strip()[:200])
         response = HttpResponse(

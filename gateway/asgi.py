@@ -197,9 +197,9 @@ def __getattr__(name: str) -> Gateway:
     if name == "application":
         from gateway.logs import configure_logging_if_unset
 
-        global application
         config = Config.from_env()
         configure_logging_if_unset(config.log_format)
-        application = create_asgi_app(load_table(config), config)
-        return application
+        app = create_asgi_app(load_table(config), config)
+        globals()["application"] = app
+        return app
     raise AttributeError(name)

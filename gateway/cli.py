@@ -64,7 +64,11 @@ def cli() -> None:
     type=click.FloatRange(min=0),
     help="On shutdown, seconds to let running requests finish [default: no limit].",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].",
+)
 @mount_option
 def serve(
     host: str,

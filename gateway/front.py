@@ -30,7 +30,7 @@ from typing import Any
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway.config import Config, Network
-from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
+from gateway.types import Environ, Message, Scope, Send, StartResponse, WSGIApp
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -168,7 +168,7 @@ class WSGIFront:
 class _Logged:
     """The app's response iterable, counted and logged when closed."""
 
-    __slots__ = ("result", "environ", "base", "status", "started", "size")
+    __slots__ = ("base", "environ", "result", "size", "started", "status")
 
     def __init__(self, result: Iterable[bytes], environ: Environ, base: str, status: list[int],
                  started: float) -> None:
@@ -229,7 +229,7 @@ def forwarded(scope: Scope, headers: dict[bytes, bytes]) -> Scope:
 class ASGIAccess:
     """The response half of the front policy on the ASGI side: headers and the log line."""
 
-    __slots__ = ("send", "rid", "status", "size")
+    __slots__ = ("rid", "send", "size", "status")
 
     def __init__(self, send: Send, rid: str) -> None:
         self.send = send

@@ -145,9 +145,7 @@ def import_app(target: str) -> Any:
 
 def detect_interface(app: Any) -> Interface:
     """Tell an ASGI app (a coroutine function or async ``__call__``) from a WSGI one."""
-    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
-        getattr(app, "__call__", None)
-    ):
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):
         return "asgi"
     return "wsgi"
 

@@ -63,9 +63,9 @@ def __getattr__(name: str) -> WSGIApp:
     if name == "application":
         from gateway.logs import configure_logging_if_unset
 
-        global application
         config = Config.from_env()
         configure_logging_if_unset(config.log_format)
-        application = create_wsgi_app(load_table(config), config)
-        return application
+        app = create_wsgi_app(load_table(config), config)
+        globals()["application"] = app
+        return app
     raise AttributeError(name)

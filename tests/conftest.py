@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -288,8 +289,6 @@ def postgres() -> Iterator[PostgresCluster]:
         shutil.chown(root, "postgres", "postgres")
     cluster = PostgresCluster(Path(found[-1]).parent, root)
     yield cluster
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):  # a test may have stopped it
         cluster.stop()
-    except subprocess.CalledProcessError:
-        pass  # already stopped by a test
     shutil.rmtree(root, ignore_errors=True)

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from conftest import SyncASGIClient
 from django.test import override_settings
 
-from conftest import SyncASGIClient
 from gateway.asgi import create_asgi_app
 from gateway.config import Config
 from gateway.front import HostPolicy

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import GATEWAY, ROOT, server_env
 
 REQUESTS = 300

@@ -34,7 +34,7 @@ import contextvars
 import io
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
@@ -46,6 +46,9 @@ logger = logging.getLogger("gateway.bridge")
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
 _ERROR_BODY = b"Internal Server Error"
+
+# A response collected whole in the worker thread: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class ClientDisconnected(_WerkzeugClientDisconnected, OSError):
@@ -82,15 +85,22 @@ class WSGIBridge:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request."""
         loop = asyncio.get_running_loop()
-        message = await receive()
-        if message["type"] != "http.request":
-            return  # the client left before sending its request body
-        body = message.get("body", b"")
-        if message.get("more_body", False):
-            stream: Any = RequestBody(loop, receive, body)
+        environ = build_environ(scope, None)
+        stream: Any
+        if environ.get("HTTP_EXPECT", "").lower() == "100-continue":
+            # Reading now would make the server send "100 Continue" before the app
+            # could refuse the body (a 413, say): let the app's first read do it.
+            stream = RequestBody(loop, receive, b"")
         else:
-            stream = io.BytesIO(body)
-        environ = build_environ(scope, stream)
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its request body
+            body = message.get("body", b"")
+            if message.get("more_body", False):
+                stream = RequestBody(loop, receive, body)
+            else:
+                stream = io.BytesIO(body)
+        environ["wsgi.input"] = stream
         exchange = Exchange(loop, send, receive, self.buffer_size, stream)
         context = contextvars.copy_context()
         answer = await loop.run_in_executor(
@@ -106,7 +116,9 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
     """Translate an ASGI HTTP scope into a PEP 3333 environ."""
     root_path: str = scope.get("root_path", "")
     path: str = scope["path"]
-    if root_path and path.startswith(root_path):
+    # Strip root_path only on a "/" boundary: "/productsx" is not under "/products"
+    # (Kludex/starlette#2599). A path without the prefix is taken as already relative.
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
         path = path[len(root_path) :]
     server = scope.get("server") or ("localhost", 80)
     environ: Environ = {
@@ -116,7 +128,7 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
         "PATH_INFO": path.encode("utf-8").decode("latin-1"),
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         "SERVER_NAME": server[0],
-        "SERVER_PORT": str(server[1]) if server[1] is not None else "",
+        "SERVER_PORT": str(server[1]) if server[1] is not None else "0",
         "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.get("scheme", "http"),
@@ -175,7 +187,7 @@ class RequestBody(io.RawIOBase):
         """Append the next body message to the buffer; False at the end of the body."""
         if self.complete:
             return False
-        message = asyncio.run_coroutine_threadsafe(self._receive(), self._loop).result()
+        message = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
         if message["type"] == "http.disconnect":
             self.complete = True
             raise ClientDisconnected("The client closed the connection while sending the body.")
@@ -183,6 +195,11 @@ class RequestBody(io.RawIOBase):
         if not message.get("more_body", False):
             self.complete = True
         return True
+
+    async def _next(self) -> Message:
+        # receive() is called here, on the loop: an ASGI server's callables are not
+        # thread-safe, and may return any awaitable rather than a coroutine.
+        return await self._receive()
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -209,15 +226,25 @@ class RequestBody(io.RawIOBase):
             if limit is not None and len(self._buffer) >= limit:
                 return self.read(limit)
             if not self._pull():
-                return self.read(len(self._buffer) if limit is None else min(limit, len(self._buffer)))
+                rest = len(self._buffer)
+                return self.read(rest if limit is None else min(limit, rest))
 
 
 class Exchange:
     """One request's WSGI call, run in a worker thread."""
 
     __slots__ = (
-        "loop", "send", "receive", "buffer_size", "stream", "status", "headers",
-        "buffer_ok", "started", "disconnected", "watcher",
+        "buffer_ok",
+        "buffer_size",
+        "disconnected",
+        "headers",
+        "loop",
+        "receive",
+        "send",
+        "started",
+        "status",
+        "stream",
+        "watcher",
     )
 
     def __init__(
@@ -270,7 +297,7 @@ class Exchange:
         if data:
             self._send_body(data)
 
-    def run(self, app: WSGIApp, environ: Environ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def run(self, app: WSGIApp, environ: Environ) -> Answer | None:
         """Call the app; return a small response whole, or stream it and return None."""
         try:
             result = app(environ, self.start_response)
@@ -295,7 +322,7 @@ class Exchange:
                 if self.watcher is not None:
                     self.watcher.cancel()
 
-    def _respond(self, result: Iterable[bytes]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def _respond(self, result: Iterable[bytes]) -> Answer | None:
         if isinstance(result, (list, tuple)) and not self.started:
             body = b"".join(result)
             if len(body) <= self.buffer_size:
@@ -332,13 +359,18 @@ class Exchange:
         self._send_end()
         return None
 
-    def _whole(self, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _whole(self, body: bytes) -> Answer:
         if self.status is None:
             raise RuntimeError("The WSGI application returned without calling start_response().")
         return self.status, self.headers, body
 
-    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+    def _call(self, message: Message) -> None:
+        """Send ``message`` from the worker thread and wait until the server has taken it."""
+        asyncio.run_coroutine_threadsafe(self._send(message), self.loop).result()
+
+    async def _send(self, message: Message) -> None:
+        # send() is called here, on the loop, for the reasons given in RequestBody._next.
+        await self.send(message)
 
     def _send_start(self) -> None:
         if self.started:
@@ -346,17 +378,17 @@ class Exchange:
         if self.status is None:
             raise RuntimeError("The WSGI application sent a body before calling start_response().")
         self.started = True
-        self._call(self.send({"type": "http.response.start", "status": self.status, "headers": self.headers}))
+        self._call({"type": "http.response.start", "status": self.status, "headers": self.headers})
         # While streaming, watch for the client leaving, unless the app still reads
         # the body (then a disconnect surfaces there).
         if getattr(self.stream, "complete", True):
             self.watcher = asyncio.run_coroutine_threadsafe(self._watch(), self.loop)
 
     def _send_body(self, data: bytes) -> None:
-        self._call(self.send({"type": "http.response.body", "body": data, "more_body": True}))
+        self._call({"type": "http.response.body", "body": data, "more_body": True})
 
     def _send_end(self) -> None:
-        self._call(self.send({"type": "http.response.body", "body": b"", "more_body": False}))
+        self._call({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch(self) -> None:
         while True:

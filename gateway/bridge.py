@@ -96,10 +96,8 @@ class WSGIBridge:
             if message["type"] != "http.request":
                 return  # the client left before sending its request body
             body = message.get("body", b"")
-            if message.get("more_body", False):
-                stream = RequestBody(loop, receive, body)
-            else:
-                stream = io.BytesIO(body)
+            more = message.get("more_body", False)
+            stream = RequestBody(loop, receive, body) if more else io.BytesIO(body)
         environ["wsgi.input"] = stream
         exchange = Exchange(loop, send, receive, self.buffer_size, stream)
         context = contextvars.copy_context()

@@ -103,7 +103,7 @@ class Gateway:
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await bad_host(send)
-            app = None  # type: ignore[assignment]
+            app, prefix = None, ""  # type: ignore[assignment]
         elif mount is None:
             app = self.fallback
         elif kind == "websocket" and prefix in self.wsgi_prefixes:

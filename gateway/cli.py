@@ -189,7 +189,7 @@ def describe_database() -> str:
     db = settings.DATABASES["default"]
     engine = db["ENGINE"].rsplit(".", 1)[-1]
     if engine == "sqlite3":
-        return f"sqlite {db['NAME']}"
+        return f"sqlite {str(db['NAME']).removeprefix('file:').partition('?')[0]}"
     where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 'default port'}"
     return f"{engine} {db.get('USER') or ''}@{where}/{db['NAME']}"
 

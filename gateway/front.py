@@ -193,7 +193,7 @@ class _Logged:
             e = self.environ
             query = e.get("QUERY_STRING")
             path = e.get("SCRIPT_NAME", "") + e.get("PATH_INFO", "")
-            mount = e.get("SCRIPT_NAME", "")[len(self.base):]
+            mount = e.get("SCRIPT_NAME", "")[len(self.base) :]
             log_access(
                 e.get("REMOTE_ADDR", "-"), e.get("REQUEST_METHOD", "-"), f"{path}?{query}" if query else path,
                 e.get("SERVER_PROTOCOL", "-"), self.status[0], self.size, self.started, mount,

@@ -148,15 +148,17 @@ def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) ->
     httpx.get(server.url + "/flask/?name=x", headers={"X-Request-ID": "req-flask-1"})
     httpx.get(server.url + "/django/", headers={"X-Request-ID": "req-django-1"})
     httpx.get(server.url + "/faults/boom", headers={"X-Request-ID": "req-boom-1"})
+    httpx.get(server.url + "/django/", headers={"X-Request-ID": "req-host-1", "Host": "evil.example"})
     server.stop()
     records = [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
     access = [r for r in records if r["logger"] == "gateway.access"]
-    assert [(r["path"], r["status"], r["mount"], r["request_id"]) for r in access[-3:]] == [
+    assert [(r["path"], r["status"], r["mount"], r["request_id"]) for r in access[-4:]] == [
         ("/flask/?name=x", 200, "/flask", "req-flask-1"),
         ("/django/", 200, "/django", "req-django-1"),
         ("/faults/boom", 500, "/faults", "req-boom-1"),
+        ("/django/", 400, "-", "req-host-1"),  # refused before any app
     ]
-    assert all(r["bytes"] > 0 and r["duration_ms"] >= 0 and r["client"] == "127.0.0.1" for r in access[-3:])
+    assert all(r["bytes"] > 0 and r["duration_ms"] >= 0 and r["client"] == "127.0.0.1" for r in access[-4:])
     errors = [r for r in records if r["level"] == "ERROR"]
     assert len(errors) == 1 and errors[0]["request_id"] == "req-boom-1"
     assert "Traceback" in errors[0]["exc_info"]

@@ -161,6 +161,9 @@ if os.environ.get("DJANGO_HTTPS", "").lower() in {"1", "true", "yes", "on"}:
     SECURE_SSL_REDIRECT = True
     SECURE_HSTS_SECONDS = 31536000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # HSTS preload is a commitment to the browsers' list that a site makes on purpose
+    # (set SECURE_HSTS_PRELOAD yourself); it is not a deployment error to go without.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 
 def _skip_unreadable_post(record: object) -> bool:

@@ -20,6 +20,7 @@ import logging.config
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -65,6 +66,10 @@ def cli() -> None:
     help="On shutdown, seconds to let running requests finish [default: no limit].",
 )
 @click.option(
+    "--keep-alive", default=5.0, show_default=True, type=click.FloatRange(min=0),
+    help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].",
@@ -79,6 +84,7 @@ def serve(
     log_level: str,
     server: str,
     graceful_timeout: float | None,
+    keep_alive: float,
     log_format: str | None,
     mounts: tuple[str, ...],
 ) -> None:
@@ -99,14 +105,14 @@ def serve(
     click.echo("\n".join(lines), err=True)
     if server == "granian":
         run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload,
-                    log_level=log_level, log_config=log_config)
+                    log_level=log_level, graceful_timeout=graceful_timeout, log_config=log_config)
         return
     from gateway.asgi import create_asgi_app
 
     app = create_asgi_app(table, config)
     run_uvicorn(
         app, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-        graceful_timeout=graceful_timeout, log_config=log_config,
+        graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
     )
 
 
@@ -233,17 +239,24 @@ def migrate_embedded_database() -> None:
 
     if not apps.ready or os.environ.get("DATABASE_URL"):
         return
+    import fcntl
+
+    from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
 
-    call_command("migrate", interactive=False, verbosity=0)
+    # Several gateways sharing a data directory, started at once, take turns.
+    lock_path = Path(str(settings.DATABASES["default"]["NAME"]).removeprefix("file:").partition("?")[0])
+    with open(lock_path.with_suffix(".migrate-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        call_command("migrate", interactive=False, verbosity=0)
     connections.close_all()  # requests open their own, on their own threads
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command line; errors end with one line and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="gateway", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="gateway", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"gateway: error: {exc.format_message()}{hint}", err=True)
@@ -256,5 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    # Without standalone mode, click returns a command's exit code instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 

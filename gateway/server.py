@@ -46,6 +46,7 @@ def run_uvicorn(
     reload: bool,
     log_level: str,
     graceful_timeout: float | None,
+    keep_alive: float = 5,
     log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers."""
@@ -62,6 +63,11 @@ def run_uvicorn(
         # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
         "http": "httptools",
         "timeout_graceful_shutdown": graceful_timeout,
+        "timeout_keep_alive": keep_alive,
+        # The gateway honours X-Forwarded-* itself, from GATEWAY_TRUSTED_PROXIES only.
+        # uvicorn's own handling (on by default, trusting 127.0.0.1) would replace the
+        # client address first, and the gateway would then see an untrusted client.
+        "proxy_headers": False,
     }
     if workers > 1 or reload:
         # uvicorn's supervisors import the app in each worker process themselves.
@@ -94,7 +100,7 @@ def run_uvicorn(
 
 def run_granian(
     *, host: str, port: int, workers: int, threads: int, reload: bool, log_level: str,
-    log_config: dict[str, Any] | None = None,
+    graceful_timeout: float | None = None, log_config: dict[str, Any] | None = None,
 ) -> None:
     """Serve the WSGI gateway with Granian's WSGI interface."""
     try:
@@ -117,4 +123,5 @@ def run_granian(
         log_dictconfig=log_config,
         reload=reload,
         reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
+        workers_kill_timeout=int(graceful_timeout) if graceful_timeout else None,
     ).serve()

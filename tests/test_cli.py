@@ -110,3 +110,52 @@ def test_python_dash_m_and_console_script_agree(tmp_path) -> None:  # type: igno
     module = gateway("--version", tmp_path=tmp_path)
     assert module.returncode == 0 and script.returncode == 0
     assert script.stdout == module.stdout and module.stdout.startswith("gateway, version ")
+
+
+STRONG = "k" * 40 + "0123456789abcdef"
+
+
+def test_check_deploy_fails_on_a_development_setup(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = gateway("check", "--deploy", tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert 'gateway: GATEWAY_ENV is not "production"' in result.stderr
+    assert "gateway: DJANGO_SECRET_KEY is not set." in result.stderr
+    assert "gateway: GATEWAY_HTTPS is not set" in result.stderr
+
+
+def test_check_deploy_passes_a_production_setup(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = server_env(tmp_path, GATEWAY_ENV="production", GATEWAY_HTTPS="1", GATEWAY_ALLOWED_HOSTS="example.org",
+                     DJANGO_SECRET_KEY=STRONG + "d", FLASK_SECRET_KEY=STRONG + "f")
+    result = subprocess.run([sys.executable, "-m", "gateway", "check", "--deploy"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.endswith("gateway: no problems found.\n")
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        pytest.param(None, "DJANGO_SECRET_KEY is not set", id="missing"),
+        pytest.param("short", "DJANGO_SECRET_KEY is too weak", id="short"),
+        pytest.param("django-insecure-" + STRONG, "DJANGO_SECRET_KEY is too weak", id="insecure-prefix"),
+        pytest.param("a" * 60, "DJANGO_SECRET_KEY is too weak", id="one-character"),
+    ],
+)
+def test_production_refuses_weak_secrets(tmp_path, secret: str | None, problem: str) -> None:  # type: ignore[no-untyped-def]
+    extra = {"GATEWAY_ENV": "production", "FLASK_SECRET_KEY": STRONG}
+    if secret is not None:
+        extra["DJANGO_SECRET_KEY"] = secret
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", "0"], cwd=ROOT,
+                            env=server_env(tmp_path, **extra), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    advice = "" if secret is None else ": use at least 50 random characters"
+    assert result.stderr.strip() == f"gateway: error: {problem}{advice} (GATEWAY_ENV=production)."
+
+
+def test_development_keys_are_generated_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code = ("import os, gateway.config as g; g.configure_apps(g.Config.from_env());"
+            "print(os.environ['FLASK_SECRET_KEY'])")
+    first, second = (subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=server_env(tmp_path),
+                                    capture_output=True, text=True, timeout=60).stdout for _ in range(2))
+    assert first == second and len(first.strip()) >= 50
+    assert oct((tmp_path / "flask-secret-key").stat().st_mode & 0o777) == "0o600"

@@ -163,3 +163,21 @@ def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) ->
     assert len(errors) == 1 and errors[0]["request_id"] == "req-boom-1"
     assert "Traceback" in errors[0]["exc_info"]
     assert server.log.count("Traceback") == 1
+
+
+def test_proxy_headers_through_a_real_server_from_a_trusted_proxy(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn must not rewrite the client from X-Forwarded-For before the gateway decides."""
+    server = start_gateway(env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+                                "GATEWAY_ALLOWED_HOSTS": "localhost,example.org"})
+    headers = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Prefix": "/apps", "X-Forwarded-Host": "example.org"}
+    assert httpx.get(server.url + "/flask", headers=headers).headers["location"] == "/apps/flask/"
+    admin = httpx.get(server.url + "/django/admin/", headers=headers)
+    assert admin.headers["location"] == "/apps/django/admin/login/?next=/apps/django/admin/"
+    assert '203.0.113.5 "GET /apps/flask HTTP/1.1" 308' in server.log  # the path the client asked for
+
+
+def test_proxy_headers_from_an_untrusted_peer_are_ignored_by_a_real_server(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway(env={"GATEWAY_TRUSTED_PROXIES": "10.0.0.1"})
+    headers = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Prefix": "/apps"}
+    assert httpx.get(server.url + "/flask", headers=headers).headers["location"] == "/flask/"
+    assert '127.0.0.1 "GET /flask HTTP/1.1" 308' in server.log

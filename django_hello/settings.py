@@ -174,6 +174,20 @@ def _skip_unreadable_post(record: object) -> bool:
     return not (exc_info and isinstance(exc_info[1], UnreadablePostError))
 
 
+def _client_mistake(record: object) -> bool:
+    """Log a refused request (too many fields, bad host...) as one WARNING line.
+
+    Django reports each SuspiciousOperation at ERROR with its traceback; here it is a
+    client's mistake, answered with a 400, not a fault of the server.
+    """
+    import logging
+
+    record.exc_info = None  # type: ignore[attr-defined]
+    record.exc_text = None  # type: ignore[attr-defined]
+    record.levelno, record.levelname = logging.WARNING, "WARNING"  # type: ignore[attr-defined]
+    return True
+
+
 # Logging: records go to the root logger (the gateway's handler, or Python's last-resort
 # stderr handler when run alone), so each error is written once, with its traceback.
 LOGGING = {
@@ -181,10 +195,18 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "skip_unreadable_post": {"()": "django.utils.log.CallbackFilter", "callback": _skip_unreadable_post},
+        "client_mistake": {"()": "django.utils.log.CallbackFilter", "callback": _client_mistake},
     },
     "loggers": {
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.request": {"handlers": [], "level": "ERROR", "filters": ["skip_unreadable_post"]},
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # Django names each SuspiciousOperation's logger after its class; a filter on
+        # "django.security" would not see records its children pass up.
+        **{
+            f"django.security.{name}": {"handlers": [], "level": "INFO", "filters": ["client_mistake"]}
+            for name in ("DisallowedHost", "TooManyFieldsSent", "TooManyFilesSent", "RequestDataTooBig",
+                         "SuspiciousMultipartForm", "DisallowedRedirect", "SuspiciousOperation")
+        },
     },
 }

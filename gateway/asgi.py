@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,10 +26,11 @@ from gateway.front import (
     ASGIAccess,
     HostPolicy,
     access_log,
-    bad_host,
     forwarded,
     is_trusted,
     log_access,
+    refusal,
+    refuse,
     request_id,
 )
 from gateway.mountpolicy import ASGIMount
@@ -60,6 +63,7 @@ class Gateway:
         self.fallback = WSGIBridge(Pages(table), self.executor)
         self.health = WSGIBridge(health_app(table, wsgi_apps, config), self.executor)
         self.hosts = HostPolicy(config.allowed_hosts)
+        self.max_header_size = config.max_header_size
         self.proxies = config.trusted_proxies
         self.lifespans: list[MountLifespan] = []
 
@@ -72,7 +76,9 @@ class Gateway:
         hosts: list[bytes] = []
         offered = None
         proxy_headers: dict[bytes, bytes] = {}
+        header_size = 0
         for name, value in scope.get("headers", ()):
+            header_size += len(name) + len(value)
             if name == b"host":
                 hosts.append(value)
             elif name == b"x-request-id":
@@ -95,14 +101,18 @@ class Gateway:
         mount, prefix, _ = self.table.match(route)
         if kind == "http":
             send = ASGIAccess(send, rid)
+        refused = None
+        if route not in HEALTH_PATHS:
+            host_ok = len(hosts) == 1 and self.hosts.allows(hosts[0].decode("latin-1"))
+            refused = refusal(scope.get("method", "GET"), host_ok, header_size, self.max_header_size)
         if route in HEALTH_PATHS:
             app: ASGIApp = self.health
-        elif len(hosts) != 1 or not self.hosts.allows(hosts[0].decode("latin-1")):
+        elif refused is not None:
             if kind == "websocket":
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await bad_host(send)
+            await refuse(refused, send)
             app, prefix = None, ""  # type: ignore[assignment]
         elif mount is None:
             app = self.fallback
@@ -140,9 +150,30 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 for lifespan in reversed(self.lifespans):
                     await lifespan.shutdown()
-                self.executor.shutdown(wait=False)
+                self.executor.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
+                exit_when_stuck()
                 return
+
+
+def exit_when_stuck(grace: float = 1.0) -> None:
+    """Exit the process if WSGI requests still run once the server has shut down.
+
+    The server has already waited for them (up to ``--graceful-timeout``) and cut their
+    connections; the pool's threads would otherwise hold the process at exit, joined by
+    the interpreter, for as long as the slowest view runs.
+    """
+
+    def watch() -> None:
+        time.sleep(grace)
+        running = [t for t in threading.enumerate() if t.name.startswith("wsgi_") and t.is_alive()]
+        if running:
+            logger.warning("%d WSGI request(s) still running after shutdown; exiting without them.",
+                           len(running))
+            logging.shutdown()
+            os._exit(0)
+
+    threading.Thread(target=watch, name="gateway-exit-watch", daemon=True).start()
 
 
 class MountLifespan:

@@ -16,6 +16,7 @@ environment already says.
                           matches subdomains, ``*`` anything)
 ``GATEWAY_MAX_BODY_SIZE`` request body limit in bytes (``K``/``M``/``G`` suffixes)
 ``GATEWAY_MAX_BODY_SIZES`` per-mount limits, ``/flask=1M,/django=20M``
+``GATEWAY_MAX_HEADER_SIZE`` request headers in all, in bytes (default 16K)
 ``GATEWAY_TRUSTED_PROXIES`` addresses or networks whose ``X-Forwarded-*`` headers
                           are honoured, comma-separated
 ``GATEWAY_HTTPS``         ``1`` when clients reach the gateway over HTTPS (secure
@@ -37,6 +38,7 @@ from pathlib import Path
 DEFAULT_THREADS = 100
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 FLASK_PREFIX, DJANGO_PREFIX = "/flask", "/django"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,6 +57,7 @@ class Config:
     allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     max_body_sizes: Mapping[str, int] = field(default_factory=dict)
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     trusted_proxies: tuple[Network, ...] = ()
     https: bool = False
     log_format: str = "text"
@@ -78,6 +81,9 @@ class Config:
                 environ.get("GATEWAY_MAX_BODY_SIZE", str(DEFAULT_MAX_BODY_SIZE)), "GATEWAY_MAX_BODY_SIZE"
             ),
             max_body_sizes=_sizes(environ.get("GATEWAY_MAX_BODY_SIZES", "")),
+            max_header_size=parse_size(
+                environ.get("GATEWAY_MAX_HEADER_SIZE", str(DEFAULT_MAX_HEADER_SIZE)), "GATEWAY_MAX_HEADER_SIZE"
+            ),
             trusted_proxies=tuple(_network(n) for n in _split(environ.get("GATEWAY_TRUSTED_PROXIES"))),
             https=_flag(environ.get("GATEWAY_HTTPS")),
             log_format=log_format,
@@ -93,6 +99,7 @@ class Config:
             "GATEWAY_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
             "GATEWAY_MAX_BODY_SIZE": str(self.max_body_size),
             "GATEWAY_MAX_BODY_SIZES": ",".join(f"{p}={n}" for p, n in self.max_body_sizes.items()),
+            "GATEWAY_MAX_HEADER_SIZE": str(self.max_header_size),
             "GATEWAY_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
             "GATEWAY_HTTPS": "1" if self.https else "",
             "GATEWAY_LOG_FORMAT": self.log_format,

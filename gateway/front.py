@@ -8,6 +8,9 @@
   so that probes by address work).
 - A ``Host`` that is missing, malformed, repeated or not in ``GATEWAY_ALLOWED_HOSTS``
   gets a 400 before any app runs: one check for every mount.
+- Request headers larger than ``GATEWAY_MAX_HEADER_SIZE`` in all get a 431 (uvicorn's
+  httptools parser has no limit of its own; a proxy in front should also have one).
+- ``TRACE``, ``TRACK`` and ``CONNECT`` get a 405: no app here should answer them.
 - A request ID: the client's ``X-Request-ID`` when it is a sane token, else a new one;
   passed on as that header, returned in the response, and in every log record.
 - Security headers on every response, unless the app set them itself.
@@ -111,15 +114,41 @@ def log_access(
     )
 
 
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 _BAD_HOST = b"Bad Request: the Host header is missing, malformed or not allowed here.\n"
+_BAD_METHOD = b"Method Not Allowed.\n"
+_BIG_HEADERS = b"Request Header Fields Too Large.\n"
+# status line, body, extra headers: the gateway's own refusals, the same on both sides
+REFUSALS = {
+    "host": ("400 Bad Request", _BAD_HOST, ()),
+    "method": ("405 Method Not Allowed", _BAD_METHOD, (("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)),
+    "headers": ("431 Request Header Fields Too Large", _BIG_HEADERS, (("Connection", "close"),)),
+}
 
 
-def _bad_host(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    start_response(
-        "400 Bad Request",
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_BAD_HOST)))],
-    )
-    return [_BAD_HOST]
+def refusal(method: str, host_ok: bool, header_size: int, limit: int) -> str | None:
+    """Name what is wrong with a request before any app sees it, or None."""
+    if header_size > limit:
+        return "headers"
+    if not host_ok:
+        return "host"
+    if method in REFUSED_METHODS:
+        return "method"
+    return None
+
+
+def _refuse(kind: str) -> WSGIApp:
+    status, body, extra = REFUSALS[kind]
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(body))), *extra])
+        return [body]
+
+    return app
+
+
+_REFUSE = {kind: _refuse(kind) for kind in REFUSALS}
 
 
 class WSGIFront:
@@ -129,6 +158,7 @@ class WSGIFront:
         self.app = app
         self.health = health
         self.hosts = HostPolicy(config.allowed_hosts)
+        self.max_header_size = config.max_header_size
         self.proxies = config.trusted_proxies
         self.proxy_fix = ProxyFix(self._serve, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
 
@@ -155,10 +185,12 @@ class WSGIFront:
 
         if environ.get("PATH_INFO") in HEALTH_PATHS:
             app = self.health
-        elif self.hosts.allows(environ.get("HTTP_HOST")):
-            app = self.app
         else:
-            app = _bad_host
+            header_size = sum(len(k) + len(v) for k, v in environ.items()
+                              if k.startswith("HTTP_") and isinstance(v, str))
+            refused = refusal(environ.get("REQUEST_METHOD", ""), self.hosts.allows(environ.get("HTTP_HOST")),
+                              header_size, self.max_header_size)
+            app = self.app if refused is None else _REFUSE[refused]
         result = app(environ, start)
         if not access_log.isEnabledFor(logging.INFO):
             return result
@@ -254,10 +286,12 @@ class ASGIAccess:
         await self.send(message)
 
 
-async def bad_host(send: Send) -> None:
-    """Answer 400 for a bad Host header."""
-    await send({"type": "http.response.start", "status": 400, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_BAD_HOST)).encode())]})
-    await send({"type": "http.response.body", "body": _BAD_HOST})
+async def refuse(kind: str, send: Send) -> None:
+    """Send the gateway's refusal of ``kind`` (see ``REFUSALS``)."""
+    status, body, extra = REFUSALS[kind]
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               *((n.lower().encode(), v.encode()) for n, v in extra)]
+    await send({"type": "http.response.start", "status": int(status[:3]), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 

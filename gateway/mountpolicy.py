@@ -89,6 +89,9 @@ class WSGIMount:
                 if spool is None:
                     return _plain(start_response, "413 Content Too Large", too_large(limit),
                                   ("Connection", "close"))
+                if spool is False:
+                    return _plain(start_response, "400 Bad Request",
+                                  b"Bad Request: the request body ended early.\n", ("Connection", "close"))
 
         def start_scoped(status: str, headers: list[tuple[str, str]], exc_info: object = None):  # type: ignore[no-untyped-def]
             for i, (name, value) in enumerate(headers):
@@ -101,20 +104,31 @@ class WSGIMount:
 
 
 def _collect_body(environ: Environ, limit: int) -> Any:
-    """Read a body of unknown length up to ``limit``; None if it is longer."""
+    """Read a body of unknown length up to ``limit``.
+
+    Return the spooled body, ``None`` if it is longer than ``limit``, or ``False`` if
+    the client went away (or broke the chunked framing) before its end.
+    """
     stream = environ["wsgi.input"]
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed with the response
     size = 0
-    while chunk := stream.read(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            spool.close()
-            return None
-        spool.write(chunk)
+    try:
+        while chunk := stream.read(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                spool.close()
+                return None
+            spool.write(chunk)
+    except OSError:  # the bridge's ClientDisconnected, or a server's equivalent
+        spool.close()
+        return False
     spool.seek(0)
     environ["wsgi.input"] = spool
     environ["CONTENT_LENGTH"] = str(size)
+    # The body now has a length: nothing may read it as chunked or unterminated again
+    # (Werkzeug reads no body at all while Transfer-Encoding is still there).
     environ.pop("wsgi.input_terminated", None)
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
     return spool
 
 

@@ -43,6 +43,16 @@ class Pages:
         self.table = table
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in {"GET", "HEAD"}:
+            allow = ("Allow", "GET, HEAD, OPTIONS")
+            if method == "OPTIONS":
+                start_response("204 No Content", [allow])
+                return []
+            body405 = b"Method Not Allowed: the gateway's own pages answer GET and HEAD.\n"
+            start_response("405 Method Not Allowed", [allow, ("Content-Type", "text/plain; charset=utf-8"),
+                                                      ("Content-Length", str(len(body405)))])
+            return [body405]
         if environ.get("PATH_INFO") in {"/", ""}:
             status, body = "200 OK", self.index(environ.get("SCRIPT_NAME", ""))
         else:
@@ -52,7 +62,7 @@ class Pages:
             status,
             [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))],
         )
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else data]
+        return [b"" if method == "HEAD" else data]
 
     def index(self, script_name: str) -> str:
         """Render the list of mounts, with links under ``script_name``."""

@@ -75,6 +75,15 @@ class ServerProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears in the log (lines are written after responses)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the server log within {timeout} s:\n{log}")
+            time.sleep(0.05)
+        return log
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the server's process group and wait for it to exit."""
         if self.proc.poll() is None:

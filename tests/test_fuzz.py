@@ -1,0 +1,256 @@
+"""Property tests: generated paths, methods, headers, query strings and bodies, sent
+through both in-process entry points (``wsgi_app`` and ``asgi_app``).
+
+Whatever comes in, the gateway never answers with a 5xx, and a request lands in the app
+its prefix names, by Werkzeug's ``DispatcherMiddleware`` rules (segment boundaries:
+``/flask/...`` is Flask, ``/flaskx`` is nobody's): the bare prefix redirects to its
+slash form, and a path no mount claims gets the gateway's own page. Which app ran is
+told by each framework's ``request_started`` signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, quote_from_bytes
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+MOUNTS = {"/flask": "flask", "/django": "django"}
+HEALTH = {"/healthz", "/readyz"}  # the gateway's own, which probe the apps
+STANDARD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+ODD = ["TRACE", "PROPFIND", "FOO", "M-SEARCH"]
+# What a gateway may answer for a request before any app sees it.
+REFUSALS = {400, 405, 413, 431, 501}
+
+SEGMENTS = st.one_of(
+    st.sampled_from(["flask", "django", "flaskx", "FLASK", "djangoadmin", "static", "admin", "login",
+                     "style.css", "django_hello", "..", ".", "", "%2e%2e", "%2F", "healthz", "readyz",
+                     "test", "\\", "\x00", "é"]),
+    st.text(max_size=8),
+)
+PATHS = st.one_of(
+    st.lists(SEGMENTS, max_size=5).map(lambda parts: "/" + "/".join(parts)),
+    # Half of the paths start with a mount's prefix, so that both apps see plenty.
+    st.tuples(st.sampled_from(sorted(MOUNTS)), st.lists(SEGMENTS, max_size=4)).map(
+        lambda t: t[0] + ("/" + "/".join(t[1]) if t[1] else "")
+    ),
+)
+QUERIES = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#"),
+            max_size=40),
+    st.binary(max_size=24).map(lambda b: quote_from_bytes(b, safe="=&")),
+    st.lists(st.tuples(st.sampled_from(["name", "next", "q", "a"]), st.text(max_size=10)), max_size=4)
+    .map(lambda pairs: "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)),
+)
+HEADER_NAMES = st.one_of(
+    st.sampled_from(["Cookie", "Accept", "Accept-Encoding", "Content-Type", "Range", "If-None-Match",
+                     "If-Modified-Since", "Origin", "Referer", "Authorization", "X-Request-ID",
+                     "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Prefix", "X-Forwarded-Proto",
+                     "Upgrade", "Expect"]),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True),
+).filter(lambda n: n.lower() not in {"host", "content-length", "transfer-encoding", "connection"})
+HEADER_VALUES = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip
+)
+HEADERS = st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=6)
+BODIES = st.one_of(st.just(b""), st.binary(max_size=64))
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def expected_owner(path: str) -> str:
+    """Who answers ``path``, by the dispatcher's rules: a mount, its redirect, or the gateway."""
+    for prefix, name in MOUNTS.items():
+        if path == prefix:
+            return "redirect"
+        if path.startswith(prefix + "/"):
+            return name
+    return "gateway"
+
+
+class Owners:
+    """Record which framework started handling each request (from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+
+    def flask(self, sender: Any, **extra: Any) -> None:
+        with self.lock:
+            self.seen.append("flask")
+
+    def django(self, sender: Any, **extra: Any) -> None:
+        with self.lock:
+            self.seen.append("django")
+
+    def take(self) -> list[str]:
+        with self.lock:
+            seen, self.seen = self.seen, []
+        return seen
+
+
+@pytest.fixture(scope="module")
+def owners(table: Any) -> Iterator[Owners]:  # the table fixture imports and configures the apps
+    import flask
+    from django.core import signals
+
+    import flask_hello
+
+    recorder = Owners()
+    flask.request_started.connect(recorder.flask, flask_hello.app, weak=False)
+    signals.request_started.connect(recorder.django, weak=False, dispatch_uid="test_fuzz")
+    yield recorder
+    flask.request_started.disconnect(recorder.flask, flask_hello.app)
+    signals.request_started.disconnect(dispatch_uid="test_fuzz")
+
+
+def call_wsgi(app: Any, method: str, path: str, query: str, headers: list[tuple[str, str]],
+              body: bytes) -> int:
+    """Call the WSGI gateway with an environ as a server would build it; return the status."""
+    import io
+
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path.encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "localhost",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    for name, value in headers:
+        key = name.upper().replace("-", "_")
+        key = key if key == "CONTENT_TYPE" else "HTTP_" + key
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    statuses: list[str] = []
+
+    def start_response(status: str, response_headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        for _ in result:
+            pass
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(statuses[-1][:3])
+
+
+def call_asgi(app: Any, method: str, path: str, query: str, headers: list[tuple[str, str]],
+              body: bytes) -> int:
+    """Call the ASGI gateway with a scope as uvicorn would build it; return the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": quote(path, safe="/").encode("ascii"),
+        "root_path": "",
+        "query_string": query.encode("latin-1"),
+        "headers": [(b"host", b"localhost"),
+                    *((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers)]
+        + ([(b"content-length", str(len(body)).encode())] if body else []),
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+        "state": {},
+    }
+    statuses: list[int] = []
+
+    async def run() -> None:
+        done = asyncio.Event()
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await asyncio.wait_for(app(scope, receive, send), timeout=20)
+
+    asyncio.run(run())
+    return statuses[-1]
+
+
+ENTRY_POINTS = {"wsgi": (call_wsgi, "wsgi_app"), "asgi": (call_asgi, "asgi_app")}
+
+
+@pytest.fixture(scope="module", params=sorted(ENTRY_POINTS))
+def gateway(request: pytest.FixtureRequest) -> Any:
+    """Each entry point in turn, as a function (method, path, query, headers, body) -> status."""
+    call, fixture = ENTRY_POINTS[request.param]
+    app = request.getfixturevalue(fixture)
+    return lambda *args: call(app, *args)
+
+
+@pytest.mark.parametrize(
+    ("path", "owner"),
+    [("/flask/", ["flask"]), ("/flask/nope", ["flask"]), ("/django/", ["django"]),
+     ("/django/admin/login/", ["django"]), ("/flask", []), ("/flaskx", []), ("/", []),
+     ("//flask/", []), ("/FLASK/", [])],
+)
+def test_owner_detection(gateway: Any, owners: Owners, path: str, owner: list[str]) -> None:
+    # The examples the properties rely on: the signals do tell which app ran.
+    owners.take()
+    assert gateway("GET", path, "", [], b"") < 500
+    assert owners.take() == owner
+
+
+@FUZZ
+@given(method=st.sampled_from(STANDARD + ODD), path=PATHS, query=QUERIES, headers=HEADERS, body=BODIES)
+def test_never_a_server_error(gateway: Any, owners: Owners, method: str, path: str, query: str,
+                              headers: list[tuple[str, str]], body: bytes) -> None:
+    status = gateway(method, path, query, headers, body)
+    owners.take()
+    assert status < 500, f"{method} {path!r}?{query!r} {headers!r} -> {status}"
+
+
+@FUZZ
+@given(method=st.sampled_from(STANDARD), path=PATHS, query=QUERIES, headers=HEADERS, body=BODIES)
+def test_request_lands_in_the_app_its_prefix_names(
+    gateway: Any, owners: Owners, method: str, path: str, query: str,
+    headers: list[tuple[str, str]], body: bytes,
+) -> None:
+    owners.take()
+    status = gateway(method, path, query, headers, body)
+    seen = owners.take()
+    expected = expected_owner(path)
+    where = f"{method} {path!r}?{query!r} {headers!r} -> {status}, ran {seen}"
+    if path in HEALTH:
+        return  # the gateway's health checks probe the apps themselves
+    if expected == "redirect":
+        assert seen == [] and (status == 308 or status in REFUSALS), where
+    elif expected == "gateway":
+        assert seen == [], where
+    else:
+        assert seen in ([expected], []), where
+        assert seen == [expected] or status in REFUSALS, where

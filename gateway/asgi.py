@@ -229,7 +229,7 @@ def __getattr__(name: str) -> Gateway:
         from gateway.logs import configure_logging_if_unset
 
         config = Config.from_env()
-        configure_logging_if_unset(config.log_format)
+        configure_logging_if_unset(config.log_format, config.access_log)
         app = create_asgi_app(load_table(config), config)
         globals()["application"] = app
         return app

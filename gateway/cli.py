@@ -70,6 +70,10 @@ def cli() -> None:
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
 )
 @click.option(
+    "--access-log/--no-access-log", default=None,
+    help="Write one line per request [default: GATEWAY_ACCESS_LOG or on].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].",
@@ -85,12 +89,13 @@ def serve(
     server: str,
     graceful_timeout: float | None,
     keep_alive: float,
+    access_log: bool | None,
     log_format: str | None,
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
-    config = _config(mounts, threads, log_format=log_format)
-    log_config = logging_config(log_level, config.log_format)
+    config = _config(mounts, threads, log_format=log_format, access_log=access_log)
+    log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     table = _load(config)
     migrate_embedded_database()
@@ -200,7 +205,9 @@ def describe_database() -> str:
     return f"{engine} {db.get('USER') or ''}@{where}/{db['NAME']}"
 
 
-def _config(mounts: tuple[str, ...], threads: int | None, log_format: str | None = None) -> Config:
+def _config(
+    mounts: tuple[str, ...], threads: int | None, log_format: str | None = None, access_log: bool | None = None
+) -> Config:
     try:
         config = Config.from_env()
         for text in mounts:
@@ -210,6 +217,7 @@ def _config(mounts: tuple[str, ...], threads: int | None, log_format: str | None
     config = replace(
         config, mounts=config.mounts + mounts, threads=threads or config.threads,
         log_format=log_format or config.log_format,
+        access_log=config.access_log if access_log is None else access_log,
     )
     os.environ.update(config.to_env())
     return config

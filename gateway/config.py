@@ -22,6 +22,7 @@ environment already says.
 ``GATEWAY_HTTPS``         ``1`` when clients reach the gateway over HTTPS (secure
                           cookies, HSTS)
 ``GATEWAY_LOG_FORMAT``    ``text`` (default) or ``json``
+``GATEWAY_ACCESS_LOG``    ``0`` to write no access log (default on)
 ========================  =====================================================
 """
 
@@ -61,6 +62,7 @@ class Config:
     trusted_proxies: tuple[Network, ...] = ()
     https: bool = False
     log_format: str = "text"
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -87,6 +89,7 @@ class Config:
             trusted_proxies=tuple(_network(n) for n in _split(environ.get("GATEWAY_TRUSTED_PROXIES"))),
             https=_flag(environ.get("GATEWAY_HTTPS")),
             log_format=log_format,
+            access_log=environ.get("GATEWAY_ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no", "off"},
         )
 
     def to_env(self) -> dict[str, str]:
@@ -103,6 +106,7 @@ class Config:
             "GATEWAY_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
             "GATEWAY_HTTPS": "1" if self.https else "",
             "GATEWAY_LOG_FORMAT": self.log_format,
+            "GATEWAY_ACCESS_LOG": "1" if self.access_log else "0",
         }
 
     def body_limit(self, prefix: str) -> int:

@@ -22,7 +22,9 @@ The WSGI and ASGI classes share the policy functions below; only the plumbing di
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -49,11 +51,34 @@ _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
 
 
+class _IdSource:
+    """Request IDs: a random 64-bit prefix per process and a counter, as 32 hex digits.
+
+    Unique across processes and restarts without a system call per request: the
+    ``secrets.token_hex`` this replaced read ``os.urandom`` on the event loop, which
+    gives up the GIL and measured 6-7% of a hello request's time on uvicorn.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_request_id = _IdSource()
+
+
 def request_id(offered: str | None) -> str:
     """Keep the client's request ID when it is a sane token, else make a new one."""
     if offered and _TOKEN.fullmatch(offered):
         return offered
-    return secrets.token_hex(16)
+    return new_request_id()
 
 
 class HostPolicy:

@@ -51,9 +51,14 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data)
 
 
-def logging_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
-    """Return a ``dictConfig`` for the root logger, uvicorn's loggers and the access log."""
+def logging_config(level: str = "info", fmt: str = "text", access: bool = True) -> dict[str, Any]:
+    """Return a ``dictConfig`` for the root logger, uvicorn's loggers and the access log.
+
+    The access log is written at INFO: a higher ``level`` turns it off, as does
+    ``access=False``; then the gateway skips building the line altogether.
+    """
     level = "DEBUG" if level.lower() == "trace" else level.upper()
+    access_level = "INFO" if access and logging.getLevelName(level) <= logging.INFO else "WARNING"
     formatter: dict[str, Any] = (
         {"()": JSONFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
     )
@@ -76,17 +81,17 @@ def logging_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "gateway.access": {"handlers": [], "level": "INFO", "propagate": True},
+            "gateway.access": {"handlers": [], "level": access_level, "propagate": True},
         },
     }
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
+def configure_logging(level: str = "info", fmt: str = "text", access: bool = True) -> None:
     """Apply :func:`logging_config`."""
-    logging.config.dictConfig(logging_config(level, fmt))
+    logging.config.dictConfig(logging_config(level, fmt, access))
 
 
-def configure_logging_if_unset(fmt: str = "text") -> None:
+def configure_logging_if_unset(fmt: str = "text", access: bool = True) -> None:
     """Apply the gateway's logging when nothing has configured the root logger yet."""
     if not logging.getLogger().handlers:
-        configure_logging("info", fmt)
+        configure_logging("info", fmt, access)

@@ -181,3 +181,24 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored_by_a_real_server(start
     headers = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Prefix": "/apps"}
     assert httpx.get(server.url + "/flask", headers=headers).headers["location"] == "/flask/"
     server.wait_for('127.0.0.1 "GET /flask HTTP/1.1" 308')
+
+
+@pytest.mark.parametrize("args", [pytest.param(["--no-access-log"], id="flag"),
+                                  pytest.param(["--log-level", "warning"], id="level")])
+def test_access_log_can_be_turned_off(start_gateway, args: list[str]) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway(*args, "--mount", "/faults=tests.thirdapp.rid:flask_app")
+    assert httpx.get(server.url + "/flask/").status_code == 200
+    assert httpx.get(server.url + "/faults/boom", headers={"X-Request-ID": "still-logged"}).status_code == 500
+    log = server.wait_for("[still-logged] Exception on /boom")  # errors are still written
+    assert "gateway.access" not in log
+
+
+def test_generated_request_ids_are_unique_and_reseeded_in_a_forked_child() -> None:
+    from gateway.front import _IdSource
+
+    source = _IdSource()
+    ids = {source() for _ in range(10000)}
+    assert len(ids) == 10000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    before = source()
+    source.reseed()  # what os.register_at_fork runs in a child
+    assert source()[:16] != before[:16]

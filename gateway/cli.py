@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -97,6 +98,45 @@ def serve(
     config = _config(mounts, threads, log_format=log_format, access_log=access_log)
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
+    if server == "uvicorn" and workers == 1 and not reload:
+        # One process serves: import the apps here, once, and hand uvicorn the app.
+        table = prepare(config, host=host, port=port, server=server, workers=workers)
+        from gateway.asgi import create_asgi_app
+
+        app = create_asgi_app(table, config)
+        run_uvicorn(
+            app, host=host, port=port, workers=1, reload=False, log_level=log_level,
+            graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
+        )
+        return
+    # Worker processes import the apps themselves: check, migrate and print the banner
+    # in a short-lived child, so that the supervising process holds no copy of them.
+    check = [sys.executable, "-m", "gateway", "prepare", "--host", host, "--port", str(port),
+             "--server", server, "--workers", str(workers)]
+    if code := subprocess.run(check).returncode:
+        sys.exit(code)
+    if server == "granian":
+        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload,
+                    log_level=log_level, graceful_timeout=graceful_timeout, log_config=log_config)
+        return
+    run_uvicorn(
+        None, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+        graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
+    )
+
+
+@cli.command("prepare", hidden=True)
+@click.option("--host", required=True)
+@click.option("--port", required=True, type=int)
+@click.option("--server", required=True)
+@click.option("--workers", required=True, type=int)
+def prepare_command(host: str, port: int, server: str, workers: int) -> None:
+    """Check the mounts and the port, migrate, print the banner (run by serve)."""
+    prepare(Config.from_env(), host=host, port=port, server=server, workers=workers)
+
+
+def prepare(config: Config, *, host: str, port: int, server: str, workers: int) -> MountTable:
+    """Import the apps, migrate the embedded database, check the port, print the banner."""
     table = _load(config)
     migrate_embedded_database()
     check_port(host, port)
@@ -108,17 +148,7 @@ def serve(
         *(f"  {m.prefix:<9} http://{shown}:{port}{m.prefix}/  ({m.framework})" for m in table),
     ]
     click.echo("\n".join(lines), err=True)
-    if server == "granian":
-        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload,
-                    log_level=log_level, graceful_timeout=graceful_timeout, log_config=log_config)
-        return
-    from gateway.asgi import create_asgi_app
-
-    app = create_asgi_app(table, config)
-    run_uvicorn(
-        app, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-        graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
-    )
+    return table
 
 
 @cli.command()

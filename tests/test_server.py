@@ -151,3 +151,15 @@ def test_websocket_to_wsgi_mount_is_refused_without_traceback(start_gateway) -> 
     assert status_line == b"HTTP/1.1 403 Forbidden"
     assert httpx.get(server.url + "/flask/").status_code == 200
     assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("server_name", ["uvicorn", "granian"])
+def test_workers_serve_and_stop_cleanly(start_gateway, server_name: str) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway("--workers", "2", "--server", server_name)
+    for _ in range(20):
+        assert httpx.get(server.url + "/flask/").status_code == 200
+        response = httpx.get(server.url + "/django/")
+        assert response.status_code == 200 and "Hello, Django!" in response.text
+    assert f"on {server_name}: 2 worker(s)" in server.log
+    assert server.stop() == 0
+    assert "Traceback" not in server.log

@@ -101,9 +101,20 @@ class WSGIBridge:
         environ["wsgi.input"] = stream
         exchange = Exchange(loop, send, receive, self.buffer_size, stream)
         context = contextvars.copy_context()
-        answer = await loop.run_in_executor(
-            self.executor, context.run, exchange.run, self.app, environ
-        )
+        try:
+            answer = await loop.run_in_executor(
+                self.executor, context.run, exchange.run, self.app, environ
+            )
+        except asyncio.CancelledError:
+            # The server gave up on this request (its graceful shutdown timed out): say
+            # so in one line and, if nothing was sent yet, answer 503, not a traceback.
+            logger.warning("Request %s %r was still running at shutdown and was cut off.",
+                           environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            if not exchange.started:
+                await send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"text/plain"), (b"connection", b"close"), (b"content-length", b"20")]})
+                await send({"type": "http.response.body", "body": b"Service Unavailable\n"})
+            return
         if answer is not None:
             status, headers, data = answer
             await send({"type": "http.response.start", "status": status, "headers": headers})

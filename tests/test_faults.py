@@ -301,6 +301,9 @@ def test_sigterm_grace_period_is_a_limit(start) -> None:  # type: ignore[no-unty
     assert exited < 1 + 3, f"exited {exited:.1f} s after SIGTERM with a 1 s grace period"
     assert code == 0
     assert response.status != 200  # it was cut off, not answered late
+    log = server.log
+    assert "was still running at shutdown and was cut off" in log
+    assert "Traceback" not in log and "CancelledError" not in log, log
 
 
 def test_sigterm_on_an_idle_server_exits_at_once(start) -> None:  # type: ignore[no-untyped-def]

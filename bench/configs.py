@@ -76,9 +76,9 @@ def _py(*args: str) -> tuple[str, ...]:
     return (sys.executable, *args)
 
 
-def gateway_serve(*extra: str) -> tuple[str, ...]:
-    """``gateway serve`` on ``{port}``, access log off (as on every other server)."""
-    return _py("-m", "gateway", "serve", "--host", HOST, "--port", "{port}", "--log-level", "warning", *extra)
+def gateway_serve(*extra: str, level: str = "warning") -> tuple[str, ...]:
+    """``gateway serve`` on ``{port}``; at ``warning`` its access log is off, as on every other server."""
+    return _py("-m", "gateway", "serve", "--host", HOST, "--port", "{port}", "--log-level", level, *extra)
 
 
 def uvicorn(target: str, *, factory: bool = False) -> tuple[str, ...]:
@@ -123,8 +123,8 @@ def setups(threads: int) -> list[Setup]:
     return [
         Setup("gateway-uvicorn", "gateway serve (ASGI, uvicorn)", "gateway", "uvicorn",
               one(gateway_serve("--mount", SLOW_MOUNT))),
-        Setup("gateway-noaccess", "gateway.asgi on uvicorn, access log off (diagnostic)", "gateway", "uvicorn",
-              one(uvicorn("bench.variants:gateway_without_access_log", factory=True), mounts)),
+        Setup("gateway-accesslog", "gateway serve with its access log (the default)", "gateway", "uvicorn",
+              one(gateway_serve("--mount", SLOW_MOUNT, level="info"))),
         Setup("gateway-granian", "gateway serve --server granian (WSGI)", "gateway", "granian",
               one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT))),
         Setup("gateway-gthread", "gateway.wsgi on gunicorn gthread", "gateway", "gunicorn-gthread",

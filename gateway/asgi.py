@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
@@ -61,7 +63,9 @@ class Gateway:
             else:
                 self.routes[mount.prefix] = ASGIMount(mount.app, config.body_limit(mount.prefix))
         self.fallback = WSGIBridge(Pages(table), self.executor)
-        self.health = WSGIBridge(health_app(table, wsgi_apps, config), self.executor)
+        self.health_app = health_app(table, wsgi_apps, config)
+        self.health = WSGIBridge(self.health_app, self.executor)
+        self.draining = False
         self.hosts = HostPolicy(config.allowed_hosts)
         self.max_header_size = config.max_header_size
         self.proxies = config.trusted_proxies
@@ -77,30 +81,33 @@ class Gateway:
         offered = None
         proxy_headers: dict[bytes, bytes] = {}
         header_size = 0
-        for name, value in scope.get("headers", ()):
+        headers = scope.get("headers", ())
+        for name, value in headers:
             header_size += len(name) + len(value)
             if name == b"host":
                 hosts.append(value)
             elif name == b"x-request-id":
                 offered = value.decode("latin-1")
-            elif name.startswith(b"x-forwarded-"):
+            elif self.proxies and name.startswith(b"x-forwarded-"):
                 proxy_headers[name] = value
-        if proxy_headers and self.proxies and is_trusted((scope.get("client") or ("",))[0], self.proxies):
+        if proxy_headers and is_trusted((scope.get("client") or ("",))[0], self.proxies):
             scope = forwarded(scope, proxy_headers)
+            headers = scope["headers"]
             if b"x-forwarded-host" in proxy_headers:
-                hosts = [v for n, v in scope["headers"] if n == b"host"]
+                hosts = [v for n, v in headers if n == b"host"]
         rid = request_id(offered)
         REQUEST_ID.set(rid)
         scope = dict(scope)
-        scope["headers"] = [(n, v) for n, v in scope.get("headers", ()) if n != b"x-request-id"]
-        scope["headers"].append((b"x-request-id", rid.encode("latin-1")))
+        if offered is not None:
+            headers = [(n, v) for n, v in headers if n != b"x-request-id"]
+        scope["headers"] = [*headers, (b"x-request-id", rid.encode("latin-1"))]
 
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
         route = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         mount, prefix, _ = self.table.match(route)
         if kind == "http":
-            send = ASGIAccess(send, rid)
+            send = ASGIAccess(send, rid, self.draining)
         refused = None
         if route not in HEALTH_PATHS:
             host_ok = len(hosts) == 1 and self.hosts.allows(hosts[0].decode("latin-1"))
@@ -146,6 +153,7 @@ class Gateway:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                self.drain_on_sigterm()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for lifespan in reversed(self.lifespans):
@@ -154,6 +162,35 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 exit_when_stuck()
                 return
+
+
+    def drain_on_sigterm(self) -> None:
+        """With a drain delay, put off the server's SIGTERM handling by that long.
+
+        Meanwhile the gateway keeps serving, asks every client to close its connection
+        after the response, and answers ``/readyz`` with 503, so that a proxy in front
+        lets go of its idle connections (nginx: ``keepalive_timeout`` shorter than the
+        delay) and stops sending new ones before the server closes anything. Without
+        it, an idle pooled connection closed at shutdown just as the proxy sends a POST
+        on it is a failed request the proxy may not retry.
+        """
+        delay = self.config.drain_delay
+        if delay <= 0 or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        server_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(server_handler):
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.draining:  # a second SIGTERM: no more waiting
+                server_handler(signum, frame)
+                return
+            self.draining = self.health_app.draining = True
+            logger.info("SIGTERM: draining for %.1f s before shutting down.", delay)
+            loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def exit_when_stuck(grace: float = 1.0) -> None:

@@ -67,6 +67,11 @@ def cli() -> None:
     help="On shutdown, seconds to let running requests finish [default: no limit].",
 )
 @click.option(
+    "--drain-delay", type=click.FloatRange(min=0),
+    help="On SIGTERM, seconds to keep serving (Connection: close, /readyz 503) before shutting down "
+    "[default: GATEWAY_DRAIN_DELAY or 0]; set it above your proxy's upstream keepalive_timeout.",
+)
+@click.option(
     "--keep-alive", default=5.0, show_default=True, type=click.FloatRange(min=0),
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
 )
@@ -89,13 +94,14 @@ def serve(
     log_level: str,
     server: str,
     graceful_timeout: float | None,
+    drain_delay: float | None,
     keep_alive: float,
     access_log: bool | None,
     log_format: str | None,
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
-    config = _config(mounts, threads, log_format=log_format, access_log=access_log)
+    config = _config(mounts, threads, log_format=log_format, access_log=access_log, drain_delay=drain_delay)
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     if server == "uvicorn" and workers == 1 and not reload:
@@ -236,7 +242,8 @@ def describe_database() -> str:
 
 
 def _config(
-    mounts: tuple[str, ...], threads: int | None, log_format: str | None = None, access_log: bool | None = None
+    mounts: tuple[str, ...], threads: int | None, log_format: str | None = None, access_log: bool | None = None,
+    drain_delay: float | None = None,
 ) -> Config:
     try:
         config = Config.from_env()
@@ -248,6 +255,7 @@ def _config(
         config, mounts=config.mounts + mounts, threads=threads or config.threads,
         log_format=log_format or config.log_format,
         access_log=config.access_log if access_log is None else access_log,
+        drain_delay=config.drain_delay if drain_delay is None else drain_delay,
     )
     os.environ.update(config.to_env())
     return config

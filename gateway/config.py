@@ -23,6 +23,8 @@ environment already says.
                           cookies, HSTS)
 ``GATEWAY_LOG_FORMAT``    ``text`` (default) or ``json``
 ``GATEWAY_ACCESS_LOG``    ``0`` to write no access log (default on)
+``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
+                          close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
 """
 
@@ -63,6 +65,7 @@ class Config:
     https: bool = False
     log_format: str = "text"
     access_log: bool = True
+    drain_delay: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -90,6 +93,7 @@ class Config:
             https=_flag(environ.get("GATEWAY_HTTPS")),
             log_format=log_format,
             access_log=environ.get("GATEWAY_ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no", "off"},
+            drain_delay=_seconds(environ, "GATEWAY_DRAIN_DELAY"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -107,6 +111,7 @@ class Config:
             "GATEWAY_HTTPS": "1" if self.https else "",
             "GATEWAY_LOG_FORMAT": self.log_format,
             "GATEWAY_ACCESS_LOG": "1" if self.access_log else "0",
+            "GATEWAY_DRAIN_DELAY": str(self.drain_delay),
         }
 
     def body_limit(self, prefix: str) -> int:
@@ -199,6 +204,17 @@ def _flag(value: str | None) -> bool:
 
 def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _seconds(environ: Mapping[str, str], name: str) -> float:
+    raw = environ.get(name, "").strip()
+    try:
+        value = float(raw or 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f'{name}="{raw}" must be a number of seconds, e.g. {name}=5.')
+    return value
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:

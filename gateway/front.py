@@ -46,6 +46,8 @@ SECURITY_HEADERS = (
     ("cross-origin-opener-policy", "same-origin"),
 )
 
+_SECURITY_HEADERS_BYTES = tuple((n.encode(), v.encode()) for n, v in SECURITY_HEADERS)
+
 access_log = logging.getLogger("gateway.access")
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
@@ -89,11 +91,21 @@ class HostPolicy:
         self.any = "*" in names
         self.exact = frozenset(n for n in names if not n.startswith("."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("."))
+        self.seen: dict[str, bool] = {}  # a few Host values come back on every request
 
     def allows(self, host: str | None) -> bool:
         """True if ``host`` (a ``Host`` header, port optional) is well formed and allowed."""
         if not host:
             return False
+        known = self.seen.get(host)
+        if known is not None:
+            return known
+        allowed = self._allows(host)
+        if len(self.seen) < 1024:  # bounded: a client sending random hosts fills nothing
+            self.seen[host] = allowed
+        return allowed
+
+    def _allows(self, host: str) -> bool:
         match = _HOST.fullmatch(host)
         if match is None or (match.group(2) and not 0 < int(match.group(2)) < 65536):
             return False
@@ -286,11 +298,12 @@ def forwarded(scope: Scope, headers: dict[bytes, bytes]) -> Scope:
 class ASGIAccess:
     """The response half of the front policy on the ASGI side: headers and the log line."""
 
-    __slots__ = ("rid", "send", "size", "status")
+    __slots__ = ("close", "rid", "send", "size", "status")
 
-    def __init__(self, send: Send, rid: str) -> None:
+    def __init__(self, send: Send, rid: str, close: bool = False) -> None:
         self.send = send
         self.rid = rid
+        self.close = close  # draining: ask the client to close the connection after this
         self.status = 0
         self.size = 0
 
@@ -298,13 +311,17 @@ class ASGIAccess:
         kind = message["type"]
         if kind == "http.response.start":
             headers = list(message.get("headers", ()))
-            names = {bytes(n).lower().decode("latin-1") for n, _ in headers}
-            csp = next((bytes(v).decode("latin-1") for n, v in headers
-                        if bytes(n).lower() == b"content-security-policy"), None)
-            headers += [(n.encode(), v.encode()) for n, v in missing_security_headers(names, csp)]
+            names = {bytes(n).lower() for n, _ in headers}
+            frame_ok = b"content-security-policy" in names and any(
+                b"frame-ancestors" in bytes(v) for n, v in headers if bytes(n).lower() == b"content-security-policy"
+            )
+            for name, value in _SECURITY_HEADERS_BYTES:
+                if name not in names and not (frame_ok and name == b"x-frame-options"):
+                    headers.append((name, value))
             headers.append((b"x-request-id", self.rid.encode("latin-1")))
-            message = dict(message)
-            message["headers"] = headers
+            if self.close:
+                headers.append((b"connection", b"close"))
+            message["headers"] = headers  # the sender's own dict, as ASGI middleware may
             self.status = message["status"]
         elif kind == "http.response.body":
             self.size += len(message.get("body", b""))

@@ -1,7 +1,8 @@
 """``/healthz`` and ``/readyz``: outside every app's URL space, JSON bodies.
 
 - ``/healthz``: the process is alive and serving; touches nothing else.
-- ``/readyz``: every WSGI mount answers a ``GET`` of its root with a status below 500,
+- ``/readyz``: 503 ``{"status": "draining"}`` once SIGTERM started a drain; otherwise
+  every WSGI mount answers a ``GET`` of its root with a status below 500,
   and every database Django is configured with accepts a ``SELECT 1``. 503 otherwise,
   with the failing part named::
 
@@ -28,12 +29,16 @@ class Health:
         self.table = table
         self.apps = apps  # prefix -> the WSGI app as mounted (with its mount policy)
         self.host = host
+        self.draining = False  # set on SIGTERM while the gateway drains
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/readyz":
+        if environ.get("PATH_INFO") == "/readyz" and self.draining:
+            body: dict[str, Any] = {"status": "draining", "checks": {}}
+            status = "503 Service Unavailable"
+        elif environ.get("PATH_INFO") == "/readyz":
             checks = self.readiness()
             ok = all(v == "ok" for v in checks.values())
-            body: dict[str, Any] = {"status": "ok" if ok else "fail", "checks": checks}
+            body = {"status": "ok" if ok else "fail", "checks": checks}
             status = "200 OK" if ok else "503 Service Unavailable"
         else:
             body, status = {"status": "ok"}, "200 OK"

@@ -66,9 +66,15 @@ class WSGIMount:
     def __init__(self, app: WSGIApp, max_body_size: int | None = None) -> None:
         self.app = app
         self.max_body_size = max_body_size
+        self.quoted: dict[str, str] = {}  # SCRIPT_NAME -> its quoted form (few distinct ones)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = quote(environ.get("SCRIPT_NAME", "").encode("latin-1"), safe=_SAFE)
+        script_name = environ.get("SCRIPT_NAME", "")
+        path = self.quoted.get(script_name)
+        if path is None:
+            path = quote(script_name.encode("latin-1"), safe=_SAFE)
+            if len(self.quoted) < 256:
+                self.quoted[script_name] = path
         if not environ.get("PATH_INFO"):
             location = slash_location(path, environ.get("QUERY_STRING", ""))
             return _plain(start_response, "308 Permanent Redirect", b"", ("Location", location))
@@ -95,7 +101,7 @@ class WSGIMount:
 
         def start_scoped(status: str, headers: list[tuple[str, str]], exc_info: object = None):  # type: ignore[no-untyped-def]
             for i, (name, value) in enumerate(headers):
-                if name.lower() == "set-cookie":
+                if len(name) == 10 and name.lower() == "set-cookie":
                     headers[i] = (name, scope_cookie(value, path))
             return start_response(status, headers, exc_info)
 

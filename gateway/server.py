@@ -69,15 +69,24 @@ def run_uvicorn(
         # client address first, and the gateway would then see an untrusted client.
         "proxy_headers": False,
     }
-    if workers > 1 or reload:
-        # uvicorn's supervisors import the app in each worker process themselves.
-        uvicorn.run(
-            ASGI_TARGET,
-            workers=workers if workers > 1 else None,
-            reload=reload,
-            reload_dirs=SOURCE_DIRS if reload else None,
-            **options,
-        )
+    if reload:
+        uvicorn.run(ASGI_TARGET, reload=True, reload_dirs=SOURCE_DIRS, **options)
+        return
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        class Supervisor(Multiprocess):
+            def terminate_all(self) -> None:
+                # Close the supervisor's copy of the listening socket first. uvicorn
+                # keeps it open until every worker has drained, so the kernel goes on
+                # accepting connections nobody answers, and a proxy cannot retry their
+                # POSTs elsewhere; closed, new connections are refused, which it can.
+                for sock in self.sockets:
+                    sock.close()
+                super().terminate_all()
+
+        config = uvicorn.Config(ASGI_TARGET, workers=workers, **options)
+        Supervisor(config, sockets=[config.bind_socket()]).run()
         return
 
     class Server(uvicorn.Server):

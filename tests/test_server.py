@@ -163,3 +163,24 @@ def test_workers_serve_and_stop_cleanly(start_gateway, server_name: str) -> None
     assert f"on {server_name}: 2 worker(s)" in server.log
     assert server.stop() == 0
     assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_drain_delay_keeps_serving_then_exits(start_gateway, workers: str) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import time
+
+    server = start_gateway("--drain-delay", "3", "--workers", workers)
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/flask/").headers.get("connection") != "close"
+        signalled = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGTERM)
+        time.sleep(1)
+        ready = client.get("/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        page = client.get("/django/")
+        assert page.status_code == 200 and page.headers["connection"] == "close"
+    assert server.proc.wait(timeout=20) == 0
+    assert 3 <= time.monotonic() - signalled < 10
+    assert "draining for 3.0 s" in server.log

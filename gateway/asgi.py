@@ -25,8 +25,8 @@ from gateway.config import Config
 from gateway.front import (
     HEALTH_PATHS,
     REQUEST_ID,
-    ASGIAccess,
     HostPolicy,
+    StatusRecorder,
     access_log,
     forwarded,
     is_trusted,
@@ -35,6 +35,7 @@ from gateway.front import (
     refuse,
     request_id,
 )
+from gateway.headers import Drain, WSGIHeaders
 from gateway.mountpolicy import ASGIMount
 from gateway.mounts import MountTable
 from gateway.pages import Pages
@@ -62,9 +63,9 @@ class Gateway:
                 self.wsgi_prefixes.add(mount.prefix)
             else:
                 self.routes[mount.prefix] = ASGIMount(mount.app, config.body_limit(mount.prefix))
-        self.fallback = WSGIBridge(Pages(table), self.executor)
+        self.fallback = WSGIBridge(WSGIHeaders(Pages(table)), self.executor)
         self.health_app = health_app(table, wsgi_apps, config)
-        self.health = WSGIBridge(self.health_app, self.executor)
+        self.health = WSGIBridge(WSGIHeaders(self.health_app), self.executor)
         self.draining = False
         self.hosts = HostPolicy(config.allowed_hosts)
         self.max_header_size = config.max_header_size
@@ -97,24 +98,26 @@ class Gateway:
                 hosts = [v for n, v in headers if n == b"host"]
         rid = request_id(offered)
         REQUEST_ID.set(rid)
-        scope = dict(scope)
         if offered is not None:
             headers = [(n, v) for n, v in headers if n != b"x-request-id"]
+        # The server makes a scope for each request: change it in place, as Starlette's
+        # router does, rather than copy it.
         scope["headers"] = [*headers, (b"x-request-id", rid.encode("latin-1"))]
 
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
         route = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         mount, prefix, _ = self.table.match(route)
-        if kind == "http":
-            send = ASGIAccess(send, rid, self.draining)
+        logged = kind == "http" and access_log.isEnabledFor(logging.INFO)
+        if logged:
+            send = StatusRecorder(send)
         refused = None
-        if route not in HEALTH_PATHS:
-            host_ok = len(hosts) == 1 and self.hosts.allows(hosts[0].decode("latin-1"))
-            refused = refusal(scope.get("method", "GET"), host_ok, header_size, self.max_header_size)
         if route in HEALTH_PATHS:
             app: ASGIApp = self.health
-        elif refused is not None:
+        elif (refused := refusal(
+            scope.get("method", "GET"), len(hosts) == 1 and self.hosts.allows(hosts[0].decode("latin-1")),
+            header_size, self.max_header_size,
+        )) is not None:
             if kind == "websocket":
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
@@ -131,8 +134,8 @@ class Gateway:
             scope["root_path"] = root_path + prefix
         if app is not None:
             await app(scope, receive, send)
-        if kind == "http" and access_log.isEnabledFor(logging.INFO):
-            assert isinstance(send, ASGIAccess)
+        if logged:
+            assert isinstance(send, StatusRecorder)
             query = scope.get("query_string", b"").decode("latin-1")
             log_access(
                 (scope.get("client") or ("-",))[0], scope["method"], f"{path}?{query}" if query else path,
@@ -186,7 +189,7 @@ class Gateway:
             if self.draining:  # a second SIGTERM: no more waiting
                 server_handler(signum, frame)
                 return
-            self.draining = self.health_app.draining = True
+            self.draining = self.health_app.draining = Drain.active = True
             logger.info("SIGTERM: draining for %.1f s before shutting down.", delay)
             loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
 

@@ -13,7 +13,7 @@
 - ``TRACE``, ``TRACK`` and ``CONNECT`` get a 405: no app here should answer them.
 - A request ID: the client's ``X-Request-ID`` when it is a sane token, else a new one;
   passed on as that header, returned in the response, and in every log record.
-- Security headers on every response, unless the app set them itself.
+- Security headers and the request ID on every response: :mod:`gateway.headers`.
 - One access-log line per request (``gateway.access``), when that logger is enabled.
 
 The WSGI and ASGI classes share the policy functions below; only the plumbing differs.
@@ -29,24 +29,17 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
 from typing import Any
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway.config import Config, Network
+from gateway.headers import REQUEST_ID, WSGIHeaders, complete_asgi_headers
 from gateway.types import Environ, Message, Scope, Send, StartResponse, WSGIApp
 
-REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
-HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
-SECURITY_HEADERS = (
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "same-origin"),
-    ("x-frame-options", "DENY"),
-    ("cross-origin-opener-policy", "same-origin"),
-)
+__all__ = ["REQUEST_ID"]  # re-exported: the logging filter and the apps read it from here
 
-_SECURITY_HEADERS_BYTES = tuple((n.encode(), v.encode()) for n, v in SECURITY_HEADERS)
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 
 access_log = logging.getLogger("gateway.access")
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
@@ -126,17 +119,6 @@ def is_trusted(address: str | None, proxies: tuple[Network, ...]) -> bool:
     return any(ip in network for network in proxies)
 
 
-def missing_security_headers(present: Iterable[str], csp: str | None) -> list[tuple[str, str]]:
-    """Return the security headers the response lacks (names lower-case)."""
-    have = set(present)
-    frame_ok = csp is not None and "frame-ancestors" in csp
-    return [
-        (name, value)
-        for name, value in SECURITY_HEADERS
-        if name not in have and not (name == "x-frame-options" and frame_ok)
-    ]
-
-
 def log_access(
     client: str, method: str, target: str, protocol: str, status: int, size: int, started: float,
     mount: str,
@@ -185,7 +167,7 @@ def _refuse(kind: str) -> WSGIApp:
     return app
 
 
-_REFUSE = {kind: _refuse(kind) for kind in REFUSALS}
+_REFUSE = {kind: WSGIHeaders(_refuse(kind)) for kind in REFUSALS}
 
 
 class WSGIFront:
@@ -193,7 +175,7 @@ class WSGIFront:
 
     def __init__(self, app: WSGIApp, health: WSGIApp, config: Config) -> None:
         self.app = app
-        self.health = health
+        self.health = WSGIHeaders(health)
         self.hosts = HostPolicy(config.allowed_hosts)
         self.max_header_size = config.max_header_size
         self.proxies = config.trusted_proxies
@@ -209,29 +191,24 @@ class WSGIFront:
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         environ["HTTP_X_REQUEST_ID"] = rid
         REQUEST_ID.set(rid)
-        base = environ.get("SCRIPT_NAME", "")
-        status = [0]
-
-        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None):  # type: ignore[no-untyped-def]
-            names = {name.lower() for name, _ in headers}
-            csp = next((v for n, v in headers if n.lower() == "content-security-policy"), None)
-            headers.extend(missing_security_headers(names, csp))
-            headers.append(("X-Request-ID", rid))
-            status[0] = int(status_line[:3])
-            return start_response(status_line, headers, exc_info)
-
         if environ.get("PATH_INFO") in HEALTH_PATHS:
-            app = self.health
+            app: WSGIApp = self.health
         else:
             header_size = sum(len(k) + len(v) for k, v in environ.items()
                               if k.startswith("HTTP_") and isinstance(v, str))
             refused = refusal(environ.get("REQUEST_METHOD", ""), self.hosts.allows(environ.get("HTTP_HOST")),
                               header_size, self.max_header_size)
             app = self.app if refused is None else _REFUSE[refused]
-        result = app(environ, start)
         if not access_log.isEnabledFor(logging.INFO):
-            return result
-        return _Logged(result, environ, base, status, started)
+            return app(environ, start_response)
+        base = environ.get("SCRIPT_NAME", "")
+        status = [0]
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = int(status_line[:3])
+            return start_response(status_line, headers, exc_info)
+
+        return _Logged(app(environ, start), environ, base, status, started)
 
 
 class _Logged:
@@ -295,35 +272,20 @@ def forwarded(scope: Scope, headers: dict[bytes, bytes]) -> Scope:
     return scope
 
 
-class ASGIAccess:
-    """The response half of the front policy on the ASGI side: headers and the log line."""
+class StatusRecorder:
+    """Wrap ``send`` to note a response's status and size, for the access log."""
 
-    __slots__ = ("close", "rid", "send", "size", "status")
+    __slots__ = ("send", "size", "status")
 
-    def __init__(self, send: Send, rid: str, close: bool = False) -> None:
+    def __init__(self, send: Send) -> None:
         self.send = send
-        self.rid = rid
-        self.close = close  # draining: ask the client to close the connection after this
         self.status = 0
         self.size = 0
 
     async def __call__(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            headers = list(message.get("headers", ()))
-            names = {bytes(n).lower() for n, _ in headers}
-            frame_ok = b"content-security-policy" in names and any(
-                b"frame-ancestors" in bytes(v) for n, v in headers if bytes(n).lower() == b"content-security-policy"
-            )
-            for name, value in _SECURITY_HEADERS_BYTES:
-                if name not in names and not (frame_ok and name == b"x-frame-options"):
-                    headers.append((name, value))
-            headers.append((b"x-request-id", self.rid.encode("latin-1")))
-            if self.close:
-                headers.append((b"connection", b"close"))
-            message["headers"] = headers  # the sender's own dict, as ASGI middleware may
+        if message["type"] == "http.response.start":
             self.status = message["status"]
-        elif kind == "http.response.body":
+        elif message["type"] == "http.response.body":
             self.size += len(message.get("body", b""))
         await self.send(message)
 
@@ -333,7 +295,7 @@ async def refuse(kind: str, send: Send) -> None:
     status, body, extra = REFUSALS[kind]
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
                *((n.lower().encode(), v.encode()) for n, v in extra)]
-    await send({"type": "http.response.start", "status": int(status[:3]), "headers": headers})
+    await send({"type": "http.response.start", "status": int(status[:3]), "headers": complete_asgi_headers(headers)})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -6,6 +6,8 @@
   (``Content-Length`` over the limit), or as soon as it passes the limit (chunked). A
   chunked body within the limit is collected (in memory up to 1 MiB, then in a temporary
   file) and handed on with a ``Content-Length``: Django reads no body without one.
+- Every response gets the gateway's headers (``gateway.headers``): security headers the
+  app did not set, ``X-Request-ID``, and ``Connection: close`` while draining.
 - Cookies an app sets for the whole site (``Path=/``, Flask's and Django's default, or
   no ``Path``) are scoped to the mount's full script name (``Path=/django``, or
   ``/apps/django`` behind a proxy prefix), so one app's cookies are never sent to the
@@ -14,11 +16,13 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+from gateway.headers import complete_asgi_headers, complete_wsgi_headers
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
 # Characters a path may carry unquoted, less ";" and "," that would end a cookie attribute.
@@ -55,8 +59,9 @@ def too_large(limit: int) -> bytes:
 
 
 def _plain(start_response: StartResponse, status: str, body: bytes, *extra: tuple[str, str]) -> list[bytes]:
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body))), *extra])
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *extra]
+    complete_wsgi_headers(headers)
+    start_response(status, headers)
     return [body]
 
 
@@ -66,15 +71,18 @@ class WSGIMount:
     def __init__(self, app: WSGIApp, max_body_size: int | None = None) -> None:
         self.app = app
         self.max_body_size = max_body_size
-        self.quoted: dict[str, str] = {}  # SCRIPT_NAME -> its quoted form (few distinct ones)
+        # SCRIPT_NAME -> its quoted form and cookie scoper (there are few distinct ones)
+        self.paths: dict[str, tuple[str, Callable[[str], str]]] = {}
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         script_name = environ.get("SCRIPT_NAME", "")
-        path = self.quoted.get(script_name)
-        if path is None:
-            path = quote(script_name.encode("latin-1"), safe=_SAFE)
-            if len(self.quoted) < 256:
-                self.quoted[script_name] = path
+        known = self.paths.get(script_name)
+        if known is None:
+            quoted = quote(script_name.encode("latin-1"), safe=_SAFE)
+            known = (quoted, functools.partial(scope_cookie, path=quoted))
+            if len(self.paths) < 256:
+                self.paths[script_name] = known
+        path, scoper = known
         if not environ.get("PATH_INFO"):
             location = slash_location(path, environ.get("QUERY_STRING", ""))
             return _plain(start_response, "308 Permanent Redirect", b"", ("Location", location))
@@ -100,9 +108,7 @@ class WSGIMount:
                                   b"Bad Request: the request body ended early.\n", ("Connection", "close"))
 
         def start_scoped(status: str, headers: list[tuple[str, str]], exc_info: object = None):  # type: ignore[no-untyped-def]
-            for i, (name, value) in enumerate(headers):
-                if len(name) == 10 and name.lower() == "set-cookie":
-                    headers[i] = (name, scope_cookie(value, path))
+            complete_wsgi_headers(headers, scoper)
             return start_response(status, headers, exc_info)
 
         result = self.app(environ, start_scoped)
@@ -176,33 +182,27 @@ class ASGIMount:
         path = quote(root_path, safe=_SAFE)
         if scope["path"] == root_path:
             location = slash_location(path, scope.get("query_string", b"").decode("latin-1"))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 308,
-                    "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")],
-                }
-            )
+            headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 308, "headers": complete_asgi_headers(headers)})
             await send({"type": "http.response.body", "body": b""})
             return
         limit = self.max_body_size
         if limit is not None:
             for name, value in scope.get("headers", ()):
                 if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-                    await send({"type": "http.response.start", "status": 413, "headers": [
-                        (b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]})
+                    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+                    await send({"type": "http.response.start", "status": 413,
+                                "headers": complete_asgi_headers(headers)})
                     await send({"type": "http.response.body", "body": too_large(limit)})
                     return
             receive = _limited(receive, limit)
 
+        def scoper(value: bytes) -> bytes:
+            return scope_cookie(value.decode("latin-1"), path).encode("latin-1")
+
         async def send_scoped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [
-                    (name, scope_cookie(value.decode("latin-1"), path).encode("latin-1"))
-                    if name.lower() == b"set-cookie"
-                    else (name, value)
-                    for name, value in message.get("headers", ())
-                ]
+                message["headers"] = complete_asgi_headers(list(message.get("headers", ())), scoper)
             await send(message)
 
         await self.app(scope, receive, send_scoped)

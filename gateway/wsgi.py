@@ -14,6 +14,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from gateway.config import Config, configure_apps
 from gateway.front import WSGIFront
+from gateway.headers import WSGIHeaders
 from gateway.health import Health
 from gateway.mountpolicy import WSGIMount
 from gateway.mounts import Mount, MountTable
@@ -25,7 +26,7 @@ def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIApp:
     """Mount every app of ``table`` on a Werkzeug dispatcher behind the front policy."""
     config = config or Config.from_env()
     mounted = mounted_wsgi_apps(table, config)
-    dispatcher = DispatcherMiddleware(Pages(table), mounted)
+    dispatcher = DispatcherMiddleware(WSGIHeaders(Pages(table)), mounted)
     return WSGIFront(dispatcher, health_app(table, mounted, config), config)
 
 

@@ -52,7 +52,7 @@ class Gateway:
         self.table = table
         self.config = config
         self.executor = ThreadPoolExecutor(
-            max_workers=threads or config.threads, thread_name_prefix="wsgi"
+            max_workers=threads or config.threads, thread_name_prefix=f"wsgi-{id(self):x}"
         )
         wsgi_apps = mounted_wsgi_apps(table, config)
         self.routes: dict[str, ASGIApp] = {}
@@ -163,7 +163,8 @@ class Gateway:
                     await lifespan.shutdown()
                 self.executor.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
-                exit_when_stuck()
+                if self.config.graceful_timeout is not None:
+                    exit_when_stuck(f"wsgi-{id(self):x}_")
                 return
 
 
@@ -196,17 +197,17 @@ class Gateway:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def exit_when_stuck(grace: float = 1.0) -> None:
-    """Exit the process if WSGI requests still run once the server has shut down.
+def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:
+    """Exit the process if this gateway's WSGI requests still run after the shutdown.
 
-    The server has already waited for them (up to ``--graceful-timeout``) and cut their
-    connections; the pool's threads would otherwise hold the process at exit, joined by
-    the interpreter, for as long as the slowest view runs.
+    Only under ``gateway serve --graceful-timeout``: the server has waited for them that
+    long and cut their connections; the pool's threads would otherwise hold the process
+    at exit, joined by the interpreter, for as long as the slowest view runs.
     """
 
     def watch() -> None:
         time.sleep(grace)
-        running = [t for t in threading.enumerate() if t.name.startswith("wsgi_") and t.is_alive()]
+        running = [t for t in threading.enumerate() if t.name.startswith(thread_prefix) and t.is_alive()]
         if running:
             logger.warning("%d WSGI request(s) still running after shutdown; exiting without them.",
                            len(running))

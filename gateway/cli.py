@@ -101,7 +101,8 @@ def serve(
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
-    config = _config(mounts, threads, log_format=log_format, access_log=access_log, drain_delay=drain_delay)
+    config = _config(mounts, threads, log_format=log_format, access_log=access_log, drain_delay=drain_delay,
+                     graceful_timeout=graceful_timeout)
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     if server == "uvicorn" and workers == 1 and not reload:
@@ -243,7 +244,7 @@ def describe_database() -> str:
 
 def _config(
     mounts: tuple[str, ...], threads: int | None, log_format: str | None = None, access_log: bool | None = None,
-    drain_delay: float | None = None,
+    drain_delay: float | None = None, graceful_timeout: float | None = None,
 ) -> Config:
     try:
         config = Config.from_env()
@@ -256,6 +257,7 @@ def _config(
         log_format=log_format or config.log_format,
         access_log=config.access_log if access_log is None else access_log,
         drain_delay=config.drain_delay if drain_delay is None else drain_delay,
+        graceful_timeout=config.graceful_timeout if graceful_timeout is None else graceful_timeout,
     )
     os.environ.update(config.to_env())
     return config

@@ -23,6 +23,8 @@ environment already says.
                           cookies, HSTS)
 ``GATEWAY_LOG_FORMAT``    ``text`` (default) or ``json``
 ``GATEWAY_ACCESS_LOG``    ``0`` to write no access log (default on)
+``GATEWAY_GRACEFUL_TIMEOUT`` seconds running requests get at shutdown (``gateway serve
+                          --graceful-timeout``; default no limit)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -66,6 +68,7 @@ class Config:
     log_format: str = "text"
     access_log: bool = True
     drain_delay: float = 0.0
+    graceful_timeout: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -94,6 +97,8 @@ class Config:
             log_format=log_format,
             access_log=environ.get("GATEWAY_ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no", "off"},
             drain_delay=_seconds(environ, "GATEWAY_DRAIN_DELAY"),
+            graceful_timeout=_seconds(environ, "GATEWAY_GRACEFUL_TIMEOUT") if environ.get(
+                "GATEWAY_GRACEFUL_TIMEOUT", "").strip() else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -112,6 +117,7 @@ class Config:
             "GATEWAY_LOG_FORMAT": self.log_format,
             "GATEWAY_ACCESS_LOG": "1" if self.access_log else "0",
             "GATEWAY_DRAIN_DELAY": str(self.drain_delay),
+            "GATEWAY_GRACEFUL_TIMEOUT": "" if self.graceful_timeout is None else str(self.graceful_timeout),
         }
 
     def body_limit(self, prefix: str) -> int:

@@ -159,6 +159,21 @@ def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 
 @pytest.fixture(scope="session")
+def werkzeug_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gateway.wsgi:application`` unchanged under Werkzeug's development server."""
+    directory = tmp_path_factory.mktemp("werkzeug")
+    env = server_env(directory)
+    subprocess.run([*GATEWAY, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    port = free_port()
+    code = ("import sys; from werkzeug.serving import run_simple; import gateway.wsgi as w; "
+            "run_simple('127.0.0.1', int(sys.argv[1]), w.application, threaded=True)")
+    server = ServerProcess([sys.executable, "-c", code, str(port)], port=port, env=env,
+                           log_path=directory / "werkzeug.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def table():  # type: ignore[no-untyped-def]
     """The default mount table, loaded in this process, on a migrated database."""
     from django.core.management import call_command

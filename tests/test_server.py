@@ -1,4 +1,4 @@
-"""The gateway over real HTTP: ``gateway serve`` (uvicorn) and gunicorn."""
+"""The gateway over real HTTP: ``gateway serve`` (uvicorn), gunicorn and Werkzeug's server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-SERVERS = ["gateway_server", "gunicorn_server"]
+SERVERS = ["gateway_server", "gunicorn_server", "werkzeug_server"]
 
 
 @pytest.fixture(params=SERVERS)

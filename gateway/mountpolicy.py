@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
+
+from werkzeug.wsgi import ClosingIterator
 
 from gateway.headers import complete_asgi_headers, complete_wsgi_headers
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
@@ -112,7 +114,8 @@ class WSGIMount:
             return start_response(status, headers, exc_info)
 
         result = self.app(environ, start_scoped)
-        return result if spool is None else _ClosingSpool(result, spool)
+        # Closing the response also closes the collected body.
+        return result if spool is None else ClosingIterator(result, spool.close)
 
 
 def _collect_body(environ: Environ, limit: int) -> Any:
@@ -142,25 +145,6 @@ def _collect_body(environ: Environ, limit: int) -> Any:
     environ.pop("wsgi.input_terminated", None)
     environ.pop("HTTP_TRANSFER_ENCODING", None)
     return spool
-
-
-class _ClosingSpool:
-    """The app's response iterable; closing it also closes the collected body."""
-
-    def __init__(self, result: Iterable[bytes], spool: Any) -> None:
-        self.result = result
-        self.spool = spool
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.result)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.result, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.spool.close()
 
 
 class ASGIMount:

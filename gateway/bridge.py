@@ -5,7 +5,7 @@
     from concurrent.futures import ThreadPoolExecutor
     application = WSGIBridge(wsgi_app, ThreadPoolExecutor(max_workers=100))
 
-Why not a library: asgiref's ``WsgiToAsgi`` runs every request on one shared thread,
+Why not a library: asgiref's WSGI adapter (``asgiref.wsgi``) runs every request on one shared thread,
 fails requests under concurrency, never calls ``close()`` and drops chunked bodies
 (see ``shared/PITFALLS.md``). a2wsgi is correct but hops between the event loop and
 its thread for every message; measured on the project's 2-core machine it served the

@@ -184,3 +184,28 @@ def test_drain_delay_keeps_serving_then_exits(start_gateway, workers: str) -> No
     assert server.proc.wait(timeout=20) == 0
     assert 3 <= time.monotonic() - signalled < 10
     assert "draining for 3.0 s" in server.log
+
+
+def test_keep_alive_option_closes_idle_connections(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import time
+
+    server = start_gateway("--keep-alive", "1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /flask/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        idle_from = time.monotonic()
+        assert sock.recv(1) == b""  # the server closes the idle connection
+        assert time.monotonic() - idle_from < 5  # the default would be 5 s
+
+
+def test_https_setting_marks_both_apps_cookies_secure(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway(env={"GATEWAY_HTTPS": "1", "GATEWAY_TRUSTED_PROXIES": "127.0.0.1"})
+    https = {"X-Forwarded-Proto": "https"}  # as the TLS-terminating proxy in front says
+    flask = httpx.get(server.url + "/flask/?name=Ada", headers=https)
+    assert "Secure" in flask.headers["set-cookie"] and "Path=/flask" in flask.headers["set-cookie"]
+    django = httpx.get(server.url + "/django/admin/login/", headers=https)
+    assert "Secure" in django.headers["set-cookie"] and "Path=/django" in django.headers["set-cookie"]
+    assert django.headers["strict-transport-security"].startswith("max-age=31536000")
+    # Plain HTTP from the client is sent to HTTPS by Django (SECURE_SSL_REDIRECT).
+    assert httpx.get(server.url + "/django/").headers["location"].startswith("https://")

@@ -51,10 +51,10 @@ class Gateway:
     def __init__(self, table: MountTable, config: Config, *, threads: int | None = None) -> None:
         self.table = table
         self.config = config
-        self.executor = ThreadPoolExecutor(
-            max_workers=threads or config.threads, thread_name_prefix=f"wsgi-{id(self):x}"
-        )
-        wsgi_apps = mounted_wsgi_apps(table, config)
+        # A name of this gateway's own, so that exit_when_stuck counts only its threads.
+        self.thread_prefix = f"wsgi-{id(self):x}"
+        self.executor = ThreadPoolExecutor(max_workers=threads or config.threads, thread_name_prefix=self.thread_prefix)
+        wsgi_apps = mounted_wsgi_apps(table, config, adapt_asgi=False)
         self.routes: dict[str, ASGIApp] = {}
         self.wsgi_prefixes: set[str] = set()
         for mount in table:
@@ -64,9 +64,7 @@ class Gateway:
             else:
                 self.routes[mount.prefix] = ASGIMount(mount.app, config.body_limit(mount.prefix))
         self.fallback = WSGIBridge(WSGIHeaders(Pages(table)), self.executor)
-        self.health_app = health_app(table, wsgi_apps, config)
-        self.health = WSGIBridge(WSGIHeaders(self.health_app), self.executor)
-        self.draining = False
+        self.health = WSGIBridge(WSGIHeaders(health_app(table, wsgi_apps, config)), self.executor)
         self.hosts = HostPolicy(config.allowed_hosts)
         self.max_header_size = config.max_header_size
         self.proxies = config.trusted_proxies
@@ -111,7 +109,6 @@ class Gateway:
         logged = kind == "http" and access_log.isEnabledFor(logging.INFO)
         if logged:
             send = StatusRecorder(send)
-        refused = None
         if route in HEALTH_PATHS:
             app: ASGIApp = self.health
         elif (refused := refusal(
@@ -164,7 +161,7 @@ class Gateway:
                 self.executor.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 if self.config.graceful_timeout is not None:
-                    exit_when_stuck(f"wsgi-{id(self):x}_")
+                    exit_when_stuck(f"{self.thread_prefix}_")
                 return
 
 
@@ -187,10 +184,10 @@ class Gateway:
             return
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            if self.draining:  # a second SIGTERM: no more waiting
+            if Drain.active:  # a second SIGTERM: no more waiting
                 server_handler(signum, frame)
                 return
-            self.draining = self.health_app.draining = Drain.active = True
+            Drain.active = True  # responses say Connection: close, /readyz says 503
             logger.info("SIGTERM: draining for %.1f s before shutting down.", delay)
             loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
 

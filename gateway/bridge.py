@@ -311,17 +311,11 @@ class Exchange:
         try:
             result = app(environ, self.start_response)
         except Exception:
-            if self.started:
-                raise
-            logger.exception("Exception in WSGI application %r", environ.get("PATH_INFO"))
-            return 500, [(b"content-type", b"text/plain"), (b"content-length", b"21")], _ERROR_BODY
+            return self._failed(environ)
         try:
             return self._respond(result)
         except Exception:
-            if self.started:
-                raise  # headers are out: the server must abort the connection
-            logger.exception("Exception in WSGI application %r", environ.get("PATH_INFO"))
-            return 500, [(b"content-type", b"text/plain"), (b"content-length", b"21")], _ERROR_BODY
+            return self._failed(environ)
         finally:
             try:
                 close = getattr(result, "close", None)
@@ -330,6 +324,13 @@ class Exchange:
             finally:
                 if self.watcher is not None:
                     self.watcher.cancel()
+
+    def _failed(self, environ: Environ) -> Answer:
+        """Log the app's exception and answer 500, or re-raise once headers are out."""
+        if self.started:
+            raise  # (called in an except block) headers are out: the server must abort the connection
+        logger.exception("Exception in WSGI application %r", environ.get("PATH_INFO"))
+        return 500, [(b"content-type", b"text/plain"), (b"content-length", b"21")], _ERROR_BODY
 
     def _respond(self, result: Iterable[bytes]) -> Answer | None:
         if isinstance(result, (list, tuple)) and not self.started:

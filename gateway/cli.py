@@ -237,9 +237,14 @@ def describe_database() -> str:
     db = settings.DATABASES["default"]
     engine = db["ENGINE"].rsplit(".", 1)[-1]
     if engine == "sqlite3":
-        return f"sqlite {str(db['NAME']).removeprefix('file:').partition('?')[0]}"
+        return f"sqlite {sqlite_file(db['NAME'])}"
     where = f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 'default port'}"
     return f"{engine} {db.get('USER') or ''}@{where}/{db['NAME']}"
+
+
+def sqlite_file(name: object) -> Path:
+    """The file of a SQLite database NAME, a path or a ``file:...?mode=rw`` URI."""
+    return Path(str(name).removeprefix("file:").partition("?")[0])
 
 
 def _config(
@@ -294,8 +299,8 @@ def migrate_embedded_database() -> None:
     from django.db import connections
 
     # Several gateways sharing a data directory, started at once, take turns.
-    lock_path = Path(str(settings.DATABASES["default"]["NAME"]).removeprefix("file:").partition("?")[0])
-    with open(lock_path.with_suffix(".migrate-lock"), "w") as lock:
+    lock_path = sqlite_file(settings.DATABASES["default"]["NAME"]).with_suffix(".migrate-lock")
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         call_command("migrate", interactive=False, verbosity=0)
     connections.close_all()  # requests open their own, on their own threads

@@ -18,21 +18,19 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
-from gateway.mounts import MountTable
+from gateway.headers import Drain
 from gateway.types import Environ, StartResponse, WSGIApp
 
 
 class Health:
     """WSGI app for the two health paths."""
 
-    def __init__(self, table: MountTable, apps: dict[str, WSGIApp], host: str) -> None:
-        self.table = table
+    def __init__(self, apps: dict[str, WSGIApp], host: str) -> None:
         self.apps = apps  # prefix -> the WSGI app as mounted (with its mount policy)
         self.host = host
-        self.draining = False  # set on SIGTERM while the gateway drains
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/readyz" and self.draining:
+        if environ.get("PATH_INFO") == "/readyz" and Drain.active:
             body: dict[str, Any] = {"status": "draining", "checks": {}}
             status = "503 Service Unavailable"
         elif environ.get("PATH_INFO") == "/readyz":

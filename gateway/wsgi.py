@@ -30,16 +30,23 @@ def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIApp:
     return WSGIFront(dispatcher, health_app(table, mounted, config), config)
 
 
-def mounted_wsgi_apps(table: MountTable, config: Config) -> dict[str, WSGIApp]:
-    """Each mount's app as WSGI, with the mount policy around it."""
-    return {m.prefix: WSGIMount(as_wsgi(m), config.body_limit(m.prefix)) for m in table}
+def mounted_wsgi_apps(table: MountTable, config: Config, *, adapt_asgi: bool = True) -> dict[str, WSGIApp]:
+    """Each mount's app as WSGI, with the mount policy around it.
+
+    ASGI mounts are adapted with a2wsgi, or left out with ``adapt_asgi=False`` (the ASGI
+    side calls them directly; a2wsgi's adapter starts an event-loop thread of its own).
+    """
+    return {
+        m.prefix: WSGIMount(as_wsgi(m), config.body_limit(m.prefix))
+        for m in table
+        if adapt_asgi or m.interface == "wsgi"
+    }
 
 
 def health_app(table: MountTable, mounted: dict[str, WSGIApp], config: Config) -> Health:
     """The ``/healthz`` and ``/readyz`` app, probing the WSGI mounts as mounted."""
     host = next((h for h in config.allowed_hosts if h not in {"*"} and not h.startswith(".")), "localhost")
-    wsgi_only = {m.prefix: mounted[m.prefix] for m in table if m.interface == "wsgi"}
-    return Health(table, wsgi_only, host)
+    return Health({m.prefix: mounted[m.prefix] for m in table if m.interface == "wsgi"}, host)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:

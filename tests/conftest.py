@@ -142,35 +142,32 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """``gateway.wsgi:application`` under gunicorn (gthread), migrated first."""
-    directory = tmp_path_factory.mktemp("gunicorn")
+def wsgi_server(tmp_path_factory: pytest.TempPathFactory, name: str, argv: Callable[[int], list[str]]
+                ) -> Iterator[ServerProcess]:
+    """Migrate a fresh data directory, then serve ``gateway.wsgi:application`` with ``argv(port)``."""
+    directory = tmp_path_factory.mktemp(name)
     env = server_env(directory)
     subprocess.run([*GATEWAY, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
-    server = ServerProcess(
-        [sys.executable, "-m", "gunicorn", "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "5"],
-        port=port, env=env, log_path=directory / "gunicorn.log",
-    )
+    server = ServerProcess(argv(port), port=port, env=env, log_path=directory / f"{name}.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gateway.wsgi:application`` under gunicorn (gthread)."""
+    yield from wsgi_server(tmp_path_factory, "gunicorn", lambda port: [
+        sys.executable, "-m", "gunicorn", "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "5"])
 
 
 @pytest.fixture(scope="session")
 def werkzeug_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``gateway.wsgi:application`` unchanged under Werkzeug's development server."""
-    directory = tmp_path_factory.mktemp("werkzeug")
-    env = server_env(directory)
-    subprocess.run([*GATEWAY, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    port = free_port()
     code = ("import sys; from werkzeug.serving import run_simple; import gateway.wsgi as w; "
             "run_simple('127.0.0.1', int(sys.argv[1]), w.application, threaded=True)")
-    server = ServerProcess([sys.executable, "-c", code, str(port)], port=port, env=env,
-                           log_path=directory / "werkzeug.log")
-    yield server
-    server.stop()
+    yield from wsgi_server(tmp_path_factory, "werkzeug", lambda port: [sys.executable, "-c", code, str(port)])
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import GATEWAY, ROOT, ServerProcess, server_env
+
+from tests.support import GATEWAY, ROOT, ServerProcess, server_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Frame, Page, Request, Response

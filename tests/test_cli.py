@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, server_env
+
+from tests.support import ROOT, server_env
+
+pytestmark = pytest.mark.server
 
 
 def gateway(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]

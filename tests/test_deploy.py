@@ -29,7 +29,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import GATEWAY, ROOT, ServerProcess, free_port, server_env
+
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 DEPLOY = ROOT / "deploy"

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import GATEWAY, ServerProcess, free_port, server_env
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, error_lines, http_request, request
+from tests.support import GATEWAY, ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.server
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from conftest import SyncASGIClient
 from django.test import override_settings
 
 from gateway.asgi import create_asgi_app
@@ -16,6 +15,7 @@ from gateway.config import Config
 from gateway.front import HostPolicy
 from gateway.mounts import MountTable
 from gateway.wsgi import create_wsgi_app
+from tests.support import SyncASGIClient
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,7 @@ def test_host_policy(allowed: tuple[str, ...], host: str, ok: bool) -> None:
     assert HostPolicy(allowed).allows(host) is ok
 
 
+@pytest.mark.server
 def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) -> None:  # type: ignore[no-untyped-def]
     server = start_gateway("--log-format", "json", "--mount", "/faults=tests.thirdapp.rid:flask_app")
     httpx.get(server.url + "/flask/?name=x", headers={"X-Request-ID": "req-flask-1"})
@@ -165,6 +166,7 @@ def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) ->
     assert server.log.count("Traceback") == 1
 
 
+@pytest.mark.server
 def test_proxy_headers_through_a_real_server_from_a_trusted_proxy(start_gateway) -> None:  # type: ignore[no-untyped-def]
     """uvicorn must not rewrite the client from X-Forwarded-For before the gateway decides."""
     server = start_gateway(env={"GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
@@ -176,6 +178,7 @@ def test_proxy_headers_through_a_real_server_from_a_trusted_proxy(start_gateway)
     server.wait_for('203.0.113.5 "GET /apps/flask HTTP/1.1" 308')  # the path the client asked for
 
 
+@pytest.mark.server
 def test_proxy_headers_from_an_untrusted_peer_are_ignored_by_a_real_server(start_gateway) -> None:  # type: ignore[no-untyped-def]
     server = start_gateway(env={"GATEWAY_TRUSTED_PROXIES": "10.0.0.1"})
     headers = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Prefix": "/apps"}
@@ -183,6 +186,7 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored_by_a_real_server(start
     server.wait_for('127.0.0.1 "GET /flask HTTP/1.1" 308')
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("args", [pytest.param(["--no-access-log"], id="flag"),
                                   pytest.param(["--log-level", "warning"], id="level")])
 def test_access_log_can_be_turned_off(start_gateway, args: list[str]) -> None:  # type: ignore[no-untyped-def]

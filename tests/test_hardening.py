@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 from tests.apps import SERVE_ARGS, apps_env
 from tests.apps.rawhttp import Connection, LogWatch, Response, chunked, http_request, request
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.server
 

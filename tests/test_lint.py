@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.server
 
 
 @pytest.mark.parametrize(

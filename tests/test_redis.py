@@ -12,7 +12,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import GATEWAY, ROOT, free_port, server_env
+
+from tests.support import GATEWAY, ROOT, free_port, server_env
+
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture

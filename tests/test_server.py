@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+pytestmark = pytest.mark.server
+
 SERVERS = ["gateway_server", "gunicorn_server", "werkzeug_server"]
 
 
@@ -50,7 +52,7 @@ def test_admin_login_round_trip(server, tmp_path) -> None:  # type: ignore[no-un
     import subprocess
     import sys
 
-    from conftest import ROOT, server_env
+    from tests.support import ROOT, server_env
 
     env = server_env(server.log_path.parent, DJANGO_SUPERUSER_PASSWORD="correct horse battery")
     subprocess.run(

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import GATEWAY, ROOT, server_env
+
+from tests.support import GATEWAY, ROOT, server_env
+
+pytestmark = pytest.mark.server
 
 REQUESTS = 300
 

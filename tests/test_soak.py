@@ -14,9 +14,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
-pytestmark = pytest.mark.soak
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.soak, pytest.mark.server]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")

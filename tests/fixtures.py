@@ -1,0 +1,175 @@
+"""Fixtures (a pytest plugin, registered by ``tests/conftest.py``): the gateway in process
+(WSGI and ASGI) and as a real server; and the guard that fails a test not marked ``server``
+when it starts a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    GATEWAY,
+    PostgresCluster,
+    ServerProcess,
+    SyncASGIClient,
+    free_port,
+    server_env,
+    wsgi_server,
+)
+
+
+@contextlib.contextmanager
+def _refuse_subprocesses() -> Iterator[None]:
+    """Make ``subprocess.Popen`` (and so ``subprocess.run``) fail the test instead of starting anything."""
+
+    def refuse(self: subprocess.Popen[bytes], args: object, *rest: object, **options: object) -> None:
+        __tracebackhide__ = True
+        pytest.fail(f"this test starts a subprocess: mark it with @pytest.mark.server (it ran {args!r})")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        yield
+
+
+# The guard wraps the setup and call phases rather than being an autouse fixture: a function-scoped
+# fixture runs after the session- and module-scoped ones (gateway_server, postgres, ...), so it
+# would miss the subprocesses they start. Teardown is left alone: a session fixture that runs a
+# command to stop (postgres) is torn down after whichever test happens to be its last user.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+        return (yield)
+
+
+@pytest.fixture
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``gateway serve`` with extra arguments; every server is stopped afterwards."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, data_dir: Path | None = None,
+              ready_path: str = "/") -> ServerProcess:
+        port = free_port()
+        directory = data_dir or tmp_path_factory.mktemp("data")
+        server = ServerProcess(
+            [*GATEWAY, "serve", "--port", str(port), *args],
+            port=port, env=server_env(directory, **(env or {})),
+            log_path=directory / f"server-{port}.log", ready_path=ready_path,
+        )
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One ``gateway serve`` (uvicorn) shared by the tests that only read."""
+    directory = tmp_path_factory.mktemp("served")
+    port = free_port()
+    server = ServerProcess(
+        [*GATEWAY, "serve", "--port", str(port)], port=port, env=server_env(directory),
+        log_path=directory / "server.log",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gunicorn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gateway.wsgi:application`` under gunicorn (gthread)."""
+    yield from wsgi_server(tmp_path_factory, "gunicorn", lambda port: [
+        sys.executable, "-m", "gunicorn", "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}",
+        "--worker-class", "gthread", "--threads", "16", "--graceful-timeout", "5"])
+
+
+@pytest.fixture(scope="session")
+def werkzeug_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``gateway.wsgi:application`` unchanged under Werkzeug's development server."""
+    code = ("import sys; from werkzeug.serving import run_simple; import gateway.wsgi as w; "
+            "run_simple('127.0.0.1', int(sys.argv[1]), w.application, threaded=True)")
+    yield from wsgi_server(tmp_path_factory, "werkzeug", lambda port: [sys.executable, "-c", code, str(port)])
+
+
+@pytest.fixture(scope="session")
+def table():  # type: ignore[no-untyped-def]
+    """The default mount table, loaded in this process, on a migrated database."""
+    from django.core.management import call_command
+
+    from gateway.config import Config
+    from gateway.wsgi import load_table
+
+    loaded = load_table(Config.from_env())
+    call_command("migrate", interactive=False, verbosity=0)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def wsgi_app(table):  # type: ignore[no-untyped-def]
+    """``gateway.wsgi``'s app over the default mounts."""
+    from gateway.wsgi import create_wsgi_app
+
+    return create_wsgi_app(table)
+
+
+@pytest.fixture
+def wsgi_client(wsgi_app):  # type: ignore[no-untyped-def]
+    """Werkzeug's test client on the WSGI gateway; responses are read whole and closed."""
+    from werkzeug.test import Client
+
+    class BufferedClient(Client):
+        def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            kwargs.setdefault("buffered", True)
+            return super().open(*args, **kwargs)
+
+    return BufferedClient(wsgi_app)
+
+
+@pytest.fixture(scope="session")
+def asgi_app(table):  # type: ignore[no-untyped-def]
+    """``gateway.asgi``'s app over the default mounts."""
+    from gateway.asgi import create_asgi_app
+
+    app = create_asgi_app(table, threads=16)
+    yield app
+    app.executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def asgi_client(asgi_app) -> SyncASGIClient:  # type: ignore[no-untyped-def]
+    """A synchronous httpx client on the ASGI gateway."""
+    return SyncASGIClient(asgi_app)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL server, started from Debian's binaries; skipped without them."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries (initdb) under /usr/lib/postgresql: apt-get install postgresql")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+    root = Path(tempfile.mkdtemp(prefix="gateway-pg-", dir="/tmp"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PostgresCluster(Path(found[-1]).parent, root)
+    yield cluster
+    with contextlib.suppress(subprocess.CalledProcessError):  # a test may have stopped it
+        cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -7,7 +7,7 @@
 
 Why not a library: asgiref's WSGI adapter (``asgiref.wsgi``) runs every request on one shared thread,
 fails requests under concurrency, never calls ``close()`` and drops chunked bodies
-(see ``shared/PITFALLS.md``). a2wsgi is correct but hops between the event loop and
+(see ``docs/upstream.md``). a2wsgi is correct but hops between the event loop and
 its thread for every message; measured on the project's 2-core machine it served the
 hello pages at about half the rate of a bridge that runs the whole WSGI call in the
 thread and answers small responses with one ``start``/``body`` pair. That is what this
@@ -22,6 +22,9 @@ module does, and only that is special-cased:
   message on demand); without a ``Content-Length`` the stream ends at the end of the
   body and ``wsgi.input_terminated`` is set. The first message is read before the app
   is called, so a small body costs no extra hop.
+- A body longer than its ``Content-Length`` is cut at the declared length (PEP 3333: a
+  server should not send more), so that the response and the connection stay usable; a
+  warning names the mount (``name``).
 - ``close()`` of the app's iterable is always called, also when the client went away or
   the app failed; context variables of the caller are visible to the app.
 - ``start_response``'s ``exc_info`` and the legacy ``write()`` callable follow PEP 3333.
@@ -68,10 +71,12 @@ class WSGIBridge:
         executor: Executor | None = None,
         *,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        name: str = "",
     ) -> None:
         self.app = app
         self.executor = executor or ThreadPoolExecutor(thread_name_prefix="wsgi")
         self.buffer_size = buffer_size
+        self.name = name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -99,7 +104,7 @@ class WSGIBridge:
             more = message.get("more_body", False)
             stream = RequestBody(loop, receive, body) if more else io.BytesIO(body)
         environ["wsgi.input"] = stream
-        exchange = Exchange(loop, send, receive, self.buffer_size, stream)
+        exchange = Exchange(loop, send, receive, self.buffer_size, stream, self.name or scope["path"])
         context = contextvars.copy_context()
         try:
             answer = await loop.run_in_executor(
@@ -151,6 +156,7 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
     if client:
         environ["REMOTE_ADDR"] = client[0]
         environ["REMOTE_PORT"] = str(client[1])
+    repeated: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1")
         if "_" in name:
@@ -166,8 +172,13 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
             key = "HTTP_" + name.replace("-", "_")
         value = raw_value.decode("latin-1")
         if key in environ:
-            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
-        environ[key] = value
+            # Joined once below: adding to the string here costs quadratic time in the
+            # number of repeats, which a client chooses.
+            repeated.setdefault(key, [environ[key]]).append(value)
+        else:
+            environ[key] = value
+    for key, values in repeated.items():
+        environ[key] = ("; " if key == "HTTP_COOKIE" else ",").join(values)
     if "CONTENT_LENGTH" not in environ:
         # No length: the body (chunked, or none) ends where the stream ends.
         environ["wsgi.input_terminated"] = True
@@ -247,13 +258,17 @@ class Exchange:
         "buffer_size",
         "disconnected",
         "headers",
+        "length",
         "loop",
+        "overrun",
         "receive",
+        "remaining",
         "send",
         "started",
         "status",
         "stream",
         "watcher",
+        "where",
     )
 
     def __init__(
@@ -263,15 +278,20 @@ class Exchange:
         receive: Receive,
         buffer_size: int,
         stream: Any,
+        where: str,
     ) -> None:
         self.loop = loop
         self.send = send
         self.receive = receive
         self.buffer_size = buffer_size
         self.stream = stream
+        self.where = where  # the mount (or the path) that warnings name
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffer_ok = False
+        self.length = -1  # the declared Content-Length, -1 without one
+        self.remaining = -1  # what is left of it to send
+        self.overrun = False
         self.started = False
         self.disconnected = False
         self.watcher: Future[None] | None = None
@@ -294,15 +314,18 @@ class Exchange:
         for name, value in headers:
             name = name.lower()
             if name == "content-length":
-                length = int(value) if value.isdigit() else -1
+                digits = value.strip()
+                length = int(digits) if digits.isascii() and digits.isdigit() else -1
             encoded.append((name.encode("latin-1"), value.encode("latin-1")))
         self.headers = encoded
+        self.length = self.remaining = length
         self.buffer_ok = 0 <= length <= self.buffer_size
         return self.write
 
     def write(self, data: bytes) -> None:
         """PEP 3333 ``write()``: send ``data`` now, ahead of the returned iterable."""
         self._send_start()
+        data = self._clip(data)
         if data:
             self._send_body(data)
 
@@ -334,7 +357,7 @@ class Exchange:
 
     def _respond(self, result: Iterable[bytes]) -> Answer | None:
         if isinstance(result, (list, tuple)) and not self.started:
-            body = b"".join(result)
+            body = self._clip(b"".join(result))
             if len(body) <= self.buffer_size:
                 return self._whole(body)
             self._send_start()
@@ -348,26 +371,49 @@ class Exchange:
         chunks: list[bytes] = []
         size = 0
         buffering = not self.started
-        for chunk in result:
-            if not chunk:
-                continue
-            if buffering:
-                chunks.append(chunk)
-                size += len(chunk)
-                if self.buffer_ok and size <= self.buffer_size:
-                    continue
-                buffering = False
-                self._send_start()
-                self._send_body(b"".join(chunks))
-                chunks.clear()
-            elif self.disconnected:
-                return None  # stop iterating: the finally in run() closes the iterable
-            else:
-                self._send_body(chunk)
+        # Once write() has gone past the declared length, nothing the app yields is sent.
+        source: Iterable[bytes] = () if self.overrun else result
+        for chunk in source:
+            chunk = self._clip(chunk)
+            if chunk:
+                if buffering:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if not (self.buffer_ok and size <= self.buffer_size):
+                        buffering = False
+                        self._send_start()
+                        self._send_body(b"".join(chunks))
+                        chunks.clear()
+                elif self.disconnected:
+                    return None  # stop iterating: the finally in run() closes the iterable
+                else:
+                    self._send_body(chunk)
+            if self.overrun:
+                break  # the rest would be dropped: stop asking the app for it
         if buffering:
             return self._whole(b"".join(chunks))
         self._send_end()
         return None
+
+    def _clip(self, data: bytes) -> bytes:
+        """Return the part of ``data`` that fits in the declared Content-Length."""
+        if self.remaining < 0:
+            return data  # no Content-Length: the body ends where the app's ends
+        if len(data) <= self.remaining:
+            self.remaining -= len(data)
+            return data
+        # PEP 3333: the server should not send more than the app declared. Sending it
+        # anyway makes uvicorn drop the response and the connection (with any pipelined
+        # request on it); the declared bytes make a complete response.
+        if not self.overrun:
+            self.overrun = True
+            logger.warning(
+                "The app at %s sent more than its Content-Length of %d bytes; the rest was dropped.",
+                self.where, self.length,
+            )
+        data = data[: self.remaining]
+        self.remaining = 0
+        return data
 
     def _whole(self, body: bytes) -> Answer:
         if self.status is None:

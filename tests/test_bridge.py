@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -26,8 +27,10 @@ from a2wsgi.wsgi import build_environ as a2wsgi_build_environ
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Request, Response
 
-from gateway.bridge import ClientDisconnected, WSGIBridge, build_environ
+from gateway.bridge import DEFAULT_BUFFER_SIZE, ClientDisconnected, WSGIBridge, build_environ
 from gateway.types import Environ, Message, Scope, StartResponse, WSGIApp
+from tests.apps.rawhttp import Connection, http_request
+from tests.support import ServerProcess, free_port, server_env
 
 TIMEOUT = 5.0
 REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
@@ -355,7 +358,7 @@ def test_script_name_environment_variable_does_not_override_root_path(
     environ_of: Callable[..., Environ], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a2wsgi: test_build_environ_with_env, where SCRIPT_NAME in os.environ wins. Here the
-    # mount decides (shared/PITFALLS.md).
+    # mount decides (docs/upstream.md).
     monkeypatch.setenv("SCRIPT_NAME", "/urlprefix")
     environ = environ_of(http_scope("/flask/x", root_path="/flask"))
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/flask", "/x")
@@ -459,6 +462,22 @@ def test_request_headers(
 ) -> None:
     environ = environ_of(http_scope(headers=headers))
     assert {key: environ.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "separator"),
+    [
+        pytest.param(b"x-dup", "HTTP_X_DUP", ",", id="comma"),
+        pytest.param(b"cookie", "HTTP_COOKIE", "; ", id="cookie"),
+    ],
+)
+def test_many_repeated_headers_are_joined_in_order(name: bytes, key: str, separator: str) -> None:
+    # A client chooses how often a header repeats: 64,000 once took seconds to join.
+    values = [f"v{i}" for i in range(64_000)]
+    headers = [(b"x-other", b"first"), *((name, v.encode()) for v in values), (b"x_dup", b"dropped")]
+    environ = build_environ(http_scope(headers=headers), None)
+    assert environ[key] == separator.join(values)
+    assert environ["HTTP_X_OTHER"] == "first"
 
 
 @pytest.mark.parametrize(
@@ -648,6 +667,128 @@ def test_streaming_waits_for_the_server_to_take_each_chunk(
     Peer(on_send=slow_send).run(make_bridge(app), http_scope())
     # While a chunk is being sent, the app has not been asked for the next one.
     assert seen_while_sending == [1, 2, 3]
+
+
+# -- Content-Length (PEP 3333: "should not" send more than the header declares) -----------
+
+
+OVERRUN_CHUNKS = [b"0123", b"45", b"6789"]
+OVERRUN_WARNING = "The app at {} sent more than its Content-Length of 8 bytes; the rest was dropped."
+
+
+def bridge_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The messages logged at WARNING on ``gateway.bridge``."""
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.bridge" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("result", "buffer_size", "expected"),
+    [
+        pytest.param(
+            lambda: iter(OVERRUN_CHUNKS), DEFAULT_BUFFER_SIZE, [(b"01234567", False)],
+            id="generator-buffered",
+        ),
+        pytest.param(
+            lambda: iter(OVERRUN_CHUNKS), 4,
+            [(b"0123", True), (b"45", True), (b"67", True), (b"", False)],
+            id="generator-streamed",
+        ),
+        pytest.param(lambda: list(OVERRUN_CHUNKS), DEFAULT_BUFFER_SIZE, [(b"01234567", False)], id="list-buffered"),
+        pytest.param(
+            lambda: list(OVERRUN_CHUNKS), 4, [(b"0123", True), (b"4567", True), (b"", False)],
+            id="list-streamed",
+        ),
+        pytest.param(lambda: tuple(OVERRUN_CHUNKS), DEFAULT_BUFFER_SIZE, [(b"01234567", False)], id="tuple"),
+    ],
+)
+def test_body_longer_than_content_length_is_cut_and_completed(
+    make_bridge: Callable[..., WSGIBridge],
+    caplog: pytest.LogCaptureFixture,
+    result: Callable[[], Iterable[bytes]],
+    buffer_size: int,
+    expected: list[tuple[bytes, bool]],
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return result()
+
+    bridge = make_bridge(app, buffer_size=buffer_size, name="/flask")
+    with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
+        sent = Peer().run(bridge, http_scope("/flask/x", root_path="/flask"))
+    assert sent[0]["status"] == 200
+    assert (b"content-length", b"8") in sent[0]["headers"]
+    # Exactly the declared bytes, and a last message that ends the response.
+    assert body_chunks(sent) == expected
+    assert bridge_warnings(caplog) == [OVERRUN_WARNING.format("/flask")]
+
+
+def test_overrun_stops_the_iteration_and_closes(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture
+) -> None:
+    produced: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        for i in range(1000):
+            produced.append(i)
+            yield b"0123"
+
+    result = Tracked(endless())
+
+    def app(environ: Environ, start_response: StartResponse) -> Tracked:
+        start_response("200 OK", [("Content-Length", "8")])
+        return result
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
+        sent = Peer().run(make_bridge(app), http_scope("/endless"))
+    assert body_chunks(sent) == [(b"01230123", False)]
+    # The third chunk is the first one past the length: nothing more is asked for.
+    assert produced == [0, 1, 2]
+    assert result.closed == 1
+    assert bridge_warnings(caplog) == [OVERRUN_WARNING.format("/endless")]
+
+
+def test_overrun_through_write(make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture) -> None:
+    iterated: list[bytes] = []
+
+    def rest() -> Iterator[bytes]:
+        iterated.append(b"more")
+        yield b"more"
+
+    result = Tracked(rest())
+
+    def app(environ: Environ, start_response: StartResponse) -> Tracked:
+        write = start_response("200 OK", [("Content-Length", "8")])
+        write(b"012345")
+        write(b"6789")
+        write(b"ab")
+        return result
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
+        sent = Peer().run(make_bridge(app, name="/django"), http_scope("/django/w", root_path="/django"))
+    assert body_chunks(sent) == [(b"012345", True), (b"67", True), (b"", False)]
+    assert iterated == []
+    assert result.closed == 1
+    assert bridge_warnings(caplog) == [OVERRUN_WARNING.format("/django")]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param([b"0123", b"4567"], id="exact"),
+        pytest.param([b"0123", b"4567", b"", b""], id="exact-then-empty-chunks"),
+    ],
+)
+def test_body_of_exactly_content_length_is_no_overrun(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture, chunks: list[bytes]
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "8")])
+        return iter(chunks)
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
+        sent = Peer().run(make_bridge(app, buffer_size=4), http_scope())
+    assert body_chunks(sent) == [(b"0123", True), (b"4567", True), (b"", False)]
+    assert bridge_warnings(caplog) == []
 
 
 class FuturePeer(Peer):
@@ -1522,3 +1663,57 @@ def test_http_websocket_handshake_is_refused(served: Served) -> None:
             b"Sec-WebSocket-Version: 13\r\n\r\n"
         )
         assert read_until(conn, b"\r\n").startswith(b"HTTP/1.1 403")
+
+
+# A WSGIBridge on uvicorn in its own process, as the gateway serves a mount.
+OVERRUN_SERVER = """
+import sys
+
+import uvicorn
+
+from gateway.bridge import WSGIBridge
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/overrun":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return iter([b"0123", b"45", b"6789"])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+    return [b"second"]
+
+
+port, buffer_size = int(sys.argv[1]), int(sys.argv[2])
+bridge = WSGIBridge(app, name="/mounted", buffer_size=buffer_size)
+uvicorn.run(bridge, host="127.0.0.1", port=port, http="httptools", lifespan="on")
+"""
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "buffer_size", [pytest.param(DEFAULT_BUFFER_SIZE, id="buffered"), pytest.param(4, id="streamed")]
+)
+def test_http_overrun_keeps_the_connection_for_the_next_request(tmp_path: Path, buffer_size: int) -> None:
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "-c", OVERRUN_SERVER, str(port), str(buffer_size)], port=port,
+        env=server_env(tmp_path), log_path=tmp_path / "uvicorn.log", ready_path="/ready",
+    )
+    try:
+        with Connection(port, timeout=TIMEOUT) as conn:
+            # Both requests in one write: the second waits behind the first on the connection.
+            conn.send(
+                http_request("GET", "/overrun", headers=[(b"Connection", b"keep-alive")])
+                + http_request("GET", "/second")
+            )
+            first = conn.read_response(timeout=TIMEOUT)
+            second = conn.read_response(timeout=TIMEOUT)
+            rest = conn.read_rest(TIMEOUT)
+        assert (first.status, first.header("content-length"), first.body) == (200, "8", b"01234567")
+        assert (second.status, second.body) == (200, b"second")
+        assert rest == b""  # nothing past the declared length reached the wire
+        warning = OVERRUN_WARNING.format("/mounted")
+        log = server.wait_for(warning)
+    finally:
+        server.stop()
+    assert log.count(warning) == 1
+    assert "Response content longer than Content-Length" not in log

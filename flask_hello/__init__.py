@@ -24,6 +24,8 @@ from flask_hello import django_data, views
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Create and configure the Flask app."""
     app = Flask(__name__)
+    # The session cookie is not sent on cross-site requests, as Django's is not by default.
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config.from_prefixed_env()
     if config is not None:
         app.config.from_mapping(config)

@@ -1,10 +1,12 @@
 """The gateway as an ASGI app: ``gateway.asgi:application``.
 
-The same mount table as ``gateway.wsgi``, routed with the same rules. WSGI apps run
-through :class:`gateway.bridge.WSGIBridge` on one thread pool (``GATEWAY_THREADS``);
-ASGI apps are called directly with ``root_path`` extended by their prefix and ``path``
-left whole, as current ASGI servers do. The gateway answers ``lifespan`` itself (and
-passes it on to ASGI mounts that take it); a websocket to a WSGI mount is refused::
+A thin adapter over the same pipeline as ``gateway.wsgi``: each scope becomes a
+:class:`gateway.pipeline.Head`, the pipeline decides, and the scope is rewritten as the
+mount must see it (``root_path`` extended by the mount's prefix, ``path`` left whole, as
+current ASGI servers do). WSGI mounts run through :class:`gateway.bridge.WSGIBridge` on
+one thread pool (``GATEWAY_THREADS``); ASGI mounts are called directly. The gateway
+answers ``lifespan`` itself (:mod:`gateway.lifespan`); a websocket to a WSGI mount is
+refused::
 
     uvicorn gateway.asgi:application
 """
@@ -20,150 +22,173 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gateway.boundary import ASGIBoundary, WSGIBoundary, asgi_reply
 from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
-from gateway.front import (
-    HEALTH_PATHS,
-    REQUEST_ID,
-    HostPolicy,
-    StatusRecorder,
-    access_log,
-    forwarded,
-    is_trusted,
-    log_access,
-    refusal,
-    refuse,
-    request_id,
-)
-from gateway.headers import Drain, WSGIHeaders
-from gateway.mountpolicy import ASGIMount
-from gateway.mounts import MountTable
-from gateway.pages import Pages
-from gateway.types import ASGIApp, Message, Receive, Scope, Send
-from gateway.wsgi import health_app, load_table, mounted_wsgi_apps
+from gateway.health import readiness
+from gateway.lifespan import Lifespans, serve_lifespan
+from gateway.mounts import MountTable, load_table
+from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline, access_log
+from gateway.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway")
 
+_FORWARDED = frozenset({"for", "proto", "host", "port", "prefix"})
 
-class Gateway:
-    """ASGI app that applies the front policy and routes each request to its mount."""
+
+def wsgi_string(text: str) -> str:
+    """A path as a native WSGI string (the UTF-8 bytes as latin-1), as the pipeline takes it."""
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
+def asgi_string(text: str) -> str:
+    """The inverse of :func:`wsgi_string`."""
+    return text if text.isascii() else text.encode("latin-1").decode("utf-8")
+
+
+class ASGIGateway:
+    """ASGI app that runs the pipeline and calls the mount it chooses."""
 
     def __init__(self, table: MountTable, config: Config, *, threads: int | None = None) -> None:
-        self.table = table
         self.config = config
+        self.pipeline = Pipeline(table, config)
         # A name of this gateway's own, so that exit_when_stuck counts only its threads.
         self.thread_prefix = f"wsgi-{id(self):x}"
         self.executor = ThreadPoolExecutor(max_workers=threads or config.threads, thread_name_prefix=self.thread_prefix)
-        wsgi_apps = mounted_wsgi_apps(table, config, adapt_asgi=False)
-        self.routes: dict[str, ASGIApp] = {}
-        self.wsgi_prefixes: set[str] = set()
+        self.wsgi: dict[str, WSGIBridge] = {}
+        self.asgi: dict[str, ASGIBoundary] = {}
+        self.probed: dict[str, WSGIBoundary] = {}
         for mount in table:
             if mount.interface == "wsgi":
-                self.routes[mount.prefix] = WSGIBridge(wsgi_apps[mount.prefix], self.executor)
-                self.wsgi_prefixes.add(mount.prefix)
+                boundary = WSGIBoundary(mount.app, self.pipeline)
+                self.probed[mount.prefix] = boundary
+                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
             else:
-                self.routes[mount.prefix] = ASGIMount(mount.app, config.body_limit(mount.prefix))
-        self.fallback = WSGIBridge(WSGIHeaders(Pages(table)), self.executor)
-        self.health = WSGIBridge(WSGIHeaders(health_app(table, wsgi_apps, config)), self.executor)
-        self.hosts = HostPolicy(config.allowed_hosts)
-        self.max_header_size = config.max_header_size
-        self.proxies = config.trusted_proxies
-        self.lifespans: list[MountLifespan] = []
+                self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
+        self.lifespans = Lifespans(table)
+        self.forwarded = bool(config.trusted_proxies)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await self.lifespan(receive, send)
-            return
-        started = time.perf_counter()
+    def head(self, scope: Scope) -> Head:
+        """Read the request head the pipeline needs from ``scope``."""
         hosts: list[bytes] = []
         offered = None
-        proxy_headers: dict[bytes, bytes] = {}
-        header_size = 0
-        headers = scope.get("headers", ())
-        for name, value in headers:
-            header_size += len(name) + len(value)
+        content_length = None
+        forwarded: dict[str, str] = {}
+        size = 0
+        for name, value in scope.get("headers", ()):
+            size += len(name) + len(value)
             if name == b"host":
                 hosts.append(value)
             elif name == b"x-request-id":
                 offered = value.decode("latin-1")
-            elif self.proxies and name.startswith(b"x-forwarded-"):
-                proxy_headers[name] = value
-        if proxy_headers and is_trusted((scope.get("client") or ("",))[0], self.proxies):
-            scope = forwarded(scope, proxy_headers)
-            headers = scope["headers"]
-            if b"x-forwarded-host" in proxy_headers:
-                hosts = [v for n, v in headers if n == b"host"]
-        rid = request_id(offered)
-        REQUEST_ID.set(rid)
-        if offered is not None:
-            headers = [(n, v) for n, v in headers if n != b"x-request-id"]
-        # The server makes a scope for each request: change it in place, as Starlette's
-        # router does, rather than copy it.
-        scope["headers"] = [*headers, (b"x-request-id", rid.encode("latin-1"))]
-
+            elif name == b"content-length":
+                content_length = value.decode("latin-1")
+            elif self.forwarded and name.startswith(b"x-forwarded-"):
+                key = name[12:].decode("latin-1")
+                if key in _FORWARDED:
+                    text = value.decode("latin-1")
+                    forwarded[key] = f"{forwarded[key]},{text}" if key in forwarded else text
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
-        route = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        mount, prefix, _ = self.table.match(route)
+        # Strip root_path only on a "/" boundary ("/foo-1" is not under "/foo"); a path
+        # without the prefix is taken as already relative, as the bridge does.
+        if root_path and (path == root_path or path.startswith(root_path + "/")):
+            path = path[len(root_path) :]
+        client = scope.get("client")
+        return Head(
+            scope.get("method", "GET"), wsgi_string(root_path), wsgi_string(path),
+            scope.get("query_string", b"").decode("latin-1"),
+            hosts[0].decode("latin-1") if len(hosts) == 1 else None, scope.get("scheme", "http"),
+            tuple(scope.get("server") or ("localhost", None)),
+            client[0] if client else None, offered, forwarded, size, content_length,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await serve_lifespan(self.lifespans, receive, send, self.drain_on_sigterm, self.stopped)
+            return
+        started = time.perf_counter()
+        head = self.head(scope)
+        decision = self.pipeline.decide(head)
+        decision.started = started
+        REQUEST_ID.set(decision.request_id)
+        CURRENT.set(decision)
+        self.rewrite(scope, head, decision)
         logged = kind == "http" and access_log.isEnabledFor(logging.INFO)
+        reply = decision.reply
+        if kind == "websocket":
+            await self.websocket(scope, receive, send, decision)
+            return
+        if reply is None and decision.ready:
+            loop = asyncio.get_running_loop()
+            reply = await loop.run_in_executor(self.executor, readiness, self.pipeline, self.probed)
+        if reply is not None:
+            await asgi_reply(self.pipeline, reply, decision, send)
+            if logged:
+                self.log(scope, head, decision, reply.status, len(reply.body))
+            return
+        assert decision.mount is not None
+        prefix = decision.mount.prefix
         if logged:
-            send = StatusRecorder(send)
-        if route in HEALTH_PATHS:
-            app: ASGIApp = self.health
-        elif (refused := refusal(
-            scope.get("method", "GET"), len(hosts) == 1 and self.hosts.allows(hosts[0].decode("latin-1")),
-            header_size, self.max_header_size,
-        )) is not None:
-            if kind == "websocket":
-                await receive()
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await refuse(refused, send)
-            app, prefix = None, ""  # type: ignore[assignment]
-        elif mount is None:
-            app = self.fallback
-        elif kind == "websocket" and prefix in self.wsgi_prefixes:
+            send = recorder = StatusRecorder(send)
+        bridge = self.wsgi.get(prefix)
+        if bridge is not None:
+            await bridge(scope, receive, send)
+        else:
+            if (state := self.lifespans.states.get(prefix)) is not None:
+                scope["state"] = state.copy()
+            await self.asgi[prefix].serve(scope, receive, send, decision)
+        if logged:
+            self.log(scope, head, decision, recorder.status, recorder.size)
+
+    def rewrite(self, scope: Scope, head: Head, decision: Decision) -> None:
+        """Change the scope in place to what the app must see.
+
+        The server makes a scope for each request: changing it, as Starlette's router
+        does, costs less than a copy.
+        """
+        rid = decision.request_id.encode("latin-1")
+        headers = scope.get("headers", ())
+        if head.request_id is not None or (decision.proxied and decision.host != head.host):
+            headers = [(n, v) for n, v in headers if n != b"x-request-id" and n != b"host"]
+            if decision.host is not None:
+                headers.append((b"host", decision.host.encode("latin-1")))
+        scope["headers"] = [*headers, (b"x-request-id", rid)]
+        if decision.proxied:
+            scope["server"] = decision.server
+            scope["scheme"] = decision.scheme
+            if decision.client is not None:
+                client = scope.get("client")
+                scope["client"] = (decision.client, client[1] if client else 0)
+        if decision.mount is not None:
+            root = asgi_string(decision.script_name)
+            scope["root_path"] = root
+            scope["path"] = root + asgi_string(decision.path_info)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        """Serve a websocket: only an ASGI mount can take one."""
+        if decision.reply is not None and decision.mount is None and decision.reply.status >= 400:
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        boundary = self.asgi.get(decision.mount.prefix) if decision.mount is not None else None
+        if boundary is None:
             await refuse_websocket(receive, send)
             return
-        else:
-            app = self.routes[prefix]
-            scope["root_path"] = root_path + prefix
-        if app is not None:
-            await app(scope, receive, send)
-        if logged:
-            assert isinstance(send, StatusRecorder)
-            query = scope.get("query_string", b"").decode("latin-1")
-            log_access(
-                (scope.get("client") or ("-",))[0], scope["method"], f"{path}?{query}" if query else path,
-                f"HTTP/{scope.get('http_version', '1.1')}", send.status, send.size, started, prefix,
-            )
+        await boundary.serve(scope, receive, send, decision)
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """Answer the lifespan protocol, starting and stopping ASGI mounts that use it."""
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    for mount in self.table:
-                        if mount.interface == "asgi":
-                            lifespan = MountLifespan(mount.app, mount.prefix)
-                            if await lifespan.startup():
-                                self.lifespans.append(lifespan)
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                self.drain_on_sigterm()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for lifespan in reversed(self.lifespans):
-                    await lifespan.shutdown()
-                self.executor.shutdown(wait=False, cancel_futures=True)
-                await send({"type": "lifespan.shutdown.complete"})
-                if self.config.graceful_timeout is not None:
-                    exit_when_stuck(f"{self.thread_prefix}_")
-                return
+    def log(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
+        """Write the access-log line of an HTTP request."""
+        path = decision.script_name + decision.path_info
+        self.pipeline.log(decision, head.method, f"{path}?{head.query}" if head.query else path,
+                          f"HTTP/{scope.get('http_version', '1.1')}", status, size)
 
+    def stopped(self) -> None:
+        """After the lifespan's shutdown: stop the pool; under a graceful timeout, do not wait on it."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.config.graceful_timeout is not None:
+            exit_when_stuck(f"{self.thread_prefix}_")
 
     def drain_on_sigterm(self) -> None:
         """With a drain delay, put off the server's SIGTERM handling by that long.
@@ -184,14 +209,32 @@ class Gateway:
             return
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            if Drain.active:  # a second SIGTERM: no more waiting
+            if self.pipeline.draining:  # a second SIGTERM: no more waiting
                 server_handler(signum, frame)
                 return
-            Drain.active = True  # responses say Connection: close, /readyz says 503
+            self.pipeline.draining = True  # responses say Connection: close, /readyz says 503
             logger.info("SIGTERM: draining for %.1f s before shutting down.", delay)
             loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class StatusRecorder:
+    """Wrap ``send`` to note a response's status and size, for the access log."""
+
+    __slots__ = ("send", "size", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            self.size += len(message.get("body", b""))
+        await self.send(message)
 
 
 def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:
@@ -214,54 +257,12 @@ def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:
     threading.Thread(target=watch, name="gateway-exit-watch", daemon=True).start()
 
 
-class MountLifespan:
-    """Drive one ASGI mount's lifespan; a mount that does not speak it is skipped."""
-
-    def __init__(self, app: ASGIApp, prefix: str) -> None:
-        self.app = app
-        self.prefix = prefix
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self.outbox: asyncio.Queue[Message] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-        await self.app(scope, self.inbox.get, self.outbox.put)
-
-    async def _answer(self) -> Message | None:
-        assert self.task is not None
-        getter = asyncio.ensure_future(self.outbox.get())
-        await asyncio.wait({getter, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            return getter.result()
-        getter.cancel()
-        if self.task.exception() is not None:
-            logger.debug("The app at %s does not support lifespan.", self.prefix)
-        return None
-
-    async def startup(self) -> bool:
-        """Start the mount; True if it took part in the protocol."""
-        self.task = asyncio.create_task(self._run())
-        await self.inbox.put({"type": "lifespan.startup"})
-        answer = await self._answer()
-        if answer is None:
-            return False
-        if answer["type"] == "lifespan.startup.failed":
-            raise RuntimeError(f"The app at {self.prefix} failed to start: {answer.get('message', '')}")
-        return True
-
-    async def shutdown(self) -> None:
-        """Stop the mount and wait for it to say so."""
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self._answer()
-
-
-def create_asgi_app(table: MountTable, config: Config | None = None, *, threads: int | None = None) -> Gateway:
+def create_asgi_app(table: MountTable, config: Config | None = None, *, threads: int | None = None) -> ASGIGateway:
     """Route the apps of ``table``; WSGI ones run on a pool of ``threads`` threads."""
-    return Gateway(table, config or Config.from_env(), threads=threads)
+    return ASGIGateway(table, config or Config.from_env(), threads=threads)
 
 
-def __getattr__(name: str) -> Gateway:
+def __getattr__(name: str) -> ASGIGateway:
     # Built on first access, like gateway.wsgi.application.
     if name == "application":
         from gateway.logs import configure_logging_if_unset

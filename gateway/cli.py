@@ -10,27 +10,28 @@
     gateway manage <django command> [args...]
     gateway check [--deploy]
 
-Options are written to ``GATEWAY_*`` environment variables (see ``gateway.config``),
-which every server worker reads back.
+Each option of ``serve`` also reads its ``GATEWAY_*`` variable (through click); the
+command builds one :class:`gateway.config.Config` from them and the rest of the
+environment, and hands it to the server and each of its workers.
 """
 
 from __future__ import annotations
 
 import logging.config
+import multiprocessing
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
 from gateway import __version__
-from gateway.config import Config, configure_apps, weak_secret
+from gateway.config import DEFAULT_THREADS, Config, configure_apps, weak_secret
 from gateway.logs import logging_config
-from gateway.mounts import MountError, MountSpec, MountTable
+from gateway.mounts import MountError, MountSpec, MountTable, load_table
 from gateway.server import ServerError, check_port, run_granian, run_uvicorn
-from gateway.wsgi import load_table
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -38,8 +39,10 @@ mount_option = click.option(
     "--mount",
     "mounts",
     multiple=True,
+    envvar="GATEWAY_MOUNTS",
     metavar="/PREFIX=MODULE:ATTR",
-    help="Mount another WSGI or ASGI app (repeatable); add @wsgi or @asgi to skip detection.",
+    help="Mount another WSGI or ASGI app (repeatable; replaces GATEWAY_MOUNTS, space-separated); "
+    "add @wsgi or @asgi to skip detection.",
 )
 
 
@@ -54,35 +57,32 @@ def cli() -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="Threads per worker for the WSGI apps [default: GATEWAY_THREADS or 100].",
+    "--threads", envvar="GATEWAY_THREADS", type=click.IntRange(min=1),
+    help=f"Threads per worker for the WSGI apps [env: GATEWAY_THREADS; default: {DEFAULT_THREADS}].",
 )
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option("--server", default="uvicorn", show_default=True, type=click.Choice(["uvicorn", "granian"]))
 @click.option(
-    "--graceful-timeout",
-    type=click.FloatRange(min=0),
-    help="On shutdown, seconds to let running requests finish [default: no limit].",
+    "--graceful-timeout", envvar="GATEWAY_GRACEFUL_TIMEOUT", type=click.FloatRange(min=0),
+    help="On shutdown, seconds to let running requests finish [env: GATEWAY_GRACEFUL_TIMEOUT; default: no limit].",
 )
 @click.option(
-    "--drain-delay", type=click.FloatRange(min=0),
+    "--drain-delay", envvar="GATEWAY_DRAIN_DELAY", type=click.FloatRange(min=0),
     help="On SIGTERM, seconds to keep serving (Connection: close, /readyz 503) before shutting down "
-    "[default: GATEWAY_DRAIN_DELAY or 0]; set it above your proxy's upstream keepalive_timeout.",
+    "[env: GATEWAY_DRAIN_DELAY; default: 0]; set it above your proxy's upstream keepalive_timeout (uvicorn only).",
 )
 @click.option(
     "--keep-alive", default=5.0, show_default=True, type=click.FloatRange(min=0),
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
 )
 @click.option(
-    "--access-log/--no-access-log", default=None,
-    help="Write one line per request [default: GATEWAY_ACCESS_LOG or on].",
+    "--access-log/--no-access-log", envvar="GATEWAY_ACCESS_LOG", default=None,
+    help="Write one line per request [env: GATEWAY_ACCESS_LOG; default: on].",
 )
 @click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    help="Log lines as text or JSON [default: GATEWAY_LOG_FORMAT or text].",
+    "--log-format", envvar="GATEWAY_LOG_FORMAT", type=click.Choice(["text", "json"]),
+    help="Log lines as text or JSON [env: GATEWAY_LOG_FORMAT; default: text].",
 )
 @mount_option
 def serve(
@@ -101,8 +101,13 @@ def serve(
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
-    config = _config(mounts, threads, log_format=log_format, access_log=access_log, drain_delay=drain_delay,
-                     graceful_timeout=graceful_timeout)
+    config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
+                     drain_delay=drain_delay, graceful_timeout=graceful_timeout)
+    if server == "granian" and config.drain_delay > 0:
+        raise click.UsageError(
+            "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
+            "keep serving after SIGTERM. Leave it out, or use --server uvicorn."
+        )
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     if server == "uvicorn" and workers == 1 and not reload:
@@ -111,35 +116,34 @@ def serve(
         from gateway.asgi import create_asgi_app
 
         app = create_asgi_app(table, config)
-        run_uvicorn(
-            app, host=host, port=port, workers=1, reload=False, log_level=log_level,
-            graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
-        )
+        run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
+                    keep_alive=keep_alive, log_config=log_config)
         return
     # Worker processes import the apps themselves: check, migrate and print the banner
     # in a short-lived child, so that the supervising process holds no copy of them.
-    check = [sys.executable, "-m", "gateway", "prepare", "--host", host, "--port", str(port),
-             "--server", server, "--workers", str(workers)]
-    if code := subprocess.run(check).returncode:
-        sys.exit(code)
+    child = multiprocessing.get_context("spawn").Process(
+        target=prepare_in_child, args=(config,), kwargs={"host": host, "port": port, "server": server,
+                                                         "workers": workers})
+    child.start()
+    child.join()
+    if child.exitcode:
+        sys.exit(child.exitcode)
     if server == "granian":
-        run_granian(host=host, port=port, workers=workers, threads=config.threads, reload=reload,
-                    log_level=log_level, graceful_timeout=graceful_timeout, log_config=log_config)
+        run_granian(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+                    log_config=log_config)
         return
-    run_uvicorn(
-        None, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-        graceful_timeout=graceful_timeout, keep_alive=keep_alive, log_config=log_config,
-    )
+    run_uvicorn(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+                keep_alive=keep_alive, log_config=log_config)
 
 
-@cli.command("prepare", hidden=True)
-@click.option("--host", required=True)
-@click.option("--port", required=True, type=int)
-@click.option("--server", required=True)
-@click.option("--workers", required=True, type=int)
-def prepare_command(host: str, port: int, server: str, workers: int) -> None:
-    """Check the mounts and the port, migrate, print the banner (run by serve)."""
-    prepare(Config.from_env(), host=host, port=port, server=server, workers=workers)
+def prepare_in_child(config: Config, **options: Any) -> None:
+    """Run :func:`prepare` in a child process; errors end it with one line and status 1."""
+    try:
+        prepare(config, **options)
+    except (click.ClickException, ServerError, ValueError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"gateway: error: {message}", err=True)
+        sys.exit(1)
 
 
 def prepare(config: Config, *, host: str, port: int, server: str, workers: int) -> MountTable:
@@ -162,7 +166,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int) 
 @mount_option
 def routes(mounts: tuple[str, ...]) -> None:
     """Print the mount table."""
-    table = _load(_config(mounts, None))
+    table = _load(_config(mounts))
     click.echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")
     for mount in table:
         click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
@@ -187,7 +191,7 @@ def manage(args: tuple[str, ...]) -> None:
 @click.option("--deploy", is_flag=True, help="Also run the checks for a production deployment.")
 def check(deploy: bool) -> None:
     """Check the configuration: Django's system checks plus the gateway's own."""
-    config = _config((), None)
+    config = _config(None)
     problems = gateway_problems(config, deploy=deploy)
     _load(config)
     from django.core.management import call_command
@@ -247,25 +251,18 @@ def sqlite_file(name: object) -> Path:
     return Path(str(name).removeprefix("file:").partition("?")[0])
 
 
-def _config(
-    mounts: tuple[str, ...], threads: int | None, log_format: str | None = None, access_log: bool | None = None,
-    drain_delay: float | None = None, graceful_timeout: float | None = None,
-) -> Config:
+def _config(mounts: tuple[str, ...] | None, **options: Any) -> Config:
+    """The configuration: the environment's, with the command's options (``None``: not given) over it."""
     try:
         config = Config.from_env()
-        for text in mounts:
+        for text in mounts or ():
             MountSpec.parse(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    config = replace(
-        config, mounts=config.mounts + mounts, threads=threads or config.threads,
-        log_format=log_format or config.log_format,
-        access_log=config.access_log if access_log is None else access_log,
-        drain_delay=config.drain_delay if drain_delay is None else drain_delay,
-        graceful_timeout=config.graceful_timeout if graceful_timeout is None else graceful_timeout,
-    )
-    os.environ.update(config.to_env())
-    return config
+    given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
+    if mounts is not None:
+        given["mounts"] = mounts
+    return replace(config, **given)
 
 
 def _load(config: Config) -> MountTable:

@@ -1,79 +1,70 @@
 """``/healthz`` and ``/readyz``: outside every app's URL space, JSON bodies.
 
-- ``/healthz``: the process is alive and serving; touches nothing else.
-- ``/readyz``: 503 ``{"status": "draining"}`` once SIGTERM started a drain; otherwise
-  every WSGI mount answers a ``GET`` of its root with a status below 500,
-  and every database Django is configured with accepts a ``SELECT 1``. 503 otherwise,
-  with the failing part named::
+- ``/healthz``: the process is alive and serving; touches nothing else
+  (:data:`gateway.replies.HEALTHY`, answered by the pipeline itself).
+- ``/readyz``: 503 ``{"status": "draining"}`` once shutdown has begun; otherwise every
+  WSGI mount answers a ``GET`` of its root with a status below 500, and every database
+  Django is configured with accepts a ``SELECT 1``. 503 otherwise, with the failing part
+  named::
 
       {"status": "fail", "checks": {"/flask": "ok", "/django": "ok",
                                     "database:default": "fail: OperationalError: ..."}}
+
+The check blocks (it calls the apps and the databases): the WSGI side runs it in the
+request's thread, the ASGI side on the WSGI thread pool.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.test import EnvironBuilder
 
-from gateway.headers import Drain
-from gateway.types import Environ, StartResponse, WSGIApp
+from gateway.replies import Reply, json_reply
+from gateway.types import WSGIApp
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Pipeline
+
+DRAINING = json_reply(503, json.dumps({"status": "draining", "checks": {}}).encode())
 
 
-class Health:
-    """WSGI app for the two health paths."""
+def readiness(pipeline: Pipeline, apps: Mapping[str, WSGIApp]) -> Reply:
+    """Answer ``/readyz``: probe each WSGI mount as mounted (``apps``) and each database."""
+    if pipeline.draining:
+        return DRAINING
+    host = next((h for h in pipeline.config.allowed_hosts if h != "*" and not h.startswith(".")), "localhost")
+    checks = {prefix: check_mount(prefix, app, host) for prefix, app in apps.items()}
+    checks.update(check_databases())
+    ok = all(v == "ok" for v in checks.values())
+    return json_reply(200 if ok else 503, json.dumps({"status": "ok" if ok else "fail", "checks": checks}).encode())
 
-    def __init__(self, apps: dict[str, WSGIApp], host: str) -> None:
-        self.apps = apps  # prefix -> the WSGI app as mounted (with its mount policy)
-        self.host = host
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/readyz" and Drain.active:
-            body: dict[str, Any] = {"status": "draining", "checks": {}}
-            status = "503 Service Unavailable"
-        elif environ.get("PATH_INFO") == "/readyz":
-            checks = self.readiness()
-            ok = all(v == "ok" for v in checks.values())
-            body = {"status": "ok" if ok else "fail", "checks": checks}
-            status = "200 OK" if ok else "503 Service Unavailable"
-        else:
-            body, status = {"status": "ok"}, "200 OK"
-        data = json.dumps(body).encode()
-        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-                                ("Cache-Control", "no-store")])
-        return [data]
+def check_mount(prefix: str, app: WSGIApp, host: str) -> str:
+    """GET the mount's root in process; any status below 500 is an answer."""
+    environ = EnvironBuilder(path=prefix + "/", base_url=f"http://{host}").get_environ()
+    environ["SCRIPT_NAME"], environ["PATH_INFO"] = prefix, "/"
+    status: list[str] = []
 
-    def readiness(self) -> dict[str, str]:
-        """Run every check; map its name to ``ok`` or ``fail: <reason>``."""
-        checks = {prefix: self.check_mount(prefix, app) for prefix, app in self.apps.items()}
-        checks.update(check_databases())
-        return checks
+    def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        status.append(line)
+        return lambda data: None
 
-    def check_mount(self, prefix: str, app: WSGIApp) -> str:
-        """GET the mount's root in process; any status below 500 is an answer."""
-        environ = EnvironBuilder(path=prefix + "/", base_url=f"http://{self.host}").get_environ()
-        environ["SCRIPT_NAME"], environ["PATH_INFO"] = prefix, "/"
-        status: list[str] = []
-
-        def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status.append(line)
-            return lambda data: None
-
+    try:
+        result = app(environ, start_response)
         try:
-            result = app(environ, start_response)
-            try:
-                for _ in result:
-                    pass
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-        except Exception as exc:
-            return f"fail: {type(exc).__name__}: {exc}"
-        code = int(status[-1][:3]) if status else 0
-        return "ok" if 0 < code < 500 else f"fail: answered {status[-1] if status else 'nothing'}"
+            for _ in result:
+                pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    except Exception as exc:
+        return f"fail: {type(exc).__name__}: {exc}"
+    code = int(status[-1][:3]) if status else 0
+    return "ok" if 0 < code < 500 else f"fail: answered {status[-1] if status else 'nothing'}"
 
 
 def check_databases() -> dict[str, str]:

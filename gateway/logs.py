@@ -17,7 +17,7 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.front import REQUEST_ID
+from gateway.pipeline import REQUEST_ID
 
 ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms", "mount")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
 
+from gateway.config import Config, configure_apps
+
 Interface = Literal["wsgi", "asgi"]
 
 DEFAULT_MOUNTS = (
@@ -26,7 +28,7 @@ DEFAULT_MOUNTS = (
     "/django=django_hello.wsgi:application",
 )
 
-_PREFIX = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
+PREFIX_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _FORM = '"/prefix=package.module:attribute" (optionally followed by "@wsgi" or "@asgi")'
 
@@ -52,7 +54,7 @@ class MountSpec:
             target, _, interface = target.rpartition("@")
         if not sep or not _TARGET.fullmatch(target) or interface not in (None, "wsgi", "asgi"):
             raise MountError(f'Mount "{text}" must be in the form {_FORM}.')
-        if not _PREFIX.fullmatch(prefix) or any(s in {".", ".."} for s in prefix.split("/")):
+        if not PREFIX_PATTERN.fullmatch(prefix) or any(s in {".", ".."} for s in prefix.split("/")):
             raise MountError(
                 f'Mount prefix "{prefix}" must start with "/", have no trailing slash, and use '
                 'only URL path characters, e.g. "/flask" or "/apps/blog".'
@@ -121,6 +123,12 @@ class MountTable:
         if script in mounts:
             return mounts[script], script, path_info
         return None, "", path
+
+
+def load_table(config: Config) -> MountTable:
+    """Configure the frameworks from ``config``, then import and mount the apps."""
+    configure_apps(config)
+    return MountTable.from_specs(config.mounts)
 
 
 def import_app(target: str) -> Any:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from html import escape
 
 from gateway import __version__
 from gateway.mounts import MountTable
-from gateway.types import Environ, StartResponse
+from gateway.replies import Reply, plain
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -37,32 +36,25 @@ footer {{ color: #777; font-size: .85rem; margin-top: 2rem; }}
 
 
 class Pages:
-    """WSGI app for every path no mount claims: the index at ``/``, else a 404."""
+    """The gateway's own pages, for every path no mount claims: the index at ``/``, else a 404."""
 
     def __init__(self, table: MountTable) -> None:
         self.table = table
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
+    def reply(self, method: str, path: str, root: str) -> Reply:
+        """Answer ``method`` on ``path``, linking the mounts under ``root``."""
         if method not in {"GET", "HEAD"}:
             allow = ("Allow", "GET, HEAD, OPTIONS")
             if method == "OPTIONS":
-                start_response("204 No Content", [allow])
-                return []
-            body405 = b"Method Not Allowed: the gateway's own pages answer GET and HEAD.\n"
-            start_response("405 Method Not Allowed", [allow, ("Content-Type", "text/plain; charset=utf-8"),
-                                                      ("Content-Length", str(len(body405)))])
-            return [body405]
-        if environ.get("PATH_INFO") in {"/", ""}:
-            status, body = "200 OK", self.index(environ.get("SCRIPT_NAME", ""))
+                return Reply(204, (allow,), b"")
+            return plain(405, "Method Not Allowed: the gateway's own pages answer GET and HEAD.\n", allow)
+        if path in {"/", ""}:
+            status, page = 200, self.index(root)
         else:
-            status, body = "404 Not Found", self.not_found(environ.get("SCRIPT_NAME", ""))
-        data = body.encode("utf-8")
-        start_response(
-            status,
-            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))],
-        )
-        return [b"" if method == "HEAD" else data]
+            status, page = 404, self.not_found(root)
+        data = page.encode("utf-8")
+        headers = (("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data))))
+        return Reply(status, headers, b"" if method == "HEAD" else data)
 
     def index(self, script_name: str) -> str:
         """Render the list of mounts, with links under ``script_name``."""

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import ChangeReload, Multiprocess
+
+from gateway.config import Config
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
@@ -38,80 +42,119 @@ def check_port(host: str, port: int) -> None:
 
 
 def run_uvicorn(
-    app: object,
+    config: Config,
+    app: object = None,
     *,
     host: str,
     port: int,
     workers: int,
     reload: bool,
     log_level: str,
-    graceful_timeout: float | None,
     keep_alive: float = 5,
     log_config: dict[str, Any] | None = None,
 ) -> None:
-    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers."""
-    import uvicorn
-
+    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers built from ``config``."""
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": log_level,
         "log_config": log_config,
-        # The gateway writes one access line per request itself (gateway.front).
+        # The gateway writes one access line per request itself (gateway.pipeline).
         "access_log": False,
         "lifespan": "on",
         # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
         "http": "httptools",
-        "timeout_graceful_shutdown": graceful_timeout,
+        "timeout_graceful_shutdown": config.graceful_timeout,
         "timeout_keep_alive": keep_alive,
         # The gateway honours X-Forwarded-* itself, from GATEWAY_TRUSTED_PROXIES only.
         # uvicorn's own handling (on by default, trusting 127.0.0.1) would replace the
         # client address first, and the gateway would then see an untrusted client.
         "proxy_headers": False,
     }
+    if app is not None:
+        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        exit_zero_after_signal()
+        server.run()
+        return
+    worker_config = WorkerConfig(config, workers=workers, reload=reload,
+                                 reload_dirs=SOURCE_DIRS if reload else None, **options)
+    sock = worker_config.bind_socket()
+    target = uvicorn.Server(worker_config).run
     if reload:
-        uvicorn.run(ASGI_TARGET, reload=True, reload_dirs=SOURCE_DIRS, **options)
+        ChangeReload(worker_config, target=target, sockets=[sock]).run()
         return
-    if workers > 1:
-        from uvicorn.supervisors import Multiprocess
+    supervisor = Multiprocess(worker_config, sockets=[sock])
+    close_before(sock, signal.SIGTERM, signal.SIGINT)
+    supervisor.run()
 
-        class Supervisor(Multiprocess):
-            def terminate_all(self) -> None:
-                # Close the supervisor's copy of the listening socket first. uvicorn
-                # keeps it open until every worker has drained, so the kernel goes on
-                # accepting connections nobody answers, and a proxy cannot retry their
-                # POSTs elsewhere; closed, new connections are refused, which it can.
-                for sock in self.sockets:
-                    sock.close()
-                super().terminate_all()
 
-        config = uvicorn.Config(ASGI_TARGET, workers=workers, **options)
-        Supervisor(config, sockets=[config.bind_socket()]).run()
-        return
+def exit_zero_after_signal() -> None:
+    """Let a single uvicorn process exit 0 after a clean shutdown on SIGINT or SIGTERM.
 
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGINT/SIGTERM once it has shut down, so the process
-            # would end "killed by SIGTERM"; after a clean drain we exit 0 instead.
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+    uvicorn restores the handlers it found and then raises the signal again, so that
+    the process ends as killed by it. Handlers that do nothing, installed first, make
+    that re-raised signal a no-op: the process exits 0 after its drain, with uvicorn's
+    public API only.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
 
-    Server(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
+
+def close_before(sock: socket.socket, *signals: signal.Signals) -> None:
+    """On each of ``signals``, close ``sock`` first, then do what the installed handler does.
+
+    uvicorn's supervisor keeps its copy of the listening socket open until every worker
+    has drained, so the kernel goes on accepting connections nobody answers, and a proxy
+    cannot retry their POSTs elsewhere; closed, new connections are refused, which it can.
+    """
+    for sig in signals:
+        handler = signal.getsignal(sig)
+
+        def close_then(signum: int, frame: Any, handler: Any = handler) -> None:
+            sock.close()
+            if callable(handler):
+                handler(signum, frame)
+
+        signal.signal(sig, close_then)
+
+
+class WorkerConfig(uvicorn.Config):
+    """uvicorn's ``Config`` carrying the gateway's :class:`~gateway.config.Config` to each worker.
+
+    uvicorn hands its config to every worker process it starts (pickled); in the
+    worker, :meth:`load` builds the gateway from the ``Config`` that came with it,
+    so nothing travels through environment variables.
+    """
+
+    def __init__(self, gateway: Config, **options: Any) -> None:
+        super().__init__(ASGI_TARGET, **options)
+        self.gateway = gateway
+
+    def load(self) -> None:
+        if isinstance(self.app, str):
+            from gateway.asgi import create_asgi_app
+            from gateway.logs import configure_logging_if_unset
+            from gateway.mounts import load_table
+
+            configure_logging_if_unset(self.gateway.log_format, self.gateway.access_log)
+            self.app = create_asgi_app(load_table(self.gateway), self.gateway)
+        super().load()
+
+
+def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET) -> Any:
+    """Build the WSGI gateway from ``config`` in a Granian worker (its ``target_loader``)."""
+    from gateway.mounts import load_table
+    from gateway.wsgi import create_wsgi_app
+
+    return create_wsgi_app(load_table(config), config)
 
 
 def run_granian(
-    *, host: str, port: int, workers: int, threads: int, reload: bool, log_level: str,
-    graceful_timeout: float | None = None, log_config: dict[str, Any] | None = None,
+    config: Config, *, host: str, port: int, workers: int, reload: bool, log_level: str,
+    log_config: dict[str, Any] | None = None,
 ) -> None:
-    """Serve the WSGI gateway with Granian's WSGI interface."""
+    """Serve the WSGI gateway with Granian's WSGI interface, built in each worker from ``config``."""
     try:
         from granian import Granian
         from granian.constants import Interfaces
@@ -127,10 +170,10 @@ def run_granian(
         port=port,
         interface=Interfaces.WSGI,
         workers=workers,
-        blocking_threads=threads,
+        blocking_threads=config.threads,
         log_level=LogLevels(log_level if log_level != "trace" else "debug"),
         log_dictconfig=log_config,
         reload=reload,
         reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
-        workers_kill_timeout=int(graceful_timeout) if graceful_timeout else None,
-    ).serve()
+        workers_kill_timeout=int(config.graceful_timeout) if config.graceful_timeout else None,
+    ).serve(target_loader=functools.partial(load_wsgi_gateway, config))

@@ -1,52 +1,141 @@
 """The gateway as a WSGI app: ``gateway.wsgi:application``.
 
-Werkzeug's ``DispatcherMiddleware`` over the mount table, with the gateway's pages
-(an index at ``/``, a 404 elsewhere) as the fallback and the front policy
-(:mod:`gateway.front`) around it. Runs unchanged under gunicorn, Granian's WSGI
-interface or Werkzeug's development server::
+A thin adapter: each request's environ becomes a :class:`gateway.pipeline.Head`, the
+pipeline decides, and the environ is rewritten as the mount must see it (``SCRIPT_NAME``
+and ``PATH_INFO`` split on segment boundaries, longest prefix first, exactly as
+Werkzeug's ``DispatcherMiddleware`` splits them; a test holds the two equal). Runs
+unchanged under gunicorn, Granian's WSGI interface or Werkzeug's development server::
 
     gunicorn gateway.wsgi:application
+
+ASGI mounts are served through a2wsgi on this side.
 """
 
 from __future__ import annotations
 
-from werkzeug.middleware.dispatcher import DispatcherMiddleware
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from gateway.config import Config, configure_apps
-from gateway.front import WSGIFront
-from gateway.headers import WSGIHeaders
-from gateway.health import Health
-from gateway.mountpolicy import WSGIMount
-from gateway.mounts import Mount, MountTable
-from gateway.pages import Pages
-from gateway.types import WSGIApp
+from gateway.boundary import WSGIBoundary, wsgi_reply
+from gateway.config import Config
+from gateway.health import readiness
+from gateway.mounts import Mount, MountTable, load_table
+from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline, access_log
+from gateway.types import Environ, StartResponse, WSGIApp
 
-
-def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIApp:
-    """Mount every app of ``table`` on a Werkzeug dispatcher behind the front policy."""
-    config = config or Config.from_env()
-    mounted = mounted_wsgi_apps(table, config)
-    dispatcher = DispatcherMiddleware(WSGIHeaders(Pages(table)), mounted)
-    return WSGIFront(dispatcher, health_app(table, mounted, config), config)
+_FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
 
 
-def mounted_wsgi_apps(table: MountTable, config: Config, *, adapt_asgi: bool = True) -> dict[str, WSGIApp]:
-    """Each mount's app as WSGI, with the mount policy around it.
+class WSGIGateway:
+    """WSGI app that runs the pipeline and calls the mount it chooses."""
 
-    ASGI mounts are adapted with a2wsgi, or left out with ``adapt_asgi=False`` (the ASGI
-    side calls them directly; a2wsgi's adapter starts an event-loop thread of its own).
-    """
-    return {
-        m.prefix: WSGIMount(as_wsgi(m), config.body_limit(m.prefix))
-        for m in table
-        if adapt_asgi or m.interface == "wsgi"
-    }
+    def __init__(self, table: MountTable, config: Config) -> None:
+        self.pipeline = Pipeline(table, config)
+        self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table}
+        # Readiness probes the WSGI mounts as mounted; ASGI ones have no WSGI root to GET.
+        self.probed = {m.prefix: self.apps[m.prefix] for m in table if m.interface == "wsgi"}
+        self.forwarded = bool(config.trusted_proxies)
+
+    def head(self, environ: Environ) -> Head:
+        """Read the request head the pipeline needs from ``environ``."""
+        size = 0
+        for key, value in environ.items():
+            if key.startswith("HTTP_") and isinstance(value, str):
+                size += len(key) - 5 + len(value)  # the header's name and value, as sent
+        forwarded = {}
+        if self.forwarded:
+            for name, key in _FORWARDED:
+                if (value := environ.get(key)) is not None:
+                    forwarded[name] = value
+        port = environ.get("SERVER_PORT", "")
+        return Head(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""), environ.get("HTTP_HOST"), environ.get("wsgi.url_scheme", "http"),
+            (environ.get("SERVER_NAME", ""), int(port) if port.isdigit() else None), environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_X_REQUEST_ID"), forwarded, size, environ.get("CONTENT_LENGTH") or None,
+        )
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        head = self.head(environ)
+        decision = self.pipeline.decide(head)
+        decision.started = started
+        REQUEST_ID.set(decision.request_id)
+        CURRENT.set(decision)
+        environ["HTTP_X_REQUEST_ID"] = decision.request_id
+        if decision.proxied:
+            rewrite(environ, decision)
+        logged = access_log.isEnabledFor(logging.INFO)
+        reply = decision.reply
+        if reply is None and decision.ready:
+            reply = readiness(self.pipeline, self.probed)
+        if reply is not None:
+            if logged:
+                self.pipeline.log(decision, head.method, target(decision, head), environ.get("SERVER_PROTOCOL", "-"),
+                                  reply.status, len(reply.body))
+            return wsgi_reply(self.pipeline, reply, decision, start_response)
+        assert decision.mount is not None
+        environ["SCRIPT_NAME"] = decision.script_name
+        environ["PATH_INFO"] = decision.path_info
+        app = self.apps[decision.mount.prefix]
+        if not logged:
+            return app(environ, start_response)
+        status = [0]
+
+        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = int(status_line[:3])
+            return start_response(status_line, headers, exc_info)
+
+        return _Logged(app(environ, start), self.pipeline, decision, head, environ.get("SERVER_PROTOCOL", "-"), status)
 
 
-def health_app(table: MountTable, mounted: dict[str, WSGIApp], config: Config) -> Health:
-    """The ``/healthz`` and ``/readyz`` app, probing the WSGI mounts as mounted."""
-    host = next((h for h in config.allowed_hosts if h not in {"*"} and not h.startswith(".")), "localhost")
-    return Health({m.prefix: mounted[m.prefix] for m in table if m.interface == "wsgi"}, host)
+def rewrite(environ: Environ, decision: Decision) -> None:
+    """Put what a trusted proxy said into ``environ`` (as Werkzeug's ``ProxyFix`` would)."""
+    if decision.host is not None:
+        environ["HTTP_HOST"] = decision.host
+    environ["SERVER_NAME"], port = decision.server
+    environ["SERVER_PORT"] = str(port) if port is not None else ""
+    environ["wsgi.url_scheme"] = decision.scheme
+    if decision.client is not None:
+        environ["REMOTE_ADDR"] = decision.client
+
+
+def target(decision: Decision, head: Head) -> str:
+    """The request target as the client asked for it, for the access log."""
+    path = decision.script_name + decision.path_info
+    return f"{path}?{head.query}" if head.query else path
+
+
+class _Logged:
+    """The app's response iterable, counted and logged when closed."""
+
+    __slots__ = ("decision", "head", "pipeline", "protocol", "result", "size", "status")
+
+    def __init__(self, result: Iterable[bytes], pipeline: Pipeline, decision: Decision, head: Head,
+                 protocol: str, status: list[int]) -> None:
+        self.result = result
+        self.pipeline = pipeline
+        self.decision = decision
+        self.head = head
+        self.protocol = protocol
+        self.status = status
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.result:
+            self.size += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.pipeline.log(self.decision, self.head.method, target(self.decision, self.head), self.protocol,
+                              self.status[0], self.size)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:
@@ -59,10 +148,9 @@ def as_wsgi(mount: Mount) -> WSGIApp:
     return ASGIMiddleware(mount.app)  # type: ignore[return-value]
 
 
-def load_table(config: Config) -> MountTable:
-    """Configure the frameworks from ``config``, then import and mount the apps."""
-    configure_apps(config)
-    return MountTable.from_specs(config.mounts)
+def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIGateway:
+    """Serve every app of ``table`` behind the pipeline, as one WSGI app."""
+    return WSGIGateway(table, config or Config.from_env())
 
 
 def __getattr__(name: str) -> WSGIApp:

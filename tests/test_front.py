@@ -12,8 +12,8 @@ from django.test import override_settings
 
 from gateway.asgi import create_asgi_app
 from gateway.config import Config
-from gateway.front import HostPolicy
 from gateway.mounts import MountTable
+from gateway.pipeline import HostPolicy
 from gateway.wsgi import create_wsgi_app
 from tests.support import SyncASGIClient
 
@@ -198,7 +198,7 @@ def test_access_log_can_be_turned_off(start_gateway, args: list[str]) -> None:  
 
 
 def test_generated_request_ids_are_unique_and_reseeded_in_a_forked_child() -> None:
-    from gateway.front import _IdSource
+    from gateway.pipeline import _IdSource
 
     source = _IdSource()
     ids = {source() for _ in range(10000)}

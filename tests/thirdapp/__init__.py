@@ -34,3 +34,20 @@ def wsgi_app(environ, start_response):  # type: ignore[no-untyped-def]
 
 STATE: list[str] = []
 not_callable = 42
+
+
+def echo_app(environ, start_response):  # type: ignore[no-untyped-def]
+    """A bare WSGI app that reports, as JSON, what the server and gateway told it."""
+    import json
+
+    keys = ("HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "wsgi.url_scheme", "REMOTE_ADDR", "SCRIPT_NAME",
+            "PATH_INFO", "QUERY_STRING", "HTTP_X_REQUEST_ID", "CONTENT_LENGTH")
+    body = json.dumps({key: environ.get(key) for key in keys}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    for cookie in environ.get("QUERY_STRING", "").split("&"):
+        if cookie.startswith("cookie="):  # a Set-Cookie the test asks for, percent-encoded
+            from urllib.parse import unquote
+
+            headers.append(("Set-Cookie", unquote(cookie[7:])))
+    start_response("200 OK", headers)
+    return [body]

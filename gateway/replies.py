@@ -1,0 +1,40 @@
+"""The responses the gateway makes itself, as plain data both entry points can send."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Reply(NamedTuple):
+    """A response the gateway makes itself: status, headers, body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def plain(status: int, text: str, *headers: tuple[str, str]) -> Reply:
+    """A ``text/plain`` reply."""
+    body = text.encode()
+    return Reply(status, (("Content-Type", "text/plain; charset=utf-8"),
+                          ("Content-Length", str(len(body))), *headers), body)
+
+
+def json_reply(status: int, body: bytes) -> Reply:
+    """An ``application/json`` reply that no cache keeps (the health answers)."""
+    return Reply(status, (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                          ("Cache-Control", "no-store")), body)
+
+
+def too_large(limit: int) -> Reply:
+    """The 413 for a body over ``limit`` bytes."""
+    return plain(413, f"Request body too large: the limit here is {limit} bytes.\n", ("Connection", "close"))
+
+
+# Connection: close where the server would otherwise go on to read a body nobody wants.
+HEADERS_TOO_LARGE = plain(431, "Request Header Fields Too Large.\n", ("Connection", "close"))
+BAD_HOST = plain(400, "Bad Request: the Host header is missing, malformed or not allowed here.\n")
+BAD_METHOD = plain(405, "Method Not Allowed.\n", ("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"))
+BAD_LENGTH = plain(400, "Bad Request: invalid Content-Length.\n", ("Connection", "close"))
+BODY_ENDED_EARLY = plain(400, "Bad Request: the request body ended early.\n", ("Connection", "close"))
+HEALTHY = json_reply(200, b'{"status": "ok"}')

@@ -1,0 +1,122 @@
+"""One Config, built at the edge: from the environment, from the command's options, and
+handed to every worker process without going through environment variables."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import DEFAULT_MAX_BODY_SIZE, Config, configure_apps, parse_size
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    config = Config.from_env({})
+    assert (config.env, config.threads, config.max_body_size, config.trusted_proxies, config.https) == (
+        "development", 100, DEFAULT_MAX_BODY_SIZE, (), False)
+    assert config.allowed_hosts == ("localhost", "127.0.0.1", "[::1]")
+    assert config.data_dir == Path("var").resolve()
+
+
+def test_every_variable_is_read() -> None:
+    config = Config.from_env({
+        "GATEWAY_ENV": "production", "GATEWAY_MOUNTS": "/a=m:a /b=m:b", "GATEWAY_THREADS": "7",
+        "GATEWAY_DATA_DIR": "/tmp/x", "GATEWAY_ALLOWED_HOSTS": "a.example, .b.example",
+        "GATEWAY_MAX_BODY_SIZE": "2M", "GATEWAY_MAX_BODY_SIZES": "/a=1K,/b/=3", "GATEWAY_MAX_HEADER_SIZE": "8K",
+        "GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8,::1", "GATEWAY_HTTPS": "yes", "GATEWAY_LOG_FORMAT": "JSON",
+        "GATEWAY_ACCESS_LOG": "off", "GATEWAY_DRAIN_DELAY": "2.5", "GATEWAY_GRACEFUL_TIMEOUT": "9",
+    })
+    assert config.env == "production" and config.mounts == ("/a=m:a", "/b=m:b") and config.threads == 7
+    assert config.data_dir == Path("/tmp/x") and config.allowed_hosts == ("a.example", ".b.example")
+    assert (config.max_body_size, dict(config.max_body_sizes), config.max_header_size) == (
+        2 * 1024**2, {"/a": 1024, "/b": 3}, 8 * 1024)
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert config.https and config.log_format == "json" and not config.access_log
+    assert (config.drain_delay, config.graceful_timeout) == (2.5, 9.0)
+    assert (config.body_limit("/a"), config.body_limit("/b"), config.body_limit("/c")) == (1024, 3, 2 * 1024**2)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        pytest.param("GATEWAY_ENV", "staging", 'GATEWAY_ENV="staging" must be "development" or "production".',
+                     id="env"),
+        pytest.param("GATEWAY_THREADS", "0", 'GATEWAY_THREADS="0" must be a positive whole number', id="threads"),
+        pytest.param("GATEWAY_MAX_BODY_SIZE", "10X", 'GATEWAY_MAX_BODY_SIZE="10X" must be a size in bytes',
+                     id="size"),
+        pytest.param("GATEWAY_MAX_BODY_SIZES", "django=1M", 'must be in the form "/prefix=size"', id="sizes"),
+        pytest.param("GATEWAY_TRUSTED_PROXIES", "10.0.0.300", "must be an IP address or network", id="proxies"),
+        pytest.param("GATEWAY_LOG_FORMAT", "xml", 'must be "text" or "json"', id="log-format"),
+        pytest.param("GATEWAY_DRAIN_DELAY", "-1", "must be a number of seconds", id="drain-delay"),
+    ],
+)
+def test_bad_values_are_refused_with_one_sentence(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        Config.from_env({name: value})
+
+
+@pytest.mark.parametrize(("text", "size"), [("10", 10), ("10K", 10240), ("1m", 1024**2), ("2GiB", 2 * 1024**3),
+                                            ("3 MB", 3 * 1024**2)])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text, "X") == size
+
+
+def test_config_survives_pickling_as_it_travels_to_workers() -> None:
+    config = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8", "GATEWAY_MAX_BODY_SIZES": "/a=1K",
+                              "GATEWAY_MOUNTS": "/a=m:a"})
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_configure_apps_sets_the_frameworks_variables_in_one_place(tmp_path: Path) -> None:
+    environ: dict[str, str] = {"DJANGO_ALLOWED_HOSTS": "kept.example"}
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_HTTPS": "1",
+                              "GATEWAY_MAX_BODY_SIZES": "/flask=1K,/django=2K"})
+    configure_apps(config, environ)
+    assert environ["DJANGO_ALLOWED_HOSTS"] == "kept.example"  # what the environment says wins
+    assert environ["DJANGO_SETTINGS_MODULE"] == "django_hello.settings"
+    assert environ["DJANGO_DATA_DIR"] == str(tmp_path)
+    assert (environ["FLASK_MAX_CONTENT_LENGTH"], environ["DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE"]) == ("1024", "2048")
+    assert environ["DJANGO_HTTPS"] == "1" and environ["FLASK_SESSION_COOKIE_SECURE"] == "true"
+    assert len(environ["FLASK_SECRET_KEY"]) >= 50
+    assert not any(name.startswith("GATEWAY_") for name in environ)
+
+
+def test_command_options_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _config
+
+    monkeypatch.setenv("GATEWAY_THREADS", "5")
+    monkeypatch.setenv("GATEWAY_MOUNTS", "/a=m:a")
+    monkeypatch.setenv("GATEWAY_DRAIN_DELAY", "3")
+    config = _config(("/b=m:b",), threads=9, drain_delay=None, access_log=False)
+    assert (config.threads, config.mounts, config.drain_delay, config.access_log) == (9, ("/b=m:b",), 3.0, False)
+    assert _config(None).mounts == ("/a=m:a",)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("args", [pytest.param(["--workers", "2"], id="uvicorn-workers"),
+                                  pytest.param(["--server", "granian"], id="granian"),
+                                  pytest.param(["--reload"], id="uvicorn-reload")])
+def test_workers_build_the_gateway_from_the_commands_config(start_gateway, args: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Options given only on the command line reach every worker: nothing goes through os.environ."""
+    server = start_gateway(*args, "--mount", "/echo=tests.thirdapp:echo_app", "--threads", "3",
+                           "--log-format", "json")
+    answer = httpx.get(server.url + "/echo/x?y=1", headers={"X-Request-ID": "from-the-test"})
+    assert answer.status_code == 200, server.log
+    assert answer.json()["SCRIPT_NAME"] == "/echo"
+    server.wait_for('"request_id": "from-the-test"')  # the JSON log format reached the worker too
+
+
+@pytest.mark.server
+def test_drain_delay_on_granian_is_refused_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support import GATEWAY, ROOT, server_env
+
+    result = subprocess.run([*GATEWAY, "serve", "--server", "granian", "--drain-delay", "5"], cwd=ROOT,
+                            env=server_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gateway: error: --drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no "
+        "hook to keep serving after SIGTERM. Leave it out, or use --server uvicorn. (see 'gateway serve --help')"]

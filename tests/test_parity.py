@@ -1,0 +1,384 @@
+"""Every pipeline behaviour through both entry points, from one parametrized fixture.
+
+``entry`` is the WSGI gateway under Werkzeug's test client, then the ASGI gateway under
+httpx's ASGI transport, each built on the same table and configuration. A WSGI app that
+echoes its environ shows what a mounted app sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from werkzeug.test import Client
+
+from gateway.asgi import create_asgi_app
+from gateway.config import Config
+from gateway.mounts import MountTable
+from gateway.wsgi import create_wsgi_app
+
+BASE = "http://localhost:8000"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def get(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Send = Callable[..., Answer]
+
+
+def wsgi_entry(table: MountTable, config: Config) -> tuple[Send, Any]:
+    app = create_wsgi_app(table, config)
+
+    def from_loopback(environ, start_response):  # type: ignore[no-untyped-def]
+        environ["REMOTE_ADDR"] = "127.0.0.1"  # as a server sets it; the test client does not
+        return app(environ, start_response)
+
+    client = Client(from_loopback)
+
+    def send(method: str, path: str, headers: dict[str, str] | list[tuple[str, str]] | None = None,
+             body: bytes = b"") -> Answer:
+        response = client.open(path, base_url=BASE, method=method, headers=headers or {}, data=body, buffered=True)
+        return Answer(response.status_code, list(response.headers.items()), response.get_data())
+
+    return send, app
+
+
+def asgi_entry(table: MountTable, config: Config) -> tuple[Send, Any]:
+    app = create_asgi_app(table, config, threads=4)
+
+    def send(method: str, path: str, headers: dict[str, str] | list[tuple[str, str]] | None = None,
+             body: bytes = b"") -> Answer:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+                return await client.request(method, path, headers=headers, content=body)
+
+        response = asyncio.run(go())
+        return Answer(response.status_code, list(response.headers.multi_items()), response.content)
+
+    return send, app
+
+
+ENTRIES = {"wsgi": wsgi_entry, "asgi": asgi_entry}
+
+
+@pytest.fixture(scope="module")
+def echo_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
+    return MountTable([*table, *MountTable.from_specs(["/echo=tests.thirdapp:echo_app",
+                                                       "/third=tests.thirdapp:asgi_app"], defaults=False)])
+
+
+def config_with(**changes: Any) -> Config:
+    return replace(Config.from_env({}), allowed_hosts=("localhost", "example.org", "[::1]"), **changes)
+
+
+TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}).trusted_proxies
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def make(request: pytest.FixtureRequest, echo_table: MountTable) -> Callable[..., Send]:
+    """Build an entry point (``wsgi``, then ``asgi``) over the echo table with a config."""
+    built: list[Any] = []
+
+    def build(**changes: Any) -> Send:
+        send, app = ENTRIES[request.param](echo_table, config_with(**changes))
+        built.append(app)
+        return send
+
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def entry(make: Callable[..., Send]) -> Send:
+    """An entry point that trusts X-Forwarded-* from 127.0.0.1 (the test clients' address)."""
+    return make(trusted_proxies=TRUSTED)
+
+
+def seen(entry: Send, headers: dict[str, str], path: str = "/echo/x") -> dict[str, Any]:
+    answer = entry("GET", path, headers)
+    assert answer.status == 200, answer.body
+    return dict(answer.json())
+
+
+# -- Forwarded headers -------------------------------------------------------------------
+
+FORWARDED = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "example.org",
+    "X-Forwarded-Port": "8443",
+    "X-Forwarded-Prefix": "/apps",
+}
+COMBINATIONS = [
+    combo for size in range(len(FORWARDED) + 1) for combo in itertools.combinations(sorted(FORWARDED), size)
+]
+
+
+def expected(combo: tuple[str, ...]) -> dict[str, Any]:
+    """What the echo app must see for a combination of the FORWARDED headers."""
+    https = "X-Forwarded-Proto" in combo
+    scheme = "https" if https else "http"
+    name = "example.org" if "X-Forwarded-Host" in combo else "localhost"
+    if "X-Forwarded-Port" in combo:
+        port, host = 8443, f"{name}:8443"
+    elif "X-Forwarded-Host" in combo:
+        port, host = (443 if https else 80), name
+    else:
+        # The Host the client sent (localhost:8000) keeps its port, whatever the scheme.
+        port, host = 8000, "localhost:8000"
+    root = "/apps" if "X-Forwarded-Prefix" in combo else ""
+    return {"HTTP_HOST": host, "SERVER_NAME": name, "SERVER_PORT": str(port), "wsgi.url_scheme": scheme,
+            "REMOTE_ADDR": "203.0.113.7" if "X-Forwarded-For" in combo else "127.0.0.1",
+            "SCRIPT_NAME": f"{root}/echo", "PATH_INFO": "/x"}
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda c: "+".join(h[12:] for h in c) or "none")
+def test_forwarded_headers_alone_and_combined(entry: Send, combo: tuple[str, ...]) -> None:
+    got = seen(entry, {name: FORWARDED[name] for name in combo})
+    want = expected(combo)
+    assert {key: got[key] for key in want} == want
+
+
+@pytest.mark.parametrize(
+    ("headers", "host", "port"),
+    [
+        pytest.param({"X-Forwarded-Port": "8443"}, "localhost:8443", "8443", id="port"),
+        pytest.param({"X-Forwarded-Host": "example.org:8443"}, "example.org:8443", "8443", id="host-with-port"),
+        pytest.param({"X-Forwarded-Host": "example.org", "X-Forwarded-Port": "8443", "X-Forwarded-Proto": "https"},
+                     "example.org:8443", "8443", id="host-port-proto"),
+        pytest.param({"X-Forwarded-Host": "example.org", "X-Forwarded-Port": "443", "X-Forwarded-Proto": "https"},
+                     "example.org", "443", id="default-port-elided"),
+    ],
+)
+def test_the_rows_that_drifted(entry: Send, headers: dict[str, str], host: str, port: str) -> None:
+    got = seen(entry, headers)
+    assert (got["HTTP_HOST"], got["SERVER_PORT"]) == (host, port)
+
+
+def test_one_hop_only_the_last_value_counts(entry: Send) -> None:
+    got = seen(entry, {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Forwarded-Proto": "http,https",
+                       "X-Forwarded-Host": "evil.example, example.org", "X-Forwarded-Prefix": "/x,/apps"})
+    assert (got["REMOTE_ADDR"], got["wsgi.url_scheme"], got["HTTP_HOST"], got["SCRIPT_NAME"]) == (
+        "203.0.113.9", "https", "example.org", "/apps/echo")
+
+
+def test_forwarded_headers_from_an_untrusted_peer_change_nothing(make: Callable[..., Send]) -> None:
+    entry = make(trusted_proxies=Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.1"}).trusted_proxies)
+    assert {k: v for k, v in seen(entry, FORWARDED).items() if k in expected(())} == expected(())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("X-Forwarded-Prefix", "//evil.example", id="prefix-scheme-relative"),
+        pytest.param("X-Forwarded-Prefix", "javascript:alert(1)//", id="prefix-javascript"),
+        pytest.param("X-Forwarded-Prefix", "/a/../b", id="prefix-dot-dot"),
+        pytest.param("X-Forwarded-Prefix", "/a b", id="prefix-space"),
+        pytest.param("X-Forwarded-Prefix", "apps", id="prefix-relative"),
+        pytest.param("X-Forwarded-Proto", "javascript", id="proto-javascript"),
+        pytest.param("X-Forwarded-Proto", "ftp", id="proto-ftp"),
+        pytest.param("X-Forwarded-Port", "0", id="port-zero"),
+        pytest.param("X-Forwarded-Port", "65536", id="port-too-big"),
+        pytest.param("X-Forwarded-Port", "80a", id="port-not-a-number"),
+        pytest.param("X-Forwarded-Port", "-1", id="port-negative"),
+        pytest.param("X-Forwarded-For", "not-an-ip<script>", id="for-markup"),
+        pytest.param("X-Forwarded-For", "999.1.1.1", id="for-bad-ipv4"),
+        pytest.param("X-Forwarded-For", "unknown", id="for-unknown"),
+        pytest.param("X-Forwarded-Host", "evil.example/x", id="host-with-path"),
+        pytest.param("X-Forwarded-Host", "a b", id="host-space"),
+        pytest.param("X-Forwarded-Host", "example.org:0", id="host-port-zero"),
+    ],
+)
+def test_malformed_forwarded_values_are_ignored(entry: Send, name: str, value: str) -> None:
+    got = seen(entry, {name: value})
+    want = expected(())
+    assert {key: got[key] for key in want} == want
+
+
+def test_malformed_forwarded_values_are_counted(echo_table: MountTable) -> None:
+    for build in ENTRIES.values():
+        send, app = build(echo_table, config_with(trusted_proxies=TRUSTED))
+        send("GET", "/echo/x", {"X-Forwarded-Prefix": "//evil.example", "X-Forwarded-Proto": "javascript",
+                                "X-Forwarded-For": "nope", "X-Forwarded-Port": "99999"})
+        send("GET", "/echo/x", {"X-Forwarded-Prefix": "javascript:alert(1)//", "X-Forwarded-Host": "a/b"})
+        send("GET", "/echo/x", {"X-Forwarded-Prefix": "/fine", "X-Forwarded-Proto": "https"})
+        assert dict(app.pipeline.ignored) == {"prefix": 2, "proto": 1, "for": 1, "port": 1, "host": 1}
+
+
+def test_a_malformed_prefix_never_reaches_a_redirect_or_a_link(entry: Send) -> None:
+    for prefix in ("//evil.example", "javascript:alert(1)//"):
+        assert entry("GET", "/flask", {"X-Forwarded-Prefix": prefix}).get("Location") == "/flask/"
+        assert entry("GET", "/echo", {"X-Forwarded-Prefix": prefix}).get("Location") == "/echo/"
+        assert b'href="/flask/"' in entry("GET", "/", {"X-Forwarded-Prefix": prefix}).body
+
+
+def test_a_valid_prefix_reaches_redirects_and_links(entry: Send) -> None:
+    assert entry("GET", "/echo?a=1", {"X-Forwarded-Prefix": "/apps/"}).get("Location") == "/apps/echo/?a=1"
+    assert b'href="/apps/flask/"' in entry("GET", "/", {"X-Forwarded-Prefix": "/apps"}).body
+
+
+def test_websocket_scheme_follows_the_forwarded_proto() -> None:
+    from gateway.pipeline import Head, Pipeline
+
+    pipeline = Pipeline(MountTable([]), config_with(trusted_proxies=TRUSTED))
+    decision = pipeline.decide(Head("GET", "", "/", host="localhost", scheme="ws", client="127.0.0.1",
+                                    forwarded={"proto": "https"}))
+    assert decision.scheme == "wss"
+
+
+# -- Refusals, redirects, limits -----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        pytest.param("GET", "/echo/x", {"Host": "evil.example"}, 400, id="host-not-allowed"),
+        pytest.param("GET", "/echo/x", {"Host": "a b"}, 400, id="host-malformed"),
+        pytest.param("GET", "/", {"Host": "evil.example"}, 400, id="host-on-the-index"),
+        pytest.param("TRACE", "/echo/x", {}, 405, id="trace"),
+        pytest.param("TRACK", "/flask/", {}, 405, id="track"),
+        pytest.param("GET", "/echo/x", {"X-Big": "a" * 17000}, 431, id="headers-too-large"),
+        pytest.param("GET", "/healthz", {"Host": "10.1.2.3:8000"}, 200, id="health-by-address"),
+        pytest.param("GET", "/nowhere", {}, 404, id="gateway-404"),
+        pytest.param("POST", "/", {}, 405, id="index-post"),
+        pytest.param("OPTIONS", "/", {}, 204, id="index-options"),
+    ],
+)
+def test_refusals_and_own_pages(entry: Send, method: str, path: str, headers: dict[str, str], status: int) -> None:
+    answer = entry(method, path, headers)
+    assert answer.status == status
+    assert answer.get("X-Request-ID")
+    assert answer.get("X-Content-Type-Options") == "nosniff"
+
+
+def test_bare_prefix_redirects_with_the_query(entry: Send) -> None:
+    answer = entry("GET", "/echo?x=1&y=2")
+    assert (answer.status, answer.get("Location")) == (308, "/echo/?x=1&y=2")
+    assert entry("POST", "/echo").status == 308
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [pytest.param(100, 200, id="at-the-limit"), pytest.param(101, 413, id="one-past")],
+)
+def test_content_length_over_the_mount_limit(make: Callable[..., Send], length: int, status: int) -> None:
+    entry = make(max_body_size=1000, max_body_sizes={"/echo": 100})
+    answer = entry("POST", "/echo/x", {"Content-Type": "application/octet-stream"}, b"a" * length)
+    assert answer.status == status
+    if status == 413:
+        assert answer.body == b"Request body too large: the limit here is 100 bytes.\n"
+    # The default limit holds for the other mounts.
+    assert entry("POST", "/third/x", {}, b"a" * 1000).status == 200
+    assert entry("POST", "/third/x", {}, b"a" * 1001).status == 413
+
+
+# -- Response headers ----------------------------------------------------------------------
+
+def set_cookie(entry: Send, cookie: str, path: str = "/echo/x") -> str:
+    answer = entry("GET", f"{path}?cookie={quote(cookie)}")
+    (value,) = answer.all("Set-Cookie")
+    return value
+
+
+@pytest.mark.parametrize(
+    ("cookie", "scoped"),
+    [
+        pytest.param("a=1", "a=1; Path=/echo", id="no-path"),
+        pytest.param("a=1; Path=/", "a=1; Path=/echo", id="root"),
+        pytest.param("a=1; Path=", "a=1; Path=/echo", id="empty"),
+        pytest.param("a=1; Path=/; Path=/", "a=1; Path=/echo", id="two-roots"),
+        pytest.param("a=1; Path=/echo/x; Path=/", "a=1; Path=/echo", id="inside-then-root"),
+        pytest.param("a=1; Path=/; Path=/echo/x", "a=1; Path=/echo/x", id="root-then-inside"),
+        pytest.param("a=1; path=/; HttpOnly", "a=1; HttpOnly; Path=/echo", id="lower-case"),
+        pytest.param("a=1;Path=/;Secure", "a=1;Secure; Path=/echo", id="no-spaces"),
+        pytest.param("a=1; PATH = / ; SameSite=Lax", "a=1; SameSite=Lax; Path=/echo", id="spaced"),
+        pytest.param("a=1; Path=/echo", "a=1; Path=/echo", id="the-mount"),
+        pytest.param("a=1; Path=/echo/sub", "a=1; Path=/echo/sub", id="under-the-mount"),
+        pytest.param("a=1; Path=/echoes", "a=1; Path=/echo/echoes", id="not-a-segment"),
+        pytest.param("a=1; Path=/flask", "a=1; Path=/echo/flask", id="another-mount"),
+        pytest.param(" a=1; Path=/", "a=1; Path=/echo", id="leading-space"),
+    ],
+)
+def test_every_cookie_path_ends_inside_the_mount(entry: Send, cookie: str, scoped: str) -> None:
+    assert set_cookie(entry, cookie) == scoped
+
+
+def test_cookie_path_follows_a_trusted_prefix(entry: Send) -> None:
+    answer = entry("GET", f"/echo/x?cookie={quote('a=1; Path=/')}", {"X-Forwarded-Prefix": "/apps"})
+    assert answer.all("Set-Cookie") == ["a=1; Path=/apps/echo"]
+
+
+def test_asgi_mount_cookies_are_scoped_too(entry: Send) -> None:
+    assert entry("GET", "/third/x").all("Set-Cookie") == ["third=1; Path=/third"]
+
+
+@pytest.mark.parametrize("path", ["/", "/nowhere", "/healthz", "/echo/x", "/third/x", "/flask/", "/django/",
+                                  "/echo"])
+@pytest.mark.parametrize(("https", "scheme", "hsts"), [
+    pytest.param(True, "https", True, id="https-on-over-https"),
+    pytest.param(True, "http", False, id="https-on-over-http"),
+    pytest.param(False, "https", False, id="https-off"),
+])
+def test_hsts_on_every_response_when_https(make: Callable[..., Send], path: str, https: bool, scheme: str,
+                                           hsts: bool) -> None:
+    entry = make(https=https, trusted_proxies=TRUSTED)
+    answer = entry("GET", path, {"X-Forwarded-Proto": scheme})
+    values = answer.all("Strict-Transport-Security")
+    assert len(values) == (1 if hsts else 0), (answer.status, values)
+    if hsts:
+        assert values[0].startswith("max-age=31536000")
+
+
+def test_flask_session_cookie_is_samesite_lax(entry: Send) -> None:
+    answer = entry("GET", "/flask/?name=Ada")
+    (cookie,) = answer.all("Set-Cookie")
+    assert "SameSite=Lax" in cookie and "Path=/flask" in cookie
+
+
+def test_request_id_is_kept_or_made(entry: Send) -> None:
+    kept = entry("GET", "/echo/x", {"X-Request-ID": "abc-123"})
+    assert kept.get("X-Request-ID") == "abc-123" and kept.json()["HTTP_X_REQUEST_ID"] == "abc-123"
+    made = entry("GET", "/echo/x", {"X-Request-ID": "<bad>"})
+    assert made.get("X-Request-ID") == made.json()["HTTP_X_REQUEST_ID"] != "<bad>"
+    assert len(made.all("X-Request-ID")) == 1
+
+
+def test_draining_closes_connections_and_fails_readiness(echo_table: MountTable) -> None:
+    for build in ENTRIES.values():
+        send, app = build(echo_table, config_with())
+        assert send("GET", "/echo/x").get("Connection") in (None, "keep-alive")
+        app.pipeline.draining = True
+        assert send("GET", "/echo/x").get("Connection") == "close"
+        ready = send("GET", "/readyz")
+        assert (ready.status, ready.json()["status"]) == (503, "draining")
+        assert send("GET", "/healthz").status == 200
+
+
+def test_readiness_checks_each_wsgi_mount(entry: Send) -> None:
+    ready = entry("GET", "/readyz")
+    assert ready.status == 200
+    assert ready.json()["checks"] == {"/flask": "ok", "/django": "ok", "/echo": "ok", "database:default": "ok"}
+    assert ready.get("Cache-Control") == "no-store"

@@ -1,0 +1,322 @@
+"""The protocol-free core: a request head in, a decision out; response headers completed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from gateway.config import Config
+from gateway.mounts import MountTable
+from gateway.pipeline import Decision, Head, HostPolicy, Pipeline, scope_cookie, valid_client, valid_port, valid_prefix
+
+
+@pytest.fixture(scope="module")
+def table() -> MountTable:  # type: ignore[override]
+    return MountTable.from_specs(["/a=tests.thirdapp:wsgi_app", "/a/b=tests.thirdapp:echo_app",
+                                  "/s=tests.thirdapp:asgi_app"], defaults=False)
+
+
+def pipeline(table: MountTable, **changes: object) -> Pipeline:
+    config = replace(Config.from_env({}), **changes)  # type: ignore[arg-type]
+    return Pipeline(table, config)
+
+
+def head(path: str, **fields: object) -> Head:
+    fields.setdefault("host", "localhost")
+    return Head(str(fields.pop("method", "GET")), str(fields.pop("root_path", "")), path, **fields)  # type: ignore[arg-type]
+
+
+TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8"}).trusted_proxies
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix", "script_name", "path_info"),
+    [
+        pytest.param("/a/x", "/a", "/a", "/x", id="mount"),
+        pytest.param("/a/b/x", "/a/b", "/a/b", "/x", id="longest-prefix"),
+        pytest.param("/a/bx", "/a", "/a", "/bx", id="segment-boundary"),
+        pytest.param("/ax", None, "", "/ax", id="not-a-segment"),
+        pytest.param("/a/", "/a", "/a", "/", id="mount-root"),
+    ],
+)
+def test_routing(table: MountTable, path: str, prefix: str | None, script_name: str, path_info: str) -> None:
+    decision = pipeline(table).decide(head(path))
+    assert (decision.mount.prefix if decision.mount else None) == prefix
+    assert (decision.script_name, decision.path_info) == (script_name, path_info)
+    assert decision.reply is None if prefix else decision.reply is not None and decision.reply.status == 404
+
+
+def test_server_root_path_comes_before_the_mount(table: MountTable) -> None:
+    decision = pipeline(table).decide(head("/a/x", root_path="/srv"))
+    assert (decision.root, decision.script_name, decision.path_info) == ("/srv", "/srv/a", "/x")
+
+
+def test_bare_prefix_redirect_quotes_the_location(table: MountTable) -> None:
+    decision = pipeline(table).decide(head("/a", root_path="/caf\xc3\xa9", query="x=1"))
+    assert decision.reply is not None and decision.reply.status == 308
+    assert dict(decision.reply.headers)["Location"] == "/caf%C3%A9/a/?x=1"
+    assert decision.mount is not None and decision.mount.prefix == "/a"
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "status"),
+    [
+        pytest.param(100, 100, None, id="at-the-limit"),
+        pytest.param(101, 100, 431, id="one-past"),
+    ],
+)
+def test_header_limit(table: MountTable, size: int, limit: int, status: int | None) -> None:
+    decision = pipeline(table, max_header_size=limit).decide(head("/a/x", header_size=size))
+    assert (decision.reply.status if decision.reply else None) == status
+
+
+def test_health_skips_every_check(table: MountTable) -> None:
+    p = pipeline(table, max_header_size=10)
+    live = p.decide(head("/healthz", host=None, header_size=99, method="TRACE"))
+    assert live.reply is not None and live.reply.status == 200 and not live.ready
+    ready = p.decide(head("/readyz", host="evil.example"))
+    assert ready.reply is None and ready.ready and ready.mount is None
+
+
+def test_refusals_in_order(table: MountTable) -> None:
+    p = pipeline(table, max_header_size=100)
+    assert p.decide(head("/a/x", host="evil", header_size=101, method="TRACE")).reply.status == 431  # type: ignore[union-attr]
+    assert p.decide(head("/a/x", host="evil", method="TRACE")).reply.status == 400  # type: ignore[union-attr]
+    assert p.decide(head("/a/x", host=None)).reply.status == 400  # type: ignore[union-attr]
+    for method in ("TRACE", "TRACK", "CONNECT"):
+        assert p.decide(head("/a/x", method=method)).reply.status == 405  # type: ignore[union-attr]
+    assert p.decide(head("/a/x", method="PATCH")).reply is None
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [
+        pytest.param("100", None, id="at-the-limit"),
+        pytest.param("101", 413, id="one-past"),
+        pytest.param("0", None, id="zero"),
+        pytest.param("-1", 400, id="negative"),
+        pytest.param("1e3", 400, id="not-digits"),
+        pytest.param("\xb2", 400, id="unicode-digit"),
+        pytest.param(" 5", 400, id="space"),
+    ],
+)
+def test_content_length(table: MountTable, length: str, status: int | None) -> None:
+    p = pipeline(table, max_body_size=1000, max_body_sizes={"/a": 100})
+    decision = p.decide(head("/a/x", content_length=length))
+    assert (decision.reply.status if decision.reply else None) == status
+    assert decision.body_limit == 100
+    assert p.decide(head("/s/x", content_length="101")).reply is None  # the default limit, 1000
+
+
+def test_request_id(table: MountTable) -> None:
+    p = pipeline(table)
+    assert p.decide(head("/a/x", request_id="a" * 128)).request_id == "a" * 128
+    made = p.decide(head("/a/x", request_id="a" * 129)).request_id
+    assert len(made) == 32 and made != p.decide(head("/a/x")).request_id
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "client", "scheme", "host", "server", "root"),
+    [
+        pytest.param({"for": "203.0.113.1"}, "203.0.113.1", "http", "localhost:8000", ("127.0.0.1", 8000), "",
+                     id="for"),
+        pytest.param({"for": "[2001:db8::1]"}, "2001:db8::1", "http", "localhost:8000", ("127.0.0.1", 8000), "",
+                     id="for-ipv6-brackets"),
+        pytest.param({"proto": "HTTPS"}, "10.0.0.1", "https", "localhost:8000", ("localhost", 8000), "",
+                     id="proto-any-case"),
+        pytest.param({"host": "example.org"}, "10.0.0.1", "http", "example.org", ("example.org", 80), "",
+                     id="host"),
+        pytest.param({"host": "example.org", "proto": "https"}, "10.0.0.1", "https", "example.org",
+                     ("example.org", 443), "", id="host-https"),
+        pytest.param({"host": "[::1]:9000"}, "10.0.0.1", "http", "[::1]:9000", ("[::1]", 9000), "", id="host-ipv6"),
+        pytest.param({"port": "80"}, "10.0.0.1", "http", "localhost", ("localhost", 80), "", id="port-default"),
+        pytest.param({"port": "65535"}, "10.0.0.1", "http", "localhost:65535", ("localhost", 65535), "",
+                     id="port-max"),
+        pytest.param({"port": "1"}, "10.0.0.1", "http", "localhost:1", ("localhost", 1), "", id="port-min"),
+        pytest.param({"prefix": "/"}, "10.0.0.1", "http", "localhost:8000", ("127.0.0.1", 8000), "",
+                     id="prefix-root"),
+        pytest.param({"prefix": "/x/y/"}, "10.0.0.1", "http", "localhost:8000", ("127.0.0.1", 8000), "/x/y",
+                     id="prefix-trailing-slash"),
+    ],
+)
+def test_forwarded(table: MountTable, forwarded: dict[str, str], client: str, scheme: str, host: str,
+                   server: tuple[str, int], root: str) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED, allowed_hosts=("*",))
+    d = p.decide(head("/a/x", host="localhost:8000", server=("127.0.0.1", 8000), client="10.0.0.1",
+                      forwarded=forwarded))
+    assert (d.client, d.scheme, d.host, d.server, d.root, d.script_name) == (
+        client, scheme, host, server, root, root + "/a")
+    assert d.proxied is (set(forwarded) != {"prefix"})
+    assert not p.ignored
+
+
+def test_forwarded_needs_a_trusted_peer(table: MountTable) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    for client in ("192.168.0.1", None, "not-an-address"):
+        d = p.decide(head("/a/x", client=client, forwarded={"for": "203.0.113.1", "prefix": "/x"}))
+        assert (d.client, d.script_name, d.proxied) == (client, "/a", False)
+
+
+def test_forwarded_is_off_without_proxies(table: MountTable) -> None:
+    d = pipeline(table).decide(head("/a/x", client="10.0.0.1", forwarded={"for": "203.0.113.1"}))
+    assert d.client == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("203.0.113.1", "203.0.113.1"), ("::1", "::1"), ("[::1]", "::1"), ("1.2.3", None), ("", None),
+     ("[::1", None), ("a<b>", None)],
+)
+def test_valid_client(value: str, valid: str | None) -> None:
+    assert valid_client(value) == valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("/apps", "/apps"), ("/apps/", "/apps"), ("/", ""), ("/a/b", "/a/b"), ("//evil", None), ("", None),
+     ("apps", None), ("/a//b", None), ("/./a", None), ("/a/..", None), ("/a b", None), ("/a%2F", None),
+     ("/a?b", None), ("/a#b", None), ("javascript:x//", None)],
+)
+def test_valid_prefix(value: str, valid: str | None) -> None:
+    assert valid_prefix(value) == valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("1", 1), ("443", 443), ("65535", 65535), ("0", None), ("65536", None), ("008080", None), ("", None),
+     ("-1", None), ("\xb2", None), ("80 ", None)],
+)
+def test_valid_port(value: str, valid: int | None) -> None:
+    assert valid_port(value) == valid
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "ok"),
+    [
+        pytest.param(("localhost",), "localhost:8000", True, id="port"),
+        pytest.param(("localhost",), "LOCALHOST", True, id="case"),
+        pytest.param(("localhost",), "localhost.", True, id="trailing-dot"),
+        pytest.param(("[::1]",), "[::1]:8000", True, id="ipv6"),
+        pytest.param(("[::1]",), "[::1]", True, id="ipv6-no-port"),
+        pytest.param((".example.org",), "a.b.example.org", True, id="subdomain"),
+        pytest.param((".example.org",), "example.org", True, id="suffix-itself"),
+        pytest.param((".example.org",), "badexample.org", False, id="not-a-subdomain"),
+        pytest.param(("*",), "anything.test", True, id="any"),
+        pytest.param(("*",), "a_b@c", False, id="any-but-malformed"),
+        pytest.param(("localhost",), "localhost:99999", False, id="bad-port"),
+        pytest.param(("localhost",), "localhost:0", False, id="port-zero"),
+        pytest.param(("localhost",), "localhost:65535", True, id="port-max"),
+        pytest.param(("localhost",), "", False, id="empty"),
+        pytest.param(("localhost",), "other", False, id="other"),
+    ],
+)
+def test_host_policy(allowed: tuple[str, ...], host: str, ok: bool) -> None:
+    policy = HostPolicy(allowed)
+    assert policy.allows(host) is ok
+    assert policy.allows(host) is ok  # the cached answer
+
+
+def decision(mount: bool = True, scheme: str = "http") -> Decision:
+    table = MountTable.from_specs(["/m=tests.thirdapp:wsgi_app"], defaults=False)
+    return Decision("rid-1", None, next(iter(table)) if mount else None, False, "", "/m", "/", "localhost",
+                    ("localhost", 80), scheme, None, False)
+
+
+@pytest.mark.parametrize(
+    ("given", "added"),
+    [
+        pytest.param([], ["X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
+                          "Cross-Origin-Opener-Policy"], id="none-set"),
+        pytest.param([("x-frame-options", "SAMEORIGIN")], ["X-Content-Type-Options", "Referrer-Policy",
+                                                            "Cross-Origin-Opener-Policy"], id="app-frame-options"),
+        pytest.param([("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")],
+                     ["X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy"],
+                     id="csp-frame-ancestors"),
+        pytest.param([("Content-Security-Policy", "FRAME-ANCESTORS 'self'")],
+                     ["X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy"],
+                     id="csp-frame-ancestors-upper-case"),
+        pytest.param([("Content-Security-Policy", "default-src 'self'")],
+                     ["X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options", "Cross-Origin-Opener-Policy"],
+                     id="csp-without-frame-ancestors"),
+        pytest.param([("Referrer-Policy", "no-referrer"), ("X-Content-Type-Options", "nosniff")],
+                     ["X-Frame-Options", "Cross-Origin-Opener-Policy"], id="app-set-some"),
+    ],
+)
+def test_security_headers_the_app_did_not_set(table: MountTable, given: list[tuple[str, str]],
+                                              added: list[str]) -> None:
+    headers = list(given)
+    pipeline(table).complete(headers, decision())
+    assert headers[: len(given)] == given
+    assert [n for n, _ in headers[len(given):]] == [*added, "X-Request-ID"]
+    assert headers[-1] == ("X-Request-ID", "rid-1")
+
+
+@pytest.mark.parametrize(
+    ("https", "scheme", "present", "hsts"),
+    [
+        pytest.param(True, "https", False, True, id="on"),
+        pytest.param(True, "wss", False, True, id="on-wss"),
+        pytest.param(True, "http", False, False, id="plain-http"),
+        pytest.param(False, "https", False, False, id="off"),
+        pytest.param(True, "https", True, False, id="app-set-it"),
+    ],
+)
+def test_hsts(table: MountTable, https: bool, scheme: str, present: bool, hsts: bool) -> None:
+    headers = [("Strict-Transport-Security", "max-age=1")] if present else []
+    pipeline(table, https=https).complete(headers, decision(scheme=scheme))
+    values = [v for n, v in headers if n == "Strict-Transport-Security"]
+    assert values == (["max-age=31536000; includeSubDomains"] if hsts else ["max-age=1"] if present else [])
+
+
+def test_draining_adds_connection_close(table: MountTable) -> None:
+    p = pipeline(table)
+    headers: list[tuple[str, str]] = []
+    p.complete(headers, decision())
+    assert ("Connection", "close") not in headers
+    p.draining = True
+    p.complete(headers, decision())
+    assert headers[-1] == ("Connection", "close")
+
+
+def test_cookies_scoped_only_for_mounts(table: MountTable) -> None:
+    p = pipeline(table)
+    own = [("Set-Cookie", "a=1; Path=/")]
+    p.complete(own, decision(mount=False))
+    assert own[0] == ("Set-Cookie", "a=1; Path=/")
+    mounted = [("set-cookie", "a=1; Path=/"), ("Set-Cookie", "b=2")]
+    p.complete(mounted, decision())
+    assert mounted[:2] == [("set-cookie", "a=1; Path=/m"), ("Set-Cookie", "b=2; Path=/m")]
+
+
+@pytest.mark.parametrize(
+    ("cookie", "scoped"),
+    [
+        ("a=1", "a=1; Path=/m"),
+        ("a=1; Path=/", "a=1; Path=/m"),
+        ("a=1; Path=/; Path=/", "a=1; Path=/m"),
+        ("a=1; Path=/m; Path=/", "a=1; Path=/m"),
+        ("a=1; Path=/; Path=/m/x", "a=1; Path=/m/x"),
+        ("a=1; Path=/mx", "a=1; Path=/m/mx"),
+        ("a=1; Path=/m", "a=1; Path=/m"),
+        ("a=1; Path=x", "a=1; Path=/m"),
+        ("a=1; Max-Age=5; path=/", "a=1; Max-Age=5; Path=/m"),
+        ("a=1; Pathology=1", "a=1; Pathology=1; Path=/m"),
+    ],
+)
+def test_scope_cookie(cookie: str, scoped: str) -> None:
+    assert scope_cookie(cookie, "/m") == scoped
+
+
+def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(table)
+    d = p.decide(head("/a/x", client="127.0.0.1", request_id="rid-9"))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        p.log(d, "GET", "/a/x?q=1", "HTTP/1.1", 200, 12)
+        p.log(p.decide(head("/a/x", host="evil")), "GET", "/a/x", "HTTP/1.1", 400, 3)
+    first, second = caplog.records
+    assert first.getMessage().startswith('127.0.0.1 "GET /a/x?q=1 HTTP/1.1" 200 12 ')
+    assert first.getMessage().endswith("ms /a")
+    assert (first.status, first.bytes, first.mount, first.client) == (200, 12, "/a", "127.0.0.1")  # type: ignore[attr-defined]
+    assert (second.mount, second.client) == ("-", "-")  # type: ignore[attr-defined]

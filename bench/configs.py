@@ -127,6 +127,8 @@ def setups(threads: int) -> list[Setup]:
               one(gateway_serve("--mount", SLOW_MOUNT, level="info"))),
         Setup("gateway-granian", "gateway serve --server granian (WSGI)", "gateway", "granian",
               one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT))),
+        Setup("gateway-granian-accesslog", "gateway serve --server granian with its access log", "gateway",
+              "granian", one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT, level="info"))),
         Setup("gateway-gthread", "gateway.wsgi on gunicorn gthread", "gateway", "gunicorn-gthread",
               one(gunicorn(wsgi, "gthread", threads), mounts)),
         Setup("gateway-sync", "gateway.wsgi on gunicorn sync", "gateway", "gunicorn-sync",

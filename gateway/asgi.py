@@ -27,8 +27,9 @@ from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
 from gateway.health import readiness
 from gateway.lifespan import Lifespans, serve_lifespan
+from gateway.logs import access
 from gateway.mounts import MountTable, load_table
-from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline, access_log
+from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline
 from gateway.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway")
@@ -115,7 +116,7 @@ class ASGIGateway:
         REQUEST_ID.set(decision.request_id)
         CURRENT.set(decision)
         self.rewrite(scope, head, decision)
-        logged = kind == "http" and access_log.isEnabledFor(logging.INFO)
+        logged = kind == "http" and access.enabled()
         reply = decision.reply
         if kind == "websocket":
             await self.websocket(scope, receive, send, decision)
@@ -251,6 +252,7 @@ def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:
         if running:
             logger.warning("%d WSGI request(s) still running after shutdown; exiting without them.",
                            len(running))
+            access.close()
             logging.shutdown()
             os._exit(0)
 

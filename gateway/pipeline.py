@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from gateway.config import Config, Network
+from gateway.logs import REQUEST_ID, access
 from gateway.mounts import PREFIX_PATTERN, Mount, MountTable
 from gateway.pages import Pages
 from gateway.replies import (
@@ -58,10 +59,8 @@ from gateway.replies import (
 )
 
 logger = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
+__all__ = ["REQUEST_ID"]  # re-exported: apps read the request ID from here
 
-#: The current request's ID, for log records and for apps that want it.
-REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 #: The current request's decision, set by the entry point before an app is called; it
 #: reaches a WSGI app's ``start_response`` in the thread that runs it (context variables
 #: travel with the bridge's calls into its thread pool).
@@ -78,6 +77,7 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 _SECURITY = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
+_SECURITY_NAMES = frozenset(lower for lower, _, _ in _SECURITY)
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
 # Characters a cookie path may carry unquoted, less ";" and "," that would end an attribute.
@@ -133,10 +133,6 @@ class Decision:
     def target(self) -> str:
         """The mount's prefix, or ``-`` for a request the gateway answered itself."""
         return self.mount.prefix if self.mount is not None else "-"
-
-    def cookie_path(self) -> str:
-        """The mount's full script name, quoted for a cookie's ``Path``."""
-        return quote(self.script_name.encode("latin-1"), safe=_COOKIE_PATH_SAFE)
 
 
 class _IdSource:
@@ -266,6 +262,7 @@ class Pipeline:
         self.max_header_size = config.max_header_size
         self.pages = Pages(table)
         self.limits = {m.prefix: config.body_limit(m.prefix) for m in table}
+        self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
         self.ignored: Counter[str] = Counter()
         #: Set by the server integration once shutdown has begun: responses then ask
@@ -300,7 +297,7 @@ class Pipeline:
         script_name = root + prefix
         limit = self.limits[prefix]
         if not path_info:
-            location = quote(script_name.encode("latin-1"), safe=_COOKIE_PATH_SAFE) + "/"
+            location = self.cookie_path(script_name) + "/"
             reply = Reply(308, (("Location", f"{location}?{head.query}" if head.query else location),
                                 ("Content-Length", "0")), b"")
         elif head.content_length is not None:
@@ -372,24 +369,33 @@ class Pipeline:
         """
         present = set()
         frame_ancestors = False
-        cookie_path = None
+        mounted = decision.mount is not None
         for i, (name, value) in enumerate(headers):
             lower = name.lower()
             present.add(lower)
-            if lower == "set-cookie" and decision.mount is not None:
-                if cookie_path is None:
-                    cookie_path = decision.cookie_path()
-                headers[i] = (name, scope_cookie(value, cookie_path))
+            if lower == "set-cookie" and mounted:
+                headers[i] = (name, scope_cookie(value, self.cookie_path(decision.script_name)))
             elif lower == "content-security-policy" and "frame-ancestors" in value.lower():
                 frame_ancestors = True
-        for lower, name, value in _SECURITY:
-            if lower not in present and not (frame_ancestors and lower == "x-frame-options"):
-                headers.append((name, value))
+        if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
+            headers.extend((name, value) for lower, name, value in _SECURITY
+                           if lower not in present and not (frame_ancestors and lower == "x-frame-options"))
+        else:
+            headers.extend(SECURITY_HEADERS)  # the usual case: the app set none of them
         if self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present:
             headers.append(("Strict-Transport-Security", HSTS))
         headers.append(("X-Request-ID", decision.request_id))
         if self.draining:
             headers.append(("Connection", "close"))
+
+    def cookie_path(self, script_name: str) -> str:
+        """A mount's full script name, quoted for a cookie's ``Path`` (there are few distinct ones)."""
+        path = self.cookie_paths.get(script_name)
+        if path is None:
+            path = quote(script_name.encode("latin-1"), safe=_COOKIE_PATH_SAFE)
+            if len(self.cookie_paths) < 256:  # bounded: trusted prefixes could vary
+                self.cookie_paths[script_name] = path
+        return path
 
     def reply_headers(self, reply: Reply, decision: Decision) -> list[tuple[str, str]]:
         """The completed headers of one of the gateway's own replies."""
@@ -398,15 +404,10 @@ class Pipeline:
         return headers
 
     def log(self, decision: Decision, method: str, target: str, protocol: str, status: int, size: int) -> None:
-        """Write the request's access-log line (the caller checked the logger is enabled)."""
+        """Queue the request's access-log line (the caller checked that the log is on)."""
         duration = (time.perf_counter() - decision.started) * 1000
-        client = decision.client or "-"
-        mount = decision.target
-        access_log.info(
-            '%s "%s %s %s" %d %d %.1fms %s', client, method, target, protocol, status, size, duration, mount,
-            extra={"client": client, "method": method, "path": target, "status": status, "bytes": size,
-                   "duration_ms": round(duration, 2), "mount": mount},
-        )
+        access.put((time.time(), decision.request_id, decision.client or "-", method, target, protocol, status,
+                    size, duration, decision.target))
 
 
 def scope_cookie(value: str, path: str) -> str:

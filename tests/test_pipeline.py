@@ -310,12 +310,16 @@ def test_scope_cookie(cookie: str, scoped: str) -> None:
 
 
 def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.logs import access
+
     p = pipeline(table)
     d = p.decide(head("/a/x", client="127.0.0.1", request_id="rid-9"))
     with caplog.at_level(logging.INFO, logger="gateway.access"):
         p.log(d, "GET", "/a/x?q=1", "HTTP/1.1", 200, 12)
         p.log(p.decide(head("/a/x", host="evil")), "GET", "/a/x", "HTTP/1.1", 400, 3)
+        access.flush()  # written by the access log's own thread
     first, second = caplog.records
+    assert (first.request_id, first.name, first.threadName) == ("rid-9", "gateway.access", "gateway-access-log")  # type: ignore[attr-defined]
     assert first.getMessage().startswith('127.0.0.1 "GET /a/x?q=1 HTTP/1.1" 200 12 ')
     assert first.getMessage().endswith("ms /a")
     assert (first.status, first.bytes, first.mount, first.client) == (200, 12, "/a", "127.0.0.1")  # type: ignore[attr-defined]

@@ -1,0 +1,150 @@
+"""The access log: written from its own thread, the same lines as ``logging`` would write."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.logs import AccessHandler, AccessLog, access, logging_config
+
+ENTRIES = [
+    (1764366000.0421, "rid-1", "127.0.0.1", "GET", "/flask/?name=Ada", "HTTP/1.1", 200, 687, 1.25, "/flask"),
+    (1764366000.9999, "rid-2", "-", "POST", "/caf\xc3\xa9", "HTTP/1.0", 413, 0, 0.049, "-"),
+    (1764366001.5, "rid-3", "2001:db8::1", "GET", '/"quoted"\\', "HTTP/2", 500, 21, 1234.5678, "/django"),
+]
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put back the loggers that logging_config() changes, as they were."""
+    names = [None, "gateway.access", "uvicorn", "uvicorn.error", "uvicorn.access"]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate, logger.filters[:])
+             for logger in map(logging.getLogger, names)]
+    yield
+    for logger, handlers, level, propagate, filters in saved:
+        logger.handlers, logger.propagate, logger.filters = handlers, propagate, filters
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_batched_lines_are_what_logging_writes(restore_logging: None, fmt: str) -> None:
+    logging.config.dictConfig(logging_config("info", fmt, True))
+    (handler,) = logging.getLogger("gateway.access").handlers
+    assert isinstance(handler, AccessHandler)
+    fast, slow = io.StringIO(), io.StringIO()
+    handler.setStream(fast)
+    handler.write_entries(ENTRIES)
+    handler.setStream(slow)
+    for entry in ENTRIES:
+        handler.handle(access.record(entry))
+    assert fast.getvalue() == slow.getvalue()
+    lines = fast.getvalue().splitlines()
+    assert len(lines) == 3
+    if fmt == "json":
+        first = json.loads(lines[0])
+        assert (first["request_id"], first["status"], first["bytes"], first["duration_ms"], first["mount"]) == (
+            "rid-1", 200, 687, 1.25, "/flask")
+        assert first["message"] == '127.0.0.1 "GET /flask/?name=Ada HTTP/1.1" 200 687 1.2ms /flask'
+    else:
+        assert lines[0].endswith(',042 INFO gateway.access [rid-1] 127.0.0.1 "GET /flask/?name=Ada HTTP/1.1" '
+                                 "200 687 1.2ms /flask")
+        assert ",999 INFO" in lines[1] and "1234.6ms /django" in lines[2]
+
+
+def test_another_formatter_gets_ordinary_records(restore_logging: None) -> None:
+    logging.config.dictConfig(logging_config("info", "text", True))
+    (handler,) = logging.getLogger("gateway.access").handlers
+    handler.setFormatter(logging.Formatter("%(levelname)s|%(request_id)s|%(status)s|%(message)s"))
+    stream = io.StringIO()
+    handler.setStream(stream)
+    handler.write_entries(ENTRIES[:1])
+    assert stream.getvalue() == 'INFO|rid-1|200|127.0.0.1 "GET /flask/?name=Ada HTTP/1.1" 200 687 1.2ms /flask\n'
+
+
+def test_a_logger_configured_otherwise_gets_records(restore_logging: None) -> None:
+    """Someone else's logging configuration: the access records reach their handlers."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tests.access.custom")
+    logger.handlers, logger.propagate = [Keep()], False
+    log = AccessLog(logger, interval=0.01)
+    log.put(ENTRIES[0])
+    log.put(ENTRIES[1])
+    log.flush()
+    assert [(r.request_id, r.status, r.created, r.threadName) for r in records] == [  # type: ignore[attr-defined]
+        ("rid-1", 200, ENTRIES[0][0], "gateway-access-log"), ("rid-2", 413, ENTRIES[1][0], "gateway-access-log")]
+    assert records[0].getMessage() == '127.0.0.1 "GET /flask/?name=Ada HTTP/1.1" 200 687 1.2ms /flask'
+    log.close()
+    assert log.thread is not None and not log.thread.is_alive()
+
+
+def test_entries_are_written_in_order_from_many_threads(restore_logging: None) -> None:
+    logger = logging.getLogger("tests.access.order")
+    stream = io.StringIO()
+    handler = AccessHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    log = AccessLog(logger, interval=0.001)
+
+    def put(thread: int) -> None:
+        for i in range(500):
+            log.put((time.time(), f"t{thread}-{i}", "c", "GET", "/", "HTTP/1.1", 200, i, 0.1, "-"))
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.flush()
+    ids = [line.split("[", 1)[1].split("]", 1)[0] for line in stream.getvalue().splitlines()]
+    assert len(ids) == 2000
+    for n in range(4):
+        mine = [int(i.split("-")[1]) for i in ids if i.startswith(f"t{n}-")]
+        assert mine == list(range(500))
+    log.close()
+
+
+def test_a_failing_handler_does_not_stop_the_log(restore_logging: None, caplog: pytest.LogCaptureFixture) -> None:
+    written: list[str] = []
+
+    class Flaky(AccessHandler):
+        def write_entries(self, entries: list, name: str = "gateway.access") -> None:  # type: ignore[type-arg]
+            if entries[0][1] == "boom":
+                raise OSError("disk full")
+            written.extend(e[1] for e in entries)
+
+    logger = logging.getLogger("tests.access.flaky")
+    logger.handlers, logger.propagate = [Flaky()], False
+    log = AccessLog(logger, interval=0.001)
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        log.put((time.time(), "boom", "c", "GET", "/", "HTTP/1.1", 200, 0, 0.1, "-"))
+        log.flush()
+        log.put((time.time(), "after", "c", "GET", "/", "HTTP/1.1", 200, 0, 0.1, "-"))
+        log.flush()
+    assert written == ["after"]
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == ["Could not write the access log."]
+    log.close()
+
+
+def test_close_writes_what_is_queued(restore_logging: None) -> None:
+    logger = logging.getLogger("tests.access.close")
+    stream = io.StringIO()
+    handler = AccessHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    log = AccessLog(logger, interval=60)  # only close() can end the wait
+    for i in range(3):
+        log.put((time.time(), f"r{i}", "c", "GET", "/", "HTTP/1.1", 200, 0, 0.1, "-"))
+    log.close()
+    assert [line.split("[")[1][:2] for line in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]

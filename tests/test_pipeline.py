@@ -324,3 +324,121 @@ def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) ->
     assert first.getMessage().endswith("ms /a")
     assert (first.status, first.bytes, first.mount, first.client) == (200, 12, "/a", "127.0.0.1")  # type: ignore[attr-defined]
     assert (second.mount, second.client) == ("-", "-")  # type: ignore[attr-defined]
+
+
+# -- Pinned by mutation testing (mutmut over gateway/pipeline.py) ---------------------------
+
+def test_answered_decisions_carry_the_head_as_given(table: MountTable) -> None:
+    p = pipeline(table, max_header_size=100)
+    given = {"root_path": "/srv", "host": "localhost:8000", "server": ("127.0.0.1", 8000), "scheme": "https",
+             "client": "192.0.2.1"}
+    for path, fields, status in [("/healthz", {}, 200), ("/a/x", {"header_size": 101}, 431),
+                                 ("/a/x", {"method": "TRACE"}, 405), ("/nowhere", {}, 404)]:
+        d = p.decide(head(path, **given, **fields))  # type: ignore[arg-type]
+        assert d.reply is not None and d.reply.status == status
+        assert (d.ready, d.mount, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme, d.client,
+                d.proxied) == (False, None, "/srv", "/srv", path, "localhost:8000", ("127.0.0.1", 8000), "https",
+                               "192.0.2.1", False)
+    ready = p.decide(head("/readyz", **given))  # type: ignore[arg-type]
+    assert (ready.ready, ready.reply, ready.root, ready.script_name, ready.path_info, ready.client) == (
+        True, None, "/srv", "/srv", "/readyz", "192.0.2.1")
+    served = p.decide(head("/a/x", **given))  # type: ignore[arg-type]
+    assert (served.ready, served.reply, served.host, served.server, served.scheme, served.client) == (
+        False, None, "localhost:8000", ("127.0.0.1", 8000), "https", "192.0.2.1")
+
+
+def test_a_refused_request_keeps_what_a_trusted_proxy_said(table: MountTable) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    d = p.decide(head("/a/x", method="TRACE", client="10.0.0.1", forwarded={"for": "203.0.113.1", "proto": "https"}))
+    assert d.reply is not None and d.reply.status == 405
+    assert (d.client, d.scheme, d.proxied) == ("203.0.113.1", "https", True)
+
+
+def test_the_redirect_reply_whole(table: MountTable) -> None:
+    d = pipeline(table).decide(head("/a"))
+    assert d.reply == (308, (("Location", "/a/"), ("Content-Length", "0")), b"")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "proto", "expected"),
+    [("https", "http", "http"), ("ws", "https", "wss"), ("wss", "http", "ws"), ("ws", "http", "ws"),
+     ("http", "https", "https")],
+)
+def test_forwarded_proto_in_both_directions(table: MountTable, scheme: str, proto: str, expected: str) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    d = p.decide(head("/a/x", scheme=scheme, client="10.0.0.1", forwarded={"proto": proto}))
+    assert d.scheme == expected and d.proxied
+
+
+def test_forwarded_port_without_a_host_header(table: MountTable) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    d = p.decide(head("/healthz", host=None, server=("10.0.0.5", 8000), client="10.0.0.1",
+                      forwarded={"port": "8443"}))
+    assert (d.server, d.host) == (("10.0.0.5", 8443), "10.0.0.5:8443")
+
+
+def test_last_hop_of_three(table: MountTable) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    d = p.decide(head("/a/x", client="10.0.0.1", forwarded={"for": "198.51.100.1, 198.51.100.2, 203.0.113.3"}))
+    assert d.client == "203.0.113.3"
+
+
+def test_ignored_values_are_logged_at_debug(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(table, trusted_proxies=TRUSTED)
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        p.decide(head("/a/x", client="10.0.0.1", forwarded={"prefix": "//evil.example" + "x" * 200}))
+    (record,) = [r for r in caplog.records if r.name == "gateway"]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == (
+        f"Ignored X-Forwarded-Prefix from a trusted proxy: {('//evil.example' + 'x' * 200)[:100]!r} is not valid.")
+
+
+def test_host_policy_edges() -> None:
+    assert HostPolicy(("example.org.",)).allows("example.org")
+    assert not HostPolicy(("localhost",)).allows("localhost:65536")
+    policy = HostPolicy(("*",))
+    for n in range(1100):
+        assert policy.allows(f"h{n}.example")
+    assert len(policy.seen) == 1024 and policy.seen["h0.example"] is True
+
+
+def test_cookie_paths_keep_path_characters_and_the_cache_is_bounded() -> None:
+    table = MountTable.from_specs(["/a:b@c=tests.thirdapp:wsgi_app"], defaults=False)
+    p = Pipeline(table, replace(Config.from_env({}), trusted_proxies=TRUSTED))
+    d = p.decide(head("/a:b@c/x", root_path="/caf\xc3\xa9"))
+    headers = [("Set-Cookie", "s=1; Path=/")]
+    p.complete(headers, d)
+    assert headers[0] == ("Set-Cookie", "s=1; Path=/caf%C3%A9/a:b@c")
+    for n in range(300):
+        p.cookie_path(f"/p{n}")
+    assert len(p.cookie_paths) == 256 and p.cookie_paths["/caf\xc3\xa9/a:b@c"] == "/caf%C3%A9/a:b@c"
+
+
+def test_scope_cookie_path_with_an_equals_sign() -> None:
+    assert scope_cookie("a=1; Path=/m/a=b", "/m") == "a=1; Path=/m/a=b"
+
+
+def test_access_log_duration(table: MountTable) -> None:
+    import time
+
+    from gateway.logs import access
+
+    p = pipeline(table)
+    d = p.decide(head("/a/x"))
+    d.started = time.perf_counter() - 1.0
+    queued: list[tuple[object, ...]] = []
+    real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
+    try:
+        p.log(d, "GET", "/a/x", "HTTP/1.1", 200, 5)
+    finally:
+        access.put = real_put  # type: ignore[method-assign]
+    (entry,) = queued
+    assert 1000 <= entry[8] < 1000.9  # type: ignore[operator]
+    assert entry[1:8] == (d.request_id, "-", "GET", "/a/x", "HTTP/1.1", 200, 5) and entry[9] == "/a"
+
+
+def test_request_ids_count_from_one_after_a_reseed() -> None:
+    from gateway.pipeline import _IdSource
+
+    source = _IdSource()
+    assert source().endswith("0000000000000001") and source().endswith("0000000000000002")

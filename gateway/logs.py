@@ -37,12 +37,14 @@ AccessEntry = tuple[float, str, str, str, str, str, int, int, float, str]
 class AccessLog:
     """The access log, written from a background thread.
 
-    A request only appends a tuple to a queue; a thread of the log's own makes each
-    ``logging`` record (``gateway.access``, with the request's time and ID) and hands it
-    to the configured handlers. Measured in process, a record made and written in the
-    request's own thread cost 70-80 us there (its code cold between requests) against
-    about 25 us in a loop; this keeps that work off the request path and does it in
-    batches. Entries are written in order; :meth:`flush` waits for those queued so far.
+    A request only appends a tuple to a queue; a thread of the log's own wakes every
+    ``interval`` seconds and writes what has gathered: through :class:`AccessHandler` in
+    one write, or as ordinary ``logging`` records (``gateway.access``, with the request's
+    time and ID) for any other configuration. Measured in process with
+    ``bench/ceiling.py`` (alternating batches, 3 rounds), a record made and written in
+    the request's thread, one write a line, left the Flask hello page 0.74-0.78x of its
+    speed; this way, 0.88-0.92x. Entries are written in order; :meth:`flush` waits for
+    those queued so far, and :meth:`close` (at exit) writes what is left.
     """
 
     def __init__(self, logger: logging.Logger, interval: float = 0.05) -> None:
@@ -145,12 +147,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: a ``StreamHandler`` that also takes entries in batches.
 
-    :meth:`write_entries` writes what formatting each entry's record would write, with
-    the text or JSON formatter of :func:`logging_config`, without making the records,
-    and in one write a batch: making and formatting a record costs about 100,000 CPU
-    instructions a request, ten times the gateway's whole pipeline (counted with
-    valgrind on a Flask hello request, ``bench/README.md``). With any other formatter it
-    makes the records, as any handler would.
+    :meth:`write_entries` writes exactly what formatting each entry's record with the
+    text or JSON formatter of :func:`logging_config` would (``tests/test_logs.py`` holds
+    the two equal), without making the records, with one ``strftime`` a second and one
+    write a batch. With any other formatter it makes the records, as any handler would.
     """
 
     _second = -1

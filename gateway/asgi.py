@@ -29,7 +29,7 @@ from gateway.health import readiness
 from gateway.lifespan import Lifespans, serve_lifespan
 from gateway.logs import access
 from gateway.mounts import MountTable, load_table
-from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline
+from gateway.pipeline import Decision, Head, Pipeline
 from gateway.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway")
@@ -111,10 +111,7 @@ class ASGIGateway:
             return
         started = time.perf_counter()
         head = self.head(scope)
-        decision = self.pipeline.decide(head)
-        decision.started = started
-        REQUEST_ID.set(decision.request_id)
-        CURRENT.set(decision)
+        decision = self.pipeline.begin(head, started)
         self.rewrite(scope, head, decision)
         logged = kind == "http" and access.enabled()
         reply = decision.reply

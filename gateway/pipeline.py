@@ -308,6 +308,14 @@ class Pipeline:
         return Decision(rid, reply, mount, False, root, script_name, path_info, host, server, scheme, client,
                         proxied, limit)
 
+    def begin(self, head: Head, started: float) -> Decision:
+        """Decide, and make the decision the current request's (its ID on every log record)."""
+        decision = self.decide(head)
+        decision.started = started
+        REQUEST_ID.set(decision.request_id)
+        CURRENT.set(decision)
+        return decision
+
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""
         fwd = head.forwarded

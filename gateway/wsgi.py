@@ -22,7 +22,7 @@ from gateway.config import Config
 from gateway.health import readiness
 from gateway.logs import access
 from gateway.mounts import Mount, MountTable, load_table
-from gateway.pipeline import CURRENT, REQUEST_ID, Decision, Head, Pipeline
+from gateway.pipeline import Decision, Head, Pipeline
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
@@ -63,10 +63,7 @@ class WSGIGateway:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         head = self.head(environ)
-        decision = self.pipeline.decide(head)
-        decision.started = started
-        REQUEST_ID.set(decision.request_id)
-        CURRENT.set(decision)
+        decision = self.pipeline.begin(head, started)
         environ["HTTP_X_REQUEST_ID"] = decision.request_id
         if decision.proxied:
             rewrite(environ, decision)

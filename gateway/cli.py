@@ -108,6 +108,12 @@ def serve(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
             "keep serving after SIGTERM. Leave it out, or use --server uvicorn."
         )
+    given = click.get_current_context().get_parameter_source("keep_alive")
+    if server == "granian" and given is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--keep-alive works on uvicorn only: Granian has no idle timeout to set. Leave it out, "
+            "or use --server uvicorn."
+        )
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     if server == "uvicorn" and workers == 1 and not reload:

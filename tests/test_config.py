@@ -109,14 +109,20 @@ def test_workers_build_the_gateway_from_the_commands_config(start_gateway, args:
 
 
 @pytest.mark.server
-def test_drain_delay_on_granian_is_refused_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "message"), [
+    pytest.param(["--drain-delay", "5"], "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian "
+                 "gives an app no hook to keep serving after SIGTERM. Leave it out, or use --server uvicorn.",
+                 id="drain-delay"),
+    pytest.param(["--keep-alive", "5"], "--keep-alive works on uvicorn only: Granian has no idle timeout to set. "
+                 "Leave it out, or use --server uvicorn.", id="keep-alive"),
+])
+def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path, option: list[str],
+                                                                  message: str) -> None:
     import subprocess
 
     from tests.support import GATEWAY, ROOT, server_env
 
-    result = subprocess.run([*GATEWAY, "serve", "--server", "granian", "--drain-delay", "5"], cwd=ROOT,
+    result = subprocess.run([*GATEWAY, "serve", "--server", "granian", *option], cwd=ROOT,
                             env=server_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "gateway: error: --drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no "
-        "hook to keep serving after SIGTERM. Leave it out, or use --server uvicorn. (see 'gateway serve --help')"]
+    assert result.stderr.strip().splitlines() == [f"gateway: error: {message} (see 'gateway serve --help')"]

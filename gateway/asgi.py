@@ -130,15 +130,17 @@ class ASGIGateway:
         prefix = decision.mount.prefix
         if logged:
             send = recorder = StatusRecorder(send)
-        bridge = self.wsgi.get(prefix)
-        if bridge is not None:
-            await bridge(scope, receive, send)
-        else:
-            if (state := self.lifespans.states.get(prefix)) is not None:
-                scope["state"] = state.copy()
-            await self.asgi[prefix].serve(scope, receive, send, decision)
-        if logged:
-            self.log(scope, head, decision, recorder.status, recorder.size)
+        try:
+            bridge = self.wsgi.get(prefix)
+            if bridge is not None:
+                await bridge(scope, receive, send)
+            else:
+                if (state := self.lifespans.states.get(prefix)) is not None:
+                    scope["state"] = state.copy()
+                await self.asgi[prefix].serve(scope, receive, send, decision)
+        finally:
+            if logged:  # also when an ASGI app raised: the server answers it with a 500
+                self.log(scope, head, decision, recorder.status or 500, recorder.size)
 
     def rewrite(self, scope: Scope, head: Head, decision: Decision) -> None:
         """Change the scope in place to what the app must see.
@@ -183,7 +185,13 @@ class ASGIGateway:
                           f"HTTP/{scope.get('http_version', '1.1')}", status, size)
 
     def stopped(self) -> None:
-        """After the lifespan's shutdown: stop the pool; under a graceful timeout, do not wait on it."""
+        """After the lifespan's shutdown: write the access log out, stop the pool (under a
+        graceful timeout, without waiting on it).
+
+        A uvicorn worker ends by raising SIGTERM again, with no ``atexit``: the log's
+        queue is written here, once every request has finished.
+        """
+        access.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.config.graceful_timeout is not None:
             exit_when_stuck(f"{self.thread_prefix}_")

@@ -4,7 +4,8 @@ The decisions (which mount, the rewritten head, refusals, the bare-prefix redire
 ``Content-Length`` over the limit) are the pipeline's (:mod:`gateway.pipeline`). What is
 left happens while the app runs:
 
-- a chunked request body within the mount's limit is collected (in memory up to 1 MiB,
+- a request body of unknown length (chunked, or HTTP/2 without ``Content-Length``)
+  within the mount's limit is collected (in memory up to 1 MiB,
   then in a temporary file) and handed on with a ``Content-Length``: Django reads no
   body without one. One past the limit gets a 413; one cut short, a 400;
 - an ASGI app's body past the limit ends, for the app, in ``http.disconnect``;
@@ -66,7 +67,10 @@ class WSGIBoundary:
             return self.app(environ, start_response)
         spool = None
         limit = decision.body_limit
-        if limit is not None and "HTTP_TRANSFER_ENCODING" in environ and not environ.get("CONTENT_LENGTH"):
+        if limit is not None and not environ.get("CONTENT_LENGTH") and (
+                "HTTP_TRANSFER_ENCODING" in environ or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2")):
+            # A body of unknown length: chunked, or HTTP/2 without a Content-Length (its
+            # frames carry no Transfer-Encoding).
             spool = collect_body(environ, limit)
             if spool is None:
                 return wsgi_reply(self.pipeline, too_large(limit), decision, start_response)

@@ -35,10 +35,16 @@ class LifespanDriver:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.outbox: asyncio.Queue[Message] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.received = False  # whether the app has taken a lifespan message
 
     async def _run(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
-        await self.app(scope, self.inbox.get, self.outbox.put)
+        await self.app(scope, self._receive, self.outbox.put)
+
+    async def _receive(self) -> Message:
+        message = await self.inbox.get()
+        self.received = True
+        return message
 
     async def _answer(self) -> Message | None:
         """The mount's next lifespan message, or None if it ended without one."""
@@ -48,7 +54,12 @@ class LifespanDriver:
         if getter.done():
             return getter.result()
         getter.cancel()
-        if self.task.exception() is not None:
+        error = self.task.exception()
+        if error is not None and self.received:
+            # It took the message, then raised: a failure, not a lack of support (Django's
+            # handler raises on the scope, before it receives anything).
+            raise LifespanError(f"The app at {self.prefix} failed: {type(error).__name__}: {error}")
+        if error is not None:
             logger.debug("The app at %s does not support lifespan.", self.prefix)
         return None
 

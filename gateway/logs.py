@@ -15,6 +15,7 @@ import atexit
 import json
 import logging
 import logging.config
+import multiprocessing.util
 import os
 import queue
 import threading
@@ -53,6 +54,9 @@ class AccessLog:
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
         atexit.register(self.close)
+        # A multiprocessing worker (Granian's) ends with os._exit after its finalizers:
+        # atexit does not run there, this does.
+        multiprocessing.util.Finalize(self, self.close, exitpriority=0)
 
     def _reset(self) -> None:
         self.queue: queue.SimpleQueue[AccessEntry | threading.Event | None] = queue.SimpleQueue()

@@ -303,7 +303,7 @@ class Pipeline:
         elif head.content_length is not None:
             if not (head.content_length.isascii() and head.content_length.isdigit()):
                 reply = BAD_LENGTH
-            elif int(head.content_length) > limit:
+            elif len(head.content_length) > 18 or int(head.content_length) > limit:  # int() refuses 4301 digits
                 reply = too_large(limit)
         return Decision(rid, reply, mount, False, root, script_name, path_info, host, server, scheme, client,
                         proxied, limit)
@@ -414,6 +414,8 @@ class Pipeline:
     def log(self, decision: Decision, method: str, target: str, protocol: str, status: int, size: int) -> None:
         """Queue the request's access-log line (the caller checked that the log is on)."""
         duration = (time.perf_counter() - decision.started) * 1000
+        if not target.isprintable():  # a decoded %0d%0a must not start a line of its own
+            target = target.encode("unicode_escape").decode("ascii")
         access.put((time.time(), decision.request_id, decision.client or "-", method, target, protocol, status,
                     size, duration, decision.target))
 

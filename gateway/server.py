@@ -85,7 +85,16 @@ def run_uvicorn(
         return
     supervisor = Multiprocess(worker_config, sockets=[sock])
     close_before(sock, signal.SIGTERM, signal.SIGINT)
-    supervisor.run()
+    try:
+        supervisor.run()
+    except ValueError:
+        # A worker (re)started between the signal closing the socket and uvicorn seeing
+        # it (SIGHUP's rolling restart, then SIGTERM) fails on the closed socket: stop
+        # the workers that run, as the shutdown would have.
+        if sock.fileno() != -1:
+            raise
+        supervisor.terminate_all()
+        supervisor.join_all()
 
 
 def exit_zero_after_signal() -> None:

@@ -25,6 +25,7 @@ from gateway.mounts import Mount, MountTable, load_table
 from gateway.pipeline import Decision, Head, Pipeline
 from gateway.types import Environ, StartResponse, WSGIApp
 
+_UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
 _FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
 
 
@@ -47,6 +48,9 @@ class WSGIGateway:
             if key and key[0] == "H" and key[:5] == "HTTP_":
                 size += len(key) - 5 + len(environ[key])  # the header's name and value, as sent
         get = environ.get
+        for key, name_size in _UNPREFIXED:  # the two headers PEP 3333 names without HTTP_
+            if (value := get(key)) is not None:
+                size += name_size + len(value)
         forwarded = {}
         if self.forwarded:
             for name, key in _FORWARDED:

@@ -142,3 +142,16 @@ def test_root_path_is_stripped_only_on_a_segment_boundary() -> None:
     assert asyncio.run(get("/foo-123/bar", "/foo")) == (200, b"asgi root_path=/foo/foo-123 path=/foo/foo-123/bar")
     assert asyncio.run(get("/foo/foo-123/bar", "/foo")) == (200, b"asgi root_path=/foo/foo-123 path=/foo/foo-123/bar")
     gateway.executor.shutdown()
+
+
+def test_a_mount_that_raises_after_taking_startup_fails_the_start() -> None:
+    async def raises(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            await receive()
+            raise OSError("no database")
+
+    gateway = create_asgi_app(table(raises=raises), Config.from_env({}), threads=1)
+    answers, _ = asyncio.run(run(gateway, []))
+    assert answers == [{"type": "lifespan.startup.failed",
+                        "message": "The app at /raises failed: OSError: no database"}]
+    gateway.executor.shutdown()

@@ -382,3 +382,60 @@ def test_readiness_checks_each_wsgi_mount(entry: Send) -> None:
     assert ready.status == 200
     assert ready.json()["checks"] == {"/flask": "ok", "/django": "ok", "/echo": "ok", "database:default": "ok"}
     assert ready.get("Cache-Control") == "no-store"
+
+
+def test_content_type_counts_toward_the_header_limit(make: Callable[..., Send]) -> None:
+    entry = make(max_header_size=3000)
+    assert entry("POST", "/echo/x", {"Content-Type": "text/plain; x=" + "a" * 3000}, b"").status == 431
+
+
+@pytest.mark.parametrize(("size", "status"), [pytest.param(100, 200, id="within"), pytest.param(101, 413, id="past")])
+def test_http2_body_without_a_length_is_held_to_the_limit(echo_table: MountTable, size: int, status: int) -> None:
+    """HTTP/2 carries no Transfer-Encoding: a body without Content-Length is still one (WSGI side)."""
+    import io
+
+    app = create_wsgi_app(echo_table, config_with(max_body_sizes={"/echo": 100}))
+    environ = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/echo/x", "QUERY_STRING": "",
+               "SERVER_NAME": "localhost", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/2",
+               "HTTP_HOST": "localhost:8000", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(b"a" * size), "wsgi.input_terminated": True, "wsgi.errors": io.StringIO()}
+    seen: list[str] = []
+    result = app(environ, lambda line, headers, exc_info=None: seen.append(line))
+    body = b"".join(result)
+    getattr(result, "close", lambda: None)()  # closes the collected body too
+    assert int(seen[0][:3]) == status
+    if status == 200:
+        assert json.loads(body)["CONTENT_LENGTH"] == str(size)
+
+
+def test_an_asgi_mount_that_raises_is_still_logged(echo_table: MountTable) -> None:
+    import logging
+
+    from gateway.logs import access
+
+    async def boom(scope, receive, send):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    from gateway.mounts import Mount
+
+    table = MountTable([Mount("/boom", "t:boom", "asgi", boom)])
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("gateway.access")
+    saved = logger.handlers, logger.level, logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
+    logger.setLevel(logging.INFO)
+    try:
+        send, app = asgi_entry(table, config_with())
+        with pytest.raises(RuntimeError, match="boom"):
+            send("GET", "/boom/x")
+        access.flush()
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+        app.executor.shutdown()
+    assert [(r.status, r.mount, r.path) for r in records] == [(500, "/boom", "/boom/x")]  # type: ignore[attr-defined]

@@ -442,3 +442,24 @@ def test_request_ids_count_from_one_after_a_reseed() -> None:
 
     source = _IdSource()
     assert source().endswith("0000000000000001") and source().endswith("0000000000000002")
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_413(table: MountTable) -> None:
+    d = pipeline(table).decide(head("/a/x", content_length="9" * 5000))
+    assert d.reply is not None and d.reply.status == 413
+
+
+def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) -> None:
+    from gateway.logs import access
+
+    p = pipeline(table)
+    queued: list[tuple[object, ...]] = []
+    real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
+    try:
+        p.log(p.decide(head("/a/x")), "GET", '/a/x\r\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin',
+              "HTTP/1.1", 404, 0)
+        p.log(p.decide(head("/a/x")), "GET", "/caf\xc3\xa9?q=\x85", "HTTP/1.1", 200, 0)
+    finally:
+        access.put = real_put  # type: ignore[method-assign]
+    assert queued[0][4] == '/a/x\\r\\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'
+    assert queued[1][4] == "/caf\\xc3\\xa9?q=\\x85"  # escaped: every non-ASCII byte as \\xNN

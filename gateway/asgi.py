@@ -180,9 +180,7 @@ class ASGIGateway:
 
     def log(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
         """Write the access-log line of an HTTP request."""
-        path = decision.script_name + decision.path_info
-        self.pipeline.log(decision, head.method, f"{path}?{head.query}" if head.query else path,
-                          f"HTTP/{scope.get('http_version', '1.1')}", status, size)
+        self.pipeline.log(decision, head, f"HTTP/{scope.get('http_version', '1.1')}", status, size)
 
     def stopped(self) -> None:
         """After the lifespan's shutdown: write the access log out, stop the pool (under a

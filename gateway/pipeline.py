@@ -130,7 +130,7 @@ class Decision:
     started: float = 0.0
 
     @property
-    def target(self) -> str:
+    def mount_label(self) -> str:
         """The mount's prefix, or ``-`` for a request the gateway answered itself."""
         return self.mount.prefix if self.mount is not None else "-"
 
@@ -411,13 +411,19 @@ class Pipeline:
         self.complete(headers, decision)
         return headers
 
-    def log(self, decision: Decision, method: str, target: str, protocol: str, status: int, size: int) -> None:
-        """Queue the request's access-log line (the caller checked that the log is on)."""
+    def log(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
+        """Queue the request's access-log line (the caller checked that the log is on).
+
+        The target is the path the client asked for (a trusted proxy's prefix included)
+        and its query.
+        """
         duration = (time.perf_counter() - decision.started) * 1000
+        path = decision.script_name + decision.path_info
+        target = f"{path}?{head.query}" if head.query else path
         if not target.isprintable():  # a decoded %0d%0a must not start a line of its own
             target = target.encode("unicode_escape").decode("ascii")
-        access.put((time.time(), decision.request_id, decision.client or "-", method, target, protocol, status,
-                    size, duration, decision.target))
+        access.put((time.time(), decision.request_id, decision.client or "-", head.method, target, protocol, status,
+                    size, duration, decision.mount_label))
 
 
 def scope_cookie(value: str, path: str) -> str:

@@ -152,7 +152,10 @@ class WorkerConfig(uvicorn.Config):
 
 
 def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET) -> Any:
-    """Build the WSGI gateway from ``config`` in a Granian worker (its ``target_loader``)."""
+    """Build the WSGI gateway from ``config`` in a Granian worker (its ``target_loader``).
+
+    Granian passes its target string too; the gateway is built from ``config`` alone.
+    """
     from gateway.mounts import load_table
     from gateway.wsgi import create_wsgi_app
 

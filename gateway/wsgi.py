@@ -77,8 +77,7 @@ class WSGIGateway:
             reply = readiness(self.pipeline, self.probed)
         if reply is not None:
             if logged:
-                self.pipeline.log(decision, head.method, target(decision, head), environ.get("SERVER_PROTOCOL", "-"),
-                                  reply.status, len(reply.body))
+                self.pipeline.log(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))
             return wsgi_reply(self.pipeline, reply, decision, start_response)
         assert decision.mount is not None
         environ["SCRIPT_NAME"] = decision.script_name
@@ -104,12 +103,6 @@ def rewrite(environ: Environ, decision: Decision) -> None:
     environ["wsgi.url_scheme"] = decision.scheme
     if decision.client is not None:
         environ["REMOTE_ADDR"] = decision.client
-
-
-def target(decision: Decision, head: Head) -> str:
-    """The request target as the client asked for it, for the access log."""
-    path = decision.script_name + decision.path_info
-    return f"{path}?{head.query}" if head.query else path
 
 
 class _Logged:
@@ -138,8 +131,7 @@ class _Logged:
             if close is not None:
                 close()
         finally:
-            self.pipeline.log(self.decision, self.head.method, target(self.decision, self.head), self.protocol,
-                              self.status[0], self.size)
+            self.pipeline.log(self.decision, self.head, self.protocol, self.status[0], self.size)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:

@@ -313,10 +313,11 @@ def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) ->
     from gateway.logs import access
 
     p = pipeline(table)
-    d = p.decide(head("/a/x", client="127.0.0.1", request_id="rid-9"))
+    served, refused = head("/a/x", client="127.0.0.1", request_id="rid-9", query="q=1"), head("/a/x", host="evil")
+    d = p.decide(served)
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        p.log(d, "GET", "/a/x?q=1", "HTTP/1.1", 200, 12)
-        p.log(p.decide(head("/a/x", host="evil")), "GET", "/a/x", "HTTP/1.1", 400, 3)
+        p.log(d, served, "HTTP/1.1", 200, 12)
+        p.log(p.decide(refused), refused, "HTTP/1.1", 400, 3)
         access.flush()  # written by the access log's own thread
     first, second = caplog.records
     assert (first.request_id, first.name, first.threadName) == ("rid-9", "gateway.access", "gateway-access-log")  # type: ignore[attr-defined]
@@ -424,12 +425,13 @@ def test_access_log_duration(table: MountTable) -> None:
     from gateway.logs import access
 
     p = pipeline(table)
-    d = p.decide(head("/a/x"))
+    h = head("/a/x")
+    d = p.decide(h)
     d.started = time.perf_counter() - 1.0
     queued: list[tuple[object, ...]] = []
     real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
     try:
-        p.log(d, "GET", "/a/x", "HTTP/1.1", 200, 5)
+        p.log(d, h, "HTTP/1.1", 200, 5)
     finally:
         access.put = real_put  # type: ignore[method-assign]
     (entry,) = queued
@@ -456,9 +458,9 @@ def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) 
     queued: list[tuple[object, ...]] = []
     real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
     try:
-        p.log(p.decide(head("/a/x")), "GET", '/a/x\r\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin',
-              "HTTP/1.1", 404, 0)
-        p.log(p.decide(head("/a/x")), "GET", "/caf\xc3\xa9?q=\x85", "HTTP/1.1", 200, 0)
+        for h in (head('/a/x\r\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'),
+                  head("/caf\xc3\xa9", query="q=\x85")):
+            p.log(p.decide(h), h, "HTTP/1.1", 200, 0)
     finally:
         access.put = real_put  # type: ignore[method-assign]
     assert queued[0][4] == '/a/x\\r\\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'

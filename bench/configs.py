@@ -2,8 +2,9 @@
 
 A configuration is one way to serve the apps (the gateway on uvicorn, the Flask app
 alone on gunicorn, Starlette mounts, ...). It starts one server, or one per app when the
-apps are served alone; each server answers some of the three workloads. ``{port}`` in a
-command line is replaced with a free loopback port. Every server has one worker process.
+apps are served alone; each server answers some of the workloads (the admin writes: the
+gateway's configurations only). ``{port}`` in a command line is replaced with a free
+loopback port. Every server has one worker process.
 """
 
 from __future__ import annotations
@@ -23,15 +24,29 @@ class Workload:
     name: str
     title: str
     connections: int
+    timeout: float = 2.0  # seconds wrk waits for an answer before it counts a timeout
 
 
 WORKLOADS = (
     Workload("flask", "Flask hello", 16),
     Workload("django", "Django hello", 16),
     Workload("slow", "Slow view (50 ms)", 64),
+    # A write may wait for SQLite's write lock up to its busy timeout (20 s): only a write
+    # that fails counts as one, and its wait shows in the latency figures.
+    Workload("write", "Admin writes", 16, timeout=30.0),
 )
 # The slow view blocks 50 ms: with 64 connections no server can beat 64 / 0.05 s.
 SLOW_IDEAL_RPS = 64 / 0.05
+# The write workload POSTs the admin's "add greeting" form, logged in as a superuser
+# (``bench/write.lua``); a write succeeded when the admin answers 302 to the list.
+WRITE_PATH = "/django/admin/django_hello/greeting/add/"
+WRITE_LOGIN_PATH = "/django/admin/login/"
+WRITE_USER, WRITE_PASSWORD = "bench", "bench-writes-correct-horse-42"
+
+
+def ready_path(workload: str, path: str) -> str:
+    """The page polled for 200 before driving ``path``: the add form needs a login, its login page does not."""
+    return WRITE_LOGIN_PATH if workload == "write" else path
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,10 @@ class InProcess:
     targets: dict[str, str]  # workload -> bench.ceiling target name
 
 
-# The gateway and the peer compositions mount the apps at the same prefixes.
+# The gateway and the peer compositions mount the apps at the same prefixes; only the
+# gateway's configurations are driven with the admin writes (the embedded SQLite database).
 GATEWAY_PATHS = {"flask": "/flask/", "django": "/django/", "slow": "/slow/"}
+WRITE_PATHS = {**GATEWAY_PATHS, "write": WRITE_PATH}
 
 
 def _py(*args: str) -> tuple[str, ...]:
@@ -112,8 +129,9 @@ def setups(threads: int) -> list[Setup]:
     mounts = {"GATEWAY_MOUNTS": SLOW_MOUNT}
     apps = {"flask": "flask_hello:app", "django": "django_hello.wsgi:application", "slow": "bench.apps:slow_app"}
 
-    def one(argv: tuple[str, ...], env: dict[str, str] | None = None) -> tuple[Launch, ...]:
-        return (Launch(argv, GATEWAY_PATHS, env or {}),)
+    def one(argv: tuple[str, ...], env: dict[str, str] | None = None, paths: dict[str, str] = GATEWAY_PATHS
+            ) -> tuple[Launch, ...]:
+        return (Launch(argv, paths, env or {}),)
 
     def alone(argv_for: Callable[[str], tuple[str, ...]]) -> tuple[Launch, ...]:
         return tuple(Launch(argv_for(name), {name: "/"}) for name in apps)
@@ -122,17 +140,18 @@ def setups(threads: int) -> list[Setup]:
     # fmt: off
     return [
         Setup("gateway-uvicorn", "gateway serve (ASGI, uvicorn)", "gateway", "uvicorn",
-              one(gateway_serve("--mount", SLOW_MOUNT))),
+              one(gateway_serve("--mount", SLOW_MOUNT), paths=WRITE_PATHS)),
         Setup("gateway-accesslog", "gateway serve with its access log (the default)", "gateway", "uvicorn",
-              one(gateway_serve("--mount", SLOW_MOUNT, level="info"))),
+              one(gateway_serve("--mount", SLOW_MOUNT, level="info"), paths=WRITE_PATHS)),
         Setup("gateway-granian", "gateway serve --server granian (WSGI)", "gateway", "granian",
-              one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT))),
+              one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT), paths=WRITE_PATHS)),
         Setup("gateway-granian-accesslog", "gateway serve --server granian with its access log", "gateway",
-              "granian", one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT, level="info"))),
+              "granian", one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT, level="info"),
+                             paths=WRITE_PATHS)),
         Setup("gateway-gthread", "gateway.wsgi on gunicorn gthread", "gateway", "gunicorn-gthread",
-              one(gunicorn(wsgi, "gthread", threads), mounts)),
+              one(gunicorn(wsgi, "gthread", threads), mounts, WRITE_PATHS)),
         Setup("gateway-sync", "gateway.wsgi on gunicorn sync", "gateway", "gunicorn-sync",
-              one(gunicorn(wsgi, "sync", threads), mounts)),
+              one(gunicorn(wsgi, "sync", threads), mounts, WRITE_PATHS)),
         Setup("alone-uvicorn", "app alone, uvicorn + WSGIBridge", "alone", "uvicorn",
               alone(lambda name: uvicorn(f"bench.alone:{name}_app", factory=True))),
         Setup("alone-granian", "app alone, Granian WSGI", "alone", "granian",

@@ -17,15 +17,18 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 WRK_SCRIPT = BENCH_DIR / "report.lua"
+WRITE_SCRIPT = BENCH_DIR / "write.lua"
 HOST = "127.0.0.1"
 
 # A line that logs an error (uvicorn, gunicorn, Granian, Django's request logger).
@@ -62,6 +65,44 @@ def get(port: int, path: str, timeout: float = 2.0) -> int:
         return 0
     finally:
         conn.close()
+
+
+def admin_session(port: int, login_path: str, add_path: str, username: str, password: str) -> tuple[str, str]:
+    """Log in to the Django admin on the loopback port; return the Cookie header and the add form's CSRF token."""
+    cookies: dict[str, str] = {}
+
+    def call(method: str, path: str, body: str | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        try:
+            headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+            if body is not None:
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            for header in response.headers.get_all("Set-Cookie") or []:
+                name, _, rest = header.partition("=")
+                cookies[name.strip()] = rest.split(";", 1)[0]
+            return response.status, response.read().decode(errors="replace")
+        except OSError as exc:
+            raise BenchError(f"logging in to the admin on port {port} failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def token(page: str) -> str:
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        if not found:
+            raise BenchError(f"no CSRF token in the admin page on port {port}.")
+        return found.group(1)
+
+    status, page = call("GET", login_path)
+    form = urlencode({"csrfmiddlewaretoken": token(page), "username": username, "password": password})
+    status, page = call("POST", login_path, form)
+    if status != 302 or "sessionid" not in cookies:
+        raise BenchError(f"the admin login on port {port} answered {status}, not 302 with a session.")
+    status, page = call("GET", add_path)
+    if status != 200:
+        raise BenchError(f"the admin's add form on port {port} answered {status}.")
+    return "; ".join(f"{k}={v}" for k, v in cookies.items()), token(page)
 
 
 @dataclass
@@ -227,23 +268,28 @@ def run_wrk(
     seconds: float,
     cpu: int | None,
     during: Any = None,
+    script: Path = WRK_SCRIPT,
+    args: Sequence[str] = (),
+    timeout: float = 2.0,
 ) -> dict[str, Any]:
     """Drive ``url`` with wrk (one thread, keep-alive); return its figures.
 
-    ``during`` is called about every 100 ms while wrk runs (to sample memory).
+    ``during`` is called about every 100 ms while wrk runs (to sample memory). ``script``
+    and its ``args``: another wrk script that reports as ``report.lua`` does (``write.lua``).
+    ``timeout``: seconds wrk waits for each answer.
     """
     duration = max(1, round(seconds))
     argv = pinned(cpu, [
-        "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "2s",
-        "-s", str(WRK_SCRIPT), url,
+        "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", f"{max(1, round(timeout))}s",
+        "-s", str(script), url, *(["--", *args] if args else []),
     ])  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + duration + 30
+    deadline = time.monotonic() + duration + timeout + 30
     while process.poll() is None:
         if time.monotonic() > deadline:
             process.kill()
             process.wait()
-            raise BenchError(f"wrk on {url} did not finish within {duration + 30} s.")
+            raise BenchError(f"wrk on {url} did not finish within {duration + timeout + 30:g} s.")
         if during is not None:
             during()
         time.sleep(0.1)

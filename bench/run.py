@@ -19,6 +19,7 @@ import atexit
 import fnmatch
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -68,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=["flask", "django", "slow"],
-        default=["flask", "django", "slow"],
-        help="pages to drive (default all)",
+        choices=["flask", "django", "slow", "write"],
+        default=["flask", "django", "slow", "write"],
+        help="pages to drive (default all; write: the admin's add form, gateway configurations only)",
     )
     parser.add_argument("--list", action="store_true", help="list the configuration keys and exit")
     parser.add_argument("--server-cpu", type=int, help="CPU for the server (default: the first allowed)")
@@ -123,7 +124,7 @@ def selected(key: str, args: argparse.Namespace) -> bool:
 
 def run_setup(setup: Any, round_no: int, ctx: Context) -> list[dict[str, Any]]:
     """Start each server of ``setup``, drive each of its workloads, stop it."""
-    from bench.configs import WORKLOADS
+    from bench.configs import WORKLOADS, ready_path
     from bench.harness import BenchError, Server, free_port
 
     records: list[dict[str, Any]] = []
@@ -144,10 +145,12 @@ def run_setup(setup: Any, round_no: int, ctx: Context) -> list[dict[str, Any]]:
         mine = [{**base, "workload": w.name} for w in workloads]
         try:
             server.start()
-            startup = server.wait_ready([launch.paths[w.name] for w in workloads])
+            startup = server.wait_ready(list(dict.fromkeys(ready_path(w.name, launch.paths[w.name])
+                                                           for w in workloads)))
             for workload, record in zip(workloads, mine, strict=True):
                 record["startup_s"] = startup
-                record.update(drive(server, launch.paths[workload.name], workload.connections, ctx))
+                record.update(drive(server, launch.paths[workload.name], workload.connections, ctx,
+                                    write=workload.name == "write", timeout=workload.timeout))
         except BenchError as exc:
             for record in mine:
                 record["error"] = str(exc)
@@ -163,16 +166,31 @@ def run_setup(setup: Any, round_no: int, ctx: Context) -> list[dict[str, Any]]:
     return records
 
 
-def drive(server: Any, path: str, connections: int, ctx: Context) -> dict[str, Any]:
-    """Warm up, then measure one page with wrk; return wrk's figures or the error."""
-    from bench.harness import BenchError, run_wrk
+def drive(server: Any, path: str, connections: int, ctx: Context, *, write: bool = False,
+          timeout: float = 2.0) -> dict[str, Any]:
+    """Warm up, then measure one page with wrk; return wrk's figures or the error.
+
+    ``write``: log in to the admin first and POST its add form (``bench/write.lua``), a
+    new row each time; a write succeeded when it was answered 302.
+    """
+    from bench.configs import WRITE_LOGIN_PATH, WRITE_PASSWORD, WRITE_USER
+    from bench.harness import WRITE_SCRIPT, BenchError, admin_session, run_wrk
 
     url = f"http://127.0.0.1:{server.port}{path}"
     try:
+        session = admin_session(server.port, WRITE_LOGIN_PATH, path, WRITE_USER, WRITE_PASSWORD) if write else None
+
+        def load(seconds: float, **extra: Any) -> dict[str, Any]:
+            if session is None:
+                return run_wrk(url, connections=connections, seconds=seconds, cpu=ctx.client_cpu, timeout=timeout,
+                               **extra)  # fmt: skip
+            # Language codes are unique: each wrk run gets a prefix of its own.
+            return run_wrk(url, connections=connections, seconds=seconds, cpu=ctx.client_cpu, timeout=timeout,
+                           script=WRITE_SCRIPT, args=[*session, "w" + secrets.token_hex(3)[:5]], **extra)  # fmt: skip
+
         if ctx.warmup >= 1:
-            run_wrk(url, connections=connections, seconds=ctx.warmup, cpu=ctx.client_cpu)
-        figures = run_wrk(url, connections=connections, seconds=ctx.duration, cpu=ctx.client_cpu,
-                          during=server.sample_memory)  # fmt: skip
+            load(ctx.warmup)
+        figures = load(ctx.duration, during=server.sample_memory)
     except BenchError as exc:
         return {"error": str(exc)}
     figures["rps_ok"] = (figures["requests"] - figures["non2xx"]) / (figures["duration_us"] / 1e6)
@@ -314,6 +332,13 @@ def main(argv: list[str] | None = None) -> None:
             os.sched_setaffinity(0, {client_cpu})  # keep this process off the server's CPU
         subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=ctx.env, cwd=REPO_DIR,
                        check=True, timeout=300, stdout=subprocess.DEVNULL)  # fmt: skip
+        if "write" in ctx.workloads:
+            from bench.configs import WRITE_PASSWORD, WRITE_USER
+
+            subprocess.run([sys.executable, "-m", "gateway", "manage", "createsuperuser", "--noinput",
+                            "--username", WRITE_USER, "--email", f"{WRITE_USER}@example.com"],
+                           env={**ctx.env, "DJANGO_SUPERUSER_PASSWORD": WRITE_PASSWORD}, cwd=REPO_DIR,
+                           check=True, timeout=120, stdout=subprocess.DEVNULL)  # fmt: skip
         print(f"{len(jobs)} jobs x {args.rounds} round(s), {args.duration:g} s each; results in {out}")
         for round_no in range(args.rounds):
             shift = round_no % len(jobs)

@@ -5,6 +5,8 @@ Everything that differs between machines comes from the environment:
 - ``DJANGO_DATA_DIR``: where the SQLite database and the generated secret key live
   (default ``./var``; never inside the package).
 - ``DATABASE_URL``: another database, e.g. ``postgres://user:pass@host/db``.
+- ``DJANGO_SQLITE_TIMEOUT``: seconds a write waits for the embedded SQLite database's
+  write lock before failing with a 503 (default 20).
 - ``DJANGO_SECRET_KEY``: the secret key; without it one is generated once and kept
   in the data directory.
 - ``DJANGO_DEBUG``: ``1`` to turn debug mode on (off by default).
@@ -26,6 +28,49 @@ BASE_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("DJANGO_DATA_DIR", "var")).resolve()
 
 
+def _private_directory(path: Path) -> None:
+    """Create the data directory for its owner only (0700), or take other users' access away."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(path)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (empty, 0600) if it is missing; take other users' access to it away.
+
+    Also from SQLite's files beside it (``-wal``, ``-shm``, ``-journal``): SQLite gives them
+    the database file's mode when it creates them, but older ones keep theirs.
+    """
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for each in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        _owner_only(each)
+
+
+def _owner_only(path: Path) -> None:
+    """Take the group's and other users' permissions off ``path``, if it exists, with a warning."""
+    import logging
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    log = logging.getLogger("django_hello")
+    if stat.S_ISDIR(mode) and mode & stat.S_ISVTX:  # a shared directory such as /tmp: not ours to close
+        log.warning("The data directory %s is shared with other users (mode %04o); it is left as it is, "
+                    "and the database in it is readable by its owner only.", path, stat.S_IMODE(mode))
+        return
+    try:
+        path.chmod(stat.S_IMODE(mode) & ~0o077)
+    except OSError as exc:
+        log.warning("%s is open to other users (mode %04o) and could not be changed: %s", path, stat.S_IMODE(mode),
+                    exc)
+        return
+    log.warning("%s was open to other users (mode %04o); it is now %04o, for its owner only.", path,
+                stat.S_IMODE(mode), stat.S_IMODE(mode) & ~0o077)
+
+
 def _secret_key(data_dir: Path) -> str:
     """Return DJANGO_SECRET_KEY, or a key generated once and kept in data_dir."""
     if key := os.environ.get("DJANGO_SECRET_KEY"):
@@ -34,7 +79,7 @@ def _secret_key(data_dir: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        _private_directory(data_dir)
         key = secrets.token_urlsafe(50)
         # O_EXCL: when several workers start at once, the first key written wins.
         try:
@@ -100,6 +145,20 @@ TEMPLATES = [
 # Connections are per thread; CONN_MAX_AGE keeps each one open between requests, with
 # a health check before reuse. 0 (the default) closes it after every request, which
 # keeps the count of open connections at the count of running requests.
+
+
+def _seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable ``name``."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f'{name}="{raw}" must be a number of seconds, e.g. {name}={default:g}.')
+    return value
+
+
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{DATA_DIR / 'django.sqlite3'}",
@@ -109,12 +168,37 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and "DATABASE_URL" not in os.environ:
     # The embedded database: created here (migrate fills it), but opened read-write
-    # only, so a file that disappears later is an error, not a new empty database.
+    # only, so a file that disappears later is an error, not a new empty database. It
+    # holds sessions and password hashes: the directory is 0700 and the file 0600, and
+    # SQLite gives its -wal and -shm files the database file's mode.
     _sqlite = Path(DATABASES["default"]["NAME"])
-    _sqlite.parent.mkdir(parents=True, exist_ok=True)
-    _sqlite.touch(exist_ok=True)
+    _private_directory(_sqlite.parent)
+    _private_file(_sqlite)
     DATABASES["default"]["NAME"] = f"file:{_sqlite}?mode=rw"
-    DATABASES["default"]["OPTIONS"] = {"uri": True, "timeout": 2}
+    DATABASES["default"]["OPTIONS"] = {
+        "uri": True,
+        # Concurrent writers (threads and worker processes) take turns instead of failing:
+        # - WAL: readers never wait for the writer nor it for them. The mode is kept in the
+        #   file; on a database already in WAL mode the pragma is a no-op that takes no lock.
+        "init_command": "PRAGMA journal_mode=WAL",
+        # - BEGIN IMMEDIATE: a transaction takes the write lock when it begins, waiting for
+        #   it as long as the busy timeout allows. With Django's default (DEFERRED) it reads
+        #   first and asks for the lock at its first write; if another connection has
+        #   written meanwhile, SQLite cannot wait (its snapshot is stale) and fails at once
+        #   with "database is locked": a 503, however short the other write was.
+        "transaction_mode": "IMMEDIATE",
+        # - The busy timeout: how long a connection waits for another one's write lock before
+        #   "database is locked" (then DatabaseUnavailableMiddleware's 503). SQLite does not
+        #   serve waiters in turn: each polls, and the longer it has waited the less often.
+        #   With 16 writers on 2 workers for 30 s, half the writes took under 35 ms but the
+        #   unluckiest waited 4.6 s (tests/test_sqlite_writes.py): the former 2 s failed
+        #   them. 20 s leaves four times that, and still ends a write stuck behind a dead
+        #   lock holder (a stopped process, a forgotten sqlite3 shell) with the 503 before
+        #   the deploy files' --graceful-timeout (25 s), gunicorn's worker timeout (30 s) and
+        #   nginx's proxy_read_timeout (60 s) give up on it. Meanwhile each waiting write
+        #   holds a pool thread; reads do not wait (WAL). DJANGO_SQLITE_TIMEOUT changes it.
+        "timeout": _seconds("DJANGO_SQLITE_TIMEOUT", 20.0),
+    }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 

@@ -295,17 +295,14 @@ def migrate_embedded_database() -> None:
 
     if not apps.ready or os.environ.get("DATABASE_URL"):
         return
-    import fcntl
-
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
 
-    # Several gateways sharing a data directory, started at once, take turns.
-    lock_path = sqlite_file(settings.DATABASES["default"]["NAME"]).with_suffix(".migrate-lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        call_command("migrate", interactive=False, verbosity=0)
+    # django_hello's migrate command (django_hello/management/commands/migrate.py) holds a
+    # lock on <database>.migrate-lock beside the SQLite file, in `gateway migrate` and
+    # `gateway manage migrate` too: gateways sharing a data directory and a `gateway
+    # migrate` started at once take turns.
+    call_command("migrate", interactive=False, verbosity=0)
     connections.close_all()  # requests open their own, on their own threads
 
 

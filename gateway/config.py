@@ -163,7 +163,7 @@ def stored_secret(data_dir: Path, name: str) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the keys and the database
     # O_EXCL: when several workers start at once, the first key written wins.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -45,9 +45,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def start(start_gateway, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Start a gateway of its own with the test apps; returns the server and its data dir."""
 
-    def go(*args: str) -> tuple[ServerProcess, Path]:
+    def go(*args: str, **env: str) -> tuple[ServerProcess, Path]:
         directory = tmp_path_factory.mktemp("own")
-        return start_gateway(*SERVE_ARGS, *args, data_dir=directory, env=apps_env(directory)), directory
+        return start_gateway(*SERVE_ARGS, *args, data_dir=directory, env={**apps_env(directory), **env}), directory
 
     return go
 
@@ -132,13 +132,15 @@ def test_blocking_requests_do_not_delay_the_other_app(server: ServerProcess, slo
 # --- 15. The database locked or missing ---------------------------------------------
 
 DB_VIEW = "/django/test/db/"
-QUICK = 4.0  # seconds: below Django's default SQLite timeout (5 s)
+QUICK = 4.0  # seconds: above the busy timeout the locked-database test sets (2 s)
 
 
 def test_locked_database_gives_503_while_flask_answers(start) -> None:  # type: ignore[no-untyped-def]
-    server, directory = start()
+    server, directory = start(DJANGO_SQLITE_TIMEOUT="2")
     assert get(server.port, DB_VIEW).status == 200
     lock = sqlite3.connect(directory / "django.sqlite3", timeout=0, isolation_level=None)
+    # In WAL mode a writer's lock lets readers through; exclusive locking mode keeps them out too.
+    lock.execute("PRAGMA locking_mode=EXCLUSIVE")
     lock.execute("BEGIN EXCLUSIVE")
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -1,0 +1,1 @@
+"""django_hello's management commands: ``migrate`` takes a lock on the embedded SQLite database."""

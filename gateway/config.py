@@ -128,13 +128,12 @@ class Config:
 def configure_apps(config: Config, environ: MutableMapping[str, str] = os.environ) -> None:
     """Set the frameworks' own variables from the gateway's, where not already set.
 
-    In production the secret keys must come from the environment; raises ValueError
-    with a sentence naming the problem otherwise.
+    In production the secret keys must come from the environment, debug mode must be
+    off and the allowed hosts must not be ``*``; otherwise raises ValueError with one
+    sentence naming every problem (see :func:`production_problems`).
     """
-    if config.env == "production":
-        for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY"):
-            if problem := weak_secret(environ.get(name, "")):
-                raise ValueError(f"{name} {problem} (GATEWAY_ENV=production).")
+    if config.env == "production" and (problems := production_problems(config, environ)):
+        raise ValueError(f"{'; '.join(problems)} (GATEWAY_ENV=production).")
     environ.setdefault("DJANGO_SETTINGS_MODULE", "django_hello.settings")
     environ.setdefault("DJANGO_DATA_DIR", str(config.data_dir))
     environ.setdefault("DJANGO_ALLOWED_HOSTS", ",".join(config.allowed_hosts))
@@ -145,6 +144,35 @@ def configure_apps(config: Config, environ: MutableMapping[str, str] = os.enviro
         environ.setdefault("FLASK_SESSION_COOKIE_SECURE", "true")
     if "FLASK_SECRET_KEY" not in environ:
         environ["FLASK_SECRET_KEY"] = stored_secret(config.data_dir, "flask-secret-key")
+
+
+def production_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """What production cannot run with, one clause each, naming the variable and the fix.
+
+    Weak or missing secret keys; debug mode on (Django's debug pages and Flask's debug
+    mode show code, settings and URL patterns to anyone); and a wildcard host, which
+    lets any ``Host`` header through to the apps.
+    """
+    import json
+
+    problems = [f"{name} {problem}" for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY")
+                if (problem := weak_secret(environ.get(name, "")))]
+    if _flag(value := environ.get("DJANGO_DEBUG")):  # django_hello.settings' own reading
+        problems.append(f'DJANGO_DEBUG="{value}" turns on Django\'s debug pages: unset it or set DJANGO_DEBUG=0')
+    if value := environ.get("FLASK_DEBUG", ""):
+        try:  # as Flask's from_prefixed_env reads it: JSON, else the string itself
+            debug = json.loads(value)
+        except ValueError:
+            debug = value
+        if debug:
+            problems.append(f'FLASK_DEBUG="{value}" turns on Flask\'s debug mode: unset it or set FLASK_DEBUG=0')
+    if "*" in config.allowed_hosts:
+        problems.append('GATEWAY_ALLOWED_HOSTS allows any host ("*"): list your host names, '
+                        "e.g. GATEWAY_ALLOWED_HOSTS=example.org")
+    if "*" in _split(environ.get("DJANGO_ALLOWED_HOSTS")):
+        problems.append('DJANGO_ALLOWED_HOSTS allows any host ("*"): list your host names, '
+                        "or unset it to follow GATEWAY_ALLOWED_HOSTS")
+    return problems
 
 
 def weak_secret(value: str) -> str | None:

@@ -22,14 +22,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateway.boundary import ASGIBoundary, WSGIBoundary, asgi_reply
+from gateway.boundary import ASGIBoundary, WSGIBoundary, asgi_reply, read_body
 from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
-from gateway.health import readiness
+from gateway.health import ReadinessProbe
 from gateway.lifespan import Lifespans, serve_lifespan
 from gateway.logs import access
 from gateway.mounts import MountTable, load_table
 from gateway.pipeline import Decision, Head, Pipeline
+from gateway.replies import BODY_TIMED_OUT, Reply
 from gateway.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway")
@@ -66,6 +67,7 @@ class ASGIGateway:
                 self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
+        self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.lifespans = Lifespans(table)
         self.forwarded = bool(config.trusted_proxies)
 
@@ -73,7 +75,7 @@ class ASGIGateway:
         """Read the request head the pipeline needs from ``scope``."""
         hosts: list[bytes] = []
         offered = None
-        content_length = None
+        content_length = content_type = None
         forwarded: dict[str, str] = {}
         size = 0
         for name, value in scope.get("headers", ()):
@@ -84,6 +86,8 @@ class ASGIGateway:
                 offered = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
             elif self.forwarded and name.startswith(b"x-forwarded-"):
                 key = name[12:].decode("latin-1")
                 if key in _FORWARDED:
@@ -101,7 +105,7 @@ class ASGIGateway:
             scope.get("query_string", b"").decode("latin-1"),
             hosts[0].decode("latin-1") if len(hosts) == 1 else None, scope.get("scheme", "http"),
             tuple(scope.get("server") or ("localhost", None)),
-            client[0] if client else None, offered, forwarded, size, content_length,
+            client[0] if client else None, offered, forwarded, size, content_length, content_type,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,8 +123,7 @@ class ASGIGateway:
             await self.websocket(scope, receive, send, decision)
             return
         if reply is None and decision.ready:
-            loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(self.executor, readiness, self.pipeline, self.probed)
+            reply = await self.readiness.check_async()
         if reply is not None:
             await asgi_reply(self.pipeline, reply, decision, send)
             if logged:
@@ -133,14 +136,33 @@ class ASGIGateway:
         try:
             bridge = self.wsgi.get(prefix)
             if bridge is not None:
-                await bridge(scope, receive, send)
+                if not decision.buffered or (head.content_length in (None, "0") and scope.get("http_version") != "2"
+                                             and not any(n == b"transfer-encoding" for n, _ in scope["headers"])):
+                    # Streaming, or HTTP/1 with neither Content-Length nor Transfer-Encoding
+                    # (RFC 9112: no body): the server has the whole request already.
+                    await bridge.handle(scope, receive, send)
+                    return
+                body = await read_body(receive, decision.body_limit, self.config.body_timeout)
+                if body is None:  # the client left before its body was complete
+                    return
+                if isinstance(body, Reply):
+                    if body is BODY_TIMED_OUT:
+                        logger.warning("The request body of %s %s stopped arriving for %g s; answered 408.",
+                                       head.method, scope["path"], self.config.body_timeout)
+                    await asgi_reply(self.pipeline, body, decision, send)
+                    return
+                decision.body_read = True
+                await bridge.handle(scope, receive, send, body)
             else:
                 if (state := self.lifespans.states.get(prefix)) is not None:
                     scope["state"] = state.copy()
                 await self.asgi[prefix].serve(scope, receive, send, decision)
         finally:
-            if logged:  # also when an ASGI app raised: the server answers it with a 500
-                self.log(scope, head, decision, recorder.status or 500, recorder.size)
+            if logged:
+                # No status: an ASGI app raised (the server answers 500), or the client
+                # left before a WSGI app's response (499, as nginx logs it).
+                status = recorder.status or (500 if bridge is None else 499)
+                self.log(scope, head, decision, status, recorder.size)
 
     def rewrite(self, scope: Scope, head: Head, decision: Decision) -> None:
         """Change the scope in place to what the app must see.
@@ -190,6 +212,7 @@ class ASGIGateway:
         queue is written here, once every request has finished.
         """
         access.close()
+        self.readiness.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.config.graceful_timeout is not None:
             exit_when_stuck(f"{self.thread_prefix}_")

@@ -87,12 +87,22 @@ class WSGIBridge:
         elif kind == "lifespan":
             await answer_lifespan(receive, send)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one HTTP request."""
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, body: tuple[Any, int] | None = None
+    ) -> None:
+        """Serve one HTTP request; ``body`` is its body and length if already read whole."""
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, None)
         stream: Any
-        if environ.get("HTTP_EXPECT", "").lower() == "100-continue":
+        if body is not None:
+            stream, size = body
+            if "CONTENT_LENGTH" not in environ and size:
+                # Chunked (or HTTP/2 without a length): now it has one, and nothing
+                # may read it as chunked or unterminated again.
+                environ["CONTENT_LENGTH"] = str(size)
+                environ.pop("HTTP_TRANSFER_ENCODING", None)
+                environ.pop("wsgi.input_terminated", None)
+        elif environ.get("HTTP_EXPECT", "").lower() == "100-continue":
             # Reading now would make the server send "100 Continue" before the app
             # could refuse the body (a 413, say): let the app's first read do it.
             stream = RequestBody(loop, receive, b"")
@@ -100,9 +110,9 @@ class WSGIBridge:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client left before sending its request body
-            body = message.get("body", b"")
+            first = message.get("body", b"")
             more = message.get("more_body", False)
-            stream = RequestBody(loop, receive, body) if more else io.BytesIO(body)
+            stream = RequestBody(loop, receive, first) if more else io.BytesIO(first)
         environ["wsgi.input"] = stream
         exchange = Exchange(loop, send, receive, self.buffer_size, stream, self.name or scope["path"])
         context = contextvars.copy_context()
@@ -120,6 +130,8 @@ class WSGIBridge:
                     (b"content-type", b"text/plain"), (b"connection", b"close"), (b"content-length", b"20")]})
                 await send({"type": "http.response.body", "body": b"Service Unavailable\n"})
             return
+        if body is not None:
+            stream.close()  # a temporary file, once the app is done with it
         if answer is not None:
             status, headers, data = answer
             await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -77,6 +77,20 @@ def cli() -> None:
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
 )
 @click.option(
+    "--header-timeout", envvar="GATEWAY_HEADER_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a connection gets to send a request's headers; then 408 and closed "
+    "[env: GATEWAY_HEADER_TIMEOUT; default: 5].",
+)
+@click.option(
+    "--body-timeout", envvar="GATEWAY_BODY_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request body may pause before a 408 [env: GATEWAY_BODY_TIMEOUT; default: 30] (uvicorn only).",
+)
+@click.option(
+    "--stream-body", "stream_bodies", multiple=True, metavar="PREFIX",
+    help="A mount whose app reads uploads as they arrive, holding a thread meanwhile; repeat for more "
+    "[env: GATEWAY_STREAM_BODIES, comma-separated; default: bodies are read whole first].",
+)
+@click.option(
     "--access-log/--no-access-log", envvar="GATEWAY_ACCESS_LOG", default=None,
     help="Write one line per request [env: GATEWAY_ACCESS_LOG; default: on].",
 )
@@ -96,17 +110,30 @@ def serve(
     graceful_timeout: float | None,
     drain_delay: float | None,
     keep_alive: float,
+    header_timeout: float | None,
+    body_timeout: float | None,
+    stream_bodies: tuple[str, ...],
     access_log: bool | None,
     log_format: str | None,
     mounts: tuple[str, ...],
 ) -> None:
     """Serve all mounts on one server."""
+    for prefix in stream_bodies:
+        if not prefix.startswith("/") or prefix == "/":
+            raise click.BadParameter(f'"{prefix}" is not a mount prefix, e.g. /uploads.', param_hint="--stream-body")
     config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
-                     drain_delay=drain_delay, graceful_timeout=graceful_timeout)
+                     drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
+                     body_timeout=body_timeout,
+                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None)
     if server == "granian" and config.drain_delay > 0:
         raise click.UsageError(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
             "keep serving after SIGTERM. Leave it out, or use --server uvicorn."
+        )
+    if server == "granian" and body_timeout is not None:
+        raise click.UsageError(
+            "--body-timeout (or GATEWAY_BODY_TIMEOUT) works on uvicorn only: under Granian a WSGI app reads "
+            "its body in its own thread. Leave it out, or use --server uvicorn."
         )
     given = click.get_current_context().get_parameter_source("keep_alive")
     if server == "granian" and given is not click.core.ParameterSource.DEFAULT:

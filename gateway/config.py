@@ -25,6 +25,14 @@ environment already says.
 ``GATEWAY_ACCESS_LOG``    ``0`` to write no access log (default on)
 ``GATEWAY_GRACEFUL_TIMEOUT`` seconds running requests get at shutdown (``gateway serve
                           --graceful-timeout``; default no limit)
+``GATEWAY_BODY_TIMEOUT``  seconds a request body may pause before a 408 (default 30)
+``GATEWAY_HEADER_TIMEOUT`` seconds a connection gets to send a request's headers
+                          (default 5)
+``GATEWAY_READY_TIMEOUT`` seconds ``/readyz`` waits for its checks before answering
+                          503 "busy" (default 2)
+``GATEWAY_STREAM_BODIES`` mounts whose apps read uploads as they arrive, in a thread,
+                          comma-separated prefixes (default none: bodies are read
+                          whole first)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -44,6 +52,9 @@ DEFAULT_THREADS = 100
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_HEADER_TIMEOUT = 5.0
+DEFAULT_READY_TIMEOUT = 2.0
 FLASK_PREFIX, DJANGO_PREFIX = "/flask", "/django"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +80,10 @@ class Config:
     access_log: bool = True
     drain_delay: float = 0.0
     graceful_timeout: float | None = None
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    stream_bodies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -99,6 +114,10 @@ class Config:
             drain_delay=_seconds(environ, "GATEWAY_DRAIN_DELAY"),
             graceful_timeout=_seconds(environ, "GATEWAY_GRACEFUL_TIMEOUT") if environ.get(
                 "GATEWAY_GRACEFUL_TIMEOUT", "").strip() else None,
+            body_timeout=_timeout(environ, "GATEWAY_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
+            header_timeout=_timeout(environ, "GATEWAY_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+            ready_timeout=_timeout(environ, "GATEWAY_READY_TIMEOUT", DEFAULT_READY_TIMEOUT),
+            stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -118,6 +137,10 @@ class Config:
             "GATEWAY_ACCESS_LOG": "1" if self.access_log else "0",
             "GATEWAY_DRAIN_DELAY": str(self.drain_delay),
             "GATEWAY_GRACEFUL_TIMEOUT": "" if self.graceful_timeout is None else str(self.graceful_timeout),
+            "GATEWAY_BODY_TIMEOUT": str(self.body_timeout),
+            "GATEWAY_HEADER_TIMEOUT": str(self.header_timeout),
+            "GATEWAY_READY_TIMEOUT": str(self.ready_timeout),
+            "GATEWAY_STREAM_BODIES": ",".join(self.stream_bodies),
         }
 
     def body_limit(self, prefix: str) -> int:
@@ -246,9 +269,24 @@ def _seconds(environ: Mapping[str, str], name: str) -> float:
         value = float(raw or 0)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < float("inf"):  # also nan
         raise ValueError(f'{name}="{raw}" must be a number of seconds, e.g. {name}=5.')
     return value
+
+
+def _timeout(environ: Mapping[str, str], name: str, default: float) -> float:
+    if not environ.get(name, "").strip():
+        return default
+    value = _seconds(environ, name)
+    if value <= 0:
+        raise ValueError(f'{name}="{environ[name]}" must be a number of seconds above 0, e.g. {name}={default:g}.')
+    return value
+
+
+def _prefix(text: str) -> str:
+    if not text.startswith("/") or text == "/":
+        raise ValueError(f'GATEWAY_STREAM_BODIES item "{text}" must be a mount prefix, e.g. "/uploads".')
+    return text.rstrip("/")
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:

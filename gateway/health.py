@@ -10,14 +10,21 @@
       {"status": "fail", "checks": {"/flask": "ok", "/django": "ok",
                                     "database:default": "fail: OperationalError: ..."}}
 
-The check blocks (it calls the apps and the databases): the WSGI side runs it in the
-request's thread, the ASGI side on the WSGI thread pool.
+The check blocks (it calls the apps and the databases), so it runs on a thread of its
+own (:class:`ReadinessProbe`), never on the apps' pool: a busy pool cannot hold it up.
+Probes that arrive while one runs wait for that one; one that takes longer than
+``GATEWAY_READY_TIMEOUT`` answers 503 ``{"status": "busy"}`` rather than hang (a
+database that accepts connections and never answers, say).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.test import EnvironBuilder
@@ -29,6 +36,53 @@ if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
 
 DRAINING = json_reply(503, json.dumps({"status": "draining", "checks": {}}).encode())
+
+
+def busy(timeout: float) -> Reply:
+    """The 503 for a readiness check still running after ``timeout`` seconds."""
+    return json_reply(503, json.dumps({"status": "busy", "checks": {},
+                                       "detail": f"the check took longer than {timeout:g} s"}).encode())
+
+
+class ReadinessProbe:
+    """Run :func:`readiness` on a thread of its own, one check at a time, with a timeout."""
+
+    def __init__(self, pipeline: Pipeline, apps: Mapping[str, WSGIApp], timeout: float) -> None:
+        self.pipeline = pipeline
+        self.apps = apps
+        self.timeout = timeout
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-readyz")
+        self.lock = threading.Lock()
+        self.running: Future[Reply] | None = None
+
+    def start(self) -> Future[Reply]:
+        """The check under way, or a new one."""
+        with self.lock:
+            if self.running is None or self.running.done():
+                self.running = self.executor.submit(readiness, self.pipeline, self.apps)
+            return self.running
+
+    def check(self) -> Reply:
+        """Blocking: for a WSGI server's thread."""
+        if self.pipeline.draining:
+            return DRAINING
+        try:
+            return self.start().result(self.timeout)
+        except FutureTimeout:
+            return busy(self.timeout)
+
+    async def check_async(self) -> Reply:
+        """On the event loop: waits on the loop, not on a thread."""
+        if self.pipeline.draining:
+            return DRAINING
+        future = asyncio.wrap_future(self.start())
+        # asyncio.wait, not wait_for: a timeout must not cancel the check other
+        # probes are waiting for.
+        done, _ = await asyncio.wait({future}, timeout=self.timeout)
+        return future.result() if done else busy(self.timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def readiness(pipeline: Pipeline, apps: Mapping[str, WSGIApp]) -> Reply:

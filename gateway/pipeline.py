@@ -31,6 +31,8 @@ The rules, in order:
 
 from __future__ import annotations
 
+import codecs
+import functools
 import ipaddress
 import itertools
 import logging
@@ -54,7 +56,9 @@ from gateway.replies import (
     BAD_METHOD,
     HEADERS_TOO_LARGE,
     HEALTHY,
+    NUL_IN_URL,
     Reply,
+    bad_charset,
     too_large,
 )
 
@@ -104,6 +108,7 @@ class Head:
     forwarded: Mapping[str, str] = field(default_factory=dict)  # "for", "proto", ...: X-Forwarded-*
     header_size: int = 0
     content_length: str | None = None
+    content_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -128,11 +133,55 @@ class Decision:
     proxied: bool
     body_limit: int | None = None
     started: float = 0.0
+    #: The body is read whole before the app runs (in a thread), unless the mount
+    #: streams its uploads (``GATEWAY_STREAM_BODIES``).
+    buffered: bool = True
+    #: Set by the ASGI entry point once it has read the whole body on the event loop.
+    body_read: bool = False
 
     @property
     def mount_label(self) -> str:
         """The mount's prefix, or ``-`` for a request the gateway answered itself."""
         return self.mount.prefix if self.mount is not None else "-"
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FORM_SYNTAX = "a=b&c=%41+d;e"
+
+
+def unreadable_form(content_type: str) -> str | None:
+    """Return the charset of a form ``Content-Type`` that the apps cannot read, else None.
+
+    An urlencoded form is UTF-8 (the WHATWG URL standard); Django answers any other
+    charset label, ``utf8`` and ``latin-1`` included, with an error it raises again
+    while answering it, so a 500 (seen with ``charset=utf-16`` on the admin's login).
+    A multipart form's charset must keep ASCII as ASCII, or its boundaries and
+    headers cannot be found (UTF-16, UTF-32, UTF-7). Werkzeug ignores the charset.
+    Such forms, and charsets Python does not know, are refused with a 415 before
+    either app reads them.
+    """
+    lowered = content_type.lower()
+    if "charset" not in lowered:
+        return None
+    media = lowered.partition(";")[0].strip()
+    if media not in _FORM_TYPES:
+        return None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"')
+            if media == _FORM_TYPES[0]:
+                return None if charset.lower() == "utf-8" else charset
+            return None if _reads_as_ascii(charset.lower()) else charset
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _reads_as_ascii(charset: str) -> bool:
+    try:
+        return codecs.encode(_FORM_SYNTAX, charset) == _FORM_SYNTAX.encode("ascii")
+    except Exception:  # unknown (LookupError), or a bytes-to-bytes codec (TypeError)
+        return False
 
 
 class _IdSource:
@@ -262,6 +311,7 @@ class Pipeline:
         self.max_header_size = config.max_header_size
         self.pages = Pages(table)
         self.limits = {m.prefix: config.body_limit(m.prefix) for m in table}
+        self.streaming = frozenset(config.stream_bodies)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
         self.ignored: Counter[str] = Counter()
@@ -288,6 +338,9 @@ class Pipeline:
             reply = BAD_HOST
         elif head.method in REFUSED_METHODS:
             reply = BAD_METHOD
+        elif "\x00" in path or "%00" in head.query:
+            # Valid in a URL, but PostgreSQL refuses NUL in text, and no page means it.
+            reply = NUL_IN_URL
         if reply is not None:
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
         mount, prefix, path_info = self.table.match(path)
@@ -305,8 +358,10 @@ class Pipeline:
                 reply = BAD_LENGTH
             elif len(head.content_length) > 18 or int(head.content_length) > limit:  # int() refuses 4301 digits
                 reply = too_large(limit)
+        if reply is None and head.content_type is not None and (charset := unreadable_form(head.content_type)):
+            reply = bad_charset(charset)
         return Decision(rid, reply, mount, False, root, script_name, path_info, host, server, scheme, client,
-                        proxied, limit)
+                        proxied, limit, buffered=prefix not in self.streaming)
 
     def begin(self, head: Head, started: float) -> Decision:
         """Decide, and make the decision the current request's (its ID on every log record)."""

@@ -37,4 +37,15 @@ BAD_HOST = plain(400, "Bad Request: the Host header is missing, malformed or not
 BAD_METHOD = plain(405, "Method Not Allowed.\n", ("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"))
 BAD_LENGTH = plain(400, "Bad Request: invalid Content-Length.\n", ("Connection", "close"))
 BODY_ENDED_EARLY = plain(400, "Bad Request: the request body ended early.\n", ("Connection", "close"))
+BODY_TIMED_OUT = plain(408, "Request Timeout: the request body stopped arriving.\n", ("Connection", "close"))
+LENGTH_REQUIRED = plain(411, "Length Required: send this request body with a Content-Length.\n",
+                        ("Connection", "close"))
+NUL_IN_URL = plain(400, "Bad Request: the URL contains a NUL character (%00).\n")
 HEALTHY = json_reply(200, b'{"status": "ok"}')
+
+
+def bad_charset(charset: str) -> Reply:
+    """The 415 for a form body in a charset the apps cannot read."""
+    shown = charset if charset.isascii() and charset.isprintable() and len(charset) <= 40 else "(unreadable)"
+    return plain(415, f"Unsupported Media Type: form data in charset {shown!r} cannot be read here; "
+                      "send it as UTF-8.\n", ("Connection", "close"))

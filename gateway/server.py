@@ -14,6 +14,7 @@ import uvicorn
 from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from gateway.config import Config
+from gateway.protocol import TimedConfig
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
@@ -62,8 +63,8 @@ def run_uvicorn(
         # The gateway writes one access line per request itself (gateway.pipeline).
         "access_log": False,
         "lifespan": "on",
-        # httptools: h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
-        "http": "httptools",
+        # httptools (gateway.protocol's subclass of it, which times out late headers):
+        # h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
         "timeout_graceful_shutdown": config.graceful_timeout,
         "timeout_keep_alive": keep_alive,
         # The gateway honours X-Forwarded-* itself, from GATEWAY_TRUSTED_PROXIES only.
@@ -72,7 +73,7 @@ def run_uvicorn(
         "proxy_headers": False,
     }
     if app is not None:
-        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        server = uvicorn.Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
         exit_zero_after_signal()
         server.run()
         return
@@ -128,7 +129,7 @@ def close_before(sock: socket.socket, *signals: signal.Signals) -> None:
         signal.signal(sig, close_then)
 
 
-class WorkerConfig(uvicorn.Config):
+class WorkerConfig(TimedConfig):
     """uvicorn's ``Config`` carrying the gateway's :class:`~gateway.config.Config` to each worker.
 
     uvicorn hands its config to every worker process it starts (pickled); in the
@@ -137,7 +138,7 @@ class WorkerConfig(uvicorn.Config):
     """
 
     def __init__(self, gateway: Config, **options: Any) -> None:
-        super().__init__(ASGI_TARGET, **options)
+        super().__init__(ASGI_TARGET, header_timeout=gateway.header_timeout, **options)
         self.gateway = gateway
 
     def load(self) -> None:
@@ -170,6 +171,7 @@ def run_granian(
     try:
         from granian import Granian
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
         from granian.log import LogLevels
     except ImportError:
         raise ServerError(
@@ -188,4 +190,5 @@ def run_granian(
         reload=reload,
         reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
         workers_kill_timeout=int(config.graceful_timeout) if config.graceful_timeout else None,
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(config.header_timeout * 1000))),
     ).serve(target_loader=functools.partial(load_wsgi_gateway, config))

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.boundary import WSGIBoundary, wsgi_reply
 from gateway.config import Config
-from gateway.health import readiness
+from gateway.health import ReadinessProbe
 from gateway.logs import access
 from gateway.mounts import Mount, MountTable, load_table
 from gateway.pipeline import Decision, Head, Pipeline
@@ -37,6 +37,7 @@ class WSGIGateway:
         self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table}
         # Readiness probes the WSGI mounts as mounted; ASGI ones have no WSGI root to GET.
         self.probed = {m.prefix: self.apps[m.prefix] for m in table if m.interface == "wsgi"}
+        self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.forwarded = bool(config.trusted_proxies)
 
     def head(self, environ: Environ) -> Head:
@@ -61,7 +62,7 @@ class WSGIGateway:
             get("REQUEST_METHOD", "GET"), get("SCRIPT_NAME", ""), get("PATH_INFO", ""), get("QUERY_STRING", ""),
             get("HTTP_HOST"), get("wsgi.url_scheme", "http"),
             (get("SERVER_NAME", ""), int(port) if port.isdigit() else None), get("REMOTE_ADDR"),
-            get("HTTP_X_REQUEST_ID"), forwarded, size, get("CONTENT_LENGTH") or None,
+            get("HTTP_X_REQUEST_ID"), forwarded, size, get("CONTENT_LENGTH") or None, get("CONTENT_TYPE"),
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -74,7 +75,7 @@ class WSGIGateway:
         logged = access.enabled()
         reply = decision.reply
         if reply is None and decision.ready:
-            reply = readiness(self.pipeline, self.probed)
+            reply = self.readiness.check()
         if reply is not None:
             if logged:
                 self.pipeline.log(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))

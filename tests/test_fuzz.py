@@ -25,7 +25,7 @@ HEALTH = {"/healthz", "/readyz"}  # the gateway's own, which probe the apps
 STANDARD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 ODD = ["TRACE", "PROPFIND", "FOO", "M-SEARCH"]
 # What a gateway may answer for a request before any app sees it.
-REFUSALS = {400, 405, 413, 431, 501}
+REFUSALS = {400, 405, 413, 415, 431, 501}
 
 SEGMENTS = st.one_of(
     st.sampled_from(["flask", "django", "flaskx", "FLASK", "djangoadmin", "static", "admin", "login",
@@ -254,3 +254,60 @@ def test_request_lands_in_the_app_its_prefix_names(
     else:
         assert seen in ([expected], []), where
         assert seen == [expected] or status in REFUSALS, where
+
+
+# -- Content types and charsets, on forms both apps parse ---------------------------------
+
+CHARSETS = st.one_of(
+    st.sampled_from(["utf-8", "UTF-8", "utf-16", "utf-16-le", "utf-32", "utf-7", "latin-1", "ascii", "cp500",
+                     "shift_jis", "gb18030", "iso-2022-jp", "base64", "rot13", "hex", "zlib", "", "nope",
+                     '"utf-8"', "utf-8;x"]),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=("Cc",)),
+            max_size=12),
+)
+MEDIA_TYPES = st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data", "text/plain",
+                               "application/json", "MULTIPART/FORM-DATA", "application/x-www-form-urlencoded "])
+CONTENT_TYPES = st.tuples(MEDIA_TYPES, st.one_of(st.none(), CHARSETS), st.one_of(st.none(), CHARSETS)).map(
+    lambda t: t[0] + (f"; charset={t[1]}" if t[1] is not None else "") + (f"; boundary={t[2]}" if t[2] else ""))
+FORM_BODIES = st.one_of(
+    st.binary(max_size=80),
+    st.tuples(st.text(max_size=30), st.sampled_from(["utf-8", "utf-16", "latin-1"])).map(
+        lambda t: t[0].encode(t[1], "replace")),
+    st.just("csrfmiddlewaretoken=x&username=a&password=b".encode("utf-16")),
+    st.just(b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb\r\n--xyz--\r\n"),
+)
+TOKEN = "k" * 32
+
+
+@pytest.fixture(scope="module")
+def form_gateway(request: pytest.FixtureRequest, table: Any) -> Iterator[Any]:
+    """Each entry point over the default mounts plus a Flask app that parses forms."""
+    from gateway.asgi import create_asgi_app
+    from gateway.config import Config
+    from gateway.mounts import MountTable
+    from gateway.wsgi import create_wsgi_app
+
+    config = Config.from_env({})
+    forms = MountTable([*table, *MountTable.from_specs(["/faults=tests.apps.flaskfaults:app"], defaults=False)])
+    wsgi, asgi = create_wsgi_app(forms, config), create_asgi_app(forms, config, threads=4)
+    yield {"wsgi": lambda *args: call_wsgi(wsgi, *args), "asgi": lambda *args: call_asgi(asgi, *args)}
+    asgi.executor.shutdown(wait=True)
+
+
+@FUZZ
+@given(entry=st.sampled_from(["wsgi", "asgi"]), path=st.sampled_from(["/django/admin/login/", "/faults/form"]),
+       content_type=CONTENT_TYPES, body=FORM_BODIES)
+def test_no_content_type_or_charset_is_a_server_error(form_gateway: Any, entry: str, path: str, content_type: str,
+                                                      body: bytes) -> None:
+    headers = [("Content-Type", content_type), ("Cookie", f"csrftoken={TOKEN}"), ("X-CSRFToken", TOKEN),
+               ("Referer", "http://localhost/django/admin/login/")]
+    status = form_gateway[entry]("POST", path, "", headers, body)
+    assert status < 500, f"{entry} POST {path} {content_type!r} {body!r} -> {status}"
+
+
+@pytest.mark.parametrize("entry", ["wsgi", "asgi"])
+def test_the_admin_login_in_utf16_is_a_415_not_a_500(form_gateway: Any, entry: str) -> None:
+    body = f"csrfmiddlewaretoken={TOKEN}&username=a&password=b".encode("utf-16")
+    headers = [("Content-Type", "application/x-www-form-urlencoded; charset=utf-16"),
+               ("Cookie", f"csrftoken={TOKEN}")]
+    assert form_gateway[entry]("POST", "/django/admin/login/", "", headers, body) == 415

@@ -671,10 +671,6 @@ def test_thousands_of_multipart_parts_to_flask(server: ServerProcess) -> None:
 # requests. Granian closes both after its HTTP/1 header read timeout (30 s).
 
 SLOW_CLIENT_BOUND = 10.0
-UVICORN_157 = pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn starts no timer before the first request's headers are complete (Kludex/uvicorn#157)",
-)
 
 
 def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
@@ -686,13 +682,11 @@ def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
         assert time.monotonic() - started < SLOW_CLIENT_BOUND
 
 
-@UVICORN_157
 def test_silent_connection_is_closed(server: ServerProcess) -> None:
     with Connection(server.port) as conn:
         assert conn.wait_closed(SLOW_CLIENT_BOUND), "a connection that sent nothing is still open"
 
 
-@UVICORN_157
 def test_trickled_headers_are_cut_off(server: ServerProcess) -> None:
     head = b"GET /flask/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 1000
     with Connection(server.port) as conn:

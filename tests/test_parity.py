@@ -439,3 +439,49 @@ def test_an_asgi_mount_that_raises_is_still_logged(echo_table: MountTable) -> No
         logger.setLevel(saved[1])
         app.executor.shutdown()
     assert [(r.status, r.mount, r.path) for r in records] == [(500, "/boom", "/boom/x")]  # type: ignore[attr-defined]
+
+
+# -- Input that no page means: NUL in the URL, form charsets the apps cannot read --------
+
+
+@pytest.mark.parametrize("path", ["/echo/x?q=%00", "/echo/x?q=a%00b", "/echo/%00", "/flask/?lang=%00", "/?x=%00"])
+def test_nul_in_the_url_is_a_400(entry: Send, path: str) -> None:
+    answer = entry("GET", path)
+    assert answer.status == 400
+    assert b"NUL" in answer.body
+
+
+def test_an_escaped_zero_that_is_not_nul_passes(entry: Send) -> None:
+    assert seen(entry, {}, "/echo/x?q=%2500")["QUERY_STRING"] == "q=%2500"
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/x-www-form-urlencoded; charset=utf-16",
+    "application/x-www-form-urlencoded; charset=UTF-32",
+    "application/x-www-form-urlencoded;charset=\"utf-7\"",
+    "multipart/form-data; boundary=x; charset=utf-16le",
+    "application/x-www-form-urlencoded; charset=no-such-charset",
+    "application/x-www-form-urlencoded; charset=base64",
+    "application/x-www-form-urlencoded; charset=latin-1",
+    "application/x-www-form-urlencoded; charset=utf8",
+    "multipart/form-data; boundary=x; charset=utf-7",
+    "multipart/form-data; boundary=x; charset=no-such-charset",
+])
+def test_a_form_in_a_charset_the_apps_cannot_read_is_a_415(entry: Send, content_type: str) -> None:
+    answer = entry("POST", "/echo/x", {"Content-Type": content_type}, b"a=b")
+    assert answer.status == 415
+    assert b"UTF-8" in answer.body
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/x-www-form-urlencoded; charset=utf-8",
+    "application/x-www-form-urlencoded; charset=\"UTF-8\"",
+    "multipart/form-data; boundary=x; charset=ISO-8859-1",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/json; charset=utf-16",  # not a form: the app decodes it itself
+    "text/plain; charset=utf-16",
+])
+def test_other_content_types_and_charsets_pass(entry: Send, content_type: str) -> None:
+    assert entry("POST", "/echo/x", {"Content-Type": content_type}, b"a=b").status == 200
+

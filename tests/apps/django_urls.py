@@ -1,4 +1,4 @@
-"""django_hello's URLs plus test views under ``test/``: echo, slow, boom, stream, db."""
+"""django_hello's URLs plus test views under ``test/``: echo, slow, boom, stream, db, save."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.apps import record
 @csrf_exempt
 def echo(request: HttpRequest) -> HttpResponse:
     """Answer the length and SHA-256 of the request body, read as a stream."""
+    record("django-echo-called")
     digest = hashlib.sha256()
     length = 0
     while chunk := request.read(65536):
@@ -75,6 +76,14 @@ def db(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"greetings": Greeting.objects.count()})
 
 
+@csrf_exempt
+def save(request: HttpRequest) -> HttpResponse:
+    """POST ``key=&text=``: store a greeting from the form (what the admin's add form does)."""
+    key = request.POST["key"]
+    Greeting.objects.create(language=key[:16], text=request.POST.get("text", ""))
+    return JsonResponse({"saved": key}, status=201)
+
+
 def _finished(sender: Any, **kwargs: Any) -> None:
     # request_finished is sent by HttpResponse.close(): the server closed the response.
     record("django-closed")
@@ -89,6 +98,7 @@ urlpatterns = [
     path("test/boom/", boom),
     path("test/stream/", stream),
     path("test/db/", db),
+    path("test/save/", save),
     path("", include("django_hello.urls")),
 ]
 

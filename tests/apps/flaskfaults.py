@@ -21,6 +21,7 @@ app = Flask(__name__)
 @app.post("/echo")
 def echo() -> Any:
     """Answer the length and SHA-256 of the request body, read as a stream."""
+    record("flask-echo-called")
     digest = hashlib.sha256()
     length = 0
     stream = request.stream

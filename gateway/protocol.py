@@ -1,0 +1,100 @@
+"""uvicorn's HTTP protocol with a deadline for request headers.
+
+uvicorn starts no timer while a request's headers arrive (Kludex/uvicorn#157): a
+connection that sends nothing, or trickles its headers a byte at a time, stays open
+as long as the client likes, and enough of them exhaust the server's file descriptors
+(slowloris). nginx has ``client_header_timeout``, gunicorn's workers and Granian time
+out a silent connection; this class, on uvicorn's public ``HttpToolsProtocol``, does
+the same:
+
+- the clock starts when the connection opens, and again when the first byte of each
+  later request on it arrives (between requests, uvicorn's keep-alive timeout runs);
+- once the headers are complete the clock stops: reading the body has its own timeout
+  (``GATEWAY_BODY_TIMEOUT``, in :func:`gateway.boundary.read_body`);
+- at the deadline, a connection that sent part of a request gets a ``408`` and is
+  closed, with one warning; one that sent nothing is closed quietly (browsers open
+  spare connections they may never use), with a debug line.
+
+The timeout comes from the uvicorn config (:class:`TimedConfig`), so that workers
+built by uvicorn's supervisor get it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.config import DEFAULT_HEADER_TIMEOUT
+
+logger = logging.getLogger("gateway")
+
+_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+              b"content-length: 51\r\nconnection: close\r\n\r\n"
+              b"Request Timeout: the request headers took too long.")
+
+
+class TimedConfig(uvicorn.Config):
+    """A uvicorn config that carries the header timeout, and serves with the protocol below."""
+
+    def __init__(self, *args: Any, header_timeout: float = DEFAULT_HEADER_TIMEOUT, **kwargs: Any) -> None:
+        kwargs["http"] = HeaderTimeoutProtocol
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` that closes a connection whose request headers are late."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.header_timeout: float = getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
+        self.header_deadline: asyncio.TimerHandle | None = None
+        self.heard = False  # any byte of the current request
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_clock()
+
+    def data_received(self, data: bytes) -> None:
+        if self.header_deadline is None and self.cycle_done():
+            self._start_clock()  # the first byte of a later request on this connection
+        self.heard = True
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._stop_clock()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def cycle_done(self) -> bool:
+        """No request is being served: the next byte starts a new one."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _start_clock(self) -> None:
+        self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+        self.heard = False
+
+    def _stop_clock(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_late(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing():
+            return
+        client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031 - uvicorn's form
+        if self.heard:
+            logger.warning("Request headers from %s took longer than %g s; answered 408 and closed.",
+                           client, self.header_timeout)
+            self.transport.write(_TIMED_OUT)
+        else:
+            logger.debug("Connection from %s sent nothing in %g s; closed.", client, self.header_timeout)
+        self.transport.close()

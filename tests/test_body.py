@@ -1,0 +1,219 @@
+"""Request bodies: read whole on the event loop before a thread is spent on them
+(:func:`gateway.boundary.read_body`), and held to their ``Content-Length`` on the WSGI
+side (:class:`gateway.boundary.WSGIBoundary`)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from gateway.boundary import SPOOL_IN_MEMORY, ExactBody, read_body, read_exactly
+from gateway.bridge import ClientDisconnected
+from gateway.config import Config
+from gateway.mounts import MountTable
+from gateway.replies import BODY_TIMED_OUT, Reply
+from gateway.wsgi import create_wsgi_app
+
+
+def messages(*parts: bytes, end: bool = True, then: dict[str, Any] | None = None) -> Any:
+    """A ``receive`` that gives ``parts`` as body messages, then waits forever (or ``then``)."""
+    queue = [{"type": "http.request", "body": p, "more_body": True} for p in parts]
+    if end:
+        queue[-1]["more_body"] = False
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            return queue.pop(0)
+        if then is not None:
+            return then
+        await asyncio.Event().wait()  # a client that sends nothing more
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def run(receive: Any, limit: int | None = 100 * SPOOL_IN_MEMORY, timeout: float = 5.0) -> Any:
+    return asyncio.run(read_body(receive, limit, timeout))
+
+
+def test_a_body_in_one_message_stays_in_memory() -> None:
+    stream, size = run(messages(b"a=1&b=2"))
+    assert (size, stream.read()) == (7, b"a=1&b=2")
+    assert isinstance(stream, io.BytesIO)
+
+
+def test_a_body_in_parts_is_joined() -> None:
+    stream, size = run(messages(b"ab", b"", b"cde"))
+    assert (size, stream.read()) == (5, b"abcde")
+
+
+def test_a_body_past_the_memory_threshold_goes_to_a_file() -> None:
+    part = b"x" * (SPOOL_IN_MEMORY // 2)
+    stream, size = run(messages(part, part, b"end"))
+    assert size == SPOOL_IN_MEMORY + 3
+    assert not isinstance(stream, io.BytesIO)
+    assert stream.fileno() >= 0  # a real temporary file
+    assert stream.read() == part + part + b"end"
+    stream.close()
+
+
+def test_a_body_at_the_threshold_stays_in_memory() -> None:
+    stream, size = run(messages(b"x" * SPOOL_IN_MEMORY))
+    assert size == SPOOL_IN_MEMORY and isinstance(stream, io.BytesIO)
+
+
+def test_a_body_over_the_limit_is_a_413() -> None:
+    reply = run(messages(b"x" * 60, b"y" * 41), limit=100)
+    assert isinstance(reply, Reply) and reply.status == 413
+    assert ("Connection", "close") in reply.headers
+
+
+def test_a_body_at_the_limit_is_whole() -> None:
+    _, size = run(messages(b"x" * 60, b"y" * 40), limit=100)
+    assert size == 100
+
+
+def test_a_body_that_stops_arriving_is_a_408() -> None:
+    reply = run(messages(b"abc", end=False), timeout=0.2)
+    assert reply is BODY_TIMED_OUT
+    assert reply.status == 408 and ("Connection", "close") in reply.headers
+
+
+def test_the_timeout_is_per_pause_not_for_the_whole_body() -> None:
+    async def trickle() -> Any:
+        parts = [b"a", b"b", b"c", b"d", b"e"]
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0.05)
+            part = parts.pop(0)
+            return {"type": "http.request", "body": part, "more_body": bool(parts)}
+
+        return await read_body(receive, None, 0.12)
+
+    stream, size = asyncio.run(trickle())  # 0.25 s in all, no pause over 0.12 s
+    assert (size, stream.read()) == (5, b"abcde")
+
+
+def test_a_client_that_leaves_mid_body_gets_nothing_and_the_app_is_not_called() -> None:
+    assert run(messages(b"abc", end=False, then={"type": "http.disconnect"})) is None
+
+
+# -- The WSGI side: the body is as long as it said, or a 400 ---------------------------
+
+
+def wsgi_call(app: Any, body: bytes, length: str, **extra: Any) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/echo/x", "QUERY_STRING": "",
+        "SERVER_NAME": "localhost", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost",
+        "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(), "CONTENT_LENGTH": length, "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        **extra,
+    }
+    status: list[str] = []
+    result = app(environ, lambda s, h, e=None: status.append(s))
+    data = b"".join(result)
+    getattr(result, "close", lambda: None)()
+    return status[0], data
+
+
+@pytest.fixture(scope="module")
+def echo_gateway() -> Any:
+    table = MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False)
+    return create_wsgi_app(table, Config.from_env({}))
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400(echo_gateway: Any, caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    with caplog.at_level(logging.WARNING, "gateway"):
+        status, body = wsgi_call(echo_gateway, b"key=tr96421&text=Hel", "150")
+    assert status.startswith("400") and b"ended early" in body
+    assert [r.getMessage() for r in caplog.records] == [
+        "The request body ended 130 bytes short of its Content-Length of 150; answered 400."]
+
+
+def test_a_whole_body_reaches_the_app(echo_gateway: Any) -> None:
+    status, body = wsgi_call(echo_gateway, b"key=tr96421&text=Hello", "22")
+    assert status.startswith("200")
+    assert json.loads(body) == {"length": 22, "body": "key=tr96421&text=Hello"}
+
+
+def test_the_app_reads_no_more_than_the_content_length(echo_gateway: Any) -> None:
+    _, body = wsgi_call(echo_gateway, b"abcdefXXXX", "6")
+    assert json.loads(body) == {"length": 6, "body": "abcdef"}
+
+
+def test_read_exactly_spools_a_long_body_to_a_file() -> None:
+    data = b"z" * (SPOOL_IN_MEMORY + 1)
+    environ = {"wsgi.input": io.BytesIO(data)}
+    spool = read_exactly(environ, len(data))
+    assert spool is not None and not isinstance(spool, io.BytesIO)
+    assert environ["wsgi.input"].read() == data
+    spool.close()
+
+
+def test_a_streaming_mount_sees_a_short_body_as_an_error() -> None:
+    stream = ExactBody(io.BytesIO(b"abc"), 10)
+    assert stream.read(3) == b"abc"
+    with pytest.raises(ClientDisconnected):
+        stream.read(7)
+    assert isinstance(ClientDisconnected(), OSError)  # Django: UnreadablePostError
+
+
+def test_a_streaming_mount_reads_an_exact_body_to_its_end() -> None:
+    stream = ExactBody(io.BytesIO(b"abcdefXX"), 6)
+    assert stream.read() == b"abcdef"
+    assert stream.read() == b""
+
+
+# -- The ASGI side, end to end through the gateway ------------------------------------
+
+
+def asgi_call(gateway: Any, receive: Any, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/echo/x", "raw_path": b"/echo/x", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"localhost"), *headers], "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 8000)}
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(gateway(scope, receive, send))
+    return sent
+
+
+@pytest.fixture(scope="module")
+def echo_asgi() -> Any:
+    from gateway.asgi import create_asgi_app
+
+    table = MountTable.from_specs(["/echo=tests.apps.bodyecho:app", "/echo2=tests.thirdapp:echo_app"],
+                                  defaults=False)
+    app = create_asgi_app(table, Config.from_env({"GATEWAY_BODY_TIMEOUT": "0.2"}), threads=2)
+    yield app
+    app.executor.shutdown(wait=True)
+
+
+def test_asgi_a_chunked_body_reaches_the_app_whole_with_its_length(echo_asgi: Any) -> None:
+    sent = asgi_call(echo_asgi, messages(b"ab", b"cde"), [(b"transfer-encoding", b"chunked")])
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"]) == {"length": 5, "body": "abcde"}
+
+
+def test_asgi_a_client_that_leaves_mid_body_gets_no_app_call(echo_asgi: Any) -> None:
+    sent = asgi_call(echo_asgi, messages(b"ab", end=False, then={"type": "http.disconnect"}),
+                     [(b"content-length", b"10")])
+    assert sent == []
+
+
+def test_asgi_a_stalled_body_is_a_408_with_one_log_line(echo_asgi: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "gateway"):
+        sent = asgi_call(echo_asgi, messages(b"ab", end=False), [(b"content-length", b"10")])
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
+        "The request body of POST /echo/x stopped arriving for 0.2 s; answered 408."]

@@ -1,0 +1,138 @@
+"""``gateway.protocol.HeaderTimeoutProtocol`` in process, on a fake transport: the clock
+for request headers (the server tests in tests/test_hardening.py run it for real)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from uvicorn.server import ServerState
+
+from gateway.protocol import HeaderTimeoutProtocol, TimedConfig
+
+TIMEOUT = 0.1
+
+
+class Transport(asyncio.Transport):
+    """What the protocol writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+def connect() -> tuple[HeaderTimeoutProtocol, Transport]:
+    config = TimedConfig(hello, header_timeout=TIMEOUT, lifespan="off", log_config=None)
+    protocol = HeaderTimeoutProtocol(config, ServerState(), {})
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def test_the_config_serves_with_the_protocol() -> None:
+    config = TimedConfig(hello, header_timeout=3.5, log_config=None)
+    config.load()
+    assert config.http_protocol_class is HeaderTimeoutProtocol
+    assert config.header_timeout == 3.5
+
+
+def test_a_silent_connection_is_closed_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> Transport:
+        _, transport = connect()
+        await asyncio.sleep(TIMEOUT / 2)
+        assert not transport.closed  # not before the timeout
+        await asyncio.sleep(TIMEOUT)
+        return transport
+
+    with caplog.at_level(logging.DEBUG, "gateway"):
+        transport = asyncio.run(scenario())
+    assert transport.closed and transport.written == b""
+    assert [r.levelname for r in caplog.records if r.name == "gateway"] == ["DEBUG"]
+
+
+def test_headers_that_stop_arriving_get_a_408_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> Transport:
+        protocol, transport = connect()
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: a")
+        await asyncio.sleep(TIMEOUT * 1.5)
+        return transport
+
+    with caplog.at_level(logging.DEBUG, "gateway"):
+        transport = asyncio.run(scenario())
+    assert transport.closed
+    assert transport.written.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert b"connection: close" in head
+    assert f"content-length: {len(body)}".encode() in head
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway"] == [
+        ("WARNING", "Request headers from 127.0.0.1:5000 took longer than 0.1 s; answered 408 and closed.")]
+
+
+def test_headers_in_time_stop_the_clock() -> None:
+    async def scenario() -> Transport:
+        protocol, transport = connect()
+        await asyncio.sleep(TIMEOUT / 2)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await asyncio.sleep(TIMEOUT * 2)  # past the deadline the clock had
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not transport.closed
+
+
+def test_a_later_request_on_the_connection_gets_its_own_clock() -> None:
+    async def scenario() -> tuple[Transport, bytes]:
+        protocol, transport = connect()
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await asyncio.sleep(TIMEOUT / 2)
+        first = transport.written
+        protocol.data_received(b"GET / HTTP/1.1\r\nHo")  # the next request, cut short
+        await asyncio.sleep(TIMEOUT / 2)
+        assert not transport.closed  # its clock started at its first byte
+        await asyncio.sleep(TIMEOUT)
+        return transport, first
+
+    transport, first = asyncio.run(scenario())
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert transport.closed
+    assert transport.written[len(first):].startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_closed_connection_stops_the_clock() -> None:
+    async def scenario() -> Transport:
+        protocol, transport = connect()
+        protocol.data_received(b"GET / HTTP/1.1\r\n")
+        protocol.connection_lost(None)
+        transport.closed = False  # so a late timer would show
+        await asyncio.sleep(TIMEOUT * 1.5)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.written == b"" and not transport.closed

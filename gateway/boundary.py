@@ -187,6 +187,18 @@ class ExactBody(LimitedStream):
     def on_disconnect(self, error: Exception | None = None) -> None:
         raise ClientDisconnected("The request body ended before its Content-Length.") from error
 
+    def read(self, size: int | None = -1) -> bytes:
+        # A raw stream may return less than asked; an app that reads its body in one
+        # read(n) would take a short body for a whole one. Read on to ``size`` bytes, or
+        # to the end of the body, or to the error.
+        if size is None or size < 0:
+            return super().read(-1)
+        parts = []
+        while size > 0 and (data := super().read(size)):
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
+
 
 Body = tuple[IO[bytes], int]
 

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocol with a deadline for request headers.
+"""uvicorn's HTTP protocol with a deadline for request headers, and answers after a half-close.
 
 uvicorn starts no timer while a request's headers arrive (Kludex/uvicorn#157): a
 connection that sends nothing, or trickles its headers a byte at a time, stays open
@@ -64,6 +64,21 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._start_clock()  # the first byte of a later request on this connection
         self.heard = True
         super().data_received(data)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """The client half-closed: it will send no more.
+
+        uvicorn's ``HttpToolsProtocol`` closes the connection at once, so a client that
+        sends a whole request and then shuts down its side (``curl -T``, many scripts)
+        never reads the answer, though the app ran and the access log says 200. A request
+        already complete is answered first, then the connection closes; one whose body
+        was cut short is closed now (its app sees ``http.disconnect``).
+        """
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            cycle.keep_alive = False
+            return True  # keep the transport open to write the response
+        return None
 
     def on_headers_complete(self) -> None:
         self._stop_clock()

@@ -217,3 +217,111 @@ def test_asgi_a_stalled_body_is_a_408_with_one_log_line(echo_asgi: Any, caplog: 
     assert (b"connection", b"close") in sent[0]["headers"]
     assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
         "The request body of POST /echo/x stopped arriving for 0.2 s; answered 408."]
+
+
+# -- The WSGI side in process: every path of WSGIBoundary ------------------------------
+
+
+@pytest.fixture(scope="module")
+def streaming_gateway() -> Any:
+    table = MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False)
+    return create_wsgi_app(table, Config.from_env({"GATEWAY_STREAM_BODIES": "/echo"}))
+
+
+def test_a_streaming_mount_reads_a_whole_body(streaming_gateway: Any) -> None:
+    status, body = wsgi_call(streaming_gateway, b"abcdefXX", "6")
+    assert status.startswith("200") and json.loads(body) == {"length": 6, "body": "abcdef"}
+
+
+def test_a_streaming_mount_sees_a_short_body_as_an_error_in_its_read(streaming_gateway: Any) -> None:
+    with pytest.raises(ClientDisconnected):
+        wsgi_call(streaming_gateway, b"abc", "6")
+
+
+def test_a_body_one_byte_short_is_a_400(echo_gateway: Any) -> None:
+    status, _ = wsgi_call(echo_gateway, b"abcde", "6")
+    assert status.startswith("400")
+
+
+def test_a_body_read_whole_reaches_the_app_from_a_file_past_the_threshold(echo_gateway: Any) -> None:
+    data = b"q" * (SPOOL_IN_MEMORY + 1)
+    status, body = wsgi_call(echo_gateway, data, str(len(data)))
+    assert status.startswith("200") and json.loads(body)["length"] == len(data)
+
+
+def test_read_exactly_keeps_a_body_at_the_threshold_in_memory() -> None:
+    environ = {"wsgi.input": io.BytesIO(b"m" * SPOOL_IN_MEMORY)}
+    spool = read_exactly(environ, SPOOL_IN_MEMORY)
+    assert isinstance(spool, io.BytesIO) and environ["wsgi.input"] is spool
+    assert spool.read() == b"m" * SPOOL_IN_MEMORY
+
+
+class Breaks(io.RawIOBase):
+    """A ``wsgi.input`` whose client goes away after ``good`` bytes."""
+
+    def __init__(self, good: bytes) -> None:
+        self.good = good
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.good:
+            data, self.good = self.good, b""
+            return data
+        raise OSError("client went away")
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}, id="chunked"),
+    pytest.param({"SERVER_PROTOCOL": "HTTP/2"}, id="http2-without-length"),
+])
+def test_a_body_of_unknown_length_is_collected_and_given_a_length(extra: dict[str, Any]) -> None:
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ)
+        seen["body"] = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b""]
+
+    gateway = create_wsgi_app(MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False),
+                              Config.from_env({}))
+    gateway.apps["/echo"].app = app
+    status, _ = wsgi_call(gateway, b"a=1&b=2", "", **extra)
+    assert status.startswith("200")
+    assert (seen["CONTENT_LENGTH"], seen["body"]) == ("7", b"a=1&b=2")
+    assert "HTTP_TRANSFER_ENCODING" not in seen and "wsgi.input_terminated" not in seen
+
+
+def test_a_chunked_body_past_the_limit_is_a_413() -> None:
+    gateway = create_wsgi_app(MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False),
+                              Config.from_env({"GATEWAY_MAX_BODY_SIZE": "10"}))
+    status, body = wsgi_call(gateway, b"x" * 11, "", HTTP_TRANSFER_ENCODING="chunked")
+    assert status.startswith("413") and b"10 bytes" in body
+    assert wsgi_call(gateway, b"x" * 10, "", HTTP_TRANSFER_ENCODING="chunked")[0].startswith("200")
+
+
+def test_a_chunked_body_cut_short_is_a_400(echo_gateway: Any) -> None:
+    status, body = wsgi_call(echo_gateway, b"", "", HTTP_TRANSFER_ENCODING="chunked",
+                             **{"wsgi.input": Breaks(b"abc")})
+    assert status.startswith("400") and b"ended early" in body
+
+
+def test_a_content_length_body_cut_short_by_an_error_is_a_400(echo_gateway: Any) -> None:
+    status, _ = wsgi_call(echo_gateway, b"", "10", **{"wsgi.input": Breaks(b"abc")})
+    assert status.startswith("400")
+
+
+def test_a_chunked_body_under_granian_is_a_411(echo_gateway: Any, caplog: pytest.LogCaptureFixture) -> None:
+    granian_body = type("WSGIBody", (io.BytesIO,), {"__module__": "granian._granian"})
+    with caplog.at_level(logging.WARNING, "gateway"):
+        status, body = wsgi_call(echo_gateway, b"", "", HTTP_TRANSFER_ENCODING="chunked",
+                                 **{"wsgi.input": granian_body(b"5\r\nhello")})
+    assert status.startswith("411") and b"Content-Length" in body
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
+        "A chunked request body under Granian was refused with 411: its WSGI stream cannot tell a malformed "
+        "body from a whole one."]
+    # With a Content-Length, Granian's stream is read and counted as any other.
+    status, _ = wsgi_call(echo_gateway, b"", "5", **{"wsgi.input": granian_body(b"hello")})
+    assert status.startswith("200")

@@ -216,6 +216,25 @@ def test_a_body_cut_short_is_never_saved(any_server: ServerProcess) -> None:
     assert saved(any_server, f"{key}w") == [(f"{key}w", "Hello")]
 
 
+def test_a_whole_request_then_a_half_close_is_answered(any_server: ServerProcess) -> None:
+    """The client sends all of its request and shuts down its side: it still gets the answer."""
+    key = f"hc{any_server.port}"
+    body = f"key={key}&text=whole".encode()
+    with Connection(any_server.port) as conn:
+        conn.send(b"POST /django/test/save/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n" + body)
+        conn.sock.shutdown(socket.SHUT_WR)
+        response = conn.read_response(timeout=10)
+        if any_server.kind == "granian":  # type: ignore[attr-defined]
+            # hyper closes a connection at its client's EOF (no half-close, not settable in
+            # Granian 2.8): no answer, documented in docs/hardening.md.
+            assert response.status is None
+            return
+        assert response.status == 201, response
+        assert conn.wait_closed(5)
+    assert saved(any_server, key) == [(key, "whole")]
+
+
 @pytest.mark.parametrize("framing", [
     pytest.param(b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n", id="bad-size"),
     pytest.param(b"5\r\nhello\r\n-5\r\nworld\r\n0\r\n\r\n", id="negative-size"),

@@ -25,7 +25,7 @@ from typing import Any
 from gateway.boundary import ASGIBoundary, WSGIBoundary, asgi_reply, read_body
 from gateway.bridge import WSGIBridge, refuse_websocket
 from gateway.config import Config
-from gateway.health import ReadinessProbe
+from gateway.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.lifespan import Lifespans, serve_lifespan
 from gateway.logs import access
 from gateway.mounts import MountTable, load_table
@@ -123,7 +123,7 @@ class ASGIGateway:
             await self.websocket(scope, receive, send, decision)
             return
         if reply is None and decision.ready:
-            reply = await self.readiness.check_async()
+            reply = await self.readiness.check_async(self.probe_asgi_mounts if self.asgi else None)
         if reply is not None:
             await asgi_reply(self.pipeline, reply, decision, send)
             if logged:
@@ -163,6 +163,14 @@ class ASGIGateway:
                 # left before a WSGI app's response (499, as nginx logs it).
                 status = recorder.status or (500 if bridge is None else 499)
                 self.log(scope, head, decision, status, recorder.size)
+
+    async def probe_asgi_mounts(self) -> dict[str, str]:
+        """``/readyz``'s check of each ASGI mount, on the loop (their readiness is theirs)."""
+        host = probe_host(self.pipeline)
+        prefixes = list(self.asgi)
+        results = await asyncio.gather(*(check_asgi_mount(p, self.asgi[p].app, host, self.lifespans.states.get(p))
+                                         for p in prefixes))
+        return dict(zip(prefixes, results, strict=True))
 
     def rewrite(self, scope: Scope, head: Head, decision: Decision) -> None:
         """Change the scope in place to what the app must see.

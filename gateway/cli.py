@@ -10,9 +10,10 @@
     gateway manage <django command> [args...]
     gateway check [--deploy]
 
-Each option of ``serve`` also reads its ``GATEWAY_*`` variable (through click); the
-command builds one :class:`gateway.config.Config` from them and the rest of the
-environment, and hands it to the server and each of its workers.
+Each option of ``serve`` overrides its ``GATEWAY_*`` variable: the command builds one
+:class:`gateway.config.Config` from the environment (which names the variable when a
+value is wrong), puts the options given over it, and hands it to the server and each
+of its workers.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from typing import Any
 import click
 
 from gateway import __version__
-from gateway.config import DEFAULT_THREADS, Config, configure_apps, weak_secret
+from gateway.config import DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, Config, configure_apps, production_problems
 from gateway.logs import logging_config
 from gateway.mounts import MountError, MountSpec, MountTable, load_table
-from gateway.server import ServerError, check_port, run_granian, run_uvicorn
+from gateway.server import ServerError, check_port, listen, run_granian, run_uvicorn
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -57,18 +58,18 @@ def cli() -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--threads", envvar="GATEWAY_THREADS", type=click.IntRange(min=1),
+    "--threads", type=click.IntRange(min=1),
     help=f"Threads per worker for the WSGI apps [env: GATEWAY_THREADS; default: {DEFAULT_THREADS}].",
 )
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option("--server", default="uvicorn", show_default=True, type=click.Choice(["uvicorn", "granian"]))
 @click.option(
-    "--graceful-timeout", envvar="GATEWAY_GRACEFUL_TIMEOUT", type=click.FloatRange(min=0),
+    "--graceful-timeout", type=click.FloatRange(min=0),
     help="On shutdown, seconds to let running requests finish [env: GATEWAY_GRACEFUL_TIMEOUT; default: no limit].",
 )
 @click.option(
-    "--drain-delay", envvar="GATEWAY_DRAIN_DELAY", type=click.FloatRange(min=0),
+    "--drain-delay", type=click.FloatRange(min=0),
     help="On SIGTERM, seconds to keep serving (Connection: close, /readyz 503) before shutting down "
     "[env: GATEWAY_DRAIN_DELAY; default: 0]; set it above your proxy's upstream keepalive_timeout (uvicorn only).",
 )
@@ -77,12 +78,12 @@ def cli() -> None:
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
 )
 @click.option(
-    "--header-timeout", envvar="GATEWAY_HEADER_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+    "--header-timeout", type=click.FloatRange(min=0, min_open=True),
     help="Seconds a connection gets to send a request's headers; then 408 and closed "
     "[env: GATEWAY_HEADER_TIMEOUT; default: 5].",
 )
 @click.option(
-    "--body-timeout", envvar="GATEWAY_BODY_TIMEOUT", type=click.FloatRange(min=0, min_open=True),
+    "--body-timeout", type=click.FloatRange(min=0, min_open=True),
     help="Seconds a request body may pause before a 408 [env: GATEWAY_BODY_TIMEOUT; default: 30] (uvicorn only).",
 )
 @click.option(
@@ -91,11 +92,11 @@ def cli() -> None:
     "[env: GATEWAY_STREAM_BODIES, comma-separated; default: bodies are read whole first].",
 )
 @click.option(
-    "--access-log/--no-access-log", envvar="GATEWAY_ACCESS_LOG", default=None,
+    "--access-log/--no-access-log", default=None,
     help="Write one line per request [env: GATEWAY_ACCESS_LOG; default: on].",
 )
 @click.option(
-    "--log-format", envvar="GATEWAY_LOG_FORMAT", type=click.Choice(["text", "json"]),
+    "--log-format", type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON [env: GATEWAY_LOG_FORMAT; default: text].",
 )
 @mount_option
@@ -130,7 +131,7 @@ def serve(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
             "keep serving after SIGTERM. Leave it out, or use --server uvicorn."
         )
-    if server == "granian" and body_timeout is not None:
+    if server == "granian" and config.body_timeout != DEFAULT_BODY_TIMEOUT:
         raise click.UsageError(
             "--body-timeout (or GATEWAY_BODY_TIMEOUT) works on uvicorn only: under Granian a WSGI app reads "
             "its body in its own thread. Leave it out, or use --server uvicorn."
@@ -141,22 +142,31 @@ def serve(
             "--keep-alive works on uvicorn only: Granian has no idle timeout to set. Leave it out, "
             "or use --server uvicorn."
         )
+    if reload and workers > 1:
+        raise click.UsageError("--reload runs one worker: leave --workers out, or --reload for production.")
+    if server == "granian" and port == 0:
+        raise click.UsageError("--port 0 works on uvicorn only: Granian binds its own socket. Give a port number.")
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
+    # uvicorn: bind here, first, so that the banner names the port (--port 0 lets the
+    # kernel pick one) and a port in use is one line before anything is imported.
+    sock = listen(host, port) if server == "uvicorn" else None
+    if sock is not None:
+        port = sock.getsockname()[1]
     if server == "uvicorn" and workers == 1 and not reload:
         # One process serves: import the apps here, once, and hand uvicorn the app.
-        table = prepare(config, host=host, port=port, server=server, workers=workers)
+        table = prepare(config, host=host, port=port, server=server, workers=workers, bound=True)
         from gateway.asgi import create_asgi_app
 
         app = create_asgi_app(table, config)
         run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
-                    keep_alive=keep_alive, log_config=log_config)
+                    keep_alive=keep_alive, log_config=log_config, sock=sock)
         return
     # Worker processes import the apps themselves: check, migrate and print the banner
     # in a short-lived child, so that the supervising process holds no copy of them.
     child = multiprocessing.get_context("spawn").Process(
         target=prepare_in_child, args=(config,), kwargs={"host": host, "port": port, "server": server,
-                                                         "workers": workers})
+                                                         "workers": workers, "bound": sock is not None})
     child.start()
     child.join()
     if child.exitcode:
@@ -166,7 +176,7 @@ def serve(
                     log_config=log_config)
         return
     run_uvicorn(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-                keep_alive=keep_alive, log_config=log_config)
+                keep_alive=keep_alive, log_config=log_config, sock=sock)
 
 
 def prepare_in_child(config: Config, **options: Any) -> None:
@@ -179,15 +189,31 @@ def prepare_in_child(config: Config, **options: Any) -> None:
         sys.exit(1)
 
 
-def prepare(config: Config, *, host: str, port: int, server: str, workers: int) -> MountTable:
-    """Import the apps, migrate the embedded database, check the port, print the banner."""
+def prepare(config: Config, *, host: str, port: int, server: str, workers: int, bound: bool = False
+            ) -> MountTable:
+    """Import the apps, migrate the embedded database, check the port (unless ``bound``
+    already), print the banner."""
     table = _load(config)
     migrate_embedded_database()
-    check_port(host, port)
+    if not bound:
+        check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
+    title = f"gateway {__version__} on {server}: {workers} worker(s) x {config.threads} threads"
+    database = describe_database()
+    if config.log_format == "json":  # one object, as every other line of the log
+        from gateway.logs import JSONFormatter
+
+        click.echo(JSONFormatter().format(logging.makeLogRecord({
+            "name": "gateway", "levelname": "INFO", "levelno": logging.INFO, "msg": title, "server": server,
+            "workers": workers, "threads": config.threads, "database": database,
+            "mounts": {"/": {"url": f"http://{shown}:{port}/", "framework": "index"},
+                       **{m.prefix: {"url": f"http://{shown}:{port}{m.prefix}/", "framework": m.framework}
+                          for m in table}},
+        })), err=True)
+        return table
     lines = [
-        f"gateway {__version__} on {server}: {workers} worker(s) x {config.threads} threads",
-        f"  database  {describe_database()}",
+        title,
+        f"  database  {database}",
         f"  /         http://{shown}:{port}/  (index)",
         *(f"  {m.prefix:<9} http://{shown}:{port}{m.prefix}/  ({m.framework})" for m in table),
     ]
@@ -226,7 +252,7 @@ def check(deploy: bool) -> None:
     """Check the configuration: Django's system checks plus the gateway's own."""
     config = _config(None)
     problems = gateway_problems(config, deploy=deploy)
-    _load(config)
+    _load(config, strict=False)
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
 
@@ -245,18 +271,19 @@ def check(deploy: bool) -> None:
 def gateway_problems(config: Config, *, deploy: bool) -> list[str]:
     """The gateway's own checks of a configuration: one sentence a problem."""
     problems = []
-    if deploy:
+    if deploy or config.env == "production":
         if config.env != "production":
             problems.append("GATEWAY_ENV is not \"production\": secret keys may be generated on disk.")
-        for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY"):
-            if problem := weak_secret(os.environ.get(name, "")):
-                problems.append(f"{name} {problem}.")
-        if "*" in config.allowed_hosts:
-            problems.append("GATEWAY_ALLOWED_HOSTS allows any host (\"*\"); list your host names.")
+        problems += [f"{problem}." for problem in production_problems(config, os.environ)]
         if any(n.prefixlen == 0 for n in config.trusted_proxies):
             problems.append("GATEWAY_TRUSTED_PROXIES trusts every address; list your proxies.")
         if not config.https:
             problems.append("GATEWAY_HTTPS is not set: cookies are not marked Secure and HSTS is off.")
+        elif not config.trusted_proxies:
+            problems.append("GATEWAY_HTTPS=1 without GATEWAY_TRUSTED_PROXIES: behind a proxy that ends TLS, the "
+                            "apps see plain http and Django redirects to https forever; list the proxy in "
+                            "GATEWAY_TRUSTED_PROXIES (or leave GATEWAY_HTTPS out if clients reach the gateway "
+                            "directly over HTTPS).")
     for prefix, size in [("(default)", config.max_body_size), *config.max_body_sizes.items()]:
         if size > 1024**3:
             problems.append(f"The body size limit for {prefix} is {size} bytes; more than 1 GiB is unsafe.")
@@ -298,9 +325,9 @@ def _config(mounts: tuple[str, ...] | None, **options: Any) -> Config:
     return replace(config, **given)
 
 
-def _load(config: Config) -> MountTable:
+def _load(config: Config, *, strict: bool = True) -> MountTable:
     try:
-        return load_table(config)
+        return load_table(config, strict=strict)
     except (MountError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -335,6 +362,12 @@ def migrate_embedded_database() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command line; errors end with one line and a non-zero exit."""
+    # Mounts name modules of the current directory (--mount /api=myapi:app), as uvicorn's
+    # and gunicorn's app targets do: put it first on sys.path, as `python -m` would.
+    # Worker processes are started with the same sys.path.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         code = cli.main(args=argv, prog_name="gateway", standalone_mode=False)
     except click.UsageError as exc:

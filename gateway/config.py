@@ -108,9 +108,9 @@ class Config:
                 environ.get("GATEWAY_MAX_HEADER_SIZE", str(DEFAULT_MAX_HEADER_SIZE)), "GATEWAY_MAX_HEADER_SIZE"
             ),
             trusted_proxies=tuple(_network(n) for n in _split(environ.get("GATEWAY_TRUSTED_PROXIES"))),
-            https=_flag(environ.get("GATEWAY_HTTPS")),
+            https=_strict_flag(environ, "GATEWAY_HTTPS", False),
             log_format=log_format,
-            access_log=environ.get("GATEWAY_ACCESS_LOG", "1").strip().lower() not in {"0", "false", "no", "off"},
+            access_log=_strict_flag(environ, "GATEWAY_ACCESS_LOG", True),
             drain_delay=_seconds(environ, "GATEWAY_DRAIN_DELAY"),
             graceful_timeout=_seconds(environ, "GATEWAY_GRACEFUL_TIMEOUT") if environ.get(
                 "GATEWAY_GRACEFUL_TIMEOUT", "").strip() else None,
@@ -148,15 +148,21 @@ class Config:
         return self.max_body_sizes.get(prefix, self.max_body_size)
 
 
-def configure_apps(config: Config, environ: MutableMapping[str, str] = os.environ) -> None:
+def configure_apps(config: Config, environ: MutableMapping[str, str] = os.environ, *, strict: bool = True) -> None:
     """Set the frameworks' own variables from the gateway's, where not already set.
 
     In production the secret keys must come from the environment, debug mode must be
     off and the allowed hosts must not be ``*``; otherwise raises ValueError with one
-    sentence naming every problem (see :func:`production_problems`).
+    sentence naming every problem (see :func:`production_problems`); ``strict=False``
+    leaves that to the caller (``gateway check`` lists them with the rest). Settings the
+    apps would fail on with a traceback (:func:`environment_problems`) are refused the
+    same way, always.
     """
-    if config.env == "production" and (problems := production_problems(config, environ)):
-        raise ValueError(f"{'; '.join(problems)} (GATEWAY_ENV=production).")
+    problems = environment_problems(config, environ)
+    if strict and config.env == "production":
+        problems += [f"{p} (GATEWAY_ENV=production)" for p in production_problems(config, environ)]
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
     environ.setdefault("DJANGO_SETTINGS_MODULE", "django_hello.settings")
     environ.setdefault("DJANGO_DATA_DIR", str(config.data_dir))
     environ.setdefault("DJANGO_ALLOWED_HOSTS", ",".join(config.allowed_hosts))
@@ -167,6 +173,64 @@ def configure_apps(config: Config, environ: MutableMapping[str, str] = os.enviro
         environ.setdefault("FLASK_SESSION_COOKIE_SECURE", "true")
     if "FLASK_SECRET_KEY" not in environ:
         environ["FLASK_SECRET_KEY"] = stored_secret(config.data_dir, "flask-secret-key")
+
+
+# URL schemes of dj-database-url, and the module each needs: (module, what to install).
+_DRIVERS = {
+    "postgres": ("psycopg", 'the "postgres" extra: pip install "flask-django-gateway[postgres]" (from a clone: '
+                 "pip install '.[postgres]')"),
+    "mysql": ("MySQLdb", "mysqlclient (pip install mysqlclient); the gateway is tested on SQLite and PostgreSQL only"),
+    "oracle": ("oracledb", "oracledb (pip install oracledb); the gateway is tested on SQLite and PostgreSQL only"),
+}
+
+
+def environment_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """Settings the apps cannot start with, one clause each, naming the variable and the fix.
+
+    Checked here, before Django reads them, because there they end in a traceback: a
+    database URL whose driver is not installed (or that no backend knows), a data
+    directory the process cannot write, a ``DJANGO_CONN_MAX_AGE`` that is not a number.
+    """
+    import importlib.util
+
+    problems = []
+    url = environ.get("DATABASE_URL", "").strip()
+    if url:
+        scheme = url.partition(":")[0].lower().partition("+")[0]
+        family = next((f for f in ("postgres", "mysql", "oracle") if scheme.startswith(f)), None)
+        if family is None and scheme not in {"sqlite", "spatialite"}:
+            problems.append(f'DATABASE_URL has the scheme "{scheme}", which no database backend here takes: use '
+                            "postgres://user:password@host/name, or unset it for the embedded SQLite database")
+        elif family is not None:
+            module, install = _DRIVERS[family]
+            modules = ("psycopg", "psycopg2") if family == "postgres" else (module,)
+            if not any(importlib.util.find_spec(m) for m in modules):
+                problems.append(f"DATABASE_URL is a {family} URL, but its driver ({module}) is not installed: "
+                                f"install {install}")
+    raw = environ.get("DJANGO_CONN_MAX_AGE", "").strip()
+    if raw and not (raw.isascii() and raw.isdigit()):
+        problems.append(f'DJANGO_CONN_MAX_AGE="{raw}" must be a whole number of seconds, e.g. 60 (0 closes each '
+                        "connection after its request)")
+    # The data directory is written for the SQLite database, or for generated keys.
+    writes = not url or "DJANGO_SECRET_KEY" not in environ or "FLASK_SECRET_KEY" not in environ
+    if writes and (problem := unwritable(config.data_dir)):
+        problems.append(f"GATEWAY_DATA_DIR={config.data_dir} {problem}: choose a directory this user can "
+                        "write, e.g. GATEWAY_DATA_DIR=./var")
+    return problems
+
+
+def unwritable(directory: Path) -> str | None:
+    """Say why ``directory`` cannot be created or written by this process, or None."""
+    existing = directory
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable by this user" if existing == directory else f"cannot be created in {existing}"
+    return None
 
 
 def production_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
@@ -253,6 +317,22 @@ def _network(text: str) -> Network:
         raise ValueError(
             f'GATEWAY_TRUSTED_PROXIES item "{text}" must be an IP address or network, e.g. 10.0.0.0/8.'
         ) from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _strict_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no setting: ``1``/``true``/``yes``/``on``, ``0``/``false``/``no``/``off``, or empty."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(f'{name}="{raw}" must be 1 or 0 (also true/false, yes/no, on/off).')
 
 
 def _flag(value: str | None) -> bool:

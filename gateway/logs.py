@@ -24,6 +24,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
+
 #: The current request's ID, for log records and for apps that want it.
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -207,23 +209,27 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JSONFormatter(logging.Formatter):
-    """Format a record as one JSON object."""
+class JSONFormatter(JsonFormatter):
+    """One JSON object a record: python-json-logger's formatter, with the gateway's keys first.
 
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
-        }
-        for name in ACCESS_FIELDS:
-            if hasattr(record, name):
-                data[name] = getattr(record, name)
-        if record.exc_info:
-            data["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+    ``time`` (UTC, milliseconds), ``level``, ``logger``, ``message`` and ``request_id``,
+    then every ``extra=`` field of the record (the access fields among them), and
+    ``exc_info`` when there is one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("fmt", "%(message)s")
+        super().__init__(*args, **kwargs)
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["message"] = record.getMessage()
+        log_data["request_id"] = getattr(record, "request_id", "-")
+        super().add_fields(log_data, record, message_dict)
+        # Uvicorn's coloured copy of its message is for terminals only.
+        log_data.pop("color_message", None)
 
 
 def logging_config(level: str = "info", fmt: str = "text", access: bool = True) -> dict[str, Any]:

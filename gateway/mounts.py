@@ -125,9 +125,12 @@ class MountTable:
         return None, "", path
 
 
-def load_table(config: Config) -> MountTable:
-    """Configure the frameworks from ``config``, then import and mount the apps."""
-    configure_apps(config)
+def load_table(config: Config, *, strict: bool = True) -> MountTable:
+    """Configure the frameworks from ``config``, then import and mount the apps.
+
+    ``strict=False``: start even with production's problems (``gateway check`` lists them).
+    """
+    configure_apps(config, strict=strict)
     return MountTable.from_specs(config.mounts)
 
 

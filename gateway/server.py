@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
+import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from gateway.config import Config
@@ -29,17 +33,26 @@ class ServerError(RuntimeError):
 
 def check_port(host: str, port: int) -> None:
     """Fail with a clear sentence if ``host:port`` cannot be bound."""
+    listen(host, port, backlog=None).close()
+
+
+def listen(host: str, port: int, backlog: int | None = 2048) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: one the kernel picks), listening unless
+    ``backlog`` is None, as uvicorn binds it; a clear sentence if it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ServerError(
-                    f"Port {port} on {host} is already in use; pick another with --port."
-                ) from None
-            raise ServerError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(f"Port {port} on {host} is already in use; pick another with --port.") from None
+        raise ServerError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_uvicorn(
@@ -53,8 +66,12 @@ def run_uvicorn(
     log_level: str,
     keep_alive: float = 5,
     log_config: dict[str, Any] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers built from ``config``."""
+    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers built from ``config``.
+
+    ``sock``: a socket already bound (:func:`listen`), else uvicorn binds ``host:port``.
+    """
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -75,11 +92,12 @@ def run_uvicorn(
     if app is not None:
         server = uvicorn.Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
         exit_zero_after_signal()
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
         return
     worker_config = WorkerConfig(config, workers=workers, reload=reload,
                                  reload_dirs=SOURCE_DIRS if reload else None, **options)
-    sock = worker_config.bind_socket()
+    if sock is None:
+        sock = worker_config.bind_socket()
     target = uvicorn.Server(worker_config).run
     if reload:
         ChangeReload(worker_config, target=target, sockets=[sock]).run()
@@ -96,6 +114,10 @@ def run_uvicorn(
             raise
         supervisor.terminate_all()
         supervisor.join_all()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        # A worker that cannot build the gateway would fail the same way on every restart:
+        # uvicorn stops the supervisor (its STARTUP_FAILURE exit code), and so do we.
+        raise ServerError("a worker could not start (its error is above); the server stopped.")
 
 
 def exit_zero_after_signal() -> None:
@@ -145,10 +167,17 @@ class WorkerConfig(TimedConfig):
         if isinstance(self.app, str):
             from gateway.asgi import create_asgi_app
             from gateway.logs import configure_logging_if_unset
-            from gateway.mounts import load_table
+            from gateway.mounts import MountError, load_table
 
             configure_logging_if_unset(self.gateway.log_format, self.gateway.access_log)
-            self.app = create_asgi_app(load_table(self.gateway), self.gateway)
+            try:
+                self.app = create_asgi_app(load_table(self.gateway), self.gateway)
+            except Exception as exc:
+                # One line, and the exit code that makes uvicorn's supervisor stop
+                # instead of starting this worker again (and again).
+                reason = str(exc) if isinstance(exc, (MountError, ValueError)) else f"{type(exc).__name__}: {exc}"
+                logging.getLogger("gateway").error("Worker %d cannot start: %s", os.getpid(), reason)
+                sys.exit(STARTUP_FAILURE)
         super().load()
 
 

@@ -35,8 +35,8 @@ class WSGIGateway:
     def __init__(self, table: MountTable, config: Config) -> None:
         self.pipeline = Pipeline(table, config)
         self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table}
-        # Readiness probes the WSGI mounts as mounted; ASGI ones have no WSGI root to GET.
-        self.probed = {m.prefix: self.apps[m.prefix] for m in table if m.interface == "wsgi"}
+        # Readiness probes every mount as mounted, ASGI ones through their a2wsgi wrapper.
+        self.probed = dict(self.apps)
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.forwarded = bool(config.trusted_proxies)
 

@@ -33,14 +33,14 @@ class ServerProcess:
     """A server started as a subprocess on loopback, its output kept in a log file."""
 
     def __init__(self, args: list[str], *, port: int, env: dict[str, str], log_path: Path,
-                 ready_path: str = "/") -> None:
+                 ready_path: str = "/", cwd: Path = ROOT) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         try:
             self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         except BaseException:  # e.g. the guard in tests/fixtures.py refusing a subprocess

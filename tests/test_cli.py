@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.support import ROOT, server_env
@@ -128,11 +129,32 @@ def test_check_deploy_fails_on_a_development_setup(tmp_path) -> None:  # type: i
 
 def test_check_deploy_passes_a_production_setup(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = server_env(tmp_path, GATEWAY_ENV="production", GATEWAY_HTTPS="1", GATEWAY_ALLOWED_HOSTS="example.org",
-                     DJANGO_SECRET_KEY=STRONG + "d", FLASK_SECRET_KEY=STRONG + "f")
+                     GATEWAY_TRUSTED_PROXIES="10.0.0.1", DJANGO_SECRET_KEY=STRONG + "d", FLASK_SECRET_KEY=STRONG + "f")
     result = subprocess.run([sys.executable, "-m", "gateway", "check", "--deploy"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.endswith("gateway: no problems found.\n")
+
+
+def test_check_deploy_lists_every_problem_in_one_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = server_env(tmp_path, GATEWAY_ENV="production", GATEWAY_HTTPS="1", GATEWAY_ALLOWED_HOSTS="*",
+                     DJANGO_SECRET_KEY="changeme", DJANGO_DEBUG="1")
+    result = subprocess.run([sys.executable, "-m", "gateway", "check", "--deploy"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gateway: ")]
+    for expected in ("gateway: DJANGO_SECRET_KEY is too weak", "gateway: FLASK_SECRET_KEY is not set",
+                     'gateway: DJANGO_DEBUG="1" turns on', 'gateway: GATEWAY_ALLOWED_HOSTS allows any host',
+                     "gateway: GATEWAY_HTTPS=1 without GATEWAY_TRUSTED_PROXIES"):
+        assert sum(line.startswith(expected) for line in lines) == 1, (expected, result.stderr)
+    assert "Traceback" not in result.stderr and "gateway: error:" not in result.stderr
+
+
+def test_https_with_a_trusted_proxy_is_not_flagged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = server_env(tmp_path, GATEWAY_HTTPS="1", GATEWAY_TRUSTED_PROXIES="10.0.0.1")
+    result = subprocess.run([sys.executable, "-m", "gateway", "check", "--deploy"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "GATEWAY_HTTPS" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -162,3 +184,130 @@ def test_development_keys_are_generated_once(tmp_path) -> None:  # type: ignore[
                                     capture_output=True, text=True, timeout=60).stdout for _ in range(2))
     assert first == second and len(first.strip()) >= 50
     assert oct((tmp_path / "flask-secret-key").stat().st_mode & 0o777) == "0o600"
+
+
+OWN_APP = '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"my api"]
+'''
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_app_in_the_current_directory_mounts_with_the_command(tmp_path, workers: str) -> None:  # type: ignore[no-untyped-def]
+    """As with uvicorn and gunicorn: `gateway serve --mount /api=myapi:app` from myapi.py's folder."""
+    from tests.support import ServerProcess, free_port
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "myapi.py").write_text(OWN_APP)
+    port = free_port()
+    script = str(ROOT / ".venv" / "bin" / "gateway") if (ROOT / ".venv").exists() else "gateway"
+    server = ServerProcess([script, "serve", "--port", str(port), "--workers", workers, "--mount", "/api=myapi:app"],
+                           port=port, env=server_env(tmp_path / "data"), log_path=tmp_path / "server.log",
+                           cwd=project, ready_path="/api/")
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/").text == "my api"
+    finally:
+        server.stop()
+
+
+FAILS_IN_WORKERS = '''
+import os, pathlib
+counter = pathlib.Path(os.environ["IMPORTS_FILE"])
+imports = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(imports + 1))
+if imports >= 1:  # the start-up check imports it first, and passes; every worker fails
+    raise RuntimeError("cannot start in a worker")
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+'''
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "flaky.py").write_text(FAILS_IN_WORKERS)
+    script = str(ROOT / ".venv" / "bin" / "gateway") if (ROOT / ".venv").exists() else "gateway"
+    env = server_env(tmp_path / "data", IMPORTS_FILE=str(tmp_path / "imports"))
+    result = subprocess.run([script, "serve", "--port", "0", "--workers", "2", "--mount", "/flaky=flaky:app"],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    cannot = [line for line in lines if "cannot start: RuntimeError: cannot start in a worker" in line]
+    assert 1 <= len(cannot) <= 2, result.stderr  # each of the two workers, at most once
+    assert lines[-1] == "gateway: error: a worker could not start (its error is above); the server stopped."
+    assert "Traceback" not in result.stderr
+    assert int((tmp_path / "imports").read_text()) <= 3  # no crash loop: the check, then each worker once
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"GATEWAY_HTTPS": "maybe"}, 'GATEWAY_HTTPS="maybe" must be 1 or 0', id="https"),
+        pytest.param({"GATEWAY_ACCESS_LOG": "nope"}, 'GATEWAY_ACCESS_LOG="nope" must be 1 or 0', id="access-log"),
+        pytest.param({"DJANGO_CONN_MAX_AGE": "abc"}, 'DJANGO_CONN_MAX_AGE="abc" must be a whole number',
+                     id="conn-max-age"),
+        pytest.param({"DATABASE_URL": "mysql://app:pw@db/app"}, "DATABASE_URL is a mysql URL, but its driver",
+                     id="mysql"),
+        pytest.param({"GATEWAY_DATA_DIR": "/etc/hostname/data"}, "GATEWAY_DATA_DIR=/etc/hostname/data cannot be "
+                     "created: /etc/hostname is not a directory", id="data-dir"),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["migrate"], ["check"]])
+def test_settings_the_apps_cannot_start_with_end_in_one_line(tmp_path, env: dict[str, str], message: str,  # type: ignore[no-untyped-def]
+                                                             command: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "gateway", *command], cwd=ROOT,
+                            env={**server_env(tmp_path), **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: {message}"), result.stderr
+
+
+def test_port_0_prints_the_port_it_got(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", "0"], cwd=ROOT,
+                            env=server_env(tmp_path), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        banner = [proc.stderr.readline() for _ in range(3)]
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/ ", banner[2]).group(1))  # type: ignore[union-attr]
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/flask/", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_the_banner_is_json_under_log_format_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", "0", "--log-format", "json"],
+                            cwd=ROOT, env=server_env(tmp_path), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stderr is not None
+        banner = json.loads(proc.stderr.readline())
+        following = json.loads(proc.stderr.readline())  # every line after it is JSON too
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert banner["logger"] == "gateway" and banner["message"].startswith("gateway ")
+    assert (banner["server"], banner["workers"], banner["threads"]) == ("uvicorn", 1, 100)
+    assert sorted(banner["mounts"]) == ["/", "/django", "/flask"]
+    assert banner["mounts"]["/flask"]["url"].startswith("http://127.0.0.1:")
+    assert ":0/" not in banner["mounts"]["/flask"]["url"]
+    assert following["level"] == "INFO"
+
+
+def test_reload_with_several_workers_is_refused_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = gateway("serve", "--reload", "--workers", "2", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gateway: error: --reload runs one worker: leave --workers out, or --reload for production. "
+        "(see 'gateway serve --help')"]

@@ -50,11 +50,98 @@ def test_every_variable_is_read() -> None:
         pytest.param("GATEWAY_TRUSTED_PROXIES", "10.0.0.300", "must be an IP address or network", id="proxies"),
         pytest.param("GATEWAY_LOG_FORMAT", "xml", 'must be "text" or "json"', id="log-format"),
         pytest.param("GATEWAY_DRAIN_DELAY", "-1", "must be a number of seconds", id="drain-delay"),
+        pytest.param("GATEWAY_DRAIN_DELAY", "nan", "must be a number of seconds", id="drain-delay-nan"),
+        pytest.param("GATEWAY_HTTPS", "maybe", 'GATEWAY_HTTPS="maybe" must be 1 or 0', id="https"),
+        pytest.param("GATEWAY_ACCESS_LOG", "nope", 'GATEWAY_ACCESS_LOG="nope" must be 1 or 0', id="access-log"),
+        pytest.param("GATEWAY_BODY_TIMEOUT", "0", 'GATEWAY_BODY_TIMEOUT="0" must be a number of seconds above 0',
+                     id="body-timeout"),
+        pytest.param("GATEWAY_HEADER_TIMEOUT", "x", 'GATEWAY_HEADER_TIMEOUT="x" must be a number of seconds',
+                     id="header-timeout"),
+        pytest.param("GATEWAY_STREAM_BODIES", "uploads", 'GATEWAY_STREAM_BODIES item "uploads" must be a mount prefix',
+                     id="stream-bodies"),
     ],
 )
 def test_bad_values_are_refused_with_one_sentence(name: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         Config.from_env({name: value})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("TRUE", True), (" on ", True), ("yes", True),
+                                               ("0", False), ("false", False), ("Off", False), ("no", False),
+                                               ("", None)])
+def test_flags_take_the_usual_words(value: str, expected: bool | None) -> None:
+    config = Config.from_env({"GATEWAY_HTTPS": value, "GATEWAY_ACCESS_LOG": value})
+    assert (config.https, config.access_log) == ((False, True) if expected is None else (expected, expected))
+
+
+def test_timeouts_and_streaming_mounts_are_read() -> None:
+    config = Config.from_env({"GATEWAY_BODY_TIMEOUT": "12.5", "GATEWAY_HEADER_TIMEOUT": "3",
+                              "GATEWAY_READY_TIMEOUT": "0.5", "GATEWAY_STREAM_BODIES": "/up/, /big"})
+    assert (config.body_timeout, config.header_timeout, config.ready_timeout) == (12.5, 3.0, 0.5)
+    assert config.stream_bodies == ("/up", "/big")
+    defaults = Config.from_env({})
+    assert (defaults.body_timeout, defaults.header_timeout, defaults.ready_timeout, defaults.stream_bodies) == (
+        30.0, 5.0, 2.0, ())
+    assert Config.from_env(config.to_env()) == config
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"DATABASE_URL": "mysql://u:p@db/app"}, "DATABASE_URL is a mysql URL, but its driver (MySQLdb) "
+                     "is not installed: install mysqlclient", id="mysql"),
+        pytest.param({"DATABASE_URL": "mongodb://db/app"}, 'DATABASE_URL has the scheme "mongodb", which no database '
+                     "backend here takes", id="unknown-scheme"),
+        pytest.param({"DJANGO_CONN_MAX_AGE": "abc"}, 'DJANGO_CONN_MAX_AGE="abc" must be a whole number of seconds',
+                     id="conn-max-age"),
+        pytest.param({"DJANGO_CONN_MAX_AGE": "-5"}, 'DJANGO_CONN_MAX_AGE="-5" must be a whole number', id="negative"),
+    ],
+)
+def test_settings_the_apps_would_fail_on_are_refused_first(tmp_path: Path, env: dict[str, str],
+                                                           message: str) -> None:
+    environ = dict(env)
+    with pytest.raises(ValueError) as refused:
+        configure_apps(Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path)}), environ)
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+    assert "DJANGO_SETTINGS_MODULE" not in environ  # refused before anything is set
+
+
+def test_a_postgres_url_without_its_driver_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in {"psycopg", "psycopg2"} else real(name, *a))
+    with pytest.raises(ValueError, match=r"DATABASE_URL is a postgres URL, but its driver \(psycopg\) is not "
+                                         r"installed: install the \"postgres\" extra"):
+        configure_apps(Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path)}), {"DATABASE_URL": "postgresql://db/x"})
+
+
+def test_a_data_directory_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(blocker / "data")})
+    with pytest.raises(ValueError, match=f"GATEWAY_DATA_DIR={blocker / 'data'} cannot be created: {blocker} is not "
+                                         "a directory: choose a directory this user can write"):
+        configure_apps(config, {})
+
+
+def test_a_database_url_with_both_keys_needs_no_data_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    environ = {"DATABASE_URL": "postgres://db/x", "DJANGO_SECRET_KEY": "k", "FLASK_SECRET_KEY": "f"}
+    configure_apps(Config.from_env({"GATEWAY_DATA_DIR": str(blocker / "data")}), environ)
+    assert environ["DJANGO_SETTINGS_MODULE"] == "django_hello.settings"
+
+
+def test_production_problems_wait_for_check_when_not_strict(tmp_path: Path) -> None:
+    config = Config.from_env({"GATEWAY_ENV": "production", "GATEWAY_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ValueError, match="DJANGO_SECRET_KEY is not set"):
+        configure_apps(config, {})
+    environ: dict[str, str] = {}
+    configure_apps(config, environ, strict=False)
+    assert environ["DJANGO_SETTINGS_MODULE"] == "django_hello.settings"
 
 
 @pytest.mark.parametrize(("text", "size"), [("10", 10), ("10K", 10240), ("1m", 1024**2), ("2GiB", 2 * 1024**3),

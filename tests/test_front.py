@@ -107,7 +107,7 @@ def test_health_answers_without_touching_apps_or_hosts(table) -> None:  # type: 
         ready = client.get("/readyz", headers={"Host": "10.1.2.3:8000"})
         assert ready.status_code == 200
         assert json.loads(text(ready)) == {"status": "ok", "checks": {
-            "/flask": "ok", "/django": "ok", "database:default": "ok"}}
+            "/flask": "ok", "/django": "ok", "database:default": "ok", "migrations": "ok"}}
         assert ready.headers["Cache-Control"] == "no-store"
 
 

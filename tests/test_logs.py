@@ -148,3 +148,32 @@ def test_close_writes_what_is_queued(restore_logging: None) -> None:
         log.put((time.time(), f"r{i}", "c", "GET", "/", "HTTP/1.1", 200, 0, 0.1, "-"))
     log.close()
     assert [line.split("[")[1][:2] for line in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
+
+
+def test_json_lines_keep_extra_fields_and_exceptions() -> None:
+    from gateway.logs import REQUEST_ID, JSONFormatter, RequestIdFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("tests.json-extra")
+    logger.addHandler(handler)
+    logger.propagate = False
+    token = REQUEST_ID.set("rid-1")
+    try:
+        logger.warning("signed in %s", "ada", extra={"user_id": 7, "roles": ["staff"]})
+        try:
+            raise ZeroDivisionError("nope")
+        except ZeroDivisionError:
+            logger.exception("failed")
+    finally:
+        REQUEST_ID.reset(token)
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(first)[:5] == ["time", "level", "logger", "message", "request_id"]
+    assert (first["level"], first["logger"], first["message"], first["request_id"]) == (
+        "WARNING", "tests.json-extra", "signed in ada", "rid-1")
+    assert (first["user_id"], first["roles"]) == (7, ["staff"])
+    assert first["time"].endswith("+00:00") and len(first["time"]) == len("2026-11-30T17:43:12.797+00:00")
+    assert second["message"] == "failed" and second["exc_info"].endswith("ZeroDivisionError: nope")

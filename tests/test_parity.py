@@ -377,11 +377,47 @@ def test_draining_closes_connections_and_fails_readiness(echo_table: MountTable)
         assert send("GET", "/healthz").status == 200
 
 
-def test_readiness_checks_each_wsgi_mount(entry: Send) -> None:
+def test_readiness_checks_every_mount_the_database_and_the_migrations(entry: Send) -> None:
     ready = entry("GET", "/readyz")
     assert ready.status == 200
-    assert ready.json()["checks"] == {"/flask": "ok", "/django": "ok", "/echo": "ok", "database:default": "ok"}
+    assert ready.json()["checks"] == {"/flask": "ok", "/django": "ok", "/echo": "ok", "/third": "ok",
+                                      "database:default": "ok", "migrations": "ok"}
     assert ready.get("Cache-Control") == "no-store"
+
+
+def test_readiness_fails_on_an_asgi_mount_that_fails(make: Callable[..., Send], echo_table: MountTable) -> None:
+    broken = MountTable([*echo_table, *MountTable.from_specs(["/broken=tests.thirdapp:failing_asgi_app"],
+                                                            defaults=False)])
+    for entry_point in ENTRIES.values():
+        send, app = entry_point(broken, config_with())
+        try:
+            ready = send("GET", "/readyz")
+            assert ready.status == 503
+            assert ready.json()["checks"]["/broken"].startswith("fail: answered 503")
+            assert ready.json()["checks"]["/third"] == "ok"
+        finally:
+            if hasattr(app, "executor"):
+                app.executor.shutdown(wait=True)
+
+
+def test_readiness_fails_on_a_database_never_migrated(tmp_path: Any) -> None:
+    import sqlite3
+
+    from django.db import connections
+
+    from gateway.health import check_migrations
+
+    empty = tmp_path / "empty.sqlite3"
+    sqlite3.connect(empty).close()
+    settings = {**connections["default"].settings_dict, "NAME": str(empty), "OPTIONS": {}}
+    connection = connections.create_connection("default").__class__(settings, "default")
+    try:
+        result = check_migrations(connection)
+    finally:
+        connection.close()
+    assert result.startswith("fail: ") and "migration(s) not applied, e.g. " in result
+    assert result.endswith(": run gateway migrate")
+    assert check_migrations(connections["default"]) == "ok"
 
 
 def test_content_type_counts_toward_the_header_limit(make: Callable[..., Send]) -> None:

@@ -51,3 +51,14 @@ def echo_app(environ, start_response):  # type: ignore[no-untyped-def]
             headers.append(("Set-Cookie", unquote(cookie[7:])))
     start_response("200 OK", headers)
     return [body]
+
+
+async def failing_asgi_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """An ASGI app that is up but not ready: 503 to everything."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})

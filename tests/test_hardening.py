@@ -875,6 +875,6 @@ def test_check_deploy_fails_on_problems(tmp_path: Path, env: dict[str, str]) -> 
 
 def test_check_deploy_passes_when_configured_well(tmp_path: Path) -> None:
     result = run_check(tmp_path, GATEWAY_ENV="production", DJANGO_SECRET_KEY=STRONG_KEY,
-                       FLASK_SECRET_KEY=STRONG_KEY[::-1], GATEWAY_HTTPS="1",
+                       FLASK_SECRET_KEY=STRONG_KEY[::-1], GATEWAY_HTTPS="1", GATEWAY_TRUSTED_PROXIES="10.0.0.1",
                        GATEWAY_ALLOWED_HOSTS="gateway.example.com")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -60,13 +60,16 @@ class ASGIGateway:
         self.wsgi: dict[str, WSGIBridge] = {}
         self.asgi: dict[str, ASGIBoundary] = {}
         self.probed: dict[str, WSGIBoundary] = {}
-        for mount in table:
+        for mount in table.all():
             if mount.interface == "wsgi":
                 boundary = WSGIBoundary(mount.app, self.pipeline)
-                self.probed[mount.prefix] = boundary
+                if mount.prefix in table.mounts:
+                    self.probed[mount.prefix] = boundary
                 self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
+        for name, app in table.route_apps.items():  # each app of the route rules, once
+            self.probed[f"app:{name}"] = WSGIBoundary(app, self.pipeline)
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.lifespans = Lifespans(table)
         self.forwarded = bool(config.trusted_proxies)

@@ -47,6 +47,12 @@ mount_option = click.option(
 )
 
 
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="A gateway.toml of named apps, mounts and route rules [env: GATEWAY_CONFIG].",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gateway")
 def cli() -> None:
@@ -100,6 +106,7 @@ def cli() -> None:
     help="Log lines as text or JSON [env: GATEWAY_LOG_FORMAT; default: text].",
 )
 @mount_option
+@config_option
 def serve(
     host: str,
     port: int,
@@ -117,6 +124,7 @@ def serve(
     access_log: bool | None,
     log_format: str | None,
     mounts: tuple[str, ...],
+    config_file: Path | None,
 ) -> None:
     """Serve all mounts on one server."""
     for prefix in stream_bodies:
@@ -125,7 +133,7 @@ def serve(
     config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
                      drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
                      body_timeout=body_timeout,
-                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None)
+                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file)
     if server == "granian" and config.drain_delay > 0:
         raise click.UsageError(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
@@ -223,9 +231,31 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
 
 @cli.command()
 @mount_option
-def routes(mounts: tuple[str, ...]) -> None:
-    """Print the mount table."""
-    table = _load(_config(mounts))
+@config_option
+@click.option("--explain", metavar="PATH", help="Say which rule or mount answers PATH, and why.")
+@click.option("--method", default="GET", show_default=True, help="The method --explain asks about.")
+def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | None, method: str) -> None:
+    """Print the route rules and the mount table, or explain where a path goes."""
+    config = _config(mounts, config_file=config_file)
+    table = _load(config)
+    rules = table.route_table
+    if explain is not None:
+        if not explain.startswith("/"):
+            raise click.BadParameter(f'"{explain}" is not a path; paths start with "/".', param_hint="--explain")
+        lines = rules.explain(explain, method.upper()) if rules else [f"{method.upper()} {explain}: no route rules."]
+        if not (rules and rules.match(explain, method.upper()).key):
+            mount, prefix, path_info = table.match(explain.encode().decode("latin-1"))
+            lines.append(f"Prefix mount {prefix} ({mount.target}) answers it, with SCRIPT_NAME {prefix!r} and "
+                         f"PATH_INFO {path_info or '/'!r}." if mount is not None
+                         else "No mount claims it: the gateway's own page answers (the index at /, else 404).")
+        click.echo("\n".join(lines))
+        return
+    if rules:
+        click.echo(f"{'RULE':<32} {'METHODS':<16} APPS (fallback order)")
+        for spec in rules.specs.values():
+            apps = ", ".join(f"{name}={config.file.apps[name]}" for name in spec.apps)
+            click.echo(f"{spec.rule:<32} {','.join(spec.methods or ('any',)):<16} {apps}")
+        click.echo()
     click.echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")
     for mount in table:
         click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
@@ -319,10 +349,17 @@ def _config(mounts: tuple[str, ...] | None, **options: Any) -> Config:
             MountSpec.parse(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    config_file = options.pop("config_file", None)
     given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
     if mounts is not None:
         given["mounts"] = mounts
-    return replace(config, **given)
+    config = replace(config, **given)
+    if config_file is not None:
+        try:
+            config = config.with_file(config_file)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    return config
 
 
 def _load(config: Config, *, strict: bool = True) -> MountTable:

@@ -33,6 +33,8 @@ environment already says.
 ``GATEWAY_STREAM_BODIES`` mounts whose apps read uploads as they arrive, in a thread,
                           comma-separated prefixes (default none: bodies are read
                           whole first)
+``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
+                          (:mod:`gateway.routes`)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -45,8 +47,10 @@ import os
 import re
 import secrets
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from gateway.routes import GatewayFile, read_gateway_file
 
 DEFAULT_THREADS = 100
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -84,6 +88,9 @@ class Config:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     stream_bodies: tuple[str, ...] = ()
+    #: ``gateway.toml`` (``GATEWAY_CONFIG``, ``--config``): named apps, mounts, route rules.
+    config_file: Path | None = None
+    file: GatewayFile = field(default_factory=GatewayFile)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -118,7 +125,13 @@ class Config:
             header_timeout=_timeout(environ, "GATEWAY_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
             ready_timeout=_timeout(environ, "GATEWAY_READY_TIMEOUT", DEFAULT_READY_TIMEOUT),
             stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
-        )
+        ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
+
+    def with_file(self, path: Path | None) -> Config:
+        """This configuration with the ``gateway.toml`` at ``path`` read in (None: none)."""
+        if path is None:
+            return replace(self, config_file=None, file=GatewayFile())
+        return replace(self, config_file=path.resolve(), file=read_gateway_file(path))
 
     def to_env(self) -> dict[str, str]:
         """Return the ``GATEWAY_*`` variables that :meth:`from_env` reads back."""
@@ -141,6 +154,7 @@ class Config:
             "GATEWAY_HEADER_TIMEOUT": str(self.header_timeout),
             "GATEWAY_READY_TIMEOUT": str(self.ready_timeout),
             "GATEWAY_STREAM_BODIES": ",".join(self.stream_bodies),
+            "GATEWAY_CONFIG": str(self.config_file or ""),
         }
 
     def body_limit(self, prefix: str) -> int:

@@ -152,9 +152,11 @@ async def check_asgi_mount(prefix: str, app: Any, host: str, state: dict[str, An
 
 
 def check_mount(prefix: str, app: WSGIApp, host: str) -> str:
-    """GET the mount's root in process; any status below 500 is an answer."""
-    environ = EnvironBuilder(path=prefix + "/", base_url=f"http://{host}").get_environ()
-    environ["SCRIPT_NAME"], environ["PATH_INFO"] = prefix, "/"
+    """GET the mount's root in process; any status below 500 is an answer. A ``prefix``
+    that is not a path (``app:shop``, an app of the route rules) is probed at ``/``."""
+    script = prefix if prefix.startswith("/") else ""
+    environ = EnvironBuilder(path=script + "/", base_url=f"http://{host}").get_environ()
+    environ["SCRIPT_NAME"], environ["PATH_INFO"] = script, "/"
     status: list[str] = []
 
     def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

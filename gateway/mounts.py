@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
 
 from gateway.config import Config, configure_apps
+from gateway.routes import Fallback, RouteSpec, RouteTable
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -83,24 +84,62 @@ class Mount:
 
 
 class MountTable:
-    """An ordered set of mounts with Werkzeug's dispatch rules."""
+    """An ordered set of mounts with Werkzeug's dispatch rules, and the route rules of a
+    shared URL space (:mod:`gateway.routes`), whose keys start with ``~``."""
 
-    def __init__(self, mounts: Iterable[Mount]) -> None:
+    def __init__(self, mounts: Iterable[Mount], routes: Iterable[Mount] = (),
+                 route_table: RouteTable | None = None) -> None:
         self.mounts: dict[str, Mount] = {}
         for mount in mounts:
             self.mounts[mount.prefix] = mount
+        self.routes: dict[str, Mount] = {mount.prefix: mount for mount in routes}
+        self.route_table = route_table
+        #: The apps route rules name, by name (readiness probes each once).
+        self.route_apps: dict[str, Any] = {}
 
     @classmethod
-    def from_specs(cls, specs: Iterable[str], *, defaults: bool = True) -> MountTable:
-        """Parse and load mounts; later specs replace earlier ones with the same prefix."""
+    def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
+                   apps: Mapping[str, str] | None = None) -> MountTable:
+        """Parse and load mounts; later specs replace earlier ones with the same prefix.
+
+        ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
+        """
         parsed: dict[str, MountSpec] = {}
         for text in (*(DEFAULT_MOUNTS if defaults else ()), *specs):
             spec = MountSpec.parse(text)
             parsed[spec.prefix] = spec
-        return cls(spec.load() for spec in parsed.values())
+        routes = tuple(routes)
+        if not routes:
+            return cls(spec.load() for spec in parsed.values())
+        table = RouteTable(routes)
+        loaded: dict[str, Any] = {}
+        for name in dict.fromkeys(n for route in routes for n in route.apps):
+            target = (apps or {})[name]
+            app = import_app(target.partition("@")[0])
+            if (target.partition("@")[2] or detect_interface(app)) != "wsgi":
+                raise MountError(f'App "{name}" ({target}) is an ASGI app; route rules take WSGI apps only '
+                                 "(a fallback must see the whole response): mount it at a prefix instead.")
+            loaded[name] = app
+        rule_mounts = []
+        for route in routes:
+            targets = ", ".join((apps or {})[n] for n in route.apps)
+            if len(route.apps) == 1:
+                app = loaded[route.apps[0]]
+            else:
+                app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock)
+            rule_mounts.append(Mount(route.key, targets, "wsgi", app))
+        made = cls((spec.load() for spec in parsed.values()), rule_mounts, table)
+        made.route_apps = loaded
+        return made
 
     def __iter__(self) -> Iterator[Mount]:
+        """The prefix mounts (the route rules' are in :meth:`all`)."""
         return iter(self.mounts.values())
+
+    def all(self) -> Iterator[Mount]:
+        """Every mount: the prefix mounts, then one per route rule."""
+        yield from self.mounts.values()
+        yield from self.routes.values()
 
     def __len__(self) -> int:
         return len(self.mounts)
@@ -131,7 +170,8 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     ``strict=False``: start even with production's problems (``gateway check`` lists them).
     """
     configure_apps(config, strict=strict)
-    return MountTable.from_specs(config.mounts)
+    return MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
+                                 apps=config.file.apps)
 
 
 def import_app(target: str) -> Any:

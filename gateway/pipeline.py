@@ -59,6 +59,7 @@ from gateway.replies import (
     NUL_IN_URL,
     Reply,
     bad_charset,
+    plain,
     too_large,
 )
 
@@ -143,6 +144,12 @@ class Decision:
     def mount_label(self) -> str:
         """The mount's prefix, or ``-`` for a request the gateway answered itself."""
         return self.mount.prefix if self.mount is not None else "-"
+
+
+def decode_path(path: str) -> str:
+    """A native WSGI path (UTF-8 bytes as latin-1) as text, for Werkzeug's routing;
+    bytes that are not UTF-8 are kept as escapes, which no rule's text matches."""
+    return path if path.isascii() else path.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -310,7 +317,7 @@ class Pipeline:
         self.proxies = config.trusted_proxies
         self.max_header_size = config.max_header_size
         self.pages = Pages(table)
-        self.limits = {m.prefix: config.body_limit(m.prefix) for m in table}
+        self.limits = {m.prefix: config.body_limit(m.prefix) for m in table.all()}
         self.streaming = frozenset(config.stream_bodies)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
@@ -343,11 +350,21 @@ class Pipeline:
             reply = NUL_IN_URL
         if reply is not None:
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
-        mount, prefix, path_info = self.table.match(path)
-        if mount is None:
-            reply = self.pages.reply(head.method, path, root)
+        routes = self.table.route_table
+        found = routes.match(decode_path(path), head.method) if routes else None
+        if found is not None and found.key is not None:
+            # A rule of the shared URL space: nothing is stripped, the app sees the whole path.
+            mount: Mount | None = self.table.routes[found.key]
+            prefix, path_info, script_name = found.key, path, root
+        elif found is not None and found.allowed:
+            reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)))
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
-        script_name = root + prefix
+        else:
+            mount, prefix, path_info = self.table.match(path)
+            if mount is None:
+                reply = self.pages.reply(head.method, path, root)
+                return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
+            script_name = root + prefix
         limit = self.limits[prefix]
         if not path_info:
             location = self.cookie_path(script_name) + "/"
@@ -499,7 +516,9 @@ def scope_cookie(value: str, path: str) -> str:
             wanted = attr.strip()
         else:
             kept.append(part)
-    if wanted == path or wanted.startswith(path + "/"):
+    if not path:  # an app of the shared URL space (route rules): the whole site is its
+        scoped = wanted if wanted.startswith("/") else "/"
+    elif wanted == path or wanted.startswith(path + "/"):
         scoped = wanted
     elif wanted.startswith("/") and wanted != "/":
         scoped = path + wanted

@@ -34,9 +34,11 @@ class WSGIGateway:
 
     def __init__(self, table: MountTable, config: Config) -> None:
         self.pipeline = Pipeline(table, config)
-        self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table}
-        # Readiness probes every mount as mounted, ASGI ones through their a2wsgi wrapper.
-        self.probed = dict(self.apps)
+        self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table.all()}
+        # Readiness probes every mount as mounted, ASGI ones through their a2wsgi wrapper,
+        # and each app of the route rules once, at its root.
+        self.probed = {**{m.prefix: self.apps[m.prefix] for m in table},
+                       **{f"app:{name}": WSGIBoundary(app, self.pipeline) for name, app in table.route_apps.items()}}
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.forwarded = bool(config.trusted_proxies)
 

@@ -1,0 +1,284 @@
+"""Route rules: several apps sharing one URL space, as a migration from one framework to
+another moves a page at a time.
+
+Prefix mounts give each app a path of its own (``/flask``, ``/django``). A route rule
+instead gives an app some URLs of the root URL space, in Werkzeug's routing syntax, and
+strips nothing: the app sees ``SCRIPT_NAME=""`` and the whole path, so its own URLs,
+``url_for`` and ``reverse()`` need no change. The rules live in a ``gateway.toml``::
+
+    [apps]
+    shop = "legacy_shop:app"                # a name for each app, and where it is
+    new = "newshop.wsgi:application"
+
+    [mounts]                                # prefix mounts, as --mount (optional)
+    "/flask" = "flask_hello:app"
+
+    [[route]]
+    rule = "/shop/<path:rest>"              # Werkzeug's syntax: converters, methods
+    app = "shop"
+
+    [[route]]
+    rule = "/shop/cart"
+    app = ["new", "shop"]                   # fallback: on a 404 to GET or HEAD, the next
+    methods = ["GET", "HEAD", "POST"]
+
+A request is matched against the rules first, the most specific rule winning, ordered as
+Werkzeug's ``Map`` orders them; a path no rule matches goes on to the prefix mounts, then
+to the gateway's own pages. A path that rules match for other methods only gets a 405
+with their ``Allow``. Rule apps are WSGI apps (a fallback must see a whole response
+before it is sent).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, RequestRedirect, Rule
+from werkzeug.wsgi import ClosingIterator
+
+from gateway.types import Environ, StartResponse, WSGIApp
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Rule keys are told from mount prefixes by this mark (both key the adapters' tables).
+RULE_MARK = "~"
+
+
+class ConfigFileError(ValueError):
+    """A ``gateway.toml`` that cannot be used; the message is one line naming where."""
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One ``[[route]]``: a Werkzeug rule, the apps that answer it in fallback order, methods."""
+
+    rule: str
+    apps: tuple[str, ...]
+    methods: tuple[str, ...] | None = None
+    line: int = 0
+
+    @property
+    def key(self) -> str:
+        """The rule's key in the mount table and the access log, e.g. ``~/shop/<path:rest>``."""
+        return RULE_MARK + self.rule + ("" if self.methods is None else " " + ",".join(self.methods))
+
+
+@dataclass(frozen=True)
+class GatewayFile:
+    """What a ``gateway.toml`` says: named apps, prefix mounts, route rules."""
+
+    apps: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[str, ...] = ()
+    routes: tuple[RouteSpec, ...] = ()
+
+
+def read_gateway_file(path: Path) -> GatewayFile:
+    """Read and check ``path``; a problem raises :class:`ConfigFileError` naming its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot be read: {exc.strerror}.") from None
+    return parse_gateway_file(text, str(path))
+
+
+def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
+    """Parse the text of a ``gateway.toml``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{name}: {exc}.") from None
+    lines = text.splitlines()
+    unknown = set(data) - {"apps", "mounts", "route"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigFileError(f"{name}, line {_line_of(lines, key)}: unknown table or key {key!r}; "
+                              "use [apps], [mounts] and [[route]].")
+    apps = data.get("apps", {})
+    if not isinstance(apps, dict):
+        raise ConfigFileError(f"{name}, line {_line_of(lines, 'apps')}: apps must be a table of "
+                              'name = "module:attr".')
+    for app_name, target in apps.items():
+        if not _NAME.fullmatch(app_name) or not isinstance(target, str):
+            raise ConfigFileError(f'{name}, line {_line_of(lines, app_name)}: app {app_name!r} must be '
+                                  'name = "package.module:attribute".')
+    mounts = data.get("mounts", {})
+    if not isinstance(mounts, dict) or not all(isinstance(t, str) for t in mounts.values()):
+        raise ConfigFileError(f"{name}, line {_line_of(lines, 'mounts')}: mounts must be a table of "
+                              '"/prefix" = "package.module:attribute".')
+    mount_specs = tuple(f"{prefix}={apps.get(target, target)}" for prefix, target in mounts.items())
+    routes = data.get("route", [])
+    if not isinstance(routes, list):
+        raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]].")
+    route_lines = [i + 1 for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*route\s*\]\]", line)]
+    specs = []
+    seen: dict[str, int] = {}
+    for index, route in enumerate(routes):
+        line = route_lines[index] if index < len(route_lines) else 0
+        where = f"{name}, line {line}"
+        extra = set(route) - {"rule", "app", "methods"}
+        if extra:
+            raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
+                                  "use rule, app and methods.")
+        rule = route.get("rule")
+        if not isinstance(rule, str) or not rule.startswith("/"):
+            raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
+        answering = route.get("app")
+        names = (answering,) if isinstance(answering, str) else tuple(answering or ())
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ConfigFileError(f'{where}: app must name an app of [apps], or a list of them in fallback order.')
+        for app_name in names:
+            if app_name not in apps:
+                raise ConfigFileError(f"{where}: app {app_name!r} is not in [apps]"
+                                      + (f" (known: {', '.join(sorted(apps))})." if apps else "."))
+        methods = route.get("methods")
+        if methods is not None:
+            if not isinstance(methods, list) or not methods or not all(
+                    isinstance(m, str) and m.upper() in _METHODS for m in methods):
+                raise ConfigFileError(f'{where}: methods must be a list of HTTP methods, e.g. ["GET", "POST"].')
+            methods = tuple(sorted({m.upper() for m in methods} | ({"HEAD"} if "GET" in (
+                m.upper() for m in methods) else set())))
+        spec = RouteSpec(rule, names, methods, line)
+        try:
+            Map([Rule(rule, endpoint=0, methods=methods)])
+        except (ValueError, LookupError) as exc:
+            raise ConfigFileError(f"{where}: rule {rule!r} is not a Werkzeug rule: {exc}.") from None
+        if spec.key in seen:
+            raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
+        seen[spec.key] = line
+        specs.append(spec)
+    return GatewayFile({k: str(v) for k, v in apps.items()}, mount_specs, tuple(specs))
+
+
+def _line_of(lines: list[str], key: str) -> int:
+    """The first line that starts the table or key ``key`` (1-based), or 0."""
+    pattern = re.compile(rf'\s*(\[+\s*{re.escape(key)}\s*\]+|"?{re.escape(key)}"?\s*=)')
+    return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), 0)
+
+
+class Fallback:
+    """A WSGI app that asks ``apps`` in turn: on a 404 to GET or HEAD, the next one answers.
+
+    Nothing of a 404 that is passed over reaches the client: its status is held back and
+    its body closed unread. Other methods are only ever sent to the first app, so nothing
+    is written twice. Each fallback taken is counted under ``key`` in ``counts``.
+    """
+
+    def __init__(self, apps: list[tuple[str, WSGIApp]], key: str, counts: Counter[str],
+                 lock: threading.Lock) -> None:
+        self.apps = apps
+        self.key = key
+        self.counts = counts
+        self.lock = lock
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return self.apps[0][1](environ, start_response)
+        for _, app in self.apps[:-1]:
+            held: list[str] = []
+
+            def hold_404(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                         held: list[str] = held) -> Any:
+                if status[:3] == "404":
+                    held.append(status)
+                    return lambda data: None
+                return start_response(status, headers, exc_info)
+
+            result = app(dict(environ), hold_404)
+            iterator = iter(result)
+            first: list[bytes] = []
+            if not held:
+                # start_response may come with the first chunk (a generator app).
+                for chunk in iterator:
+                    first.append(chunk)
+                    break
+            if not held:
+                return ClosingIterator(_chain(first, iterator), getattr(result, "close", None))
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            with self.lock:
+                self.counts[self.key] += 1
+        return self.apps[-1][1](environ, start_response)
+
+
+def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+@dataclass
+class Match:
+    """What the rules say of a request: the rule's key, or the methods a 405 allows."""
+
+    key: str | None
+    allowed: tuple[str, ...] = ()
+
+
+class RouteTable:
+    """The rules of a ``gateway.toml`` as one Werkzeug ``Map``."""
+
+    def __init__(self, specs: Iterable[RouteSpec]) -> None:
+        self.specs = {spec.key: spec for spec in specs}
+        # No redirects: a trailing slash, merged slashes and defaults are the app's business.
+        self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
+                       strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+        self.adapter = self.map.bind("gateway.invalid", "/")
+        #: Fallbacks taken, per rule key.
+        self.fallbacks: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    def match(self, path: str, method: str) -> Match:
+        """Match a decoded ``path``: the rule's key, a 405's methods, or no rule."""
+        try:
+            key, _ = self.adapter.match(path, method)
+        except MethodNotAllowed as exc:
+            return Match(None, tuple(sorted(exc.valid_methods or ())))
+        except (NotFound, RequestRedirect):
+            return Match(None)
+        return Match(str(key))
+
+    def explain(self, path: str, method: str = "GET") -> list[str]:
+        """Why ``path`` goes where it goes, one line a step, for ``gateway routes --explain``."""
+        match = self.match(path, method)
+        if match.key is not None:
+            spec = self.specs[match.key]
+            try:
+                _, values = self.adapter.match(path, method)
+            except Exception:  # matched a moment ago
+                values = {}
+            lines = [f"{method} {path} matches rule {spec.rule!r} (line {spec.line})"
+                     + (f" with {values}" if values else "") + "."]
+            candidates = [s.rule for s in self.specs.values() if s.key != match.key and _matches(s, path, method)]
+            if candidates:
+                lines.append("More general rules that match too, and lose to it (Werkzeug orders rules "
+                             f"by specificity): {', '.join(repr(c) for c in candidates)}.")
+            if len(spec.apps) == 1:
+                lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
+            else:
+                lines.append(f"App {spec.apps[0]!r} answers it; on a 404 to GET or HEAD, "
+                             + ", then ".join(repr(a) for a in spec.apps[1:]) + " is asked next.")
+            return lines
+        if match.allowed:
+            return [f"{method} {path}: rules match this path for {', '.join(match.allowed)} only: 405."]
+        return [f"{method} {path} matches no rule: the prefix mounts, then the gateway's own pages, answer it."]
+
+
+def _matches(spec: RouteSpec, path: str, method: str) -> bool:
+    adapter = Map([Rule(spec.rule, endpoint=0, methods=spec.methods)], strict_slashes=False,
+                  merge_slashes=False, redirect_defaults=False).bind("gateway.invalid", "/")
+    try:
+        adapter.match(path, method)
+    except (NotFound, MethodNotAllowed, RequestRedirect):
+        return False
+    return True

@@ -1,0 +1,258 @@
+"""Route rules: apps sharing one URL space (gateway.toml), through both entry points in
+process, and the ``gateway routes`` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Config
+from gateway.mounts import MountError, MountTable
+from gateway.routes import ConfigFileError, RouteTable, parse_gateway_file
+from tests.test_parity import ENTRIES, Send, config_with
+
+SHOP = '''
+[apps]
+legacy = "tests.apps.shop:legacy"
+new = "tests.apps.shop:new"
+
+[mounts]
+"/echo" = "tests.thirdapp:echo_app"
+
+[[route]]
+rule = "/shop/<path:rest>"
+app = "legacy"
+
+[[route]]
+rule = "/shop/"
+app = "legacy"
+
+[[route]]
+rule = "/shop/cart"
+app = "new"
+methods = ["GET"]
+
+[[route]]
+rule = "/shop/items/<int:item_id>"
+app = ["new", "legacy"]
+
+[[route]]
+rule = "/only-post"
+app = "legacy"
+methods = ["POST"]
+'''
+
+
+def table_from(text: str) -> MountTable:
+    parsed = parse_gateway_file(text)
+    return MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps)
+
+
+@pytest.fixture(scope="module")
+def shop_table(table: MountTable) -> MountTable:  # the session's table configures Django
+    shop = table_from(SHOP)
+    return MountTable([*table, *shop], shop.routes.values(), shop.route_table)
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def shop(request: pytest.FixtureRequest, shop_table: MountTable) -> Iterator[Send]:
+    send, app = ENTRIES[request.param](shop_table, config_with())
+    yield send
+    if hasattr(app, "executor"):
+        app.executor.shutdown(wait=True)
+
+
+def test_the_most_specific_rule_wins_and_nothing_is_stripped(shop: Send) -> None:
+    cart = shop("GET", "/shop/cart").json()
+    assert (cart["app"], cart["script_name"], cart["path"]) == ("new", "", "/shop/cart")
+    assert cart["cart"] == "/shop/cart"  # url_for needs no change
+    other = shop("GET", "/shop/anything/else")  # /shop/<path:rest>: the legacy app's own 404
+    assert other.status == 404 and b"The requested URL was not found on the server" in other.body
+    index = shop("GET", "/shop/").json()
+    assert (index["app"], index["items"], index["cart"]) == ("legacy", "/shop/items/7", "/shop/cart")
+
+
+def test_a_rule_limited_to_methods_leaves_the_others_to_the_next_rule(shop: Send) -> None:
+    posted = shop("POST", "/shop/cart", {"Content-Type": "text/plain"}, b"two apples")
+    assert posted.status == 200
+    assert (posted.json()["app"], posted.json()["body"]) == ("legacy", "two apples")
+
+
+def test_a_path_only_other_methods_take_is_a_405_with_allow(shop: Send) -> None:
+    answer = shop("GET", "/only-post")
+    assert answer.status == 405 and answer.get("Allow") == "POST"
+    assert shop("POST", "/only-post").status == 404  # the legacy app has no such page: its own 404
+
+
+def test_prefix_mounts_and_the_gateways_pages_still_answer(shop: Send) -> None:
+    assert shop("GET", "/echo/x").json()["SCRIPT_NAME"] == "/echo"
+    assert shop("GET", "/flask/").status == 200
+    assert shop("GET", "/nowhere").status == 404
+
+
+def test_a_404_to_get_falls_back_to_the_next_app(shop: Send, shop_table: MountTable) -> None:
+    key = next(k for k in shop_table.routes if "items" in k)
+    before = shop_table.route_table.fallbacks[key]  # type: ignore[union-attr]
+    ported = shop("GET", "/shop/items/7").json()
+    assert (ported["app"], ported["id"]) == ("new", 7)
+    legacy = shop("GET", "/shop/items/500")
+    assert legacy.status == 200 and legacy.json()["app"] == "legacy"
+    assert b"not here" not in legacy.body  # nothing of the passed-over 404 reaches the client
+    head = shop("HEAD", "/shop/items/500")
+    assert head.status == 200 and head.body == b""
+    assert shop_table.route_table.fallbacks[key] - before == 2  # type: ignore[union-attr]
+
+
+def test_no_other_method_ever_falls_back(shop: Send, shop_table: MountTable) -> None:
+    key = next(k for k in shop_table.routes if "items" in k)
+    before = shop_table.route_table.fallbacks[key]  # type: ignore[union-attr]
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        answer = shop(method, "/shop/items/500", {"Content-Type": "text/plain"}, b"x")
+        assert answer.status in (404, 405), (method, answer.status)
+        assert b"legacy" not in answer.body
+    assert shop_table.route_table.fallbacks[key] == before  # type: ignore[union-attr]
+
+
+def test_a_fallback_past_every_app_is_the_last_apps_404(shop_table: MountTable) -> None:
+    from werkzeug.test import Client
+
+    def not_found(app: str) -> Any:
+        def answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [f"{app} has no such page".encode()]
+        return answer
+
+    from collections import Counter
+    from threading import Lock
+
+    from gateway.routes import Fallback
+
+    counts: Counter[str] = Counter()
+    chain = Fallback([("a", not_found("a")), ("b", not_found("b"))], "~/x", counts, Lock())
+    answer = Client(chain).get("/x")
+    assert (answer.status_code, answer.get_data()) == (404, b"b has no such page")
+    assert counts["~/x"] == 1
+
+
+def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
+    from collections import Counter
+    from threading import Lock
+
+    from werkzeug.test import Client
+
+    from gateway.routes import Fallback
+
+    closed: list[str] = []
+
+    class Late:
+        def __init__(self, environ: dict[str, Any], start_response: Any) -> None:
+            self.start_response = start_response
+
+        def __iter__(self) -> Iterator[bytes]:
+            self.start_response("404 Not Found", [])
+            yield b"late 404"
+
+        def close(self) -> None:
+            closed.append("late")
+
+    def found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"found"]
+
+    counts: Counter[str] = Counter()
+    answer = Client(Fallback([("late", Late), ("found", found)], "~/y", counts, Lock())).get("/y")
+    assert (answer.status_code, answer.get_data(), closed, counts["~/y"]) == (200, b"found", ["late"], 1)
+
+
+def test_explain_says_which_rule_answers_and_why() -> None:
+    routes = RouteTable(parse_gateway_file(SHOP).routes)
+    lines = routes.explain("/shop/cart")
+    assert lines[0] == "GET /shop/cart matches rule '/shop/cart' (line 17)."
+    assert "'/shop/<path:rest>'" in lines[1]
+    assert lines[2] == "App 'new' answers it, with SCRIPT_NAME \"\" and PATH_INFO '/shop/cart'."
+    assert routes.explain("/shop/items/3")[-1] == (
+        "App 'new' answers it; on a 404 to GET or HEAD, 'legacy' is asked next.")
+    assert routes.explain("/only-post") == ["GET /only-post: rules match this path for POST only: 405."]
+    assert routes.explain("/flask/")[0].endswith("matches no rule: the prefix mounts, then the gateway's own "
+                                                 "pages, answer it.")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param("[apps\nx = 1", "gateway.toml: Expected ']' at the end of a table declaration (at line 1, "
+                 "column 6).", id="toml-syntax"),
+    pytest.param('[apps]\nshop = "m:a"\n\n[[route]]\nrule = "/a"\napp = "nope"\n',
+                 "gateway.toml, line 4: app 'nope' is not in [apps] (known: shop).", id="unknown-app"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a/<nope:x>"\napp = "shop"\n',
+                 "gateway.toml, line 3: rule '/a/<nope:x>' is not a Werkzeug rule: ", id="bad-converter"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "a"\napp = "shop"\n',
+                 'gateway.toml, line 3: rule must be a path starting with "/"', id="relative-rule"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\nmethods = ["FETCH"]\n',
+                 "gateway.toml, line 3: methods must be a list of HTTP methods", id="bad-method"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\n[[route]]\nrule = "/a"\napp = "shop"\n',
+                 "gateway.toml, line 6: rule '/a' repeats the rule of line 3.", id="duplicate"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\nweight = 3\n',
+                 "gateway.toml, line 3: unknown key 'weight' in [[route]]", id="unknown-key"),
+    pytest.param('[apps]\nshop = "m:a"\n\n[routes]\nx = 1\n', "gateway.toml, line 4: unknown table or key 'routes'",
+                 id="unknown-table"),
+])
+def test_a_bad_file_is_refused_with_one_line_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as refused:
+        parse_gateway_file(text)
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+
+
+def test_route_rules_take_wsgi_apps_only() -> None:
+    text = '[apps]\nthird = "tests.thirdapp:asgi_app"\n[[route]]\nrule = "/x"\napp = "third"\n'
+    with pytest.raises(MountError, match="is an ASGI app; route rules take WSGI apps only"):
+        table_from(text)
+
+
+def test_the_file_travels_in_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(SHOP)
+    config = Config.from_env({"GATEWAY_CONFIG": str(path)})
+    assert config.config_file == path and [r.rule for r in config.file.routes][:2] == ["/shop/<path:rest>", "/shop/"]
+    assert config.file.mounts == ("/echo=tests.thirdapp:echo_app",)
+    assert Config.from_env(config.to_env()) == config
+
+
+@pytest.mark.server
+def test_the_command_prints_explains_and_refuses(tmp_path: Path) -> None:
+    from tests.support import ROOT, server_env
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(SHOP)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=server_env(tmp_path),
+                              capture_output=True, text=True, timeout=60)
+
+    listed = run("routes", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert rows[0].split()[:2] == ["RULE", "METHODS"]
+    assert "/shop/items/<int:item_id>" in listed.stdout and "new=tests.apps.shop:new, legacy=" in listed.stdout
+    explained = run("routes", "--config", str(path), "--explain", "/shop/cart")
+    assert explained.stdout.splitlines()[0] == "GET /shop/cart matches rule '/shop/cart' (line 17)."
+    prefixed = run("routes", "--config", str(path), "--explain", "/echo/a/b")
+    assert prefixed.stdout.splitlines()[-1] == (
+        "Prefix mount /echo (tests.thirdapp:echo_app) answers it, with SCRIPT_NAME '/echo' and PATH_INFO '/a/b'.")
+    (tmp_path / "bad.toml").write_text('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "nope"\n')
+    refused = run("routes", "--config", str(tmp_path / "bad.toml"))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"gateway: error: {tmp_path / 'bad.toml'}, line 3: app 'nope' is not in [apps] (known: shop)."]
+
+
+@pytest.mark.parametrize(("cookie", "path"), [("a=1", "/"), ("a=1; Path=/", "/"), ("a=1; Path=/shop", "/shop"),
+                                              ("a=1; Path=", "/"), ("a=1; Path=/; Path=/x", "/x")])
+def test_cookies_of_a_route_app_keep_the_whole_site(cookie: str, path: str) -> None:
+    from gateway.pipeline import scope_cookie
+
+    assert scope_cookie(cookie, "") == f"a=1; Path={path}"

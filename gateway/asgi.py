@@ -14,6 +14,7 @@ refused::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -48,6 +49,13 @@ def asgi_string(text: str) -> str:
     return text if text.isascii() else text.encode("latin-1").decode("utf-8")
 
 
+def _header(headers: Any, name: str) -> str | None:
+    """A request header by its name (``X-User-ID``); repeated ones joined as one."""
+    wanted = name.lower().encode("latin-1")
+    values = [v.decode("latin-1") for n, v in headers if n == wanted]
+    return ("; " if wanted == b"cookie" else ",").join(values) if values else None
+
+
 class ASGIGateway:
     """ASGI app that runs the pipeline and calls the mount it chooses."""
 
@@ -60,16 +68,7 @@ class ASGIGateway:
         self.wsgi: dict[str, WSGIBridge] = {}
         self.asgi: dict[str, ASGIBoundary] = {}
         self.probed: dict[str, WSGIBoundary] = {}
-        for mount in table.all():
-            if mount.interface == "wsgi":
-                boundary = WSGIBoundary(mount.app, self.pipeline)
-                if mount.prefix in table.mounts:
-                    self.probed[mount.prefix] = boundary
-                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
-            else:
-                self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
-        for name, app in table.route_apps.items():  # each app of the route rules, once
-            self.probed[f"app:{name}"] = WSGIBoundary(app, self.pipeline)
+        self.add_mounts(table)
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.lifespans = Lifespans(table)
         self.forwarded = bool(config.trusted_proxies)
@@ -109,12 +108,13 @@ class ASGIGateway:
             hosts[0].decode("latin-1") if len(hosts) == 1 else None, scope.get("scheme", "http"),
             tuple(scope.get("server") or ("localhost", None)),
             client[0] if client else None, offered, forwarded, size, content_length, content_type,
+            functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await serve_lifespan(self.lifespans, receive, send, self.drain_on_sigterm, self.stopped)
+            await serve_lifespan(self.lifespans, receive, send, self.started, self.stopped)
             return
         started = time.perf_counter()
         head = self.head(scope)
@@ -139,7 +139,8 @@ class ASGIGateway:
         try:
             bridge = self.wsgi.get(prefix)
             if bridge is not None:
-                if not decision.buffered or (head.content_length in (None, "0") and scope.get("http_version") != "2"
+                if not decision.buffered or (head.content_length in (None, "0")
+                                             and scope.get("http_version", "1.1").startswith("1")
                                              and not any(n == b"transfer-encoding" for n, _ in scope["headers"])):
                     # Streaming, or HTTP/1 with neither Content-Length nor Transfer-Encoding
                     # (RFC 9112: no body): the server has the whole request already.
@@ -166,6 +167,50 @@ class ASGIGateway:
                 # left before a WSGI app's response (499, as nginx logs it).
                 status = recorder.status or (500 if bridge is None else 499)
                 self.log(scope, head, decision, status, recorder.size)
+
+    def add_mounts(self, table: MountTable) -> None:
+        """Make the bridge or boundary of each mount of ``table`` (a reload adds the new rules')."""
+        for mount in table.all():
+            if mount.interface == "wsgi":
+                boundary = WSGIBoundary(mount.app, self.pipeline)
+                if mount.prefix in table.mounts:
+                    self.probed[mount.prefix] = boundary
+                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
+            else:
+                self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
+        for name, app in table.route_apps.items():  # each app of the route rules, once
+            self.probed[f"app:{name}"] = WSGIBoundary(app, self.pipeline)
+
+    def reload(self) -> bool:
+        """Re-read the ``gateway.toml`` and serve its route rules from now on (``SIGHUP``).
+
+        Requests already decided finish on the rules they were given. A file that cannot
+        be read, parsed or loaded is refused with one line, and the rules stay as they
+        were. Prefix mounts are not reloaded: they need a restart.
+        """
+        path = self.config.config_file
+        if path is None:
+            logger.warning("SIGHUP: there is no gateway.toml to re-read (--config, GATEWAY_CONFIG).")
+            return False
+        try:
+            config = self.config.with_file(path)
+            fresh = MountTable.from_specs((), defaults=False, routes=config.file.routes, apps=config.file.apps)
+        except ValueError as exc:  # ConfigFileError, MountError
+            logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
+            return False
+        table = MountTable(self.pipeline.table, fresh.routes.values(), fresh.route_table)
+        table.route_apps = fresh.route_apps
+        self.add_mounts(table)
+        self.pipeline.use(table)
+        self.config = config
+        logger.info("Reloaded %s: %d route rule(s).", path, len(fresh.routes))
+        return True
+
+    def reload_on_sighup(self) -> None:
+        """At start-up, in the main thread: re-read the route rules on ``SIGHUP``."""
+        if self.config.config_file is None or threading.current_thread() is not threading.main_thread():
+            return
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
 
     async def probe_asgi_mounts(self) -> dict[str, str]:
         """``/readyz``'s check of each ASGI mount, on the loop (their readiness is theirs)."""
@@ -214,6 +259,11 @@ class ASGIGateway:
     def log(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
         """Write the access-log line of an HTTP request."""
         self.pipeline.log(decision, head, f"HTTP/{scope.get('http_version', '1.1')}", status, size)
+
+    def started(self) -> None:
+        """After the lifespan's start-up: the signal handlers of draining and reloading."""
+        self.drain_on_sigterm()
+        self.reload_on_sighup()
 
     def stopped(self) -> None:
         """After the lifespan's shutdown: write the access log out, stop the pool (under a

@@ -8,7 +8,7 @@ left happens while the app runs:
   its uploads (``GATEWAY_STREAM_BODIES``): on the ASGI side on the event loop
   (:func:`read_body`), so that a slow upload holds no thread, with a 408 when it stops
   arriving for ``GATEWAY_BODY_TIMEOUT`` seconds; on the WSGI side in the server's
-  thread. It is kept in memory up to 1 MiB, then in a temporary file, and handed on
+  thread. It is kept in memory up to 64 KiB, then in a temporary file, and handed on
   with its exact ``Content-Length`` (Django reads no body without one). One past the
   limit gets a 413; one shorter than its ``Content-Length``, a 400: the app never sees a
   short body as a whole one. A streaming mount's app reads as the body arrives, and a
@@ -37,7 +37,9 @@ from gateway.pipeline import CURRENT, Decision, Pipeline
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
-SPOOL_IN_MEMORY = 1024 * 1024
+#: Bodies up to this size stay in memory; longer ones go to a temporary file (nginx's
+#: client_body_buffer_size is 8-16 KiB). 300 stalled uploads hold at most 19 MiB of memory.
+SPOOL_IN_MEMORY = 64 * 1024
 READ_SIZE = 64 * 1024
 
 logger = logging.getLogger("gateway")
@@ -90,10 +92,12 @@ class WSGIBoundary:
                     return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
             else:
                 environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
-        elif "HTTP_TRANSFER_ENCODING" in environ or environ.get("SERVER_PROTOCOL", "").startswith("HTTP/2"):
-            # A body of unknown length: chunked, or HTTP/2 without a Content-Length (its
-            # frames carry no Transfer-Encoding).
-            if hides_framing_errors(environ["wsgi.input"]):
+        elif decision.buffered and ("HTTP_TRANSFER_ENCODING" in environ
+                                    or not environ.get("SERVER_PROTOCOL", "HTTP/1.1").startswith("HTTP/1")):
+            # A body of unknown length: chunked, or HTTP/2 (or 3) without a Content-Length
+            # (their frames carry no Transfer-Encoding). A streaming mount's app reads it
+            # as it comes, to its end (``wsgi.input_terminated``, as the server set it).
+            if "HTTP_TRANSFER_ENCODING" in environ and hides_framing_errors(environ["wsgi.input"]):
                 logger.warning("A chunked request body under Granian was refused with 411: its WSGI stream "
                                "cannot tell a malformed body from a whole one.")
                 return wsgi_reply(self.pipeline, LENGTH_REQUIRED, decision, start_response)
@@ -247,6 +251,10 @@ async def read_body(receive: Receive, limit: int | None, timeout: float) -> Body
         if spool is not None:
             spool.close()
         return BODY_TIMED_OUT
+    except BaseException:  # cancelled (the server's shutdown): no file left open
+        if spool is not None:
+            spool.close()
+        raise
     if spool is None:
         return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks)), size
     spool.seek(0)

@@ -5,7 +5,8 @@
     gateway serve [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]
                   [--reload] [--log-level LEVEL] [--mount /prefix=module:attr ...]
                   [--server uvicorn|granian]
-    gateway routes [--mount ...]
+    gateway routes [--mount ...] [--config gateway.toml] [--explain PATH]
+    gateway reload PID
     gateway migrate
     gateway manage <django command> [args...]
     gateway check [--deploy]
@@ -260,6 +261,21 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
     for mount in table:
         click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
     click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
+
+
+@cli.command()
+@click.argument("pid", type=click.IntRange(min=1))
+def reload(pid: int) -> None:
+    """Re-read the gateway.toml of the server PID (its route rules and canary shares), as SIGHUP does."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise click.ClickException(f"no process {pid}: give the PID of a running gateway serve.") from None
+    except PermissionError:
+        raise click.ClickException(f"process {pid} belongs to another user: run this as that user.") from None
+    click.echo(f"gateway: sent SIGHUP to {pid}; its log says whether the rules were reloaded.")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -191,8 +191,8 @@ def configure_apps(config: Config, environ: MutableMapping[str, str] = os.enviro
 
 # URL schemes of dj-database-url, and the module each needs: (module, what to install).
 _DRIVERS = {
-    "postgres": ("psycopg", 'the "postgres" extra: pip install "flask-django-gateway[postgres]" (from a clone: '
-                 "pip install '.[postgres]')"),
+    "postgres": ("psycopg", "the \"postgres\" extra: from a clone, pip install '.[postgres]'; from a wheel, "
+                 "pip install 'flask_django_gateway-<version>-py3-none-any.whl[postgres]'"),
     "mysql": ("MySQLdb", "mysqlclient (pip install mysqlclient); the gateway is tested on SQLite and PostgreSQL only"),
     "oracle": ("oracledb", "oracledb (pip install oracledb); the gateway is tested on SQLite and PostgreSQL only"),
 }

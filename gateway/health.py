@@ -25,7 +25,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
@@ -53,15 +53,29 @@ class ReadinessProbe:
         self.pipeline = pipeline
         self.apps = apps
         self.timeout = timeout
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-readyz")
         self.lock = threading.Lock()
         self.running: Future[dict[str, str]] | None = None
 
     def start(self) -> Future[dict[str, str]]:
-        """The check under way, or a new one."""
+        """The check under way, or a new one on a thread of its own.
+
+        A daemon thread, not a pool's: a check stuck on a database that never answers
+        must not hold the process at exit (a pool's threads are joined then), or
+        ``--graceful-timeout`` would no longer be a limit.
+        """
         with self.lock:
             if self.running is None or self.running.done():
-                self.running = self.executor.submit(run_checks, self.pipeline, self.apps)
+                future: Future[dict[str, str]] = Future()
+                future.set_running_or_notify_cancel()
+
+                def run() -> None:
+                    try:
+                        future.set_result(run_checks(self.pipeline, self.apps))
+                    except BaseException as exc:  # handed to the waiters
+                        future.set_exception(exc)
+
+                threading.Thread(target=run, name="gateway-readyz", daemon=True).start()
+                self.running = future
             return self.running
 
     def check(self) -> Reply:
@@ -95,7 +109,7 @@ class ReadinessProbe:
         return ready_reply(checks)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Nothing to stop: a check still running ends with the process."""
 
 
 def readiness(pipeline: Pipeline, apps: Mapping[str, WSGIApp]) -> Reply:

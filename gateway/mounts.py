@@ -113,7 +113,7 @@ class MountTable:
             return cls(spec.load() for spec in parsed.values())
         table = RouteTable(routes)
         loaded: dict[str, Any] = {}
-        for name in dict.fromkeys(n for route in routes for n in route.apps):
+        for name in dict.fromkeys(n for route in routes for n in (*route.apps, *filter(None, [route.canary]))):
             target = (apps or {})[name]
             app = import_app(target.partition("@")[0])
             if (target.partition("@")[2] or detect_interface(app)) != "wsgi":
@@ -128,6 +128,8 @@ class MountTable:
             else:
                 app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock)
             rule_mounts.append(Mount(route.key, targets, "wsgi", app))
+            if route.canary is not None:
+                rule_mounts.append(Mount(route.canary_key, (apps or {})[route.canary], "wsgi", loaded[route.canary]))
         made = cls((spec.load() for spec in parsed.values()), rule_mounts, table)
         made.route_apps = loaded
         return made
@@ -170,8 +172,12 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     ``strict=False``: start even with production's problems (``gateway check`` lists them).
     """
     configure_apps(config, strict=strict)
-    return MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
-                                 apps=config.file.apps)
+    table = MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
+                                  apps=config.file.apps)
+    if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
+        raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
+                         f"prefix here: use one of {', '.join(table.mounts)}.")
+    return table
 
 
 def import_app(target: str) -> Any:

@@ -41,10 +41,13 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
+
+from werkzeug.http import parse_cookie
 
 from gateway.config import Config, Network
 from gateway.logs import REQUEST_ID, access
@@ -62,6 +65,7 @@ from gateway.replies import (
     plain,
     too_large,
 )
+from gateway.routes import RouteSpec
 
 logger = logging.getLogger("gateway")
 __all__ = ["REQUEST_ID"]  # re-exported: apps read the request ID from here
@@ -110,6 +114,8 @@ class Head:
     header_size: int = 0
     content_length: str | None = None
     content_type: str | None = None
+    #: Any other request header by name (``"cookie"``), read only when a rule needs one.
+    fetch: Callable[[str], str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -139,6 +145,8 @@ class Decision:
     buffered: bool = True
     #: Set by the ASGI entry point once it has read the whole body on the event loop.
     body_read: bool = False
+    #: A cookie the gateway sets on the response (a canary's client ID).
+    set_cookie: str | None = None
 
     @property
     def mount_label(self) -> str:
@@ -152,42 +160,64 @@ def decode_path(path: str) -> str:
     return path if path.isascii() else path.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
+CANARY_COOKIE = "gateway_canary"
+_CANARY_ID = re.compile(r"[0-9a-f]{32}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Django's CSRF check reads no form then
+
+
+def is_django(app: Any) -> bool:
+    """Whether ``app`` is Django's, or a route rule's fallback chain with Django in it."""
+    apps = getattr(app, "apps", None)
+    if isinstance(apps, list):  # gateway.routes.Fallback
+        return any(is_django(each) for _, each in apps)
+    return type(app).__module__.partition(".")[0] == "django"
 _FORM_SYNTAX = "a=b&c=%41+d;e"
 
 
 def unreadable_form(content_type: str) -> str | None:
-    """Return the charset of a form ``Content-Type`` that the apps cannot read, else None.
+    """Return the charset of a form ``Content-Type`` that Django cannot read, else None.
 
-    An urlencoded form is UTF-8 (the WHATWG URL standard); Django answers any other
-    charset label, ``utf8`` and ``latin-1`` included, with an error it raises again
-    while answering it, so a 500 (seen with ``charset=utf-16`` on the admin's login).
-    A multipart form's charset must keep ASCII as ASCII, or its boundaries and
-    headers cannot be found (UTF-16, UTF-32, UTF-7). Werkzeug ignores the charset.
-    Such forms, and charsets Python does not know, are refused with a 415 before
-    either app reads them.
+    Django answers an urlencoded form in any charset but ``utf-8`` with a ``BadRequest``
+    that its CSRF check raises again while answering it: a 500 (seen with
+    ``charset=utf-16`` on the admin's login), and so does a multipart form in a charset
+    it cannot decode with ``errors="replace"`` (``idna``). The parameters are read as
+    Django reads them (the last ``charset``, quoted strings, RFC 2231 ``charset*``), with
+    Django's parser. A multipart form's charset must also keep ASCII as ASCII, or its
+    boundaries and headers cannot be found (UTF-16, UTF-7). Labels Python does not know
+    are ignored, as Django ignores them.
     """
-    lowered = content_type.lower()
-    if "charset" not in lowered:
+    if "charset" not in content_type.lower():
         return None
-    media = lowered.partition(";")[0].strip()
-    if media not in _FORM_TYPES:
+    # Django's own parser: others differ on repeated and RFC 2231 parameters (Werkzeug's
+    # takes a plain charset= after a charset*=, Django the charset*=), and the fuzz
+    # target found the difference.
+    from django.utils.http import parse_header_parameters
+
+    media, params = parse_header_parameters(content_type)
+    charset = params.get("charset")
+    if charset is None or media not in _FORM_TYPES or not _known(charset):
         return None
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            charset = value.strip().strip('"')
-            if media == _FORM_TYPES[0]:
-                return None if charset.lower() == "utf-8" else charset
-            return None if _reads_as_ascii(charset.lower()) else charset
-    return None
+    if media == _FORM_TYPES[0]:
+        return None if charset.lower() == "utf-8" else charset
+    return None if _reads_as_ascii(charset.lower()) else charset
+
+
+@functools.lru_cache(maxsize=64)
+def _known(charset: str) -> bool:
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=64)
 def _reads_as_ascii(charset: str) -> bool:
     try:
-        return codecs.encode(_FORM_SYNTAX, charset) == _FORM_SYNTAX.encode("ascii")
-    except Exception:  # unknown (LookupError), or a bytes-to-bytes codec (TypeError)
+        return (codecs.encode(_FORM_SYNTAX, charset) == _FORM_SYNTAX.encode("ascii")
+                and codecs.decode(_FORM_SYNTAX.encode("ascii"), charset, "replace") == _FORM_SYNTAX)
+    except Exception:  # a bytes-to-bytes codec (TypeError), or no "replace" (idna)
         return False
 
 
@@ -316,15 +346,29 @@ class Pipeline:
         self.hosts = HostPolicy(config.allowed_hosts)
         self.proxies = config.trusted_proxies
         self.max_header_size = config.max_header_size
-        self.pages = Pages(table)
-        self.limits = {m.prefix: config.body_limit(m.prefix) for m in table.all()}
         self.streaming = frozenset(config.stream_bodies)
+        self.use(table)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
         self.ignored: Counter[str] = Counter()
         #: Set by the server integration once shutdown has begun: responses then ask
         #: clients to close their connections, and ``/readyz`` answers 503.
         self.draining = False
+
+    def use(self, table: MountTable) -> None:
+        """Serve ``table`` from now on (a reload of the route rules swaps it in).
+
+        Called on the event loop, between requests' decisions; a request already decided
+        keeps the mount it was given.
+        """
+        limits = {m.prefix: self.config.body_limit(m.prefix) for m in table.all()}
+        django = frozenset(m.prefix for m in table.all() if is_django(m.app))
+        wants = bool(table.route_table) and any(
+            spec.canary is not None for spec in table.route_table.specs.values())  # type: ignore[union-attr]
+        self.table, self.pages, self.limits, self.django = table, Pages(table), limits, django
+        #: Whether a rule reads request headers of its own (a canary's), so the adapters
+        #: hand :attr:`Head.fetch` over.
+        self.wants_headers = wants
 
     def decide(self, head: Head) -> Decision:
         """Decide what to do with ``head``."""
@@ -352,10 +396,18 @@ class Pipeline:
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
         routes = self.table.route_table
         found = routes.match(decode_path(path), head.method) if routes else None
+        set_cookie = None
         if found is not None and found.key is not None:
             # A rule of the shared URL space: nothing is stripped, the app sees the whole path.
-            mount: Mount | None = self.table.routes[found.key]
             prefix, path_info, script_name = found.key, path, root
+            spec = routes.specs[found.key]  # type: ignore[union-attr]
+            if spec.canary is not None:
+                canary, set_cookie = self.canary(spec, head, root, scheme)
+                if canary:
+                    prefix = spec.canary_key
+                    with routes.lock:  # type: ignore[union-attr]
+                        routes.canaried[found.key] += 1  # type: ignore[union-attr]
+            mount: Mount | None = self.table.routes[prefix]
         elif found is not None and found.allowed:
             reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)))
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
@@ -375,10 +427,32 @@ class Pipeline:
                 reply = BAD_LENGTH
             elif len(head.content_length) > 18 or int(head.content_length) > limit:  # int() refuses 4301 digits
                 reply = too_large(limit)
-        if reply is None and head.content_type is not None and (charset := unreadable_form(head.content_type)):
+        if (reply is None and head.content_type is not None and prefix in self.django
+                and head.method not in _SAFE_METHODS and (charset := unreadable_form(head.content_type))):
             reply = bad_charset(charset)
         return Decision(rid, reply, mount, False, root, script_name, path_info, host, server, scheme, client,
-                        proxied, limit, buffered=prefix not in self.streaming)
+                        proxied, limit, buffered=prefix not in self.streaming, set_cookie=set_cookie)
+
+    def canary(self, spec: RouteSpec, head: Head, root: str, scheme: str) -> tuple[bool, str | None]:
+        """Whether this client goes to ``spec``'s canary, and the cookie to set if it is new.
+
+        Sticky by the header the rule names (no header: not the canary), else by the
+        ``gateway_canary`` cookie, which a client without one gets now.
+        """
+        fetch = head.fetch
+        if spec.header is not None:
+            value = fetch(spec.header) if fetch is not None else None
+            return (value is not None and spec.chooses_canary(value)), None
+        client = None
+        if fetch is not None and (cookies := fetch("cookie")) and CANARY_COOKIE in cookies:
+            client = parse_cookie(cookies).get(CANARY_COOKIE)
+        if client is not None and _CANARY_ID.fullmatch(client):
+            return spec.chooses_canary(client), None
+        client = secrets.token_hex(16)
+        secure = "; Secure" if scheme in {"https", "wss"} else ""
+        cookie = (f"{CANARY_COOKIE}={client}; Path={self.cookie_path(root) or '/'}; Max-Age=31536000; HttpOnly; "
+                  f"SameSite=Lax{secure}")
+        return spec.chooses_canary(client), cookie
 
     def begin(self, head: Head, started: float) -> Decision:
         """Decide, and make the decision the current request's (its ID on every log record)."""
@@ -465,6 +539,8 @@ class Pipeline:
         if self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present:
             headers.append(("Strict-Transport-Security", HSTS))
         headers.append(("X-Request-ID", decision.request_id))
+        if decision.set_cookie is not None:
+            headers.append(("Set-Cookie", decision.set_cookie))
         if self.draining:
             headers.append(("Connection", "close"))
 

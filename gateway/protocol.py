@@ -7,13 +7,15 @@ as long as the client likes, and enough of them exhaust the server's file descri
 out a silent connection; this class, on uvicorn's public ``HttpToolsProtocol``, does
 the same:
 
-- the clock starts when the connection opens, and again when the first byte of each
-  later request on it arrives (between requests, uvicorn's keep-alive timeout runs);
+- the clock starts when the connection opens, and again when the first byte after a
+  response arrives (between requests, uvicorn's keep-alive timeout runs);
 - once the headers are complete the clock stops: reading the body has its own timeout
   (``GATEWAY_BODY_TIMEOUT``, in :func:`gateway.boundary.read_body`);
-- at the deadline, a connection that sent part of a request gets a ``408`` and is
-  closed, with one warning; one that sent nothing is closed quietly (browsers open
-  spare connections they may never use), with a debug line.
+- at the deadline, a connection that began a request and did not finish its headers
+  gets a ``408`` and is closed, with one warning; one that began none is closed quietly
+  with a debug line: it sent nothing (browsers open spare connections they may never
+  use), or only the rest of a body its last response did not read (which also cancels
+  uvicorn's keep-alive timer, so without this clock it would stay open).
 
 The timeout comes from the uvicorn config (:class:`TimedConfig`), so that workers
 built by uvicorn's supervisor get it too.
@@ -53,7 +55,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         self.header_timeout: float = getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         self.header_deadline: asyncio.TimerHandle | None = None
-        self.heard = False  # any byte of the current request
+        self.began = False  # a request began since the clock started
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,9 +63,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.header_deadline is None and self.cycle_done():
-            self._start_clock()  # the first byte of a later request on this connection
-        self.heard = True
+            self._start_clock()  # the first byte after a response
         super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self.began = True
+        super().on_message_begin()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         """The client half-closed: it will send no more.
@@ -94,7 +99,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _start_clock(self) -> None:
         self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
-        self.heard = False
+        self.began = False
 
     def _stop_clock(self) -> None:
         if self.header_deadline is not None:
@@ -106,7 +111,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031 - uvicorn's form
-        if self.heard:
+        if self.began:
             logger.warning("Request headers from %s took longer than %g s; answered 408 and closed.",
                            client, self.header_timeout)
             self.transport.write(_TIMED_OUT)

@@ -18,9 +18,20 @@ strips nothing: the app sees ``SCRIPT_NAME=""`` and the whole path, so its own U
     app = "shop"
 
     [[route]]
-    rule = "/shop/cart"
+    rule = "/shop/items/<int:id>"
     app = ["new", "shop"]                   # fallback: on a 404 to GET or HEAD, the next
     methods = ["GET", "HEAD", "POST"]
+
+    [[route]]
+    rule = "/shop/cart"
+    app = "shop"
+    canary = { app = "new", share = 10 }    # 10% of clients, each always to the same app
+
+A canary sends a share of clients (a percentage, to 0.01) to another app, sticky per
+client: by a cookie the gateway sets (``gateway_canary``, a random ID), or by the value
+of a header the rule names (``header = "X-User-ID"``). A client's place is a hash of its
+ID and the rule, so raising the share only adds clients, and lowering it only removes
+some. The rules are re-read on ``SIGHUP`` (see :mod:`gateway.asgi`).
 
 A request is matched against the rules first, the most specific rule winning, ordered as
 Werkzeug's ``Map`` orders them; a path no rule matches goes on to the prefix mounts, then
@@ -31,6 +42,7 @@ before it is sent).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import tomllib
@@ -58,12 +70,26 @@ class ConfigFileError(ValueError):
 
 @dataclass(frozen=True)
 class RouteSpec:
-    """One ``[[route]]``: a Werkzeug rule, the apps that answer it in fallback order, methods."""
+    """One ``[[route]]``: a Werkzeug rule, the apps that answer it in fallback order,
+    methods, and a canary: another app for ``share`` per cent of clients."""
 
     rule: str
     apps: tuple[str, ...]
     methods: tuple[str, ...] | None = None
     line: int = 0
+    canary: str | None = None
+    share: float = 0.0
+    header: str | None = None  # the canary is sticky by this header's value, else by a cookie
+
+    @property
+    def canary_key(self) -> str:
+        """The canary's own key in the mount table."""
+        return self.key + " canary"
+
+    def chooses_canary(self, client: str) -> bool:
+        """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share."""
+        digest = hashlib.blake2b(f"{self.rule}\0{client}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % 10_000 < round(self.share * 100)
 
     @property
     def key(self) -> str:
@@ -123,10 +149,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     for index, route in enumerate(routes):
         line = route_lines[index] if index < len(route_lines) else 0
         where = f"{name}, line {line}"
-        extra = set(route) - {"rule", "app", "methods"}
+        extra = set(route) - {"rule", "app", "methods", "canary"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
-                                  "use rule, app and methods.")
+                                  "use rule, app, methods and canary.")
         rule = route.get("rule")
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
@@ -145,7 +171,8 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
                 raise ConfigFileError(f'{where}: methods must be a list of HTTP methods, e.g. ["GET", "POST"].')
             methods = tuple(sorted({m.upper() for m in methods} | ({"HEAD"} if "GET" in (
                 m.upper() for m in methods) else set())))
-        spec = RouteSpec(rule, names, methods, line)
+        canary, share, header = _canary(route.get("canary"), apps, where)
+        spec = RouteSpec(rule, names, methods, line, canary, share, header)
         try:
             Map([Rule(rule, endpoint=0, methods=methods)])
         except (ValueError, LookupError) as exc:
@@ -155,6 +182,24 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         seen[spec.key] = line
         specs.append(spec)
     return GatewayFile({k: str(v) for k, v in apps.items()}, mount_specs, tuple(specs))
+
+
+def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, float, str | None]:
+    """Check a route's ``canary = { app = "new", share = 10, header = "X-User-ID" }``."""
+    if value is None:
+        return None, 0.0, None
+    form = 'canary = { app = "name", share = 10 } (share: per cent of clients; optional header = "X-User-ID")'
+    if not isinstance(value, dict) or set(value) - {"app", "share", "header"} or "app" not in value:
+        raise ConfigFileError(f"{where}: canary must be {form}.")
+    if value["app"] not in apps:
+        raise ConfigFileError(f"{where}: canary app {value['app']!r} is not in [apps].")
+    share = value.get("share", 0)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 100:
+        raise ConfigFileError(f"{where}: canary share must be a number of per cent from 0 to 100, e.g. share = 10.")
+    header = value.get("header")
+    if header is not None and not (isinstance(header, str) and re.fullmatch(r"[A-Za-z0-9-]+", header)):
+        raise ConfigFileError(f'{where}: canary header must be a header name, e.g. header = "X-User-ID".')
+    return str(value["app"]), float(share), header
 
 
 def _line_of(lines: list[str], key: str) -> int:
@@ -231,8 +276,9 @@ class RouteTable:
         self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
                        strict_slashes=False, merge_slashes=False, redirect_defaults=False)
         self.adapter = self.map.bind("gateway.invalid", "/")
-        #: Fallbacks taken, per rule key.
+        #: Fallbacks taken, and requests sent to a canary, per rule key.
         self.fallbacks: Counter[str] = Counter()
+        self.canaried: Counter[str] = Counter()
         self.lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -263,6 +309,9 @@ class RouteTable:
             if candidates:
                 lines.append("More general rules that match too, and lose to it (Werkzeug orders rules "
                              f"by specificity): {', '.join(repr(c) for c in candidates)}.")
+            if spec.canary is not None:
+                sticky = f"the value of its {spec.header} header" if spec.header else "the gateway_canary cookie"
+                lines.append(f"{spec.share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}; the others:")
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
             else:

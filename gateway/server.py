@@ -80,8 +80,9 @@ def run_uvicorn(
         # The gateway writes one access line per request itself (gateway.pipeline).
         "access_log": False,
         "lifespan": "on",
-        # httptools (gateway.protocol's subclass of it, which times out late headers):
-        # h11 rejects the Set-Cookie values Django 5.2 writes (ticket #36467).
+        # The HTTP protocol is gateway.protocol's, on httptools (TimedConfig sets it): it
+        # times out late headers. (h11 would serve Django's cookies too: the gateway drops
+        # the leading space Django 5.2 writes in Set-Cookie.)
         "timeout_graceful_shutdown": config.graceful_timeout,
         "timeout_keep_alive": keep_alive,
         # The gateway honours X-Forwarded-* itself, from GATEWAY_TRUSTED_PROXIES only.
@@ -171,7 +172,10 @@ class WorkerConfig(TimedConfig):
 
             configure_logging_if_unset(self.gateway.log_format, self.gateway.access_log)
             try:
-                self.app = create_asgi_app(load_table(self.gateway), self.gateway)
+                # SIGHUP restarts the workers (uvicorn's supervisor): each new one reads the
+                # gateway.toml again; one that cannot start leaves the old worker serving.
+                gateway = self.gateway.with_file(self.gateway.config_file) if self.gateway.config_file else self.gateway
+                self.app = create_asgi_app(load_table(gateway), gateway)
             except Exception as exc:
                 # One line, and the exit code that makes uvicorn's supervisor stop
                 # instead of starting this worker again (and again).

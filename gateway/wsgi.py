@@ -13,6 +13,7 @@ ASGI mounts are served through a2wsgi on this side.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -27,6 +28,11 @@ from gateway.types import Environ, StartResponse, WSGIApp
 
 _UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
 _FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
+
+
+def _header(environ: Environ, name: str) -> str | None:
+    """A request header of ``environ`` by its name (``X-User-ID``)."""
+    return environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
 class WSGIGateway:
@@ -65,6 +71,7 @@ class WSGIGateway:
             get("HTTP_HOST"), get("wsgi.url_scheme", "http"),
             (get("SERVER_NAME", ""), int(port) if port.isdigit() else None), get("REMOTE_ADDR"),
             get("HTTP_X_REQUEST_ID"), forwarded, size, get("CONTENT_LENGTH") or None, get("CONTENT_TYPE"),
+            functools.partial(_header, environ) if self.pipeline.wants_headers else None,
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -325,3 +325,53 @@ def test_a_chunked_body_under_granian_is_a_411(echo_gateway: Any, caplog: pytest
     # With a Content-Length, Granian's stream is read and counted as any other.
     status, _ = wsgi_call(echo_gateway, b"", "5", **{"wsgi.input": granian_body(b"hello")})
     assert status.startswith("200")
+
+
+def test_a_streaming_mount_gets_a_chunked_body_as_a_stream() -> None:
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    gateway = create_wsgi_app(MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False),
+                              Config.from_env({"GATEWAY_STREAM_BODIES": "/echo"}))
+    gateway.apps["/echo"].app = app
+    stream = io.BytesIO(b"abc")
+    wsgi_call(gateway, b"", "", HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": stream,
+                                                                     "wsgi.input_terminated": True})
+    assert seen["wsgi.input"] is stream and seen["wsgi.input_terminated"] is True
+    assert "CONTENT_LENGTH" not in seen or seen["CONTENT_LENGTH"] == ""
+
+
+def test_an_http2_request_without_a_body_under_granian_is_served(echo_gateway: Any) -> None:
+    granian_body = type("WSGIBody", (io.BytesIO,), {"__module__": "granian._granian"})
+    status, body = wsgi_call(echo_gateway, b"", "", SERVER_PROTOCOL="HTTP/2", REQUEST_METHOD="GET",
+                             **{"wsgi.input": granian_body(b"")})
+    assert status.startswith("200"), body
+
+
+def test_read_body_closes_its_file_when_cancelled() -> None:
+    opened: list[Any] = []
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(read_body(messages(b"x" * (SPOOL_IN_MEMORY + 1), end=False), None, 10))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    tempfile.TemporaryFile = tracked  # type: ignore[assignment]
+    try:
+        asyncio.run(scenario())
+    finally:
+        tempfile.TemporaryFile = real  # type: ignore[assignment]
+    assert len(opened) == 1 and opened[0].closed

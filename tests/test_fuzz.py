@@ -267,8 +267,11 @@ CHARSETS = st.one_of(
 )
 MEDIA_TYPES = st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data", "text/plain",
                                "application/json", "MULTIPART/FORM-DATA", "application/x-www-form-urlencoded "])
-CONTENT_TYPES = st.tuples(MEDIA_TYPES, st.one_of(st.none(), CHARSETS), st.one_of(st.none(), CHARSETS)).map(
-    lambda t: t[0] + (f"; charset={t[1]}" if t[1] is not None else "") + (f"; boundary={t[2]}" if t[2] else ""))
+CHARSET_PARAMS = st.lists(st.tuples(st.sampled_from(["charset=", "charset*=utf-8''", 'x="a;charset=', "CHARSET="]),
+                                     CHARSETS), max_size=3).map(
+    lambda params: "".join(f"; {key}{value}" + ('"' if key.endswith('"a;charset=') else "") for key, value in params))
+CONTENT_TYPES = st.tuples(MEDIA_TYPES, CHARSET_PARAMS, st.one_of(st.none(), CHARSETS)).map(
+    lambda t: t[0] + t[1] + (f"; boundary={t[2]}" if t[2] else ""))
 FORM_BODIES = st.one_of(
     st.binary(max_size=80),
     st.tuples(st.text(max_size=30), st.sampled_from(["utf-8", "utf-16", "latin-1"])).map(

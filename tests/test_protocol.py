@@ -136,3 +136,24 @@ def test_a_closed_connection_stops_the_clock() -> None:
 
     transport = asyncio.run(scenario())
     assert transport.written == b"" and not transport.closed
+
+
+def test_the_rest_of_an_unread_body_after_a_response_is_no_request(caplog: pytest.LogCaptureFixture) -> None:
+    """An app answered before reading its body; the client sends the rest: no 408 for a
+    request nobody began, but the idle connection is still closed in the end."""
+
+    async def scenario() -> tuple[Transport, bytes]:
+        protocol, transport = connect()
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n0123456789")
+        await asyncio.sleep(TIMEOUT / 2)
+        answered = transport.written
+        protocol.data_received(b"0123456789")  # the rest of the body
+        await asyncio.sleep(TIMEOUT * 1.5)
+        return transport, answered
+
+    with caplog.at_level(logging.DEBUG, "gateway"):
+        transport, answered = asyncio.run(scenario())
+    assert answered.startswith(b"HTTP/1.1 200 OK")
+    assert transport.written == answered  # nothing after the response
+    assert transport.closed
+    assert [r.levelname for r in caplog.records if r.name == "gateway"] == ["DEBUG"]

@@ -256,3 +256,207 @@ def test_cookies_of_a_route_app_keep_the_whole_site(cookie: str, path: str) -> N
     from gateway.pipeline import scope_cookie
 
     assert scope_cookie(cookie, "") == f"a=1; Path={path}"
+
+
+# -- Canaries -------------------------------------------------------------------------------
+
+CANARY = SHOP.replace('''[[route]]
+rule = "/shop/cart"
+app = "new"
+methods = ["GET"]''', '''[[route]]
+rule = "/shop/cart"
+app = "legacy"
+methods = ["GET"]
+canary = { app = "new", share = SHARE }
+
+[[route]]
+rule = "/shop/items/<int:item_id>/reviews"
+app = "legacy"
+canary = { app = "new", share = 30, header = "X-User-ID" }''')
+
+
+def canary_entry(share: float, kind: str, table: MountTable) -> tuple[Send, Any]:
+    shop = table_from(CANARY.replace("SHARE", str(share)))
+    combined = MountTable([*table, *shop], shop.routes.values(), shop.route_table)
+    return ENTRIES[kind](combined, config_with())
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def who(answer: Any) -> str:
+    assert answer.status == 200, answer.body
+    return str(answer.json()["app"])
+
+
+def test_a_canary_takes_its_share_of_clients_and_keeps_each(kind: str, table: MountTable) -> None:
+    send, app = canary_entry(50, kind, table)
+    try:
+        ids = [f"{i:032x}" for i in range(1000)]
+        chosen = {i: who(send("GET", "/shop/cart", {"Cookie": f"gateway_canary={i}"})) for i in ids}
+        share = sum(a == "new" for a in chosen.values()) / len(ids)
+        assert 0.45 <= share <= 0.55, share
+        for i in ids[:50]:  # sticky: the same client, the same app, every time
+            assert who(send("GET", "/shop/cart", {"Cookie": f"other=1; gateway_canary={i}"})) == chosen[i]
+    finally:
+        getattr(app, "executor", None) and app.executor.shutdown(wait=True)
+
+
+def test_a_new_client_gets_its_cookie_and_stays(kind: str, table: MountTable) -> None:
+    send, app = canary_entry(50, kind, table)
+    try:
+        first = send("GET", "/shop/cart")
+        cookies = [c for c in first.all("Set-Cookie") if c.startswith("gateway_canary=")]
+        assert len(cookies) == 1
+        value, *attributes = [part.strip() for part in cookies[0].split(";")]
+        assert sorted(attributes) == ["HttpOnly", "Max-Age=31536000", "Path=/", "SameSite=Lax"]
+        assert all(who(send("GET", "/shop/cart", {"Cookie": value})) == who(first) for _ in range(10))
+        assert not send("GET", "/shop/cart", {"Cookie": value}).all("Set-Cookie")
+        bogus = send("GET", "/shop/cart", {"Cookie": "gateway_canary=not-an-id"})
+        assert any(c.startswith("gateway_canary=") for c in bogus.all("Set-Cookie"))  # a new one
+    finally:
+        getattr(app, "executor", None) and app.executor.shutdown(wait=True)
+
+
+def test_a_canary_by_header_is_sticky_per_value_and_sets_no_cookie(kind: str, table: MountTable) -> None:
+    send, app = canary_entry(50, kind, table)
+    try:
+        path = "/shop/items/3/reviews"
+        answers = [send("GET", path, {"X-User-ID": f"user-{i}"}) for i in range(1000)]
+        # Neither app has the page: which one answered is told by its 404 page... so ask the table.
+        assert all(a.status == 404 and not a.all("Set-Cookie") for a in answers)
+        routes = RouteTable(parse_gateway_file(CANARY.replace("SHARE", "50")).routes)
+        spec = next(s for s in routes.specs.values() if s.header == "X-User-ID")
+        share = sum(spec.chooses_canary(f"user-{i}") for i in range(1000)) / 1000
+        assert 0.25 <= share <= 0.35, share
+        assert send("GET", path).all("Set-Cookie") == []  # no header: the owner, and no cookie
+    finally:
+        getattr(app, "executor", None) and app.executor.shutdown(wait=True)
+
+
+def test_raising_the_share_only_adds_clients() -> None:
+    low = RouteTable(parse_gateway_file(CANARY.replace("SHARE", "10")).routes)
+    high = RouteTable(parse_gateway_file(CANARY.replace("SHARE", "60")).routes)
+    key = next(k for k, s in low.specs.items() if s.rule == "/shop/cart")
+    ids = [f"{i:032x}" for i in range(2000)]
+    before = {i for i in ids if low.specs[key].chooses_canary(i)}
+    after = {i for i in ids if high.specs[key].chooses_canary(i)}
+    assert before < after
+    assert 0.05 <= len(before) / 2000 <= 0.15 and 0.55 <= len(after) / 2000 <= 0.65
+
+
+@pytest.mark.parametrize(("canary", "message"), [
+    ('{ app = "nope", share = 5 }', "canary app 'nope' is not in [apps]."),
+    ('{ app = "new", share = 101 }', "canary share must be a number of per cent from 0 to 100"),
+    ('{ app = "new", share = "ten" }', "canary share must be a number of per cent from 0 to 100"),
+    ('{ app = "new", share = 5, header = "X User" }', "canary header must be a header name"),
+    ('{ share = 5 }', 'canary must be canary = { app = "name", share = 10 }'),
+    ('"new"', 'canary must be canary = { app = "name", share = 10 }'),
+])
+def test_a_bad_canary_is_refused_with_its_line(canary: str, message: str) -> None:
+    text = f'[apps]\nlegacy = "m:a"\nnew = "m:b"\n\n[[route]]\nrule = "/a"\napp = "legacy"\ncanary = {canary}\n'
+    with pytest.raises(ConfigFileError) as refused:
+        parse_gateway_file(text)
+    assert str(refused.value).startswith(f"gateway.toml, line 5: {message}")
+
+
+# -- Reloading -------------------------------------------------------------------------------
+
+
+def test_reload_swaps_the_rules_and_refuses_a_bad_file(tmp_path: Path, table: MountTable,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    import httpx
+
+    from gateway.asgi import create_asgi_app
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(CANARY.replace("SHARE", "0"))
+    config = config_with().with_file(path)
+    shop = table_from(CANARY.replace("SHARE", "0"))
+    app = create_asgi_app(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config, threads=2)
+
+    async def apps_seen(count: int) -> set[str]:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            seen = set()
+            for i in range(count):
+                answer = await client.get("/shop/cart", headers={"Cookie": f"gateway_canary={i:032x}"})
+                seen.add(answer.json()["app"])
+            return seen
+
+    try:
+        assert asyncio.run(apps_seen(50)) == {"legacy"}
+        path.write_text(CANARY.replace("SHARE", "100"))
+        assert app.reload() is True
+        assert asyncio.run(apps_seen(50)) == {"new"}
+        path.write_text(CANARY.replace("SHARE", "100").replace('app = "legacy"\nmethods', 'app = "nwe"\nmethods'))
+        with caplog.at_level(logging.ERROR, "gateway"):
+            assert app.reload() is False
+        assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
+            f"{path} was not reloaded: {path}, line 17: app 'nwe' is not in [apps] (known: legacy, new). "
+            "The route rules stay as they were."]
+        assert asyncio.run(apps_seen(20)) == {"new"}  # the last good rules
+    finally:
+        app.executor.shutdown(wait=True)
+
+
+COUNTING = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('COUNTS {"requests": %d, "status": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"timeout": %d}\\n', summary.requests, e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+@pytest.mark.server
+@pytest.mark.skipif(__import__("shutil").which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+def test_sighup_reloads_the_rules_under_load_and_fails_no_request(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+
+    from tests.support import GATEWAY, ServerProcess, free_port, server_env
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(CANARY.replace("SHARE", "0"))
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port), "--config", str(path)], port=port,
+                           env=server_env(tmp_path), log_path=tmp_path / "server.log", ready_path="/shop/cart")
+    script = tmp_path / "count.lua"
+    script.write_text(COUNTING)
+    try:
+        wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d6s", "--timeout", "5s", "-s", str(script),
+                                f"http://127.0.0.1:{port}/shop/cart"], stdout=subprocess.PIPE, text=True)
+        shares = ["100", "0", "50", "100", "0", "100"]
+        for share in shares:
+            time.sleep(0.8)
+            path.write_text(CANARY.replace("SHARE", share))
+            server.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        path.write_text(CANARY.replace("SHARE", "100").replace('app = "legacy"\nmethods', 'app = "nwe"\nmethods'))
+        server.proc.send_signal(signal.SIGHUP)  # a bad file: refused, the last rules stay
+        out, _ = wrk.communicate(timeout=60)
+        line = next(x for x in out.splitlines() if x.startswith("COUNTS "))
+        counts = json.loads(line[7:])
+        print(counts)
+        assert counts["requests"] > 100, counts
+        # wrk counts an answer of 400 or more as a status error.
+        assert (counts["status"], counts["connect"], counts["read"], counts["write"], counts["timeout"]) == (
+            0, 0, 0, 0, 0), counts
+        assert server.log.count("Reloaded ") == len(shares)
+        assert server.log.count("was not reloaded: ") == 1
+        assert "Traceback" not in server.log
+        # After the refused file, share 100 still holds: every new client goes to the new app.
+        import httpx
+
+        for _ in range(10):
+            assert httpx.get(f"http://127.0.0.1:{port}/shop/cart", timeout=10).json()["app"] == "new"
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0

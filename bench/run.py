@@ -3,9 +3,9 @@ frameworks, and write a Markdown table and a chart to ``bench/results/<time>/``.
 
 ::
 
-    python bench/run.py                      # 5 rounds, 10 s per measurement
-    python bench/run.py --quick              # 1 round of 3 s: a smoke test, not a result
-    python bench/run.py --only 'gateway-*' 'alone-*' --rounds 3
+    .venv/bin/python bench/run.py                      # 5 rounds, 10 s per measurement
+    .venv/bin/python bench/run.py --quick              # 1 round of 3 s: a smoke test, not a result
+    .venv/bin/python bench/run.py --only 'gateway-*' 'alone-*' --rounds 3
 
 Configurations run round-robin (each round starts one later), so that drift of the
 machine spreads over all of them; the report gives medians over the rounds. The
@@ -56,7 +56,7 @@ class Context:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(
-        prog="python bench/run.py",
+        prog=".venv/bin/python bench/run.py",
         description="Benchmark the gateway (see bench/README.md).",
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds over all configurations (default 5)")

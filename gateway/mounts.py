@@ -17,10 +17,12 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config import Config, configure_apps
 from gateway.routes import Fallback, RouteSpec, RouteTable
+from gateway.shadow import ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -99,7 +101,7 @@ class MountTable:
 
     @classmethod
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
-                   apps: Mapping[str, str] | None = None) -> MountTable:
+                   apps: Mapping[str, str] | None = None, shadow_log: Path | None = None) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -111,9 +113,10 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes)
+        table = RouteTable(routes, shadow_log)
         loaded: dict[str, Any] = {}
-        for name in dict.fromkeys(n for route in routes for n in (*route.apps, *filter(None, [route.canary]))):
+        for name in dict.fromkeys(n for route in routes
+                                  for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):
             target = (apps or {})[name]
             app = import_app(target.partition("@")[0])
             if (target.partition("@")[2] or detect_interface(app)) != "wsgi":
@@ -123,7 +126,10 @@ class MountTable:
         rule_mounts = []
         for route in routes:
             targets = ", ".join((apps or {})[n] for n in route.apps)
-            if len(route.apps) == 1:
+            if route.shadow is not None:
+                app = ShadowTap(route.key, loaded[route.apps[0]], loaded[route.shadow], table.shadower,
+                                route.shadow_headers)
+            elif len(route.apps) == 1:
                 app = loaded[route.apps[0]]
             else:
                 app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock)
@@ -173,7 +179,7 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     """
     configure_apps(config, strict=strict)
     table = MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
-                                  apps=config.file.apps)
+                                  apps=config.file.apps, shadow_log=config.data_dir / "shadow.jsonl")
     if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
         raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
                          f"prefix here: use one of {', '.join(table.mounts)}.")

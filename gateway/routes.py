@@ -56,6 +56,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wsgi import ClosingIterator
 
+from gateway.shadow import Shadower
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -80,6 +81,8 @@ class RouteSpec:
     canary: str | None = None
     share: float = 0.0
     header: str | None = None  # the canary is sticky by this header's value, else by a cookie
+    shadow: str | None = None  # the candidate a shadow comparison replays GET and HEAD on
+    shadow_headers: tuple[str, ...] = ()  # response headers the comparison includes
 
     @property
     def canary_key(self) -> str:
@@ -149,10 +152,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     for index, route in enumerate(routes):
         line = route_lines[index] if index < len(route_lines) else 0
         where = f"{name}, line {line}"
-        extra = set(route) - {"rule", "app", "methods", "canary"}
+        extra = set(route) - {"rule", "app", "methods", "canary", "shadow"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
-                                  "use rule, app, methods and canary.")
+                                  "use rule, app, methods, canary and shadow.")
         rule = route.get("rule")
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
@@ -172,7 +175,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             methods = tuple(sorted({m.upper() for m in methods} | ({"HEAD"} if "GET" in (
                 m.upper() for m in methods) else set())))
         canary, share, header = _canary(route.get("canary"), apps, where)
-        spec = RouteSpec(rule, names, methods, line, canary, share, header)
+        shadow, shadow_headers = _shadow(route.get("shadow"), apps, where)
+        if shadow is not None and (canary is not None or len(names) > 1):
+            raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
+        spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers)
         try:
             Map([Rule(rule, endpoint=0, methods=methods)])
         except (ValueError, LookupError) as exc:
@@ -200,6 +206,22 @@ def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     if header is not None and not (isinstance(header, str) and re.fullmatch(r"[A-Za-z0-9-]+", header)):
         raise ConfigFileError(f'{where}: canary header must be a header name, e.g. header = "X-User-ID".')
     return str(value["app"]), float(share), header
+
+
+def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, tuple[str, ...]]:
+    """Check a route's ``shadow = { app = "new", headers = ["Content-Type"] }``."""
+    if value is None:
+        return None, ()
+    form = 'shadow = { app = "name" } (optionally headers = ["Content-Type", ...] to compare)'
+    if not isinstance(value, dict) or set(value) - {"app", "headers"} or "app" not in value:
+        raise ConfigFileError(f"{where}: shadow must be {form}.")
+    if value["app"] not in apps:
+        raise ConfigFileError(f"{where}: shadow app {value['app']!r} is not in [apps].")
+    headers = value.get("headers", [])
+    if not isinstance(headers, list) or not all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9-]+", h)
+                                                for h in headers):
+        raise ConfigFileError(f'{where}: shadow headers must be a list of header names, e.g. ["Content-Type"].')
+    return str(value["app"]), tuple(headers)
 
 
 def _line_of(lines: list[str], key: str) -> int:
@@ -270,8 +292,10 @@ class Match:
 class RouteTable:
     """The rules of a ``gateway.toml`` as one Werkzeug ``Map``."""
 
-    def __init__(self, specs: Iterable[RouteSpec]) -> None:
+    def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None) -> None:
         self.specs = {spec.key: spec for spec in specs}
+        #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
+        self.shadower = Shadower(shadow_log)
         # No redirects: a trailing slash, merged slashes and defaults are the app's business.
         self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
                        strict_slashes=False, merge_slashes=False, redirect_defaults=False)
@@ -314,6 +338,9 @@ class RouteTable:
                 lines.append(f"{spec.share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}; the others:")
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
+            if spec.shadow is not None:
+                lines.append(f"In shadow mode: after the answer, a GET or HEAD is replayed on {spec.shadow!r} "
+                             "and compared (gateway diff).")
             else:
                 lines.append(f"App {spec.apps[0]!r} answers it; on a 404 to GET or HEAD, "
                              + ", then ".join(repr(a) for a in spec.apps[1:]) + " is asked next.")

@@ -3,6 +3,7 @@ process, and the ``gateway routes`` command."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -460,3 +461,130 @@ def test_sighup_reloads_the_rules_under_load_and_fails_no_request(tmp_path: Path
     finally:
         server.stop()
     assert server.proc.returncode == 0
+
+
+# -- Shadow comparison -------------------------------------------------------------------------
+
+SHADOW = SHOP + '''
+[[route]]
+rule = "/shop/products/<int:product_id>"
+app = "legacy"
+shadow = { app = "new", headers = ["Content-Type"] }
+
+[[route]]
+rule = "/shop/api/products/<int:product_id>"
+app = "legacy"
+shadow = { app = "new" }
+'''
+
+
+@pytest.fixture
+def shadowed(request: pytest.FixtureRequest, table: MountTable, tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
+    parsed = parse_gateway_file(SHADOW)
+    log = tmp_path / "shadow.jsonl"
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps, shadow_log=log)
+    combined = MountTable([*table, *shop], shop.routes.values(), shop.route_table)
+    send, app = ENTRIES["asgi"](combined, config_with())
+    yield send, shop.route_table, log
+    app.executor.shutdown(wait=True)
+
+
+def counts_of(routes: Any, rule: str) -> dict[str, int]:
+    routes.shadower.drain()
+    key = next(k for k in routes.specs if routes.specs[k].rule == rule)
+    return {k: v for k, v in routes.shadower.counts.get(key, {}).items()}
+
+
+def test_the_deliberate_difference_is_reported_and_the_noise_is_not(shadowed: Any) -> None:
+    send, routes, log = shadowed
+    for product in (7, 21, 13, 7):
+        answer = send("GET", f"/shop/products/{product}")
+        assert answer.status == 200 and b'class="product" id="p' in answer.body  # the primary's page
+    counts = counts_of(routes, "/shop/products/<int:product_id>")
+    assert counts == {"compared": 4, "noise": 3, "different": 1}, counts
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["path"] for r in records] == ["/shop/products/13"]
+    assert records[0]["differences"] == ["body: 2 token(s) differ"]  # where "(new)" went in; not the token or time
+    assert records[0]["status"] == [200, 200]
+    assert "\n+(new)\n" in records[0]["diff"]  # the diff shows every token that differs, noise too
+
+
+def test_json_key_order_is_not_a_difference(shadowed: Any) -> None:
+    send, routes, _ = shadowed
+    for product in (7, 13):
+        assert send("GET", f"/shop/api/products/{product}").status == 200
+    assert counts_of(routes, "/shop/api/products/<int:product_id>") == {"compared": 2, "noise": 2}
+
+
+def test_no_unsafe_method_is_ever_shadowed(shadowed: Any) -> None:
+    send, routes, _ = shadowed
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        send(method, "/shop/products/7", {"Content-Type": "text/plain"}, b"x")
+    assert counts_of(routes, "/shop/products/<int:product_id>") == {}
+
+
+def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
+    import threading
+
+    from gateway.shadow import Shadower, ShadowTap
+
+    release = threading.Event()
+
+    def slow(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"late"]
+
+    def fast(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"now"]
+
+    from werkzeug.test import Client
+
+    shadower = Shadower(None, threads=1, size=2)
+    client = Client(ShadowTap("~/x", fast, slow, shadower))
+    try:
+        import time
+
+        started = time.monotonic()
+        for _ in range(10):
+            assert client.get("/x", buffered=True).get_data() == b"now"
+        assert time.monotonic() - started < 5  # the candidate's 10 s never reached the client
+        shadower_counts = shadower.counts["~/x"]
+        assert shadower_counts["dropped"] >= 7  # one running, two queued, the rest dropped
+    finally:
+        release.set()
+    shadower.drain()
+    assert shadower.counts["~/x"]["compared"] + shadower.counts["~/x"]["dropped"] == 10
+
+
+def test_normalisers() -> None:
+    from gateway.shadow import tokens
+
+    html_a, html_b = b'<p  class="a" id="b">x   y</p>', b'<p id="b" class="a">\nx y</p>'
+    assert tokens("text/html", html_a) == tokens("text/html", html_b)
+    assert tokens("application/json", b'{"a": 1, "b": [1, 2]}') == tokens("application/json", b'{"b":[1,2],"a":1}')
+    assert tokens("application/json", b'{"b": [2, 1]}') != tokens("application/json", b'{"b": [1, 2]}')
+
+
+@pytest.mark.server
+def test_gateway_diff_summarises_the_log(tmp_path: Path) -> None:
+    from tests.support import ROOT, server_env
+
+    log = tmp_path / "shadow.jsonl"
+    log.write_text("\n".join(json.dumps({
+        "time": "2026-11-30T18:00:00Z", "rule": "~/shop/products/<int:product_id>", "method": "GET",
+        "path": f"/shop/products/{n}", "query": "", "status": [200, 200], "differences": ["body: 2 token(s) differ"],
+        "diff": "--- primary\n+++ candidate\n-Kettle\n+Kettle\n+(new)"}) for n in (13, 13, 14)) + "\n")
+    result = subprocess.run([sys.executable, "-m", "gateway", "diff", str(log)], cwd=ROOT, env=server_env(tmp_path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "~/shop/products/<int:product_id>: 3 difference(s) on 2 path(s); body x3"
+    assert lines[1] == "  /shop/products/13  x2"
+    assert "    +(new)" in lines
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    bad = subprocess.run([sys.executable, "-m", "gateway", "diff", str(tmp_path / "bad.jsonl")], cwd=ROOT,
+                         env=server_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"gateway: error: {tmp_path / 'bad.jsonl'}, line 1: not a JSON line of the shadow log."

@@ -44,3 +44,58 @@ def new_item(item_id: int) -> object:
 @new.post("/shop/items/<int:item_id>")
 def new_item_post(item_id: int) -> object:
     return jsonify(error="not here"), 404
+
+
+# Pages for the shadow comparison: each run has a fresh CSRF token and time (noise), the
+# new app writes its attributes in another order and its white space otherwise (not a
+# difference), and its product 13 has a deliberate difference in its name.
+_NAMES = {7: "Teapot", 13: "Kettle", 21: "Cup"}
+
+
+def _product(app: str, product_id: int) -> str:
+    import secrets
+    import time
+
+    name = _NAMES.get(product_id, "Spoon")
+    token, now = secrets.token_hex(8), f"{time.time():.6f}"
+    if app == "legacy":
+        return (f'<div class="product" id="p{product_id}"><h1>{name}</h1>'
+                f'<input type="hidden" name="csrf" value="{token}"><time>{now}</time></div>')
+    if product_id == 13:
+        name = "Kettle (new)"
+    return (f'<div id="p{product_id}"   class="product">\n  <h1>{name}</h1>\n'
+            f'  <input name="csrf" value="{token}" type="hidden">\n  <time>{now}</time>\n</div>\n')
+
+
+@legacy.get("/shop/products/<int:product_id>")
+def legacy_product(product_id: int) -> str:
+    return _product("legacy", product_id)
+
+
+@new.get("/shop/products/<int:product_id>")
+def new_product(product_id: int) -> str:
+    return _product("new", product_id)
+
+
+@legacy.post("/shop/products/<int:product_id>")
+def legacy_product_post(product_id: int) -> str:
+    return "posted"
+
+
+@legacy.get("/shop/api/products/<int:product_id>")
+def legacy_api(product_id: int) -> object:
+    import secrets
+
+    return jsonify(id=product_id, name=_NAMES.get(product_id, "Spoon"), request_id=secrets.token_hex(4))
+
+
+@new.get("/shop/api/products/<int:product_id>")
+def new_api(product_id: int) -> object:
+    import json
+    import secrets
+
+    from flask import Response
+
+    # The same object with its keys in another order: equal.
+    body = {"request_id": secrets.token_hex(4), "name": _NAMES.get(product_id, "Spoon"), "id": product_id}
+    return Response(json.dumps(body), content_type="application/json")

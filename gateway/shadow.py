@@ -1,0 +1,342 @@
+"""Shadow comparison: the old page against the new one, on live traffic, off the request path.
+
+A route rule in shadow mode (``shadow = { app = "new" }`` in ``gateway.toml``) answers
+from its own app, the primary, as always. For GET and HEAD only, the gateway keeps a
+copy of the primary's answer as it goes to the client and, once the response is
+closed, hands the request to a small pool of its own (:class:`Shadower`), which:
+
+1. replays it on the candidate;
+2. replays it on the primary a second time (Twitter's Diffy calls this the secondary:
+   what differs between two runs of the same app, such as CSRF tokens, timestamps or
+   request IDs, is noise, not a difference);
+3. compares the status, the headers the rule names, and the body, normalised: JSON by
+   value (key order does not count), HTML and text by token (white space and attribute
+   order do not count).
+
+The client never waits for any of it: the hand-over is a non-blocking put on a bounded
+queue, and a full queue drops the comparison (counted). Results are counted per rule
+(compared, equal, different, noise only, dropped), and differences are written as JSON
+lines, each with a unified diff, to ``shadow.jsonl`` in the data directory, which
+``gateway diff`` summarises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html.parser
+import io
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.types import Environ, StartResponse, WSGIApp
+
+logger = logging.getLogger("gateway.shadow")
+
+OUTCOMES = ("compared", "equal", "different", "noise", "dropped")
+MAX_BODY = 1024 * 1024  # answers longer than this are not compared (counted as dropped)
+SAFE = frozenset({"GET", "HEAD"})
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def call(app: WSGIApp, environ: Environ) -> Answer:
+    """Call a WSGI app with a copy of ``environ``; its status, headers and body (capped)."""
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        got["status"], got["headers"] = int(status[:3]), headers
+        return lambda data: None
+
+    result = app(fresh(environ), start_response)
+    try:
+        body = b""
+        for chunk in result:
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise TooLarge
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return got.get("status", 0), {n.lower(): v for n, v in got.get("headers", [])}, body
+
+
+class TooLarge(Exception):
+    """An answer over :data:`MAX_BODY`: not compared."""
+
+
+def fresh(environ: Environ) -> Environ:
+    """A copy of a request's environ to replay it: the framework's own keys dropped, no body."""
+    copy = {k: v for k, v in environ.items() if k.isupper() or k.startswith("wsgi.")}
+    copy["wsgi.input"] = io.BytesIO(b"")
+    copy["wsgi.errors"] = environ.get("wsgi.errors")
+    return copy
+
+
+# -- Normalising and comparing ---------------------------------------------------------------
+
+
+class _Tokens(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tokens: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tokens.append(f"<{tag}>")
+        self.tokens.extend(f"@{name}={value}" for name, value in sorted((n, v or "") for n, v in attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        self.tokens.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.tokens.extend(data.split())
+
+
+def tokens(content_type: str, body: bytes) -> list[str]:
+    """A body as tokens to compare: JSON as sorted ``path=value`` lines, HTML by tags,
+    sorted attributes and words, anything else by words."""
+    text = body.decode("utf-8", "replace")
+    if "json" in content_type:
+        try:
+            return [f"{path}={value}" for path, value in sorted(_flatten(json.loads(text)))]
+        except ValueError:
+            pass
+    if "html" in content_type:
+        parser = _Tokens()
+        parser.feed(text)
+        parser.close()
+        return parser.tokens
+    return text.split()
+
+
+def _flatten(value: Any, path: str = "$") -> Iterator[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flatten(item, f"{path}[{index}]")
+    else:
+        yield path, json.dumps(value)
+
+
+def changed(a: list[str], b: list[str]) -> set[int]:
+    """The positions of ``a`` that ``b`` changes (an insertion marks its neighbours)."""
+    positions: set[int] = set()
+    for op, i1, i2, _, _ in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op != "equal":
+            positions.update(range(i1, i2) if i2 > i1 else {max(i1 - 1, 0), i1})
+    return positions
+
+
+def compare(primary: Answer, secondary: Answer, candidate: Answer, headers: Iterable[str]) -> tuple[str, list[str]]:
+    """``equal``, ``noise`` (the only differences are ones two runs of the primary have too)
+    or ``different``, with what differs for real."""
+    real: list[str] = []
+    noisy = False
+    if candidate[0] != primary[0]:
+        if secondary[0] != primary[0]:
+            noisy = True
+        else:
+            real.append(f"status {primary[0]} != {candidate[0]}")
+    for name in headers:
+        name = name.lower()
+        mine, theirs = primary[1].get(name), candidate[1].get(name)
+        if mine != theirs:
+            if secondary[1].get(name) != mine:
+                noisy = True
+            else:
+                real.append(f"header {name}: {mine!r} != {theirs!r}")
+    kind = primary[1].get("content-type", "")
+    a = tokens(kind, primary[2])
+    moved = changed(a, tokens(candidate[1].get("content-type", ""), candidate[2]))
+    if moved:
+        noise = changed(a, tokens(secondary[1].get("content-type", ""), secondary[2]))
+        if moved <= noise:
+            noisy = True
+        else:
+            real.append(f"body: {len(moved - noise)} token(s) differ")
+    return ("different" if real else "noise" if noisy else "equal"), real
+
+
+def unified(primary: Answer, candidate: Answer) -> str:
+    """A unified diff of the two bodies' tokens, one a line."""
+    kind = primary[1].get("content-type", "")
+    return "\n".join(difflib.unified_diff(tokens(kind, primary[2]), tokens(kind, candidate[2]),
+                                          "primary", "candidate", lineterm="", n=2))
+
+
+# -- The pool --------------------------------------------------------------------------------
+
+
+class Shadower:
+    """A bounded queue and a few daemon threads that replay and compare, off the request path."""
+
+    def __init__(self, log_path: Path | None, *, threads: int = 2, size: int = 64, keep: int = 1000) -> None:
+        self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=size)
+        self.counts: dict[str, Counter[str]] = {}
+        self.lock = threading.Lock()
+        self.log_path = log_path
+        self.keep = keep  # differences written per rule, at most
+        self.written: Counter[str] = Counter()
+        self.workers = [threading.Thread(target=self.work, name=f"gateway-shadow-{i}", daemon=True)
+                        for i in range(threads)]
+        self.started = False
+
+    def count(self, rule: str, outcome: str) -> None:
+        with self.lock:
+            self.counts.setdefault(rule, Counter())[outcome] += 1
+
+    def submit(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
+               headers: tuple[str, ...]) -> None:
+        """Queue a comparison; never blocks: a full queue drops it (counted)."""
+        if not self.started:
+            with self.lock:
+                if not self.started:
+                    for worker in self.workers:
+                        worker.start()
+                    self.started = True
+        try:
+            self.queue.put_nowait((rule, environ, primary, apps, headers))
+        except queue.Full:
+            self.count(rule, "dropped")
+
+    def work(self) -> None:
+        while True:
+            job = self.queue.get()
+            try:
+                self.compare(*job)
+            except Exception:  # one bad comparison must not stop the pool
+                logger.exception("Shadow comparison failed for %s", job[0])
+            finally:
+                self.queue.task_done()
+
+    def compare(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
+                headers: tuple[str, ...]) -> None:
+        candidate_app, primary_app = apps
+        try:
+            candidate = call(candidate_app, environ)
+            secondary = call(primary_app, environ)
+        except TooLarge:
+            self.count(rule, "dropped")
+            return
+        outcome, real = compare(primary, secondary, candidate, headers)
+        self.count(rule, "compared")
+        self.count(rule, outcome)
+        if outcome == "different":
+            self.record(rule, environ, primary, candidate, real)
+
+    def record(self, rule: str, environ: Environ, primary: Answer, candidate: Answer, real: list[str]) -> None:
+        if self.log_path is None or self.written[rule] >= self.keep:
+            return
+        self.written[rule] += 1
+        line = json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rule": rule,
+            "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+            "query": environ.get("QUERY_STRING", ""), "status": [primary[0], candidate[0]],
+            "differences": real, "diff": unified(primary, candidate),
+        })
+        with self.lock, open(self.log_path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every queued comparison is done (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+class ShadowTap:
+    """The WSGI app of a rule in shadow mode: the primary answers; for GET and HEAD a copy
+    of its answer goes, with the request, to the :class:`Shadower` once it is closed."""
+
+    def __init__(self, rule: str, primary: WSGIApp, candidate: WSGIApp, shadower: Shadower,
+                 headers: tuple[str, ...] = ()) -> None:
+        self.rule = rule
+        self.primary = primary
+        self.candidate = candidate
+        self.shadower = shadower
+        self.headers = headers
+        self.apps = [("primary", primary), ("candidate", candidate)]  # for gateway.pipeline.is_django
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in SAFE:
+            return self.primary(environ, start_response)
+        copy = fresh(environ)
+        got: dict[str, Any] = {}
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            got["status"], got["headers"] = int(status[:3]), {n.lower(): v for n, v in headers}
+            return start_response(status, headers, exc_info)
+
+        result = self.primary(environ, keep)
+        return _Tapped(result, self, copy, got)
+
+
+class _Tapped:
+    """The primary's answer on its way to the client, with a copy kept (up to MAX_BODY)."""
+
+    def __init__(self, result: Iterable[bytes], tap: ShadowTap, environ: Environ, got: dict[str, Any]) -> None:
+        self.result = result
+        self.tap = tap
+        self.environ = environ
+        self.got = got
+        self.body: list[bytes] = []
+        self.size = 0
+        self.complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.result:
+            if self.size <= MAX_BODY:
+                self.body.append(chunk)
+                self.size += len(chunk)
+            yield chunk
+        self.complete = True
+
+    def close(self) -> None:
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
+        self.hand_over()
+
+    def hand_over(self) -> None:
+        """After the response: queue the comparison (never waiting)."""
+        tap = self.tap
+        if not self.complete or "status" not in self.got:
+            return  # the client left, or the app failed: nothing to compare
+        if self.size > MAX_BODY:
+            tap.shadower.count(tap.rule, "dropped")
+            return
+        primary = (self.got["status"], self.got["headers"], b"".join(self.body))
+        tap.shadower.submit(tap.rule, self.environ, primary, (tap.candidate, tap.primary), tap.headers)
+
+
+def summarise(path: Path) -> list[str]:
+    """``gateway diff``: what the shadow log says, per rule, most differences first."""
+    per_rule: dict[str, list[dict[str, Any]]] = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}, line {number}: not a JSON line of the shadow log.") from None
+            per_rule.setdefault(record["rule"], []).append(record)
+    out = []
+    for rule, records in sorted(per_rule.items(), key=lambda item: -len(item[1])):
+        paths = Counter(r["path"] for r in records)
+        kinds = Counter(re.sub(r"\d+", "N", d.split(":")[0]) for r in records for d in r["differences"])
+        out.append(f"{rule}: {len(records)} difference(s) on {len(paths)} path(s); "
+                   + ", ".join(f"{k} x{n}" for k, n in kinds.most_common(3)))
+        out.extend(f"  {p}  x{n}" for p, n in paths.most_common(5))
+        last = records[-1]
+        out.append(f"  latest ({last['time']}, {last['path']}):")
+        out.extend(f"    {line}" for line in last["diff"].splitlines()[:20])
+    return out or [f"{path}: no differences recorded."]

@@ -35,6 +35,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secrets.token_hex(32)
     django_data.init_app(app)
     app.register_blueprint(views.bp)
+    if app.config.get("SHARED_SIGNIN") and django_data.enabled(app):
+        from flask_hello import account
+
+        account.init_app(app)
     return app
 
 

@@ -35,6 +35,7 @@ environment already says.
                           whole first)
 ``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
                           (:mod:`gateway.routes`)
+``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.signin`)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -90,6 +91,9 @@ class Config:
     stream_bodies: tuple[str, ...] = ()
     #: ``gateway.toml`` (``GATEWAY_CONFIG``, ``--config``): named apps, mounts, route rules.
     config_file: Path | None = None
+    #: One sign-in for both apps: the name of Django's session cookie, whose path the
+    #: gateway leaves at the site root so that every app receives it (``GATEWAY_SHARED_SIGNIN``).
+    shared_signin: str | None = None
     file: GatewayFile = field(default_factory=GatewayFile)
 
     @classmethod
@@ -125,6 +129,7 @@ class Config:
             header_timeout=_timeout(environ, "GATEWAY_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
             ready_timeout=_timeout(environ, "GATEWAY_READY_TIMEOUT", DEFAULT_READY_TIMEOUT),
             stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
+            shared_signin=_shared_signin(environ.get("GATEWAY_SHARED_SIGNIN", "")),
         ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
 
     def with_file(self, path: Path | None) -> Config:
@@ -155,6 +160,7 @@ class Config:
             "GATEWAY_READY_TIMEOUT": str(self.ready_timeout),
             "GATEWAY_STREAM_BODIES": ",".join(self.stream_bodies),
             "GATEWAY_CONFIG": str(self.config_file or ""),
+            "GATEWAY_SHARED_SIGNIN": self.shared_signin or "",
         }
 
     def body_limit(self, prefix: str) -> int:
@@ -182,6 +188,8 @@ def configure_apps(config: Config, environ: MutableMapping[str, str] = os.enviro
     environ.setdefault("DJANGO_ALLOWED_HOSTS", ",".join(config.allowed_hosts))
     environ.setdefault("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", str(config.body_limit(DJANGO_PREFIX)))
     environ.setdefault("FLASK_MAX_CONTENT_LENGTH", str(config.body_limit(FLASK_PREFIX)))
+    if config.shared_signin:
+        environ.setdefault("FLASK_SHARED_SIGNIN", "true")
     if config.https:
         environ.setdefault("DJANGO_HTTPS", "1")
         environ.setdefault("FLASK_SESSION_COOKIE_SECURE", "true")
@@ -335,6 +343,18 @@ def _network(text: str) -> Network:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def _shared_signin(raw: str) -> str | None:
+    """``GATEWAY_SHARED_SIGNIN``: ``1`` (Django's default cookie, ``sessionid``), a cookie name, or off."""
+    value = raw.strip()
+    if not value or value.lower() in _FALSE:
+        return None
+    if value.lower() in _TRUE:
+        return "sessionid"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ValueError(f'GATEWAY_SHARED_SIGNIN="{raw}" must be 1, 0, or the name of Django\'s session cookie.')
+    return value
 
 
 def _strict_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:

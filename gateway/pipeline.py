@@ -347,6 +347,8 @@ class Pipeline:
         self.proxies = config.trusted_proxies
         self.max_header_size = config.max_header_size
         self.streaming = frozenset(config.stream_bodies)
+        #: ``sessionid=``: the cookie left at the site root for one sign-in, or None.
+        self.shared_cookie = f"{config.shared_signin}=" if config.shared_signin else None
         self.use(table)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
@@ -524,11 +526,16 @@ class Pipeline:
         present = set()
         frame_ancestors = False
         mounted = decision.mount is not None
+        shared = self.shared_cookie
         for i, (name, value) in enumerate(headers):
             lower = name.lower()
             present.add(lower)
             if lower == "set-cookie" and mounted:
-                headers[i] = (name, scope_cookie(value, self.cookie_path(decision.script_name)))
+                if shared is not None and value.lstrip().startswith(shared):
+                    # The one session both apps read (GATEWAY_SHARED_SIGNIN): the whole site.
+                    headers[i] = (name, scope_cookie(value, self.cookie_path(decision.root)))
+                else:
+                    headers[i] = (name, scope_cookie(value, self.cookie_path(decision.script_name)))
             elif lower == "content-security-policy" and "frame-ancestors" in value.lower():
                 frame_ancestors = True
         if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):

@@ -1,0 +1,110 @@
+"""One sign-in for both frameworks (GATEWAY_SHARED_SIGNIN): the Flask app sees the Django
+user through Django's own session and auth code, in process through the WSGI gateway."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from gateway.config import Config
+from gateway.mounts import Mount, MountTable
+from gateway.wsgi import create_wsgi_app
+from tests import test_admin_doors as doors
+from tests.test_admin_doors import Account, csrf_token
+
+account = doors.account  # the fixtures of a superuser of its own, with fast password hashes
+fast_hashes = doors.fast_hashes
+
+
+@pytest.fixture
+def user(account: Account) -> Account:
+    return account
+
+LOGIN = "/django/admin/login/"
+
+
+def gateway_with(table: MountTable, shared: bool) -> Any:
+    import flask_hello
+
+    flask_app = flask_hello.create_app({"SHARED_SIGNIN": True, "SECRET_KEY": secrets.token_hex(16)})
+    mounts = [Mount("/flask", "flask_hello:create_app", "wsgi", flask_app), *(m for m in table if m.prefix != "/flask")]
+    config = replace(Config.from_env({}), shared_signin="sessionid" if shared else None)
+    return create_wsgi_app(MountTable(mounts), config)
+
+
+@pytest.fixture
+def browser(table: MountTable) -> Iterator[Client]:
+    yield Client(gateway_with(table, shared=True))
+
+
+def sign_in(client: Client, user: Account) -> Any:
+    page = client.get(LOGIN, buffered=True)
+    return client.post(LOGIN, data={"csrfmiddlewaretoken": csrf_token(page.get_data(as_text=True)),
+                                    "username": user.username, "password": user.password,
+                                    "next": "/flask/account"}, buffered=True)
+
+
+def test_flask_sends_a_stranger_to_djangos_login_and_back(browser: Client) -> None:
+    answer = browser.get("/flask/account?tab=1", buffered=True)
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/django/admin/login/?next=%2Fflask%2Faccount%3Ftab%3D1"
+
+
+def test_a_django_sign_in_signs_flask_in(browser: Client, user: Account) -> None:
+    signed = sign_in(browser, user)
+    assert signed.status_code == 302 and signed.headers["Location"] == "/flask/account"
+    cookies = {c.split("=", 1)[0]: c for c in signed.headers.getlist("Set-Cookie")}
+    assert "Path=/;" in cookies["sessionid"] + ";"  # the one cookie both apps read
+    first_visit = Client(browser.application).get(LOGIN, buffered=True)
+    csrf = next(c for c in first_visit.headers.getlist("Set-Cookie") if c.startswith("csrftoken="))
+    assert "Path=/django" in csrf  # each app keeps its own CSRF cookie
+    answer = browser.get("/flask/account", buffered=True)
+    assert (answer.status_code, answer.get_data(as_text=True)) == (200, f"Signed in as {user.username}.\n")
+
+
+def test_signing_out_of_flask_signs_django_out(browser: Client, user: Account) -> None:
+    sign_in(browser, user)
+    assert browser.get("/django/admin/", buffered=True).status_code == 200
+    out = browser.post("/flask/signout", buffered=True)
+    assert out.status_code == 302
+    assert browser.get("/django/admin/", buffered=True).status_code == 302  # to the login page
+    assert browser.get("/flask/account", buffered=True).status_code == 302
+
+
+def test_signing_out_of_django_signs_flask_out(browser: Client, user: Account) -> None:
+    sign_in(browser, user)
+    page = browser.get("/django/admin/", buffered=True).get_data(as_text=True)
+    assert browser.post("/django/admin/logout/", data={"csrfmiddlewaretoken": csrf_token(page)},
+                        buffered=True).status_code == 200
+    assert browser.get("/flask/account", buffered=True).status_code == 302
+
+
+def test_a_session_revoked_in_django_is_refused_by_flask(browser: Client, user: Account) -> None:
+    from django.contrib.auth import get_user_model
+
+    sign_in(browser, user)
+    assert browser.get("/flask/account", buffered=True).status_code == 200
+    user = get_user_model().objects.get(username=user.username)
+    user.set_password(secrets.token_urlsafe(16))  # the session's auth hash no longer matches
+    user.save()
+    assert browser.get("/flask/account", buffered=True).status_code == 302
+
+
+def test_without_the_option_each_app_keeps_its_cookies(table: MountTable, user: Account) -> None:
+    client = Client(gateway_with(table, shared=False))
+    signed = sign_in(client, user)
+    assert "Path=/django" in next(c for c in signed.headers.getlist("Set-Cookie") if c.startswith("sessionid="))
+    assert client.get("/flask/account", buffered=True).status_code == 302  # Flask never sees the session
+
+
+def test_the_option_is_read_and_refused_in_one_line() -> None:
+    assert Config.from_env({"GATEWAY_SHARED_SIGNIN": "1"}).shared_signin == "sessionid"
+    assert Config.from_env({"GATEWAY_SHARED_SIGNIN": "mysession"}).shared_signin == "mysession"
+    assert Config.from_env({"GATEWAY_SHARED_SIGNIN": "0"}).shared_signin is None
+    with pytest.raises(ValueError, match="GATEWAY_SHARED_SIGNIN=\"a b\" must be 1, 0, or the name"):
+        Config.from_env({"GATEWAY_SHARED_SIGNIN": "a b"})

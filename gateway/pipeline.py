@@ -49,6 +49,7 @@ from urllib.parse import quote
 
 from werkzeug.http import parse_cookie
 
+from gateway import migration_page
 from gateway.config import Config, Network
 from gateway.logs import REQUEST_ID, access
 from gateway.mounts import PREFIX_PATTERN, Mount, MountTable
@@ -384,6 +385,10 @@ class Pipeline:
             reply = HEALTHY if path == "/healthz" else None
             return Decision(rid, reply, None, reply is None, root, root, path, host, server, scheme, client,
                             proxied)
+        if path in migration_page.PATHS and migration_page.allowed(client, self.proxies):
+            # Like the health answers: outside the apps, for operators by address.
+            return Decision(rid, migration_page.render(self.table.route_table), None, False, root, root, path,
+                            host, server, scheme, client, proxied)
         reply = None
         if head.header_size > self.max_header_size:
             reply = HEADERS_TOO_LARGE
@@ -403,6 +408,7 @@ class Pipeline:
             # A rule of the shared URL space: nothing is stripped, the app sees the whole path.
             prefix, path_info, script_name = found.key, path, root
             spec = routes.specs[found.key]  # type: ignore[union-attr]
+            routes.traffic.hit(found.key)  # type: ignore[union-attr]
             if spec.canary is not None:
                 canary, set_cookie = self.canary(spec, head, root, scheme)
                 if canary:

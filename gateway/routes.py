@@ -56,6 +56,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wsgi import ClosingIterator
 
+from gateway.migration_page import Traffic
 from gateway.shadow import Shadower
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -303,6 +304,8 @@ class RouteTable:
         #: Fallbacks taken, and requests sent to a canary, per rule key.
         self.fallbacks: Counter[str] = Counter()
         self.canaried: Counter[str] = Counter()
+        #: Requests a minute per rule, for the migration page (``/_gateway/``).
+        self.traffic = Traffic()
         self.lock = threading.Lock()
 
     def __bool__(self) -> bool:

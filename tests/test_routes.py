@@ -588,3 +588,54 @@ def test_gateway_diff_summarises_the_log(tmp_path: Path) -> None:
                          env=server_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert bad.stderr.strip() == f"gateway: error: {tmp_path / 'bad.jsonl'}, line 1: not a JSON line of the shadow log."
+
+
+# -- The migration page -------------------------------------------------------------------------
+
+
+def test_the_migration_page_shows_each_rule_to_loopback_only(table: MountTable, tmp_path: Path) -> None:
+    import re
+
+    from werkzeug.test import Client
+
+    from gateway.wsgi import create_wsgi_app
+
+    parsed = parse_gateway_file(CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):])
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps,
+                                 shadow_log=tmp_path / "shadow.jsonl")
+    app = create_wsgi_app(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config_with())
+    client = Client(app, use_cookies=False)
+    local = {"REMOTE_ADDR": "127.0.0.1"}
+    for i in range(20):
+        client.get("/shop/cart", headers={"Cookie": f"gateway_canary={i:032x}"}, environ_overrides=local)
+    for product in (7, 13):
+        client.get(f"/shop/products/{product}", environ_overrides=local, buffered=True)
+    client.get("/shop/items/500", environ_overrides=local)  # a fallback
+    shop.route_table.shadower.drain()  # type: ignore[union-attr]
+    page = client.get("/_gateway/", environ_overrides=local)
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    html = page.get_data(as_text=True)
+    assert "<script" not in html
+    from html import unescape
+
+    texts = [unescape(re.sub("<[^>]+>", " ", m)) for m in re.findall(r"<tr><td><code>.*?</tr>", html)]
+    rows = {text.split()[0]: " ".join(text.split()) for text in texts}
+    cart = rows["/shop/cart"]
+    assert " 20 " in f" {cart} " and "new: 50% of clients" in cart
+    assert re.search(r"of clients, \d+% of requests", cart)
+    assert "new then legacy" in rows["/shop/items/<int:item_id>"] and "1 (100%)" in rows["/shop/items/<int:item_id>"]
+    assert "new: 50% equal of 2 compared (1 different, 0 dropped)" in rows["/shop/products/<int:product_id>"]
+    assert client.get("/_gateway/", environ_overrides={"REMOTE_ADDR": "203.0.113.9"}).status_code == 404
+
+
+def test_traffic_keeps_the_last_minutes() -> None:
+    from gateway.migration_page import MINUTES, Traffic
+
+    traffic = Traffic()
+    start = 1_000_000 * 60.0
+    for minute in range(MINUTES + 3):
+        for _ in range(minute):
+            traffic.hit("~/a", start + minute * 60)
+    series = traffic.series("~/a", start + (MINUTES + 2) * 60)
+    assert series == list(range(3, MINUTES + 3))
+    assert len(traffic.minutes) == MINUTES

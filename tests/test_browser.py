@@ -191,16 +191,38 @@ def check_index(page: Page) -> None:
         expect(item).to_contain_text(framework)
 
 
+def loaded(page: Page, url: str) -> None:
+    """Wait for the navigation to ``url`` to commit, then for that document's load event.
+
+    Take every step of a journey on a loaded page. A URL check alone passes at commit,
+    when the new document may hold nothing but the start of its ``<head>``: the admin's
+    head loads ``theme.js`` without ``defer``, so until that script arrives
+    ``document.body`` is null and the stylesheets may be pending. And a step that leaves
+    a page still loading aborts its pending requests (``net::ERR_ABORTED``), which
+    ``Traffic`` counts as errors. The load event comes after every stylesheet, script
+    and image of the page. Commit clears the frame's load state before the frame reports
+    its new URL, so this waits for the new document's load, never the one before.
+    """
+    expect(page).to_have_url(url)
+    page.wait_for_load_state("load")
+
+
 def check_admin_styled(page: Page) -> None:
-    """Assert admin/css/base.css was applied: the header takes its --header-bg colour."""
-    header_bg, expected = page.evaluate("""() => {
+    """Assert admin/css/base.css was applied: the header takes its --header-bg colour.
+
+    Call it on a page that has loaded (see ``loaded``), never right after a URL check.
+    """
+    state, header_bg, expected = page.evaluate("""() => {
+        if (document.readyState !== "complete") return [document.readyState, null, null];
         const probe = document.createElement("div");
         probe.style.backgroundColor = "var(--header-bg)";
         document.body.append(probe);
         const expected = getComputedStyle(probe).backgroundColor;
         probe.remove();
-        return [getComputedStyle(document.querySelector("#header")).backgroundColor, expected];
+        const header = getComputedStyle(document.querySelector("#header")).backgroundColor;
+        return [document.readyState, header, expected];
     }""")
+    assert state == "complete", f"check_admin_styled on a page still {state}: {page.url}"
     # Without base.css the variable is undefined and both are transparent.
     assert header_bg == expected and header_bg not in {"rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"}
 
@@ -208,18 +230,19 @@ def check_admin_styled(page: Page) -> None:
 def greet_in_flask(page: Page, base: str) -> None:
     """Follow the index's link to Flask and greet through its form."""
     page.click('a[href="/flask/"]')
-    expect(page).to_have_url(f"{base}/flask/")
+    loaded(page, f"{base}/flask/")
     expect(page.locator("#greeting")).to_have_text("Hello, World!")
     # #0b6e4f from flask_hello/static/style.css: the stylesheet loaded under the prefix.
     expect(page.locator("h1")).to_have_css("color", "rgb(11, 110, 79)")
     shoot(page, "02-flask")
     page.fill("#name", "Ada")
     page.click("button[type=submit]")
-    expect(page).to_have_url(f"{base}/flask/?name=Ada&lang=")
+    loaded(page, f"{base}/flask/?name=Ada&lang=")
     expect(page.locator("#greeting")).to_have_text("Hello, Ada!")
     shoot(page, "03-flask-ada")
     page.fill("#name", "<b>x</b>")
     page.click("button[type=submit]")
+    loaded(page, f"{base}/flask/?name=%3Cb%3Ex%3C%2Fb%3E&lang=")
     expect(page.locator("#greeting")).to_have_text("Hello, <b>x</b>!")
     expect(page.locator("#greeting b")).to_have_count(0)
     expect(page.locator("#name")).to_have_value("<b>x</b>")
@@ -232,10 +255,11 @@ def greet_from_django_data(page: Page, base: str) -> None:
     page.fill("#name", "Ada")
     page.fill("#lang", "fr")
     page.click("button[type=submit]")
+    loaded(page, f"{base}/flask/?name=Ada&lang=fr")
     expect(page.locator("#greeting")).to_have_text("Bonjour, Ada!")
     shoot(page, "10-flask-bonjour")
     page.get_by_role("link", name="Greetings in every language").click()
-    expect(page).to_have_url(f"{base}/flask/greetings")
+    loaded(page, f"{base}/flask/greetings")
     expect(page.locator("#greetings li")).to_have_text(["fr: Bonjour"])
     shoot(page, "11-flask-greetings")
 
@@ -243,13 +267,13 @@ def greet_from_django_data(page: Page, base: str) -> None:
 def use_admin(page: Page, base: str) -> None:
     """Log in to the admin, add a Greeting, see it listed, log out."""
     page.get_by_role("link", name="Django admin").click()
-    expect(page).to_have_url(f"{base}/django/admin/login/?next=/django/admin/")
+    loaded(page, f"{base}/django/admin/login/?next=/django/admin/")
     check_admin_styled(page)
     shoot(page, "06-admin-login")
     page.fill("#id_username", USERNAME)
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
-    expect(page).to_have_url(f"{base}/django/admin/")
+    loaded(page, f"{base}/django/admin/")
     check_admin_styled(page)
     expect(page.locator("#user-tools")).to_contain_text(USERNAME)
     greetings = "/django/admin/django_hello/greeting/"
@@ -257,11 +281,12 @@ def use_admin(page: Page, base: str) -> None:
     expect(model).to_have_attribute("href", greetings)
     shoot(page, "07-admin", doc="admin.png")
     page.click(f'#content-main a.addlink[href="{greetings}add/"]')
+    loaded(page, f"{base}{greetings}add/")
     page.fill("#id_language", "fr")
     page.fill("#id_text", "Bonjour")
     shoot(page, "08-admin-add")
     page.click("input[name=_save]")
-    expect(page).to_have_url(base + greetings)
+    loaded(page, base + greetings)
     expect(page.locator(".messagelist .success")).to_contain_text("was added successfully")
     row = page.locator("#result_list tbody tr")
     expect(row).to_have_count(1)
@@ -269,7 +294,7 @@ def use_admin(page: Page, base: str) -> None:
     expect(row.locator(".field-text")).to_have_text("Bonjour")
     shoot(page, "09-admin-changelist")
     page.click("#logout-form button[type=submit]")
-    expect(page).to_have_url(f"{base}/django/admin/logout/")
+    loaded(page, f"{base}/django/admin/logout/")
     expect(page.locator("#content h1")).to_have_text("Logged out")
     log_in_again = page.get_by_role("link", name="Log in again")
     expect(log_in_again).to_have_attribute("href", "/django/admin/")
@@ -290,7 +315,7 @@ def test_journey(site: ServerProcess, new_page: Callable[..., Page]) -> None:
 
     page.goto(f"{base}/")
     page.click('a[href="/django/"]')
-    expect(page).to_have_url(f"{base}/django/")
+    loaded(page, f"{base}/django/")
     expect(page.locator("#greeting")).to_have_text("Hello, Django!")
     shoot(page, "05-django")
     use_admin(page, base)
@@ -323,13 +348,16 @@ def test_without_javascript(gateway_server: ServerProcess, new_page: Callable[..
     check_index(page)
     shoot(page, "11-index-no-js")
     page.click('a[href="/flask/"]')
+    loaded(page, f"{base}/flask/")
     page.fill("#name", "Grace")
     page.click("button[type=submit]")
+    loaded(page, f"{base}/flask/?name=Grace&lang=")
     expect(page.locator("#greeting")).to_have_text("Hello, Grace!")
     page.go_back()
     page.go_back()
     expect(page).to_have_url(f"{base}/")
     page.click('a[href="/django/"]')
+    loaded(page, f"{base}/django/")
     expect(page.locator("#greeting")).to_have_text("Hello, Django!")
     shoot(page, "12-django-no-js")
     traffic.check()

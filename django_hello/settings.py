@@ -207,10 +207,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and "DATABASE_
         "timeout": _seconds("DJANGO_SQLITE_TIMEOUT", 20.0),
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", 5)
+    # A kept connection (DJANGO_CONN_MAX_AGE) to a database host that vanished: a query, or
+    # Django's health check before reuse, would wait for TCP to give up (about 15 minutes;
+    # measured in tests/test_netns.py: pages hung until the link came back). Data
+    # unacknowledged for 2 s breaks the connection instead (OperationalError: a 503), and
+    # keepalives find idle connections dead.
+    _options.setdefault("tcp_user_timeout", 2000)  # milliseconds
+    _options.setdefault("keepalives", 1)
+    _options.setdefault("keepalives_idle", 10)
+    _options.setdefault("keepalives_interval", 2)
+    _options.setdefault("keepalives_count", 3)
 
 if REDIS_URL := os.environ.get("REDIS_URL"):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {
+        # Without Redis, no cache: sessions come from the database (django_hello/cache.py).
+        "BACKEND": "django_hello.cache.DegradingRedisCache",
+        "LOCATION": REDIS_URL,
+        # Redis is on the LAN: give up on it in a second (redis-py 8 waits 5 s, earlier versions forever).
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1.0},
+    }}
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,0 +1,280 @@
+"""Hosts made of Linux network namespaces, for ``tests/test_netns.py``.
+
+A :class:`Lan` is a bridge in a namespace of its own (the switch) and one namespace per
+host, each joined to the bridge by a veth pair whose host end is ``eth0``, with an
+address from 198.18.0.0/15 (RFC 2544's range for network benchmarks). A host "vanishes"
+when the switch's end of its cable goes down (:meth:`Lan.cut`): its processes keep
+running, and packets to and from it are dropped without an answer, as on a real network.
+
+Names carry the creating process's id and a random suffix, ``gwnetns-<pid>-<hex>-<host>``,
+so that runs never collide; :func:`remove_leftovers` removes what a run whose process no
+longer exists left behind (killed before its finalizers ran). Every process started in
+a namespace is ended by its id, and every namespace, link and file removed, by
+:meth:`Lan.close`.
+
+The test process itself stays in its own namespace. Its clients run on threads that
+have entered a host's namespace (``setns(2)`` affects only the calling thread); a socket
+belongs to the namespace of the thread that made it (:meth:`Lan.threads`).
+
+The module is also imported by the gateway's workers, for :func:`echo` (mounted at
+``/echo``): keep its imports to the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PREFIX = "gwnetns"
+NETWORK = "198.18.0.0/15"
+IP = shutil.which("ip") or "/usr/sbin/ip"
+TC = shutil.which("tc") or "/usr/sbin/tc"
+CLONE_NEWNET = 0x40000000
+_NAME = re.compile(rf"^{PREFIX}-(\d+)-[0-9a-f]{{4}}(?:-|$)")
+
+
+def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A WSGI app that answers what it was given: what the gateway made of the request."""
+    keys = ("REMOTE_ADDR", "wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME", "PATH_INFO")
+    seen: dict[str, Any] = {key: environ.get(key) for key in keys}
+    seen["instance"] = os.environ.get("GATEWAY_NETNS_INSTANCE", "")
+    seen["forwarded"] = {k: v for k, v in environ.items() if k.startswith("HTTP_X_FORWARDED_")}
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                              ("Cache-Control", "no-store")])
+    return [body]
+
+
+# ---------------------------------------------------------------------------- namespaces
+
+
+def run(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise with its output."""
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {result.returncode}: {result.stderr.strip() or result.stdout}")
+    return result
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def namespace_pids(name: str) -> list[int]:
+    """The processes in the namespace ``name`` (``ip netns pids``)."""
+    result = run(IP, "netns", "pids", name, check=False)
+    return [int(p) for p in result.stdout.split() if p.isdigit()]
+
+
+def _kill_namespace_processes(name: str, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, each process still in the namespace, by its id."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = namespace_pids(name)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while namespace_pids(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _delete_namespace(name: str) -> None:
+    _kill_namespace_processes(name)
+    run(IP, "netns", "delete", name, check=False)
+    shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+
+
+def remove_leftovers() -> list[str]:
+    """Remove the namespaces, /etc/netns entries and /tmp directories of earlier runs
+    of this module whose process is gone; return the names removed."""
+    removed = []
+    listed = run(IP, "netns", "list", check=False).stdout.split("\n")
+    names = {line.split()[0] for line in listed if line.strip()}
+    names |= {p.name for p in Path("/etc/netns").glob(f"{PREFIX}-*")}
+    for name in sorted(names):
+        match = _NAME.match(name)
+        if match and not _pid_alive(int(match.group(1))):
+            _delete_namespace(name)
+            removed.append(name)
+    for path in Path("/tmp").glob(f"{PREFIX}-*"):
+        match = _NAME.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    with contextlib.suppress(OSError):
+        Path("/etc/netns").rmdir()  # only if empty
+    return removed
+
+
+def _setns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns({path}): {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+class Lan:
+    """A switch and hosts on it; ``with Lan(...) as lan:`` removes everything at the end."""
+
+    def __init__(self, hosts: Iterable[str], first: int = 10) -> None:
+        self.run_id = f"{os.getpid()}-{secrets.token_hex(2)}"
+        self.switch = f"{PREFIX}-{self.run_id}-switch"
+        self.hosts = list(hosts)
+        self.address = {host: f"198.18.0.{first + i}" for i, host in enumerate(self.hosts)}
+        self.made: list[str] = []
+        self.pools: dict[str, ThreadPoolExecutor] = {}
+        self.finalizers: list[Callable[[], object]] = []
+        self.tmp = Path(f"/tmp/{PREFIX}-{self.run_id}")
+
+    def ns(self, host: str) -> str:
+        return f"{PREFIX}-{self.run_id}-{host}"
+
+    def create(self) -> None:
+        """Make the switch, the hosts and their cables. Raises ``PermissionError`` with
+        ``ip``'s own message when namespaces cannot be made here."""
+        self.tmp.mkdir(mode=0o755)
+        self.tmp.chmod(0o755)  # nginx's workers (www-data) read its configuration here
+        result = run(IP, "netns", "add", self.switch, check=False)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            raise PermissionError(lines[-1] if lines else f"ip netns add exited {result.returncode}")
+        self.made.append(self.switch)
+        run(IP, "-n", self.switch, "link", "add", "name", "br0", "type", "bridge")
+        run(IP, "-n", self.switch, "link", "set", "dev", "br0", "up")
+        for host in self.hosts:
+            ns = self.ns(host)
+            run(IP, "netns", "add", ns)
+            self.made.append(ns)
+            run(IP, "-n", self.switch, "link", "add", "name", host, "type", "veth", "peer", "name", "eth0",
+                "netns", ns)
+            run(IP, "-n", self.switch, "link", "set", "dev", host, "master", "br0")
+            run(IP, "-n", self.switch, "link", "set", "dev", host, "up")
+            run(IP, "-n", ns, "addr", "add", f"{self.address[host]}/15", "dev", "eth0")
+            run(IP, "-n", ns, "link", "set", "dev", "eth0", "up")
+            run(IP, "-n", ns, "link", "set", "dev", "lo", "up")
+
+    def hosts_file(self, host: str, names: dict[str, str]) -> None:
+        """/etc/hosts as seen by commands run in ``host`` (``ip netns exec`` bind-mounts it)."""
+        directory = Path("/etc/netns") / self.ns(host)
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost"] + [f"{address} {name}" for name, address in names.items()]
+        (directory / "hosts").write_text("\n".join(lines) + "\n")
+
+    def exec_args(self, host: str) -> list[str]:
+        """The prefix that runs a command in ``host``."""
+        return [IP, "netns", "exec", self.ns(host)]
+
+    # -- faults
+
+    def cut(self, host: str) -> None:
+        """Unplug ``host``: the switch's end of its cable goes down. Processes stay up."""
+        run(IP, "-n", self.switch, "link", "set", "dev", host, "down")
+
+    def mend(self, host: str) -> None:
+        """Plug ``host`` back in."""
+        run(IP, "-n", self.switch, "link", "set", "dev", host, "up")
+
+    @contextlib.contextmanager
+    def vanished(self, host: str) -> Iterator[float]:
+        """Cut ``host`` for the duration of the block (yields the monotonic time of the cut)."""
+        self.cut(host)
+        try:
+            yield time.monotonic()
+        finally:
+            self.mend(host)
+
+    def netem(self, host: str, *spec: str) -> None:
+        """Put ``tc qdisc netem`` on both ends of ``host``'s cable (both directions)."""
+        run(*self.exec_args(host), TC, "qdisc", "replace", "dev", "eth0", "root", "netem", *spec)
+        run(IP, "netns", "exec", self.switch, TC, "qdisc", "replace", "dev", host, "root", "netem", *spec)
+
+    def clear_netem(self, host: str) -> None:
+        run(*self.exec_args(host), TC, "qdisc", "del", "dev", "eth0", "root", check=False)
+        run(IP, "netns", "exec", self.switch, TC, "qdisc", "del", "dev", host, "root", check=False)
+
+    def netem_unavailable(self) -> str | None:
+        """Why ``tc qdisc netem`` cannot be used here, or None if it can."""
+        if not os.access(TC, os.X_OK):
+            return f"no tc binary at {TC}"
+        result = run(IP, "netns", "exec", self.switch, TC, "qdisc", "add", "dev", "br0", "root", "netem",
+                     "delay", "1ms", check=False)
+        if result.returncode != 0:
+            return f"tc qdisc netem is not available: {result.stderr.strip() or result.stdout.strip()}"
+        run(IP, "netns", "exec", self.switch, TC, "qdisc", "del", "dev", "br0", "root", check=False)
+        return None
+
+    # -- threads in a host
+
+    def threads(self, host: str, workers: int = 32) -> ThreadPoolExecutor:
+        """A thread pool whose threads live in ``host``'s network namespace."""
+        if host not in self.pools:
+            path = f"/run/netns/{self.ns(host)}"
+            self.pools[host] = ThreadPoolExecutor(workers, initializer=_setns, initargs=(path,),
+                                                  thread_name_prefix=f"netns-{host}")
+        return self.pools[host]
+
+    def on(self, host: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` on a thread in ``host`` and return its result."""
+        return self.threads(host).submit(fn, *args, **kwargs).result()
+
+    # -- the end
+
+    def at_close(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` in :meth:`close`, before the namespaces go (last registered, first run)."""
+        self.finalizers.append(fn)
+
+    def close(self) -> list[str]:
+        """Stop what was started, delete every namespace made (with its links) and the files;
+        return the errors met on the way (each step runs whatever the others did)."""
+        errors = []
+        for fn in reversed(self.finalizers):
+            try:
+                fn()
+            except Exception as exc:
+                errors.append(f"{fn}: {type(exc).__name__}: {exc}")
+        for pool in self.pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        for ns in reversed(self.made):
+            try:
+                _delete_namespace(ns)
+            except Exception as exc:
+                errors.append(f"deleting {ns}: {type(exc).__name__}: {exc}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path("/etc/netns").rmdir()  # only if empty
+        left = [name for name in run(IP, "netns", "list", check=False).stdout.split() if name in self.made]
+        if left:
+            errors.append(f"namespaces still listed: {left}")
+        return errors
+
+    def __enter__(self) -> Lan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

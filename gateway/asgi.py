@@ -194,7 +194,9 @@ class ASGIGateway:
             return False
         try:
             config = self.config.with_file(path)
-            fresh = MountTable.from_specs((), defaults=False, routes=config.file.routes, apps=config.file.apps)
+            fresh = MountTable.from_specs((), defaults=False, routes=config.file.routes, apps=config.file.apps,
+                                          shadow_log=config.data_dir / "shadow.jsonl",
+                                          previous=self.pipeline.table.route_table)
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
             return False
@@ -203,7 +205,7 @@ class ASGIGateway:
         self.add_mounts(table)
         self.pipeline.use(table)
         self.config = config
-        logger.info("Reloaded %s: %d route rule(s).", path, len(fresh.routes))
+        logger.info("Reloaded %s: %d route rule(s).", path, len(config.file.routes))
         return True
 
     def reload_on_sighup(self) -> None:

@@ -256,6 +256,10 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
         click.echo(f"{'RULE':<32} {'METHODS':<16} APPS (fallback order)")
         for spec in rules.specs.values():
             apps = ", ".join(f"{name}={config.file.apps[name]}" for name in spec.apps)
+            if spec.canary is not None:
+                apps += f"; canary {spec.canary} for {spec.share:g}% of clients"
+            if spec.shadow is not None:
+                apps += f"; shadowed on {spec.shadow}"
             click.echo(f"{spec.rule:<32} {','.join(spec.methods or ('any',)):<16} {apps}")
         click.echo()
     click.echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")

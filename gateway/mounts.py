@@ -101,7 +101,8 @@ class MountTable:
 
     @classmethod
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
-                   apps: Mapping[str, str] | None = None, shadow_log: Path | None = None) -> MountTable:
+                   apps: Mapping[str, str] | None = None, shadow_log: Path | None = None,
+                   previous: RouteTable | None = None) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -113,7 +114,7 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes, shadow_log)
+        table = RouteTable(routes, shadow_log, previous)
         loaded: dict[str, Any] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):

@@ -293,19 +293,21 @@ class Match:
 class RouteTable:
     """The rules of a ``gateway.toml`` as one Werkzeug ``Map``."""
 
-    def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None) -> None:
+    def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
+                 previous: RouteTable | None = None) -> None:
+        """``previous``: the table a reload replaces; its counts and shadow pool carry on."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
-        self.shadower = Shadower(shadow_log)
+        self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
         # No redirects: a trailing slash, merged slashes and defaults are the app's business.
         self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
                        strict_slashes=False, merge_slashes=False, redirect_defaults=False)
         self.adapter = self.map.bind("gateway.invalid", "/")
         #: Fallbacks taken, and requests sent to a canary, per rule key.
-        self.fallbacks: Counter[str] = Counter()
-        self.canaried: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = previous.fallbacks if previous is not None else Counter()
+        self.canaried: Counter[str] = previous.canaried if previous is not None else Counter()
         #: Requests a minute per rule, for the migration page (``/_gateway/``).
-        self.traffic = Traffic()
+        self.traffic: Traffic = previous.traffic if previous is not None else Traffic()
         self.lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -341,12 +343,12 @@ class RouteTable:
                 lines.append(f"{spec.share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}; the others:")
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
-            if spec.shadow is not None:
-                lines.append(f"In shadow mode: after the answer, a GET or HEAD is replayed on {spec.shadow!r} "
-                             "and compared (gateway diff).")
             else:
                 lines.append(f"App {spec.apps[0]!r} answers it; on a 404 to GET or HEAD, "
                              + ", then ".join(repr(a) for a in spec.apps[1:]) + " is asked next.")
+            if spec.shadow is not None:
+                lines.append(f"In shadow mode: after the answer, a GET or HEAD is replayed on {spec.shadow!r} "
+                             "and compared (gateway diff).")
             return lines
         if match.allowed:
             return [f"{method} {path}: rules match this path for {', '.join(match.allowed)} only: 405."]

@@ -229,10 +229,10 @@ class Shadower:
             self.count(rule, "dropped")
             return
         outcome, real = compare(primary, secondary, candidate, headers)
+        if outcome == "different":  # written before it is counted: a count never runs ahead of the file
+            self.record(rule, environ, primary, candidate, real)
         self.count(rule, "compared")
         self.count(rule, outcome)
-        if outcome == "different":
-            self.record(rule, environ, primary, candidate, real)
 
     def record(self, rule: str, environ: Environ, primary: Answer, candidate: Answer, real: list[str]) -> None:
         if self.log_path is None or self.written[rule] >= self.keep:

@@ -639,3 +639,49 @@ def test_traffic_keeps_the_last_minutes() -> None:
     series = traffic.series("~/a", start + (MINUTES + 2) * 60)
     assert series == list(range(3, MINUTES + 3))
     assert len(traffic.minutes) == MINUTES
+
+
+def test_a_reload_keeps_the_counts_and_the_shadow_log(tmp_path: Path, table: MountTable) -> None:
+    import asyncio
+
+    import httpx
+
+    from gateway.asgi import create_asgi_app
+
+    text = CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):]
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    config = replace_data_dir(config_with().with_file(path), tmp_path)
+    parsed = parse_gateway_file(text)
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps,
+                                 shadow_log=tmp_path / "shadow.jsonl")
+    app = create_asgi_app(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config, threads=2)
+
+    async def get(target: str) -> None:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            assert (await client.get(target)).status_code == 200
+
+    try:
+        asyncio.run(get("/shop/items/500"))  # a fallback
+        assert app.reload() is True
+        asyncio.run(get("/shop/items/500"))
+        asyncio.run(get("/shop/products/13"))  # a difference, after the reload
+        routes = app.pipeline.table.route_table
+        routes.shadower.drain()
+        assert sum(routes.fallbacks.values()) == 2  # counted on across the reload
+        assert [json.loads(line)["path"] for line in (tmp_path / "shadow.jsonl").read_text().splitlines()] == [
+            "/shop/products/13"]
+    finally:
+        app.executor.shutdown(wait=True)
+
+
+def replace_data_dir(config: Config, directory: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, data_dir=directory)
+
+
+def test_explain_a_plain_rule_has_no_fallback_line() -> None:
+    routes = RouteTable(parse_gateway_file(SHOP).routes)
+    assert not any("is asked next" in line for line in routes.explain("/shop/anything"))

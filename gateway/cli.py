@@ -20,9 +20,11 @@ of its workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging.config
 import multiprocessing
 import os
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +36,21 @@ from gateway import __version__
 from gateway.config import DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, Config, configure_apps, production_problems
 from gateway.logs import logging_config
 from gateway.mounts import MountError, MountSpec, MountTable, load_table
-from gateway.server import ServerError, check_port, listen, run_granian, run_uvicorn
+from gateway.server import (
+    GRANIAN_MIN_BACKLOG,
+    UVICORN_BACKLOG,
+    ServerError,
+    ServerOptions,
+    adopt_fd,
+    check_port,
+    check_tls,
+    free_unix_path,
+    listen,
+    listen_unix,
+    reload_dirs,
+    run_granian,
+    run_uvicorn,
+)
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -61,7 +77,21 @@ def cli() -> None:
     """Serve Flask at /flask and Django at /django from one process."""
 
 
+def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--env-file``: load the file into the environment first, as uvicorn does (python-dotenv;
+    variables already set win), before any option reads its variable or the Config is built."""
+    if value is not None:
+        from dotenv import load_dotenv
+
+        load_dotenv(value)
+
+
 @cli.command()
+@click.option(
+    "--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+    expose_value=False, callback=load_env_file,
+    help="Load environment variables (GATEWAY_*, DJANGO_*, ...) from this file first; those already set win.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
@@ -107,11 +137,49 @@ def cli() -> None:
     "--log-format", type=click.Choice(["text", "json"]),
     help="Log lines as text or JSON [env: GATEWAY_LOG_FORMAT; default: text].",
 )
+@click.option("--uds", metavar="PATH", help="Listen on this Unix domain socket instead of --host/--port.")
+@click.option("--fd", type=click.IntRange(min=0),
+              help="Serve on the listening socket open as this file descriptor (systemd, a supervisor); uvicorn only.")
+@click.option("--backlog", type=click.IntRange(min=1),
+              help="Connections the kernel holds waiting to be accepted [default: 2048; Granian's 1024, 128 at least].")
+@click.option("--root-path", default="", metavar="PATH",
+              help="The path a proxy serves the gateway under and strips (the ASGI root_path, SCRIPT_NAME).")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (PEM); see GATEWAY_HTTPS for secure cookies and HSTS.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's private key (PEM).")
+@click.option("--limit-concurrency", type=click.IntRange(min=1),
+              help="Connections served at once per worker; past them, 503 (uvicorn only).")
+@click.option("--limit-max-requests", type=click.IntRange(min=1),
+              help="Requests a worker serves before it is replaced by a new one (uvicorn only).")
+@click.option("--limit-max-requests-jitter", default=0, type=click.IntRange(min=0),
+              help="Up to this many more, at random per worker, so that workers are not replaced at once.")
+@click.option("--reload-dir", "reload_dir", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --reload, watch this directory too (repeatable); the gateway's and the mounted "
+              "apps' directories are watched anyway.")
+@click.option("--trusted-proxies", metavar="ADDRESSES",
+              help="Addresses or networks whose X-Forwarded-* headers are honoured, comma-separated "
+              "[env: GATEWAY_TRUSTED_PROXIES].")
+@click.option("--allowed-hosts", metavar="HOSTS",
+              help="Host names served, comma-separated (.example.org: subdomains too) [env: GATEWAY_ALLOWED_HOSTS].")
 @mount_option
 @config_option
 def serve(
     host: str,
     port: int,
+    uds: str | None,
+    fd: int | None,
+    backlog: int | None,
+    root_path: str,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    limit_concurrency: int | None,
+    limit_max_requests: int | None,
+    limit_max_requests_jitter: int,
+    reload_dir: tuple[Path, ...],
+    trusted_proxies: str | None,
+    allowed_hosts: str | None,
     workers: int,
     threads: int | None,
     reload: bool,
@@ -132,10 +200,20 @@ def serve(
     for prefix in stream_bodies:
         if not prefix.startswith("/") or prefix == "/":
             raise click.BadParameter(f'"{prefix}" is not a mount prefix, e.g. /uploads.', param_hint="--stream-body")
+    hosts = _from_option("--allowed-hosts", "GATEWAY_ALLOWED_HOSTS", allowed_hosts).allowed_hosts \
+        if allowed_hosts is not None else None
+    proxies = _from_option("--trusted-proxies", "GATEWAY_TRUSTED_PROXIES", trusted_proxies).trusted_proxies \
+        if trusted_proxies is not None else None
     config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
                      drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
                      body_timeout=body_timeout,
-                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file)
+                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file,
+                     allowed_hosts=hosts, trusted_proxies=proxies)
+    root_path = _root_path(root_path)
+    _refuse_server_options(server, reload=reload, uds=uds, fd=fd, backlog=backlog, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, limit_concurrency=limit_concurrency,
+                           limit_max_requests=limit_max_requests, jitter=limit_max_requests_jitter,
+                           reload_dir=reload_dir)
     if server == "granian" and config.drain_delay > 0:
         raise click.UsageError(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
@@ -154,39 +232,133 @@ def serve(
         )
     if reload and workers > 1:
         raise click.UsageError("--reload runs one worker: leave --workers out, or --reload for production.")
-    if server == "granian" and port == 0:
+    if server == "granian" and port == 0 and uds is None:
         raise click.UsageError("--port 0 works on uvicorn only: Granian binds its own socket. Give a port number.")
+    if ssl_certfile is not None:
+        check_tls(ssl_certfile, ssl_keyfile)
+    options = ServerOptions(
+        uds=uds, backlog=backlog, root_path=root_path, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+        limit_concurrency=limit_concurrency, limit_max_requests=limit_max_requests,
+        limit_max_requests_jitter=limit_max_requests_jitter,
+        reload_dirs=tuple(reload_dirs(config, map(str, reload_dir))) if reload else (),
+    )
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     # uvicorn: bind here, first, so that the banner names the port (--port 0 lets the
-    # kernel pick one) and a port in use is one line before anything is imported.
-    sock = listen(host, port) if server == "uvicorn" else None
-    if sock is not None:
-        port = sock.getsockname()[1]
-    if server == "uvicorn" and workers == 1 and not reload:
-        # One process serves: import the apps here, once, and hand uvicorn the app.
-        table = prepare(config, host=host, port=port, server=server, workers=workers, bound=True)
-        from gateway.asgi import create_asgi_app
+    # kernel pick one) and a port or socket in use is one line before anything is imported.
+    sock = None
+    if server == "uvicorn":
+        listen_backlog = backlog or UVICORN_BACKLOG
+        if uds is not None:
+            sock = listen_unix(uds, listen_backlog)
+        elif fd is not None:
+            sock = adopt_fd(fd, listen_backlog)
+        else:
+            sock = listen(host, port, listen_backlog)
+    elif uds is not None:
+        free_unix_path(uds)  # Granian binds it; a stale file would stop it
+    base, shown_port, on = _where(host, port, sock=sock, uds=uds, tls=ssl_certfile is not None)
+    banner: dict[str, Any] = {"host": host, "port": shown_port, "server": server, "workers": workers,
+                              "bound": True, "base": base, "listening": on, "root_path": root_path}
+    try:
+        if server == "uvicorn" and workers == 1 and not reload and limit_max_requests is None:
+            # One process serves: import the apps here, once, and hand uvicorn the app.
+            table = prepare(config, **banner)
+            from gateway.asgi import create_asgi_app
 
-        app = create_asgi_app(table, config)
-        run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
-                    keep_alive=keep_alive, log_config=log_config, sock=sock)
+            app = create_asgi_app(table, config)
+            run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
+                        keep_alive=keep_alive, log_config=log_config, sock=sock, server_options=options)
+            return
+        # Worker processes import the apps themselves: check, migrate and print the banner
+        # in a short-lived child, so that the supervising process holds no copy of them.
+        # (--limit-max-requests with one worker runs it under uvicorn's supervisor too,
+        # which replaces it when it has served its requests.)
+        if server == "granian" and uds is None:
+            banner["bound"] = False
+        child = multiprocessing.get_context("spawn").Process(target=prepare_in_child, args=(config,), kwargs=banner)
+        child.start()
+        child.join()
+        if child.exitcode:
+            sys.exit(child.exitcode)
+        if server == "granian":
+            run_granian(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+                        log_config=log_config, server_options=options)
+            return
+        run_uvicorn(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
+                    keep_alive=keep_alive, log_config=log_config, sock=sock, server_options=options)
+    finally:
+        if uds is not None and sock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(uds)  # as uvicorn removes its socket file on the way out
+
+
+def _from_option(option: str, variable: str, value: str) -> Config:
+    """Read an option's value exactly as :meth:`Config.from_env` reads its variable; an
+    error names the option."""
+    try:
+        return Config.from_env({variable: value})
+    except ValueError as exc:
+        raise click.UsageError(str(exc).replace(variable, option, 1)) from None
+
+
+def _root_path(value: str) -> str:
+    """``--root-path``: empty, or a path of ASCII characters starting with "/" (no trailing one)."""
+    if value in {"", "/"}:
+        return ""
+    if not value.startswith("/") or not value.isascii() or any(c in value for c in "?# \t\r\n"):
+        raise click.UsageError(f'--root-path "{value}" must be a URL path starting with "/", e.g. /apps.')
+    return value.rstrip("/")
+
+
+def _refuse_server_options(server: str, *, reload: bool, uds: str | None, fd: int | None, backlog: int | None,
+                           ssl_certfile: str | None, ssl_keyfile: str | None, limit_concurrency: int | None,
+                           limit_max_requests: int | None, jitter: int, reload_dir: tuple[Path, ...]) -> None:
+    """Refuse, in one line, options that do not go together, or that the server cannot honour."""
+    if uds is not None and fd is not None:
+        raise click.UsageError("--uds and --fd each name the socket to serve on: give one.")
+    if ssl_keyfile is not None and ssl_certfile is None:
+        raise click.UsageError("--ssl-keyfile needs --ssl-certfile, the certificate it is the key of.")
+    if jitter and limit_max_requests is None:
+        raise click.UsageError("--limit-max-requests-jitter adds to --limit-max-requests: give that too.")
+    if reload_dir and not reload:
+        raise click.UsageError("--reload-dir says what --reload watches: add --reload, or leave it out.")
+    if reload and limit_max_requests is not None:
+        raise click.UsageError("--limit-max-requests replaces workers, which --reload does not do: use one of them.")
+    if server != "granian":
         return
-    # Worker processes import the apps themselves: check, migrate and print the banner
-    # in a short-lived child, so that the supervising process holds no copy of them.
-    child = multiprocessing.get_context("spawn").Process(
-        target=prepare_in_child, args=(config,), kwargs={"host": host, "port": port, "server": server,
-                                                         "workers": workers, "bound": sock is not None})
-    child.start()
-    child.join()
-    if child.exitcode:
-        sys.exit(child.exitcode)
-    if server == "granian":
-        run_granian(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-                    log_config=log_config)
-        return
-    run_uvicorn(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-                keep_alive=keep_alive, log_config=log_config, sock=sock)
+    refused = {
+        "--fd": (fd is not None, "Granian binds its own socket. Use --uds, or --host and --port"),
+        "--limit-concurrency": (limit_concurrency is not None,
+                                "Granian makes the requests past its backpressure wait, it never answers 503"),
+        "--limit-max-requests": (limit_max_requests is not None,
+                                 "Granian replaces workers by age (workers_lifetime), not by requests served"),
+    }
+    for option, (given, why) in refused.items():
+        if given:
+            raise click.UsageError(f"{option} works on uvicorn only: {why}. Leave it out, or use --server uvicorn.")
+    if backlog is not None and backlog < GRANIAN_MIN_BACKLOG:
+        raise click.UsageError(f"--backlog {backlog} is below Granian's least, {GRANIAN_MIN_BACKLOG}: give "
+                               f"{GRANIAN_MIN_BACKLOG} or more, or use --server uvicorn.")
+    if ssl_certfile is not None and ssl_keyfile is None:
+        raise click.UsageError("--ssl-certfile needs --ssl-keyfile under Granian, which reads the key from its own "
+                               "file. Give both, or use --server uvicorn.")
+
+
+def _where(host: str, port: int, *, sock: socket.socket | None, uds: str | None, tls: bool
+           ) -> tuple[str, int, str | None]:
+    """Where the gateway answers: its base URL, its TCP port (0: none), and the Unix socket
+    it listens on (``unix:/path``), if any."""
+    scheme = "https" if tls else "http"
+    if uds is not None:
+        return f"{scheme}://localhost", 0, f"unix:{uds}"
+    if sock is not None:
+        name = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            return f"{scheme}://localhost", 0, f"unix:{name}" if name else "an unnamed Unix socket"
+        host, port = name[0], name[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}", port, None
 
 
 def prepare_in_child(config: Config, **options: Any) -> None:
@@ -199,16 +371,22 @@ def prepare_in_child(config: Config, **options: Any) -> None:
         sys.exit(1)
 
 
-def prepare(config: Config, *, host: str, port: int, server: str, workers: int, bound: bool = False
-            ) -> MountTable:
+def prepare(config: Config, *, host: str, port: int, server: str, workers: int, bound: bool = False,
+            base: str | None = None, listening: str | None = None, root_path: str = "") -> MountTable:
     """Import the apps, migrate the embedded database, check the port (unless ``bound``
-    already), print the banner."""
+    already), print the banner: the URLs under ``base`` (default ``http://host:port``),
+    served on the Unix socket ``listening`` if given."""
     table = _load(config)
     migrate_embedded_database()
     if not bound:
         check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
+    base = base or f"http://{shown}:{port}"
     title = f"gateway {__version__} on {server}: {workers} worker(s) x {config.threads} threads"
+    if listening:
+        title += f", on {listening}"
+    if root_path:
+        title += f", under root path {root_path}"
     database = describe_database()
     if config.log_format == "json":  # one object, as every other line of the log
         from gateway.logs import JSONFormatter
@@ -216,16 +394,16 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
         click.echo(JSONFormatter().format(logging.makeLogRecord({
             "name": "gateway", "levelname": "INFO", "levelno": logging.INFO, "msg": title, "server": server,
             "workers": workers, "threads": config.threads, "database": database,
-            "mounts": {"/": {"url": f"http://{shown}:{port}/", "framework": "index"},
-                       **{m.prefix: {"url": f"http://{shown}:{port}{m.prefix}/", "framework": m.framework}
-                          for m in table}},
+            **({"listen": listening} if listening else {}), **({"root_path": root_path} if root_path else {}),
+            "mounts": {"/": {"url": f"{base}/", "framework": "index"},
+                       **{m.prefix: {"url": f"{base}{m.prefix}/", "framework": m.framework} for m in table}},
         })), err=True)
         return table
     lines = [
         title,
         f"  database  {database}",
-        f"  /         http://{shown}:{port}/  (index)",
-        *(f"  {m.prefix:<9} http://{shown}:{port}{m.prefix}/  ({m.framework})" for m in table),
+        f"  /         {base}/  (index)",
+        *(f"  {m.prefix:<9} {base}{m.prefix}/  ({m.framework})" for m in table),
     ]
     click.echo("\n".join(lines), err=True)
     return table
@@ -346,8 +524,8 @@ def gateway_problems(config: Config, *, deploy: bool) -> list[str]:
         elif not config.trusted_proxies:
             problems.append("GATEWAY_HTTPS=1 without GATEWAY_TRUSTED_PROXIES: behind a proxy that ends TLS, the "
                             "apps see plain http and Django redirects to https forever; list the proxy in "
-                            "GATEWAY_TRUSTED_PROXIES (or leave GATEWAY_HTTPS out if clients reach the gateway "
-                            "directly over HTTPS).")
+                            "GATEWAY_TRUSTED_PROXIES (if the gateway itself ends TLS, with --ssl-certfile, this does "
+                            "not apply).")
     for prefix, size in [("(default)", config.max_body_size), *config.max_body_sizes.items()]:
         if size > 1024**3:
             problems.append(f"The body size limit for {prefix} is {size} bytes; more than 1 GiB is unsafe.")

@@ -85,7 +85,7 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
         fallback = f"{routes.fallbacks[key]} ({share(routes.fallbacks[key], total)})" if len(spec.apps) > 1 else "-"
         shadow = "-"
         if spec.shadow:
-            counts = routes.shadower.counts.get(key, Counter())
+            counts = routes.shadower.snapshot(key)
             compared = counts["compared"]
             rate = (counts["equal"] + counts["noise"]) / compared if compared else 0.0
             shadow = (f"{escape(spec.shadow)}: {share(counts['equal'] + counts['noise'], compared)} equal of "

@@ -80,6 +80,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         was cut short is closed now (its app sees ``http.disconnect``).
         """
         cycle = self.cycle
+        if self.scheme == "https":
+            return None  # TLS cannot be half-closed: asyncio closes it whatever is returned
         if cycle is not None and not cycle.response_complete and not cycle.more_body:
             cycle.keep_alive = False
             return True  # keep the transport open to write the response

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.util
 import logging
 import os
 import signal
 import socket
+import ssl
+import stat
 import sys
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,34 @@ WSGI_TARGET = "gateway.wsgi:application"
 SOURCE_DIRS = [
     str(Path(__file__).resolve().parent.parent / d) for d in ("gateway", "flask_hello", "django_hello")
 ]
+#: What --reload watches in its directories: code, and the apps' templates (uvicorn's
+#: --reload-include patterns; "*.py" is uvicorn's default).
+RELOAD_INCLUDES = ("*.py", "*.html", "*.jinja", "*.jinja2", "*.j2")
+#: The backlog uvicorn listens with unless told (Granian's own default is 1024), and
+#: the least Granian takes (it raises anything lower to this, silently).
+UVICORN_BACKLOG = 2048
+GRANIAN_MIN_BACKLOG = 128
+GRANIAN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """``gateway serve``'s options that go to the server, with uvicorn's names and meanings.
+
+    ``backlog`` None: each server's default. ``limit_concurrency`` is the number of
+    connections served at once (uvicorn's check counts the new connection too: it is
+    given N + 1). ``reload_dirs``: the directories ``--reload`` watches, all of them.
+    """
+
+    uds: str | None = None
+    backlog: int | None = None
+    root_path: str = ""
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    limit_concurrency: int | None = None
+    limit_max_requests: int | None = None
+    limit_max_requests_jitter: int = 0
+    reload_dirs: tuple[str, ...] = ()
 
 
 class ServerError(RuntimeError):
@@ -36,7 +69,7 @@ def check_port(host: str, port: int) -> None:
     listen(host, port, backlog=None).close()
 
 
-def listen(host: str, port: int, backlog: int | None = 2048) -> socket.socket:
+def listen(host: str, port: int, backlog: int | None = UVICORN_BACKLOG) -> socket.socket:
     """A socket bound to ``host:port`` (port 0: one the kernel picks), listening unless
     ``backlog`` is None, as uvicorn binds it; a clear sentence if it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -55,6 +88,113 @@ def listen(host: str, port: int, backlog: int | None = 2048) -> socket.socket:
     return sock
 
 
+def free_unix_path(path: str) -> None:
+    """Make way for a Unix socket at ``path``: remove a stale socket file nothing listens
+    on (left by a server that was killed); a clear sentence if a server listens there, or
+    if ``path`` is not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ServerError(f"Cannot listen on unix socket {path}: {exc.strerror}.") from None
+    if not stat.S_ISSOCK(mode):
+        raise ServerError(f"{path} exists and is not a socket; pick another path with --uds.")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nothing listens: the file of a server that is gone
+        return
+    except OSError:
+        pass  # it exists and answers otherwise (a full backlog): taken
+    finally:
+        probe.close()
+    raise ServerError(f"Unix socket {path} is already in use; pick another with --uds.")
+
+
+def listen_unix(path: str, backlog: int = UVICORN_BACKLOG) -> socket.socket:
+    """A Unix socket bound at ``path`` and listening, as uvicorn's ``--uds`` binds it
+    (mode 0666: who may connect is up to the directory); a clear sentence if it cannot be."""
+    free_unix_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ServerError(f"Cannot listen on unix socket {path}: {exc.strerror}.") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def adopt_fd(fd: int, backlog: int = UVICORN_BACKLOG) -> socket.socket:
+    """The socket open as file descriptor ``fd`` (``--fd``: handed over by systemd or a
+    supervisor), bound already, now listening; a clear sentence if it is not such a socket."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise ServerError(f"File descriptor {fd} is not open; --fd takes a socket this process inherited.") from None
+    if not stat.S_ISSOCK(mode):
+        raise ServerError(f"File descriptor {fd} is not a socket; --fd takes a listening socket.")
+    sock = socket.socket(fileno=fd)
+    name = sock.getsockname()
+    if sock.type != socket.SOCK_STREAM or not name or (isinstance(name, tuple) and name[1] == 0):
+        sock.detach()
+        raise ServerError(f"File descriptor {fd} is not a stream socket bound to an address; --fd takes one.")
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.detach()
+        raise ServerError(f"Cannot listen on file descriptor {fd}: {exc.strerror}.") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_tls(certfile: str, keyfile: str | None) -> None:
+    """Fail with a clear sentence if the certificate and key cannot serve TLS."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An empty password: an encrypted key fails here rather than asking on the terminal.
+        context.load_cert_chain(certfile, keyfile, password="")
+    except ssl.SSLError as exc:
+        files = f"{certfile} and {keyfile}" if keyfile else certfile
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ServerError(f"Cannot serve TLS with {files}: the key is not the certificate's.") from None
+        raise ServerError(f"Cannot serve TLS with {files}: give a certificate and its private key, in PEM, "
+                          "the key not encrypted.") from None
+    except OSError as exc:
+        raise ServerError(f"Cannot serve TLS: {exc.filename or certfile}: {exc.strerror}.") from None
+
+
+def reload_dirs(config: Config, extra: Iterable[str] = ()) -> list[str]:
+    """The directories ``--reload`` watches: the gateway's packages, the directory of every
+    mounted app's top-level package (or module), and ``extra`` (``--reload-dir``).
+
+    Found without importing anything (the supervising process holds no copy of the apps).
+    """
+    targets = [text.partition("=")[2] for text in (*config.mounts, *config.file.mounts)]
+    targets += list(config.file.apps.values())
+    dirs = [*SOURCE_DIRS]
+    for target in targets:
+        top = target.partition(":")[0].partition(".")[0]
+        if not top:
+            continue
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue  # the app cannot be imported: the start-up check says so
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:
+            dirs += list(spec.submodule_search_locations)
+        elif spec.origin and os.path.isfile(spec.origin):
+            dirs.append(os.path.dirname(spec.origin))
+    dirs += [str(Path(d).resolve()) for d in extra]
+    return list(dict.fromkeys(str(Path(d).resolve()) for d in dirs))
+
+
 def run_uvicorn(
     config: Config,
     app: object = None,
@@ -67,11 +207,14 @@ def run_uvicorn(
     keep_alive: float = 5,
     log_config: dict[str, Any] | None = None,
     sock: socket.socket | None = None,
+    server_options: ServerOptions | None = None,
 ) -> None:
     """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers built from ``config``.
 
-    ``sock``: a socket already bound (:func:`listen`), else uvicorn binds ``host:port``.
+    ``sock``: a socket already bound (:func:`listen`, :func:`listen_unix`, :func:`adopt_fd`),
+    else uvicorn binds ``host:port``.
     """
+    more = server_options or ServerOptions()
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -89,14 +232,25 @@ def run_uvicorn(
         # uvicorn's own handling (on by default, trusting 127.0.0.1) would replace the
         # client address first, and the gateway would then see an untrusted client.
         "proxy_headers": False,
+        "root_path": more.root_path,
+        "backlog": more.backlog or UVICORN_BACKLOG,
+        "ssl_certfile": more.ssl_certfile,
+        "ssl_keyfile": more.ssl_keyfile,
+        # uvicorn answers 503 once the open connections, the new one included, reach its
+        # limit: N + 1 serves N at once, as its help says ("concurrent connections to allow").
+        "limit_concurrency": more.limit_concurrency + 1 if more.limit_concurrency else None,
+        "limit_max_requests": more.limit_max_requests,
+        "limit_max_requests_jitter": more.limit_max_requests_jitter,
     }
     if app is not None:
         server = uvicorn.Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
         exit_zero_after_signal()
         server.run(sockets=[sock] if sock is not None else None)
         return
-    worker_config = WorkerConfig(config, workers=workers, reload=reload,
-                                 reload_dirs=SOURCE_DIRS if reload else None, **options)
+    if reload:
+        options["reload_dirs"] = list(more.reload_dirs) or reload_dirs(config)
+        options["reload_includes"] = list(RELOAD_INCLUDES)
+    worker_config = WorkerConfig(config, workers=workers, reload=reload, **options)
     if sock is None:
         sock = worker_config.bind_socket()
     target = uvicorn.Server(worker_config).run
@@ -185,25 +339,56 @@ class WorkerConfig(TimedConfig):
         super().load()
 
 
-def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET) -> Any:
+def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET, *, root_path: str = "") -> Any:
     """Build the WSGI gateway from ``config`` in a Granian worker (its ``target_loader``).
 
     Granian passes its target string too; the gateway is built from ``config`` alone.
+    ``root_path`` (``--root-path``) is uvicorn's: requests arrive without it (the proxy in
+    front strips it) and the gateway is told it as ``SCRIPT_NAME``. (Granian's own
+    ``url_path_prefix`` means the opposite: it cuts that many characters off every path.)
     """
     from gateway.mounts import load_table
     from gateway.wsgi import create_wsgi_app
 
-    return create_wsgi_app(load_table(config), config)
+    app = create_wsgi_app(load_table(config), config)
+    if not root_path:
+        return app
+
+    def rooted(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["SCRIPT_NAME"] = root_path + environ.get("SCRIPT_NAME", "")
+        return app(environ, start_response)
+
+    return rooted
+
+
+def source_filter() -> type:
+    """A watchfiles filter for Granian's reloader that passes what uvicorn's
+    ``RELOAD_INCLUDES`` would (code and templates): Granian's default passes every file,
+    the SQLite database in a watched directory included."""
+    import watchfiles
+
+    suffixes = tuple(pattern[1:] for pattern in RELOAD_INCLUDES)
+
+    class SourceFilter(watchfiles.DefaultFilter):
+        def __call__(self, change: watchfiles.Change, path: str) -> bool:
+            return path.endswith(suffixes) and super().__call__(change, path)
+
+    return SourceFilter
 
 
 def run_granian(
     config: Config, *, host: str, port: int, workers: int, reload: bool, log_level: str,
-    log_config: dict[str, Any] | None = None,
+    log_config: dict[str, Any] | None = None, server_options: ServerOptions | None = None,
 ) -> None:
-    """Serve the WSGI gateway with Granian's WSGI interface, built in each worker from ``config``."""
+    """Serve the WSGI gateway with Granian's WSGI interface, built in each worker from ``config``.
+
+    Of :class:`ServerOptions`, Granian takes ``uds``, ``backlog`` (128 at least),
+    ``root_path``, TLS and ``reload_dirs``; ``gateway serve`` refuses the others.
+    """
+    more = server_options or ServerOptions()
     try:
         from granian import Granian
-        from granian.constants import Interfaces
+        from granian.constants import Interfaces, SSLProtocols
         from granian.http import HTTP1Settings
         from granian.log import LogLevels
     except ImportError:
@@ -215,13 +400,24 @@ def run_granian(
         WSGI_TARGET,
         address=host,
         port=port,
+        uds=Path(more.uds) if more.uds else None,
+        uds_permissions=0o666 if more.uds else None,  # as uvicorn's --uds
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=config.threads,
+        backlog=more.backlog or GRANIAN_BACKLOG,
+        # Granian sizes its backpressure from the backlog unless told: keep it what it is
+        # by default, so that --backlog sizes the listen queue only, as on uvicorn.
+        backpressure=max(1, GRANIAN_BACKLOG // workers),
         log_level=LogLevels(log_level if log_level != "trace" else "debug"),
         log_dictconfig=log_config,
+        ssl_cert=Path(more.ssl_certfile) if more.ssl_certfile else None,
+        ssl_key=Path(more.ssl_keyfile) if more.ssl_keyfile else None,
+        # Granian's default minimum is TLS 1.3; uvicorn (OpenSSL's defaults) takes 1.2 too.
+        ssl_protocol_min=SSLProtocols.tls12,
         reload=reload,
-        reload_paths=[Path(d) for d in SOURCE_DIRS] if reload else None,
+        reload_paths=[Path(d) for d in (more.reload_dirs or reload_dirs(config))] if reload else None,
+        reload_filter=source_filter() if reload else None,
         workers_kill_timeout=int(config.graceful_timeout) if config.graceful_timeout else None,
         http1_settings=HTTP1Settings(header_read_timeout=max(1, round(config.header_timeout * 1000))),
-    ).serve(target_loader=functools.partial(load_wsgi_gateway, config))
+    ).serve(target_loader=functools.partial(load_wsgi_gateway, config, root_path=more.root_path))

@@ -191,9 +191,17 @@ class Shadower:
                         for i in range(threads)]
         self.started = False
 
-    def count(self, rule: str, outcome: str) -> None:
+    def count(self, rule: str, *outcomes: str) -> None:
+        """Count ``outcomes`` together: a reader never sees one without the others."""
         with self.lock:
-            self.counts.setdefault(rule, Counter())[outcome] += 1
+            counts = self.counts.setdefault(rule, Counter())
+            for outcome in outcomes:
+                counts[outcome] += 1
+
+    def snapshot(self, rule: str) -> Counter[str]:
+        """A copy of ``rule``'s counts, taken under the lock."""
+        with self.lock:
+            return Counter(self.counts.get(rule, {}))
 
     def submit(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
                headers: tuple[str, ...]) -> None:
@@ -231,8 +239,7 @@ class Shadower:
         outcome, real = compare(primary, secondary, candidate, headers)
         if outcome == "different":  # written before it is counted: a count never runs ahead of the file
             self.record(rule, environ, primary, candidate, real)
-        self.count(rule, "compared")
-        self.count(rule, outcome)
+        self.count(rule, "compared", outcome)
 
     def record(self, rule: str, environ: Environ, primary: Answer, candidate: Answer, real: list[str]) -> None:
         if self.log_path is None or self.written[rule] >= self.keep:

@@ -361,3 +361,226 @@ def test_without_javascript(gateway_server: ServerProcess, new_page: Callable[..
     expect(page.locator("#greeting")).to_have_text("Hello, Django!")
     shoot(page, "12-django-no-js")
     traffic.check()
+
+
+# -- One sign-in for both frameworks (GATEWAY_SHARED_SIGNIN) -----------------------------------
+
+
+def add_admin(data_dir: Path) -> None:
+    """Create the superuser USERNAME/PASSWORD in ``data_dir``'s database, as ``site`` does."""
+    env = server_env(
+        data_dir,
+        DJANGO_SUPERUSER_USERNAME=USERNAME,
+        DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+        DJANGO_SUPERUSER_EMAIL="admin@example.com",
+    )
+    subprocess.run(
+        [*GATEWAY, "manage", "createsuperuser", "--noinput"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
+    )
+
+
+@pytest.fixture
+def shared_site(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> ServerProcess:
+    """``gateway serve`` with one sign-in for both apps, and an admin user."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = start_gateway(env={"GATEWAY_SHARED_SIGNIN": "1"}, data_dir=data_dir)
+    add_admin(data_dir)
+    return server
+
+
+def sign_in_for_flask(page: Page, base: str) -> None:
+    """From /flask/account, signed out: Django's login, then back to the Flask page."""
+    page.goto(f"{base}/flask/account")
+    loaded(page, f"{base}/django/admin/login/?next=%2Fflask%2Faccount")
+    check_admin_styled(page)
+    expect(page.locator("input[name=next]")).to_have_value("/flask/account")
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    loaded(page, f"{base}/flask/account")
+    expect(page.locator("body")).to_have_text(f"Signed in as {USERNAME}.")
+
+
+def signed_out_everywhere(page: Page, base: str) -> None:
+    """Both apps send the browser to Django's login page, and it holds no session cookie."""
+    assert [c for c in page.context.cookies() if c["name"] == "sessionid"] == []
+    page.goto(f"{base}/django/admin/")
+    loaded(page, f"{base}/django/admin/login/?next=/django/admin/")
+    page.goto(f"{base}/flask/account")
+    loaded(page, f"{base}/django/admin/login/?next=%2Fflask%2Faccount")
+
+
+def test_one_sign_in_for_both_frameworks(shared_site: ServerProcess, new_page: Callable[..., Page]) -> None:
+    """Sign in through Django for Flask; sign out of either app and both are signed out."""
+    base = shared_site.url
+    page = new_page()
+    traffic = Traffic(base)
+    traffic.watch(page)
+
+    sign_in_for_flask(page, base)
+    shoot(page, "13-flask-account")
+    held = page.context.cookies()  # every cookie of the context, whatever its path
+    assert sorted(c["name"] for c in held) == ["csrftoken", "sessionid"]
+    cookies = {c["name"]: c for c in held}
+    assert cookies["sessionid"]["path"] == "/"  # the one cookie both apps read
+    assert cookies["sessionid"]["httpOnly"] and cookies["sessionid"]["sameSite"] == "Lax"
+    assert cookies["csrftoken"]["path"] == "/django"  # Django's CSRF cookie stays on its mount
+    page.goto(f"{base}/django/admin/")
+    loaded(page, f"{base}/django/admin/")
+    expect(page.locator("#user-tools")).to_contain_text(USERNAME)
+
+    # Flask's sign-out has no form on any page: add one to the admin's page and submit it.
+    page.evaluate("""() => {
+        const form = document.createElement("form");
+        form.method = "post";
+        form.action = "/flask/signout";
+        const button = document.createElement("button");
+        button.id = "flask-signout";
+        button.textContent = "Sign out of Flask";
+        form.append(button);
+        document.body.append(form);
+    }""")
+    page.click("#flask-signout")
+    loaded(page, f"{base}/flask/")
+    signed_out_everywhere(page, base)
+
+    sign_in_for_flask(page, base)
+    page.goto(f"{base}/django/admin/")
+    loaded(page, f"{base}/django/admin/")
+    page.click("#logout-form button[type=submit]")
+    loaded(page, f"{base}/django/admin/logout/")
+    expect(page.locator("#content h1")).to_have_text("Logged out")
+    signed_out_everywhere(page, base)
+    shoot(page, "14-signed-out-of-both")
+
+    traffic.check()
+    assert traffic.paths(traffic.navigations) == [
+        "/django/admin/login/", "/flask/account", "/django/admin/", "/flask/",
+        "/django/admin/login/", "/django/admin/login/",
+        "/django/admin/login/", "/flask/account", "/django/admin/", "/django/admin/logout/",
+        "/django/admin/login/", "/django/admin/login/",
+    ]
+    log = served(shared_site)
+    assert ("/flask/signout", 302) in log and ("/django/admin/logout/", 200) in log
+    unexpected = [(path, status) for path, status in log
+                  if (path, status) not in BROWSER_OWN and (not in_prefixes(path) or status >= 400)]
+    assert not unexpected, f"the server saw requests outside the prefixes or failing: {unexpected}"
+
+
+# -- The migration page ---------------------------------------------------------------------------
+
+
+def wait_for_page(url: str, texts: list[str], timeout: float = 10.0) -> None:
+    """Wait until the page at ``url`` holds every one of ``texts`` (the shadow comparisons
+    run on the gateway's threads after the answers; the page is the one place they show)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while not all(text in (html := httpx.get(url, timeout=5).text) for text in texts):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{texts} not all on {url} within {timeout} s:\n{html}")
+        time.sleep(0.05)
+
+
+def test_the_migration_page_without_javascript(start_gateway: Callable[..., ServerProcess], tmp_path: Path,
+                                               new_page: Callable[..., Page]) -> None:
+    """``/_gateway/`` in Chromium, JavaScript off: each rule, its bars, canary and shadow."""
+    import httpx
+
+    from gateway.migration_page import MINUTES
+    from gateway.routes import RouteTable, parse_gateway_file
+    from tests.test_routes import CANARY, SHADOW, SHOP
+
+    text = CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):]  # the rules of test_routes' page test
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = start_gateway("--config", str(config), data_dir=data_dir)
+    base = server.url
+    specs = {spec.rule: spec for spec in RouteTable(parse_gateway_file(text).routes).specs.values()}
+
+    def get(path: str, **headers: str) -> httpx.Response:
+        return httpx.get(base + path, headers=headers, timeout=10)
+
+    cart_clients = [f"{i:032x}" for i in range(20)]
+    for client in cart_clients:
+        assert get("/shop/cart", Cookie=f"gateway_canary={client}").status_code == 200
+    users = [f"user-{i}" for i in range(10)]
+    for user in users:  # neither app has the page: each answers its 404
+        assert get("/shop/items/3/reviews", **{"X-User-ID": user}).status_code == 404
+    assert get("/shop/items/7").json()["app"] == "new"
+    assert get("/shop/items/500").json()["app"] == "legacy"  # a fallback
+    for product in (7, 13):  # 13: the new app's deliberate difference
+        assert get(f"/shop/products/{product}").status_code == 200
+    assert get("/shop/api/products/7").status_code == 200
+    assert get("/shop/").status_code == 200
+    assert httpx.post(f"{base}/only-post", timeout=10).status_code == 404  # the legacy app's own 404
+    products = "new: 50% equal of 2 compared (1 different, 0 dropped)"
+    api = "new: 100% equal of 1 compared (0 different, 0 dropped)"
+    wait_for_page(f"{base}/_gateway/", [products, api])
+
+    page = new_page(java_script_enabled=False)
+    traffic = Traffic(base)
+    traffic.watch(page)
+    answer = page.goto(f"{base}/_gateway/")
+    loaded(page, f"{base}/_gateway/")
+    assert answer is not None and answer.status == 200
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["content-type"] == "text/html; charset=utf-8"
+    expect(page).to_have_title("Migration - gateway")
+    expect(page.locator("script")).to_have_count(0)
+    shoot(page, "15-migration-page")
+    expect(page.locator("thead th")).to_have_text(
+        ["Rule", "Methods", "Owner", f"Requests, last {MINUTES} min", "Fallbacks", "Canary", "Shadow"])
+    rows = page.locator("tbody tr")
+    expect(rows.locator("td:nth-child(1)")).to_have_text(list(specs))  # every rule, in the file's order
+
+    cart_canaried = sum(specs["/shop/cart"].chooses_canary(c) for c in cart_clients)
+    review_canaried = sum(specs["/shop/items/<int:item_id>/reviews"].chooses_canary(u) for u in users)
+    assert 0 < cart_canaried < len(cart_clients) and 0 < review_canaried < len(users)
+    expected = {  # rule: methods, owners, requests, fallbacks, canary, shadow
+        "/shop/<path:rest>": ("any", "legacy", 0, "-", "-", "-"),
+        "/shop/": ("any", "legacy", 1, "-", "-", "-"),
+        "/shop/cart": ("GET,HEAD", "legacy", len(cart_clients), "-",
+                       f"new: 50% of clients, {cart_canaried / len(cart_clients):.0%} of requests", "-"),
+        "/shop/items/<int:item_id>/reviews": ("any", "legacy", len(users), "-",
+                                              f"new: 30% of clients, {review_canaried / len(users):.0%} of requests",
+                                              "-"),
+        "/shop/items/<int:item_id>": ("any", "new then legacy", 2, "1 (50%)", "-", "-"),
+        "/only-post": ("POST", "legacy", 1, "-", "-", "-"),
+        "/shop/products/<int:product_id>": ("any", "legacy", 2, "-", "-", products),
+        "/shop/api/products/<int:product_id>": ("any", "legacy", 1, "-", "-", api),
+    }
+    for rule, (methods, owners, requests, fallbacks, canary, shadow) in expected.items():
+        row = rows.filter(has=page.locator("td:nth-child(1) code", has_text=re.compile(f"^{re.escape(rule)}$")))
+        cells = row.locator("td")
+        expect(cells.nth(1)).to_have_text(methods)
+        expect(cells.nth(2)).to_have_text(owners)
+        chart = cells.nth(3).locator("svg")
+        expect(chart).to_have_attribute("aria-label", f"{requests} requests")
+        bars = chart.locator("rect")
+        expect(bars).to_have_count(MINUTES)  # one bar a minute
+        assert sum(int(t) for t in bars.locator("title").all_text_contents()) == requests, rule
+        assert cells.nth(3).evaluate("cell => cell.lastChild.textContent") == f" {requests}", rule
+        expect(cells.nth(4)).to_have_text(fallbacks)
+        expect(cells.nth(5)).to_have_text(canary)
+        if shadow == "-":
+            expect(cells.nth(6)).to_have_text("-")
+        else:
+            expect(cells.nth(6)).to_contain_text(shadow)
+    meters = rows.locator("meter")
+    expect(meters).to_have_count(2)
+    expect(meters.nth(0)).to_have_attribute("value", "0.500")
+    expect(meters.nth(1)).to_have_attribute("value", "1.000")
+    # The page's stylesheet applied with JavaScript off: the bars take its colour, at full size.
+    expect(page.locator("svg rect").first).to_have_css("fill", "rgb(68, 170, 119)")
+    box = page.locator("svg").first.bounding_box()
+    assert box is not None and (box["width"], box["height"]) == (120, 24)
+    assert traffic.errors == [] and traffic.paths(traffic.navigations) == ["/_gateway/"]
+    assert traffic.paths(traffic.requests) == ["/_gateway/"]  # nothing else: no script, no stylesheet
+    assert "Traceback" not in server.log

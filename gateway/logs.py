@@ -200,6 +200,17 @@ def json_line(entry: AccessEntry, name: str) -> str:
     })
 
 
+class DropMessage(logging.Filter):
+    """Drop the records whose message starts with ``start`` (a third party's known notice)."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 class RequestIdFilter(logging.Filter):
     """Put the current request's ID on every record (``-`` outside requests)."""
 

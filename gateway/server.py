@@ -376,6 +376,25 @@ def source_filter() -> type:
     return SourceFilter
 
 
+def quiet_thread_warning(log_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``log_config`` with Granian's warning about many Python threads filtered out.
+
+    Granian warns at every start when a WSGI app may use more threads than twice the
+    cores. The gateway's threads (``--threads``, 100 by default) are sized on purpose for
+    views that wait (a database, another service), as the README explains; the warning
+    would be noise at every start, so it is dropped, and only it.
+    """
+    if log_config is None:
+        return None
+    config = {**log_config, "filters": {**log_config.get("filters", {}),
+                                        "granian_threads": {"()": "gateway.logs.DropMessage",
+                                                            "start": "Configuration allows spawning up to"}}}
+    loggers = dict(config.get("loggers", {}))
+    loggers["_granian"] = {**loggers.get("_granian", {}), "filters": ["granian_threads"]}
+    config["loggers"] = loggers
+    return config
+
+
 def run_granian(
     config: Config, *, host: str, port: int, workers: int, reload: bool, log_level: str,
     log_config: dict[str, Any] | None = None, server_options: ServerOptions | None = None,
@@ -410,7 +429,7 @@ def run_granian(
         # by default, so that --backlog sizes the listen queue only, as on uvicorn.
         backpressure=max(1, GRANIAN_BACKLOG // workers),
         log_level=LogLevels(log_level if log_level != "trace" else "debug"),
-        log_dictconfig=log_config,
+        log_dictconfig=quiet_thread_warning(log_config),
         ssl_cert=Path(more.ssl_certfile) if more.ssl_certfile else None,
         ssl_key=Path(more.ssl_keyfile) if more.ssl_keyfile else None,
         # Granian's default minimum is TLS 1.3; uvicorn (OpenSSL's defaults) takes 1.2 too.

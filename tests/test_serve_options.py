@@ -500,3 +500,16 @@ def test_a_key_that_is_not_the_certificates_is_one_line(tmp_path, certificate) -
     assert result.returncode == 1
     assert one_line(result) == (f"gateway: error: Cannot serve TLS with {cert} and {other}: the key is not the "
                                 "certificate's.")
+
+
+def test_granian_starts_without_its_warning_about_the_threads(tmp_path: Path) -> None:
+    """The gateway's 100 threads are on purpose (views that wait): Granian's notice about
+    them is dropped, and only it."""
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--server", "granian", "--port", str(port)], port=port,
+                           env=server_env(tmp_path), log_path=tmp_path / "granian.log")
+    try:
+        assert "Starting granian" in server.log and "Listening at" in server.log
+        assert "Python threads" not in server.log
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ process, and the ``gateway routes`` command."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.mounts import MountError, MountTable
-from gateway.routes import ConfigFileError, RouteTable, parse_gateway_file
+from gateway.routes import ConfigFileError, RouteSpec, RouteTable, parse_gateway_file
 from tests.test_parity import ENTRIES, Send, config_with
 
 SHOP = '''
@@ -685,3 +686,129 @@ def replace_data_dir(config: Config, directory: Path) -> Config:
 def test_explain_a_plain_rule_has_no_fallback_line() -> None:
     routes = RouteTable(parse_gateway_file(SHOP).routes)
     assert not any("is asked next" in line for line in routes.explain("/shop/anything"))
+
+
+# -- Pinned details: what the mutation run showed no test noticed ---------------------------------
+
+
+def test_canary_places_are_stable_across_releases() -> None:
+    """A client's place is part of the contract: a new release must not move clients
+    between the apps (the hash, its size, its byte order and the scale are pinned)."""
+    spec = RouteSpec("/shop/cart", ("legacy",), canary="new", share=50)
+    assert "".join("1" if spec.chooses_canary(f"{i:032x}") else "0" for i in range(40)) == (
+        "0111100110000001101111001000101011111101")
+    fine = RouteSpec("/shop/cart", ("legacy",), canary="new", share=0.5)  # a share to 0.01%
+    assert sum(fine.chooses_canary(f"{i:032x}") for i in range(10_000)) == 62
+    assert not RouteSpec("/a", ("x",), canary="y", share=0).chooses_canary("anyone")
+    assert all(RouteSpec("/a", ("x",), canary="y", share=100).chooses_canary(f"c{i}") for i in range(500))
+
+
+def three_apps() -> tuple[Any, list[str], Any]:
+    from collections import Counter
+    from threading import Lock
+
+    from gateway.routes import Fallback
+
+    calls: list[str] = []
+    closed: list[str] = []
+
+    class Closing(list):  # type: ignore[type-arg]
+        def __init__(self, name: str, body: bytes) -> None:
+            super().__init__([body])
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    def app(name: str, status: str) -> Any:
+        def answer(environ: dict[str, Any], start_response: Any) -> Any:
+            calls.append(f"{environ['REQUEST_METHOD']} {name}")
+            start_response(status, [("Content-Type", "text/plain")])
+            return Closing(name, f"{name}: {status}".encode())
+        return answer
+
+    counts: Counter[str] = Counter()
+    chain = Fallback([("a", app("a", "404 Not Found")), ("b", app("b", "404 Not Found")), ("c", app("c", "200 OK"))],
+                     "~/x", counts, Lock())
+    return chain, calls, (counts, closed)
+
+
+def test_a_fallback_asks_each_app_in_turn_and_closes_what_it_passes_over() -> None:
+    from werkzeug.test import Client
+
+    chain, calls, (counts, closed) = three_apps()
+    answer = Client(chain).get("/x", buffered=True)
+    assert (answer.status_code, answer.get_data()) == (200, b"c: 200 OK")
+    assert calls == ["GET a", "GET b", "GET c"] and counts["~/x"] == 2
+    assert closed == ["a", "b", "c"]  # the passed-over answers, then the one sent
+
+
+def test_a_fallback_sends_other_methods_to_the_first_app_only() -> None:
+    from werkzeug.test import Client
+
+    chain, calls, (counts, _) = three_apps()
+    answer = Client(chain).post("/x", buffered=True)
+    assert (answer.status_code, calls, counts["~/x"]) == (404, ["POST a"], 0)
+
+
+def test_a_fallback_passes_exc_info_on() -> None:
+    from collections import Counter
+    from threading import Lock
+
+    from gateway.routes import Fallback
+
+    seen: list[Any] = []
+
+    def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            import sys
+
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"x"]
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        seen.append(exc_info)
+        return lambda data: None
+
+    chain = Fallback([("a", failing), ("b", failing)], "~/y", Counter(), Lock())
+    list(chain({"REQUEST_METHOD": "GET"}, start_response))
+    assert seen[0] is not None and seen[0][0] is RuntimeError
+
+
+def answer_of(status: int, body: bytes = b"same", **headers: str) -> Any:
+    return status, {"content-type": "text/plain", **{k.replace("_", "-"): v for k, v in headers.items()}}, body
+
+
+def test_compare_statuses_headers_and_bodies() -> None:
+    from gateway.shadow import compare
+
+    same = answer_of(200)
+    assert compare(same, same, same, ()) == ("equal", [])
+    assert compare(same, same, answer_of(404), ()) == ("different", ["status 200 != 404"])
+    assert compare(same, answer_of(503), answer_of(404), ()) == ("noise", [])  # the primary varies too
+    tagged = answer_of(200, etag="a")
+    assert compare(tagged, tagged, answer_of(200, etag="b"), ("ETag",)) == (
+        "different", ["header etag: 'a' != 'b'"])
+    assert compare(tagged, answer_of(200, etag="c"), answer_of(200, etag="b"), ("ETag",)) == ("noise", [])
+    assert compare(tagged, tagged, answer_of(200, etag="b"), ()) == ("equal", [])  # not named: not compared
+    assert compare(answer_of(200, b"a b c"), answer_of(200, b"a b c"), answer_of(200, b"z a b c"), ()) == (
+        "different", ["body: 1 token(s) differ"])  # an insertion at the start marks its neighbour
+
+
+def test_a_difference_is_written_with_what_differs(tmp_path: Path) -> None:
+    from gateway.shadow import Shadower
+
+    log = tmp_path / "shadow.jsonl"
+    shadower = Shadower(log, keep=2)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "QUERY_STRING": "q=1"}
+    for n in range(3):
+        shadower.record("~/p", environ, answer_of(200, b"old"), answer_of(201, f"new{n}".encode()), ["x"])
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 2  # at most keep a rule
+    first = records[0]
+    assert (first["rule"], first["method"], first["path"], first["query"], first["status"], first["differences"]) == (
+        "~/p", "GET", "/p", "q=1", [200, 201], ["x"])
+    assert first["diff"].splitlines()[:2] == ["--- primary", "+++ candidate"] and "-old" in first["diff"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["time"])

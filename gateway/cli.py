@@ -10,6 +10,7 @@
     gateway diff [shadow.jsonl]
     gateway migrate
     gateway manage <django command> [args...]
+    gateway flask <flask command> [args...]
     gateway check [--deploy]
 
 Each option of ``serve`` overrides its ``GATEWAY_*`` variable: the command builds one
@@ -486,6 +487,29 @@ def migrate(args: tuple[str, ...]) -> None:
 def manage(args: tuple[str, ...]) -> None:
     """Run a Django management command, e.g. gateway manage createsuperuser."""
     _manage(list(args))
+
+
+@cli.command("flask", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                         "help_option_names": []})
+@click.option("--prefix", default="/flask", show_default=True, help="The mount of the Flask app to use.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def flask_command(prefix: str, args: tuple[str, ...]) -> None:
+    """Run a command of the mounted Flask app's CLI (routes, shell, your own), with Django
+    set up as the gateway sets it up, e.g. gateway flask routes."""
+    from flask import Flask
+    from flask.cli import FlaskGroup
+
+    table = _load(_config(None))
+    mount = table.mounts.get(prefix)
+    if mount is None or not isinstance(mount.app, Flask):
+        known = ", ".join(m.prefix for m in table if isinstance(m.app, Flask)) or "none"
+        raise click.ClickException(f"no Flask app is mounted at {prefix} (Flask mounts: {known}); "
+                                   "name one with --prefix.")
+    app = mount.app
+    group = FlaskGroup(create_app=lambda: app, load_dotenv=False, set_debug_flag=False)
+    code = group.main(args=list(args), prog_name="gateway flask", standalone_mode=False)
+    if isinstance(code, int) and code:
+        raise click.exceptions.Exit(code)
 
 
 @cli.command()

@@ -311,3 +311,18 @@ def test_reload_with_several_workers_is_refused_in_one_line(tmp_path) -> None:  
     assert result.stderr.strip().splitlines() == [
         "gateway: error: --reload runs one worker: leave --workers out, or --reload for production. "
         "(see 'gateway serve --help')"]
+
+
+def test_gateway_flask_runs_the_mounted_flask_apps_cli_with_django_set_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    routes = gateway("flask", "routes", tmp_path=tmp_path)
+    assert routes.returncode == 0, routes.stderr
+    endpoints = {line.split()[0] for line in routes.stdout.splitlines()[2:] if line.strip()}
+    assert endpoints == {"hello.greetings", "hello.hello", "static"}
+    shell = subprocess.run([sys.executable, "-m", "gateway", "flask", "shell"], cwd=ROOT, env=server_env(tmp_path),
+                           input='from django.apps import apps; print("ready", apps.ready, app.name)\n',
+                           capture_output=True, text=True, timeout=60)
+    assert "ready True flask_hello" in shell.stdout, shell.stdout + shell.stderr
+    wrong = gateway("flask", "--prefix", "/django", "routes", tmp_path=tmp_path)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip().splitlines() == [
+        "gateway: error: no Flask app is mounted at /django (Flask mounts: /flask); name one with --prefix."]

@@ -65,6 +65,8 @@ class ASGIGateway:
         # A name of this gateway's own, so that exit_when_stuck counts only its threads.
         self.thread_prefix = f"wsgi-{id(self):x}"
         self.executor = ThreadPoolExecutor(max_workers=threads or config.threads, thread_name_prefix=self.thread_prefix)
+        if self.pipeline.metrics is not None:
+            self.pipeline.metrics.pool(threads or config.threads)
         self.wsgi: dict[str, WSGIBridge] = {}
         self.asgi: dict[str, ASGIBoundary] = {}
         self.probed: dict[str, WSGIBoundary] = {}
@@ -118,9 +120,9 @@ class ASGIGateway:
             return
         started = time.perf_counter()
         head = self.head(scope)
-        decision = self.pipeline.begin(head, started)
+        decision = self.pipeline.begin(head, started, counted=kind == "http")
         self.rewrite(scope, head, decision)
-        logged = kind == "http" and access.enabled()
+        logged = kind == "http" and self.pipeline.observing
         reply = decision.reply
         if kind == "websocket":
             await self.websocket(scope, receive, send, decision)
@@ -130,7 +132,7 @@ class ASGIGateway:
         if reply is not None:
             await asgi_reply(self.pipeline, reply, decision, send)
             if logged:
-                self.log(scope, head, decision, reply.status, len(reply.body))
+                self.done(scope, head, decision, reply.status, len(reply.body))
             return
         assert decision.mount is not None
         prefix = decision.mount.prefix
@@ -166,7 +168,7 @@ class ASGIGateway:
                 # No status: an ASGI app raised (the server answers 500), or the client
                 # left before a WSGI app's response (499, as nginx logs it).
                 status = recorder.status or (500 if bridge is None else 499)
-                self.log(scope, head, decision, status, recorder.size)
+                self.done(scope, head, decision, status, recorder.size)
 
     def add_mounts(self, table: MountTable) -> None:
         """Make the bridge or boundary of each mount of ``table`` (a reload adds the new rules')."""
@@ -175,7 +177,8 @@ class ASGIGateway:
                 boundary = WSGIBoundary(mount.app, self.pipeline)
                 if mount.prefix in table.mounts:
                     self.probed[mount.prefix] = boundary
-                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix)
+                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix,
+                                                     observer=self.pipeline.metrics)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
         for name, app in table.route_apps.items():  # each app of the route rules, once
@@ -258,9 +261,9 @@ class ASGIGateway:
             return
         await boundary.serve(scope, receive, send, decision)
 
-    def log(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
-        """Write the access-log line of an HTTP request."""
-        self.pipeline.log(decision, head, f"HTTP/{scope.get('http_version', '1.1')}", status, size)
+    def done(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
+        """An HTTP request is answered: its access-log line and its metrics."""
+        self.pipeline.done(decision, head, f"HTTP/{scope.get('http_version', '1.1')}", status, size)
 
     def started(self) -> None:
         """After the lifespan's start-up: the signal handlers of draining and reloading."""

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import io
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
@@ -72,11 +74,15 @@ class WSGIBridge:
         *,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         name: str = "",
+        observer: Any = None,
     ) -> None:
         self.app = app
         self.executor = executor or ThreadPoolExecutor(thread_name_prefix="wsgi")
         self.buffer_size = buffer_size
         self.name = name
+        #: Told when a request gets its thread and how long it waited, and when it gives
+        #: the thread back (``thread_started(seconds)``, ``thread_done()``): the metrics.
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -116,10 +122,11 @@ class WSGIBridge:
         environ["wsgi.input"] = stream
         exchange = Exchange(loop, send, receive, self.buffer_size, stream, self.name or scope["path"])
         context = contextvars.copy_context()
+        run: Callable[[WSGIApp, Environ], Answer | None] = exchange.run
+        if self.observer is not None:
+            run = functools.partial(_observed, self.observer, time.perf_counter(), exchange.run)
         try:
-            answer = await loop.run_in_executor(
-                self.executor, context.run, exchange.run, self.app, environ
-            )
+            answer = await loop.run_in_executor(self.executor, context.run, run, self.app, environ)
         except asyncio.CancelledError:
             # The server gave up on this request (its graceful shutdown timed out): say
             # so in one line and, if nothing was sent yet, answer 503, not a traceback.
@@ -136,6 +143,16 @@ class WSGIBridge:
             status, headers, data = answer
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
+
+
+def _observed(observer: Any, submitted: float, run: Callable[[WSGIApp, Environ], Answer | None],
+              app: WSGIApp, environ: Environ) -> Answer | None:
+    """``run`` in a worker thread, telling ``observer`` of the wait for it and the time in it."""
+    observer.thread_started(time.perf_counter() - submitted)
+    try:
+        return run(app, environ)
+    finally:
+        observer.thread_done()
 
 
 def build_environ(scope: Scope, stream: Any) -> Environ:

@@ -36,6 +36,7 @@ import click
 from gateway import __version__
 from gateway.config import DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, Config, configure_apps, production_problems
 from gateway.logs import logging_config
+from gateway.metrics import prepare_directory as prepare_metrics_directory
 from gateway.mounts import MountError, MountSpec, MountTable, load_table
 from gateway.server import (
     GRANIAN_MIN_BACKLOG,
@@ -164,6 +165,9 @@ def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None
               "[env: GATEWAY_TRUSTED_PROXIES].")
 @click.option("--allowed-hosts", metavar="HOSTS",
               help="Host names served, comma-separated (.example.org: subdomains too) [env: GATEWAY_ALLOWED_HOSTS].")
+@click.option("--metrics/--no-metrics", default=None,
+              help="Answer /metrics (Prometheus) to loopback and the trusted proxies, summed over the workers "
+              "[env: GATEWAY_METRICS; default: off].")
 @mount_option
 @config_option
 def serve(
@@ -181,6 +185,7 @@ def serve(
     reload_dir: tuple[Path, ...],
     trusted_proxies: str | None,
     allowed_hosts: str | None,
+    metrics: bool | None,
     workers: int,
     threads: int | None,
     reload: bool,
@@ -209,7 +214,7 @@ def serve(
                      drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
                      body_timeout=body_timeout,
                      stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file,
-                     allowed_hosts=hosts, trusted_proxies=proxies)
+                     allowed_hosts=hosts, trusted_proxies=proxies, metrics=metrics)
     root_path = _root_path(root_path)
     _refuse_server_options(server, reload=reload, uds=uds, fd=fd, backlog=backlog, ssl_certfile=ssl_certfile,
                            ssl_keyfile=ssl_keyfile, limit_concurrency=limit_concurrency,
@@ -237,6 +242,13 @@ def serve(
         raise click.UsageError("--port 0 works on uvicorn only: Granian binds its own socket. Give a port number.")
     if ssl_certfile is not None:
         check_tls(ssl_certfile, ssl_keyfile)
+    if config.metrics:
+        # Before any worker starts (and before prometheus_client is imported here): the
+        # directory where every worker writes its values, for the scrapes to sum.
+        try:
+            prepare_metrics_directory()
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     options = ServerOptions(
         uds=uds, backlog=backlog, root_path=root_path, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         limit_concurrency=limit_concurrency, limit_max_requests=limit_max_requests,
@@ -396,6 +408,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
             "name": "gateway", "levelname": "INFO", "levelno": logging.INFO, "msg": title, "server": server,
             "workers": workers, "threads": config.threads, "database": database,
             **({"listen": listening} if listening else {}), **({"root_path": root_path} if root_path else {}),
+            **({"metrics": f"{base}/metrics"} if config.metrics else {}),
             "mounts": {"/": {"url": f"{base}/", "framework": "index"},
                        **{m.prefix: {"url": f"{base}{m.prefix}/", "framework": m.framework} for m in table}},
         })), err=True)
@@ -405,6 +418,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
         f"  database  {database}",
         f"  /         {base}/  (index)",
         *(f"  {m.prefix:<9} {base}{m.prefix}/  ({m.framework})" for m in table),
+        *([f"  metrics   {base}/metrics  (loopback and trusted proxies)"] if config.metrics else []),
     ]
     click.echo("\n".join(lines), err=True)
     return table

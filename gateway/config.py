@@ -36,6 +36,8 @@ environment already says.
 ``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
                           (:mod:`gateway.routes`)
 ``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.signin`)
+``GATEWAY_METRICS``       ``1``: answer ``/metrics`` (Prometheus) to loopback and the
+                          trusted proxies (:mod:`gateway.metrics`; default off)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -94,6 +96,8 @@ class Config:
     #: One sign-in for both apps: the name of Django's session cookie, whose path the
     #: gateway leaves at the site root so that every app receives it (``GATEWAY_SHARED_SIGNIN``).
     shared_signin: str | None = None
+    #: ``/metrics`` in Prometheus' text format (``GATEWAY_METRICS``, ``--metrics``).
+    metrics: bool = False
     file: GatewayFile = field(default_factory=GatewayFile)
 
     @classmethod
@@ -130,6 +134,7 @@ class Config:
             ready_timeout=_timeout(environ, "GATEWAY_READY_TIMEOUT", DEFAULT_READY_TIMEOUT),
             stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
             shared_signin=_shared_signin(environ.get("GATEWAY_SHARED_SIGNIN", "")),
+            metrics=_strict_flag(environ, "GATEWAY_METRICS", False),
         ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
 
     def with_file(self, path: Path | None) -> Config:
@@ -161,6 +166,7 @@ class Config:
             "GATEWAY_STREAM_BODIES": ",".join(self.stream_bodies),
             "GATEWAY_CONFIG": str(self.config_file or ""),
             "GATEWAY_SHARED_SIGNIN": self.shared_signin or "",
+            "GATEWAY_METRICS": "1" if self.metrics else "0",
         }
 
     def body_limit(self, prefix: str) -> int:

@@ -133,7 +133,8 @@ class MountTable:
             elif len(route.apps) == 1:
                 app = loaded[route.apps[0]]
             else:
-                app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock)
+                app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock,
+                               table.notify)
             rule_mounts.append(Mount(route.key, targets, "wsgi", app))
             if route.canary is not None:
                 rule_mounts.append(Mount(route.canary_key, (apps or {})[route.canary], "wsgi", loaded[route.canary]))

@@ -47,14 +47,15 @@ class Pages:
             allow = ("Allow", "GET, HEAD, OPTIONS")
             if method == "OPTIONS":
                 return Reply(204, (allow,), b"")
-            return plain(405, "Method Not Allowed: the gateway's own pages answer GET and HEAD.\n", allow)
+            return plain(405, "Method Not Allowed: the gateway's own pages answer GET and HEAD.\n", allow,
+                         reason="method_not_allowed")
         if path in {"/", ""}:
             status, page = 200, self.index(root)
         else:
             status, page = 404, self.not_found(root)
         data = page.encode("utf-8")
         headers = (("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data))))
-        return Reply(status, headers, b"" if method == "HEAD" else data)
+        return Reply(status, headers, b"" if method == "HEAD" else data, "no_mount" if status == 404 else "")
 
     def index(self, script_name: str) -> str:
         """Render the list of mounts, with links under ``script_name``."""

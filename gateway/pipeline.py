@@ -52,6 +52,8 @@ from werkzeug.http import parse_cookie
 from gateway import migration_page
 from gateway.config import Config, Network
 from gateway.logs import REQUEST_ID, access
+from gateway.metrics import PATH as METRICS_PATH
+from gateway.metrics import Metrics
 from gateway.mounts import PREFIX_PATTERN, Mount, MountTable
 from gateway.pages import Pages
 from gateway.replies import (
@@ -350,6 +352,8 @@ class Pipeline:
         self.streaming = frozenset(config.stream_bodies)
         #: ``sessionid=``: the cookie left at the site root for one sign-in, or None.
         self.shared_cookie = f"{config.shared_signin}=" if config.shared_signin else None
+        #: Prometheus metrics (``GATEWAY_METRICS``), or None.
+        self.metrics = Metrics() if config.metrics else None
         self.use(table)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
@@ -369,6 +373,8 @@ class Pipeline:
         wants = bool(table.route_table) and any(
             spec.canary is not None for spec in table.route_table.specs.values())  # type: ignore[union-attr]
         self.table, self.pages, self.limits, self.django = table, Pages(table), limits, django
+        if table.route_table and self.metrics is not None:
+            table.route_table.listen(self.metrics.route_event)
         #: Whether a rule reads request headers of its own (a canary's), so the adapters
         #: hand :attr:`Head.fetch` over.
         self.wants_headers = wants
@@ -389,6 +395,9 @@ class Pipeline:
             # Like the health answers: outside the apps, for operators by address.
             return Decision(rid, migration_page.render(self.table.route_table), None, False, root, root, path,
                             host, server, scheme, client, proxied)
+        if path == METRICS_PATH and self.metrics is not None and migration_page.allowed(client, self.proxies):
+            return Decision(rid, self.metrics.render(), None, False, root, root, path, host, server, scheme, client,
+                            proxied)
         reply = None
         if head.header_size > self.max_header_size:
             reply = HEADERS_TOO_LARGE
@@ -415,9 +424,12 @@ class Pipeline:
                     prefix = spec.canary_key
                     with routes.lock:  # type: ignore[union-attr]
                         routes.canaried[found.key] += 1  # type: ignore[union-attr]
+                    if self.metrics is not None:
+                        self.metrics.route_event("canary", found.key)
             mount: Mount | None = self.table.routes[prefix]
         elif found is not None and found.allowed:
-            reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)))
+            reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)),
+                          reason="method_not_allowed")
             return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
         else:
             mount, prefix, path_info = self.table.match(path)
@@ -462,13 +474,32 @@ class Pipeline:
                   f"SameSite=Lax{secure}")
         return spec.chooses_canary(client), cookie
 
-    def begin(self, head: Head, started: float) -> Decision:
-        """Decide, and make the decision the current request's (its ID on every log record)."""
+    def begin(self, head: Head, started: float, *, counted: bool = True) -> Decision:
+        """Decide, and make the decision the current request's (its ID on every log record).
+
+        ``counted``: the request is in flight until the entry point calls :meth:`done`
+        (a websocket is not counted).
+        """
         decision = self.decide(head)
         decision.started = started
         REQUEST_ID.set(decision.request_id)
         CURRENT.set(decision)
+        if counted and self.metrics is not None:
+            self.metrics.started()
         return decision
+
+    @property
+    def observing(self) -> bool:
+        """Whether the entry points must note each response's status and size for :meth:`done`."""
+        return self.metrics is not None or access.enabled()
+
+    def done(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
+        """A request is answered (``status``, ``size`` bytes of body): its access-log line
+        and its metrics."""
+        if access.enabled():
+            self.log(decision, head, protocol, status, size)
+        if self.metrics is not None:
+            self.metrics.finished(decision.mount_label, status, time.perf_counter() - decision.started)
 
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""
@@ -567,13 +598,15 @@ class Pipeline:
         return path
 
     def reply_headers(self, reply: Reply, decision: Decision) -> list[tuple[str, str]]:
-        """The completed headers of one of the gateway's own replies."""
+        """The completed headers of one of the gateway's own replies (a refusal is counted)."""
+        if reply.reason and self.metrics is not None:
+            self.metrics.refused(reply.reason)
         headers = list(reply.headers)
         self.complete(headers, decision)
         return headers
 
     def log(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
-        """Queue the request's access-log line (the caller checked that the log is on).
+        """Queue the request's access-log line (:meth:`done` checked that the log is on).
 
         The target is the path the client asked for (a trusted proxy's prefix included)
         and its query.

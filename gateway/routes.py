@@ -47,7 +47,7 @@ import re
 import threading
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,11 +240,13 @@ class Fallback:
     """
 
     def __init__(self, apps: list[tuple[str, WSGIApp]], key: str, counts: Counter[str],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, notify: Callable[[str, str], None] | None = None) -> None:
         self.apps = apps
         self.key = key
         self.counts = counts
         self.lock = lock
+        #: Told of each fallback taken, as ``notify("fallback", key)`` (the metrics).
+        self.notify = notify
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -274,6 +276,8 @@ class Fallback:
                 close()
             with self.lock:
                 self.counts[self.key] += 1
+            if self.notify is not None:
+                self.notify("fallback", self.key)
         return self.apps[-1][1](environ, start_response)
 
 
@@ -309,6 +313,16 @@ class RouteTable:
         #: Requests a minute per rule, for the migration page (``/_gateway/``).
         self.traffic: Traffic = previous.traffic if previous is not None else Traffic()
         self.lock = threading.Lock()
+        self.listener: Callable[..., None] | None = None
+
+    def listen(self, listener: Callable[..., None]) -> None:
+        """Tell ``listener`` of each fallback, canary request and shadow outcome, as
+        ``listener(kind, rule[, outcomes])`` (the metrics)."""
+        self.listener = self.shadower.listener = listener
+
+    def notify(self, kind: str, key: str) -> None:
+        if self.listener is not None:
+            self.listener(kind, key)
 
     def __bool__(self) -> bool:
         return bool(self.specs)

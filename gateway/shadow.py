@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,8 @@ class Shadower:
         self.workers = [threading.Thread(target=self.work, name=f"gateway-shadow-{i}", daemon=True)
                         for i in range(threads)]
         self.started = False
+        #: Told of each count, as ``listener("shadow", rule, outcomes)`` (the metrics).
+        self.listener: Callable[..., None] | None = None
 
     def count(self, rule: str, *outcomes: str) -> None:
         """Count ``outcomes`` together: a reader never sees one without the others."""
@@ -197,6 +199,8 @@ class Shadower:
             counts = self.counts.setdefault(rule, Counter())
             for outcome in outcomes:
                 counts[outcome] += 1
+        if self.listener is not None:
+            self.listener("shadow", rule, outcomes)
 
     def snapshot(self, rule: str) -> Counter[str]:
         """A copy of ``rule``'s counts, taken under the lock."""

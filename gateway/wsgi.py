@@ -21,7 +21,6 @@ from typing import Any
 from gateway.boundary import WSGIBoundary, wsgi_reply
 from gateway.config import Config
 from gateway.health import ReadinessProbe
-from gateway.logs import access
 from gateway.mounts import Mount, MountTable, load_table
 from gateway.pipeline import Decision, Head, Pipeline
 from gateway.types import Environ, StartResponse, WSGIApp
@@ -81,13 +80,13 @@ class WSGIGateway:
         environ["HTTP_X_REQUEST_ID"] = decision.request_id
         if decision.proxied:
             rewrite(environ, decision)
-        logged = access.enabled()
+        logged = self.pipeline.observing
         reply = decision.reply
         if reply is None and decision.ready:
             reply = self.readiness.check()
         if reply is not None:
             if logged:
-                self.pipeline.log(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))
+                self.pipeline.done(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))
             return wsgi_reply(self.pipeline, reply, decision, start_response)
         assert decision.mount is not None
         environ["SCRIPT_NAME"] = decision.script_name
@@ -101,7 +100,13 @@ class WSGIGateway:
             status[0] = int(status_line[:3])
             return start_response(status_line, headers, exc_info)
 
-        return _Logged(app(environ, start), self.pipeline, decision, head, environ.get("SERVER_PROTOCOL", "-"), status)
+        protocol = environ.get("SERVER_PROTOCOL", "-")
+        try:
+            result = app(environ, start)
+        except BaseException:
+            self.pipeline.done(decision, head, protocol, 500, 0)  # the server answers 500
+            raise
+        return _Logged(result, self.pipeline, decision, head, protocol, status)
 
 
 def rewrite(environ: Environ, decision: Decision) -> None:
@@ -141,7 +146,7 @@ class _Logged:
             if close is not None:
                 close()
         finally:
-            self.pipeline.log(self.decision, self.head, self.protocol, self.status[0], self.size)
+            self.pipeline.done(self.decision, self.head, self.protocol, self.status[0], self.size)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:

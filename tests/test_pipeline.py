@@ -357,7 +357,7 @@ def test_a_refused_request_keeps_what_a_trusted_proxy_said(table: MountTable) ->
 
 def test_the_redirect_reply_whole(table: MountTable) -> None:
     d = pipeline(table).decide(head("/a"))
-    assert d.reply == (308, (("Location", "/a/"), ("Content-Length", "0")), b"")
+    assert d.reply == (308, (("Location", "/a/"), ("Content-Length", "0")), b"", "")
 
 
 @pytest.mark.parametrize(

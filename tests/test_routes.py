@@ -812,3 +812,39 @@ def test_a_difference_is_written_with_what_differs(tmp_path: Path) -> None:
         "~/p", "GET", "/p", "q=1", [200, 201], ["x"])
     assert first["diff"].splitlines()[:2] == ["--- primary", "+++ candidate"] and "-old" in first["diff"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["time"])
+
+
+def test_fallbacks_canaries_and_shadows_are_on_the_metrics_endpoint(table: MountTable, tmp_path: Path) -> None:
+    from tests.test_metrics import samples, value
+
+    cart = '''rule = "/shop/cart"
+app = "new"
+methods = ["GET"]'''
+    assert cart in SHADOW
+    parsed = parse_gateway_file(SHADOW.replace(cart, '''rule = "/shop/cart"
+app = "legacy"
+methods = ["GET"]
+canary = { app = "new", share = 100 }'''))
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps,
+                                 shadow_log=tmp_path / "shadow.jsonl")
+    combined = MountTable([*table, *shop], shop.routes.values(), shop.route_table)
+    send, app = ENTRIES["asgi"](combined, config_with(metrics=True))
+    routes = shop.route_table
+    assert routes is not None
+    try:
+        for product in (7, 13):
+            assert send("GET", f"/shop/products/{product}").status == 200
+        assert who(send("GET", "/shop/items/500")) == "legacy"  # after the new app's 404
+        assert who(send("GET", "/shop/cart")) == "new"  # the canary, at 100%
+        routes.shadower.drain()
+        got = samples(send("GET", "/metrics").body.decode())
+        key = {spec.rule: k for k, spec in routes.specs.items()}
+        shadow = key["/shop/products/<int:product_id>"]
+        assert value(got, "gateway_shadow_total", rule=shadow, outcome="compared") == 2
+        assert value(got, "gateway_shadow_total", rule=shadow, outcome="different") == 1  # 13: the port's "(new)"
+        assert value(got, "gateway_shadow_total", rule=shadow, outcome="noise") == 1
+        assert value(got, "gateway_route_fallbacks_total", rule=key["/shop/items/<int:item_id>"]) == 1
+        assert value(got, "gateway_canary_requests_total", rule=key["/shop/cart"]) == 1
+        assert value(got, "gateway_requests_total", mount=key["/shop/cart"] + " canary", status="2xx") == 1
+    finally:
+        app.executor.shutdown(wait=True)

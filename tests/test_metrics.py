@@ -1,0 +1,390 @@
+"""``/metrics``: off by default, for loopback and trusted proxies only, and counts that
+add up, in process through both entry points and over real servers with several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.asgi import create_asgi_app
+from gateway.config import Config
+from gateway.metrics import WorkerFiles, forget_dead_workers, prepare_directory
+from gateway.mounts import Mount, MountTable
+from tests.support import ROOT, ServerProcess, free_port, server_env
+from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, config_with
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a scrape by name and labels."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(scrape: Samples, name: str, **labels: str) -> float:
+    return scrape.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(entry: Send, **headers: str) -> Samples:
+    answer = entry("GET", "/metrics", headers)
+    assert answer.status == 200, answer.body
+    assert (answer.get("Content-Type") or "").startswith("text/plain; version=")
+    assert answer.get("Cache-Control") == "no-store"
+    return samples(answer.body.decode())
+
+
+HELD = threading.Event()
+ENTERED = threading.Event()
+
+
+def held_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Answers once the test lets it go (a request to count as in flight)."""
+    ENTERED.set()
+    HELD.wait(10)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"let go"]
+
+
+def raising_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    raise RuntimeError("a bug in a view")
+
+
+@pytest.fixture(scope="module")
+def metrics_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
+    return MountTable([*table, *MountTable.from_specs(["/echo=tests.thirdapp:echo_app"], defaults=False),
+                       Mount("/held", "tests.test_metrics:held_app", "wsgi", held_app),
+                       Mount("/raise", "tests.test_metrics:raising_app", "wsgi", raising_app)])
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def make(request: pytest.FixtureRequest, metrics_table: MountTable) -> Iterator[Callable[..., Send]]:
+    built: list[Any] = []
+
+    def build(**changes: Any) -> Send:
+        send, app = ENTRIES[request.param](metrics_table, config_with(**changes))
+        built.append(app)
+        return send
+
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def test_off_unless_asked_for(make: Callable[..., Send]) -> None:
+    answer = make()("GET", "/metrics")
+    assert answer.status == 404
+    assert b"gateway_requests_total" not in answer.body
+
+
+def test_requests_by_mount_and_status_class_and_refusals_by_reason(make: Callable[..., Send]) -> None:
+    entry = make(metrics=True, max_body_size=100)
+    for _ in range(3):
+        assert entry("GET", "/echo/x").status == 200
+    assert entry("GET", "/nowhere").status == 404
+    assert entry("GET", "/echo/x", {"Host": "evil.example"}).status == 400
+    assert entry("TRACE", "/echo/x").status == 405
+    assert entry("POST", "/echo/x", body=b"x" * 101).status == 413
+    assert entry("GET", "/echo").status == 308
+    got = scrape(entry)
+    assert value(got, "gateway_requests_total", mount="/echo", status="2xx") == 3
+    # The 413 is decided on its Content-Length, for the mount: it counts as the mount's.
+    assert value(got, "gateway_requests_total", mount="/echo", status="4xx") == 1
+    assert value(got, "gateway_requests_total", mount="/echo", status="3xx") == 1
+    assert value(got, "gateway_requests_total", mount="-", status="4xx") == 3
+    assert value(got, "gateway_requests_total", mount="-", status="2xx") == 0  # the scrape counts once answered
+    for reason in ("no_mount", "bad_host", "method_refused", "body_too_large"):
+        assert value(got, "gateway_refusals_total", reason=reason) == 1, reason
+    assert value(got, "gateway_refusals_total", reason="bad_length") == 0
+    assert value(got, "gateway_request_duration_seconds_count", mount="/echo") == 5
+    assert value(got, "gateway_request_duration_seconds_bucket", mount="/echo", le="+Inf") == 5
+    assert 0 < value(got, "gateway_request_duration_seconds_sum", mount="/echo") < 5
+    assert value(got, "gateway_requests_in_flight") == 0
+    again = scrape(entry)
+    assert value(again, "gateway_requests_total", mount="-", status="2xx") == 1  # the first scrape
+
+
+def test_only_loopback_and_trusted_proxies_see_it(make: Callable[..., Send]) -> None:
+    entry = make(metrics=True, trusted_proxies=TRUSTED)
+    assert entry("GET", "/metrics").status == 200  # from 127.0.0.1
+    # Behind the trusted proxy, the client is the one it names: not loopback, not a proxy.
+    outside = entry("GET", "/metrics", {"X-Forwarded-For": "203.0.113.5"})
+    assert outside.status == 404
+    assert b"gateway_" not in outside.body
+
+
+def test_a_nul_in_the_url_is_counted(make: Callable[..., Send]) -> None:
+    entry = make(metrics=True)
+    assert entry("GET", "/echo/x?a=%00").status == 400
+    got = scrape(entry)
+    assert value(got, "gateway_refusals_total", reason="nul_in_url") == 1
+    assert value(got, "gateway_refusals_total", reason="bad_host") == 0
+
+
+def asgi_send(app: Any, method: str, path: str) -> Answer:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            return await client.request(method, path)
+
+    response = asyncio.run(go())
+    return Answer(response.status_code, list(response.headers.multi_items()), response.content)
+
+
+def test_in_flight_busy_threads_and_the_wait_for_a_thread(metrics_table: MountTable) -> None:
+    app = create_asgi_app(metrics_table, config_with(metrics=True), threads=3)
+    HELD.clear()
+    ENTERED.clear()
+    try:
+        held = threading.Thread(target=asgi_send, args=(app, "GET", "/held/"))
+        held.start()
+        assert ENTERED.wait(10)
+        during = samples(asgi_send(app, "GET", "/metrics").body.decode())
+        assert value(during, "gateway_requests_in_flight") == 1
+        assert value(during, "gateway_wsgi_threads_busy") == 1
+        assert value(during, "gateway_wsgi_threads") == 3
+        HELD.set()
+        held.join(10)
+        assert asgi_send(app, "GET", "/echo/x").status == 200
+        after = samples(asgi_send(app, "GET", "/metrics").body.decode())
+        assert value(after, "gateway_requests_in_flight") == 0
+        assert value(after, "gateway_wsgi_threads_busy") == 0
+        assert value(after, "gateway_wsgi_thread_wait_seconds_count") == 2  # /held/ and /echo/x
+        assert value(after, "gateway_requests_total", mount="/held", status="2xx") == 1
+    finally:
+        HELD.set()
+        app.executor.shutdown(wait=True)
+
+
+def test_a_wsgi_app_that_raises_is_counted_and_leaves_the_flight(make: Callable[..., Send]) -> None:
+    entry = make(metrics=True)
+    try:
+        # Under the ASGI entry point the bridge answers 500; under WSGI the exception goes
+        # on to the server (which answers 500), here the test client.
+        assert entry("GET", "/raise/").status == 500
+    except RuntimeError as exc:
+        assert str(exc) == "a bug in a view"
+    got = scrape(entry)
+    assert value(got, "gateway_requests_total", mount="/raise", status="5xx") == 1
+    assert value(got, "gateway_requests_in_flight") == 0
+
+
+def test_dead_workers_live_gauges_are_forgotten(tmp_path: Path) -> None:
+    top = int(Path("/proc/sys/kernel/pid_max").read_text())
+    dead = next(pid for pid in range(top - 1, 1, -1) if not Path(f"/proc/{pid}").exists())
+    for pid in (dead, os.getpid()):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+    (tmp_path / f"counter_{dead}.db").write_bytes(b"")
+    forget_dead_workers(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"gauge_livesum_{os.getpid()}.db", f"counter_{dead}.db"])  # counts of the dead still count
+
+
+def test_a_given_directory_must_be_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"PROMETHEUS_MULTIPROC_DIR=.*missing is not a writable directory"):
+        prepare_directory()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert prepare_directory() == str(tmp_path)
+
+
+def test_the_setting_is_strict() -> None:
+    assert Config.from_env({"GATEWAY_METRICS": "1"}).metrics is True
+    assert Config.from_env({}).metrics is False
+    with pytest.raises(ValueError, match="GATEWAY_METRICS"):
+        Config.from_env({"GATEWAY_METRICS": "maybe"})
+    assert replace(Config.from_env({}), metrics=True).to_env()["GATEWAY_METRICS"] == "1"
+
+
+# -- Real servers, several workers -------------------------------------------------------
+
+COUNTING = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) sent = 0; got = 0; bad = 0 end
+function request() sent = sent + 1; return wrk.request() end
+function response(status, headers, body)
+  got = got + 1
+  if status ~= 200 then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local s, g, b = 0, 0, 0
+  for _, t in ipairs(threads) do s = s + t:get("sent"); g = g + t:get("got"); b = b + t:get("bad") end
+  -- wrk calls request() once more on its first thread, to check the script before the
+  -- run (script_verify_request in wrk.c): that request is never sent.
+  io.write(string.format("SENT %d GOT %d BAD %d\\n", s - 1, g, b))
+end
+"""
+
+
+def booted(directory: Path, workers: int) -> None:
+    """Wait until ``workers`` processes have made their metrics (each makes its files as it
+    builds the gateway)."""
+    deadline = time.monotonic() + 30
+    while len({n.rsplit("_", 1)[1] for n in os.listdir(directory) if n.startswith("gauge_livesum_")}) < workers:
+        assert time.monotonic() < deadline, os.listdir(directory)
+        time.sleep(0.05)
+
+
+def served_by_each(url: str, directory: Path, workers: int = 2) -> int:
+    """GET ``url`` from 4 threads until ``workers`` processes have each counted a request;
+    return how many were sent (all answered 200)."""
+    sent = 0
+    lock = threading.Lock()
+
+    def one() -> None:
+        nonlocal sent
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+        with lock:
+            sent += 1
+
+    deadline = time.monotonic() + 30
+    while len({n.rsplit("_", 1)[1] for n in os.listdir(directory) if n.startswith("counter_")}) < workers:
+        assert time.monotonic() < deadline, os.listdir(directory)
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return sent
+
+
+def settled(url: str) -> list[Samples]:
+    """Scrapes once no request is in flight: a request is counted as its response ends,
+    so a client can have its answer a moment before the count moves."""
+    deadline = time.monotonic() + 10
+    while value(fetch(url), "gateway_requests_in_flight") > 0:
+        assert time.monotonic() < deadline, "requests still in flight after 10 s"
+        time.sleep(0.05)
+    return [fetch(url) for _ in range(6)]
+
+
+def fetch(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return samples(response.read().decode())
+
+
+@pytest.mark.server
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install -y wrk)")
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_a_scrape_during_load_on_several_workers_adds_up(start_gateway: Callable[..., Any], tmp_path: Path,
+                                                          server: str) -> None:
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    gateway = start_gateway("--workers", "2", "--server", server, "--metrics", "--no-access-log",
+                            env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    booted(directory, 2)  # else wrk's connections could all go to the first worker up
+    script = tmp_path / "count.lua"
+    script.write_text(COUNTING)
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d4s", "--timeout", "5s", "-s", str(script),
+                            gateway.url + "/flask/"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    during = []
+    while wrk.poll() is None:
+        during.append(fetch(gateway.url + "/metrics"))
+    out = wrk.communicate(timeout=60)[0]
+    sent, got, bad = (int(x) for x in out.rsplit("SENT ", 1)[1].replace("GOT", "").replace("BAD", "").split())
+    # A wrk timeout or reconnection would make its own count inexact: there must be none.
+    assert got > 100 and bad == 0 and "Socket errors" not in out, out
+    assert any(value(s, "gateway_requests_in_flight") > 0 for s in during)
+    # The last requests wrk sent may still be finishing when it exits: wait for none in flight.
+    deadline = time.monotonic() + 10
+    while True:
+        now = fetch(gateway.url + "/metrics")
+        total = sum(value(now, "gateway_requests_total", mount="/flask", status=c) for c in ("2xx", "4xx", "5xx"))
+        if value(now, "gateway_requests_in_flight") == 0 and total >= sent:
+            break
+        assert time.monotonic() < deadline, f"{total} of {sent} requests counted 10 s after the load"
+        time.sleep(0.05)
+    # Then every scrape says the same, whichever worker answers it: the sum.
+    after = [fetch(gateway.url + "/metrics") for _ in range(8)]
+    flask = [{c: value(s, "gateway_requests_total", mount="/flask", status=c) for c in ("2xx", "4xx", "5xx")}
+             for s in after]
+    assert all(f == flask[0] for f in flask), flask
+    # wrk's readiness probe of the fixture (GET /) is the gateway's; /flask/ is wrk's alone.
+    assert flask[0]["2xx"] + flask[0]["4xx"] == sent, (flask[0], out)
+    assert flask[0]["2xx"] >= got and flask[0]["5xx"] == 0
+    assert value(after[-1], "gateway_requests_in_flight") == 0
+    assert value(after[-1], "gateway_request_duration_seconds_count", mount="/flask") == sent
+    if server == "uvicorn":
+        assert value(after[-1], "gateway_wsgi_threads") == 200  # 2 workers x 100 threads
+        assert value(after[-1], "gateway_wsgi_thread_wait_seconds_count") == sent
+
+
+@pytest.mark.server
+def test_serve_makes_and_removes_its_own_directory(start_gateway: Callable[..., Any], tmp_path: Path) -> None:
+    gateway = start_gateway("--workers", "2", "--metrics", env={"TMPDIR": str(tmp_path)})
+    assert f"metrics   {gateway.url}/metrics  (loopback and trusted proxies)" in gateway.log
+    made = list(tmp_path.glob("gateway-metrics-*"))
+    assert len(made) == 1
+    booted(made[0], 2)
+    sent = served_by_each(gateway.url + "/flask/", made[0])
+    scrapes = settled(gateway.url + "/metrics")
+    assert {value(s, "gateway_requests_total", mount="/flask", status="2xx") for s in scrapes} == {sent}
+    assert {value(s, "gateway_wsgi_threads") for s in scrapes} == {200}
+    assert gateway.stop() == 0
+    assert not made[0].exists()
+
+
+@pytest.mark.server
+def test_gunicorn_as_docs_deploying_says(tmp_path: Path) -> None:
+    """docs/deploying.md's command: two gunicorn workers, one directory, summed scrapes."""
+    directory = tmp_path / "gateway-metrics"
+    directory.mkdir()
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    env = server_env(data, PROMETHEUS_MULTIPROC_DIR=str(directory), GATEWAY_METRICS="1")
+    subprocess.run([sys.executable, "-m", "gateway", "migrate", "-v", "0"], env=env, cwd=ROOT, check=True)
+    server = ServerProcess([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                            "gateway.wsgi:application"], port=port, env=env, log_path=tmp_path / "gunicorn.log")
+    try:
+        sent = served_by_each(server.url + "/flask/", directory)
+        scrapes = settled(server.url + "/metrics")
+        assert {value(s, "gateway_requests_total", mount="/flask", status="2xx") for s in scrapes} == {sent}
+    finally:
+        server.stop()
+
+
+def test_a_scrape_passes_over_a_worker_file_not_yet_sized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus/client_python#1199 and #425: neither an empty file nor one removed
+    between the listing and the reading fails the scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    written = MmapedDict(str(tmp_path / "counter_1000.db"))
+    written.write_value(mmap_key("gateway_requests", "gateway_requests_total", ["mount", "status"],
+                                 ["/flask", "2xx"], "Requests."), 5.0, 0)
+    written.close()
+    (tmp_path / "counter_1001.db").write_bytes(b"")  # a worker between creating and sizing it
+    real_merge = MultiProcessCollector.merge
+    calls = []
+
+    def merge_once_late(files: list[str], accumulate: bool = True) -> Any:
+        calls.append(sorted(Path(f).name for f in files))
+        if len(calls) == 1:
+            raise FileNotFoundError(files[0])  # as if a dead worker's file went meanwhile
+        return real_merge(files, accumulate)
+
+    monkeypatch.setattr(MultiProcessCollector, "merge", staticmethod(merge_once_late))
+    registry = CollectorRegistry()
+    registry.register(WorkerFiles(str(tmp_path)))
+    text = generate_latest(registry).decode()
+    assert value(samples(text), "gateway_requests_total", mount="/flask", status="2xx") == 5
+    assert calls == [["counter_1000.db"], ["counter_1000.db"]]

@@ -32,11 +32,13 @@ from gateway.logs import access
 from gateway.mounts import MountTable, load_table
 from gateway.pipeline import Decision, Head, Pipeline
 from gateway.replies import BODY_TIMED_OUT, Reply
+from gateway.tracing import TRACE_HEADERS
 from gateway.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger("gateway")
 
 _FORWARDED = frozenset({"for", "proto", "host", "port", "prefix"})
+_TRACE_HEADERS = frozenset(name.encode() for name in TRACE_HEADERS)
 
 
 def wsgi_string(text: str) -> str:
@@ -237,6 +239,9 @@ class ASGIGateway:
             headers = [(n, v) for n, v in headers if n != b"x-request-id" and n != b"host"]
             if decision.host is not None:
                 headers.append((b"host", decision.host.encode("latin-1")))
+        if decision.trace_headers:  # the gateway's span, as the app's parent
+            headers = [(n, v) for n, v in headers if n not in _TRACE_HEADERS]
+            headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in decision.trace_headers]
         scope["headers"] = [*headers, (b"x-request-id", rid)]
         if decision.proxied:
             scope["server"] = decision.server

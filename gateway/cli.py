@@ -53,6 +53,8 @@ from gateway.server import (
     run_granian,
     run_uvicorn,
 )
+from gateway.tracing import EXTRA as TRACING_EXTRA
+from gateway.tracing import installed as tracing_installed
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -168,6 +170,9 @@ def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None
 @click.option("--metrics/--no-metrics", default=None,
               help="Answer /metrics (Prometheus) to loopback and the trusted proxies, summed over the workers "
               "[env: GATEWAY_METRICS; default: off].")
+@click.option("--tracing/--no-tracing", default=None,
+              help="An OpenTelemetry span per request, the client's traceparent honoured and passed on to the apps "
+              '(the "tracing" extra) [env: GATEWAY_TRACING; default: off].')
 @mount_option
 @config_option
 def serve(
@@ -186,6 +191,7 @@ def serve(
     trusted_proxies: str | None,
     allowed_hosts: str | None,
     metrics: bool | None,
+    tracing: bool | None,
     workers: int,
     threads: int | None,
     reload: bool,
@@ -214,7 +220,8 @@ def serve(
                      drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
                      body_timeout=body_timeout,
                      stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file,
-                     allowed_hosts=hosts, trusted_proxies=proxies, metrics=metrics)
+                     allowed_hosts=hosts, trusted_proxies=proxies, metrics=metrics,
+                     tracing=tracing)
     root_path = _root_path(root_path)
     _refuse_server_options(server, reload=reload, uds=uds, fd=fd, backlog=backlog, ssl_certfile=ssl_certfile,
                            ssl_keyfile=ssl_keyfile, limit_concurrency=limit_concurrency,
@@ -242,6 +249,8 @@ def serve(
         raise click.UsageError("--port 0 works on uvicorn only: Granian binds its own socket. Give a port number.")
     if ssl_certfile is not None:
         check_tls(ssl_certfile, ssl_keyfile)
+    if config.tracing and not tracing_installed():
+        raise click.ClickException(f"--tracing (GATEWAY_TRACING=1) needs OpenTelemetry: {TRACING_EXTRA}.")
     if config.metrics:
         # Before any worker starts (and before prometheus_client is imported here): the
         # directory where every worker writes its values, for the scrapes to sum.

@@ -38,6 +38,8 @@ environment already says.
 ``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.signin`)
 ``GATEWAY_METRICS``       ``1``: answer ``/metrics`` (Prometheus) to loopback and the
                           trusted proxies (:mod:`gateway.metrics`; default off)
+``GATEWAY_TRACING``       ``1``: an OpenTelemetry span per request (:mod:`gateway.tracing`,
+                          the ``tracing`` extra; default off)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -98,6 +100,8 @@ class Config:
     shared_signin: str | None = None
     #: ``/metrics`` in Prometheus' text format (``GATEWAY_METRICS``, ``--metrics``).
     metrics: bool = False
+    #: An OpenTelemetry span per request (``GATEWAY_TRACING``, ``--tracing``).
+    tracing: bool = False
     file: GatewayFile = field(default_factory=GatewayFile)
 
     @classmethod
@@ -135,6 +139,7 @@ class Config:
             stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
             shared_signin=_shared_signin(environ.get("GATEWAY_SHARED_SIGNIN", "")),
             metrics=_strict_flag(environ, "GATEWAY_METRICS", False),
+            tracing=_strict_flag(environ, "GATEWAY_TRACING", False),
         ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
 
     def with_file(self, path: Path | None) -> Config:
@@ -167,6 +172,7 @@ class Config:
             "GATEWAY_CONFIG": str(self.config_file or ""),
             "GATEWAY_SHARED_SIGNIN": self.shared_signin or "",
             "GATEWAY_METRICS": "1" if self.metrics else "0",
+            "GATEWAY_TRACING": "1" if self.tracing else "0",
         }
 
     def body_limit(self, prefix: str) -> int:

@@ -69,6 +69,7 @@ from gateway.replies import (
     too_large,
 )
 from gateway.routes import RouteSpec
+from gateway.tracing import Tracing
 
 logger = logging.getLogger("gateway")
 __all__ = ["REQUEST_ID"]  # re-exported: apps read the request ID from here
@@ -150,6 +151,10 @@ class Decision:
     body_read: bool = False
     #: A cookie the gateway sets on the response (a canary's client ID).
     set_cookie: str | None = None
+    #: The request's OpenTelemetry span (``GATEWAY_TRACING``), and the ``traceparent``
+    #: (and ``tracestate``) headers that make the app's spans its children.
+    span: Any = None
+    trace_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def mount_label(self) -> str:
@@ -354,6 +359,8 @@ class Pipeline:
         self.shared_cookie = f"{config.shared_signin}=" if config.shared_signin else None
         #: Prometheus metrics (``GATEWAY_METRICS``), or None.
         self.metrics = Metrics() if config.metrics else None
+        #: OpenTelemetry spans (``GATEWAY_TRACING``), or None.
+        self.tracing = Tracing() if config.tracing else None
         self.use(table)
         self.cookie_paths: dict[str, str] = {}
         #: Forwarded headers from a trusted proxy that were malformed, and so ignored.
@@ -375,9 +382,9 @@ class Pipeline:
         self.table, self.pages, self.limits, self.django = table, Pages(table), limits, django
         if table.route_table and self.metrics is not None:
             table.route_table.listen(self.metrics.route_event)
-        #: Whether a rule reads request headers of its own (a canary's), so the adapters
-        #: hand :attr:`Head.fetch` over.
-        self.wants_headers = wants
+        #: Whether a rule reads request headers of its own (a canary's), or tracing reads
+        #: ``traceparent``, so the adapters hand :attr:`Head.fetch` over.
+        self.wants_headers = wants or self.tracing is not None
 
     def decide(self, head: Head) -> Decision:
         """Decide what to do with ``head``."""
@@ -484,14 +491,17 @@ class Pipeline:
         decision.started = started
         REQUEST_ID.set(decision.request_id)
         CURRENT.set(decision)
-        if counted and self.metrics is not None:
-            self.metrics.started()
+        if counted:
+            if self.metrics is not None:
+                self.metrics.started()
+            if self.tracing is not None:
+                self.tracing.start(head, decision)
         return decision
 
     @property
     def observing(self) -> bool:
         """Whether the entry points must note each response's status and size for :meth:`done`."""
-        return self.metrics is not None or access.enabled()
+        return self.metrics is not None or self.tracing is not None or access.enabled()
 
     def done(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
         """A request is answered (``status``, ``size`` bytes of body): its access-log line
@@ -500,6 +510,8 @@ class Pipeline:
             self.log(decision, head, protocol, status, size)
         if self.metrics is not None:
             self.metrics.finished(decision.mount_label, status, time.perf_counter() - decision.started)
+        if self.tracing is not None:
+            self.tracing.end(decision, status)
 
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""

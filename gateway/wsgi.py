@@ -78,6 +78,8 @@ class WSGIGateway:
         head = self.head(environ)
         decision = self.pipeline.begin(head, started)
         environ["HTTP_X_REQUEST_ID"] = decision.request_id
+        for name, value in decision.trace_headers:  # the gateway's span, as the app's parent
+            environ["HTTP_" + name.upper()] = value
         if decision.proxied:
             rewrite(environ, decision)
         logged = self.pipeline.observing

@@ -53,7 +53,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
+                log = self.log
+                self._log.close()
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log}")
             try:
                 with urllib.request.urlopen(self.url + path, timeout=2):
                     return

@@ -1,0 +1,205 @@
+"""OpenTelemetry tracing (``GATEWAY_TRACING``), through both entry points in process with
+the SDK's in-memory exporter, and over a real server with the console exporter.
+
+The apps' own spans come from OpenTelemetry's WSGI instrumentation (what Flask's
+instrumentation is built on) around the real Flask and Django apps, and from a view
+that starts a span of its own in the request's context.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from gateway.config import Config
+from gateway.mounts import Mount, MountTable
+from gateway.tracing import Tracing
+from tests.test_parity import ENTRIES, Send, config_with
+
+EXPORTER = InMemorySpanExporter()
+if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    _provider = TracerProvider()
+    _provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    trace.set_tracer_provider(_provider)
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+
+
+def view_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A view that starts a span of its own in the request's context, and says what it was given."""
+    with trace.get_tracer("tests.view").start_as_current_span("view work") as span:
+        context = span.get_span_context()
+        body = json.dumps({"traceparent": environ.get("HTTP_TRACEPARENT"),
+                           "tracestate": environ.get("HTTP_TRACESTATE"),
+                           "view_trace": f"{context.trace_id:032x}"}).encode()
+    status = "500 Internal Server Error" if environ.get("PATH_INFO") == "/fail" else "200 OK"
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.fixture(scope="module")
+def traced_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
+    flask, django = table.mounts["/flask"].app, table.mounts["/django"].app
+    return MountTable([*table, Mount("/view", "tests.test_tracing:view_app", "wsgi", view_app),
+                       Mount("/tflask", "flask_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(flask)),
+                       Mount("/tdjango", "django_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(django))])
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def make(request: pytest.FixtureRequest, traced_table: MountTable) -> Iterator[Callable[..., Send]]:
+    built: list[Any] = []
+
+    def build(**changes: Any) -> Send:
+        send, app = ENTRIES[request.param](traced_table, config_with(**changes))
+        built.append(app)
+        return send
+
+    EXPORTER.clear()
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def spans() -> list[ReadableSpan]:
+    return list(EXPORTER.get_finished_spans())
+
+
+def gateway_span() -> ReadableSpan:
+    found = [s for s in spans() if s.instrumentation_scope is not None and s.instrumentation_scope.name == "gateway"]
+    assert len(found) == 1, [s.name for s in spans()]
+    return found[0]
+
+
+def hex_ids(span: ReadableSpan) -> tuple[str, str]:
+    context = span.get_span_context()
+    assert context is not None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def traceparent_of(span: ReadableSpan) -> str:
+    """The W3C header that names ``span`` as the parent."""
+    trace_id, span_id = hex_ids(span)
+    context = span.get_span_context()
+    assert context is not None
+    return f"00-{trace_id}-{span_id}-{int(context.trace_flags):02x}"
+
+
+def test_each_request_gets_a_server_span_with_its_mount_and_request_id(make: Callable[..., Send]) -> None:
+    answer = make(tracing=True)("GET", "/view/x?q=1")
+    assert answer.status == 200
+    span = gateway_span()
+    assert (span.name, span.kind, span.parent) == ("GET /view", SpanKind.SERVER, None)
+    attributes = dict(span.attributes or {})
+    assert attributes == {"http.request.method": "GET", "url.path": "/view/x", "url.scheme": "http",
+                          "gateway.mount": "/view", "gateway.request_id": answer.get("X-Request-ID"),
+                          "client.address": "127.0.0.1", "server.address": "localhost:8000",
+                          "http.response.status_code": 200}
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_the_clients_traceparent_is_the_parent_and_the_app_is_given_the_gateways_span(
+        make: Callable[..., Send]) -> None:
+    seen = make(tracing=True)("GET", "/view/x", {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}).json()
+    span = gateway_span()
+    trace_id, span_id = hex_ids(span)
+    assert trace_id == CLIENT_TRACE
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == CLIENT_SPAN and span.parent.is_remote
+    assert seen["traceparent"] == f"00-{CLIENT_TRACE}-{span_id}-01"  # the gateway's span, not the client's
+    assert traceparent_of(span) == seen["traceparent"]
+    assert seen["tracestate"] == "vendor=1"
+    view = next(s for s in spans() if s.name == "view work")  # the view's own span, from the current context
+    assert seen["view_trace"] == CLIENT_TRACE
+    assert view.parent is not None and view.parent.span_id == span.get_span_context().span_id
+
+
+@pytest.mark.parametrize(("path", "text"), [("/tflask/?name=Ada", b"Hello, Ada!"), ("/tdjango/", b"Hello, Django!")])
+def test_the_apps_own_spans_join_the_trace(make: Callable[..., Send], path: str, text: bytes) -> None:
+    answer = make(tracing=True)("GET", path, {"traceparent": TRACEPARENT})
+    assert answer.status == 200 and text in answer.body
+    span = gateway_span()
+    apps = [s for s in spans() if s.instrumentation_scope is not None
+            and s.instrumentation_scope.name == "opentelemetry.instrumentation.wsgi"]
+    assert len(apps) == 1, [s.name for s in spans()]
+    assert hex_ids(apps[0])[0] == CLIENT_TRACE
+    assert apps[0].parent is not None and apps[0].parent.span_id == span.get_span_context().span_id
+    # In the same process the instrumentation finds the gateway's span current, and makes
+    # its own an internal one under it (a server span would be the hop's).
+    assert apps[0].kind is SpanKind.INTERNAL
+
+
+def test_a_5xx_marks_the_span_as_an_error(make: Callable[..., Send]) -> None:
+    assert make(tracing=True)("GET", "/view/fail").status == 500
+    span = gateway_span()
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["http.response.status_code"] == 500
+
+
+def test_the_gateways_own_answers_get_a_span_named_by_the_method(make: Callable[..., Send]) -> None:
+    assert make(tracing=True)("GET", "/nowhere").status == 404
+    span = gateway_span()
+    assert (span.name, (span.attributes or {})["gateway.mount"]) == ("GET", "-")
+
+
+def test_off_no_span_and_the_clients_traceparent_goes_through(make: Callable[..., Send]) -> None:
+    seen = make()("GET", "/view/x", {"traceparent": TRACEPARENT}).json()
+    assert seen["traceparent"] == TRACEPARENT
+    assert not [s for s in spans() if s.name != "view work"]
+
+
+def test_a_malformed_traceparent_starts_a_new_trace(make: Callable[..., Send]) -> None:
+    seen = make(tracing=True)("GET", "/view/x", {"traceparent": "00-xyz-00f067aa0ba902b7-01"}).json()
+    span = gateway_span()
+    assert span.parent is None and hex_ids(span)[0] != CLIENT_TRACE
+    assert seen["traceparent"] == traceparent_of(span)
+
+
+def test_without_opentelemetry_one_line_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ValueError, match=r'needs OpenTelemetry: install the "tracing" extra: pip install'):
+        Tracing()
+
+
+def test_the_setting_is_strict() -> None:
+    assert Config.from_env({"GATEWAY_TRACING": "1"}).tracing is True
+    assert Config.from_env({}).tracing is False
+    with pytest.raises(ValueError, match="GATEWAY_TRACING"):
+        Config.from_env({"GATEWAY_TRACING": "on please"})
+
+
+@pytest.mark.server
+def test_serve_sets_up_the_sdk_and_exports(start_gateway: Callable[..., Any]) -> None:
+    """``gateway serve --tracing`` with no tracer provider of yours: the SDK's, exporting as
+    ``OTEL_TRACES_EXPORTER`` says (here the console, into the server's log)."""
+    import urllib.request
+
+    gateway = start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100",
+                                              "OTEL_SERVICE_NAME": "shop-gateway"})
+    request = urllib.request.Request(gateway.url + "/flask/?name=Ada", headers={"traceparent": TRACEPARENT})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        request_id = response.headers["X-Request-ID"]
+    log = gateway.wait_for(f'"gateway.request_id": "{request_id}"')
+    assert '"name": "GET /flask"' in log
+    assert f'"trace_id": "0x{CLIENT_TRACE}"' in log
+    assert '"service.name": "shop-gateway"' in log
+
+
+@pytest.mark.server
+def test_serve_refuses_an_exporter_it_does_not_know(start_gateway: Callable[..., Any]) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "zipkin"})
+    assert 'gateway: error: OTEL_TRACES_EXPORTER="zipkin" is not one the gateway sets up: use otlp, console or ' \
+           "none, or set up your own tracer provider (opentelemetry-instrument).\n" in str(failed.value)
+    assert "Traceback" not in str(failed.value)

@@ -4,7 +4,9 @@ same gateway with prefix mounts only, in process, in alternating batches.
     .venv/bin/python -m bench.routes --rules 1000 --seconds 3
 
 Prints microseconds a decision for: no rules (the baseline), N rules with a path no rule
-matches (it goes on to the prefix mount), and N rules with a path a rule matches.
+matches (it goes on to the prefix mount), and N rules with a path a rule matches; each
+with one path asked again and again (the rules' cache answers it) and with 100,000
+distinct paths in turn (more than the cache keeps: Werkzeug's matcher answers each).
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ def pipeline(rules: int) -> Pipeline:
     return Pipeline(table, Config.from_env({}))
 
 
-def per_decision(p: Pipeline, path: str, seconds: float) -> float:
-    head = Head("GET", "", path, "", "localhost", "http", ("localhost", 80), "127.0.0.1")
-    count, started = 0, time.perf_counter()
+DISTINCT = 100_000
+
+
+def per_decision(p: Pipeline, paths: list[str], seconds: float) -> float:
+    """Decisions on ``paths`` in turn."""
+    heads = [Head("GET", "", each, "", "localhost", "http", ("localhost", 80), "127.0.0.1") for each in paths]
+    count, at, started = 0, 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for _ in range(1000):
-            p.decide(head)
+            p.decide(heads[at])
+            at = at + 1 if at + 1 < len(heads) else 0
         count += 1000
     return (time.perf_counter() - started) / count * 1e6
 
@@ -52,17 +59,25 @@ def main() -> None:
     args = parser.parse_args()
     base, ruled = pipeline(0), pipeline(args.rules)
     matched = f"/section{args.rules // 2 - 1}/items/7"
-    cases = {"no rules, /flask/x": (base, "/flask/x"),
-             f"{args.rules} rules, /flask/x (no rule matches)": (ruled, "/flask/x"),
-             f"{args.rules} rules, {matched} (a rule matches)": (ruled, matched)}
+    sections = max(1, args.rules // 2)
+    unmatched = [f"/flask/x{i}" for i in range(DISTINCT)]
+    cases = {"no rules, /flask/x": (base, ["/flask/x"]),
+             "no rules, /flask/x<i>, distinct": (base, unmatched),
+             f"{args.rules} rules, /flask/x (no rule matches)": (ruled, ["/flask/x"]),
+             f"{args.rules} rules, {matched} (a rule matches)": (ruled, [matched]),
+             f"{args.rules} rules, /flask/x<i> (none matches), distinct": (ruled, unmatched),
+             f"{args.rules} rules, /section<n>/items/<i> (one matches), distinct": (
+                 ruled, [f"/section{i % sections}/items/{i}" for i in range(DISTINCT)])}
     results: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):
-        for name, (p, path) in cases.items():
-            results[name].append(per_decision(p, path, args.seconds / args.rounds))
-    baseline = statistics.median(results["no rules, /flask/x"])
+        for name, (p, paths) in cases.items():
+            results[name].append(per_decision(p, paths, args.seconds / args.rounds))
+    baselines = {False: statistics.median(results["no rules, /flask/x"]),
+                 True: statistics.median(results["no rules, /flask/x<i>, distinct"])}
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:<55} {median:6.2f} us a decision (median of {args.rounds}); +{median - baseline:5.2f} us")
+        extra = median - baselines[name.endswith("distinct")]
+        print(f"{name:<62} {median:6.2f} us a decision (median of {args.rounds}); +{extra:5.2f} us")
 
 
 if __name__ == "__main__":

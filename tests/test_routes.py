@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.mounts import MountError, MountTable
-from gateway.routes import ConfigFileError, RouteSpec, RouteTable, parse_gateway_file
+from gateway.routes import ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from tests.test_parity import ENTRIES, Send, config_with
 
 SHOP = '''
@@ -848,3 +848,24 @@ canary = { app = "new", share = 100 }'''))
         assert value(got, "gateway_requests_total", mount=key["/shop/cart"] + " canary", status="2xx") == 1
     finally:
         app.executor.shutdown(wait=True)
+
+
+def test_the_first_segment_filter_and_the_cache_answer_as_werkzeug_does() -> None:
+    static = RouteTable([RouteSpec("/shop/<path:rest>", ("a",)), RouteSpec("/", ("a",)),
+                         RouteSpec("/cart", ("b",), ("POST",))])
+    assert static.first_segments == frozenset({"shop", "", "cart"})
+    dynamic = RouteTable([RouteSpec("/shop/<path:rest>", ("a",)), RouteSpec("/<int:year>/<slug>", ("b",))])
+    assert dynamic.first_segments is None  # a converter first: every path goes to Werkzeug
+    for _ in range(2):  # the second time from the cache
+        assert static.match("/shop/a/b", "GET").key == RouteSpec("/shop/<path:rest>", ("a",)).key
+        assert static.match("/shop", "GET").key is None  # /shop/<path:rest> needs a rest
+        assert static.match("/", "GET").key == RouteSpec("/", ("a",)).key
+        assert static.match("/cart", "GET") == Match(None, ("POST",))
+        assert static.match("/flask/x", "GET") == Match(None)
+        assert static.match("/shopping", "GET") == Match(None)
+        assert dynamic.match("/2026/news", "GET").key == RouteSpec("/<int:year>/<slug>", ("b",)).key
+        assert dynamic.match("/news/2026", "GET") == Match(None)
+    long = "/shop/" + "x" * 300  # longer than the cache keeps: asked each time
+    assert static.match(long, "GET").key == RouteSpec("/shop/<path:rest>", ("a",)).key
+    # /shop/a/b, /shop, / and /cart, the second time from the cache; /flask/x and /shopping never reached it.
+    assert static._cached.cache_info()[:2] == (4, 4)  # (hits, misses)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from gateway.config import Config, configure_apps
 from gateway.routes import Fallback, RouteSpec, RouteTable
-from gateway.shadow import ShadowTap
+from gateway.shadow import DEFAULT_CPU, ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -102,7 +102,7 @@ class MountTable:
     @classmethod
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
                    apps: Mapping[str, str] | None = None, shadow_log: Path | None = None,
-                   previous: RouteTable | None = None) -> MountTable:
+                   previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -114,7 +114,7 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes, shadow_log, previous)
+        table = RouteTable(routes, shadow_log, previous, shadow_cpu)
         loaded: dict[str, Any] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):
@@ -181,7 +181,8 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     """
     configure_apps(config, strict=strict)
     table = MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
-                                  apps=config.file.apps, shadow_log=config.data_dir / "shadow.jsonl")
+                                  apps=config.file.apps, shadow_log=config.data_dir / "shadow.jsonl",
+                                  shadow_cpu=config.file.shadow_cpu)
     if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
         raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
                          f"prefix here: use one of {', '.join(table.mounts)}.")

@@ -58,7 +58,7 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.migration_page import Traffic
-from gateway.shadow import Shadower
+from gateway.shadow import DEFAULT_CPU, Shadower
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -109,6 +109,8 @@ class GatewayFile:
     apps: Mapping[str, str] = field(default_factory=dict)
     mounts: tuple[str, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
+    #: The share of one core shadow comparisons may use, per process (``[shadow] cpu``, 0-1).
+    shadow_cpu: float = DEFAULT_CPU
 
 
 def read_gateway_file(path: Path) -> GatewayFile:
@@ -127,11 +129,12 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{name}: {exc}.") from None
     lines = text.splitlines()
-    unknown = set(data) - {"apps", "mounts", "route"}
+    unknown = set(data) - {"apps", "mounts", "route", "shadow"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigFileError(f"{name}, line {_line_of(lines, key)}: unknown table or key {key!r}; "
-                              "use [apps], [mounts] and [[route]].")
+                              "use [apps], [mounts], [shadow] and [[route]].")
+    shadow_cpu = _shadow_cpu(data.get("shadow", {}), f"{name}, line {_line_of(lines, 'shadow')}")
     apps = data.get("apps", {})
     if not isinstance(apps, dict):
         raise ConfigFileError(f"{name}, line {_line_of(lines, 'apps')}: apps must be a table of "
@@ -189,7 +192,18 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
         seen[spec.key] = line
         specs.append(spec)
-    return GatewayFile({k: str(v) for k, v in apps.items()}, mount_specs, tuple(specs))
+    return GatewayFile({k: str(v) for k, v in apps.items()}, mount_specs, tuple(specs), shadow_cpu)
+
+
+def _shadow_cpu(value: Any, where: str) -> float:
+    """Check ``[shadow] cpu = 5``: the per cent of one core comparisons may use, as 0-1."""
+    form = "[shadow] takes cpu = 2: the per cent of one core shadow comparisons may use, above 0, at most 100"
+    if not isinstance(value, dict) or set(value) - {"cpu"}:
+        raise ConfigFileError(f"{where}: {form}.")
+    cpu = value.get("cpu", DEFAULT_CPU * 100)
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu <= 100:
+        raise ConfigFileError(f"{where}: {form}.")
+    return float(cpu) / 100
 
 
 def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, float, str | None]:
@@ -307,11 +321,13 @@ class RouteTable:
     """The rules of a ``gateway.toml`` as one Werkzeug ``Map``."""
 
     def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
-                 previous: RouteTable | None = None) -> None:
-        """``previous``: the table a reload replaces; its counts and shadow pool carry on."""
+                 previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU) -> None:
+        """``previous``: the table a reload replaces; its counts and shadow pool carry on
+        (with ``shadow_cpu``, the file's share now)."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
+        self.shadower.cpu = shadow_cpu
         # No redirects: a trailing slash, merged slashes and defaults are the app's business.
         self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
                        strict_slashes=False, merge_slashes=False, redirect_defaults=False)

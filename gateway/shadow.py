@@ -14,7 +14,12 @@ closed, hands the request to a small pool of its own (:class:`Shadower`), which:
    order do not count).
 
 The client never waits for any of it: the hand-over is a non-blocking put on a bounded
-queue, and a full queue drops the comparison (counted). Results are counted per rule
+queue, and a full queue drops the comparison (counted). Nor does the pool take the CPU the
+requests need: a comparison costs several requests' worth (it runs both apps and
+tokenises three bodies; about 2 ms against 0.6 ms for the page itself, measured on the
+worked example), so after each one the pool rests long enough to stay within its share of
+one core (``[shadow] cpu = 2`` per cent by default, per process). Comparisons that arrive
+meanwhile are dropped and counted: under load the pool samples. Results are counted per rule
 (compared, equal, different, noise only, dropped), and differences are written as JSON
 lines, each with a unified diff, to ``shadow.jsonl`` in the data directory, which
 ``gateway diff`` summarises.
@@ -43,6 +48,8 @@ logger = logging.getLogger("gateway.shadow")
 OUTCOMES = ("compared", "equal", "different", "noise", "dropped")
 MAX_BODY = 1024 * 1024  # answers longer than this are not compared (counted as dropped)
 SAFE = frozenset({"GET", "HEAD"})
+#: The share of one core the comparisons may use, per process, unless ``[shadow] cpu`` says.
+DEFAULT_CPU = 0.02
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -180,10 +187,14 @@ def unified(primary: Answer, candidate: Answer) -> str:
 class Shadower:
     """A bounded queue and a few daemon threads that replay and compare, off the request path."""
 
-    def __init__(self, log_path: Path | None, *, threads: int = 2, size: int = 64, keep: int = 1000) -> None:
+    def __init__(self, log_path: Path | None, *, threads: int = 1, size: int = 64, keep: int = 1000,
+                 cpu: float = DEFAULT_CPU) -> None:
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=size)
         self.counts: dict[str, Counter[str]] = {}
         self.lock = threading.Lock()
+        self.file_lock = threading.Lock()  # the log's writes: never held by a request's thread
+        #: The share of one core the pool may use, 0 to 1 (``[shadow] cpu``, per cent).
+        self.cpu = cpu
         self.log_path = log_path
         self.keep = keep  # differences written per rule, at most
         self.written: Counter[str] = Counter()
@@ -224,12 +235,21 @@ class Shadower:
     def work(self) -> None:
         while True:
             job = self.queue.get()
+            started = time.thread_time()
             try:
                 self.compare(*job)
             except Exception:  # one bad comparison must not stop the pool
                 logger.exception("Shadow comparison failed for %s", job[0])
             finally:
                 self.queue.task_done()
+            self.rest(time.thread_time() - started)
+
+    def rest(self, spent: float) -> None:
+        """After ``spent`` seconds of CPU, sleep so that the pool's threads together stay
+        within :attr:`cpu` of one core."""
+        share = self.cpu / len(self.workers)
+        if 0 < share < 1:
+            time.sleep(spent * (1 - share) / share)
 
     def compare(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
                 headers: tuple[str, ...]) -> None:
@@ -255,7 +275,7 @@ class Shadower:
             "query": environ.get("QUERY_STRING", ""), "status": [primary[0], candidate[0]],
             "differences": real, "diff": unified(primary, candidate),
         })
-        with self.lock, open(self.log_path, "a", encoding="utf-8") as out:
+        with self.file_lock, open(self.log_path, "a", encoding="utf-8") as out:
             out.write(line + "\n")
 
     def drain(self, timeout: float = 10.0) -> None:
@@ -280,6 +300,11 @@ class ShadowTap:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in SAFE:
+            return self.primary(environ, start_response)
+        if self.shadower.queue.full():
+            # Dropped now, before any copy is made: under load that is most requests (see
+            # bench/README.md, "Shadow comparison").
+            self.shadower.count(self.rule, "dropped")
             return self.primary(environ, start_response)
         copy = fresh(environ)
         got: dict[str, Any] = {}

@@ -16,6 +16,7 @@ import pytest
 from gateway.config import Config
 from gateway.mounts import MountError, MountTable
 from gateway.routes import ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
+from gateway.shadow import Shadower
 from tests.test_parity import ENTRIES, Send, config_with
 
 SHOP = '''
@@ -869,3 +870,131 @@ def test_the_first_segment_filter_and_the_cache_answer_as_werkzeug_does() -> Non
     assert static.match(long, "GET").key == RouteSpec("/shop/<path:rest>", ("a",)).key
     # /shop/a/b, /shop, / and /cart, the second time from the cache; /flask/x and /shopping never reached it.
     assert static._cached.cache_info()[:2] == (4, 4)  # (hits, misses)
+
+
+@pytest.mark.server
+def test_sighup_with_workers_replaces_them_and_a_bad_file_keeps_the_old_ones(tmp_path: Path) -> None:
+    """With --workers, SIGHUP is uvicorn's rolling restart: each new worker reads the file,
+    and is put in service before the old one goes; one that cannot start is not."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests.support import GATEWAY, ServerProcess, free_port, server_env
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(CANARY.replace("SHARE", "0"))
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port), "--workers", "2", "--config", str(path)],
+                           port=port, env=server_env(tmp_path), log_path=tmp_path / "server.log",
+                           ready_path="/shop/cart")
+
+    def apps(count: int = 20) -> set[str]:
+        # httpx.get keeps no cookies: each request is a new client, with no canary cookie.
+        return {httpx.get(f"http://127.0.0.1:{port}/shop/cart", timeout=10).json()["app"] for _ in range(count)}
+
+    try:
+        assert apps() == {"legacy"}
+        path.write_text(CANARY.replace("SHARE", "100"))
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while apps() != {"new"}:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.2)
+        path.write_text(CANARY.replace("SHARE", "100").replace('app = "legacy"\nmethods', 'app = "nwe"\nmethods'))
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while server.log.count("cannot start") < 1:
+            assert time.monotonic() < deadline, server.log
+            assert apps(5) == {"new"}  # the old workers serve meanwhile
+            time.sleep(0.2)
+        time.sleep(1)
+        assert apps() == {"new"}
+        assert server.proc.poll() is None, server.log
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log, server.log
+
+
+def test_the_shadow_pool_rests_to_stay_within_its_share_of_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from gateway import shadow
+
+    slept: list[float] = []
+    monkeypatch.setattr(shadow.time, "sleep", slept.append)
+    one = Shadower(None)  # one thread, 2% of a core
+    one.rest(0.002)
+    assert slept == [pytest.approx(0.098)]  # 2 ms of work, then 98 ms of rest: 2%
+    two = Shadower(None, threads=2, cpu=0.2)  # two threads share 20%: 10% each
+    two.rest(0.002)
+    assert slept[-1] == pytest.approx(0.018)
+    whole = Shadower(None, cpu=1.0)
+    whole.rest(0.002)
+    assert len(slept) == 2  # a whole core: no rest
+    monkeypatch.undo()
+
+    burnt: list[float] = []
+
+    def burning(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.01:
+            pass
+        burnt.append(time.thread_time() - started)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"same"]
+
+    rests: list[float] = []
+    pool = Shadower(None, cpu=0.25)
+    monkeypatch.setattr(pool, "rest", rests.append)
+    pool.submit("~/x", {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, (200, {}, b"same"), (burning, burning), ())
+    pool.drain()
+    deadline = time.monotonic() + 10
+    while not rests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rests and rests[0] >= sum(burnt) >= 0.02  # the CPU of both replays, as the thread measured it
+
+
+@pytest.mark.parametrize(("table", "cpu", "message"), [
+    ("", 0.02, None),
+    ("[shadow]\ncpu = 20\n", 0.2, None),
+    ("[shadow]\ncpu = 100\n", 1.0, None),
+    ("[shadow]\ncpu = 0\n", None, "line 1: [shadow] takes cpu = 2"),
+    ("[shadow]\ncpu = 101\n", None, "[shadow] takes cpu = 2"),
+    ("[shadow]\ncpu = \"5\"\n", None, "[shadow] takes cpu = 2"),
+    ("[shadow]\ncpu = true\n", None, "[shadow] takes cpu = 2"),
+    ("[shadow]\nshare = 5\n", None, "[shadow] takes cpu = 2"),
+])
+def test_the_shadow_share_is_read_from_the_file(table: str, cpu: float | None, message: str | None) -> None:
+    if message is None:
+        parsed = parse_gateway_file(table + SHADOW)
+        assert parsed.shadow_cpu == cpu
+        routes = RouteTable(parsed.routes, shadow_cpu=parsed.shadow_cpu)
+        assert routes.shadower.cpu == cpu
+        assert RouteTable(parsed.routes, previous=routes, shadow_cpu=0.5).shadower is routes.shadower
+        assert routes.shadower.cpu == 0.5  # a reload sets the pool's share
+    else:
+        with pytest.raises(ConfigFileError, match=re.escape(message)):
+            parse_gateway_file(table + SHADOW)
+
+
+def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
+    """When the pool cannot take more, the request is dropped (counted) before anything of
+    it is copied: the primary's own iterable goes back to the server."""
+    from gateway.shadow import ShadowTap
+
+    answer = [b"now"]
+
+    def primary(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return answer
+
+    shadower = Shadower(None, size=1)
+    tap = ShadowTap("~/x", primary, primary, shadower)
+    shadower.queue.put_nowait(("~/x",))  # full, and no worker started to take it
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
+    assert tap(environ, lambda status, headers, exc_info=None: None) is answer
+    assert shadower.counts["~/x"] == {"dropped": 1}
+    assert tap({**environ, "REQUEST_METHOD": "POST"}, lambda *a: None) is answer  # never shadowed, never counted
+    assert shadower.counts["~/x"] == {"dropped": 1}

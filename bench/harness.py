@@ -20,10 +20,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -160,6 +161,8 @@ class Server:
 
     def tree(self) -> list[psutil.Process]:
         """Return the server process and all its descendants."""
+        import psutil  # only memory sampling needs it: bench/shadow.py runs without it
+
         assert self.process is not None
         try:
             root = psutil.Process(self.process.pid)

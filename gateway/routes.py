@@ -301,8 +301,9 @@ def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-#: Route matches kept per table, and the longest path kept: at most about 1 MiB.
-CACHED_PATHS = 4096
+#: Route matches kept per table, and the longest path kept. A bigger cache measured worse: with
+#: 4,096 entries a path not in it cost 2 us more (bench/routes.py, distinct paths), with 256 0.5 us.
+CACHED_PATHS = 256
 CACHED_PATH_LENGTH = 256
 
 

@@ -5,7 +5,8 @@ The entry points (:mod:`gateway.wsgi`, :mod:`gateway.asgi`) translate a request 
 :class:`Reply` the gateway sends itself (a refusal, a redirect, its own pages), the
 readiness check, or the mount that serves the request with the head as that mount must
 see it (script name and path info, host, port, scheme, client, request ID). On the way
-back, :meth:`Pipeline.complete` finishes the response headers for both protocols::
+back, :meth:`Pipeline.complete` finishes the response headers for both protocols, and
+:meth:`Pipeline.done` writes the access line, the metrics and the span's end::
 
     pipeline = Pipeline(table, config)
     decision = pipeline.decide(Head("GET", "", "/flask/", "", host="localhost"))
@@ -19,7 +20,8 @@ The rules, in order:
   ``https``; a host name; 1-65535; a path of segments). Anything else is ignored and
   counted in :attr:`Pipeline.ignored`. From anyone else the headers are left alone.
 - ``/healthz`` and ``/readyz`` are answered before any check, so that probes by address
-  work.
+  work; so are ``/_gateway/`` (the migration page) and, when on, ``/metrics``
+  (:mod:`gateway.metrics`), for loopback and the trusted proxies only.
 - Request headers over ``GATEWAY_MAX_HEADER_SIZE`` in all: 431. A ``Host`` that is
   missing, malformed, repeated or not allowed: 400. ``TRACE``, ``TRACK``, ``CONNECT``: 405.
 - A request ID: the client's ``X-Request-ID`` when it is a sane token, else a new one.

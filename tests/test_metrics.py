@@ -388,3 +388,98 @@ def test_a_scrape_passes_over_a_worker_file_not_yet_sized(tmp_path: Path, monkey
     text = generate_latest(registry).decode()
     assert value(samples(text), "gateway_requests_total", mount="/flask", status="2xx") == 5
     assert calls == [["counter_1000.db"], ["counter_1000.db"]]
+
+
+def test_a_status_outside_the_classes_is_other_and_latency_is_observed() -> None:
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.started()
+    metrics.finished("/a", 0, 0.2)  # no status was sent
+    metrics.started()
+    metrics.finished("/a", 204, 0.003)
+    got = samples(metrics.render().body.decode())
+    assert value(got, "gateway_requests_total", mount="/a", status="other") == 1
+    assert value(got, "gateway_requests_total", mount="/a", status="2xx") == 1
+    assert value(got, "gateway_request_duration_seconds_sum", mount="/a") == pytest.approx(0.203)
+    assert value(got, "gateway_request_duration_seconds_bucket", mount="/a", le="0.005") == 1
+    assert value(got, "gateway_request_duration_seconds_bucket", mount="/a", le="0.25") == 2
+    assert value(got, "gateway_requests_in_flight") == 0
+
+
+def test_in_multiprocess_mode_a_scrape_reads_every_workers_files(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.directory = str(tmp_path)  # as if PROMETHEUS_MULTIPROC_DIR had been set at import
+    for pid, count in ((1000, 3.0), (1001, 4.0)):
+        written = MmapedDict(str(tmp_path / f"counter_{pid}.db"))
+        written.write_value(mmap_key("gateway_requests", "gateway_requests_total", ["mount", "status"],
+                                     ["/flask", "2xx"], "Requests."), count, 0)
+        written.close()
+    top = int(Path("/proc/sys/kernel/pid_max").read_text())
+    dead = next(pid for pid in range(top - 1, 1, -1) if not Path(f"/proc/{pid}").exists())
+    (tmp_path / f"gauge_livesum_{dead}.db").write_bytes(b"")
+    reply = metrics.render()
+    assert (reply.status, dict(reply.headers)["Cache-Control"]) == (200, "no-store")
+    assert dict(reply.headers)["Content-Length"] == str(len(reply.body))
+    assert value(samples(reply.body.decode()), "gateway_requests_total", mount="/flask", status="2xx") == 7
+    assert not (tmp_path / f"gauge_livesum_{dead}.db").exists()  # the dead worker's gauges went
+
+
+def test_multiprocess_mode_needs_the_variable_before_the_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import values
+
+    from gateway.metrics import multiprocess_dir
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/somewhere")
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)  # imported before it was set
+    assert multiprocess_dir() is None
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    assert multiprocess_dir() == "/somewhere"
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert multiprocess_dir() is None
+
+
+def test_serve_makes_a_fresh_directory_and_removes_it_at_exit(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import atexit
+    import tempfile
+
+    from gateway import metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    registered: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(atexit, "register", lambda *args, **kwargs: registered.append((*args, kwargs)))
+    made = Path(metrics.prepare_directory())
+    assert made.parent == tmp_path and made.name.startswith("gateway-metrics-") and made.is_dir()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(made)
+    (function, directory, options), = registered
+    function(directory, **options)
+    assert not made.exists()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        metrics.prepare_directory()
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(read_only))
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(ValueError, match="is not a writable directory"):
+            metrics.prepare_directory()
+
+
+def test_a_pid_another_user_holds_is_a_dead_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import metrics
+
+    def kill(pid: int, signal: int) -> None:
+        raise {1: PermissionError, 2: ProcessLookupError}.get(pid, OSError)()
+
+    monkeypatch.setattr(metrics.os, "kill", kill)
+    assert metrics._alive(1) is False
+    assert metrics._alive(2) is False
+    monkeypatch.setattr(metrics.os, "kill", lambda pid, signal: None)
+    assert metrics._alive(3) is True

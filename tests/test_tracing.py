@@ -203,3 +203,21 @@ def test_serve_refuses_an_exporter_it_does_not_know(start_gateway: Callable[...,
     assert 'gateway: error: OTEL_TRACES_EXPORTER="zipkin" is not one the gateway sets up: use otlp, console or ' \
            "none, or set up your own tracer provider (opentelemetry-instrument).\n" in str(failed.value)
     assert "Traceback" not in str(failed.value)
+
+
+def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(traced_table: MountTable) -> None:
+    import time
+
+    from gateway.pipeline import Head, Pipeline
+
+    EXPORTER.clear()
+    pipeline = Pipeline(traced_table, config_with(tracing=True))
+    head = Head("GET", "", "/view/caf\xff", "", "localhost:8000", client="127.0.0.1")  # the byte 0xFF, not UTF-8
+    before = time.time_ns()
+    decision = pipeline.begin(head, time.perf_counter() - 0.5)  # the head arrived half a second ago
+    pipeline.done(decision, head, "HTTP/1.1", 200, 0)
+    span = gateway_span()
+    assert span.start_time is not None and span.end_time is not None
+    assert before - 0.6e9 < span.start_time < before - 0.4e9
+    assert span.end_time - span.start_time >= 0.5e9
+    assert (span.attributes or {})["url.path"] == "/view/caf\ufffd"

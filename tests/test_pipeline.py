@@ -465,3 +465,59 @@ def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) 
         access.put = real_put  # type: ignore[method-assign]
     assert queued[0][4] == '/a/x\\r\\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'
     assert queued[1][4] == "/caf\\xc3\\xa9?q=\\x85"  # escaped: every non-ASCII byte as \\xNN
+
+
+def rules_table(text: str) -> MountTable:
+    from gateway.routes import parse_gateway_file
+
+    parsed = parse_gateway_file(text)
+    return MountTable.from_specs(parsed.mounts, defaults=False, routes=parsed.routes, apps=parsed.apps)
+
+
+CAFE = '''
+[apps]
+shop = "tests.thirdapp:echo_app"
+
+[mounts]
+"/a" = "tests.thirdapp:wsgi_app"
+
+[[route]]
+rule = "/caf\u00e9/<int:n>"
+app = "shop"
+'''
+
+
+def test_rules_match_the_decoded_path_and_undecodable_bytes_match_none() -> None:
+    p = pipeline(rules_table(CAFE))
+    # The native WSGI string of /caf%C3%A9/7: the UTF-8 bytes, each as one latin-1 character.
+    native = "/caf\u00e9/7".encode().decode("latin-1")
+    d = p.decide(head(native))
+    assert d.mount is not None and d.mount.prefix.startswith("~/caf")
+    assert (d.script_name, d.path_info) == ("", native)  # nothing stripped, still native
+    assert p.decide(head("/caf\xe9/7")).mount is None  # the byte 0xE9 alone is not UTF-8: no rule
+    assert p.wants_headers is False  # no canary, no tracing: no header lookups
+
+
+def test_a_fallback_chain_with_django_in_it_is_djangos() -> None:
+    import threading
+    from collections import Counter
+
+    from gateway.pipeline import is_django
+    from gateway.routes import Fallback
+
+    apps = {m.prefix: m.app for m in MountTable.from_specs([])}
+    django, flask = apps["/django"], apps["/flask"]
+    assert is_django(django) and not is_django(flask)
+    assert is_django(Fallback([("f", flask), ("d", django)], "~/x", Counter(), threading.Lock()))
+    assert not is_django(Fallback([("f", flask)], "~/x", Counter(), threading.Lock()))
+
+
+def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
+    p = pipeline(table)
+    d = p.decide(head("/_gateway/", request_id="ops-1", client="127.0.0.1", root_path="/r", scheme="https",
+                      server=("example.org", 443), host="localhost"))
+    assert d.reply is not None and d.reply.status == 200
+    assert (d.request_id, d.mount, d.ready, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme,
+            d.client, d.proxied) == ("ops-1", None, False, "/r", "/r", "/_gateway/", "localhost",
+                                     ("example.org", 443), "https", "127.0.0.1", False)
+    assert p.shared_cookie is None and p.draining is False

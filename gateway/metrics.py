@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,6 @@ class Metrics:
                               ["rule", "outcome"], registry=registry)
         self._requests: dict[tuple[str, int], Any] = {}
         self._latency: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # -- requests
 

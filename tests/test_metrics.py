@@ -439,6 +439,11 @@ def test_multiprocess_mode_needs_the_variable_before_the_import(monkeypatch: pyt
     assert multiprocess_dir() is None
     monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
     assert multiprocess_dir() == "/somewhere"
+    from gateway.metrics import Metrics
+
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)  # values kept in memory, as in a test
+    monkeypatch.setattr("gateway.metrics.multiprocess_dir", lambda: "/somewhere")
+    assert Metrics().directory == "/somewhere"
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert multiprocess_dir() is None
 
@@ -481,5 +486,7 @@ def test_a_pid_another_user_holds_is_a_dead_worker(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(metrics.os, "kill", kill)
     assert metrics._alive(1) is False
     assert metrics._alive(2) is False
-    monkeypatch.setattr(metrics.os, "kill", lambda pid, signal: None)
+    sent: list[int] = []
+    monkeypatch.setattr(metrics.os, "kill", lambda pid, signal: sent.append(signal))
     assert metrics._alive(3) is True
+    assert sent == [0]  # the null signal: asks, sends nothing

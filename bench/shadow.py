@@ -273,13 +273,14 @@ def base_env(data_dir: Path, threads: int) -> dict[str, str]:
 
 
 def start_servers(work: Path, env: dict[str, str], cpu: int | None, path: str,
-                  switch_interval: float | None = None) -> dict[str, Server]:
+                  switch_interval: float | None = None, shadow_cpu: float | None = None) -> dict[str, Server]:
     servers: dict[str, Server] = {}
     gateway = ["-m", "gateway"] if switch_interval is None else [  # one worker: uvicorn runs in this process
         "-c", f"import sys; sys.setswitchinterval({switch_interval!r}); from gateway.cli import main; main()"]
     for mode in MODES:
         config = work / f"gateway-{mode}.toml"
-        config.write_text(CONFIG.format(rule=RULE) + (SHADOW_LINE if mode == "on" else ""))
+        shadow = ("" if shadow_cpu is None else f"\n[shadow]\ncpu = {shadow_cpu:g}\n") if mode == "on" else ""
+        config.write_text(CONFIG.format(rule=RULE) + (SHADOW_LINE if mode == "on" else "") + shadow)
         port = free_port()
         argv = [sys.executable, *gateway, "serve", "--host", HOST, "--port", str(port), "--config",
                 str(config), "--log-level", "warning", "--no-access-log"]
@@ -482,6 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2,
                         help=f"run again, up to this many times, a run during which other processes used more than "
                              f"{NOISY} CPUs (default 2)")
+    parser.add_argument("--shadow-cpu", type=float, metavar="PERCENT",
+                        help="[shadow] cpu of the server with shadowing on (default: the gateway's, 2)")
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or not 0 < args.share <= 1 or args.retries < 0:
@@ -509,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(Django). {args.rounds} round(s) x {args.seconds:g} s; servers on CPU {server_cpu}, "
               f"clients on CPU {client_cpu}"
               + (f"; switch interval {args.switch_interval:g} s" if args.switch_interval else "") + ".", flush=True)
-        servers = start_servers(work, env, server_cpu, args.path, args.switch_interval)
+        servers = start_servers(work, env, server_cpu, args.path, args.switch_interval, args.shadow_cpu)
         for mode in MODES:
             run_wrk(f"http://{HOST}:{servers[mode].port}{args.path}", connections=args.connections,
                     seconds=args.warmup, cpu=client_cpu)

@@ -54,6 +54,7 @@ from gateway.server import (
     run_uvicorn,
 )
 from gateway.tracing import EXTRA as TRACING_EXTRA
+from gateway.tracing import describe as describe_tracing
 from gateway.tracing import installed as tracing_installed
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
@@ -418,6 +419,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
             "workers": workers, "threads": config.threads, "database": database,
             **({"listen": listening} if listening else {}), **({"root_path": root_path} if root_path else {}),
             **({"metrics": f"{base}/metrics"} if config.metrics else {}),
+            **({"tracing": describe_tracing()} if config.tracing else {}),
             "mounts": {"/": {"url": f"{base}/", "framework": "index"},
                        **{m.prefix: {"url": f"{base}{m.prefix}/", "framework": m.framework} for m in table}},
         })), err=True)
@@ -428,6 +430,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
         f"  /         {base}/  (index)",
         *(f"  {m.prefix:<9} {base}{m.prefix}/  ({m.framework})" for m in table),
         *([f"  metrics   {base}/metrics  (loopback and trusted proxies)"] if config.metrics else []),
+        *([f"  tracing   {describe_tracing()}"] if config.tracing else []),
     ]
     click.echo("\n".join(lines), err=True)
     return table

@@ -135,6 +135,21 @@ def set_up_sdk() -> None:
     trace.set_tracer_provider(provider)
 
 
+def describe() -> str:
+    """Where the spans go, for the banner: a tracer provider of yours, or the exporter
+    :func:`set_up_sdk` will set up."""
+    from opentelemetry import trace
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return "to your tracer provider"
+    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
+    if wanted == "otlp":
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/")
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or base + "/v1/traces"
+        return f"OTLP to {endpoint}"
+    return {"console": "to standard output", "none": "nowhere (OTEL_TRACES_EXPORTER=none)"}.get(wanted, wanted)
+
+
 def installed() -> bool:
     """Whether the OpenTelemetry API can be imported (the ``tracing`` extra)."""
     try:

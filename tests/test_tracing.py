@@ -190,6 +190,7 @@ def test_serve_sets_up_the_sdk_and_exports(start_gateway: Callable[..., Any]) ->
     request = urllib.request.Request(gateway.url + "/flask/?name=Ada", headers={"traceparent": TRACEPARENT})
     with urllib.request.urlopen(request, timeout=10) as response:
         request_id = response.headers["X-Request-ID"]
+    assert "  tracing   to standard output" in gateway.log  # the banner says where spans go
     log = gateway.wait_for(f'"gateway.request_id": "{request_id}"')
     assert '"name": "GET /flask"' in log
     assert f'"trace_id": "0x{CLIENT_TRACE}"' in log
@@ -221,3 +222,20 @@ def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(trac
     assert before - 0.6e9 < span.start_time < before - 0.4e9
     assert span.end_time - span.start_time >= 0.5e9
     assert (span.attributes or {})["url.path"] == "/view/caf\ufffd"
+
+
+def test_the_banner_names_where_spans_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import tracing
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.describe() == "OTLP to http://localhost:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    assert tracing.describe() == "OTLP to http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/in")
+    assert tracing.describe() == "OTLP to http://traces:4318/in"
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    assert tracing.describe() == "to standard output"
+    monkeypatch.undo()
+    assert tracing.describe() == "to your tracer provider"  # this module set one up

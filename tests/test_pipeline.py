@@ -521,3 +521,22 @@ def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
             d.client, d.proxied) == ("ops-1", None, False, "/r", "/r", "/_gateway/", "localhost",
                                      ("example.org", 443), "https", "127.0.0.1", False)
     assert p.shared_cookie is None and p.draining is False
+
+
+def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountTable,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import pipeline as module
+
+    queued: list[tuple[object, ...]] = []
+    monkeypatch.setattr(module.access, "enabled", lambda: True)
+    monkeypatch.setattr(module.access, "put", queued.append)
+    p = pipeline(table)
+    h = head("/a/x\r\nforged", query="q=1", client="192.0.2.7", request_id="req-1")
+    decision = p.begin(h, 0.0)
+    p.done(decision, h, "HTTP/2", 201, 1234)
+    (entry,) = queued
+    assert entry[1:8] == ("req-1", "192.0.2.7", "GET", "/a/x\\r\\nforged?q=1", "HTTP/2", 201, 1234)
+    assert entry[9] == "/a"
+    monkeypatch.setattr(module.access, "enabled", lambda: False)
+    p.done(decision, h, "HTTP/2", 201, 1234)
+    assert len(queued) == 1  # the log off: nothing queued

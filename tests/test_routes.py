@@ -998,3 +998,39 @@ def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
     assert shadower.counts["~/x"] == {"dropped": 1}
     assert tap({**environ, "REQUEST_METHOD": "POST"}, lambda *a: None) is answer  # never shadowed, never counted
     assert shadower.counts["~/x"] == {"dropped": 1}
+
+
+def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTable) -> None:
+    from gateway.pipeline import Head, Pipeline
+
+    shop = table_from(CANARY.replace("SHARE", "50"))
+    combined = MountTable([*table, *shop], shop.routes.values(), shop.route_table)
+    pipeline = Pipeline(combined, config_with())
+    routes = shop.route_table
+    assert routes is not None and pipeline.wants_headers
+    spec = next(s for s in routes.specs.values() if s.header == "X-User-ID")
+    path = "/shop/items/3/reviews"
+    for i in range(200):
+        user = f"user-{i}"
+        head = Head("GET", "", path, "", "localhost",
+                    fetch=lambda name, user=user: user if name == "X-User-ID" else None)
+        decision = pipeline.decide(head)
+        assert decision.mount is not None and decision.set_cookie is None
+        assert decision.mount.prefix == (spec.canary_key if spec.chooses_canary(user) else spec.key), user
+    chosen = sum(spec.chooses_canary(f"user-{i}") for i in range(200))
+    assert routes.canaried[spec.key] == chosen > 0  # each one counted, not just noted
+    no_header = pipeline.decide(Head("GET", "", path, "", "localhost", fetch=lambda name: None))
+    assert no_header.mount is not None and no_header.mount.prefix == spec.key
+
+
+@pytest.mark.parametrize(("scheme", "secure"), [("http", False), ("https", True), ("ws", False), ("wss", True)])
+def test_the_canary_cookie_is_secure_over_tls(table: MountTable, scheme: str, secure: bool) -> None:
+    from gateway.pipeline import Head, Pipeline
+
+    shop = table_from(CANARY.replace("SHARE", "50"))
+    pipeline = Pipeline(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config_with())
+    decision = pipeline.decide(Head("GET", "", "/shop/cart", "", "localhost", scheme=scheme,
+                                    fetch=lambda name: "other=1" if name == "cookie" else None))
+    assert decision.set_cookie is not None
+    assert decision.set_cookie.endswith("; Secure") is secure
+    assert decision.set_cookie.count("Secure") == int(secure)

@@ -540,3 +540,41 @@ def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountT
     monkeypatch.setattr(module.access, "enabled", lambda: False)
     p.done(decision, h, "HTTP/2", 201, 1234)
     assert len(queued) == 1  # the log off: nothing queued
+
+
+def test_the_metrics_decision_keeps_the_head(table: MountTable) -> None:
+    p = pipeline(table, metrics=True)
+    d = p.decide(head("/metrics", request_id="ops-2", client="127.0.0.1", root_path="/r", scheme="https",
+                      server=("example.org", 443)))
+    assert d.reply is not None and d.reply.status == 200
+    assert (d.request_id, d.mount, d.ready, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme,
+            d.client, d.proxied) == ("ops-2", None, False, "/r", "/r", "/metrics", "localhost",
+                                     ("example.org", 443), "https", "127.0.0.1", False)
+
+
+def test_a_path_rules_take_for_other_methods_is_a_whole_405(table: MountTable) -> None:
+    text = '''
+[apps]
+shop = "tests.thirdapp:echo_app"
+
+[[route]]
+rule = "/cart"
+app = "shop"
+methods = ["POST", "PUT"]
+'''
+    p = pipeline(rules_table(text))
+    d = p.decide(head("/cart", request_id="r-3", client="127.0.0.1", root_path="/r", scheme="https",
+                      server=("example.org", 443)))
+    assert d.reply is not None
+    assert (d.reply.status, d.reply.body, d.reply.reason) == (405, b"Method Not Allowed.\n", "method_not_allowed")
+    assert dict(d.reply.headers)["Allow"] == "POST, PUT"
+    assert (d.request_id, d.mount, d.ready, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme,
+            d.client, d.proxied) == ("r-3", None, False, "/r", "/r", "/cart", "localhost",
+                                     ("example.org", 443), "https", "127.0.0.1", False)
+
+
+def test_a_content_length_of_leading_zeros_is_read_up_to_18_digits(table: MountTable) -> None:
+    p = pipeline(table)
+    assert p.decide(head("/a/x", method="POST", content_length="0" * 17 + "5")).reply is None
+    refused = p.decide(head("/a/x", method="POST", content_length="0" * 18 + "5")).reply
+    assert refused is not None and refused.status == 413

@@ -191,18 +191,19 @@ class WorkerFiles:
     def collect(self) -> Any:
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        for attempt in range(3):
-            files = []
-            for entry in os.scandir(self.directory):
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.name.endswith(".db") and entry.stat().st_size > 0:
-                        files.append(entry.path)
-            try:
-                return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-        return []  # not reached
+        for _ in range(2):  # then a third time, letting the error through
+            with contextlib.suppress(FileNotFoundError):
+                return MultiProcessCollector.merge(self.files())  # type: ignore[no-untyped-call]
+        return MultiProcessCollector.merge(self.files())  # type: ignore[no-untyped-call]
+
+    def files(self) -> list[str]:
+        """The workers' files that hold anything yet."""
+        files = []
+        for entry in os.scandir(self.directory):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.name.endswith(".db") and entry.stat().st_size > 0:
+                    files.append(entry.path)
+        return files
 
 
 def forget_dead_workers(directory: str) -> None:
@@ -221,8 +222,6 @@ def forget_dead_workers(directory: str) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # no such process, or another user's now
         return False
-    except PermissionError:
-        return False  # another user's process has the number now: the worker is gone
     return True

@@ -25,7 +25,7 @@ from gateway.config import Config
 from gateway.metrics import WorkerFiles, forget_dead_workers, prepare_directory
 from gateway.mounts import Mount, MountTable
 from tests.support import ROOT, ServerProcess, free_port, server_env
-from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, config_with
+from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -73,17 +73,7 @@ def metrics_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-d
 
 @pytest.fixture(params=sorted(ENTRIES))
 def make(request: pytest.FixtureRequest, metrics_table: MountTable) -> Iterator[Callable[..., Send]]:
-    built: list[Any] = []
-
-    def build(**changes: Any) -> Send:
-        send, app = ENTRIES[request.param](metrics_table, config_with(**changes))
-        built.append(app)
-        return send
-
-    yield build
-    for app in built:
-        if hasattr(app, "executor"):
-            app.executor.shutdown(wait=True)
+    yield from builder(request.param, metrics_table)
 
 
 def test_off_unless_asked_for(make: Callable[..., Send]) -> None:

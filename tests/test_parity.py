@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -96,13 +96,13 @@ def config_with(**changes: Any) -> Config:
 TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}).trusted_proxies
 
 
-@pytest.fixture(params=sorted(ENTRIES))
-def make(request: pytest.FixtureRequest, echo_table: MountTable) -> Callable[..., Send]:
-    """Build an entry point (``wsgi``, then ``asgi``) over the echo table with a config."""
+def builder(kind: str, table: MountTable) -> Iterator[Callable[..., Send]]:
+    """For a fixture: build entry points of ``kind`` over ``table``, each with a config of
+    its own, and stop their thread pools afterwards."""
     built: list[Any] = []
 
     def build(**changes: Any) -> Send:
-        send, app = ENTRIES[request.param](echo_table, config_with(**changes))
+        send, app = ENTRIES[kind](table, config_with(**changes))
         built.append(app)
         return send
 
@@ -110,6 +110,12 @@ def make(request: pytest.FixtureRequest, echo_table: MountTable) -> Callable[...
     for app in built:
         if hasattr(app, "executor"):
             app.executor.shutdown(wait=True)
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def make(request: pytest.FixtureRequest, echo_table: MountTable) -> Iterator[Callable[..., Send]]:
+    """Build an entry point (``wsgi``, then ``asgi``) over the echo table with a config."""
+    yield from builder(request.param, echo_table)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.config import Config
 from gateway.mounts import Mount, MountTable
 from gateway.tracing import Tracing
-from tests.test_parity import ENTRIES, Send, config_with
+from tests.test_parity import ENTRIES, Send, builder, config_with
 
 EXPORTER = InMemorySpanExporter()
 if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -59,18 +59,8 @@ def traced_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-de
 
 @pytest.fixture(params=sorted(ENTRIES))
 def make(request: pytest.FixtureRequest, traced_table: MountTable) -> Iterator[Callable[..., Send]]:
-    built: list[Any] = []
-
-    def build(**changes: Any) -> Send:
-        send, app = ENTRIES[request.param](traced_table, config_with(**changes))
-        built.append(app)
-        return send
-
     EXPORTER.clear()
-    yield build
-    for app in built:
-        if hasattr(app, "executor"):
-            app.executor.shutdown(wait=True)
+    yield from builder(request.param, traced_table)
 
 
 def spans() -> list[ReadableSpan]:

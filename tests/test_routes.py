@@ -640,7 +640,37 @@ def test_traffic_keeps_the_last_minutes() -> None:
             traffic.hit("~/a", start + minute * 60)
     series = traffic.series("~/a", start + (MINUTES + 2) * 60)
     assert series == list(range(3, MINUTES + 3))
-    assert len(traffic.minutes) == MINUTES
+    [(_, tally)] = traffic.tallies
+    assert sorted({minute for minute, _ in tally}) == [int(start // 60) + m for m in range(3, MINUTES + 3)]
+
+
+def test_traffic_counts_every_threads_hits() -> None:
+    """Each thread counts without a lock in a tally of its own; the page adds them up,
+    those of threads that have ended too, until their minutes are over."""
+    import threading
+
+    from gateway.migration_page import MINUTES, Traffic
+
+    traffic = Traffic()
+    now = 1_000_000 * 60.0
+    go = threading.Barrier(4)
+
+    def hits() -> None:
+        go.wait()
+        for _ in range(20_000):
+            traffic.hit("~/a", now)
+            traffic.hit("~/b", now + 60)
+
+    threads = [threading.Thread(target=hits) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert traffic.series("~/a", now + 60)[-2:] == [80_000, 0]
+    assert traffic.series("~/b", now + 60)[-2:] == [0, 80_000]
+    assert len(traffic.tallies) == 4  # ended, but their minutes are shown
+    assert traffic.series("~/b", now + 60 * (MINUTES + 1)) == [0] * MINUTES
+    assert traffic.tallies == []  # ended, and nothing of theirs left to show
 
 
 def test_a_reload_keeps_the_counts_and_the_shadow_log(tmp_path: Path, table: MountTable) -> None:

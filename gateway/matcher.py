@@ -1,0 +1,264 @@
+"""Werkzeug's rule matching, compiled to a few regular expressions a request.
+
+Werkzeug's ``Map`` matches a path with a state machine, walked in Python a segment at a
+time: 9 to 13 us a path on our CI machines, whatever the number of rules (bench/routes.py).
+That walk tries, at each segment, the static transition first, then the dynamic ones in
+the ``Map``'s order of weights, and backtracks. So for one path, the rules are tried in
+the order of a walk over the machine's states, which depends on the rules alone, with
+two twists for a trailing slash (a rule ``/a`` also matches ``/a/``, after the states
+below it; a rule ``/a/`` also matches ``/a``, just after the rules of ``/a``). This
+module numbers the rules, and those two variants, in that order, and writes each as one
+regular expression over the whole path. The rules whose static segments a path begins
+with are then tried at once, as one alternation in that order (first match wins), a
+short one for each static prefix.
+
+Where it cannot be sure to answer as Werkzeug does, it does not answer, and the caller
+asks Werkzeug (:meth:`Compiled.match` returns None):
+
+- a path that some rule matches only for other methods (Werkzeug's 405, or a 404 when
+  only a trailing-slash variant matches);
+- a path under a rule with a converter it does not know (its ``to_python`` may refuse a
+  value, and Werkzeug then answers 404 without trying the next rule), with arguments
+  that make it refuse values (``int(min=1)``), or with a ``path`` converter ending in a
+  slash;
+- a path under a static prefix that more than :data:`MOST_ALTERNATIVES` variants share
+  (Python's ``re`` tries an alternation's branches one by one: 1,000 of them took
+  470 us here).
+
+It reads Werkzeug's state machine (``Map._matcher``), which is not public; with a
+Werkzeug that has none, :func:`compile_map` returns None and every path goes to Werkzeug.
+tests/test_matcher.py checks the two agree on generated rule tables and paths.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.routing import Map, Rule, converters
+
+#: Variants under one static prefix beyond which that prefix's paths go to Werkzeug.
+MOST_ALTERNATIVES = 32
+
+_GROUP = re.compile(r"\(\?P<__werkzeug_\d+>")
+
+
+@dataclass
+class _Variant:
+    """One way a rule matches: its place in Werkzeug's order, and its segments (a static
+    text, or a regular expression; a final one takes the rest of the path)."""
+
+    place: int
+    rule: Rule
+    pieces: list[tuple[bool, str]]  # (static, text or regex)
+
+
+@dataclass
+class _Bucket:
+    """The variants whose static segments are a path's first ones, and the buckets one
+    static segment further."""
+
+    variants: list[_Variant] = field(default_factory=list)
+    children: dict[str, _Bucket] = field(default_factory=dict)
+    deferred: bool = False  # a path reaching here goes to Werkzeug
+    #: Whether the alternations hold the variants of the buckets below too (no more than
+    #: :data:`MOST_ALTERNATIVES`, none deferred): a path's walk ends here.
+    flat: bool = False
+    #: One alternation per method the rules name, one for other methods (None), and one
+    #: for any method (``"*"``), with the variant each branch stands for.
+    patterns: dict[str | None, tuple[re.Pattern[str] | None, list[_Variant]]] = field(default_factory=dict)
+
+
+class Compiled:
+    """A ``Map``'s rules as regular expressions under a trie of static segments."""
+
+    def __init__(self, root: _Bucket, methods: frozenset[str]) -> None:
+        self.root = root
+        self.methods = methods
+        #: The buckets of the first segments that rules begin with, when every rule begins
+        #: with static text: a path beginning otherwise is a 404 at once (the prefix
+        #: mounts' paths), and the others start their walk two buckets down.
+        top = root.children.get("")
+        self.firsts: dict[str, _Bucket] | None = None
+        if top is not None and not (root.variants or root.deferred or top.variants or top.deferred):
+            self.firsts = top.children
+
+    def match(self, path: str, method: str) -> Rule | bool | None:
+        """The rule Werkzeug would match, False for none (a 404), or None when Werkzeug
+        must answer (see the module's docstring)."""
+        if not path.startswith("/") or path.startswith("//"):
+            if not path:
+                return None  # no segment at all: Werkzeug's own case
+            path = "/" + path.lstrip("/")  # as MapAdapter.match does
+        if self.firsts is not None:
+            first = self.firsts.get(path[1:].partition("/")[0])
+            if first is None:
+                return False
+            method = method.upper()
+            key = method if method in self.methods else None
+            if first.flat:  # the usual case: one regular expression answers
+                pattern, variants = first.patterns[key]
+                found = pattern.match(path) if pattern is not None else None
+                if found is not None:
+                    return variants[found.lastindex - 1].rule  # type: ignore[operator]
+                pattern = first.patterns["*"][0]
+                return None if pattern is not None and pattern.match(path) is not None else False
+            bucket, depth = first, 2
+        else:
+            method = method.upper()
+            key = method if method in self.methods else None
+            bucket, depth = self.root, 0
+        segments = path.split("/")
+        best: _Variant | None = None
+        seen = []
+        while True:
+            if bucket.deferred:
+                return None
+            if bucket.variants or bucket.flat:
+                pattern, variants = bucket.patterns[key]
+                found = pattern.match(path) if pattern is not None else None
+                if found is not None:
+                    variant = variants[found.lastindex - 1]  # type: ignore[operator]
+                    if best is None or variant.place < best.place:
+                        best = variant
+                elif best is None:
+                    seen.append(bucket)
+            if bucket.flat or depth == len(segments):
+                break
+            child = bucket.children.get(segments[depth])
+            if child is None:
+                break
+            bucket, depth = child, depth + 1
+        if best is not None:
+            return best.rule
+        for each in seen:
+            pattern = each.patterns["*"][0]
+            if pattern is not None and pattern.match(path) is not None:
+                return None  # matched for other methods only: Werkzeug says 405 or 404
+        return False
+
+
+def compile_map(rules_map: Map) -> Compiled | None:
+    """Compile ``rules_map`` (built with ``strict_slashes=False``), or None if this
+    Werkzeug keeps its rules in a way this module does not read."""
+    rules_map.update()
+    try:
+        domain = rules_map._matcher._root.static[""]
+    except (AttributeError, KeyError):
+        return None
+    if rules_map.host_matching or rules_map.merge_slashes or any(
+            rule.strict_slashes or rule.websocket or rule.subdomain for rule in rules_map.iter_rules()):
+        return None
+    places: dict[tuple[int, str], int] = {}
+    _number(domain, places, [0])
+    root = _Bucket()
+    methods: set[str] = set()
+    for rule in rules_map.iter_rules():
+        methods |= rule.methods or set()
+        parts = [(part.static, part.content, part.final, part.suffixed) for part in rule._parts[1:]]
+        if not _simple(rule) or any(suffixed for *_, suffixed in parts):
+            _bucket(root, _static_prefix([(s, c) for s, c, *_ in parts[:-1]])).deferred = True
+            continue
+        pieces = [(static, content if static else _GROUP.sub("(?:", content).removesuffix(r"\Z"))
+                  for static, content, _, _ in parts]
+        variants = [_Variant(places[id(rule), "exact"], rule, pieces),
+                    _Variant(places[id(rule), "slash added"], rule, [*pieces, (True, "")])]
+        if pieces[-1] == (True, "") and len(pieces) > 2:  # "/" without its slash is "", Werkzeug's case
+            variants.append(_Variant(places[id(rule), "slash dropped"], rule, pieces[:-1]))
+        if parts[-1][2]:
+            variants.pop(1)  # a final part takes a trailing slash itself
+        for variant in variants:
+            _bucket(root, _static_prefix(variant.pieces)).variants.append(variant)
+    _build(root, frozenset(methods))
+    return Compiled(root, frozenset(methods))
+
+
+def _number(state: Any, places: dict[tuple[int, str], int], counter: list[int]) -> None:
+    """Number the rules' variants in the order Werkzeug's matcher tries them (its
+    ``StateMachineMatcher.match``): a state's rules when the path ends there, then the
+    rules of its ``""`` state (a path without the rule's trailing slash), then the states
+    below (static before dynamic, dynamic in the map's order), and last the state's rules
+    once more, for a path that goes on with one empty segment (a slash added)."""
+    def place(rule: Rule, kind: str) -> None:
+        places[id(rule), kind] = counter[0]
+        counter[0] += 1
+
+    for rule in state.rules:
+        place(rule, "exact")
+    if "" in state.static:
+        for rule in state.static[""].rules:
+            place(rule, "slash dropped")
+    for child in state.static.values():
+        _number(child, places, counter)
+    for _, child in state.dynamic:
+        _number(child, places, counter)
+    for rule in state.rules:
+        place(rule, "slash added")
+
+
+def _simple(rule: Rule) -> bool:
+    """Whether every converter of ``rule`` matches a value by its regex alone (its
+    ``to_python`` refuses nothing the regex lets through) and within one segment, but a
+    ``path``."""
+    for converter in rule._converters.values():
+        kind = type(converter)
+        if kind in (converters.UnicodeConverter, converters.PathConverter, converters.UUIDConverter):
+            continue
+        if isinstance(converter, converters.NumberConverter) and kind in (
+                converters.IntegerConverter, converters.FloatConverter) and not (
+                converter.fixed_digits or converter.min is not None or converter.max is not None):
+            continue
+        if kind is converters.AnyConverter and "/" not in converter.regex:
+            continue
+        return False
+    return True
+
+
+def _static_prefix(pieces: list[tuple[bool, str]]) -> list[str]:
+    prefix = []
+    for static, text in pieces:
+        if not static:
+            break
+        prefix.append(text)
+    return prefix
+
+
+def _bucket(root: _Bucket, prefix: list[str]) -> _Bucket:
+    bucket = root
+    for segment in prefix:
+        bucket = bucket.children.setdefault(segment, _Bucket())
+    return bucket
+
+
+def _build(bucket: _Bucket, methods: frozenset[str]) -> list[_Variant] | None:
+    """Compile each bucket's alternations: its variants in Werkzeug's order, each a
+    branch over the whole path, and those of the buckets below when they are few (one
+    regular expression answers the path then). Returns the variants of the bucket and
+    those below, or None when some are left to Werkzeug or they are too many."""
+    below: list[_Variant] | None = []
+    for child in bucket.children.values():
+        theirs = _build(child, methods)
+        below = None if theirs is None or below is None else below + theirs
+    if len(bucket.variants) > MOST_ALTERNATIVES:
+        bucket.deferred = True
+    if bucket.deferred:
+        return None
+    if below is not None and len(bucket.variants) + len(below) <= MOST_ALTERNATIVES:
+        bucket.flat = True
+        _compile(bucket, sorted(bucket.variants + below, key=lambda variant: variant.place), methods)
+        return bucket.variants + below
+    _compile(bucket, sorted(bucket.variants, key=lambda variant: variant.place), methods)
+    return None
+
+
+def _compile(bucket: _Bucket, variants: list[_Variant], methods: frozenset[str]) -> None:
+    for key in [*methods, None, "*"]:
+        chosen = [v for v in variants if key == "*" or v.rule.methods is None
+                  or (key is not None and key in v.rule.methods)]
+        branches = "|".join(f"({_regex(v.pieces)}\\Z)" for v in chosen)
+        bucket.patterns[key] = (re.compile(branches) if chosen else None, chosen)
+
+
+def _regex(pieces: list[tuple[bool, str]]) -> str:
+    return "/".join(re.escape(text) if static else text for static, text in pieces)

@@ -433,8 +433,7 @@ class Pipeline:
                     prefix = spec.canary_key
                     with routes.lock:  # type: ignore[union-attr]
                         routes.canaried[found.key] += 1  # type: ignore[union-attr]
-                    if self.metrics is not None:
-                        self.metrics.route_event("canary", found.key)
+                    routes.notify("canary", found.key)  # type: ignore[union-attr]
             mount: Mount | None = self.table.routes[prefix]
         elif found is not None and found.allowed:
             reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)),

@@ -352,6 +352,9 @@ class RouteTable:
         self.listener = self.shadower.listener = listener
 
     def notify(self, kind: str, key: str) -> None:
+        """Count a fallback or a canary request (``kind``) of rule ``key``, for the
+        migration page and the listener."""
+        self.traffic.hit(key, what=kind)
         if self.listener is not None:
             self.listener(kind, key)
 

@@ -641,7 +641,37 @@ def test_traffic_keeps_the_last_minutes() -> None:
     series = traffic.series("~/a", start + (MINUTES + 2) * 60)
     assert series == list(range(3, MINUTES + 3))
     [(_, tally)] = traffic.tallies
-    assert sorted({minute for minute, _ in tally}) == [int(start // 60) + m for m in range(3, MINUTES + 3)]
+    assert sorted({minute for minute, _, _ in tally}) == [int(start // 60) + m for m in range(3, MINUTES + 3)]
+
+
+def test_the_pages_shares_are_of_the_same_minutes_requests() -> None:
+    """Fallbacks and canary requests are counted by the minute, as requests are: an hour
+    ago's do not count against the last minutes' requests."""
+    import re
+    from html import unescape
+
+    from gateway.migration_page import CANARY, FALLBACKS, render
+
+    fallback = RouteSpec("/items/<int:id>", ("new", "old"))
+    canary = RouteSpec("/cart", ("old",), canary="new", share=50)
+    routes = RouteTable([fallback, canary])
+    hour_ago, now = 1_000_000 * 60.0, 1_000_060 * 60.0
+    for _ in range(10):
+        routes.traffic.hit(fallback.key, hour_ago)
+        routes.traffic.hit(fallback.key, hour_ago, FALLBACKS)
+        routes.traffic.hit(canary.key, hour_ago)
+        routes.traffic.hit(canary.key, hour_ago, CANARY)
+    for i in range(4):
+        routes.traffic.hit(fallback.key, now)
+        routes.traffic.hit(canary.key, now)
+        if i < 2:
+            routes.traffic.hit(canary.key, now, CANARY)
+    routes.traffic.hit(fallback.key, now, FALLBACKS)
+    html = render(routes, now).body.decode()
+    rows = [" ".join(unescape(re.sub("<[^>]+>", " ", row)).split()) for row in re.findall(r"<tr><td>.*?</tr>", html)]
+    bars = "0 " * 9 + "4"  # each minute's bar has its count as its title; this minute's is the last
+    assert rows == [f"/items/<int:id> any new then old {bars} 4 1 (25%) - -",
+                    f"/cart any old {bars} 4 - new: 50% of clients, 50% of requests -"]
 
 
 def test_traffic_counts_every_threads_hits() -> None:

@@ -153,3 +153,74 @@ def test_the_order_of_rules_is_werkzeugs() -> None:
         rule = compiled.match(path, "GET")
         assert rule is not None and rule is not False and rule.endpoint == key[owner], path
         assert werkzeug(table, path, "GET").key == key[owner], path
+
+
+def answer(table: RouteTable, path: str, method: str = "GET") -> str | bool | None:
+    """What the compiled rules say: a rule's key, False (none), or None (Werkzeug's to say)."""
+    assert table.compiled is not None
+    got = table.compiled.match(path, method)
+    return got.endpoint if got is not None and got is not False else got
+
+
+def test_methods_are_matched_as_werkzeug_matches_them() -> None:
+    post = RouteSpec("/shop/<int:id>", ("a",), ("POST",))
+    table = RouteTable([post, RouteSpec("/shop/cart", ("a",))])
+    assert answer(table, "/shop/7", "POST") == post.key
+    assert answer(table, "/shop/7", "post") == post.key  # Werkzeug upper-cases the method
+    assert werkzeug(table, "/shop/7", "post").key == post.key
+
+
+def test_converters_that_may_refuse_a_value_are_werkzeugs_wherever_they_stand() -> None:
+    for first in ("<a>", "<int:a>", "<any(x, y):a>", "<path:a>/"):
+        table = RouteTable([RouteSpec(f"/m/{first}/<int(min=5):n>", ("a",)), RouteSpec("/other", ("a",))])
+        path = "/m/x/3" if "int" not in first else "/m/1/3"
+        assert answer(table, path) is None, first
+        assert werkzeug(table, path, "GET") == NO_MATCH
+        assert answer(table, "/other") == RouteSpec("/other", ("a",)).key
+    slashed = RouteTable([RouteSpec('/a/<any("x/y", z):v>', ("a",))])  # any() with a slash: Werkzeug's
+    assert answer(slashed, "/a/x/y") is None and werkzeug(slashed, "/a/x/y", "GET") == NO_MATCH
+    plain = RouteSpec("/a/<any(x, z):v>", ("a",))
+    assert answer(RouteTable([plain]), "/a/z") == plain.key
+
+
+def test_static_text_is_matched_as_text() -> None:
+    dotted = RouteSpec("/v1.0/items", ("a",))
+    marked = RouteSpec("/Xray/<int:id>", ("a",))
+    table = RouteTable([dotted, marked])
+    assert answer(table, "/v1.0/items") == dotted.key
+    assert answer(table, "/v1x0/items") is False and werkzeug(table, "/v1x0/items", "GET") == NO_MATCH
+    assert answer(table, "//Xray/7") == marked.key == werkzeug(table, "//Xray/7", "GET").key
+
+
+def test_a_few_rules_under_a_first_segment_are_one_regular_expression() -> None:
+    """Up to MOST_ALTERNATIVES variants under a prefix: one alternation answers its paths;
+    more: the walk goes on to the next static segment."""
+    few = [RouteSpec(f"/shop/s{i}/<int:id>", ("a",)) for i in range(MOST_ALTERNATIVES // 2)]  # 2 variants each
+    table = RouteTable(few)
+    assert table.compiled is not None and table.compiled.firsts is not None
+    assert table.compiled.firsts["shop"].flat
+    many = [*few, RouteSpec("/shop/<int:id>", ("a",))]
+    table = RouteTable(many)
+    assert table.compiled is not None and table.compiled.firsts is not None
+    shop = table.compiled.firsts["shop"]
+    assert not shop.flat and not shop.deferred and shop.children["s3"].flat
+    assert answer(table, "/shop/s3/7") == few[3].key
+    assert answer(table, "/shop/7") == many[-1].key
+    assert answer(table, "/shop/s3/7/8") is False and answer(table, "/shop/nothing/7") is False
+
+
+def test_maps_it_does_not_read_are_werkzeugs() -> None:
+    from werkzeug.routing import Map, Rule
+
+    from gateway.matcher import compile_map
+
+    def rules(**rule: object) -> list[Rule]:
+        return [Rule("/a", endpoint="a", **rule)]  # type: ignore[arg-type]
+
+    loose = {"strict_slashes": False, "merge_slashes": False}
+    assert compile_map(Map(rules(), **loose)) is not None  # type: ignore[arg-type]
+    assert compile_map(Map(rules(), strict_slashes=True, merge_slashes=False)) is None
+    assert compile_map(Map(rules(), strict_slashes=False, merge_slashes=True)) is None
+    assert compile_map(Map(rules(), host_matching=True, **loose)) is None  # type: ignore[arg-type]
+    assert compile_map(Map(rules(websocket=True), **loose)) is None  # type: ignore[arg-type]
+    assert compile_map(Map(rules(subdomain="api"), **loose)) is None  # type: ignore[arg-type]

@@ -201,7 +201,8 @@ class ASGIGateway:
             config = self.config.with_file(path)
             fresh = MountTable.from_specs((), defaults=False, routes=config.file.routes, apps=config.file.apps,
                                           shadow_log=config.data_dir / "shadow.jsonl",
-                                          shadow_cpu=config.file.shadow_cpu, previous=self.pipeline.table.route_table)
+                                          shadow_cpu=config.file.shadow_cpu, previous=self.pipeline.table.route_table,
+                                          shared_dir=config.migration_dir)
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
             return False

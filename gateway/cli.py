@@ -21,12 +21,15 @@ of its workers.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging.config
 import multiprocessing
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -252,6 +255,12 @@ def serve(
         check_tls(ssl_certfile, ssl_keyfile)
     if config.tracing and not tracing_installed():
         raise click.ClickException(f"--tracing (GATEWAY_TRACING=1) needs OpenTelemetry: {TRACING_EXTRA}.")
+    if config.file.routes and config.migration_dir is None and (workers > 1 or limit_max_requests is not None):
+        # Several workers, or one that is replaced: the migration page adds up the counts
+        # each worker writes here (gateway.migration_page.Board).
+        shared = tempfile.mkdtemp(prefix="gateway-migration-")
+        atexit.register(shutil.rmtree, shared, ignore_errors=True)
+        config = replace(config, migration_dir=Path(shared))
     if config.metrics:
         # Before any worker starts (and before prometheus_client is imported here): the
         # directory where every worker writes its values, for the scrapes to sum.

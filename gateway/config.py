@@ -40,6 +40,9 @@ environment already says.
                           trusted proxies (:mod:`gateway.metrics`; default off)
 ``GATEWAY_TRACING``       ``1``: an OpenTelemetry span per request (:mod:`gateway.tracing`,
                           the ``tracing`` extra; default off)
+``GATEWAY_MIGRATION_DIR`` a directory where the workers of one server share the
+                          migration page's counts (:mod:`gateway.migration_page`;
+                          ``gateway serve --workers N`` makes one)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
 ========================  =====================================================
@@ -102,6 +105,9 @@ class Config:
     metrics: bool = False
     #: An OpenTelemetry span per request (``GATEWAY_TRACING``, ``--tracing``).
     tracing: bool = False
+    #: Where the workers of one server share the migration page's counts
+    #: (``GATEWAY_MIGRATION_DIR``; None: each worker's page shows its own).
+    migration_dir: Path | None = None
     file: GatewayFile = field(default_factory=GatewayFile)
 
     @classmethod
@@ -140,6 +146,7 @@ class Config:
             shared_signin=_shared_signin(environ.get("GATEWAY_SHARED_SIGNIN", "")),
             metrics=_strict_flag(environ, "GATEWAY_METRICS", False),
             tracing=_strict_flag(environ, "GATEWAY_TRACING", False),
+            migration_dir=_migration_dir(environ.get("GATEWAY_MIGRATION_DIR", "")),
         ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
 
     def with_file(self, path: Path | None) -> Config:
@@ -173,6 +180,7 @@ class Config:
             "GATEWAY_SHARED_SIGNIN": self.shared_signin or "",
             "GATEWAY_METRICS": "1" if self.metrics else "0",
             "GATEWAY_TRACING": "1" if self.tracing else "0",
+            "GATEWAY_MIGRATION_DIR": str(self.migration_dir or ""),
         }
 
     def body_limit(self, prefix: str) -> int:
@@ -303,6 +311,17 @@ def weak_secret(value: str) -> str | None:
     if len(value) < 50 or len(set(value)) < 5 or value.startswith("django-insecure-"):
         return "is too weak: use at least 50 random characters"
     return None
+
+
+def _migration_dir(value: str) -> Path | None:
+    """``GATEWAY_MIGRATION_DIR``: a directory the workers can write, or unset."""
+    if not value.strip():
+        return None
+    path = Path(value.strip()).resolve()
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"GATEWAY_MIGRATION_DIR={value} is not a writable directory: create it, empty, for this "
+                         "server's workers, or unset the variable.")
+    return path
 
 
 def stored_secret(data_dir: Path, name: str) -> str:

@@ -102,7 +102,8 @@ class MountTable:
     @classmethod
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
                    apps: Mapping[str, str] | None = None, shadow_log: Path | None = None,
-                   previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU) -> MountTable:
+                   previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
+                   shared_dir: Path | None = None) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -114,7 +115,7 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes, shadow_log, previous, shadow_cpu)
+        table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir)
         loaded: dict[str, Any] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):
@@ -182,7 +183,7 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     configure_apps(config, strict=strict)
     table = MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
                                   apps=config.file.apps, shadow_log=config.data_dir / "shadow.jsonl",
-                                  shadow_cpu=config.file.shadow_cpu)
+                                  shadow_cpu=config.file.shadow_cpu, shared_dir=config.migration_dir)
     if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
         raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
                          f"prefix here: use one of {', '.join(table.mounts)}.")

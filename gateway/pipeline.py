@@ -384,6 +384,8 @@ class Pipeline:
         self.table, self.pages, self.limits, self.django = table, Pages(table), limits, django
         if table.route_table and self.metrics is not None:
             table.route_table.listen(self.metrics.route_event)
+        if table.route_table and table.route_table.board is not None:
+            table.route_table.board.start()
         #: Whether a rule reads request headers of its own (a canary's), or tracing reads
         #: ``traceparent``, so the adapters hand :attr:`Head.fetch` over.
         self.wants_headers = wants or self.tracing is not None

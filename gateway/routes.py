@@ -58,7 +58,7 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.matcher import compile_map
-from gateway.migration_page import Traffic
+from gateway.migration_page import Board, Traffic
 from gateway.shadow import DEFAULT_CPU, Shadower
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -323,9 +323,11 @@ class RouteTable:
     """The rules of a ``gateway.toml`` as one Werkzeug ``Map``."""
 
     def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
-                 previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU) -> None:
+                 previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
+                 shared_dir: Path | None = None) -> None:
         """``previous``: the table a reload replaces; its counts and shadow pool carry on
-        (with ``shadow_cpu``, the file's share now)."""
+        (with ``shadow_cpu``, the file's share now). ``shared_dir``: where the workers of
+        one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``)."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
@@ -339,6 +341,8 @@ class RouteTable:
         self.canaried: Counter[str] = previous.canaried if previous is not None else Counter()
         #: Requests a minute per rule, for the migration page (``/_gateway/``).
         self.traffic: Traffic = previous.traffic if previous is not None else Traffic()
+        self.board: Board | None = previous.board if previous is not None else (
+            Board(shared_dir, self.traffic, self.shadower.all_counts) if shared_dir is not None else None)
         self.lock = threading.Lock()
         self.listener: Callable[..., None] | None = None
         self._cached = functools.lru_cache(maxsize=CACHED_PATHS)(self._match)

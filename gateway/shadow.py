@@ -213,6 +213,11 @@ class Shadower:
         if self.listener is not None:
             self.listener("shadow", rule, outcomes)
 
+    def all_counts(self) -> dict[str, dict[str, int]]:
+        """A copy of every rule's counts (for the other workers' migration pages)."""
+        with self.lock:
+            return {rule: dict(counts) for rule, counts in self.counts.items()}
+
     def snapshot(self, rule: str) -> Counter[str]:
         """A copy of ``rule``'s counts, taken under the lock."""
         with self.lock:

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -674,6 +675,83 @@ def test_the_pages_shares_are_of_the_same_minutes_requests() -> None:
                     f"/cart any old {bars} 4 - new: 50% of clients, 50% of requests -"]
 
 
+def test_the_page_adds_up_the_other_workers_counts(tmp_path: Path) -> None:
+    """Two workers' tables on one GATEWAY_MIGRATION_DIR: each page shows both workers'
+    counts, its own from memory and the other's from its file, never its own twice."""
+    import re
+    import time
+    from html import unescape
+
+    from gateway.migration_page import CANARY, render
+
+    cart = RouteSpec("/cart", ("old",), canary="new", share=50)
+    items = RouteSpec("/items/<int:id>", ("old",), shadow="new")
+    one = RouteTable([cart, items], shared_dir=tmp_path)
+    two = RouteTable([cart, items], shared_dir=tmp_path)
+    assert one.board is not None and two.board is not None and one.board.name != two.board.name
+    now = time.time()
+    for _ in range(3):
+        one.traffic.hit(cart.key, now)
+    for _ in range(5):
+        two.traffic.hit(cart.key, now)
+    two.traffic.hit(cart.key, now, CANARY)
+    two.shadower.count(items.key, "compared", "different")
+    one.shadower.count(items.key, "compared", "equal")
+    for table in (one, two):
+        table.board.write(table.board.counts())  # type: ignore[union-attr]
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json"]  # nothing left aside
+
+    def rows(table: RouteTable) -> list[str]:
+        html = render(table, now).body.decode()
+        return [" ".join(unescape(re.sub("<[^>]+>", " ", row)).split()).split(" any ")[1]
+                for row in re.findall(r"<tr><td>.*?</tr>", html)]
+
+    bars = "0 " * 9 + "8"
+    for table in (one, two):
+        assert rows(table) == [f"old {bars} 8 - new: 50% of clients, 12% of requests -",
+                               f"old {bars[:-1]}0 0 - - new: 50% equal of 2 compared (1 different, 0 dropped) 50%"]
+    unshared = RouteTable([cart, items])
+    assert unshared.board is None
+
+
+def test_a_migration_directory_must_be_one_the_workers_can_write(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^GATEWAY_MIGRATION_DIR=\S+missing is not a writable directory: create it"):
+        Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path / "missing")})
+    assert Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path)}).migration_dir == tmp_path
+    assert Config.from_env({"GATEWAY_MIGRATION_DIR": " "}).migration_dir is None
+    assert Config.from_env({}).to_env()["GATEWAY_MIGRATION_DIR"] == ""
+
+
+def test_each_worker_writes_its_counts_each_second(tmp_path: Path) -> None:
+    import json
+    import time
+
+    table = RouteTable([RouteSpec("/cart", ("old",))], shared_dir=tmp_path)
+    assert table.board is not None
+
+    def writers() -> int:
+        return [t.name for t in threading.enumerate()].count("gateway-migration-board")
+
+    before = writers()
+    table.board.start()
+    table.board.start()  # once
+    try:
+        assert writers() == before + 1
+        first = int(time.time() // 60)
+        table.traffic.hit("~/cart")
+        path = tmp_path / table.board.name
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [[minute, what, key, n]] = json.loads(path.read_text())["traffic"]
+        assert (what, key, n) == ("requests", "~/cart", 1) and first <= minute <= int(time.time() // 60)
+    finally:
+        table.board.stop()
+        table.board.thread.join(5)  # type: ignore[union-attr]
+    assert writers() == before
+
+
 def test_traffic_counts_every_threads_hits() -> None:
     """Each thread counts without a lock in a tally of its own; the page adds them up,
     those of threads that have ended too, until their minutes are over."""
@@ -975,6 +1053,63 @@ def test_sighup_with_workers_replaces_them_and_a_bad_file_keeps_the_old_ones(tmp
         assert server.proc.poll() is None, server.log
     finally:
         server.stop()
+    assert "Traceback" not in server.log, server.log
+
+
+@pytest.mark.server
+def test_with_workers_the_page_counts_every_workers_requests(tmp_path: Path) -> None:
+    """gateway serve --workers 2 makes a directory for the workers' counts (removed at
+    exit): each worker writes its own, and the page, whichever worker renders it, shows
+    all the requests sent."""
+    import json
+    import re
+    import time
+
+    import httpx
+
+    from tests.support import GATEWAY, ServerProcess, free_port, server_env
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(CANARY.replace("SHARE", "0"))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port), "--workers", "2", "--config", str(path)],
+                           port=port, env=server_env(tmp_path, TMPDIR=str(temp)), log_path=tmp_path / "server.log",
+                           ready_path="/flask/")
+    [key] = [spec.key for spec in parse_gateway_file(path.read_text()).routes if spec.rule == "/shop/cart"]
+
+    def written() -> list[int]:
+        """Each worker's count of /shop/cart, as its file says."""
+        counts = []
+        for each in temp.glob("gateway-migration-*/*.json"):
+            rows = json.loads(each.read_text())["traffic"]
+            counts.append(sum(n for _, what, rule, n in rows if (what, rule) == ("requests", key)))
+        return counts
+
+    try:
+        [shared] = temp.glob("gateway-migration-*")
+        sent = 0
+        deadline = time.monotonic() + 60
+        while True:  # until both workers have answered some (new connections go to either)
+            for _ in range(20):
+                assert httpx.get(f"http://127.0.0.1:{port}/shop/cart", timeout=10).status_code == 200
+                sent += 1
+            time.sleep(1.5)  # each worker writes its counts each second
+            counts = written()
+            if len(counts) == 2 and all(counts):
+                break
+            assert time.monotonic() < deadline, (counts, server.log)
+        while sum(written()) != sent:
+            assert time.monotonic() < deadline, (written(), sent)
+            time.sleep(0.2)
+        for _ in range(6):  # whichever worker answers
+            page = httpx.get(f"http://127.0.0.1:{port}/_gateway/", timeout=10).text
+            [row] = re.findall(r"<tr><td><code>/shop/cart</code>.*?</tr>", page)
+            assert re.search(rf"</svg> {sent}</td>", row), (row, sent, written())
+    finally:
+        server.stop()
+    assert not shared.exists()  # removed at exit
     assert "Traceback" not in server.log, server.log
 
 

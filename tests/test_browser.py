@@ -536,7 +536,8 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
     expect(page.locator("script")).to_have_count(0)
     shoot(page, "15-migration-page")
     expect(page.locator("thead th")).to_have_text(
-        ["Rule", "Methods", "Owner", f"Requests, last {MINUTES} min", "Fallbacks", "Canary", "Shadow"])
+        ["Rule", "Methods", "Owner", f"Requests, last {MINUTES} min", f"Fallbacks, last {MINUTES} min",
+         f"Canary, last {MINUTES} min", "Shadow, since start"])
     rows = page.locator("tbody tr")
     expect(rows.locator("td:nth-child(1)")).to_have_text(list(specs))  # every rule, in the file's order
 

@@ -8,9 +8,11 @@ comparison's equality rate. It answers only the trusted proxies' addresses and l
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -102,8 +104,8 @@ class Board:
     """The page's counts shared by the workers of one server (``GATEWAY_MIGRATION_DIR``).
 
     Each worker keeps its counts in memory, and a thread of its own writes them, each
-    :data:`PERIOD`, to a file of its own in the directory (written aside, then renamed
-    over, so a reader sees a whole file). The worker that renders the page adds the other
+    :data:`PERIOD` and at exit, to a file of its own in the directory (written aside,
+    then renamed over, so a reader sees a whole file). The worker that renders the page adds the other
     files to its own counts: the others' are up to a second old. The files of workers that
     have ended stay, so that their counts keep counting, until the server's directory
     goes (``gateway serve`` makes a fresh one and removes it at exit).
@@ -120,6 +122,10 @@ class Board:
         self.name = ""
         self._named()
         os.register_at_fork(after_in_child=self._forked)
+        atexit.register(self.close)
+        # A multiprocessing worker (uvicorn's, Granian's) ends with os._exit after its
+        # finalizers: atexit does not run there, this does.
+        multiprocessing.util.Finalize(self, self.close, exitpriority=0)
 
     def _named(self) -> None:
         # The pid and the start: a later worker with the same pid does not overwrite this one.
@@ -143,6 +149,17 @@ class Board:
     def stop(self) -> None:
         """Stop writing (the thread ends within :data:`PERIOD`)."""
         self.stopped.set()
+
+    def close(self) -> None:
+        """At exit: stop, and write the counts of the last moments, if this worker wrote any."""
+        self.stop()
+        if self.thread is None:
+            return
+        self.thread.join(PERIOD)  # not two writers of one file
+        try:
+            self.write(self.counts())
+        except Exception:  # the directory may be gone already
+            logger.debug("Could not write the migration page's counts to %s.", self.directory, exc_info=True)
 
     def _write_each_period(self) -> None:
         written = None

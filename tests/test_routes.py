@@ -713,6 +713,23 @@ def test_the_page_adds_up_the_other_workers_counts(tmp_path: Path) -> None:
     assert unshared.board is None
 
 
+def test_a_board_writes_its_last_counts_as_it_closes(tmp_path: Path) -> None:
+    import json
+
+    table = RouteTable([RouteSpec("/cart", ("old",))], shared_dir=tmp_path)
+    assert table.board is not None
+    table.board.close()  # never started: this worker served no rule, and writes nothing
+    assert list(tmp_path.iterdir()) == []
+    table.board.stopped.clear()
+    table.board.start()
+    table.traffic.hit("~/cart")
+    table.board.close()  # at once, not a period later
+    writer = table.board.thread
+    assert writer is not None and not writer.is_alive()
+    [[_, what, key, n]] = json.loads((tmp_path / table.board.name).read_text())["traffic"]
+    assert (what, key, n) == ("requests", "~/cart", 1)
+
+
 def test_a_migration_directory_must_be_one_the_workers_can_write(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^GATEWAY_MIGRATION_DIR=\S+missing is not a writable directory: create it"):
         Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path / "missing")})
@@ -1107,6 +1124,42 @@ def test_with_workers_the_page_counts_every_workers_requests(tmp_path: Path) -> 
     finally:
         server.stop()
     assert not shared.exists()  # removed at exit
+    assert "Traceback" not in server.log, server.log
+
+
+@pytest.mark.server
+def test_a_replaced_worker_leaves_its_counts_to_the_page(tmp_path: Path) -> None:
+    """--limit-max-requests replaces the worker after 10 requests (uvicorn checks each
+    0.1 s, so a few more may slip in): each writes its counts as it exits, so the page
+    still shows every request sent."""
+    import re
+    import time
+
+    import httpx
+
+    from tests.support import GATEWAY, ServerProcess, free_port, server_env
+
+    sent = 60
+    path = tmp_path / "gateway.toml"
+    path.write_text(CANARY.replace("SHARE", "0"))
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port), "--limit-max-requests", "10", "--config",
+                            str(path)], port=port, env=server_env(tmp_path), log_path=tmp_path / "server.log",
+                           ready_path="/flask/")
+    try:
+        for _ in range(sent):
+            assert httpx.get(f"http://127.0.0.1:{port}/shop/cart", timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:
+            page = httpx.get(f"http://127.0.0.1:{port}/_gateway/", timeout=30).text
+            [row] = re.findall(r"<tr><td><code>/shop/cart</code>.*?</tr>", page)
+            if re.search(rf"</svg> {sent}</td>", row):
+                break
+            assert time.monotonic() < deadline, (row, server.log)
+            time.sleep(0.3)
+        assert server.log.count("Maximum request limit") >= 1, server.log  # replaced at least once
+    finally:
+        server.stop()
     assert "Traceback" not in server.log, server.log
 
 

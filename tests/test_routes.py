@@ -1139,7 +1139,7 @@ def test_a_replaced_worker_leaves_its_counts_to_the_page(tmp_path: Path) -> None
 
     from tests.support import GATEWAY, ServerProcess, free_port, server_env
 
-    sent = 60
+    sent = 40
     path = tmp_path / "gateway.toml"
     path.write_text(CANARY.replace("SHARE", "0"))
     port = free_port()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import uvicorn
@@ -120,3 +121,33 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         else:
             logger.debug("Connection from %s sent nothing in %g s; closed.", client, self.header_timeout)
         self.transport.close()
+
+
+#: How long a stopping server goes on reading requests already sent on the connections
+#: it accepted, once it has stopped listening (seconds).
+SHUTDOWN_GRACE = 0.05
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which answers a request sent on a connection it accepted just
+    before it stopped.
+
+    uvicorn stops listening and, in the same turn of its loop, closes every connection
+    on which it has not parsed a request: one accepted a moment earlier, whose request
+    is in its socket unread, is reset unanswered (Kludex/uvicorn#3124, discussion #2315).
+    Each worker replaced by ``--limit-max-requests`` stops so, and a request arriving at
+    that moment got no answer (tests/test_routes.py, under load). Here the server first
+    stops listening, reads for :data:`SHUTDOWN_GRACE`, and then lets uvicorn shut down:
+    such a request has been parsed by then, and uvicorn answers it with keep-alive off.
+    One turn of the loop is not enough with asyncio's loop (it runs the waiting task
+    before the sockets' callbacks), though it is with uvloop.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(SHUTDOWN_GRACE)
+        await super().shutdown(sockets)
+

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from gateway.config import Config
-from gateway.protocol import TimedConfig
+from gateway.protocol import Server, TimedConfig
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
@@ -243,7 +242,7 @@ def run_uvicorn(
         "limit_max_requests_jitter": more.limit_max_requests_jitter,
     }
     if app is not None:
-        server = uvicorn.Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
+        server = Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
         exit_zero_after_signal()
         server.run(sockets=[sock] if sock is not None else None)
         return
@@ -253,7 +252,7 @@ def run_uvicorn(
     worker_config = WorkerConfig(config, workers=workers, reload=reload, **options)
     if sock is None:
         sock = worker_config.bind_socket()
-    target = uvicorn.Server(worker_config).run
+    target = Server(worker_config).run
     if reload:
         ChangeReload(worker_config, target=target, sockets=[sock]).run()
         return

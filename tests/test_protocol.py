@@ -8,9 +8,10 @@ import logging
 from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.protocol import HeaderTimeoutProtocol, TimedConfig
+from gateway.protocol import HeaderTimeoutProtocol, Server, TimedConfig
 
 TIMEOUT = 0.1
 
@@ -157,3 +158,39 @@ def test_the_rest_of_an_unread_body_after_a_response_is_no_request(caplog: pytes
     assert transport.written == answered  # nothing after the response
     assert transport.closed
     assert [r.levelname for r in caplog.records if r.name == "gateway"] == ["DEBUG"]
+
+
+async def _request_at_shutdown(server_class: type[uvicorn.Server], loop: str) -> bytes:
+    """Connect, let the server accept, send a request and stop the server at once: what
+    the client reads (a worker stopping under --limit-max-requests as a request comes)."""
+    import socket
+
+    config = TimedConfig(hello, host="127.0.0.1", port=0, lifespan="off", log_level="warning", loop=loop)
+    server = server_class(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    port = server.servers[0].sockets[0].getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    try:
+        while not server.server_state.connections:  # accepted, nothing read yet
+            await asyncio.sleep(0.001)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await server.shutdown()  # no turn of the loop in between
+        client.settimeout(5)
+        try:
+            return client.recv(4096)
+        except ConnectionResetError:
+            return b"reset"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_request_sent_as_the_server_stops_is_answered(loop: str) -> None:
+    run = asyncio.run if loop == "asyncio" else __import__("uvloop").run
+    answer = run(_request_at_shutdown(Server, loop))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")  # answered whole
+    # uvicorn's own server resets it (Kludex/uvicorn#3124): when this fails, uvicorn has
+    # fixed it, and gateway.protocol.Server can go.
+    assert run(_request_at_shutdown(uvicorn.Server, loop)) == b"reset"

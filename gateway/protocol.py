@@ -57,12 +57,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.header_timeout: float = getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         self.header_deadline: asyncio.TimerHandle | None = None
         self.began = False  # a request began since the clock started
+        self.heard = False  # a byte came on this connection, ever
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         if self.header_deadline is None and self.cycle_done():
             self._start_clock()  # the first byte after a response
         super().data_received(data)
@@ -123,9 +125,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-#: How long a stopping server goes on reading requests already sent on the connections
-#: it accepted, once it has stopped listening (seconds).
-SHUTDOWN_GRACE = 0.05
+#: How long a stopping server waits, at most, for the first request of the connections
+#: it accepted just before it stopped listening (seconds).
+SHUTDOWN_GRACE = 0.5
 
 
 class Server(uvicorn.Server):
@@ -137,10 +139,12 @@ class Server(uvicorn.Server):
     is in its socket unread, is reset unanswered (Kludex/uvicorn#3124, discussion #2315).
     Each worker replaced by ``--limit-max-requests`` stops so, and a request arriving at
     that moment got no answer (tests/test_routes.py, under load). Here the server first
-    stops listening, reads for :data:`SHUTDOWN_GRACE`, and then lets uvicorn shut down:
-    such a request has been parsed by then, and uvicorn answers it with keep-alive off.
-    One turn of the loop is not enough with asyncio's loop (it runs the waiting task
-    before the sockets' callbacks), though it is with uvloop.
+    stops listening, then waits until every connection has sent something, for at most
+    :data:`SHUTDOWN_GRACE`, and then lets uvicorn shut down: the requests on those
+    connections have been parsed by then, and uvicorn answers them. A connection that has
+    answered a request before is not waited for: closing an idle keep-alive connection
+    is the race HTTP clients retry (RFC 9110, section 9.2.2), and a busy client whose
+    process did not run between its connect and its send (seen under load) needs the wait.
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -148,6 +152,11 @@ class Server(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        await asyncio.sleep(SHUTDOWN_GRACE)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        await asyncio.sleep(0.01)  # the requests already sent are read (one turn is not enough with asyncio's loop)
+        while loop.time() < deadline and any(not getattr(connection, "heard", True)
+                                             for connection in self.server_state.connections):
+            await asyncio.sleep(0.01)
         await super().shutdown(sockets)
 

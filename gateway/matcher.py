@@ -144,9 +144,13 @@ def compile_map(rules_map: Map) -> Compiled | None:
     Werkzeug keeps its rules in a way this module does not read."""
     rules_map.update()
     try:
-        domain = rules_map._matcher._root.static[""]
-    except (AttributeError, KeyError):
+        return _compile_map(rules_map)
+    except (AttributeError, KeyError, TypeError, ValueError):  # Werkzeug's internals have changed
         return None
+
+
+def _compile_map(rules_map: Map) -> Compiled | None:
+    domain = rules_map._matcher._root.static[""]
     if rules_map.host_matching or rules_map.merge_slashes or any(
             rule.strict_slashes or rule.websocket or rule.subdomain for rule in rules_map.iter_rules()):
         return None

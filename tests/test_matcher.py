@@ -228,3 +228,8 @@ def test_maps_it_does_not_read_are_werkzeugs() -> None:
     assert compile_map(Map(rules(), host_matching=True, **loose)) is None  # type: ignore[arg-type]
     assert compile_map(Map(rules(websocket=True), **loose)) is None  # type: ignore[arg-type]
     assert compile_map(Map(rules(subdomain="api"), **loose)) is None  # type: ignore[arg-type]
+    table = RouteTable([RouteSpec("/a/<int:id>", ("a",))])
+    rule = next(table.map.iter_rules())
+    del rule._parts  # a Werkzeug that keeps a rule's parts otherwise
+    assert compile_map(table.map) is None
+

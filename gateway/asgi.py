@@ -29,7 +29,7 @@ from gateway.config import Config
 from gateway.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.lifespan import Lifespans, serve_lifespan
 from gateway.logs import access
-from gateway.mounts import MountTable, load_table
+from gateway.mounts import MountTable
 from gateway.pipeline import Decision, Head, Pipeline
 from gateway.replies import BODY_TIMED_OUT, Reply
 from gateway.tracing import TRACE_HEADERS
@@ -365,11 +365,9 @@ def create_asgi_app(table: MountTable, config: Config | None = None, *, threads:
 def __getattr__(name: str) -> ASGIGateway:
     # Built on first access, like gateway.wsgi.application.
     if name == "application":
-        from gateway.logs import configure_logging_if_unset
+        from gateway.builder import build
 
-        config = Config.from_env()
-        configure_logging_if_unset(config.log_format, config.access_log)
-        app = create_asgi_app(load_table(config), config)
+        app: ASGIGateway = build(Config.from_env(), "asgi")
         globals()["application"] = app
         return app
     raise AttributeError(name)

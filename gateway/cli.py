@@ -5,6 +5,7 @@
     gateway serve [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]
                   [--reload] [--log-level LEVEL] [--mount /prefix=module:attr ...]
                   [--server uvicorn|granian]
+    gateway init [--force]
     gateway routes [--mount ...] [--config gateway.toml] [--explain PATH]
     gateway reload PID
     gateway diff [shadow.jsonl]
@@ -36,11 +37,19 @@ from typing import Any
 
 import click
 
-from gateway import __version__
-from gateway.config import DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, Config, configure_apps, production_problems
+from gateway import __version__, frameworks
+from gateway.builder import build, load_table
+from gateway.config import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_THREADS,
+    Config,
+    parse_hosts,
+    parse_proxies,
+    production_problems,
+)
 from gateway.logs import logging_config
 from gateway.metrics import prepare_directory as prepare_metrics_directory
-from gateway.mounts import MountError, MountSpec, MountTable, load_table
+from gateway.mounts import Mount, MountError, MountSpec, MountTable
 from gateway.server import (
     GRANIAN_MIN_BACKLOG,
     UVICORN_BACKLOG,
@@ -79,10 +88,28 @@ config_option = click.option(
 )
 
 
+#: ``gateway --traceback``: an error's whole traceback after its one line.
+_show_traceback = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gateway")
-def cli() -> None:
-    """Serve Flask at /flask and Django at /django from one process."""
+@click.option("--traceback", "traceback_", is_flag=True,
+              help="After an error's one line, print its whole traceback (an app that fails to import, ...).")
+def cli(traceback_: bool) -> None:
+    """Serve your Flask and Django apps from one process (the demo apps at /flask and /django
+    when gateway.toml names none)."""
+    global _show_traceback
+    _show_traceback = traceback_
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """With ``--traceback``: the traceback of what caused ``exc`` (``exc`` itself if nothing did)."""
+    if _show_traceback:
+        import traceback
+
+        cause = exc.__cause__ or exc
+        click.echo("".join(traceback.format_exception(cause)).rstrip(), err=True)
 
 
 def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
@@ -216,10 +243,11 @@ def serve(
     for prefix in stream_bodies:
         if not prefix.startswith("/") or prefix == "/":
             raise click.BadParameter(f'"{prefix}" is not a mount prefix, e.g. /uploads.', param_hint="--stream-body")
-    hosts = _from_option("--allowed-hosts", "GATEWAY_ALLOWED_HOSTS", allowed_hosts).allowed_hosts \
-        if allowed_hosts is not None else None
-    proxies = _from_option("--trusted-proxies", "GATEWAY_TRUSTED_PROXIES", trusted_proxies).trusted_proxies \
-        if trusted_proxies is not None else None
+    hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else None
+    try:
+        proxies = parse_proxies(trusted_proxies, "--trusted-proxies") if trusted_proxies is not None else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
                      drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
                      body_timeout=body_timeout,
@@ -296,9 +324,7 @@ def serve(
         if server == "uvicorn" and workers == 1 and not reload and limit_max_requests is None:
             # One process serves: import the apps here, once, and hand uvicorn the app.
             table = prepare(config, **banner)
-            from gateway.asgi import create_asgi_app
-
-            app = create_asgi_app(table, config)
+            app = build(config, "asgi", table=table)
             run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
                         keep_alive=keep_alive, log_config=log_config, sock=sock, server_options=options)
             return
@@ -308,7 +334,8 @@ def serve(
         # which replaces it when it has served its requests.)
         if server == "granian" and uds is None:
             banner["bound"] = False
-        child = multiprocessing.get_context("spawn").Process(target=prepare_in_child, args=(config,), kwargs=banner)
+        child = multiprocessing.get_context("spawn").Process(target=prepare_in_child, args=(config,),
+                                                             kwargs={**banner, "show_traceback": _show_traceback})
         child.start()
         child.join()
         if child.exitcode:
@@ -323,15 +350,6 @@ def serve(
         if uds is not None and sock is not None:
             with contextlib.suppress(OSError):
                 os.unlink(uds)  # as uvicorn removes its socket file on the way out
-
-
-def _from_option(option: str, variable: str, value: str) -> Config:
-    """Read an option's value exactly as :meth:`Config.from_env` reads its variable; an
-    error names the option."""
-    try:
-        return Config.from_env({variable: value})
-    except ValueError as exc:
-        raise click.UsageError(str(exc).replace(variable, option, 1)) from None
 
 
 def _root_path(value: str) -> str:
@@ -393,13 +411,16 @@ def _where(host: str, port: int, *, sock: socket.socket | None, uds: str | None,
     return f"{scheme}://{shown}:{port}", port, None
 
 
-def prepare_in_child(config: Config, **options: Any) -> None:
+def prepare_in_child(config: Config, *, show_traceback: bool = False, **options: Any) -> None:
     """Run :func:`prepare` in a child process; errors end it with one line and status 1."""
+    global _show_traceback
+    _show_traceback = show_traceback
     try:
         prepare(config, **options)
     except (click.ClickException, ServerError, ValueError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"gateway: error: {message}", err=True)
+        _print_traceback(exc)
         sys.exit(1)
 
 
@@ -409,7 +430,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
     already), print the banner: the URLs under ``base`` (default ``http://host:port``),
     served on the Unix socket ``listening`` if given."""
     table = _load(config)
-    migrate_embedded_database()
+    migrate_embedded_database(config)
     if not bound:
         check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
@@ -420,6 +441,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
     if root_path:
         title += f", under root path {root_path}"
     database = describe_database()
+    rules, hidden = table.route_table, table.hidden()
     if config.log_format == "json":  # one object, as every other line of the log
         from gateway.logs import JSONFormatter
 
@@ -431,6 +453,9 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
             **({"tracing": describe_tracing()} if config.tracing else {}),
             "mounts": {"/": {"url": f"{base}/", "framework": "index"},
                        **{m.prefix: {"url": f"{base}{m.prefix}/", "framework": m.framework} for m in table}},
+            **({"rules": {spec.rule: spec.apps[0] for spec in rules.specs.values()},
+                "migration_page": f"{base}/_gateway/"} if rules else {}),
+            **({"hidden": hidden} if hidden else {}),
         })), err=True)
         return table
     lines = [
@@ -438,11 +463,20 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
         f"  database  {database}",
         f"  /         {base}/  (index)",
         *(f"  {m.prefix:<9} {base}{m.prefix}/  ({m.framework})" for m in table),
+        *(f"  rule      {spec.rule}  ({', '.join(spec.apps)})" for spec in (rules.specs.values() if rules else ())),
+        *([f"  /_gateway/ {base}/_gateway/  (migration page: loopback and trusted proxies)"] if rules else []),
         *([f"  metrics   {base}/metrics  (loopback and trusted proxies)"] if config.metrics else []),
         *([f"  tracing   {describe_tracing()}"] if config.tracing else []),
+        *(f"  warning   {hides(rule, table.mounts[prefix])}" for prefix, rule in hidden.items()),
     ]
     click.echo("\n".join(lines), err=True)
     return table
+
+
+def hides(rule: str, mount: Mount) -> str:
+    """Say that ``rule`` takes paths of ``mount`` from it."""
+    return (f"the rule {rule} hides the mount {mount.prefix} ({mount.target}): rules are matched first, so "
+            f"paths under {mount.prefix}/ that it matches go to the rule's app.")
 
 
 @cli.command()
@@ -480,6 +514,30 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
     for mount in table:
         click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
     click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
+    for prefix, rule in table.hidden().items():
+        click.echo(f"warning: {hides(rule, table.mounts[prefix])}")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite a gateway.toml that is there already.")
+def init(force: bool) -> None:
+    """Write a gateway.toml that mounts the Flask app and the Django project of this folder."""
+    from gateway.scaffold import FILE_NAME, find_django, find_flask, gateway_toml
+
+    folder = Path.cwd()
+    target = folder / FILE_NAME
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists already: edit it, or add --force to write a new one.")
+    found = [*find_flask(folder), *find_django(folder)]
+    if not found:
+        raise click.ClickException(
+            f"found no Flask app (a module with app = Flask(...) or create_app()) and no Django project "
+            f"(manage.py) in {folder} or the folders just below it: run gateway init where they are.")
+    target.write_text(gateway_toml(folder, found), encoding="utf-8")
+    click.echo(f"gateway: wrote {target}:")
+    for app in found:
+        click.echo(f"  /{app.name:<12} {app.framework:<7} {app.target}  (from {app.source})")
+    click.echo("Then: gateway serve")
 
 
 @cli.command()
@@ -637,25 +695,41 @@ def _load(config: Config, *, strict: bool = True) -> MountTable:
     try:
         return load_table(config, strict=strict)
     except (MountError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(str(exc)) from exc
 
 
 def _manage(args: list[str]) -> None:
-    configure_apps(Config.from_env())
+    config = _config(None)
+    try:
+        frameworks.set_up(config)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if "DJANGO_SETTINGS_MODULE" not in os.environ:
+        raise click.ClickException(
+            "no Django project is configured: name its settings in gateway.toml "
+            '([apps] mysite = { app = "mysite.wsgi:application", settings = "mysite.settings" }), '
+            "or set DJANGO_SETTINGS_MODULE.")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(["gateway manage", *args])
 
 
-def migrate_embedded_database() -> None:
-    """Apply migrations when Django runs on the embedded SQLite default.
+def migrate_embedded_database(config: Config) -> None:
+    """Apply migrations when Django runs on the embedded SQLite database, in the data directory.
 
-    Any other database (``DATABASE_URL``) is migrated explicitly with ``gateway
-    migrate``, so that several workers or instances never race to do it.
+    Any other database (``DATABASE_URL``, your own project's) is migrated explicitly with
+    ``gateway migrate``, as ``manage.py migrate`` would, so that several workers or
+    instances never race to do it, and a project's database changes only when asked.
     """
     from django.apps import apps
 
     if not apps.ready or os.environ.get("DATABASE_URL"):
+        return
+    from django.conf import settings
+
+    database = settings.DATABASES.get("default", {})
+    if database.get("ENGINE") != "django.db.backends.sqlite3" or not sqlite_file(
+            database.get("NAME", "")).resolve().is_relative_to(config.data_dir):
         return
     from django.core.management import call_command
     from django.db import connections
@@ -685,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     except (click.ClickException, ServerError, ValueError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         click.echo(f"gateway: error: {message}", err=True)
+        _print_traceback(exc)
         sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(130)

@@ -34,7 +34,7 @@ environment already says.
                           comma-separated prefixes (default none: bodies are read
                           whole first)
 ``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
-                          (:mod:`gateway.routes`)
+                          (:mod:`gateway.routes`; default ``./gateway.toml`` if it exists)
 ``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.signin`)
 ``GATEWAY_METRICS``       ``1``: answer ``/metrics`` (Prometheus) to loopback and the
                           trusted proxies (:mod:`gateway.metrics`; default off)
@@ -124,7 +124,7 @@ class Config:
             mounts=tuple(environ.get("GATEWAY_MOUNTS", "").split()),
             threads=_positive_int(environ, "GATEWAY_THREADS", DEFAULT_THREADS),
             data_dir=Path(environ.get("GATEWAY_DATA_DIR", "var")).resolve(),
-            allowed_hosts=tuple(_split(environ.get("GATEWAY_ALLOWED_HOSTS"))) or DEFAULT_HOSTS,
+            allowed_hosts=parse_hosts(environ.get("GATEWAY_ALLOWED_HOSTS")),
             max_body_size=parse_size(
                 environ.get("GATEWAY_MAX_BODY_SIZE", str(DEFAULT_MAX_BODY_SIZE)), "GATEWAY_MAX_BODY_SIZE"
             ),
@@ -132,7 +132,7 @@ class Config:
             max_header_size=parse_size(
                 environ.get("GATEWAY_MAX_HEADER_SIZE", str(DEFAULT_MAX_HEADER_SIZE)), "GATEWAY_MAX_HEADER_SIZE"
             ),
-            trusted_proxies=tuple(_network(n) for n in _split(environ.get("GATEWAY_TRUSTED_PROXIES"))),
+            trusted_proxies=parse_proxies(environ.get("GATEWAY_TRUSTED_PROXIES")),
             https=_strict_flag(environ, "GATEWAY_HTTPS", False),
             log_format=log_format,
             access_log=_strict_flag(environ, "GATEWAY_ACCESS_LOG", True),
@@ -147,7 +147,7 @@ class Config:
             metrics=_strict_flag(environ, "GATEWAY_METRICS", False),
             tracing=_strict_flag(environ, "GATEWAY_TRACING", False),
             migration_dir=_migration_dir(environ.get("GATEWAY_MIGRATION_DIR", "")),
-        ).with_file(Path(environ["GATEWAY_CONFIG"]) if environ.get("GATEWAY_CONFIG", "").strip() else None)
+        ).with_file(config_path(environ))
 
     def with_file(self, path: Path | None) -> Config:
         """This configuration with the ``gateway.toml`` at ``path`` read in (None: none)."""
@@ -186,6 +186,18 @@ class Config:
     def body_limit(self, prefix: str) -> int:
         """Return the request body limit for the mount at ``prefix``."""
         return self.max_body_sizes.get(prefix, self.max_body_size)
+
+
+#: The gateway.toml read when neither ``--config`` nor ``GATEWAY_CONFIG`` names one.
+DEFAULT_CONFIG_FILE = "gateway.toml"
+
+
+def config_path(environ: Mapping[str, str]) -> Path | None:
+    """The ``gateway.toml`` to read: ``GATEWAY_CONFIG``'s, else ``./gateway.toml`` if there is one."""
+    if named := environ.get("GATEWAY_CONFIG", "").strip():
+        return Path(named)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
 
 
 def configure_apps(config: Config, environ: MutableMapping[str, str] = os.environ, *, strict: bool = True) -> None:
@@ -363,13 +375,21 @@ def _sizes(text: str) -> dict[str, int]:
     return sizes
 
 
-def _network(text: str) -> Network:
+def parse_hosts(text: str | None) -> tuple[str, ...]:
+    """Host names, comma-separated; none given: the loopback names."""
+    return tuple(_split(text)) or DEFAULT_HOSTS
+
+
+def parse_proxies(text: str | None, name: str = "GATEWAY_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """Addresses or networks, comma-separated; an error names the setting as ``name``."""
+    return tuple(_network(item, name) for item in _split(text))
+
+
+def _network(text: str, name: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(
-            f'GATEWAY_TRUSTED_PROXIES item "{text}" must be an IP address or network, e.g. 10.0.0.0/8.'
-        ) from None
+        raise ValueError(f'{name} item "{text}" must be an IP address or network, e.g. 10.0.0.0/8.') from None
 
 
 _TRUE = {"1", "true", "yes", "on"}

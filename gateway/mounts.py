@@ -20,20 +20,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.config import Config, configure_apps
 from gateway.routes import Fallback, RouteSpec, RouteTable
 from gateway.shadow import DEFAULT_CPU, ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
 
+#: What ``MountTable.from_specs`` mounts unless told not to: the demo apps.
 DEFAULT_MOUNTS = (
     "/flask=flask_hello:app",
     "/django=django_hello.wsgi:application",
 )
 
 PREFIX_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)*")
-_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_FORM = '"/prefix=package.module:attribute" (optionally followed by "@wsgi" or "@asgi")'
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(?:\(\))?")
+_FORM = ('"/prefix=package.module:attribute" (or "package.module:factory()"; optionally followed by "@wsgi" '
+         'or "@asgi")')
 
 
 class MountError(ValueError):
@@ -155,6 +156,22 @@ class MountTable:
     def __len__(self) -> int:
         return len(self.mounts)
 
+    def hidden(self) -> dict[str, str]:
+        """Each prefix mount whose paths a route rule answers first, with that rule:
+        ``{"/flask": "/<path:rest>"}``. Rules are matched before mounts, so a catch-all, or
+        any rule over a mount's paths, takes them from the mount."""
+        rules = self.route_table
+        if not rules:
+            return {}
+        hidden = {}
+        for prefix in self.mounts:
+            for path in (prefix, prefix + "/", prefix + "/index.html", prefix + "/a/b"):
+                key = next(filter(None, (rules.match(path, method).key for method in ("GET", "POST"))), None)
+                if key is not None:
+                    hidden[prefix] = rules.specs[key].rule
+                    break
+        return hidden
+
     def match(self, path: str) -> tuple[Mount | None, str, str]:
         """Split ``path`` into ``(mount, script_name, path_info)``.
 
@@ -175,39 +192,45 @@ class MountTable:
         return None, "", path
 
 
-def load_table(config: Config, *, strict: bool = True) -> MountTable:
-    """Configure the frameworks from ``config``, then import and mount the apps.
-
-    ``strict=False``: start even with production's problems (``gateway check`` lists them).
-    """
-    configure_apps(config, strict=strict)
-    table = MountTable.from_specs((*config.file.mounts, *config.mounts), routes=config.file.routes,
-                                  apps=config.file.apps, shadow_log=config.data_dir / "shadow.jsonl",
-                                  shadow_cpu=config.file.shadow_cpu, shared_dir=config.migration_dir)
-    if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
-        raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
-                         f"prefix here: use one of {', '.join(table.mounts)}.")
-    return table
-
-
 def import_app(target: str) -> Any:
-    """Import ``package.module:attribute`` and return the attribute."""
+    """Import ``package.module:attribute`` and return the attribute; ``module:factory()``
+    calls the factory with no arguments and returns what it returns (gunicorn's form).
+
+    Whatever goes wrong is one :class:`MountError` naming the module, the exception's type
+    and its message; the exception itself is its ``__cause__`` (``gateway --traceback``).
+    """
     module_name, _, attr = target.partition(":")
+    factory = attr.endswith("()")
+    attr = attr.removesuffix("()")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise MountError(f'Could not import module "{module_name}" (from "{target}").') from None
-        raise MountError(f'Importing "{module_name}" (from "{target}") failed: {exc}.') from exc
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise MountError(f'Could not import module "{module_name}" (from "{target}"): is the folder that '
+                             "holds it the current directory, or the gateway.toml's?") from exc
+        raise MountError(_failed(f'Importing "{module_name}" (from "{target}")', exc)) from exc
+    except Exception as exc:  # the module's own code raised: one line, whatever it raised
+        raise MountError(_failed(f'Importing "{module_name}" (from "{target}")', exc)) from exc
     app: Any = module
     try:
         for part in attr.split("."):
             app = getattr(app, part)
     except AttributeError:
         raise MountError(f'Attribute "{attr}" not found in module "{module_name}".') from None
+    if factory:
+        try:
+            app = app()
+        except Exception as exc:
+            raise MountError(_failed(f'Calling "{module_name}:{attr}()"', exc)) from exc
     if not callable(app):
         raise MountError(f'"{target}" is not a WSGI or ASGI application: it is not callable.')
     return app
+
+
+def _failed(what: str, exc: BaseException) -> str:
+    """One line: ``what`` failed, with the exception's type and the first line of its message."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
+    return f"{what} failed: {type(exc).__name__}: {message.rstrip('.')}."
 
 
 def detect_interface(app: Any) -> Interface:
@@ -219,7 +242,7 @@ def detect_interface(app: Any) -> Interface:
 
 def describe_framework(app: Any, interface: Interface) -> str:
     """Name the framework behind ``app`` from its class's top-level package."""
-    package = type(app).__module__.partition(".")[0]
+    package = type(inspect.unwrap(app)).__module__.partition(".")[0]
     names = {"flask": "Flask", "django": "Django", "starlette": "Starlette", "fastapi": "FastAPI"}
     if package in names:
         try:

@@ -38,8 +38,9 @@ footer {{ color: #777; font-size: .85rem; margin-top: 2rem; }}
 class Pages:
     """The gateway's own pages, for every path no mount claims: the index at ``/``, else a 404."""
 
-    def __init__(self, table: MountTable) -> None:
+    def __init__(self, table: MountTable, *, metrics: bool = False) -> None:
         self.table = table
+        self.metrics = metrics
 
     def reply(self, method: str, path: str, root: str) -> Reply:
         """Answer ``method`` on ``path``, linking the mounts under ``root``."""
@@ -58,17 +59,38 @@ class Pages:
         return Reply(status, headers, b"" if method == "HEAD" else data, "no_mount" if status == 404 else "")
 
     def index(self, script_name: str) -> str:
-        """Render the list of mounts, with links under ``script_name``."""
+        """Render what this gateway serves: its mounts, its route rules and its own pages,
+        with links under ``script_name``."""
+        hidden = self.table.hidden()
         items = "\n".join(
             f'<li><a href="{escape(script_name + m.prefix)}/">{escape(m.prefix)}/</a>'
-            f"<span>{escape(m.framework)} &middot; {m.interface.upper()}</span></li>"
+            f"<span>{escape(m.framework)} &middot; {m.interface.upper()}"
+            + (f" &middot; hidden in part by the rule <code>{escape(hidden[m.prefix])}</code>"
+               if m.prefix in hidden else "")
+            + "</span></li>"
             for m in self.table
-        )
+        ) or "<li>No prefix mounts.</li>"
         body = (
             "<h1>Flask and Django, one process</h1>\n"
             '<p class="lead">This gateway serves each app below under its own path prefix.</p>\n'
             f'<ul class="mounts">\n{items}\n</ul>'
         )
+        rules = self.table.route_table
+        if rules:
+            names = {m.prefix: m.target for m in self.table.routes.values()}
+            listed = "\n".join(f"<li><code>{escape(spec.rule)}</code><span>{escape(names.get(spec.key, ''))}"
+                                "</span></li>" for spec in rules.specs.values())
+            body += ("\n<h2>Route rules</h2>\n<p>These paths of the root URL space go to the apps named, "
+                     "before the prefix mounts.</p>\n"
+                     f'<ul class="mounts">\n{listed}\n</ul>')
+        own = [("/healthz", "liveness"), ("/readyz", "readiness")]
+        if rules:
+            own.append(("/_gateway/", "the migration page (loopback and trusted proxies)"))
+        if self.metrics:
+            own.append(("/metrics", "Prometheus metrics (loopback and trusted proxies)"))
+        pages = "\n".join(f'<li><a href="{escape(script_name + path)}">{escape(path)}</a><span>{escape(what)}'
+                           "</span></li>" for path, what in own)
+        body += f'\n<h2>The gateway\'s own pages</h2>\n<ul class="mounts">\n{pages}\n</ul>'
         return _PAGE.format(title="Gateway", body=body, version=__version__)
 
     def not_found(self, script_name: str) -> str:

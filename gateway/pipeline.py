@@ -381,7 +381,8 @@ class Pipeline:
         django = frozenset(m.prefix for m in table.all() if is_django(m.app))
         wants = bool(table.route_table) and any(
             spec.canary is not None for spec in table.route_table.specs.values())  # type: ignore[union-attr]
-        self.table, self.pages, self.limits, self.django = table, Pages(table), limits, django
+        self.table, self.limits, self.django = table, limits, django
+        self.pages = Pages(table, metrics=self.metrics is not None)
         if table.route_table and self.metrics is not None:
             table.route_table.listen(self.metrics.route_event)
         if table.route_table and table.route_table.board is not None:

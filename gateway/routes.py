@@ -63,6 +63,7 @@ from gateway.shadow import DEFAULT_CPU, Shadower
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Rule keys are told from mount prefixes by this mark (both key the adapters' tables).
 RULE_MARK = "~"
@@ -112,6 +113,10 @@ class GatewayFile:
     routes: tuple[RouteSpec, ...] = ()
     #: The share of one core shadow comparisons may use, per process (``[shadow] cpu``, 0-1).
     shadow_cpu: float = DEFAULT_CPU
+    #: The Django settings module an app of ``[apps]`` names (``settings = "mysite.settings"``).
+    django_settings: str | None = None
+    #: Folders the apps' modules are imported from (``path = "mysite"``), relative to the file.
+    paths: tuple[str, ...] = ()
 
 
 def read_gateway_file(path: Path) -> GatewayFile:
@@ -136,14 +141,7 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         raise ConfigFileError(f"{name}, line {_line_of(lines, key)}: unknown table or key {key!r}; "
                               "use [apps], [mounts], [shadow] and [[route]].")
     shadow_cpu = _shadow_cpu(data.get("shadow", {}), f"{name}, line {_line_of(lines, 'shadow')}")
-    apps = data.get("apps", {})
-    if not isinstance(apps, dict):
-        raise ConfigFileError(f"{name}, line {_line_of(lines, 'apps')}: apps must be a table of "
-                              'name = "module:attr".')
-    for app_name, target in apps.items():
-        if not _NAME.fullmatch(app_name) or not isinstance(target, str):
-            raise ConfigFileError(f'{name}, line {_line_of(lines, app_name)}: app {app_name!r} must be '
-                                  'name = "package.module:attribute".')
+    apps, django_settings, paths = _apps(data.get("apps", {}), name, lines)
     mounts = data.get("mounts", {})
     if not isinstance(mounts, dict) or not all(isinstance(t, str) for t in mounts.values()):
         raise ConfigFileError(f"{name}, line {_line_of(lines, 'mounts')}: mounts must be a table of "
@@ -193,7 +191,47 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
         seen[spec.key] = line
         specs.append(spec)
-    return GatewayFile({k: str(v) for k, v in apps.items()}, mount_specs, tuple(specs), shadow_cpu)
+    return GatewayFile(apps, mount_specs, tuple(specs), shadow_cpu, django_settings, paths)
+
+
+_APP_FORM = ('name = "package.module:attribute", or name = { app = "package.module:attribute", '
+             'settings = "project.settings", path = "folder" } (settings: a Django project\'s; path: the folder '
+             "that holds the module, relative to this file)")
+
+
+def _apps(value: Any, name: str, lines: list[str]) -> tuple[dict[str, str], str | None, tuple[str, ...]]:
+    """Check ``[apps]``: each name's ``module:attr``, the one Django settings module they
+    name, and the folders their modules are imported from."""
+    if not isinstance(value, dict):
+        raise ConfigFileError(f"{name}, line {_line_of(lines, 'apps')}: apps must be a table of {_APP_FORM}.")
+    apps: dict[str, str] = {}
+    paths: list[str] = []
+    settings: tuple[str, str] | None = None  # (the module, the app that names it)
+    for app_name, entry in value.items():
+        where = f"{name}, line {_line_of(lines, app_name)}"
+        folder = None
+        if isinstance(entry, dict) and not set(entry) - {"app", "settings", "path"}:
+            target, named, folder = entry.get("app"), entry.get("settings"), entry.get("path")
+        else:
+            target, named = entry, None
+        if not _NAME.fullmatch(app_name) or not isinstance(target, str):
+            raise ConfigFileError(f"{where}: app {app_name!r} must be {_APP_FORM}.")
+        if folder is not None:
+            if not isinstance(folder, str) or not folder or "\0" in folder:
+                raise ConfigFileError(f'{where}: path must be a folder, relative to this file, e.g. path = "mysite".')
+            paths.append(folder)
+        if named is not None:
+            if not isinstance(named, str) or not _MODULE.fullmatch(named):
+                raise ConfigFileError(f'{where}: settings must name a Django settings module, e.g. '
+                                      f'settings = "mysite.settings" (got {named!r}).')
+            if settings is not None and settings[0] != named:
+                raise ConfigFileError(
+                    f"{where}: app {app_name!r} names the Django settings {named}, and app {settings[1]!r} "
+                    f"names {settings[0]}; Django reads one settings module per process: serve one Django "
+                    "project per gateway (its apps can share it), or run a gateway for each.")
+            settings = (named, app_name)
+        apps[app_name] = target
+    return apps, settings[0] if settings else None, tuple(dict.fromkeys(paths))
 
 
 def _shadow_cpu(value: Any, where: str) -> float:

@@ -319,16 +319,14 @@ class WorkerConfig(TimedConfig):
 
     def load(self) -> None:
         if isinstance(self.app, str):
-            from gateway.asgi import create_asgi_app
-            from gateway.logs import configure_logging_if_unset
-            from gateway.mounts import MountError, load_table
+            from gateway.builder import build
+            from gateway.mounts import MountError
 
-            configure_logging_if_unset(self.gateway.log_format, self.gateway.access_log)
             try:
                 # SIGHUP restarts the workers (uvicorn's supervisor): each new one reads the
                 # gateway.toml again; one that cannot start leaves the old worker serving.
                 gateway = self.gateway.with_file(self.gateway.config_file) if self.gateway.config_file else self.gateway
-                self.app = create_asgi_app(load_table(gateway), gateway)
+                self.app = build(gateway, "asgi")
             except Exception as exc:
                 # One line, and the exit code that makes uvicorn's supervisor stop
                 # instead of starting this worker again (and again).
@@ -346,10 +344,11 @@ def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET, *, root_path: s
     front strips it) and the gateway is told it as ``SCRIPT_NAME``. (Granian's own
     ``url_path_prefix`` means the opposite: it cuts that many characters off every path.)
     """
-    from gateway.mounts import load_table
-    from gateway.wsgi import create_wsgi_app
+    from gateway.builder import build
 
-    app = create_wsgi_app(load_table(config), config)
+    # Each worker reads the gateway.toml afresh, as uvicorn's do: a restart takes its changes.
+    config = config.with_file(config.config_file) if config.config_file else config
+    app = build(config, "wsgi")
     if not root_path:
         return app
 

@@ -21,7 +21,7 @@ from typing import Any
 from gateway.boundary import WSGIBoundary, wsgi_reply
 from gateway.config import Config
 from gateway.health import ReadinessProbe
-from gateway.mounts import Mount, MountTable, load_table
+from gateway.mounts import Mount, MountTable
 from gateway.pipeline import Decision, Head, Pipeline
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -170,11 +170,9 @@ def __getattr__(name: str) -> WSGIApp:
     # Built on first access, so that importing this module (for create_wsgi_app, in
     # tests or the CLI) does not import every app.
     if name == "application":
-        from gateway.logs import configure_logging_if_unset
+        from gateway.builder import build
 
-        config = Config.from_env()
-        configure_logging_if_unset(config.log_format, config.access_log)
-        app = create_wsgi_app(load_table(config), config)
+        app: WSGIApp = build(Config.from_env(), "wsgi")
         globals()["application"] = app
         return app
     raise AttributeError(name)

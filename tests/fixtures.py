@@ -111,7 +111,7 @@ def table():  # type: ignore[no-untyped-def]
     from django.core.management import call_command
 
     from gateway.config import Config
-    from gateway.wsgi import load_table
+    from gateway.builder import load_table
 
     loaded = load_table(Config.from_env())
     call_command("migrate", interactive=False, verbosity=0)

@@ -97,7 +97,7 @@ def test_serve_prints_a_banner(start_gateway) -> None:  # type: ignore[no-untype
 
 def test_banner_never_shows_a_database_password(start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = subprocess.run(
-        [sys.executable, "-c", "import django, gateway.cli as c, gateway.config as g, gateway.wsgi as w;"
+        [sys.executable, "-c", "import django, gateway.cli as c, gateway.config as g, gateway.builder as w;"
          "w.load_table(g.Config.from_env()); print(c.describe_database())"],
         cwd=ROOT, env=server_env(tmp_path, DATABASE_URL="postgres://app:s3cret-pw@db.example:5433/appdb"),
         capture_output=True, text=True, timeout=60,

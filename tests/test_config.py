@@ -216,7 +216,8 @@ def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path,
 
 
 def test_a_streaming_mount_that_is_not_mounted_is_refused(tmp_path: Path) -> None:
-    from gateway.mounts import MountError, load_table
+    from gateway.builder import load_table
+    from gateway.mounts import MountError
 
     config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_STREAM_BODIES": "/uplods"})
     with pytest.raises(MountError, match=r"names /uplods, which is not a mount prefix here: use one of /flask, "

@@ -267,7 +267,8 @@ def test_app_limits_agree_with_the_gateway(tmp_path: Path, env: dict[str, str], 
     code = (
         "import json\n"
         "from gateway.config import Config\n"
-        "from gateway.wsgi import create_wsgi_app, load_table\n"
+        "from gateway.builder import load_table\n"
+        "from gateway.wsgi import create_wsgi_app\n"
         "create_wsgi_app(load_table(Config.from_env()))\n"
         "import flask_hello\n"
         "from django.conf import settings\n"

@@ -6,15 +6,12 @@
 #   examples/migration/run.sh diff                  summarise the shadow comparisons
 #
 # It sets what the example needs, and any other command of the gateway works the same way:
-#   PYTHONPATH              this directory first: legacy_shop, newshop and catalogue
-#   DJANGO_SETTINGS_MODULE  newshop.settings (django_hello's settings with the port added)
-#   GATEWAY_CONFIG          this directory's gateway.toml
+#   GATEWAY_CONFIG          this directory's gateway.toml (which names the apps, where they
+#                           are, and the Django settings, newshop.settings)
 #   GATEWAY_DATA_DIR        var/migration-example in the repository, unless already set
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-export DJANGO_SETTINGS_MODULE=newshop.settings
 export GATEWAY_CONFIG="$here/gateway.toml"
 export GATEWAY_DATA_DIR="${GATEWAY_DATA_DIR:-$root/var/migration-example}"
 gateway="$root/.venv/bin/gateway"

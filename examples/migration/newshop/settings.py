@@ -5,7 +5,7 @@ serves every Django app of the process from that one configuration: its own
 ``/django`` mount (django_hello's admin and pages) and the port's pages in the shared
 URL space. So the port is added to the existing project, as a new Django app usually
 is, and nothing else changes: same database, same secret key, same middleware.
-``run.sh`` sets ``DJANGO_SETTINGS_MODULE=newshop.settings``.
+``gateway.toml`` names them (``settings = "newshop.settings"``), and the gateway sets them.
 """
 
 from django_hello.settings import *  # noqa: F403

@@ -19,10 +19,11 @@ body {{ font-family: system-ui, sans-serif; margin: 3rem auto; max-width: 42rem;
        padding: 0 1rem; color: #222; line-height: 1.5; }}
 h1 {{ font-size: 1.6rem; margin-bottom: .25rem; }}
 p.lead {{ color: #555; margin-top: 0; }}
-ul.mounts {{ list-style: none; padding: 0; }}
-ul.mounts li {{ border: 1px solid #ddd; border-radius: 8px; padding: .75rem 1rem;
+ul.mounts, ul.links {{ list-style: none; padding: 0; }}
+ul.mounts li, ul.links li {{ border: 1px solid #ddd; border-radius: 8px; padding: .75rem 1rem;
                margin: .5rem 0; display: flex; justify-content: space-between; gap: 1rem; }}
-ul.mounts a {{ font-weight: 600; font-size: 1.1rem; }}
+ul.mounts a, ul.links a {{ font-weight: 600; font-size: 1.1rem; }}
+h2 {{ font-size: 1.2rem; margin-top: 2rem; }}
 code {{ background: #f4f4f4; padding: .1rem .3rem; border-radius: 4px; }}
 footer {{ color: #777; font-size: .85rem; margin-top: 2rem; }}
 </style>
@@ -82,7 +83,7 @@ class Pages:
                                 "</span></li>" for spec in rules.specs.values())
             body += ("\n<h2>Route rules</h2>\n<p>These paths of the root URL space go to the apps named, "
                      "before the prefix mounts.</p>\n"
-                     f'<ul class="mounts">\n{listed}\n</ul>')
+                     f'<ul class="links">\n{listed}\n</ul>')
         own = [("/healthz", "liveness"), ("/readyz", "readiness")]
         if rules:
             own.append(("/_gateway/", "the migration page (loopback and trusted proxies)"))
@@ -90,7 +91,7 @@ class Pages:
             own.append(("/metrics", "Prometheus metrics (loopback and trusted proxies)"))
         pages = "\n".join(f'<li><a href="{escape(script_name + path)}">{escape(path)}</a><span>{escape(what)}'
                            "</span></li>" for path, what in own)
-        body += f'\n<h2>The gateway\'s own pages</h2>\n<ul class="mounts">\n{pages}\n</ul>'
+        body += f'\n<h2>The gateway\'s own pages</h2>\n<ul class="links">\n{pages}\n</ul>'
         return _PAGE.format(title="Gateway", body=body, version=__version__)
 
     def not_found(self, script_name: str) -> str:

@@ -110,8 +110,8 @@ def table():  # type: ignore[no-untyped-def]
     """The default mount table, loaded in this process, on a migrated database."""
     from django.core.management import call_command
 
-    from gateway.config import Config
     from gateway.builder import load_table
+    from gateway.config import Config
 
     loaded = load_table(Config.from_env())
     call_command("migrate", interactive=False, verbosity=0)

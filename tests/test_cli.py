@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.support import ROOT, server_env
+from tests.support import DEMO_MOUNTS, ROOT, server_env
 
 pytestmark = pytest.mark.server
 
@@ -23,7 +23,7 @@ def gateway(*args: str, tmp_path) -> subprocess.CompletedProcess[str]:  # type: 
 
 
 def test_routes_prints_the_mount_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = gateway("routes", "--mount", "/third=tests.thirdapp:asgi_app", tmp_path=tmp_path)
+    result = gateway("routes", *DEMO_MOUNTS, "--mount", "/third=tests.thirdapp:asgi_app", tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert rows[0][:3] == ["/flask", "wsgi", "Flask"]

@@ -14,7 +14,7 @@ from gateway.asgi import create_asgi_app
 from gateway.config import Config
 from gateway.mounts import MountTable
 from gateway.wsgi import create_wsgi_app
-from tests.support import SyncASGIClient
+from tests.support import DEMO_MOUNTS, SyncASGIClient
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_security_headers_everywhere(table, path: str) -> None:  # type: ignore[
 
 @pytest.mark.server
 def test_json_logs_one_access_line_per_request_with_request_id(start_gateway) -> None:  # type: ignore[no-untyped-def]
-    server = start_gateway("--log-format", "json", "--mount", "/faults=tests.thirdapp.rid:flask_app")
+    server = start_gateway("--log-format", "json", *DEMO_MOUNTS, "--mount", "/faults=tests.thirdapp.rid:flask_app")
     httpx.get(server.url + "/flask/?name=x", headers={"X-Request-ID": "req-flask-1"})
     httpx.get(server.url + "/django/", headers={"X-Request-ID": "req-django-1"})
     httpx.get(server.url + "/faults/boom", headers={"X-Request-ID": "req-boom-1"})
@@ -170,7 +170,7 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored_by_a_real_server(start
 @pytest.mark.parametrize("args", [pytest.param(["--no-access-log"], id="flag"),
                                   pytest.param(["--log-level", "warning"], id="level")])
 def test_access_log_can_be_turned_off(start_gateway, args: list[str]) -> None:  # type: ignore[no-untyped-def]
-    server = start_gateway(*args, "--mount", "/faults=tests.thirdapp.rid:flask_app")
+    server = start_gateway(*args, *DEMO_MOUNTS, "--mount", "/faults=tests.thirdapp.rid:flask_app")
     assert httpx.get(server.url + "/flask/").status_code == 200
     assert httpx.get(server.url + "/faults/boom", headers={"X-Request-ID": "still-logged"}).status_code == 500
     log = server.wait_for("[still-logged] Exception on /boom")  # errors are still written

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
+from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.server
 
@@ -135,7 +135,8 @@ def serve(tmp_path: Path, data_dir: Path) -> Iterator[Callable[..., Served]]:
               tls: bool = False, pass_fds: tuple[int, ...] = (), base_url: str | None = None,
               mount: bool = True) -> Served:
         (tmp_path / "probe.py").write_text(PROBE)
-        command = [*GATEWAY, "serve", "--server", server, *(["--mount", "/p=probe:app"] if mount else []), *args]
+        command = [*GATEWAY, "serve", "--server", server, *([*DEMO_MOUNTS, "--mount", "/p=probe:app"] if mount else []),
+                   *args]
         if uds is None and base_url is None:
             port = free_port()
             command += ["--port", str(port)]
@@ -355,7 +356,7 @@ def test_env_file_configures_the_gateway_and_the_apps(serve, tmp_path, server: s
     env_file = tmp_path / "gateway.env"
     env_file.write_text(
         "# read before the configuration is built, as uvicorn's --env-file\n"
-        "GATEWAY_MOUNTS=/p=probe:app\n"  # the --mount option's variable, too
+        "GATEWAY_MOUNTS=/flask=flask_hello:app /django=django_hello.wsgi:application /p=probe:app\n"  # --mount's
         "GATEWAY_ALLOWED_HOSTS=a.test,b.test,127.0.0.1\n"
         "DJANGO_ALLOWED_HOSTS=a.test,127.0.0.1\n"  # Django's own, narrower: reaches Django as is
         "PROBE_FROM_FILE=file\n"

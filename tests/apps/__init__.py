@@ -1,6 +1,6 @@
 """Test-only apps for the hardening and fault tests: views that echo, block, fail and stream.
 
-They are mounted by the tests, never by the gateway's defaults:
+They are mounted by the tests, beside the demo apps, never by the gateway's defaults:
 
 - ``tests.apps.flaskfaults:app``: a Flask app, ``gateway serve --mount /faults=...``;
 - ``tests.apps.django_settings``: django_hello's settings with ``tests.apps.django_urls``
@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 
 #: ``gateway serve`` arguments and environment that bring in the test apps.
-SERVE_ARGS = ("--mount", "/faults=tests.apps.flaskfaults:app")
+SERVE_ARGS = ("--mount", "/flask=flask_hello:app", "--mount", "/django=django_hello.wsgi:application",
+              "--mount", "/faults=tests.apps.flaskfaults:app")
 DJANGO_SETTINGS = "tests.apps.django_settings"
 
 _lock = threading.Lock()

@@ -1,0 +1,392 @@
+"""Your apps first: a team's own Flask app and Django project, mounted from one gateway.toml.
+
+In process: the file's ``[apps]`` (settings, path), import errors in one line, factories,
+``gateway init``'s finding, the demo apps only when nothing is named, hidden mounts and
+the index. On real servers: a new user's folder (a Flask module, ``django-admin
+startproject``, ``gateway init``, ``gateway serve``), settings Django cannot run, and the
+README's route-rules example, run as written.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway import frameworks
+from gateway.config import Config
+from gateway.mounts import MountError, MountTable, import_app
+from gateway.pages import Pages
+from gateway.routes import ConfigFileError, RouteSpec, RouteTable, parse_gateway_file
+from gateway.scaffold import find_django, find_flask, gateway_toml
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
+
+HELLO = '''from flask import Flask, url_for
+
+app = Flask(__name__)
+
+
+@app.get("/")
+def index():
+    return f"Hello from your Flask app at {url_for('index')}"
+'''
+
+
+def startproject(folder: Path, *, here: bool = False) -> None:
+    """``django-admin startproject mysite`` in ``folder`` (``here``: ``mysite .``), Django's own command."""
+    from django.core.management import call_command
+
+    target = folder if here else folder / "mysite"
+    target.mkdir(exist_ok=True)
+    call_command("startproject", "mysite", str(target))
+
+
+# --- gateway.toml's [apps] -------------------------------------------------------------
+
+
+def test_an_app_names_its_django_settings_and_its_folder() -> None:
+    parsed = parse_gateway_file(
+        '[apps]\nshop = "shop:app"\n'
+        'mysite = { app = "mysite.wsgi:application", settings = "mysite.settings", path = "mysite" }\n'
+        '[mounts]\n"/mysite" = "mysite"\n')
+    assert parsed.apps == {"shop": "shop:app", "mysite": "mysite.wsgi:application"}
+    assert parsed.django_settings == "mysite.settings"
+    assert parsed.paths == ("mysite",)
+    assert parsed.mounts == ("/mysite=mysite.wsgi:application",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param('[apps]\na = { app = "a.wsgi:application", settings = "a.settings" }\n'
+                     'b = { app = "b.wsgi:application", settings = "b.settings" }\n',
+                     r"gateway\.toml, line 3: app 'b' names the Django settings b\.settings, and app 'a' names "
+                     r"a\.settings; Django reads one settings module per process", id="two-settings"),
+        pytest.param('[apps]\na = { app = "a.wsgi:application", settings = "a/settings.py" }\n',
+                     r"line 2: settings must name a Django settings module, e\.g\. settings = \"mysite\.settings\" "
+                     r"\(got 'a/settings\.py'\)", id="settings-a-file"),
+        pytest.param('[apps]\na = { app = "a.wsgi:application", path = 3 }\n',
+                     r"line 2: path must be a folder, relative to this file", id="path-a-number"),
+        pytest.param('[apps]\na = { app = "a:app", port = 3 }\n', r"line 2: app 'a' must be name = ",
+                     id="unknown-key"),
+        pytest.param('[apps]\na = { settings = "a.settings" }\n', r"line 2: app 'a' must be name = ", id="no-app"),
+    ],
+)
+def test_apps_that_cannot_work_are_refused_in_one_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError, match=message) as caught:
+        parse_gateway_file(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_two_apps_may_name_the_same_settings() -> None:
+    parsed = parse_gateway_file('[apps]\na = { app = "a.wsgi:application", settings = "site.settings" }\n'
+                                'b = { app = "b.wsgi:application", settings = "site.settings" }\n')
+    assert parsed.django_settings == "site.settings"
+
+
+@pytest.mark.parametrize(
+    ("config", "named", "demo"),
+    [
+        pytest.param(Config(), False, True, id="nothing-named"),
+        pytest.param(Config(mounts=("/api=myapi:app",)), True, False, id="a-mount"),
+        pytest.param(Config(file=parse_gateway_file('[apps]\nx = "x:app"\n')), True, False, id="an-app"),
+        pytest.param(Config(file=parse_gateway_file('[mounts]\n"/flask" = "flask_hello:app"\n')), True, True,
+                     id="a-demo-app-named"),
+        pytest.param(Config(mounts=("/x=django_hello.wsgi:application",)), True, True, id="the-demo-django-named"),
+    ],
+)
+def test_the_demo_apps_are_set_up_only_when_served(config: Config, named: bool, demo: bool) -> None:
+    assert frameworks.names_apps(config) is named
+    assert frameworks.serves_demo(config) is demo
+
+
+def test_a_gateway_toml_in_the_current_folder_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Config.from_env({}).config_file is None
+    (tmp_path / "gateway.toml").write_text('[apps]\nx = "x:app"\n[mounts]\n"/x" = "x"\n')
+    config = Config.from_env({})
+    assert config.config_file == tmp_path / "gateway.toml"
+    assert config.file.mounts == ("/x=x:app",)
+    other = tmp_path / "other.toml"
+    other.write_text("")
+    assert Config.from_env({"GATEWAY_CONFIG": str(other)}).config_file == other
+
+
+def test_other_settings_in_a_process_whose_django_runs_already_are_refused(table: MountTable) -> None:
+    config = Config(config_file=Path("gateway.toml"),
+                    file=parse_gateway_file('[apps]\nm = { app = "m.wsgi:application", settings = "m.settings" }\n'))
+    with pytest.raises(frameworks.SetupError, match=r"gateway\.toml names the Django settings m\.settings, but "
+                                                    r"Django is already set up in this process with "
+                                                    r"django_hello\.settings; Django reads one settings module"):
+        frameworks.set_up(config)
+
+
+# --- importing an app --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        pytest.param('raise RuntimeError("no database here\\nand a second line")',
+                     'Importing "probe_mod" (from "probe_mod:app") failed: RuntimeError: no database here.',
+                     id="runtime-error"),
+        pytest.param('raise ValueError("bad value.")',
+                     'Importing "probe_mod" (from "probe_mod:app") failed: ValueError: bad value.', id="value-error"),
+        pytest.param("import no_such_dependency_here",
+                     'Importing "probe_mod" (from "probe_mod:app") failed: ModuleNotFoundError: No module named '
+                     "'no_such_dependency_here'.", id="its-import-fails"),
+        pytest.param("def broken(:\n    pass", 'Importing "probe_mod" (from "probe_mod:app") failed: SyntaxError: ',
+                     id="syntax-error"),
+        pytest.param("raise SystemExit('bye')", None, id="system-exit-is-not-caught"),
+    ],
+)
+def test_an_app_that_fails_to_import_is_one_line_naming_the_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, message: str | None) -> None:
+    (tmp_path / "probe_mod.py").write_text(source + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "probe_mod", raising=False)
+    if message is None:
+        with pytest.raises(SystemExit):
+            import_app("probe_mod:app")
+        return
+    with pytest.raises(MountError) as caught:
+        import_app("probe_mod:app")
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    assert caught.value.__cause__ is not None  # what --traceback prints
+
+
+def test_a_factory_is_called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "factory_mod.py").write_text(
+        "from flask import Flask\n\ncalls = []\n\n"
+        "def create_app():\n    calls.append(1)\n    return Flask('factory_mod')\n\n"
+        "def broken():\n    raise KeyError('SECRET')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = import_app("factory_mod:create_app()")
+    assert type(app).__name__ == "Flask" and sys.modules["factory_mod"].calls == [1]
+    with pytest.raises(MountError, match=r"^Calling \"factory_mod:broken\(\)\" failed: KeyError: 'SECRET'\.$"):
+        import_app("factory_mod:broken()")
+    assert frameworks.targets(Config(mounts=("/f=factory_mod:create_app()",))) == ["factory_mod:create_app()"]
+
+
+# --- gateway init's finding ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "target"),
+    [
+        pytest.param({"hello.py": HELLO}, "hello:app", id="module-app"),
+        pytest.param({"site/__init__.py": "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n"},
+                     "site:create_app()", id="package-factory"),
+        pytest.param({"web.py": "import flask\nserver = flask.Flask(__name__)\n"}, "web:server", id="any-name"),
+        pytest.param({"both.py": "from flask import Flask\n\ndef create_app():\n    return Flask(__name__)\n\n"
+                                 "app = create_app()\n"}, "both:app", id="app-over-factory"),
+        pytest.param({"notflask.py": "app = object()\n"}, None, id="no-flask-import"),
+        pytest.param({"bad.py": "from flask import Flask\napp = (\n"}, None, id="syntax-error"),
+        pytest.param({"my-app.py": HELLO}, None, id="not-a-module-name"),
+        pytest.param({"manage.py": HELLO}, None, id="manage-py-is-skipped"),
+    ],
+)
+def test_init_finds_a_flask_app_without_importing_it(tmp_path: Path, files: dict[str, str],
+                                                     target: str | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert [found.target for found in find_flask(tmp_path)] == ([target] if target else [])
+
+
+@pytest.mark.parametrize("here", [pytest.param(False, id="one-folder-down"), pytest.param(True, id="with-the-dot")])
+def test_init_finds_a_startproject_and_writes_a_file_that_parses(tmp_path: Path, here: bool) -> None:
+    startproject(tmp_path, here=here)
+    (tmp_path / "hello.py").write_text(HELLO)
+    [django] = find_django(tmp_path)
+    assert (django.target, django.settings, django.path) == (
+        "mysite.wsgi:application", "mysite.settings", None if here else "mysite")
+    parsed = parse_gateway_file(gateway_toml(tmp_path, [*find_flask(tmp_path), django]))
+    assert parsed.apps == {"hello": "hello:app", "mysite": "mysite.wsgi:application"}
+    assert parsed.django_settings == "mysite.settings"
+    assert parsed.paths == (() if here else ("mysite",))
+    assert parsed.mounts == ("/hello=hello:app", "/mysite=mysite.wsgi:application")
+
+
+def test_init_names_two_apps_of_one_name_apart(tmp_path: Path) -> None:
+    (tmp_path / "mysite.py").write_text(HELLO)
+    startproject(tmp_path)
+    parsed = parse_gateway_file(gateway_toml(tmp_path, [*find_flask(tmp_path), *find_django(tmp_path)]))
+    assert parsed.mounts == ("/mysite=mysite:app", "/mysite_django=mysite.wsgi:application")
+
+
+# --- honest surfaces ----------------------------------------------------------------------
+
+
+def _rules(*rules: str) -> RouteTable:
+    return RouteTable([RouteSpec(rule, ("a",)) for rule in rules])
+
+
+@pytest.mark.parametrize(
+    ("rules", "hidden"),
+    [
+        pytest.param(("/<path:rest>",), {"/flask": "/<path:rest>", "/django": "/<path:rest>"}, id="catch-all"),
+        pytest.param(("/django/admin/<path:rest>",), {}, id="below-the-root-only"),
+        pytest.param(("/flask/",), {"/flask": "/flask/"}, id="the-mounts-root"),
+        pytest.param(("/shop/<path:rest>", "/shop/"), {}, id="other-paths"),
+        pytest.param(("/<slug>/",), {"/flask": "/<slug>/", "/django": "/<slug>/"}, id="a-converter-first"),
+    ],
+)
+def test_a_rule_that_hides_a_mount_is_named(table: MountTable, rules: tuple[str, ...],
+                                            hidden: dict[str, str]) -> None:
+    made = MountTable(table, (), _rules(*rules))
+    assert made.hidden() == hidden
+    page = Pages(made).index("")
+    for prefix, rule in hidden.items():
+        assert re.search(rf'{prefix}/</a><span>[^<]*&middot; WSGI &middot; hidden in part by the rule '
+                         rf"<code>{re.escape(escape(rule))}</code>", page)
+
+
+def test_the_index_lists_the_rules_and_the_gateways_own_pages(table: MountTable) -> None:
+    made = MountTable(table, (), _rules("/shop/<path:rest>"))
+    page = Pages(made, metrics=True).index("/root")
+    assert "<code>/shop/&lt;path:rest&gt;</code>" in page
+    for path in ("/healthz", "/readyz", "/_gateway/", "/metrics"):
+        assert f'<a href="/root{path}">{path}</a>' in page
+    bare = Pages(table).index("")
+    assert "Route rules" not in bare and "/_gateway/" not in bare and "/metrics" not in bare
+    assert '<a href="/healthz">/healthz</a>' in bare
+
+
+# --- on real servers ------------------------------------------------------------------------
+
+
+def _user_env(**extra: str) -> dict[str, str]:
+    """A new user's environment: no PYTHONPATH, no DJANGO_SETTINGS_MODULE, no data directory set."""
+    env = server_env(Path("unused"), **extra)
+    for name in ("GATEWAY_DATA_DIR", "PYTHONPATH", "DJANGO_SETTINGS_MODULE", "GATEWAY_CONFIG"):
+        env.pop(name, None)
+    return env
+
+
+def _new_users_folder(folder: Path) -> None:
+    (folder / "hello.py").write_text(HELLO)
+    startproject(folder)
+
+
+def _gateway(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATEWAY, *args], cwd=folder, env=_user_env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.server
+def test_a_new_users_flask_app_and_startproject_are_served_from_their_folder(tmp_path: Path) -> None:
+    _new_users_folder(tmp_path)
+    made = _gateway(tmp_path, "init")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "gateway.toml").is_file()
+    again = _gateway(tmp_path, "init")
+    assert again.returncode == 1
+    assert again.stderr.strip() == (f"gateway: error: {tmp_path / 'gateway.toml'} exists already: edit it, or add "
+                                    "--force to write a new one.")
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port)], port=port, env=_user_env(),
+                           log_path=tmp_path.parent / f"{tmp_path.name}-server.log", ready_path="/hello/",
+                           cwd=tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            hello = client.get("/hello/")
+            assert (hello.status_code, hello.text) == (200, "Hello from your Flask app at /hello/")
+            admin = client.get("/mysite/admin/")
+            assert (admin.status_code, admin.headers["location"]) == (302, "/mysite/admin/login/?next=/mysite/admin/")
+            login = client.get("/mysite/admin/login/")
+            assert login.status_code == 200
+            sheets = re.findall(r'href="([^"]+\.css)"', login.text)
+            assert "/mysite/static/admin/css/base.css" in sheets
+            for sheet in sheets:
+                css = client.get(sheet)
+                assert css.status_code == 200 and css.headers["content-type"].startswith("text/css"), sheet
+            for demo in ("/flask/", "/django/"):
+                assert client.get(demo).status_code == 404
+            index = client.get("/").text
+            assert 'href="/hello/"' in index and 'href="/mysite/"' in index and "/flask/" not in index
+    finally:
+        server.stop()
+    assert re.search(r"^  /hello +http://127\.0\.0\.1:\d+/hello/  \(Flask \d", server.log, re.M), server.log
+    assert re.search(r"^  /mysite +http://127\.0\.0\.1:\d+/mysite/  \(Django \d", server.log, re.M), server.log
+    assert "Traceback" not in server.log
+    # Nothing of the demo's: no data directory, and the project's database untouched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml", "hello.py", "mysite"]
+    assert not (tmp_path / "mysite" / "db.sqlite3").exists()
+    migrated = _gateway(tmp_path, "manage", "migrate", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    assert (tmp_path / "mysite" / "db.sqlite3").is_file()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(lambda s: re.sub(r"DATABASES = \{.*?\n\}\n", "", s, flags=re.S),
+                     "gateway: error: The Django settings mysite.settings have no DATABASES, and the installed apps "
+                     "admin, auth, contenttypes, sessions keep their data in one: add DATABASES to the settings "
+                     '(startproject\'s is a SQLite file, BASE_DIR / "db.sqlite3").', id="no-databases"),
+        pytest.param(lambda s: s.replace("'django.contrib.staticfiles',", "'django.contrib.staticfiles', 'blog',"),
+                     'gateway: error: Importing "mysite.wsgi" (from "mysite.wsgi:application") failed: '
+                     "ModuleNotFoundError: No module named 'blog'.", id="a-missing-app"),
+        pytest.param(lambda s: s + "\nraise RuntimeError('settings broke\\nhere')\n",
+                     'gateway: error: Importing "mysite.wsgi" (from "mysite.wsgi:application") failed: '
+                     "RuntimeError: settings broke.", id="settings-raise"),
+    ],
+)
+def test_settings_django_cannot_run_are_one_line(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    _new_users_folder(tmp_path)
+    assert _gateway(tmp_path, "init").returncode == 0
+    settings = tmp_path / "mysite" / "mysite" / "settings.py"
+    changed = change(settings.read_text())
+    assert changed != settings.read_text()
+    settings.write_text(changed)
+    for command in (["routes"], ["serve", "--port", "0"]):
+        result = _gateway(tmp_path, *command)
+        assert (result.returncode, result.stderr.strip()) == (1, message), result.stderr
+    shown = _gateway(tmp_path, "--traceback", "routes")
+    assert shown.stderr.startswith(message + "\nTraceback (most recent call last):"), shown.stderr
+
+
+@pytest.mark.server
+def test_a_catch_all_rule_is_named_with_the_mounts_it_hides(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(HELLO)
+    (tmp_path / "gateway.toml").write_text('[apps]\nhello = "hello:app"\n[mounts]\n"/hello" = "hello"\n'
+                                           '[[route]]\nrule = "/<path:rest>"\napp = "hello"\n')
+    listed = _gateway(tmp_path, "routes")
+    assert listed.returncode == 0, listed.stderr
+    assert ("warning: the rule /<path:rest> hides the mount /hello (hello:app): rules are matched first, so paths "
+            "under /hello/ that it matches go to the rule's app.") in listed.stdout.splitlines()
+
+
+@pytest.mark.server
+def test_the_readmes_route_rules_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## One URL space: route rules"):]
+    command = re.search(r"with `(gateway serve --config examples/migration/rules\.toml)`", section)
+    assert command is not None
+    toml = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert toml is not None
+    example = tmp_path / "examples" / "migration"
+    shutil.copytree(ROOT / "examples" / "migration", example)
+    (example / "rules.toml").write_text(toml.group(1))
+    port = free_port()
+    env = _user_env(GATEWAY_DATA_DIR=str(tmp_path / "var"))
+    server = ServerProcess([*GATEWAY, *command.group(1).split()[1:], "--port", str(port)], port=port, env=env,
+                           log_path=tmp_path / "server.log", ready_path="/shop/cart", cwd=tmp_path)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/shop/cart").headers["X-Served-By"] == "new shop (Django)"
+            assert client.get("/shop/items/1").headers["X-Served-By"] == "new shop (Django)"
+            legacy = client.get("/shop/items/1/reviews")  # no port: the legacy app's 404, under its rule
+            assert legacy.status_code == 404 and "~/shop/<path:rest>" in server.wait_for("/shop/items/1/reviews")
+            assert client.get("/flask/").status_code == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log, server.log

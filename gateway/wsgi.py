@@ -14,9 +14,12 @@ ASGI mounts are served through a2wsgi on this side.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from werkzeug.wsgi import ClosingIterator
 
 from gateway.boundary import WSGIBoundary, wsgi_reply
 from gateway.config import Config
@@ -158,7 +161,36 @@ def as_wsgi(mount: Mount) -> WSGIApp:
         return app
     from a2wsgi import ASGIMiddleware
 
-    return ASGIMiddleware(mount.app)  # type: ignore[return-value]
+    return StartFirst(ASGIMiddleware(mount.app))  # type: ignore[arg-type]
+
+
+class StartFirst:
+    """A WSGI app whose ``start_response`` is called before its iterable is returned.
+
+    PEP 3333 lets an app call ``start_response`` lazily, as it yields its first chunk, and
+    a2wsgi does so for every ASGI app it wraps. Granian's WSGI interface (2.x) then sends
+    the status line and none of the headers: no Location, Set-Cookie or Content-Type
+    reached the client (tests/test_your_apps.py found it). So the first chunk is drawn
+    here, which calls ``start_response``, and handed back first.
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        result = self.app(environ, start_response)
+        chunks = iter(result)
+        try:
+            first = next(chunks)
+        except StopIteration:
+            first = b""
+        except BaseException:
+            if hasattr(result, "close"):
+                result.close()
+            raise
+        return ClosingIterator(itertools.chain((first,), chunks), getattr(result, "close", None))
 
 
 def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIGateway:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from html import escape
 from pathlib import Path
 
@@ -390,3 +391,155 @@ def test_the_readmes_route_rules_example_runs_as_written(tmp_path: Path) -> None
     finally:
         server.stop()
     assert "Traceback" not in server.log, server.log
+
+
+# --- one configuration, every entry point -----------------------------------------------------
+
+ONE_CONFIG = '''
+[apps]
+legacy = "tests.apps.shop:legacy"
+new = "tests.apps.shop:new"
+
+[mounts]
+"/wsgi" = "tests.thirdapp:wsgi_app"
+"/asgi" = "tests.thirdapp:asgi_app"
+
+[[route]]
+rule = "/shop/<path:rest>"
+app = "legacy"
+
+[[route]]
+rule = "/shop/items/<int:item_id>"
+app = ["new", "legacy"]
+
+[[route]]
+rule = "/shop/cart"
+app = "new"
+methods = ["GET"]
+'''
+
+#: (method, path): each answered alike by every entry point.
+ASKED = [
+    ("GET", "/shop/cart"),           # a rule, method-restricted
+    ("POST", "/shop/cart"),          # ...the catch-all rule of its prefix for other methods
+    ("GET", "/shop/items/7"),        # the first app of a fallback chain
+    ("GET", "/shop/items/101"),      # ...a 404 from it: the next one answers
+    ("GET", "/wsgi/y?q=1"),          # a WSGI prefix mount
+    ("GET", "/asgi/a/b"),            # an ASGI prefix mount
+    ("GET", "/wsgi"),                # the bare prefix: 308
+    ("GET", "/"),                    # the index
+    ("GET", "/flask/"),              # no demo app: the gateway's 404
+    ("DELETE", "/"),                 # the gateway's own pages take GET and HEAD
+    ("GET", "/healthz"),
+]
+
+
+def _answer(status: int, headers: object, body: bytes) -> tuple[object, ...]:
+    """What a client sees of an answer, less what differs by server (dates, request IDs)."""
+    get = headers.get  # type: ignore[attr-defined]
+    text = body.decode("utf-8", "replace")
+    text = re.sub(r"flask-django-gateway [\w.]+", "", text)
+    return status, get("content-type"), get("location"), get("allow"), text
+
+
+def _in_process(config: Config, interface: str) -> list[tuple[object, ...]]:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    from gateway.builder import build
+    from tests.support import SyncASGIClient
+
+    app = build(config, interface)  # type: ignore[arg-type]
+    answers = []
+    try:
+        for method, path in ASKED:
+            if interface == "wsgi":  # the headers as the app sent them (a test client's Response adds some)
+                environ = EnvironBuilder(path, method=method, base_url="http://127.0.0.1").get_environ()
+                chunks, status, headers = run_wsgi_app(app, environ, buffered=True)
+                answers.append(_answer(int(status[:3]), headers, b"".join(chunks)))
+            else:
+                response = SyncASGIClient(app, base_url="http://127.0.0.1").request(method, path)
+                answers.append(_answer(response.status_code, response.headers, response.content))
+    finally:
+        if interface == "asgi":
+            app.executor.shutdown(wait=True)
+    return answers
+
+
+def _served(tmp_path: Path, config_file: Path, *args: str) -> tuple[list[tuple[object, ...]], list[str]]:
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--port", str(port), "--config", str(config_file), *args],
+                           port=port, env=server_env(tmp_path), log_path=tmp_path / f"server-{port}.log",
+                           ready_path="/healthz")
+    answers = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for method, path in ASKED:
+                response = client.request(method, path)
+                answers.append(_answer(response.status_code, response.headers, response.content))
+        # Written after the responses: the last request's line (the ready probe's came first).
+        deadline = time.monotonic() + 10
+        while server.log.count('"GET /healthz HTTP/1.1" 200') < 2:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    access = [re.sub(r" [\d.]+ms ", " ", line.partition("] ")[2]) for line in server.log.splitlines()
+              if " gateway.access " in line and "/healthz" not in line]
+    assert "Traceback" not in server.log, server.log
+    return answers, access
+
+
+@pytest.mark.server
+def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, table: MountTable) -> None:
+    """gateway.wsgi and gateway.asgi in process, uvicorn's workers and Granian's, all built
+    by gateway.builder from one gateway.toml: the same answers, and the same access lines."""
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(ONE_CONFIG)
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
+    wsgi = _in_process(config, "wsgi")
+    assert [answer[0] for answer in wsgi] == [200, 200, 200, 200, 200, 200, 308, 200, 404, 405, 200]
+    assert '"app":"new"' in str(wsgi[0][4]) and '"app":"legacy"' in str(wsgi[1][4])
+    assert '"app":"legacy"' in str(wsgi[3][4])  # the fallback
+    assert _in_process(config, "asgi") == wsgi
+    uvicorn, uvicorn_log = _served(tmp_path, config_file, "--workers", "2")
+    granian, granian_log = _served(tmp_path, config_file, "--server", "granian")
+    assert uvicorn == wsgi and granian == wsgi
+    assert len(uvicorn_log) == len(ASKED) - 1 and uvicorn_log == granian_log
+    assert any(line.endswith("~/shop/cart GET,HEAD") for line in uvicorn_log), uvicorn_log
+
+
+def test_an_app_that_starts_its_response_lazily_has_started_it_when_it_returns() -> None:
+    """gateway.wsgi draws the first chunk of an ASGI mount's a2wsgi iterable: Granian drops
+    the headers of a response started inside the iterable."""
+    from gateway.wsgi import StartFirst
+
+    events: list[str] = []
+
+    class Lazy:
+        def __init__(self, start_response, chunks: list[bytes], fail: bool = False) -> None:  # type: ignore[no-untyped-def]
+            self.start_response, self.chunks, self.fail = start_response, chunks, fail
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            if self.fail:
+                raise RuntimeError("broke before its first chunk")
+            self.start_response("201 Created", [("Location", "/x")])
+            events.append("started")
+            yield from self.chunks
+
+        def close(self) -> None:
+            events.append("closed")
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        events.append(f"start {status} {headers}")
+
+    for chunks in ([b"a", b"b"], []):
+        events.clear()
+        result = StartFirst(lambda environ, start, chunks=chunks: Lazy(start, chunks))({}, start_response)
+        assert events == ["start 201 Created [('Location', '/x')]", "started"]
+        assert b"".join(result) == b"".join(chunks)
+        result.close()  # type: ignore[attr-defined]
+        assert events[-1] == "closed"
+    events.clear()
+    with pytest.raises(RuntimeError, match="broke before"):
+        StartFirst(lambda environ, start: Lazy(start, [], fail=True))({}, start_response)
+    assert events == ["closed"]

@@ -236,7 +236,8 @@ def test_a_worker_that_cannot_start_stops_the_server_with_one_line(tmp_path) -> 
                             cwd=project, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
-    cannot = [line for line in lines if "cannot start: RuntimeError: cannot start in a worker" in line]
+    cannot = [line for line in lines if 'cannot start: Importing "flaky" (from "flaky:app") failed: RuntimeError: '
+              'cannot start in a worker.' in line]
     assert 1 <= len(cannot) <= 2, result.stderr  # each of the two workers, at most once
     assert lines[-1] == "gateway: error: a worker could not start (its error is above); the server stopped."
     assert "Traceback" not in result.stderr

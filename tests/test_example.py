@@ -179,7 +179,7 @@ def test_routes_explains_the_cart(tmp_path: Path) -> None:
     assert get.returncode == 0, get.stderr
     lines = get.stdout.splitlines()
     assert lines[:4] == [
-        "GET /shop/cart matches rule '/shop/cart' (line 20).",
+        "GET /shop/cart matches rule '/shop/cart' (line 28).",
         "More general rules that match too, and lose to it (Werkzeug orders rules by specificity): "
         "'/shop/<path:rest>'.",
         "50% of clients, chosen by the gateway_canary cookie, go to app 'new'; the others:",
@@ -188,7 +188,7 @@ def test_routes_explains_the_cart(tmp_path: Path) -> None:
     post = run(tmp_path, "routes", "--explain", "/shop/cart", "--method", "POST")
     assert post.returncode == 0, post.stderr
     assert post.stdout.splitlines()[:1] == [
-        "POST /shop/cart matches rule '/shop/<path:rest>' (line 13) with {'rest': 'cart'}."]
+        "POST /shop/cart matches rule '/shop/<path:rest>' (line 21) with {'rest': 'cart'}."]
     table = run(tmp_path, "routes")
     assert table.returncode == 0, table.stderr
     assert [line.split()[:2] for line in table.stdout.splitlines()[1:5]] == [

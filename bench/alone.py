@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.bridge import WSGIBridge
-from gateway.config import Config, configure_apps
+from gateway.adapters.bridge import WSGIBridge
+from gateway.core.config import Config, configure_apps
 
 
 def _bridge(module_name: str, attr: str) -> WSGIBridge:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import Config, configure_apps
+from gateway.core.config import Config, configure_apps
 
 TARGETS = {
     "flask": ("flask_hello:app", "/"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Config, configure_apps
+from gateway.core.config import Config, configure_apps
 
 
 def _apps() -> dict[str, Any]:

@@ -16,10 +16,10 @@ import statistics
 import time
 from typing import Any
 
-from gateway.config import Config
-from gateway.mounts import Mount, MountTable
-from gateway.pipeline import Head, Pipeline
-from gateway.routes import RouteSpec, RouteTable
+from gateway.core.config import Config
+from gateway.core.mounts import Mount, MountTable
+from gateway.core.pipeline import Head, Pipeline
+from gateway.migration.rules import RouteSpec, RouteTable
 
 
 def app(environ: Any, start_response: Any) -> list[bytes]:

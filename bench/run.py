@@ -102,7 +102,7 @@ def choose_cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
 
 def base_env(data_dir: Path, threads: int) -> dict[str, str]:
     """Return the environment of every server: a fresh data dir, the same settings."""
-    from gateway.config import Config, configure_apps
+    from gateway.core.config import Config, configure_apps
 
     env = {
         k: v

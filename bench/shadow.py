@@ -77,7 +77,7 @@ rule = "{rule}"
 app = "legacy"
 '''
 SHADOW_LINE = 'shadow = { app = "new", headers = ["Content-Type"] }\n'
-# The shadow cell of the migration page (gateway/migration_page.py).
+# The shadow cell of the migration page (gateway/migration/page.py).
 SHADOW_CELL = re.compile(r"(\w+): \S+ equal of (\d+) compared \((\d+) different, (\d+) dropped\)")
 MODES = ("off", "on")
 P50_TARGET, THROUGHPUT_TARGET = 1.10, 0.95
@@ -240,7 +240,7 @@ def shadow_counts(port: int) -> dict[str, int]:
     found = SHADOW_CELL.search(page)
     if response.status != 200 or not found:
         raise BenchError(f"no shadow counts on the migration page on port {port} (status {response.status}); "
-                         "has its format changed? (gateway/migration_page.py)")
+                         "has its format changed? (gateway/migration/page.py)")
     compared, different, dropped = (int(x) for x in found.groups()[1:])
     return {"compared": compared, "different": different, "dropped": dropped}
 
@@ -262,7 +262,7 @@ def drained(port: int, timeout: float = 30.0) -> dict[str, int]:
 
 def base_env(data_dir: Path, threads: int) -> dict[str, str]:
     """The servers' environment: the example's apps and settings, a fresh data directory."""
-    from gateway.config import Config, configure_apps
+    from gateway.core.config import Config, configure_apps
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GATEWAY_", "DJANGO_", "FLASK_")) and k not in {"SCRIPT_NAME", "DATABASE_URL"}}
@@ -276,7 +276,7 @@ def start_servers(work: Path, env: dict[str, str], cpu: int | None, path: str,
                   switch_interval: float | None = None, shadow_cpu: float | None = None) -> dict[str, Server]:
     servers: dict[str, Server] = {}
     gateway = ["-m", "gateway"] if switch_interval is None else [  # one worker: uvicorn runs in this process
-        "-c", f"import sys; sys.setswitchinterval({switch_interval!r}); from gateway.cli import main; main()"]
+        "-c", f"import sys; sys.setswitchinterval({switch_interval!r}); from gateway.serve.cli import main; main()"]
     for mode in MODES:
         config = work / f"gateway-{mode}.toml"
         shadow = ("" if shadow_cpu is None else f"\n[shadow]\ncpu = {shadow_cpu:g}\n") if mode == "on" else ""

@@ -1,7 +1,7 @@
 """Run Django's management commands: ``python -m django_hello <command>``.
 
 The same as ``gateway manage <command>``: the frameworks' variables are derived from the
-gateway's (``GATEWAY_DATA_DIR`` and the rest) by ``gateway.config.configure_apps``, so
+gateway's (``GATEWAY_DATA_DIR`` and the rest) by ``gateway.core.config.configure_apps``, so
 both reach the same data directory and database as ``gateway serve``.
 """
 
@@ -10,7 +10,7 @@ import sys
 
 def main() -> None:
     """Run a management command with this project's settings and the gateway's environment."""
-    from gateway.config import Config, configure_apps
+    from gateway.core.config import Config, configure_apps
 
     try:
         configure_apps(Config.from_env())

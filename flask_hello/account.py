@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, g, make_response, redirect, url_for
 from markupsafe import escape
 
-from gateway.signin import DjangoSignIn, login_required, sign_out
+from gateway.migration.signin import DjangoSignIn, login_required, sign_out
 
 bp = Blueprint("account", __name__)
 

@@ -1,7 +1,7 @@
 """One process, two frameworks: Flask at ``/flask`` and Django at ``/django``.
 
 ``gateway.wsgi:application`` and ``gateway.asgi:application`` serve one mount table
-(``gateway.mounts``); ``gateway serve`` runs it all with one command.
+(``gateway.core.mounts``); ``gateway serve`` runs it all with one command.
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-from gateway.cli import main
+from gateway.serve.cli import main
 
 if __name__ == "__main__":
     main()

@@ -110,8 +110,8 @@ def table():  # type: ignore[no-untyped-def]
     """The default mount table, loaded in this process, on a migrated database."""
     from django.core.management import call_command
 
-    from gateway.builder import load_table
-    from gateway.config import Config
+    from gateway.core.config import Config
+    from gateway.serve.builder import load_table
 
     loaded = load_table(Config.from_env())
     call_command("migrate", interactive=False, verbosity=0)
@@ -121,7 +121,7 @@ def table():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def wsgi_app(table):  # type: ignore[no-untyped-def]
     """``gateway.wsgi``'s app over the default mounts."""
-    from gateway.wsgi import create_wsgi_app
+    from gateway.adapters.wsgi import create_wsgi_app
 
     return create_wsgi_app(table)
 
@@ -142,7 +142,7 @@ def wsgi_client(wsgi_app):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def asgi_app(table):  # type: ignore[no-untyped-def]
     """``gateway.asgi``'s app over the default mounts."""
-    from gateway.asgi import create_asgi_app
+    from gateway.adapters.asgi import create_asgi_app
 
     app = create_asgi_app(table, threads=16)
     yield app

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = [sys.executable, "-m", "gateway"]
 #: The demo apps as ``gateway serve`` options: a command that mounts an app of its own gets
-#: no demo app unless it names it (gateway.frameworks), as these do.
+#: no demo app unless it names it (gateway.serve.frameworks), as these do.
 DEMO_MOUNTS = ("--mount", "/flask=flask_hello:app", "--mount", "/django=django_hello.wsgi:application")
 
 

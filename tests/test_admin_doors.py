@@ -164,8 +164,8 @@ def test_forwarded_for_from_an_untrusted_peer_changes_nothing(wsgi_client, accou
 
 
 def test_trusted_proxy_clients_are_counted_separately(table, account: Account) -> None:  # type: ignore[no-untyped-def]
-    from gateway.config import Config
-    from gateway.wsgi import create_wsgi_app
+    from gateway.adapters.wsgi import create_wsgi_app
+    from gateway.core.config import Config
 
     proxy = "10.9.0.1"
     config = dataclasses.replace(Config.from_env(), trusted_proxies=(ipaddress.ip_network(proxy),))
@@ -181,7 +181,7 @@ def test_trusted_proxy_clients_are_counted_separately(table, account: Account) -
 
 def test_gateway_manage_axes_reset_lifts_the_lock_out(wsgi_client, account: Account,  # type: ignore[no-untyped-def]
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
+    from gateway.serve.cli import main
 
     address = "203.0.113.12"
     lock_out(wsgi_client, account, address=address)
@@ -356,7 +356,7 @@ def test_an_unknown_lookup_keeps_djangos_own_redirect(staff) -> None:  # type: i
 
 
 def production(tmp_path: Path, **environ: str) -> tuple[Any, dict[str, str]]:
-    from gateway.config import Config
+    from gateway.core.config import Config
 
     env = {"GATEWAY_ENV": "production", "GATEWAY_DATA_DIR": str(tmp_path), "DJANGO_SECRET_KEY": STRONG,
            "FLASK_SECRET_KEY": STRONG[::-1], **environ}
@@ -381,7 +381,7 @@ def production(tmp_path: Path, **environ: str) -> tuple[Any, dict[str, str]]:
     ],
 )
 def test_production_refuses_debug_and_wildcard_hosts(tmp_path: Path, environ: dict[str, str], message: str) -> None:
-    from gateway.config import configure_apps
+    from gateway.core.config import configure_apps
 
     config, env = production(tmp_path, **environ)
     with pytest.raises(ValueError) as raised:
@@ -393,7 +393,7 @@ def test_production_refuses_debug_and_wildcard_hosts(tmp_path: Path, environ: di
 
 
 def test_production_lists_every_problem_in_one_line(tmp_path: Path) -> None:
-    from gateway.config import configure_apps
+    from gateway.core.config import configure_apps
 
     config, env = production(tmp_path, DJANGO_DEBUG="on", FLASK_DEBUG="1", GATEWAY_ALLOWED_HOSTS="*",
                              DJANGO_ALLOWED_HOSTS="a.example,*")
@@ -416,7 +416,7 @@ def test_production_lists_every_problem_in_one_line(tmp_path: Path) -> None:
     ],
 )
 def test_production_accepts_safe_settings(tmp_path: Path, environ: dict[str, str]) -> None:
-    from gateway.config import configure_apps
+    from gateway.core.config import configure_apps
 
     config, env = production(tmp_path, **environ)
     configure_apps(config, env)
@@ -424,7 +424,7 @@ def test_production_accepts_safe_settings(tmp_path: Path, environ: dict[str, str
 
 
 def test_development_allows_debug_and_any_host(tmp_path: Path) -> None:
-    from gateway.config import Config, configure_apps
+    from gateway.core.config import Config, configure_apps
 
     env = {"DJANGO_DEBUG": "1", "FLASK_DEBUG": "1", "FLASK_SECRET_KEY": STRONG}
     configure_apps(Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_ALLOWED_HOSTS": "*"}), env)

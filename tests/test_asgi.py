@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.asgi import create_asgi_app
-from gateway.mounts import MountTable
+from gateway.adapters.asgi import create_asgi_app
+from gateway.core.mounts import MountTable
 
 
 def third_table() -> MountTable:

@@ -1,6 +1,6 @@
 """Request bodies: read whole on the event loop before a thread is spent on them
-(:func:`gateway.boundary.read_body`), and held to their ``Content-Length`` on the WSGI
-side (:class:`gateway.boundary.WSGIBoundary`)."""
+(:func:`gateway.adapters.boundary.read_body`), and held to their ``Content-Length`` on the WSGI
+side (:class:`gateway.adapters.boundary.WSGIBoundary`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from gateway.boundary import SPOOL_IN_MEMORY, ExactBody, read_body, read_exactly
-from gateway.bridge import ClientDisconnected
-from gateway.config import Config
-from gateway.mounts import MountTable
+from gateway.adapters.boundary import SPOOL_IN_MEMORY, ExactBody, read_body, read_exactly
+from gateway.adapters.bridge import ClientDisconnected
+from gateway.adapters.wsgi import create_wsgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
 from gateway.replies import BODY_TIMED_OUT, Reply
-from gateway.wsgi import create_wsgi_app
 
 
 def messages(*parts: bytes, end: bool = True, then: dict[str, Any] | None = None) -> Any:
@@ -189,7 +189,7 @@ def asgi_call(gateway: Any, receive: Any, headers: list[tuple[bytes, bytes]]) ->
 
 @pytest.fixture(scope="module")
 def echo_asgi() -> Any:
-    from gateway.asgi import create_asgi_app
+    from gateway.adapters.asgi import create_asgi_app
 
     table = MountTable.from_specs(["/echo=tests.apps.bodyecho:app", "/echo2=tests.thirdapp:echo_app"],
                                   defaults=False)

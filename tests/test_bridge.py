@@ -1,4 +1,4 @@
-"""``gateway.bridge.WSGIBridge`` against PEP 3333 and the ASGI HTTP spec, item by item.
+"""``gateway.adapters.bridge.WSGIBridge`` against PEP 3333 and the ASGI HTTP spec, item by item.
 
 Most tests drive the bridge as an ASGI app with a hand-written ``receive``/``send`` pair
 (:class:`Peer`); the last section serves it with uvicorn on loopback. Where a2wsgi's own
@@ -27,7 +27,7 @@ from a2wsgi.wsgi import build_environ as a2wsgi_build_environ
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Request, Response
 
-from gateway.bridge import DEFAULT_BUFFER_SIZE, ClientDisconnected, WSGIBridge, build_environ
+from gateway.adapters.bridge import DEFAULT_BUFFER_SIZE, ClientDisconnected, WSGIBridge, build_environ
 from gateway.types import Environ, Message, Scope, StartResponse, WSGIApp
 from tests.apps.rawhttp import Connection, http_request
 from tests.support import ServerProcess, free_port, server_env
@@ -677,7 +677,7 @@ OVERRUN_WARNING = "The app at {} sent more than its Content-Length of 8 bytes; t
 
 
 def bridge_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The messages logged at WARNING on ``gateway.bridge``."""
+    """The messages logged at WARNING on ``gateway.adapters.bridge``."""
     return [r.getMessage() for r in caplog.records if r.name == "gateway.bridge" and r.levelno == logging.WARNING]
 
 
@@ -1671,7 +1671,7 @@ import sys
 
 import uvicorn
 
-from gateway.bridge import WSGIBridge
+from gateway.adapters.bridge import WSGIBridge
 
 
 def app(environ, start_response):

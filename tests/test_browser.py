@@ -491,8 +491,8 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
     """``/_gateway/`` in Chromium, JavaScript off: each rule, its bars, canary and shadow."""
     import httpx
 
-    from gateway.migration_page import MINUTES
-    from gateway.routes import RouteTable, parse_gateway_file
+    from gateway.migration.rules import RouteTable, parse_gateway_file
+    from gateway.migration.traffic import MINUTES
     from tests.test_routes import CANARY, SHADOW, SHOP
 
     text = CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):]  # the rules of test_routes' page test

@@ -97,8 +97,8 @@ def test_serve_prints_a_banner(start_gateway) -> None:  # type: ignore[no-untype
 
 def test_banner_never_shows_a_database_password(start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = subprocess.run(
-        [sys.executable, "-c", "import django, gateway.cli as c, gateway.config as g, gateway.builder as w;"
-         "w.load_table(g.Config.from_env()); print(c.describe_database())"],
+        [sys.executable, "-c", "import django, gateway.serve.cli as c, gateway.core.config as g, "
+         "gateway.serve.builder as w; w.load_table(g.Config.from_env()); print(c.describe_database())"],
         cwd=ROOT, env=server_env(tmp_path, DATABASE_URL="postgres://app:s3cret-pw@db.example:5433/appdb"),
         capture_output=True, text=True, timeout=60,
     )
@@ -178,7 +178,7 @@ def test_production_refuses_weak_secrets(tmp_path, secret: str | None, problem: 
 
 
 def test_development_keys_are_generated_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    code = ("import os, gateway.config as g; g.configure_apps(g.Config.from_env());"
+    code = ("import os, gateway.core.config as g; g.configure_apps(g.Config.from_env());"
             "print(os.environ['FLASK_SECRET_KEY'])")
     first, second = (subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=server_env(tmp_path),
                                     capture_output=True, text=True, timeout=60).stdout for _ in range(2))

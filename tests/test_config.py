@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import DEFAULT_MAX_BODY_SIZE, Config, configure_apps, parse_size
+from gateway.core.config import DEFAULT_MAX_BODY_SIZE, Config, configure_apps, parse_size
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -171,7 +171,7 @@ def test_configure_apps_sets_the_frameworks_variables_in_one_place(tmp_path: Pat
 
 
 def test_command_options_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.cli import _config
+    from gateway.serve.cli import _config
 
     monkeypatch.setenv("GATEWAY_THREADS", "5")
     monkeypatch.setenv("GATEWAY_MOUNTS", "/a=m:a")
@@ -216,8 +216,8 @@ def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path,
 
 
 def test_a_streaming_mount_that_is_not_mounted_is_refused(tmp_path: Path) -> None:
-    from gateway.builder import load_table
-    from gateway.mounts import MountError
+    from gateway.core.mounts import MountError
+    from gateway.serve.builder import load_table
 
     config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_STREAM_BODIES": "/uplods"})
     with pytest.raises(MountError, match=r"names /uplods, which is not a mount prefix here: use one of /flask, "

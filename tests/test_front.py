@@ -10,10 +10,10 @@ import httpx
 import pytest
 from django.test import override_settings
 
-from gateway.asgi import create_asgi_app
-from gateway.config import Config
-from gateway.mounts import MountTable
-from gateway.wsgi import create_wsgi_app
+from gateway.adapters.asgi import create_asgi_app
+from gateway.adapters.wsgi import create_wsgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
 from tests.support import DEMO_MOUNTS, SyncASGIClient
 
 
@@ -178,7 +178,7 @@ def test_access_log_can_be_turned_off(start_gateway, args: list[str]) -> None:  
 
 
 def test_generated_request_ids_are_unique_and_reseeded_in_a_forked_child() -> None:
-    from gateway.pipeline import _IdSource
+    from gateway.core.pipeline import _IdSource
 
     source = _IdSource()
     ids = {source() for _ in range(10000)}

@@ -285,10 +285,10 @@ TOKEN = "k" * 32
 @pytest.fixture(scope="module")
 def form_gateway(request: pytest.FixtureRequest, table: Any) -> Iterator[Any]:
     """Each entry point over the default mounts plus a Flask app that parses forms."""
-    from gateway.asgi import create_asgi_app
-    from gateway.config import Config
-    from gateway.mounts import MountTable
-    from gateway.wsgi import create_wsgi_app
+    from gateway.adapters.asgi import create_asgi_app
+    from gateway.adapters.wsgi import create_wsgi_app
+    from gateway.core.config import Config
+    from gateway.core.mounts import MountTable
 
     config = Config.from_env({})
     forms = MountTable([*table, *MountTable.from_specs(["/faults=tests.apps.flaskfaults:app"], defaults=False)])

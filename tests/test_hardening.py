@@ -266,9 +266,9 @@ def test_per_mount_body_limits(limited: ServerProcess, path: str, size: int, sta
 def test_app_limits_agree_with_the_gateway(tmp_path: Path, env: dict[str, str], expected: list[int]) -> None:
     code = (
         "import json\n"
-        "from gateway.config import Config\n"
-        "from gateway.builder import load_table\n"
-        "from gateway.wsgi import create_wsgi_app\n"
+        "from gateway.core.config import Config\n"
+        "from gateway.serve.builder import load_table\n"
+        "from gateway.adapters.wsgi import create_wsgi_app\n"
         "create_wsgi_app(load_table(Config.from_env()))\n"
         "import flask_hello\n"
         "from django.conf import settings\n"

@@ -8,10 +8,10 @@ import threading
 import time
 from typing import Any
 
-from gateway.config import Config
-from gateway.health import ReadinessProbe
-from gateway.mounts import MountTable
-from gateway.pipeline import Pipeline
+from gateway.adapters.health import ReadinessProbe
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
+from gateway.core.pipeline import Pipeline
 
 
 def stuck_app(release: threading.Event) -> Any:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.asgi import create_asgi_app
-from gateway.config import Config
-from gateway.mounts import Mount, MountTable
+from gateway.adapters.asgi import create_asgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import Mount, MountTable
 
 
 def stateful_app(name: str, *, fail_startup: bool = False, fail_shutdown: bool = False):  # type: ignore[no-untyped-def]

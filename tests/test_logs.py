@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import AccessHandler, AccessLog, access, logging_config
+from gateway.observe.logs import AccessHandler, AccessLog, access, logging_config
 
 ENTRIES = [
     (1764366000.0421, "rid-1", "127.0.0.1", "GET", "/flask/?name=Ada", "HTTP/1.1", 200, 687, 1.25, "/flask"),
@@ -151,7 +151,7 @@ def test_close_writes_what_is_queued(restore_logging: None) -> None:
 
 
 def test_json_lines_keep_extra_fields_and_exceptions() -> None:
-    from gateway.logs import REQUEST_ID, JSONFormatter, RequestIdFilter
+    from gateway.observe.logs import REQUEST_ID, JSONFormatter, RequestIdFilter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -1,4 +1,4 @@
-"""gateway.matcher against Werkzeug's own matcher: on generated rule tables and paths, the
+"""gateway.migration.matcher against Werkzeug's own matcher: on generated rule tables and paths, the
 compiled rules answer as Werkzeug does, or leave the answer to it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from gateway.matcher import MOST_ALTERNATIVES
-from gateway.routes import NO_MATCH, Match, RouteSpec, RouteTable
+from gateway.migration.matcher import MOST_ALTERNATIVES
+from gateway.migration.rules import NO_MATCH, Match, RouteSpec, RouteTable
 
 UUID = "12345678-1234-5678-1234-567812345678"
 TEXTS = ["a", "b", "ab", ""]
@@ -216,7 +216,7 @@ def test_a_few_rules_under_a_first_segment_are_one_regular_expression() -> None:
 def test_maps_it_does_not_read_are_werkzeugs() -> None:
     from werkzeug.routing import Map, Rule
 
-    from gateway.matcher import compile_map
+    from gateway.migration.matcher import compile_map
 
     def rules(**rule: object) -> list[Rule]:
         return [Rule("/a", endpoint="a", **rule)]  # type: ignore[arg-type]

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.asgi import create_asgi_app
-from gateway.config import Config
-from gateway.metrics import WorkerFiles, forget_dead_workers, prepare_directory
-from gateway.mounts import Mount, MountTable
+from gateway.adapters.asgi import create_asgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import Mount, MountTable
+from gateway.observe.metrics import WorkerFiles, forget_dead_workers, prepare_directory
 from tests.support import ROOT, ServerProcess, free_port, server_env
 from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
 
@@ -381,7 +381,7 @@ def test_a_scrape_passes_over_a_worker_file_not_yet_sized(tmp_path: Path, monkey
 
 
 def test_a_status_outside_the_classes_is_other_and_latency_is_observed() -> None:
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
     metrics = Metrics()
     metrics.started()
@@ -400,7 +400,7 @@ def test_a_status_outside_the_classes_is_other_and_latency_is_observed() -> None
 def test_in_multiprocess_mode_a_scrape_reads_every_workers_files(tmp_path: Path) -> None:
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
     metrics = Metrics()
     metrics.directory = str(tmp_path)  # as if PROMETHEUS_MULTIPROC_DIR had been set at import
@@ -422,17 +422,17 @@ def test_in_multiprocess_mode_a_scrape_reads_every_workers_files(tmp_path: Path)
 def test_multiprocess_mode_needs_the_variable_before_the_import(monkeypatch: pytest.MonkeyPatch) -> None:
     from prometheus_client import values
 
-    from gateway.metrics import multiprocess_dir
+    from gateway.observe.metrics import multiprocess_dir
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/somewhere")
     monkeypatch.setattr(values, "ValueClass", values.MutexValue)  # imported before it was set
     assert multiprocess_dir() is None
     monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
     assert multiprocess_dir() == "/somewhere"
-    from gateway.metrics import Metrics
+    from gateway.observe.metrics import Metrics
 
     monkeypatch.setattr(values, "ValueClass", values.MutexValue)  # values kept in memory, as in a test
-    monkeypatch.setattr("gateway.metrics.multiprocess_dir", lambda: "/somewhere")
+    monkeypatch.setattr("gateway.observe.metrics.multiprocess_dir", lambda: "/somewhere")
     assert Metrics().directory == "/somewhere"
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert multiprocess_dir() is None
@@ -443,7 +443,7 @@ def test_serve_makes_a_fresh_directory_and_removes_it_at_exit(tmp_path: Path,
     import atexit
     import tempfile
 
-    from gateway import metrics
+    from gateway.observe import metrics
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -468,7 +468,7 @@ def test_serve_makes_a_fresh_directory_and_removes_it_at_exit(tmp_path: Path,
 
 
 def test_a_pid_another_user_holds_is_a_dead_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import metrics
+    from gateway.observe import metrics
 
     def kill(pid: int, signal: int) -> None:
         raise {1: PermissionError, 2: ProcessLookupError}.get(pid, OSError)()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from gateway.mounts import MountError, MountSpec, MountTable
+from gateway.core.mounts import MountError, MountSpec, MountTable
 
 PREFIXES = ["/a", "/a/b", "/ab", "/c/d/e", "/flask", "/django"]
 

@@ -56,7 +56,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import DEFAULT_READY_TIMEOUT
+from gateway.core.config import DEFAULT_READY_TIMEOUT
 from tests.netns import Lan, remove_leftovers
 from tests.support import GATEWAY, ROOT, PostgresCluster, ServerProcess, server_env
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from werkzeug.test import Client
 
-from gateway.asgi import create_asgi_app
-from gateway.config import Config
-from gateway.mounts import MountTable
-from gateway.wsgi import create_wsgi_app
+from gateway.adapters.asgi import create_asgi_app
+from gateway.adapters.wsgi import create_wsgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
 
 BASE = "http://localhost:8000"
 
@@ -248,7 +248,7 @@ def test_a_valid_prefix_reaches_redirects_and_links(entry: Send) -> None:
 
 
 def test_websocket_scheme_follows_the_forwarded_proto() -> None:
-    from gateway.pipeline import Head, Pipeline
+    from gateway.core.pipeline import Head, Pipeline
 
     pipeline = Pipeline(MountTable([]), config_with(trusted_proxies=TRUSTED))
     decision = pipeline.decide(Head("GET", "", "/", host="localhost", scheme="ws", client="127.0.0.1",
@@ -411,7 +411,7 @@ def test_readiness_fails_on_a_database_never_migrated(tmp_path: Any) -> None:
 
     from django.db import connections
 
-    from gateway.health import check_migrations
+    from gateway.adapters.health import check_migrations
 
     empty = tmp_path / "empty.sqlite3"
     sqlite3.connect(empty).close()
@@ -453,12 +453,12 @@ def test_http2_body_without_a_length_is_held_to_the_limit(echo_table: MountTable
 def test_an_asgi_mount_that_raises_is_still_logged(echo_table: MountTable) -> None:
     import logging
 
-    from gateway.logs import access
+    from gateway.observe.logs import access
 
     async def boom(scope, receive, send):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom")
 
-    from gateway.mounts import Mount
+    from gateway.core.mounts import Mount
 
     table = MountTable([Mount("/boom", "t:boom", "asgi", boom)])
     records: list[logging.LogRecord] = []

@@ -7,9 +7,18 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.config import Config
-from gateway.mounts import MountTable
-from gateway.pipeline import Decision, Head, HostPolicy, Pipeline, scope_cookie, valid_client, valid_port, valid_prefix
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
+from gateway.core.pipeline import (
+    Decision,
+    Head,
+    HostPolicy,
+    Pipeline,
+    scope_cookie,
+    valid_client,
+    valid_port,
+    valid_prefix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +319,7 @@ def test_scope_cookie(cookie: str, scoped: str) -> None:
 
 
 def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.logs import access
+    from gateway.observe.logs import access
 
     p = pipeline(table)
     served, refused = head("/a/x", client="127.0.0.1", request_id="rid-9", query="q=1"), head("/a/x", host="evil")
@@ -327,7 +336,7 @@ def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) ->
     assert (second.mount, second.client) == ("-", "-")  # type: ignore[attr-defined]
 
 
-# -- Pinned by mutation testing (mutmut over gateway/pipeline.py) ---------------------------
+# -- Pinned by mutation testing (mutmut over gateway/core/pipeline.py) ---------------------------
 
 def test_answered_decisions_carry_the_head_as_given(table: MountTable) -> None:
     p = pipeline(table, max_header_size=100)
@@ -422,7 +431,7 @@ def test_scope_cookie_path_with_an_equals_sign() -> None:
 def test_access_log_duration(table: MountTable) -> None:
     import time
 
-    from gateway.logs import access
+    from gateway.observe.logs import access
 
     p = pipeline(table)
     h = head("/a/x")
@@ -440,7 +449,7 @@ def test_access_log_duration(table: MountTable) -> None:
 
 
 def test_request_ids_count_from_one_after_a_reseed() -> None:
-    from gateway.pipeline import _IdSource
+    from gateway.core.pipeline import _IdSource
 
     source = _IdSource()
     assert source().endswith("0000000000000001") and source().endswith("0000000000000002")
@@ -452,7 +461,7 @@ def test_a_content_length_of_thousands_of_digits_is_a_413(table: MountTable) -> 
 
 
 def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) -> None:
-    from gateway.logs import access
+    from gateway.observe.logs import access
 
     p = pipeline(table)
     queued: list[tuple[object, ...]] = []
@@ -468,7 +477,7 @@ def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) 
 
 
 def rules_table(text: str) -> MountTable:
-    from gateway.routes import parse_gateway_file
+    from gateway.migration.rules import parse_gateway_file
 
     parsed = parse_gateway_file(text)
     return MountTable.from_specs(parsed.mounts, defaults=False, routes=parsed.routes, apps=parsed.apps)
@@ -502,8 +511,8 @@ def test_a_fallback_chain_with_django_in_it_is_djangos() -> None:
     import threading
     from collections import Counter
 
-    from gateway.pipeline import is_django
-    from gateway.routes import Fallback
+    from gateway.core.pipeline import is_django
+    from gateway.migration.rules import Fallback
 
     apps = {m.prefix: m.app for m in MountTable.from_specs([])}
     django, flask = apps["/django"], apps["/flask"]
@@ -525,7 +534,7 @@ def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
 
 def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountTable,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import pipeline as module
+    from gateway.core import pipeline as module
 
     queued: list[tuple[object, ...]] = []
     monkeypatch.setattr(module.access, "enabled", lambda: True)

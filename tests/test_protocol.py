@@ -1,4 +1,4 @@
-"""``gateway.protocol.HeaderTimeoutProtocol`` in process, on a fake transport: the clock
+"""``gateway.serve.protocol.HeaderTimeoutProtocol`` in process, on a fake transport: the clock
 for request headers (the server tests in tests/test_hardening.py run it for real)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.protocol import HeaderTimeoutProtocol, Server, TimedConfig
+from gateway.serve.protocol import HeaderTimeoutProtocol, Server, TimedConfig
 
 TIMEOUT = 0.1
 
@@ -200,5 +200,5 @@ def test_a_request_sent_as_the_server_stops_is_answered(loop: str, late: float) 
     answer = run(_request_at_shutdown(Server, loop, late))
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")  # answered whole
     # uvicorn's own server resets it (Kludex/uvicorn#3124): when this fails, uvicorn has
-    # fixed it, and gateway.protocol.Server can go.
+    # fixed it, and gateway.serve.protocol.Server can go.
     assert run(_request_at_shutdown(uvicorn.Server, loop, late)) in (b"reset", b"")  # no answer

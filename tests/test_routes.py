@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Config
-from gateway.mounts import MountError, MountTable
-from gateway.routes import ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
-from gateway.shadow import Shadower
+from gateway.core.config import Config
+from gateway.core.mounts import MountError, MountTable
+from gateway.migration.rules import ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
+from gateway.migration.shadow import Shadower
 from tests.test_parity import ENTRIES, Send, config_with
 
 SHOP = '''
@@ -133,7 +133,7 @@ def test_a_fallback_past_every_app_is_the_last_apps_404(shop_table: MountTable) 
     from collections import Counter
     from threading import Lock
 
-    from gateway.routes import Fallback
+    from gateway.migration.rules import Fallback
 
     counts: Counter[str] = Counter()
     chain = Fallback([("a", not_found("a")), ("b", not_found("b"))], "~/x", counts, Lock())
@@ -148,7 +148,7 @@ def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
 
     from werkzeug.test import Client
 
-    from gateway.routes import Fallback
+    from gateway.migration.rules import Fallback
 
     closed: list[str] = []
 
@@ -256,7 +256,7 @@ def test_the_command_prints_explains_and_refuses(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cookie", "path"), [("a=1", "/"), ("a=1; Path=/", "/"), ("a=1; Path=/shop", "/shop"),
                                               ("a=1; Path=", "/"), ("a=1; Path=/; Path=/x", "/x")])
 def test_cookies_of_a_route_app_keep_the_whole_site(cookie: str, path: str) -> None:
-    from gateway.pipeline import scope_cookie
+    from gateway.core.pipeline import scope_cookie
 
     assert scope_cookie(cookie, "") == f"a=1; Path={path}"
 
@@ -375,7 +375,7 @@ def test_reload_swaps_the_rules_and_refuses_a_bad_file(tmp_path: Path, table: Mo
 
     import httpx
 
-    from gateway.asgi import create_asgi_app
+    from gateway.adapters.asgi import create_asgi_app
 
     path = tmp_path / "gateway.toml"
     path.write_text(CANARY.replace("SHARE", "0"))
@@ -528,7 +528,7 @@ def test_no_unsafe_method_is_ever_shadowed(shadowed: Any) -> None:
 def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
     import threading
 
-    from gateway.shadow import Shadower, ShadowTap
+    from gateway.migration.shadow import Shadower, ShadowTap
 
     release = threading.Event()
 
@@ -561,7 +561,7 @@ def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
 
 
 def test_normalisers() -> None:
-    from gateway.shadow import tokens
+    from gateway.migration.shadow import tokens
 
     html_a, html_b = b'<p  class="a" id="b">x   y</p>', b'<p id="b" class="a">\nx y</p>'
     assert tokens("text/html", html_a) == tokens("text/html", html_b)
@@ -600,7 +600,7 @@ def test_the_migration_page_shows_each_rule_to_loopback_only(table: MountTable, 
 
     from werkzeug.test import Client
 
-    from gateway.wsgi import create_wsgi_app
+    from gateway.adapters.wsgi import create_wsgi_app
 
     parsed = parse_gateway_file(CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):])
     shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps,
@@ -631,7 +631,7 @@ def test_the_migration_page_shows_each_rule_to_loopback_only(table: MountTable, 
 
 
 def test_traffic_keeps_the_last_minutes() -> None:
-    from gateway.migration_page import MINUTES, Traffic
+    from gateway.migration.traffic import MINUTES, Traffic
 
     traffic = Traffic()
     start = 1_000_000 * 60.0
@@ -650,7 +650,8 @@ def test_the_pages_shares_are_of_the_same_minutes_requests() -> None:
     import re
     from html import unescape
 
-    from gateway.migration_page import CANARY, FALLBACKS, render
+    from gateway.migration.page import render
+    from gateway.migration.traffic import CANARY, FALLBACKS
 
     fallback = RouteSpec("/items/<int:id>", ("new", "old"))
     canary = RouteSpec("/cart", ("old",), canary="new", share=50)
@@ -681,7 +682,8 @@ def test_the_page_adds_up_the_other_workers_counts(tmp_path: Path) -> None:
     import time
     from html import unescape
 
-    from gateway.migration_page import CANARY, render
+    from gateway.migration.page import render
+    from gateway.migration.traffic import CANARY
 
     cart = RouteSpec("/cart", ("old",), canary="new", share=50)
     items = RouteSpec("/items/<int:id>", ("old",), shadow="new")
@@ -771,7 +773,7 @@ def test_traffic_counts_every_threads_hits() -> None:
     those of threads that have ended too, until their minutes are over."""
     import threading
 
-    from gateway.migration_page import MINUTES, Traffic
+    from gateway.migration.traffic import MINUTES, Traffic
 
     traffic = Traffic()
     now = 1_000_000 * 60.0
@@ -800,7 +802,7 @@ def test_a_reload_keeps_the_counts_and_the_shadow_log(tmp_path: Path, table: Mou
 
     import httpx
 
-    from gateway.asgi import create_asgi_app
+    from gateway.adapters.asgi import create_asgi_app
 
     text = CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):]
     path = tmp_path / "gateway.toml"
@@ -860,7 +862,7 @@ def three_apps() -> tuple[Any, list[str], Any]:
     from collections import Counter
     from threading import Lock
 
-    from gateway.routes import Fallback
+    from gateway.migration.rules import Fallback
 
     calls: list[str] = []
     closed: list[str] = []
@@ -908,7 +910,7 @@ def test_a_fallback_passes_exc_info_on() -> None:
     from collections import Counter
     from threading import Lock
 
-    from gateway.routes import Fallback
+    from gateway.migration.rules import Fallback
 
     seen: list[Any] = []
 
@@ -935,7 +937,7 @@ def answer_of(status: int, body: bytes = b"same", **headers: str) -> Any:
 
 
 def test_compare_statuses_headers_and_bodies() -> None:
-    from gateway.shadow import compare
+    from gateway.migration.shadow import compare
 
     same = answer_of(200)
     assert compare(same, same, same, ()) == ("equal", [])
@@ -951,7 +953,7 @@ def test_compare_statuses_headers_and_bodies() -> None:
 
 
 def test_a_difference_is_written_with_what_differs(tmp_path: Path) -> None:
-    from gateway.shadow import Shadower
+    from gateway.migration.shadow import Shadower
 
     log = tmp_path / "shadow.jsonl"
     shadower = Shadower(log, keep=2)
@@ -1166,7 +1168,7 @@ def test_a_replaced_worker_leaves_its_counts_to_the_page(tmp_path: Path) -> None
 def test_the_shadow_pool_rests_to_stay_within_its_share_of_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from gateway import shadow
+    from gateway.migration import shadow
 
     slept: list[float] = []
     monkeypatch.setattr(shadow.time, "sleep", slept.append)
@@ -1228,7 +1230,7 @@ def test_the_shadow_share_is_read_from_the_file(table: str, cpu: float | None, m
 def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
     """When the pool cannot take more, the request is dropped (counted) before anything of
     it is copied: the primary's own iterable goes back to the server."""
-    from gateway.shadow import ShadowTap
+    from gateway.migration.shadow import ShadowTap
 
     answer = [b"now"]
 
@@ -1247,7 +1249,7 @@ def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
 
 
 def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTable) -> None:
-    from gateway.pipeline import Head, Pipeline
+    from gateway.core.pipeline import Head, Pipeline
 
     shop = table_from(CANARY.replace("SHARE", "50"))
     combined = MountTable([*table, *shop], shop.routes.values(), shop.route_table)
@@ -1271,7 +1273,7 @@ def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTa
 
 @pytest.mark.parametrize(("scheme", "secure"), [("http", False), ("https", True), ("ws", False), ("wss", True)])
 def test_the_canary_cookie_is_secure_over_tls(table: MountTable, scheme: str, secure: bool) -> None:
-    from gateway.pipeline import Head, Pipeline
+    from gateway.core.pipeline import Head, Pipeline
 
     shop = table_from(CANARY.replace("SHARE", "50"))
     pipeline = Pipeline(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config_with())

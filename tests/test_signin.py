@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from gateway.config import Config
-from gateway.mounts import Mount, MountTable
-from gateway.wsgi import create_wsgi_app
+from gateway.adapters.wsgi import create_wsgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import Mount, MountTable
 from tests import test_admin_doors as doors
 from tests.test_admin_doors import Account, csrf_token
 

@@ -21,9 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.config import Config
-from gateway.mounts import Mount, MountTable
-from gateway.tracing import Tracing
+from gateway.core.config import Config
+from gateway.core.mounts import Mount, MountTable
+from gateway.observe.tracing import Tracing
 from tests.test_parity import ENTRIES, Send, builder, config_with
 
 EXPORTER = InMemorySpanExporter()
@@ -199,7 +199,7 @@ def test_serve_refuses_an_exporter_it_does_not_know(start_gateway: Callable[...,
 def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(traced_table: MountTable) -> None:
     import time
 
-    from gateway.pipeline import Head, Pipeline
+    from gateway.core.pipeline import Head, Pipeline
 
     EXPORTER.clear()
     pipeline = Pipeline(traced_table, config_with(tracing=True))
@@ -215,7 +215,7 @@ def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(trac
 
 
 def test_the_banner_names_where_spans_go(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import tracing
+    from gateway.observe import tracing
 
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):

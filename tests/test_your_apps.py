@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import frameworks
-from gateway.config import Config
-from gateway.mounts import MountError, MountTable, import_app
-from gateway.pages import Pages
-from gateway.routes import ConfigFileError, RouteSpec, RouteTable, parse_gateway_file
-from gateway.scaffold import find_django, find_flask, gateway_toml
+from gateway.core.config import Config
+from gateway.core.mounts import MountError, MountTable, import_app
+from gateway.core.pages import Pages
+from gateway.migration.rules import ConfigFileError, RouteSpec, RouteTable, parse_gateway_file
+from gateway.serve import frameworks
+from gateway.serve.scaffold import find_django, find_flask, gateway_toml
 from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 HELLO = '''from flask import Flask, url_for
@@ -445,7 +445,7 @@ def _answer(status: int, headers: object, body: bytes) -> tuple[object, ...]:
 def _in_process(config: Config, interface: str) -> list[tuple[object, ...]]:
     from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-    from gateway.builder import build
+    from gateway.serve.builder import build
     from tests.support import SyncASGIClient
 
     app = build(config, interface)  # type: ignore[arg-type]
@@ -492,7 +492,7 @@ def _served(tmp_path: Path, config_file: Path, *args: str) -> tuple[list[tuple[o
 @pytest.mark.server
 def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, table: MountTable) -> None:
     """gateway.wsgi and gateway.asgi in process, uvicorn's workers and Granian's, all built
-    by gateway.builder from one gateway.toml: the same answers, and the same access lines."""
+    by gateway.serve.builder from one gateway.toml: the same answers, and the same access lines."""
     config_file = tmp_path / "gateway.toml"
     config_file.write_text(ONE_CONFIG)
     config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
@@ -511,7 +511,7 @@ def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, 
 def test_an_app_that_starts_its_response_lazily_has_started_it_when_it_returns() -> None:
     """gateway.wsgi draws the first chunk of an ASGI mount's a2wsgi iterable: Granian drops
     the headers of a response started inside the iterable."""
-    from gateway.wsgi import StartFirst
+    from gateway.adapters.wsgi import StartFirst
 
     events: list[str] = []
 

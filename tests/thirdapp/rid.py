@@ -8,7 +8,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from flask import Flask, request
 
-from gateway.pipeline import REQUEST_ID
+from gateway.core.pipeline import REQUEST_ID
 
 flask_app = Flask(__name__)
 

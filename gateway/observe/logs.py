@@ -267,7 +267,7 @@ def logging_config(level: str = "info", fmt: str = "text", access: bool = True) 
                 "filters": ["request_id"],
             },
             "access": {
-                "class": "gateway.logs.AccessHandler",
+                "class": "gateway.observe.logs.AccessHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "default",
                 "filters": ["request_id"],

@@ -20,8 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.routes import Fallback, RouteSpec, RouteTable
-from gateway.shadow import DEFAULT_CPU, ShadowTap
+from gateway.migration.rules import Fallback, RouteSpec, RouteTable
+from gateway.migration.shadow import DEFAULT_CPU, ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -88,7 +88,7 @@ class Mount:
 
 class MountTable:
     """An ordered set of mounts with Werkzeug's dispatch rules, and the route rules of a
-    shared URL space (:mod:`gateway.routes`), whose keys start with ``~``."""
+    shared URL space (:mod:`gateway.migration.rules`), whose keys start with ``~``."""
 
     def __init__(self, mounts: Iterable[Mount], routes: Iterable[Mount] = (),
                  route_table: RouteTable | None = None) -> None:

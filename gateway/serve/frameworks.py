@@ -11,7 +11,7 @@
   (``settings = "mysite.settings"``) has them set here, before any app is imported; a
   process whose Django already runs on other settings is refused in one line.
 - **The demo apps** (``flask_hello``, ``django_hello``) read ``FLASK_*`` and ``DJANGO_*``
-  variables, which :func:`gateway.config.configure_apps` derives from the gateway's
+  variables, which :func:`gateway.core.config.configure_apps` derives from the gateway's
   settings. That is done only when they are served: a team's own apps get nothing of
   theirs, and no ``./var`` appears in the team's folder.
 - **Django's static files.** ``runserver`` serves them in development, and a deployment
@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from gateway.config import Config, configure_apps
-from gateway.mounts import DEFAULT_MOUNTS
+from gateway.core.config import Config, configure_apps
+from gateway.core.mounts import DEFAULT_MOUNTS
 
 logger = logging.getLogger("gateway")
 

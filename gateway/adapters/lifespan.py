@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway.mounts import MountTable
+from gateway.core.mounts import MountTable
 from gateway.types import ASGIApp, Message
 
 logger = logging.getLogger("gateway")

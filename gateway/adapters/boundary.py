@@ -1,7 +1,7 @@
 """The pipeline's work at each mount's boundary, where only the protocol's own code can do it.
 
 The decisions (which mount, the rewritten head, refusals, the bare-prefix redirect, a
-``Content-Length`` over the limit) are the pipeline's (:mod:`gateway.pipeline`). What is
+``Content-Length`` over the limit) are the pipeline's (:mod:`gateway.core.pipeline`). What is
 left happens while the app runs:
 
 - the request body is read whole before the app is called, unless the mount streams
@@ -12,9 +12,9 @@ left happens while the app runs:
   with its exact ``Content-Length`` (Django reads no body without one). One past the
   limit gets a 413; one shorter than its ``Content-Length``, a 400: the app never sees a
   short body as a whole one. A streaming mount's app reads as the body arrives, and a
-  short body raises :class:`gateway.bridge.ClientDisconnected` in its read;
+  short body raises :class:`gateway.adapters.bridge.ClientDisconnected` in its read;
 - an ASGI app's body past the limit ends, for the app, in ``http.disconnect``;
-- the response headers are completed by :meth:`gateway.pipeline.Pipeline.complete`
+- the response headers are completed by :meth:`gateway.core.pipeline.Pipeline.complete`
   (cookies scoped to the mount, security headers, request ID, draining), for a WSGI app
   in its ``start_response`` (on the ASGI side that runs in the bridge's worker thread,
   before the headers are encoded), for an ASGI app in its ``send``.
@@ -32,8 +32,8 @@ from typing import IO, Any
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator, LimitedStream
 
-from gateway.bridge import ClientDisconnected
-from gateway.pipeline import CURRENT, Decision, Pipeline
+from gateway.adapters.bridge import ClientDisconnected
+from gateway.core.pipeline import CURRENT, Decision, Pipeline
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
@@ -66,7 +66,7 @@ async def asgi_reply(pipeline: Pipeline, reply: Reply, decision: Decision, send:
 class WSGIBoundary:
     """Serve a WSGI app as a mount: collect a chunked body, complete the response headers.
 
-    The request's :class:`~gateway.pipeline.Decision` is :data:`gateway.pipeline.CURRENT`,
+    The request's :class:`~gateway.core.pipeline.Decision` is :data:`gateway.core.pipeline.CURRENT`,
     set by the entry point; called outside such a request (the readiness probe), the
     app is called as it is.
     """

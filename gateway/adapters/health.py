@@ -35,7 +35,7 @@ from gateway.replies import Reply, json_reply
 from gateway.types import WSGIApp
 
 if TYPE_CHECKING:
-    from gateway.pipeline import Pipeline
+    from gateway.core.pipeline import Pipeline
 
 DRAINING = json_reply(503, json.dumps({"status": "draining", "checks": {}}).encode())
 

@@ -34,14 +34,14 @@ environment already says.
                           comma-separated prefixes (default none: bodies are read
                           whole first)
 ``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
-                          (:mod:`gateway.routes`; default ``./gateway.toml`` if it exists)
-``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.signin`)
+                          (:mod:`gateway.migration.rules`; default ``./gateway.toml`` if it exists)
+``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.migration.signin`)
 ``GATEWAY_METRICS``       ``1``: answer ``/metrics`` (Prometheus) to loopback and the
-                          trusted proxies (:mod:`gateway.metrics`; default off)
-``GATEWAY_TRACING``       ``1``: an OpenTelemetry span per request (:mod:`gateway.tracing`,
+                          trusted proxies (:mod:`gateway.observe.metrics`; default off)
+``GATEWAY_TRACING``       ``1``: an OpenTelemetry span per request (:mod:`gateway.observe.tracing`,
                           the ``tracing`` extra; default off)
 ``GATEWAY_MIGRATION_DIR`` a directory where the workers of one server share the
-                          migration page's counts (:mod:`gateway.migration_page`;
+                          migration page's counts (:mod:`gateway.migration.page`;
                           ``gateway serve --workers N`` makes one)
 ``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
                           close`` and ``/readyz`` 503, before shutting down (default 0)
@@ -58,7 +58,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gateway.routes import GatewayFile, read_gateway_file
+from gateway.migration.rules import GatewayFile, read_gateway_file
 
 DEFAULT_THREADS = 100
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")

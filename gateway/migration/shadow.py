@@ -301,7 +301,7 @@ class ShadowTap:
         self.candidate = candidate
         self.shadower = shadower
         self.headers = headers
-        self.apps = [("primary", primary), ("candidate", candidate)]  # for gateway.pipeline.is_django
+        self.apps = [("primary", primary), ("candidate", candidate)]  # for gateway.core.pipeline.is_django
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in SAFE:

@@ -57,9 +57,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.wsgi import ClosingIterator
 
-from gateway.matcher import compile_map
-from gateway.migration_page import Board, Traffic
-from gateway.shadow import DEFAULT_CPU, Shadower
+from gateway.migration.matcher import compile_map
+from gateway.migration.shadow import DEFAULT_CPU, Shadower
+from gateway.migration.traffic import Board, Traffic
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -407,7 +407,7 @@ class RouteTable:
         """Match a decoded ``path``: the rule's key, a 405's methods, or no rule.
 
         Werkzeug's matcher was 60% of a decision with 1,000 rules (cProfile), so the
-        rules compiled by :mod:`gateway.matcher` answer first. Where they leave the answer
+        rules compiled by :mod:`gateway.migration.matcher` answer first. Where they leave the answer
         to Werkzeug (a 405, rare converters), its recent answers are kept
         (:data:`CACHED_PATHS` of them, paths up to :data:`CACHED_PATH_LENGTH` characters).
         A reload makes a new table, and so a new cache.

@@ -5,7 +5,7 @@ same process, with Django's own code (the session engine of ``SESSION_ENGINE``, 
 ``django.contrib.auth.get_user``, which also checks the session's auth hash, so a
 password change or a session revoked in Django ends the Flask side too)::
 
-    from gateway.signin import DjangoSignIn, login_required
+    from gateway.migration.signin import DjangoSignIn, login_required
 
     signin = DjangoSignIn(app, login_url="/django/admin/login/")
 
@@ -17,7 +17,7 @@ password change or a session revoked in Django ends the Flask side too)::
 Signing out from Flask (:func:`sign_out`) flushes the same session: Django's pages are
 signed out as well. For the Flask app to receive Django's session cookie when the two
 are mounted at different prefixes, the gateway must leave that one cookie's path at the
-site root: ``GATEWAY_SHARED_SIGNIN=1`` (:attr:`gateway.config.Config.shared_signin`).
+site root: ``GATEWAY_SHARED_SIGNIN=1`` (:attr:`gateway.core.config.Config.shared_signin`).
 Each app keeps its own CSRF protection: Django's CSRF cookie stays scoped to Django's
 mount, and nothing here signs in or writes the session from Flask.
 """

@@ -10,7 +10,7 @@ the same:
 - the clock starts when the connection opens, and again when the first byte after a
   response arrives (between requests, uvicorn's keep-alive timeout runs);
 - once the headers are complete the clock stops: reading the body has its own timeout
-  (``GATEWAY_BODY_TIMEOUT``, in :func:`gateway.boundary.read_body`);
+  (``GATEWAY_BODY_TIMEOUT``, in :func:`gateway.adapters.boundary.read_body`);
 - at the deadline, a connection that began a request and did not finish its headers
   gets a ``408`` and is closed, with one warning; one that began none is closed quietly
   with a debug line: it sent nothing (browsers open spare connections they may never
@@ -31,7 +31,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.config import DEFAULT_HEADER_TIMEOUT
+from gateway.core.config import DEFAULT_HEADER_TIMEOUT
 
 logger = logging.getLogger("gateway")
 

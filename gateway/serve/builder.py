@@ -4,8 +4,8 @@
 process or in uvicorn's and Granian's workers) and a reload all build through here, so
 they serve the same apps with the same set-up::
 
-    from gateway.builder import build
-    from gateway.config import Config
+    from gateway.serve.builder import build
+    from gateway.core.config import Config
 
     application = build(Config.from_env(), "wsgi")
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from gateway import frameworks
-from gateway.config import Config
-from gateway.logs import configure_logging_if_unset
-from gateway.mounts import MountError, MountTable
+from gateway.core.config import Config
+from gateway.core.mounts import MountError, MountTable
+from gateway.observe.logs import configure_logging_if_unset
+from gateway.serve import frameworks
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -48,9 +48,9 @@ def build(config: Config, interface: Interface = "asgi", *, table: MountTable | 
     if table is None:
         table = load_table(config)
     if interface == "wsgi":
-        from gateway.wsgi import WSGIGateway
+        from gateway.adapters.wsgi import WSGIGateway
 
         return WSGIGateway(table, config)
-    from gateway.asgi import ASGIGateway
+    from gateway.adapters.asgi import ASGIGateway
 
     return ASGIGateway(table, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from gateway import __version__
-from gateway.mounts import MountTable
+from gateway.core.mounts import MountTable
 from gateway.replies import Reply, plain
 
 _PAGE = """<!doctype html>

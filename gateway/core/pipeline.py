@@ -21,12 +21,12 @@ The rules, in order:
   counted in :attr:`Pipeline.ignored`. From anyone else the headers are left alone.
 - ``/healthz`` and ``/readyz`` are answered before any check, so that probes by address
   work; so are ``/_gateway/`` (the migration page) and, when on, ``/metrics``
-  (:mod:`gateway.metrics`), for loopback and the trusted proxies only.
+  (:mod:`gateway.observe.metrics`), for loopback and the trusted proxies only.
 - Request headers over ``GATEWAY_MAX_HEADER_SIZE`` in all: 431. A ``Host`` that is
   missing, malformed, repeated or not allowed: 400. ``TRACE``, ``TRACK``, ``CONNECT``: 405.
 - A request ID: the client's ``X-Request-ID`` when it is a sane token, else a new one.
 - Paths go to the mount with the longest matching prefix, on segment boundaries
-  (:meth:`gateway.mounts.MountTable.match`); a bare prefix redirects to its slash form;
+  (:meth:`gateway.core.mounts.MountTable.match`); a bare prefix redirects to its slash form;
   a ``Content-Length`` over the mount's body limit gets a 413 before the body is read.
   What no mount claims gets the gateway's index or a 404.
 """
@@ -51,13 +51,15 @@ from urllib.parse import quote
 
 from werkzeug.http import parse_cookie
 
-from gateway import migration_page
-from gateway.config import Config, Network
-from gateway.logs import REQUEST_ID, access
-from gateway.metrics import PATH as METRICS_PATH
-from gateway.metrics import Metrics
-from gateway.mounts import PREFIX_PATTERN, Mount, MountTable
-from gateway.pages import Pages
+from gateway.core.config import Config, Network
+from gateway.core.mounts import PREFIX_PATTERN, Mount, MountTable
+from gateway.core.pages import Pages
+from gateway.migration import page as migration_page
+from gateway.migration.rules import RouteSpec
+from gateway.observe.logs import REQUEST_ID, access
+from gateway.observe.metrics import PATH as METRICS_PATH
+from gateway.observe.metrics import Metrics
+from gateway.observe.tracing import Tracing
 from gateway.replies import (
     BAD_HOST,
     BAD_LENGTH,
@@ -70,8 +72,6 @@ from gateway.replies import (
     plain,
     too_large,
 )
-from gateway.routes import RouteSpec
-from gateway.tracing import Tracing
 
 logger = logging.getLogger("gateway")
 __all__ = ["REQUEST_ID"]  # re-exported: apps read the request ID from here
@@ -179,7 +179,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Django's CSRF 
 def is_django(app: Any) -> bool:
     """Whether ``app`` is Django's, or a route rule's fallback chain with Django in it."""
     apps = getattr(app, "apps", None)
-    if isinstance(apps, list):  # gateway.routes.Fallback
+    if isinstance(apps, list):  # gateway.migration.rules.Fallback
         return any(is_django(each) for _, each in apps)
     return type(app).__module__.partition(".")[0] == "django"
 _FORM_SYNTAX = "a=b&c=%41+d;e"

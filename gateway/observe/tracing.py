@@ -25,17 +25,49 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from gateway import __version__
-
-if TYPE_CHECKING:
-    from gateway.pipeline import Decision, Head
 
 EXTRA = ('install the "tracing" extra: pip install "flask-django-gateway[tracing]" '
          '(from a clone: pip install ".[tracing]")')
 #: The headers that carry a trace across a hop (W3C Trace Context), as the apps see them.
 TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+class Head(Protocol):
+    """What a span reads of the pipeline's request head (``gateway.core.pipeline.Head``)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def fetch(self) -> Callable[[str], str | None] | None: ...
+
+
+class Decision(Protocol):
+    """What a span reads of the pipeline's decision, and the two fields it sets."""
+
+    span: Any
+    trace_headers: tuple[tuple[str, str], ...]
+
+    @property
+    def mount(self) -> object: ...
+    @property
+    def mount_label(self) -> str: ...
+    @property
+    def script_name(self) -> str: ...
+    @property
+    def path_info(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def client(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def started(self) -> float: ...
 
 
 class _HeadGetter:

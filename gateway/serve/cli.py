@@ -15,7 +15,7 @@
     gateway check [--deploy]
 
 Each option of ``serve`` overrides its ``GATEWAY_*`` variable: the command builds one
-:class:`gateway.config.Config` from the environment (which names the variable when a
+:class:`gateway.core.config.Config` from the environment (which names the variable when a
 value is wrong), puts the options given over it, and hands it to the server and each
 of its workers.
 """
@@ -37,9 +37,8 @@ from typing import Any
 
 import click
 
-from gateway import __version__, frameworks
-from gateway.builder import build, load_table
-from gateway.config import (
+from gateway import __version__
+from gateway.core.config import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_THREADS,
     Config,
@@ -47,10 +46,15 @@ from gateway.config import (
     parse_proxies,
     production_problems,
 )
-from gateway.logs import logging_config
-from gateway.metrics import prepare_directory as prepare_metrics_directory
-from gateway.mounts import Mount, MountError, MountSpec, MountTable
-from gateway.server import (
+from gateway.core.mounts import Mount, MountError, MountSpec, MountTable
+from gateway.observe.logs import logging_config
+from gateway.observe.metrics import prepare_directory as prepare_metrics_directory
+from gateway.observe.tracing import EXTRA as TRACING_EXTRA
+from gateway.observe.tracing import describe as describe_tracing
+from gateway.observe.tracing import installed as tracing_installed
+from gateway.serve import frameworks
+from gateway.serve.builder import build, load_table
+from gateway.serve.runners import (
     GRANIAN_MIN_BACKLOG,
     UVICORN_BACKLOG,
     ServerError,
@@ -65,9 +69,6 @@ from gateway.server import (
     run_granian,
     run_uvicorn,
 )
-from gateway.tracing import EXTRA as TRACING_EXTRA
-from gateway.tracing import describe as describe_tracing
-from gateway.tracing import installed as tracing_installed
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -285,7 +286,7 @@ def serve(
         raise click.ClickException(f"--tracing (GATEWAY_TRACING=1) needs OpenTelemetry: {TRACING_EXTRA}.")
     if config.file.routes and config.migration_dir is None and (workers > 1 or limit_max_requests is not None):
         # Several workers, or one that is replaced: the migration page adds up the counts
-        # each worker writes here (gateway.migration_page.Board).
+        # each worker writes here (gateway.migration.page.Board).
         shared = tempfile.mkdtemp(prefix="gateway-migration-")
         atexit.register(shutil.rmtree, shared, ignore_errors=True)
         config = replace(config, migration_dir=Path(shared))
@@ -443,7 +444,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
     database = describe_database()
     rules, hidden = table.route_table, table.hidden()
     if config.log_format == "json":  # one object, as every other line of the log
-        from gateway.logs import JSONFormatter
+        from gateway.observe.logs import JSONFormatter
 
         click.echo(JSONFormatter().format(logging.makeLogRecord({
             "name": "gateway", "levelname": "INFO", "levelno": logging.INFO, "msg": title, "server": server,
@@ -522,7 +523,7 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
 @click.option("--force", is_flag=True, help="Overwrite a gateway.toml that is there already.")
 def init(force: bool) -> None:
     """Write a gateway.toml that mounts the Flask app and the Django project of this folder."""
-    from gateway.scaffold import FILE_NAME, find_django, find_flask, gateway_toml
+    from gateway.serve.scaffold import FILE_NAME, find_django, find_flask, gateway_toml
 
     folder = Path.cwd()
     target = folder / FILE_NAME
@@ -544,7 +545,7 @@ def init(force: bool) -> None:
 @click.argument("log", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def diff(log: Path | None) -> None:
     """Summarise the shadow comparisons' differences (default: shadow.jsonl in the data directory)."""
-    from gateway.shadow import summarise
+    from gateway.migration.shadow import summarise
 
     path = log or Config.from_env().data_dir / "shadow.jsonl"
     if not path.exists():

@@ -21,8 +21,8 @@ from typing import Any
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import ChangeReload, Multiprocess
 
-from gateway.config import Config
-from gateway.protocol import Server, TimedConfig
+from gateway.core.config import Config
+from gateway.serve.protocol import Server, TimedConfig
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
@@ -219,10 +219,10 @@ def run_uvicorn(
         "port": port,
         "log_level": log_level,
         "log_config": log_config,
-        # The gateway writes one access line per request itself (gateway.pipeline).
+        # The gateway writes one access line per request itself (gateway.core.pipeline).
         "access_log": False,
         "lifespan": "on",
-        # The HTTP protocol is gateway.protocol's, on httptools (TimedConfig sets it): it
+        # The HTTP protocol is gateway.serve.protocol's, on httptools (TimedConfig sets it): it
         # times out late headers. (h11 would serve Django's cookies too: the gateway drops
         # the leading space Django 5.2 writes in Set-Cookie.)
         "timeout_graceful_shutdown": config.graceful_timeout,
@@ -306,7 +306,7 @@ def close_before(sock: socket.socket, *signals: signal.Signals) -> None:
 
 
 class WorkerConfig(TimedConfig):
-    """uvicorn's ``Config`` carrying the gateway's :class:`~gateway.config.Config` to each worker.
+    """uvicorn's ``Config`` carrying the gateway's :class:`~gateway.core.config.Config` to each worker.
 
     uvicorn hands its config to every worker process it starts (pickled); in the
     worker, :meth:`load` builds the gateway from the ``Config`` that came with it,
@@ -319,8 +319,8 @@ class WorkerConfig(TimedConfig):
 
     def load(self) -> None:
         if isinstance(self.app, str):
-            from gateway.builder import build
-            from gateway.mounts import MountError
+            from gateway.core.mounts import MountError
+            from gateway.serve.builder import build
 
             try:
                 # SIGHUP restarts the workers (uvicorn's supervisor): each new one reads the
@@ -344,7 +344,7 @@ def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET, *, root_path: s
     front strips it) and the gateway is told it as ``SCRIPT_NAME``. (Granian's own
     ``url_path_prefix`` means the opposite: it cuts that many characters off every path.)
     """
-    from gateway.builder import build
+    from gateway.serve.builder import build
 
     # Each worker reads the gateway.toml afresh, as uvicorn's do: a restart takes its changes.
     config = config.with_file(config.config_file) if config.config_file else config
@@ -385,7 +385,7 @@ def quiet_thread_warning(log_config: dict[str, Any] | None) -> dict[str, Any] | 
     if log_config is None:
         return None
     config = {**log_config, "filters": {**log_config.get("filters", {}),
-                                        "granian_threads": {"()": "gateway.logs.DropMessage",
+                                        "granian_threads": {"()": "gateway.observe.logs.DropMessage",
                                                             "start": "Configuration allows spawning up to"}}}
     loggers = dict(config.get("loggers", {}))
     loggers["_granian"] = {**loggers.get("_granian", {}), "filters": ["granian_threads"]}

@@ -4,8 +4,10 @@ handed to every worker process without going through environment variables."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import fields
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 
@@ -82,7 +84,7 @@ def test_timeouts_and_streaming_mounts_are_read() -> None:
     defaults = Config.from_env({})
     assert (defaults.body_timeout, defaults.header_timeout, defaults.ready_timeout, defaults.stream_bodies) == (
         30.0, 5.0, 2.0, ())
-    assert Config.from_env(config.to_env()) == config
+    assert pickle.loads(pickle.dumps(config)) == config  # as gateway serve hands it to each worker
 
 
 @pytest.mark.parametrize(
@@ -176,9 +178,75 @@ def test_command_options_over_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("GATEWAY_THREADS", "5")
     monkeypatch.setenv("GATEWAY_MOUNTS", "/a=m:a")
     monkeypatch.setenv("GATEWAY_DRAIN_DELAY", "3")
-    config = _config(("/b=m:b",), threads=9, drain_delay=None, access_log=False)
+    config = _config({"mounts": ("/b=m:b",), "threads": "9", "drain_delay": None, "access_log": False})
     assert (config.threads, config.mounts, config.drain_delay, config.access_log) == (9, ("/b=m:b",), 3.0, False)
-    assert _config(None).mounts == ("/a=m:a",)
+    assert _config().mounts == ("/a=m:a",)
+    with pytest.raises(click.UsageError, match=r'^--threads="0" must be a positive whole number, e\.g\. '
+                                               r"--threads=100\.$"):
+        _config({"threads": "0"})
+
+
+def test_the_file_then_the_variables_then_the_options(tmp_path: Path) -> None:
+    """One merge at the edge: each source over the one before, each value read by the same reader."""
+    from gateway.core.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nthreads = 7\nhttps = true\nallowed_hosts = ["a.test", "b.test"]\n'
+                    'max_body_size = "2M"\nstream_bodies = ["/up"]\nheader_timeout = 1.5\n')
+    from_file = load_config({}, {}, path)
+    assert (from_file.threads, from_file.https, from_file.allowed_hosts, from_file.max_body_size,
+            from_file.stream_bodies, from_file.header_timeout) == (7, True, ("a.test", "b.test"), 2 * 1024**2,
+                                                                  ("/up",), 1.5)
+    over = load_config({"GATEWAY_THREADS": "8", "GATEWAY_HTTPS": "0", "GATEWAY_CONFIG": str(path)}, {"--threads": "9"})
+    assert (over.threads, over.https, over.allowed_hosts, over.config_file) == (9, False, ("a.test", "b.test"), path)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        pytest.param("threads = 0", r'^\S+gateway\.toml, line 2: threads="0" must be a positive whole number, '
+                                    r"e\.g\. threads=100\.$", id="bad-value"),
+        pytest.param("https = \"maybe\"", r'line 2: https="maybe" must be 1 or 0', id="bad-flag"),
+        pytest.param("thread = 3", r"line 2: unknown setting 'thread' in \[gateway\]; the settings are access_log, ",
+                     id="unknown-key"),
+        pytest.param("threads = { n = 3 }", r"line 2: threads must be a string, a number, true or false, or a list",
+                     id="a-table"),
+    ],
+)
+def test_a_setting_in_the_file_that_cannot_be_read_names_its_line(tmp_path: Path, table: str, message: str) -> None:
+    from gateway.core.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(f"[gateway]\n{table}\n")
+    with pytest.raises(ValueError, match=message):
+        load_config({}, {}, path)
+
+
+def test_each_settings_documented_default_is_its_default() -> None:
+    """The table's defaults, as the docs and the help show them, are what Config holds."""
+    from gateway.core.config import SETTINGS
+
+    defaults = Config()
+    worded = {"data_dir": Path("var").resolve(), "graceful_timeout": None, "migration_dir": None}
+    for setting in SETTINGS:
+        if setting.field in worded:  # "./var", "no limit", "one per run...": in words
+            assert getattr(defaults, setting.field) == worded[setting.field]
+            continue
+        assert setting.read(setting.default, setting.variable) == getattr(defaults, setting.field), setting.field
+    assert {s.field for s in SETTINGS} | {"config_file", "file"} == {f.name for f in fields(Config)}
+
+
+def test_the_configuration_reference_is_generated_from_the_table() -> None:
+    """docs/configuration.md is scripts/configuration_docs.py's output: run it after changing a setting."""
+    import importlib.util
+
+    from tests.support import ROOT
+
+    spec = importlib.util.spec_from_file_location("configuration_docs", ROOT / "scripts" / "configuration_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "configuration.md").read_text() == module.reference()
 
 
 @pytest.mark.server

@@ -4,6 +4,7 @@ process, and the ``gateway routes`` command."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def test_the_file_travels_in_the_config(tmp_path: Path) -> None:
     config = Config.from_env({"GATEWAY_CONFIG": str(path)})
     assert config.config_file == path and [r.rule for r in config.file.routes][:2] == ["/shop/<path:rest>", "/shop/"]
     assert config.file.mounts == ("/echo=tests.thirdapp:echo_app",)
-    assert Config.from_env(config.to_env()) == config
+    assert pickle.loads(pickle.dumps(config)) == config  # as gateway serve hands it to each worker
 
 
 @pytest.mark.server
@@ -737,7 +738,7 @@ def test_a_migration_directory_must_be_one_the_workers_can_write(tmp_path: Path)
         Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path / "missing")})
     assert Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path)}).migration_dir == tmp_path
     assert Config.from_env({"GATEWAY_MIGRATION_DIR": " "}).migration_dir is None
-    assert Config.from_env({}).to_env()["GATEWAY_MIGRATION_DIR"] == ""
+    assert Config.from_env({}).migration_dir is None
 
 
 def test_each_worker_writes_its_counts_each_second(tmp_path: Path) -> None:

@@ -1,51 +1,17 @@
-"""The gateway's settings, read from ``GATEWAY_*`` environment variables.
+"""The gateway's settings: one table (:data:`SETTINGS`), one immutable :class:`Config`.
 
-The ``gateway`` command writes its options into the same variables, so that every
-server worker process (uvicorn, Granian, gunicorn) builds the same gateway. Before the
-apps are imported, :func:`configure_apps` translates these settings into each
-framework's own conventions (``DJANGO_*``, ``FLASK_*``), without overriding what the
+Each setting has a field of :class:`Config`, a ``GATEWAY_*`` variable, a key of the
+``[gateway]`` table of ``gateway.toml`` and, for most, an option of ``gateway serve``,
+all read by the same function. They are merged once, at the edge, by :func:`load_config`:
+the defaults, then the file, then the variables, then the options, each over the one
+before. ``gateway serve`` hands the result to the server and to every worker it starts
+(pickled, never through ``os.environ``); the bare entry points (``gateway.wsgi``,
+``gateway.asgi``) call :meth:`Config.from_env`. ``docs/configuration.md`` is generated
+from the table (``scripts/configuration_docs.py``), and a test holds it to the code.
+
+Before the demo apps are imported, :func:`configure_apps` translates these settings into
+their own conventions (``DJANGO_*``, ``FLASK_*``), without overriding what the
 environment already says.
-
-========================  =====================================================
-``GATEWAY_ENV``           ``development`` (default) or ``production`` (secret keys
-                          must come from the environment)
-``GATEWAY_DATA_DIR``      SQLite database and generated keys (default ``./var``)
-``GATEWAY_MOUNTS``        extra mounts, ``/prefix=module:attr``, space-separated
-``GATEWAY_THREADS``       WSGI threads per worker under uvicorn (default 100)
-``GATEWAY_ALLOWED_HOSTS`` Host names both apps answer, comma-separated (``.x.com``
-                          matches subdomains, ``*`` anything)
-``GATEWAY_MAX_BODY_SIZE`` request body limit in bytes (``K``/``M``/``G`` suffixes)
-``GATEWAY_MAX_BODY_SIZES`` per-mount limits, ``/flask=1M,/django=20M``
-``GATEWAY_MAX_HEADER_SIZE`` request headers in all, in bytes (default 16K)
-``GATEWAY_TRUSTED_PROXIES`` addresses or networks whose ``X-Forwarded-*`` headers
-                          are honoured, comma-separated
-``GATEWAY_HTTPS``         ``1`` when clients reach the gateway over HTTPS (secure
-                          cookies, HSTS)
-``GATEWAY_LOG_FORMAT``    ``text`` (default) or ``json``
-``GATEWAY_ACCESS_LOG``    ``0`` to write no access log (default on)
-``GATEWAY_GRACEFUL_TIMEOUT`` seconds running requests get at shutdown (``gateway serve
-                          --graceful-timeout``; default no limit)
-``GATEWAY_BODY_TIMEOUT``  seconds a request body may pause before a 408 (default 30)
-``GATEWAY_HEADER_TIMEOUT`` seconds a connection gets to send a request's headers
-                          (default 5)
-``GATEWAY_READY_TIMEOUT`` seconds ``/readyz`` waits for its checks before answering
-                          503 "busy" (default 2)
-``GATEWAY_STREAM_BODIES`` mounts whose apps read uploads as they arrive, in a thread,
-                          comma-separated prefixes (default none: bodies are read
-                          whole first)
-``GATEWAY_CONFIG``        a ``gateway.toml`` of named apps, mounts and route rules
-                          (:mod:`gateway.migration.rules`; default ``./gateway.toml`` if it exists)
-``GATEWAY_SHARED_SIGNIN`` ``1``: one sign-in for both apps (:mod:`gateway.migration.signin`)
-``GATEWAY_METRICS``       ``1``: answer ``/metrics`` (Prometheus) to loopback and the
-                          trusted proxies (:mod:`gateway.observe.metrics`; default off)
-``GATEWAY_TRACING``       ``1``: an OpenTelemetry span per request (:mod:`gateway.observe.tracing`,
-                          the ``tracing`` extra; default off)
-``GATEWAY_MIGRATION_DIR`` a directory where the workers of one server share the
-                          migration page's counts (:mod:`gateway.migration.page`;
-                          ``gateway serve --workers N`` makes one)
-``GATEWAY_DRAIN_DELAY``   seconds to keep serving after SIGTERM, with ``Connection:
-                          close`` and ``/readyz`` 503, before shutting down (default 0)
-========================  =====================================================
 """
 
 from __future__ import annotations
@@ -54,7 +20,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,7 +40,7 @@ _SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """What the gateway serves and how."""
 
@@ -112,76 +78,15 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
-        """Read the settings from ``GATEWAY_*`` variables."""
-        env = environ.get("GATEWAY_ENV", "development").strip().lower() or "development"
-        if env not in {"development", "production"}:
-            raise ValueError(f'GATEWAY_ENV="{env}" must be "development" or "production".')
-        log_format = environ.get("GATEWAY_LOG_FORMAT", "text").strip().lower() or "text"
-        if log_format not in {"text", "json"}:
-            raise ValueError(f'GATEWAY_LOG_FORMAT="{log_format}" must be "text" or "json".')
-        return cls(
-            env=env,
-            mounts=tuple(environ.get("GATEWAY_MOUNTS", "").split()),
-            threads=_positive_int(environ, "GATEWAY_THREADS", DEFAULT_THREADS),
-            data_dir=Path(environ.get("GATEWAY_DATA_DIR", "var")).resolve(),
-            allowed_hosts=parse_hosts(environ.get("GATEWAY_ALLOWED_HOSTS")),
-            max_body_size=parse_size(
-                environ.get("GATEWAY_MAX_BODY_SIZE", str(DEFAULT_MAX_BODY_SIZE)), "GATEWAY_MAX_BODY_SIZE"
-            ),
-            max_body_sizes=_sizes(environ.get("GATEWAY_MAX_BODY_SIZES", "")),
-            max_header_size=parse_size(
-                environ.get("GATEWAY_MAX_HEADER_SIZE", str(DEFAULT_MAX_HEADER_SIZE)), "GATEWAY_MAX_HEADER_SIZE"
-            ),
-            trusted_proxies=parse_proxies(environ.get("GATEWAY_TRUSTED_PROXIES")),
-            https=_strict_flag(environ, "GATEWAY_HTTPS", False),
-            log_format=log_format,
-            access_log=_strict_flag(environ, "GATEWAY_ACCESS_LOG", True),
-            drain_delay=_seconds(environ, "GATEWAY_DRAIN_DELAY"),
-            graceful_timeout=_seconds(environ, "GATEWAY_GRACEFUL_TIMEOUT") if environ.get(
-                "GATEWAY_GRACEFUL_TIMEOUT", "").strip() else None,
-            body_timeout=_timeout(environ, "GATEWAY_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT),
-            header_timeout=_timeout(environ, "GATEWAY_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
-            ready_timeout=_timeout(environ, "GATEWAY_READY_TIMEOUT", DEFAULT_READY_TIMEOUT),
-            stream_bodies=tuple(_prefix(p) for p in _split(environ.get("GATEWAY_STREAM_BODIES"))),
-            shared_signin=_shared_signin(environ.get("GATEWAY_SHARED_SIGNIN", "")),
-            metrics=_strict_flag(environ, "GATEWAY_METRICS", False),
-            tracing=_strict_flag(environ, "GATEWAY_TRACING", False),
-            migration_dir=_migration_dir(environ.get("GATEWAY_MIGRATION_DIR", "")),
-        ).with_file(config_path(environ))
+        """Read the settings from ``GATEWAY_*`` variables (and the ``gateway.toml`` they name,
+        or ``./gateway.toml``)."""
+        return load_config(environ)
 
     def with_file(self, path: Path | None) -> Config:
         """This configuration with the ``gateway.toml`` at ``path`` read in (None: none)."""
         if path is None:
             return replace(self, config_file=None, file=GatewayFile())
         return replace(self, config_file=path.resolve(), file=read_gateway_file(path))
-
-    def to_env(self) -> dict[str, str]:
-        """Return the ``GATEWAY_*`` variables that :meth:`from_env` reads back."""
-        return {
-            "GATEWAY_ENV": self.env,
-            "GATEWAY_MOUNTS": " ".join(self.mounts),
-            "GATEWAY_THREADS": str(self.threads),
-            "GATEWAY_DATA_DIR": str(self.data_dir),
-            "GATEWAY_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
-            "GATEWAY_MAX_BODY_SIZE": str(self.max_body_size),
-            "GATEWAY_MAX_BODY_SIZES": ",".join(f"{p}={n}" for p, n in self.max_body_sizes.items()),
-            "GATEWAY_MAX_HEADER_SIZE": str(self.max_header_size),
-            "GATEWAY_TRUSTED_PROXIES": ",".join(str(n) for n in self.trusted_proxies),
-            "GATEWAY_HTTPS": "1" if self.https else "",
-            "GATEWAY_LOG_FORMAT": self.log_format,
-            "GATEWAY_ACCESS_LOG": "1" if self.access_log else "0",
-            "GATEWAY_DRAIN_DELAY": str(self.drain_delay),
-            "GATEWAY_GRACEFUL_TIMEOUT": "" if self.graceful_timeout is None else str(self.graceful_timeout),
-            "GATEWAY_BODY_TIMEOUT": str(self.body_timeout),
-            "GATEWAY_HEADER_TIMEOUT": str(self.header_timeout),
-            "GATEWAY_READY_TIMEOUT": str(self.ready_timeout),
-            "GATEWAY_STREAM_BODIES": ",".join(self.stream_bodies),
-            "GATEWAY_CONFIG": str(self.config_file or ""),
-            "GATEWAY_SHARED_SIGNIN": self.shared_signin or "",
-            "GATEWAY_METRICS": "1" if self.metrics else "0",
-            "GATEWAY_TRACING": "1" if self.tracing else "0",
-            "GATEWAY_MIGRATION_DIR": str(self.migration_dir or ""),
-        }
 
     def body_limit(self, prefix: str) -> int:
         """Return the request body limit for the mount at ``prefix``."""
@@ -325,14 +230,14 @@ def weak_secret(value: str) -> str | None:
     return None
 
 
-def _migration_dir(value: str) -> Path | None:
+def _migration_dir(value: str, name: str = "GATEWAY_MIGRATION_DIR") -> Path | None:
     """``GATEWAY_MIGRATION_DIR``: a directory the workers can write, or unset."""
     if not value.strip():
         return None
     path = Path(value.strip()).resolve()
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"GATEWAY_MIGRATION_DIR={value} is not a writable directory: create it, empty, for this "
-                         "server's workers, or unset the variable.")
+        raise ValueError(f"{name}={value} is not a writable directory: create it, empty, for this "
+                         "server's workers, or unset it.")
     return path
 
 
@@ -363,15 +268,13 @@ def parse_size(text: str, name: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
-def _sizes(text: str) -> dict[str, int]:
+def _sizes(text: str, name: str = "GATEWAY_MAX_BODY_SIZES") -> dict[str, int]:
     sizes = {}
     for item in _split(text):
         prefix, sep, size = item.partition("=")
         if not sep or not prefix.startswith("/"):
-            raise ValueError(
-                f'GATEWAY_MAX_BODY_SIZES item "{item}" must be in the form "/prefix=size", e.g. "/django=20M".'
-            )
-        sizes[prefix.rstrip("/")] = parse_size(size, f"GATEWAY_MAX_BODY_SIZES {prefix}")
+            raise ValueError(f'{name} item "{item}" must be in the form "/prefix=size", e.g. "/django=20M".')
+        sizes[prefix.rstrip("/")] = parse_size(size, f"{name} {prefix}")
     return sizes
 
 
@@ -396,7 +299,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _shared_signin(raw: str) -> str | None:
+def _shared_signin(raw: str, name: str = "GATEWAY_SHARED_SIGNIN") -> str | None:
     """``GATEWAY_SHARED_SIGNIN``: ``1`` (Django's default cookie, ``sessionid``), a cookie name, or off."""
     value = raw.strip()
     if not value or value.lower() in _FALSE:
@@ -404,13 +307,13 @@ def _shared_signin(raw: str) -> str | None:
     if value.lower() in _TRUE:
         return "sessionid"
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
-        raise ValueError(f'GATEWAY_SHARED_SIGNIN="{raw}" must be 1, 0, or the name of Django\'s session cookie.')
+        raise ValueError(f'{name}="{raw}" must be 1, 0, or the name of Django\'s session cookie.')
     return value
 
 
-def _strict_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+def _strict_flag(text: str, name: str, default: bool) -> bool:
     """A yes/no setting: ``1``/``true``/``yes``/``on``, ``0``/``false``/``no``/``off``, or empty."""
-    raw = environ.get(name, "").strip()
+    raw = text.strip()
     if not raw:
         return default
     if raw.lower() in _TRUE:
@@ -428,8 +331,8 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def _seconds(environ: Mapping[str, str], name: str) -> float:
-    raw = environ.get(name, "").strip()
+def _seconds(text: str, name: str) -> float:
+    raw = text.strip()
     try:
         value = float(raw or 0)
     except ValueError:
@@ -439,24 +342,23 @@ def _seconds(environ: Mapping[str, str], name: str) -> float:
     return value
 
 
-def _timeout(environ: Mapping[str, str], name: str, default: float) -> float:
-    if not environ.get(name, "").strip():
+def _timeout(text: str, name: str, default: float) -> float:
+    if not text.strip():
         return default
-    value = _seconds(environ, name)
+    value = _seconds(text, name)
     if value <= 0:
-        raise ValueError(f'{name}="{environ[name]}" must be a number of seconds above 0, e.g. {name}={default:g}.')
+        raise ValueError(f'{name}="{text}" must be a number of seconds above 0, e.g. {name}={default:g}.')
     return value
 
 
-def _prefix(text: str) -> str:
+def _prefix(text: str, name: str = "GATEWAY_STREAM_BODIES") -> str:
     if not text.startswith("/") or text == "/":
-        raise ValueError(f'GATEWAY_STREAM_BODIES item "{text}" must be a mount prefix, e.g. "/uploads".')
+        raise ValueError(f'{name} item "{text}" must be a mount prefix, e.g. "/uploads".')
     return text.rstrip("/")
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
+def _positive_int(raw: str, name: str, default: int) -> int:
+    if raw == "":
         return default
     try:
         value = int(raw)
@@ -465,3 +367,156 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f'{name}="{raw}" must be a positive whole number, e.g. {name}={default}.')
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """One setting: its field of :class:`Config`, its variable, its ``gateway serve`` option,
+    how its text is read, and what the docs say of it."""
+
+    field: str
+    variable: str
+    #: Reads the text of a variable, an option or a file's value; ``name`` is how a
+    #: ValueError (one sentence) names it: the variable, the option or the file's key.
+    read: Callable[[str, str], object]
+    default: str  # as the docs show it
+    help: str
+    option: str | None = None
+    #: How the option is given: "value", "flag" (--x/--no-x) or "multiple" (repeated).
+    kind: str = "value"
+    #: What joins repeated options, and a file's list, into the variable's text.
+    separator: str = ","
+
+    def read_file_value(self, value: object, name: str) -> object:
+        """Read a value of the ``[gateway]`` table: TOML's types, or the variable's text."""
+        if isinstance(value, bool):
+            return self.read("1" if value else "0", name)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return self.read(self.separator.join(value), name)
+        if isinstance(value, str | int | float):
+            return self.read(str(value), name)
+        raise ValueError(f"{name} must be a string, a number, true or false, or a list of strings.")
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def read(raw: str, name: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f'{name}="{raw.strip()}" must be ' + " or ".join(f'"{c}"' for c in choices) + ".")
+        return value
+    return read
+
+
+def _int(default: int) -> Callable[[str, str], int]:
+    return lambda raw, name: _positive_int(raw, name, default)
+
+
+def _timeout_of(default: float) -> Callable[[str, str], float]:
+    return lambda raw, name: _timeout(raw, name, default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(field="env", variable="GATEWAY_ENV", read=_choice("development", "production"), default="development",
+            help="`production` refuses to start, with one line listing every problem, without strong "
+                 "`DJANGO_SECRET_KEY` and `FLASK_SECRET_KEY` (50+ random characters), with `DJANGO_DEBUG` or "
+                 "`FLASK_DEBUG` on, or with `*` in the allowed hosts; in development the demo apps' keys are "
+                 "generated once and kept in the data directory."),
+    Setting(field="data_dir", variable="GATEWAY_DATA_DIR", read=lambda raw, name: Path(raw.strip()).resolve(),
+            default="./var", help="The demo apps' SQLite database and generated keys, and the shadow comparisons' "
+                                  "log; nothing is made there for apps of your own."),
+    Setting(field="mounts", variable="GATEWAY_MOUNTS", read=lambda raw, name: tuple(raw.split()), default="",
+            option="--mount", kind="multiple", separator=" ",
+            help="More mounts, `/prefix=package.module:attribute` (`@wsgi` or `@asgi` to skip detection; "
+                 "`module:factory()` calls a factory), space-separated; added to the gateway.toml's."),
+    Setting(field="threads", variable="GATEWAY_THREADS", read=_int(DEFAULT_THREADS), default=str(DEFAULT_THREADS),
+            option="--threads", help="Threads per worker for the WSGI apps under uvicorn."),
+    Setting(field="allowed_hosts", variable="GATEWAY_ALLOWED_HOSTS", read=lambda raw, name: parse_hosts(raw),
+            default=",".join(DEFAULT_HOSTS), option="--allowed-hosts",
+            help="Host names served, comma-separated: any other gets a 400 before any app runs. `.example.org` "
+                 "matches subdomains, `*` anything. Also the demo Django's `ALLOWED_HOSTS`."),
+    Setting(field="max_body_size", variable="GATEWAY_MAX_BODY_SIZE", read=parse_size,
+            default="10M", help="Request body limit (`K`, `M`, `G` suffixes): larger bodies get a 413 before they "
+                                "are read. Also the demo apps' own limits."),
+    Setting(field="max_body_sizes", variable="GATEWAY_MAX_BODY_SIZES", read=_sizes,
+            default="", help="Per-mount body limits, `/django=50M,/flask=1M`."),
+    Setting(field="max_header_size", variable="GATEWAY_MAX_HEADER_SIZE", read=parse_size,
+            default="16K", help="Request headers in all: more gets a 431."),
+    Setting(field="trusted_proxies", variable="GATEWAY_TRUSTED_PROXIES", read=parse_proxies,
+            default="", option="--trusted-proxies",
+            help="Addresses or networks (`10.0.0.0/8`) whose `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and "
+                 "`-Prefix` are honoured (one hop, the last value, each only when well formed), comma-separated."),
+    Setting(field="https", variable="GATEWAY_HTTPS", read=lambda raw, name: _strict_flag(raw, name, False),
+            default="0", help="`1` when clients use HTTPS: secure cookies on both apps, and HSTS on every response "
+                              "over HTTPS. Behind a proxy that ends TLS, list it in the trusted proxies too."),
+    Setting(field="log_format", variable="GATEWAY_LOG_FORMAT", read=_choice("text", "json"), default="text",
+            option="--log-format", help="Log lines as text, or as one JSON object a line, the banner included."),
+    Setting(field="access_log", variable="GATEWAY_ACCESS_LOG", read=lambda raw, name: _strict_flag(raw, name, True),
+            default="1", option="--access-log", kind="flag", help="One line per request (`0`: none)."),
+    Setting(field="graceful_timeout", variable="GATEWAY_GRACEFUL_TIMEOUT", read=_seconds,
+            default="no limit", option="--graceful-timeout",
+            help="On shutdown, seconds to let running requests finish."),
+    Setting(field="drain_delay", variable="GATEWAY_DRAIN_DELAY", read=_seconds,
+            default="0", option="--drain-delay",
+            help="On SIGTERM, seconds to keep serving (`Connection: close`, `/readyz` 503) before shutting down; "
+                 "set it above your proxy's upstream `keepalive_timeout` (uvicorn only)."),
+    Setting(field="header_timeout", variable="GATEWAY_HEADER_TIMEOUT", read=_timeout_of(DEFAULT_HEADER_TIMEOUT),
+            default="5", option="--header-timeout",
+            help="Seconds a connection gets to send a request's headers; then a 408 and the connection is closed."),
+    Setting(field="body_timeout", variable="GATEWAY_BODY_TIMEOUT", read=_timeout_of(DEFAULT_BODY_TIMEOUT),
+            default="30", option="--body-timeout",
+            help="Seconds a request body may pause before a 408 (uvicorn only)."),
+    Setting(field="ready_timeout", variable="GATEWAY_READY_TIMEOUT", read=_timeout_of(DEFAULT_READY_TIMEOUT),
+            default="2", help="Seconds `/readyz` waits for its checks before answering 503 `busy`."),
+    Setting(field="stream_bodies", variable="GATEWAY_STREAM_BODIES",
+            read=lambda raw, name: tuple(_prefix(p, name) for p in _split(raw)), default="",
+            option="--stream-body", kind="multiple",
+            help="Mounts whose apps read uploads as they arrive, holding a thread meanwhile, comma-separated "
+                 "prefixes (by default bodies are read whole first)."),
+    Setting(field="shared_signin", variable="GATEWAY_SHARED_SIGNIN", read=_shared_signin,
+            default="0", help="`1`: one sign-in for both demo apps (Django's `sessionid` cookie is left at the site "
+                              "root), or the name of Django's session cookie."),
+    Setting(field="metrics", variable="GATEWAY_METRICS", read=lambda raw, name: _strict_flag(raw, name, False),
+            default="0", option="--metrics", kind="flag",
+            help="Answer `/metrics` (Prometheus) to loopback and the trusted proxies, summed over the workers."),
+    Setting(field="tracing", variable="GATEWAY_TRACING", read=lambda raw, name: _strict_flag(raw, name, False),
+            default="0", option="--tracing", kind="flag",
+            help="An OpenTelemetry span per request, the client's `traceparent` honoured and passed on to the apps "
+                 "(the `tracing` extra)."),
+    Setting(field="migration_dir", variable="GATEWAY_MIGRATION_DIR", read=_migration_dir,
+            default="one per run of gateway serve --workers N",
+            help="An empty directory where the workers of one server share the migration page's counts."),
+)
+#: ``GATEWAY_CONFIG`` (``--config``) names the file the others can come from: read first, apart.
+CONFIG_VARIABLE = "GATEWAY_CONFIG"
+
+
+def load_config(environ: Mapping[str, str] = os.environ, options: Mapping[str, str] = {},
+                config_file: Path | None = None) -> Config:
+    """Merge the settings once: defaults, then the ``gateway.toml``'s ``[gateway]`` table, then
+    the ``GATEWAY_*`` variables, then ``options`` (``gateway serve``'s, by option: its text).
+
+    The file is ``config_file`` (``--config``), else ``GATEWAY_CONFIG``'s, else
+    ``./gateway.toml`` if there is one. A value that cannot be read is one ValueError
+    naming where it came from and the form it takes.
+    """
+    path = config_file or config_path(environ)
+    gateway_file = read_gateway_file(path) if path is not None else GatewayFile()
+    known = {setting.field for setting in SETTINGS}
+    for key, (where, _) in gateway_file.settings.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown setting {key!r} in [gateway]; the settings are "
+                             f"{', '.join(sorted(known))} (docs/configuration.md).")
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        if (given := gateway_file.settings.get(setting.field)) is not None:
+            where, value = given
+            try:
+                values[setting.field] = setting.read_file_value(value, setting.field)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        if (raw := environ.get(setting.variable, "")).strip():
+            values[setting.field] = setting.read(raw, setting.variable)
+        if setting.option is not None and (text := options.get(setting.option)) is not None:
+            values[setting.field] = setting.read(text, setting.option)
+    return Config(**values, config_file=path.resolve() if path is not None else None,  # type: ignore[arg-type]
+                  file=gateway_file)

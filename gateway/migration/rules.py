@@ -117,6 +117,9 @@ class GatewayFile:
     django_settings: str | None = None
     #: Folders the apps' modules are imported from (``path = "mysite"``), relative to the file.
     paths: tuple[str, ...] = ()
+    #: The ``[gateway]`` table: each setting's value as TOML gives it, and where it stands
+    #: (``gateway.toml, line 3``); read by ``gateway.core.config.load_config``.
+    settings: Mapping[str, tuple[str, object]] = field(default_factory=dict)
 
 
 def read_gateway_file(path: Path) -> GatewayFile:
@@ -135,11 +138,16 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{name}: {exc}.") from None
     lines = text.splitlines()
-    unknown = set(data) - {"apps", "mounts", "route", "shadow"}
+    unknown = set(data) - {"gateway", "apps", "mounts", "route", "shadow"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigFileError(f"{name}, line {_line_of(lines, key)}: unknown table or key {key!r}; "
-                              "use [apps], [mounts], [shadow] and [[route]].")
+                              "use [gateway], [apps], [mounts], [shadow] and [[route]].")
+    settings = data.get("gateway", {})
+    if not isinstance(settings, dict):
+        raise ConfigFileError(f"{name}, line {_line_of(lines, 'gateway')}: [gateway] is a table of settings, "
+                              "e.g. threads = 50 (docs/configuration.md lists them).")
+    located = {key: (f"{name}, line {_line_of(lines, key)}", value) for key, value in settings.items()}
     shadow_cpu = _shadow_cpu(data.get("shadow", {}), f"{name}, line {_line_of(lines, 'shadow')}")
     apps, django_settings, paths = _apps(data.get("apps", {}), name, lines)
     mounts = data.get("mounts", {})
@@ -191,7 +199,7 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
         seen[spec.key] = line
         specs.append(spec)
-    return GatewayFile(apps, mount_specs, tuple(specs), shadow_cpu, django_settings, paths)
+    return GatewayFile(apps, mount_specs, tuple(specs), shadow_cpu, django_settings, paths, located)
 
 
 _APP_FORM = ('name = "package.module:attribute", or name = { app = "package.module:attribute", '

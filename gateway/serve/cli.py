@@ -31,6 +31,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,10 @@ import click
 from gateway import __version__
 from gateway.core.config import (
     DEFAULT_BODY_TIMEOUT,
-    DEFAULT_THREADS,
+    SETTINGS,
     Config,
-    parse_hosts,
-    parse_proxies,
+    Setting,
+    load_config,
     production_problems,
 )
 from gateway.core.mounts import Mount, MountError, MountSpec, MountTable
@@ -72,15 +73,34 @@ from gateway.serve.runners import (
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
 
-mount_option = click.option(
-    "--mount",
-    "mounts",
-    multiple=True,
-    envvar="GATEWAY_MOUNTS",
-    metavar="/PREFIX=MODULE:ATTR",
-    help="Mount another WSGI or ASGI app (repeatable; replaces GATEWAY_MOUNTS, space-separated); "
-    "add @wsgi or @asgi to skip detection.",
-)
+_METAVARS = {"--mount": "/PREFIX=MODULE:ATTR", "--stream-body": "PREFIX", "--trusted-proxies": "ADDRESSES",
+             "--allowed-hosts": "HOSTS", "--threads": "N", "--log-format": "text|json"}
+
+
+def setting_option(setting: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``gateway serve`` option of a setting of the table (:data:`gateway.core.config.SETTINGS`):
+    its text is read by the setting's own reader, in :func:`_config`."""
+    assert setting.option is not None
+    first = setting.help.split(". ")[0].rstrip(".").replace("`", "")
+    shown = f" [env: {setting.variable}; default: {setting.default or 'none'}]"
+    if setting.kind == "flag":
+        return click.option(f"{setting.option}/--no-{setting.option[2:]}", setting.field, default=None,
+                            help=first + "." + shown)
+    if setting.kind == "multiple":
+        return click.option(setting.option, setting.field, multiple=True, metavar=_METAVARS.get(setting.option),
+                            help=f"{first} (repeatable; replaces the variable).{shown}")
+    return click.option(setting.option, setting.field, default=None, metavar=_METAVARS.get(setting.option, "VALUE"),
+                        help=first + "." + shown)
+
+
+def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every ``gateway serve`` option the settings' table names."""
+    for setting in reversed([s for s in SETTINGS if s.option is not None]):
+        command = setting_option(setting)(command)
+    return command
+
+
+mount_option = setting_option(next(s for s in SETTINGS if s.field == "mounts"))
 
 
 config_option = click.option(
@@ -131,47 +151,12 @@ def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--threads", type=click.IntRange(min=1),
-    help=f"Threads per worker for the WSGI apps [env: GATEWAY_THREADS; default: {DEFAULT_THREADS}].",
-)
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option("--server", default="uvicorn", show_default=True, type=click.Choice(["uvicorn", "granian"]))
 @click.option(
-    "--graceful-timeout", type=click.FloatRange(min=0),
-    help="On shutdown, seconds to let running requests finish [env: GATEWAY_GRACEFUL_TIMEOUT; default: no limit].",
-)
-@click.option(
-    "--drain-delay", type=click.FloatRange(min=0),
-    help="On SIGTERM, seconds to keep serving (Connection: close, /readyz 503) before shutting down "
-    "[env: GATEWAY_DRAIN_DELAY; default: 0]; set it above your proxy's upstream keepalive_timeout (uvicorn only).",
-)
-@click.option(
     "--keep-alive", default=5.0, show_default=True, type=click.FloatRange(min=0),
     help="Seconds an idle keep-alive connection stays open (uvicorn); keep it above your proxy's.",
-)
-@click.option(
-    "--header-timeout", type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a connection gets to send a request's headers; then 408 and closed "
-    "[env: GATEWAY_HEADER_TIMEOUT; default: 5].",
-)
-@click.option(
-    "--body-timeout", type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a request body may pause before a 408 [env: GATEWAY_BODY_TIMEOUT; default: 30] (uvicorn only).",
-)
-@click.option(
-    "--stream-body", "stream_bodies", multiple=True, metavar="PREFIX",
-    help="A mount whose app reads uploads as they arrive, holding a thread meanwhile; repeat for more "
-    "[env: GATEWAY_STREAM_BODIES, comma-separated; default: bodies are read whole first].",
-)
-@click.option(
-    "--access-log/--no-access-log", default=None,
-    help="Write one line per request [env: GATEWAY_ACCESS_LOG; default: on].",
-)
-@click.option(
-    "--log-format", type=click.Choice(["text", "json"]),
-    help="Log lines as text or JSON [env: GATEWAY_LOG_FORMAT; default: text].",
 )
 @click.option("--uds", metavar="PATH", help="Listen on this Unix domain socket instead of --host/--port.")
 @click.option("--fd", type=click.IntRange(min=0),
@@ -194,18 +179,7 @@ def load_env_file(ctx: click.Context, param: click.Parameter, value: Path | None
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="With --reload, watch this directory too (repeatable); the gateway's and the mounted "
               "apps' directories are watched anyway.")
-@click.option("--trusted-proxies", metavar="ADDRESSES",
-              help="Addresses or networks whose X-Forwarded-* headers are honoured, comma-separated "
-              "[env: GATEWAY_TRUSTED_PROXIES].")
-@click.option("--allowed-hosts", metavar="HOSTS",
-              help="Host names served, comma-separated (.example.org: subdomains too) [env: GATEWAY_ALLOWED_HOSTS].")
-@click.option("--metrics/--no-metrics", default=None,
-              help="Answer /metrics (Prometheus) to loopback and the trusted proxies, summed over the workers "
-              "[env: GATEWAY_METRICS; default: off].")
-@click.option("--tracing/--no-tracing", default=None,
-              help="An OpenTelemetry span per request, the client's traceparent honoured and passed on to the apps "
-              '(the "tracing" extra) [env: GATEWAY_TRACING; default: off].')
-@mount_option
+@setting_options
 @config_option
 def serve(
     host: str,
@@ -220,41 +194,16 @@ def serve(
     limit_max_requests: int | None,
     limit_max_requests_jitter: int,
     reload_dir: tuple[Path, ...],
-    trusted_proxies: str | None,
-    allowed_hosts: str | None,
-    metrics: bool | None,
-    tracing: bool | None,
     workers: int,
-    threads: int | None,
     reload: bool,
     log_level: str,
     server: str,
-    graceful_timeout: float | None,
-    drain_delay: float | None,
     keep_alive: float,
-    header_timeout: float | None,
-    body_timeout: float | None,
-    stream_bodies: tuple[str, ...],
-    access_log: bool | None,
-    log_format: str | None,
-    mounts: tuple[str, ...],
     config_file: Path | None,
+    **settings: Any,
 ) -> None:
     """Serve all mounts on one server."""
-    for prefix in stream_bodies:
-        if not prefix.startswith("/") or prefix == "/":
-            raise click.BadParameter(f'"{prefix}" is not a mount prefix, e.g. /uploads.', param_hint="--stream-body")
-    hosts = parse_hosts(allowed_hosts) if allowed_hosts is not None else None
-    try:
-        proxies = parse_proxies(trusted_proxies, "--trusted-proxies") if trusted_proxies is not None else None
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    config = _config(mounts, threads=threads, log_format=log_format, access_log=access_log,
-                     drain_delay=drain_delay, graceful_timeout=graceful_timeout, header_timeout=header_timeout,
-                     body_timeout=body_timeout,
-                     stream_bodies=tuple(p.rstrip("/") for p in stream_bodies) or None, config_file=config_file,
-                     allowed_hosts=hosts, trusted_proxies=proxies, metrics=metrics,
-                     tracing=tracing)
+    config = _config(settings, config_file)
     root_path = _root_path(root_path)
     _refuse_server_options(server, reload=reload, uds=uds, fd=fd, backlog=backlog, ssl_certfile=ssl_certfile,
                            ssl_keyfile=ssl_keyfile, limit_concurrency=limit_concurrency,
@@ -487,7 +436,7 @@ def hides(rule: str, mount: Mount) -> str:
 @click.option("--method", default="GET", show_default=True, help="The method --explain asks about.")
 def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | None, method: str) -> None:
     """Print the route rules and the mount table, or explain where a path goes."""
-    config = _config(mounts, config_file=config_file)
+    config = _config({"mounts": mounts}, config_file)
     table = _load(config)
     rules = table.route_table
     if explain is not None:
@@ -593,7 +542,7 @@ def flask_command(prefix: str, args: tuple[str, ...]) -> None:
     from flask import Flask
     from flask.cli import FlaskGroup
 
-    table = _load(_config(None))
+    table = _load(_config())
     mount = table.mounts.get(prefix)
     if mount is None or not isinstance(mount.app, Flask):
         known = ", ".join(m.prefix for m in table if isinstance(m.app, Flask)) or "none"
@@ -610,7 +559,7 @@ def flask_command(prefix: str, args: tuple[str, ...]) -> None:
 @click.option("--deploy", is_flag=True, help="Also run the checks for a production deployment.")
 def check(deploy: bool) -> None:
     """Check the configuration: Django's system checks plus the gateway's own."""
-    config = _config(None)
+    config = _config()
     problems = gateway_problems(config, deploy=deploy)
     _load(config, strict=False)
     from django.core.management import call_command
@@ -671,24 +620,28 @@ def sqlite_file(name: object) -> Path:
     return Path(str(name).removeprefix("file:").partition("?")[0])
 
 
-def _config(mounts: tuple[str, ...] | None, **options: Any) -> Config:
-    """The configuration: the environment's, with the command's options (``None``: not given) over it."""
+def _config(given: dict[str, Any] | None = None, config_file: Path | None = None) -> Config:
+    """The configuration, merged once: the file's, the environment's, then the options
+    given (by field; None or empty: not given), each read by its setting's reader."""
+    options = {}
+    for setting in SETTINGS:
+        value = (given or {}).get(setting.field)
+        if setting.option is None or value is None or value == ():
+            continue
+        if setting.kind == "flag":
+            options[setting.option] = "1" if value else "0"
+        elif setting.kind == "multiple":
+            options[setting.option] = setting.separator.join(value)
+        else:
+            options[setting.option] = str(value)
     try:
-        config = Config.from_env()
-        for text in mounts or ():
+        config = load_config(os.environ, options, config_file)
+        for text in config.mounts:
             MountSpec.parse(text)
     except ValueError as exc:
+        if str(exc).startswith("--"):
+            raise click.UsageError(str(exc)) from None
         raise click.ClickException(str(exc)) from None
-    config_file = options.pop("config_file", None)
-    given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
-    if mounts is not None:
-        given["mounts"] = mounts
-    config = replace(config, **given)
-    if config_file is not None:
-        try:
-            config = config.with_file(config_file)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
     return config
 
 
@@ -700,7 +653,7 @@ def _load(config: Config, *, strict: bool = True) -> MountTable:
 
 
 def _manage(args: list[str]) -> None:
-    config = _config(None)
+    config = _config()
     try:
         frameworks.set_up(config)
     except ValueError as exc:

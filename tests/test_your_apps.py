@@ -403,6 +403,7 @@ new = "tests.apps.shop:new"
 [mounts]
 "/wsgi" = "tests.thirdapp:wsgi_app"
 "/asgi" = "tests.thirdapp:asgi_app"
+"/lazy" = "tests.thirdapp:lazy_app"
 
 [[route]]
 rule = "/shop/<path:rest>"
@@ -426,6 +427,7 @@ ASKED = [
     ("GET", "/shop/items/101"),      # ...a 404 from it: the next one answers
     ("GET", "/wsgi/y?q=1"),          # a WSGI prefix mount
     ("GET", "/asgi/a/b"),            # an ASGI prefix mount
+    ("GET", "/lazy/x"),              # a WSGI generator, which starts its response at its first chunk
     ("GET", "/wsgi"),                # the bare prefix: 308
     ("GET", "/"),                    # the index
     ("GET", "/flask/"),              # no demo app: the gateway's 404
@@ -497,7 +499,8 @@ def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, 
     config_file.write_text(ONE_CONFIG)
     config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
     wsgi = _in_process(config, "wsgi")
-    assert [answer[0] for answer in wsgi] == [200, 200, 200, 200, 200, 200, 308, 200, 404, 405, 200]
+    assert [answer[0] for answer in wsgi] == [200, 200, 200, 200, 200, 200, 201, 308, 200, 404, 405, 200]
+    assert wsgi[6] == (201, "text/plain", "/made", None, "made /x")
     assert '"app":"new"' in str(wsgi[0][4]) and '"app":"legacy"' in str(wsgi[1][4])
     assert '"app":"legacy"' in str(wsgi[3][4])  # the fallback
     assert _in_process(config, "asgi") == wsgi
@@ -509,8 +512,8 @@ def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, 
 
 
 def test_an_app_that_starts_its_response_lazily_has_started_it_when_it_returns() -> None:
-    """gateway.wsgi draws the first chunk of an ASGI mount's a2wsgi iterable: Granian drops
-    the headers of a response started inside the iterable."""
+    """Under Granian the gateway's first chunk is drawn before its iterable is returned:
+    Granian drops the status and headers of a response started inside the iterable."""
     from gateway.adapters.wsgi import StartFirst
 
     events: list[str] = []
@@ -543,3 +546,30 @@ def test_an_app_that_starts_its_response_lazily_has_started_it_when_it_returns()
     with pytest.raises(RuntimeError, match="broke before"):
         StartFirst(lambda environ, start: Lazy(start, [], fail=True))({}, start_response)
     assert events == ["closed"]
+
+
+@pytest.mark.server
+def test_granian_re_reads_the_file_on_sighup(tmp_path: Path) -> None:
+    """Granian respawns its workers on SIGHUP, and each new worker builds the gateway from the
+    gateway.toml as it is now (before, it kept the file it was started with)."""
+    import signal
+
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n')
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--server", "granian", "--port", str(port), "--config",
+                            str(config_file)], port=port, env=server_env(tmp_path), log_path=tmp_path / "server.log",
+                           ready_path="/a/")
+    try:
+        assert httpx.get(f"{server.url}/b/x").status_code == 404
+        config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n"/b" = "tests.thirdapp:wsgi_app"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while (answer := httpx.get(f"{server.url}/b/x")).status_code != 200:
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+        assert answer.text == "wsgi script_name=/b path_info=/x"
+        assert httpx.get(f"{server.url}/a/y").status_code == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log, server.log

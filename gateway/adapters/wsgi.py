@@ -161,17 +161,19 @@ def as_wsgi(mount: Mount) -> WSGIApp:
         return app
     from a2wsgi import ASGIMiddleware
 
-    return StartFirst(ASGIMiddleware(mount.app))  # type: ignore[arg-type]
+    return ASGIMiddleware(mount.app)  # type: ignore[return-value]
 
 
 class StartFirst:
     """A WSGI app whose ``start_response`` is called before its iterable is returned.
 
-    PEP 3333 lets an app call ``start_response`` lazily, as it yields its first chunk, and
-    a2wsgi does so for every ASGI app it wraps. Granian's WSGI interface (2.x) then sends
-    the status line and none of the headers: no Location, Set-Cookie or Content-Type
-    reached the client (tests/test_your_apps.py found it). So the first chunk is drawn
-    here, which calls ``start_response``, and handed back first.
+    PEP 3333 lets an app call ``start_response`` lazily, as it yields its first chunk: a
+    generator view does, and a2wsgi does for every ASGI app it wraps. Granian's WSGI
+    interface (2.x) then sends ``200`` and none of the headers, whatever the app said: no
+    Location, Set-Cookie or Content-Type reached the client (tests/test_your_apps.py
+    found it; emmett-framework/granian#845, closed as not planned). So under Granian the
+    gateway's first chunk is drawn here, which calls ``start_response``, and handed back
+    first (:func:`gateway.serve.runners.load_wsgi_gateway`).
     """
 
     __slots__ = ("app",)

@@ -344,11 +344,13 @@ def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET, *, root_path: s
     front strips it) and the gateway is told it as ``SCRIPT_NAME``. (Granian's own
     ``url_path_prefix`` means the opposite: it cuts that many characters off every path.)
     """
+    from gateway.adapters.wsgi import StartFirst
     from gateway.serve.builder import build
 
     # Each worker reads the gateway.toml afresh, as uvicorn's do: a restart takes its changes.
     config = config.with_file(config.config_file) if config.config_file else config
-    app = build(config, "wsgi")
+    # Granian sends no header of a response started in its first chunk (StartFirst says why).
+    app = StartFirst(build(config, "wsgi"))
     if not root_path:
         return app
 

@@ -62,3 +62,10 @@ async def failing_asgi_app(scope, receive, send):  # type: ignore[no-untyped-def
         return
     await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
+
+
+def lazy_app(environ, start_response):  # type: ignore[no-untyped-def]
+    """A WSGI generator: it starts its response (201, with headers) at its first chunk, as PEP 3333 allows."""
+    start_response("201 Created", [("Location", "/made"), ("Content-Type", "text/plain")])
+    yield b"made "
+    yield environ["PATH_INFO"].encode()

@@ -573,3 +573,12 @@ def test_granian_re_reads_the_file_on_sighup(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "Traceback" not in server.log, server.log
+
+
+def test_reload_watches_the_gateways_own_packages() -> None:
+    """--reload watches the gateway's code and the demo apps' wherever the modules now live."""
+    from gateway.serve.runners import SOURCE_DIRS, reload_dirs
+
+    assert [Path(d).relative_to(ROOT).as_posix() for d in SOURCE_DIRS] == ["gateway", "flask_hello", "django_hello"]
+    assert all(Path(d).is_dir() for d in SOURCE_DIRS)
+    assert set(SOURCE_DIRS) <= set(reload_dirs(Config()))

@@ -27,7 +27,7 @@ from gateway.serve.protocol import Server, TimedConfig
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
 SOURCE_DIRS = [
-    str(Path(__file__).resolve().parent.parent / d) for d in ("gateway", "flask_hello", "django_hello")
+    str(Path(__file__).resolve().parents[2] / d) for d in ("gateway", "flask_hello", "django_hello")
 ]
 #: What --reload watches in its directories: code, and the apps' templates (uvicorn's
 #: --reload-include patterns; "*.py" is uvicorn's default).

@@ -122,8 +122,9 @@ def table():  # type: ignore[no-untyped-def]
 def wsgi_app(table):  # type: ignore[no-untyped-def]
     """``gateway.wsgi``'s app over the default mounts."""
     from gateway.adapters.wsgi import create_wsgi_app
+    from gateway.core.config import Config
 
-    return create_wsgi_app(table)
+    return create_wsgi_app(table, Config.from_env())
 
 
 @pytest.fixture
@@ -143,8 +144,9 @@ def wsgi_client(wsgi_app):  # type: ignore[no-untyped-def]
 def asgi_app(table):  # type: ignore[no-untyped-def]
     """``gateway.asgi``'s app over the default mounts."""
     from gateway.adapters.asgi import create_asgi_app
+    from gateway.core.config import Config
 
-    app = create_asgi_app(table, threads=16)
+    app = create_asgi_app(table, Config.from_env(), threads=16)
     yield app
     app.executor.shutdown(wait=True)
 

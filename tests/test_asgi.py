@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from gateway.adapters.asgi import create_asgi_app
+from gateway.core.config import Config
 from gateway.core.mounts import MountTable
 
 
@@ -33,7 +34,7 @@ def test_lifespan_is_answered_and_passed_to_asgi_mounts() -> None:
     import tests.thirdapp as third
 
     third.STATE.clear()
-    app = create_asgi_app(third_table(), threads=2)
+    app = create_asgi_app(third_table(), Config.from_env(), threads=2)
     assert asyncio.run(lifespan(app)) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert third.STATE == ["startup", "shutdown"]
 
@@ -42,7 +43,7 @@ def test_lifespan_with_django_asgi_mount_still_completes() -> None:
     """Django's ASGI handler raises on lifespan; the gateway skips it and starts."""
     table = MountTable.from_specs(["/dj=django_hello.asgi:application"], defaults=False)
     assert [m.interface for m in table] == ["asgi"]
-    app = create_asgi_app(table, threads=2)
+    app = create_asgi_app(table, Config.from_env(), threads=2)
     assert asyncio.run(lifespan(app)) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
@@ -66,7 +67,7 @@ async def http(app: Any, path: str, root_path: str = "") -> tuple[int, bytes]:
 
 
 def test_path_keeps_full_path_and_root_path_gains_prefix() -> None:
-    app = create_asgi_app(third_table(), threads=2)
+    app = create_asgi_app(third_table(), Config.from_env(), threads=2)
     assert asyncio.run(http(app, "/third/x")) == (200, b"asgi root_path=/third path=/third/x")
     # Behind a server-level root_path (uvicorn --root-path /apps), both gain it.
     assert asyncio.run(http(app, "/apps/third/x", "/apps")) == (
@@ -77,7 +78,7 @@ def test_path_keeps_full_path_and_root_path_gains_prefix() -> None:
 
 
 def test_websocket_reaches_asgi_mount_and_is_refused_by_wsgi_mount() -> None:
-    app = create_asgi_app(third_table(), threads=2)
+    app = create_asgi_app(third_table(), Config.from_env(), threads=2)
 
     async def connect(path: str) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []

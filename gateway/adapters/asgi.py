@@ -357,6 +357,7 @@ def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:
     threading.Thread(target=watch, name="gateway-exit-watch", daemon=True).start()
 
 
-def create_asgi_app(table: MountTable, config: Config | None = None, *, threads: int | None = None) -> ASGIGateway:
-    """Route the apps of ``table``; WSGI ones run on a pool of ``threads`` threads."""
-    return ASGIGateway(table, config or Config.from_env(), threads=threads)
+def create_asgi_app(table: MountTable, config: Config, *, threads: int | None = None) -> ASGIGateway:
+    """Route the apps of ``table``, configured by ``config``; WSGI ones run on a pool of ``threads``
+    threads (default: ``config.threads``)."""
+    return ASGIGateway(table, config, threads=threads)

@@ -195,6 +195,6 @@ class StartFirst:
         return ClosingIterator(itertools.chain((first,), chunks), getattr(result, "close", None))
 
 
-def create_wsgi_app(table: MountTable, config: Config | None = None) -> WSGIGateway:
-    """Serve every app of ``table`` behind the pipeline, as one WSGI app."""
-    return WSGIGateway(table, config or Config.from_env())
+def create_wsgi_app(table: MountTable, config: Config) -> WSGIGateway:
+    """Serve every app of ``table`` behind the pipeline, as one WSGI app configured by ``config``."""
+    return WSGIGateway(table, config)

@@ -9,6 +9,7 @@ README's route-rules example, run as written.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -582,3 +583,19 @@ def test_reload_watches_the_gateways_own_packages() -> None:
     assert [Path(d).relative_to(ROOT).as_posix() for d in SOURCE_DIRS] == ["gateway", "flask_hello", "django_hello"]
     assert all(Path(d).is_dir() for d in SOURCE_DIRS)
     assert set(SOURCE_DIRS) <= set(reload_dirs(Config()))
+
+
+def test_production_with_your_own_apps_checks_what_the_gateway_owns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Your apps keep their keys and debug switches in their own settings: production refuses
+    a wildcard host, and asks nothing of the demo apps' variables, nor sets any of them."""
+    for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY", "FLASK_MAX_CONTENT_LENGTH", "DJANGO_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DJANGO_DEBUG", "1")  # the demo's switch: not yours
+    own = Config(env="production", mounts=("/x=x:app",))
+    frameworks.set_up(own)
+    assert {"FLASK_SECRET_KEY", "FLASK_MAX_CONTENT_LENGTH", "DJANGO_DATA_DIR"}.isdisjoint(os.environ)
+    with pytest.raises(frameworks.SetupError, match=r'^GATEWAY_ALLOWED_HOSTS allows any host \("\*"\): list your host '
+                                                    r"names, e\.g\. GATEWAY_ALLOWED_HOSTS=example\.org "
+                                                    r"\(GATEWAY_ENV=production\)\.$"):
+        frameworks.set_up(Config(env="production", mounts=("/x=x:app",), allowed_hosts=("*",)))
+    frameworks.set_up(Config(env="production", mounts=("/x=x:app",), allowed_hosts=("*",)), strict=False)

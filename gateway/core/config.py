@@ -192,15 +192,21 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def production_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
+def production_problems(config: Config, environ: Mapping[str, str], *, demo: bool = True) -> list[str]:
     """What production cannot run with, one clause each, naming the variable and the fix.
 
-    Weak or missing secret keys; debug mode on (Django's debug pages and Flask's debug
-    mode show code, settings and URL patterns to anyone); and a wildcard host, which
-    lets any ``Host`` header through to the apps.
+    A wildcard host, which lets any ``Host`` header through to the apps; and, for the demo
+    apps (``demo``), which read them from the environment: weak or missing secret keys, and
+    debug mode on (Django's debug pages and Flask's debug mode show code, settings and URL
+    patterns to anyone). Apps of your own keep their keys and debug switches in their own
+    settings: ``gateway check --deploy`` runs Django's deployment checks on them.
     """
     import json
 
+    wildcard = ('GATEWAY_ALLOWED_HOSTS allows any host ("*"): list your host names, '
+                "e.g. GATEWAY_ALLOWED_HOSTS=example.org") if "*" in config.allowed_hosts else None
+    if not demo:
+        return [wildcard] if wildcard else []
     problems = [f"{name} {problem}" for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY")
                 if (problem := weak_secret(environ.get(name, "")))]
     if _flag(value := environ.get("DJANGO_DEBUG")):  # django_hello.settings' own reading
@@ -212,9 +218,8 @@ def production_problems(config: Config, environ: Mapping[str, str]) -> list[str]
             debug = value
         if debug:
             problems.append(f'FLASK_DEBUG="{value}" turns on Flask\'s debug mode: unset it or set FLASK_DEBUG=0')
-    if "*" in config.allowed_hosts:
-        problems.append('GATEWAY_ALLOWED_HOSTS allows any host ("*"): list your host names, '
-                        "e.g. GATEWAY_ALLOWED_HOSTS=example.org")
+    if wildcard:
+        problems.append(wildcard)
     if "*" in _split(environ.get("DJANGO_ALLOWED_HOSTS")):
         problems.append('DJANGO_ALLOWED_HOSTS allows any host ("*"): list your host names, '
                         "or unset it to follow GATEWAY_ALLOWED_HOSTS")

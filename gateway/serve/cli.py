@@ -583,7 +583,8 @@ def gateway_problems(config: Config, *, deploy: bool) -> list[str]:
     if deploy or config.env == "production":
         if config.env != "production":
             problems.append("GATEWAY_ENV is not \"production\": secret keys may be generated on disk.")
-        problems += [f"{problem}." for problem in production_problems(config, os.environ)]
+        problems += [f"{problem}." for problem in production_problems(config, os.environ,
+                                                                      demo=frameworks.serves_demo(config))]
         if any(n.prefixlen == 0 for n in config.trusted_proxies):
             problems.append("GATEWAY_TRUSTED_PROXIES trusts every address; list your proxies.")
         if not config.https:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from gateway.core.config import Config, configure_apps
+from gateway.core.config import Config, configure_apps, production_problems
 from gateway.core.mounts import DEFAULT_MOUNTS
 
 logger = logging.getLogger("gateway")
@@ -69,6 +69,8 @@ def set_up(config: Config, *, strict: bool = True) -> None:
         use_django_settings(wanted, config)
     if serves_demo(config):
         configure_apps(config, strict=strict)
+    elif strict and config.env == "production" and (problems := production_problems(config, os.environ, demo=False)):
+        raise SetupError("; ".join(f"{p} (GATEWAY_ENV=production)" for p in problems) + ".")
 
 
 def use_django_settings(wanted: str, config: Config) -> None:

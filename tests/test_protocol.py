@@ -11,7 +11,8 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.serve.protocol import HeaderTimeoutProtocol, Server, TimedConfig
+from gateway.serve import protocol as gateway_protocol
+from gateway.serve.protocol import HeaderTimeoutProtocol, TimedConfig
 
 TIMEOUT = 0.1
 
@@ -160,14 +161,66 @@ def test_the_rest_of_an_unread_body_after_a_response_is_no_request(caplog: pytes
     assert [r.levelname for r in caplog.records if r.name == "gateway"] == ["DEBUG"]
 
 
-async def _request_at_shutdown(server_class: type[uvicorn.Server], loop: str, late: float = 0.0) -> bytes:
+def test_a_request_on_a_silent_connection_as_the_server_stops_is_answered_then_closed() -> None:
+    async def scenario() -> tuple[Transport, bool]:
+        protocol, transport = connect()
+        protocol.shutdown()  # the server stopped: nothing came on this connection yet
+        await asyncio.sleep(0.05)
+        waited = not transport.closed
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await asyncio.sleep(0.05)
+        return transport, waited
+
+    transport, waited = asyncio.run(scenario())
+    assert waited
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n") and transport.written.endswith(b"\r\n\r\nhi")
+    assert transport.closed  # answered, then closed: the server is stopping
+
+
+def test_a_silent_connection_as_the_server_stops_is_closed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_protocol, "SHUTDOWN_GRACE", TIMEOUT / 2)
+
+    async def scenario() -> tuple[Transport, bool]:
+        protocol, transport = connect()
+        protocol.shutdown()
+        await asyncio.sleep(TIMEOUT / 4)
+        waited = not transport.closed
+        await asyncio.sleep(TIMEOUT / 2)
+        return transport, waited
+
+    transport, waited = asyncio.run(scenario())
+    assert waited
+    assert transport.closed and transport.written == b""  # closed quietly, before the header clock's 408
+
+
+def test_an_idle_keep_alive_connection_as_the_server_stops_is_closed_at_once() -> None:
+    async def scenario() -> tuple[Transport, bytes]:
+        protocol, transport = connect()
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await asyncio.sleep(0.05)
+        answered = transport.written
+        protocol.shutdown()
+        return transport, answered
+
+    transport, answered = asyncio.run(scenario())
+    assert answered.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.closed and transport.written == answered
+
+
+async def _request_at_shutdown(config_class: type[uvicorn.Config], loop: str, late: float = 0.0) -> bytes:
     """Connect, let the server accept, send a request and stop the server at once (or
     stop it, and send the request ``late`` seconds after): what the client reads (a
-    worker stopping under --limit-max-requests as a request comes)."""
+    worker stopping under --limit-max-requests or SIGHUP as a request comes).
+
+    The server is uvicorn's own ``Server``, as in every worker: uvicorn's supervisor
+    (``--workers``, ``--limit-max-requests``) takes no server class. ``config_class``
+    decides the protocol: the gateway's (:class:`TimedConfig`) or uvicorn's httptools one.
+    """
     import socket
 
-    config = TimedConfig(hello, host="127.0.0.1", port=0, lifespan="off", log_level="warning", loop=loop)
-    server = server_class(config)
+    config = config_class(hello, host="127.0.0.1", port=0, lifespan="off", log_level="warning", loop=loop,
+                          http="httptools")  # TimedConfig replaces it with the gateway's protocol
+    server = uvicorn.Server(config)
     config.load()
     server.lifespan = config.lifespan_class(config)
     await server.startup()
@@ -197,8 +250,8 @@ async def _request_at_shutdown(server_class: type[uvicorn.Server], loop: str, la
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_request_sent_as_the_server_stops_is_answered(loop: str, late: float) -> None:
     run = asyncio.run if loop == "asyncio" else __import__("uvloop").run
-    answer = run(_request_at_shutdown(Server, loop, late))
+    answer = run(_request_at_shutdown(TimedConfig, loop, late))
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")  # answered whole
-    # uvicorn's own server resets it (Kludex/uvicorn#3124): when this fails, uvicorn has
-    # fixed it, and gateway.serve.protocol.Server can go.
-    assert run(_request_at_shutdown(uvicorn.Server, loop, late)) in (b"reset", b"")  # no answer
+    # uvicorn's own protocol resets it (Kludex/uvicorn#3124): when this fails, uvicorn has
+    # fixed it, and HeaderTimeoutProtocol.shutdown can go.
+    assert run(_request_at_shutdown(uvicorn.Config, loop, late)) in (b"reset", b"")  # no answer

@@ -17,6 +17,9 @@ the same:
   use), or only the rest of a body its last response did not read (which also cancels
   uvicorn's keep-alive timer, so without this clock it would stay open).
 
+The same protocol answers a request sent on a connection accepted just before the
+server stopped (:meth:`HeaderTimeoutProtocol.shutdown`).
+
 The timeout comes from the uvicorn config (:class:`TimedConfig`), so that workers
 built by uvicorn's supervisor get it too.
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
 import uvicorn
@@ -34,6 +36,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.core.config import DEFAULT_HEADER_TIMEOUT
 
 logger = logging.getLogger("gateway")
+
+#: How long a stopping server waits, at most, for the first request of a connection it
+#: accepted just before it stopped listening (seconds).
+SHUTDOWN_GRACE = 0.5
 
 _TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
               b"content-length: 51\r\nconnection: close\r\n\r\n"
@@ -50,21 +56,21 @@ class TimedConfig(uvicorn.Config):
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that closes a connection whose request headers are late."""
+    """``HttpToolsProtocol`` that closes a connection whose request headers are late, and
+    answers the first request of a connection accepted just before the server stopped."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.header_timeout: float = getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         self.header_deadline: asyncio.TimerHandle | None = None
         self.began = False  # a request began since the clock started
-        self.heard = False  # a byte came on this connection, ever
+        self.grace: asyncio.TimerHandle | None = None  # the server stopped: the end of the wait for a first request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:
-        self.heard = True
         if self.header_deadline is None and self.cycle_done():
             self._start_clock()  # the first byte after a response
         super().data_received(data)
@@ -93,10 +99,51 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_clock()
         super().on_headers_complete()
+        if self.grace is not None:
+            # The first request came while the server stops: it is answered, and then
+            # the connection closes, as uvicorn's shutdown does for a request in progress.
+            self.grace.cancel()
+            self.grace = None
+            if self.cycle is not None:  # None: a WebSocket upgrade, its own protocol's now
+                self.cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """The server stopped listening: uvicorn's ``Server.shutdown`` calls this on every
+        connection, then waits until they have all closed.
+
+        uvicorn's ``HttpToolsProtocol`` closes at once a connection on which no request
+        has been parsed yet: one accepted a moment earlier, whose request is in its socket
+        unread or still on its way, is reset unanswered (Kludex/uvicorn#3124, discussion
+        #2315). Every worker that stops does so: one replaced by SIGHUP's rolling restart
+        or by ``--limit-max-requests``, one stopped by SIGTERM. Here such a connection is
+        given :data:`SHUTDOWN_GRACE` for its first request, which is answered, and the
+        connection then closed; one that sends none in time is closed, quietly.
+
+        A connection that has answered a request before is closed at once, as uvicorn
+        does: closing an idle keep-alive connection is the race HTTP clients retry
+        (RFC 9110, section 9.2.2). One with a request in progress is uvicorn's case too:
+        answered, then closed.
+
+        This is the protocol's part, not the server's: uvicorn's supervisor (``--workers``,
+        ``--limit-max-requests``) runs its own ``uvicorn.Server`` in each worker and takes
+        no server class, but every worker serves with this protocol (:class:`TimedConfig`).
+        """
+        if self.cycle is not None or self.transport.is_closing():
+            super().shutdown()
+            return
+        if self.grace is None:
+            self.grace = self.loop.call_later(SHUTDOWN_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self.grace = None
+        super().shutdown()  # no request parsed (none sent, or one cut short): closed
 
     def cycle_done(self) -> bool:
         """No request is being served: the next byte starts a new one."""
@@ -123,40 +170,3 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         else:
             logger.debug("Connection from %s sent nothing in %g s; closed.", client, self.header_timeout)
         self.transport.close()
-
-
-#: How long a stopping server waits, at most, for the first request of the connections
-#: it accepted just before it stopped listening (seconds).
-SHUTDOWN_GRACE = 0.5
-
-
-class Server(uvicorn.Server):
-    """uvicorn's server, which answers a request sent on a connection it accepted just
-    before it stopped.
-
-    uvicorn stops listening and, in the same turn of its loop, closes every connection
-    on which it has not parsed a request: one accepted a moment earlier, whose request
-    is in its socket unread, is reset unanswered (Kludex/uvicorn#3124, discussion #2315).
-    Each worker replaced by ``--limit-max-requests`` stops so, and a request arriving at
-    that moment got no answer (tests/test_routes.py, under load). Here the server first
-    stops listening, then waits until every connection has sent something, for at most
-    :data:`SHUTDOWN_GRACE`, and then lets uvicorn shut down: the requests on those
-    connections have been parsed by then, and uvicorn answers them. A connection that has
-    answered a request before is not waited for: closing an idle keep-alive connection
-    is the race HTTP clients retry (RFC 9110, section 9.2.2), and a busy client whose
-    process did not run between its connect and its send (seen under load) needs the wait.
-    """
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE
-        await asyncio.sleep(0.01)  # the requests already sent are read (one turn is not enough with asyncio's loop)
-        while loop.time() < deadline and any(not getattr(connection, "heard", True)
-                                             for connection in self.server_state.connections):
-            await asyncio.sleep(0.01)
-        await super().shutdown(sockets)
-

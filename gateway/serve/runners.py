@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import ChangeReload, Multiprocess
 
 from gateway.core.config import Config
-from gateway.serve.protocol import Server, TimedConfig
+from gateway.serve.protocol import TimedConfig
 
 ASGI_TARGET = "gateway.asgi:application"
 WSGI_TARGET = "gateway.wsgi:application"
@@ -242,7 +243,7 @@ def run_uvicorn(
         "limit_max_requests_jitter": more.limit_max_requests_jitter,
     }
     if app is not None:
-        server = Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
+        server = uvicorn.Server(TimedConfig(app, header_timeout=config.header_timeout, **options))
         exit_zero_after_signal()
         server.run(sockets=[sock] if sock is not None else None)
         return
@@ -252,10 +253,12 @@ def run_uvicorn(
     worker_config = WorkerConfig(config, workers=workers, reload=reload, **options)
     if sock is None:
         sock = worker_config.bind_socket()
-    target = Server(worker_config).run
     if reload:
-        ChangeReload(worker_config, target=target, sockets=[sock]).run()
+        ChangeReload(worker_config, target=uvicorn.Server(worker_config).run, sockets=[sock]).run()
         return
+    # uvicorn's supervisor takes no server: each worker runs uvicorn's own Server, so what
+    # the gateway's workers do differently lives in the config (WorkerConfig) and in the
+    # protocol it names (gateway.serve.protocol), such as answering at shutdown.
     supervisor = Multiprocess(worker_config, sockets=[sock])
     close_before(sock, signal.SIGTERM, signal.SIGINT)
     try:

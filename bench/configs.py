@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 SLOW_MOUNT = "/slow=bench.apps:slow_app"
+#: The demo apps and the slow view: a command that names a mount gets the demo apps only if it names them.
+MOUNTS = ("/flask=flask_hello:app", "/django=django_hello.wsgi:application", SLOW_MOUNT)
+MOUNT_ARGS = tuple(arg for mount in MOUNTS for arg in ("--mount", mount))
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def granian(target: str, threads: int) -> tuple[str, ...]:
 
 def setups(threads: int) -> list[Setup]:
     """Return every configuration, the default gateway first."""
-    mounts = {"GATEWAY_MOUNTS": SLOW_MOUNT}
+    mounts = {"GATEWAY_MOUNTS": " ".join(MOUNTS)}
     apps = {"flask": "flask_hello:app", "django": "django_hello.wsgi:application", "slow": "bench.apps:slow_app"}
 
     def one(argv: tuple[str, ...], env: dict[str, str] | None = None, paths: dict[str, str] = GATEWAY_PATHS
@@ -140,13 +143,13 @@ def setups(threads: int) -> list[Setup]:
     # fmt: off
     return [
         Setup("gateway-uvicorn", "gateway serve (ASGI, uvicorn)", "gateway", "uvicorn",
-              one(gateway_serve("--mount", SLOW_MOUNT), paths=WRITE_PATHS)),
+              one(gateway_serve(*MOUNT_ARGS), paths=WRITE_PATHS)),
         Setup("gateway-accesslog", "gateway serve with its access log (the default)", "gateway", "uvicorn",
-              one(gateway_serve("--mount", SLOW_MOUNT, level="info"), paths=WRITE_PATHS)),
+              one(gateway_serve(*MOUNT_ARGS, level="info"), paths=WRITE_PATHS)),
         Setup("gateway-granian", "gateway serve --server granian (WSGI)", "gateway", "granian",
-              one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT), paths=WRITE_PATHS)),
+              one(gateway_serve("--server", "granian", *MOUNT_ARGS), paths=WRITE_PATHS)),
         Setup("gateway-granian-accesslog", "gateway serve --server granian with its access log", "gateway",
-              "granian", one(gateway_serve("--server", "granian", "--mount", SLOW_MOUNT, level="info"),
+              "granian", one(gateway_serve("--server", "granian", *MOUNT_ARGS, level="info"),
                              paths=WRITE_PATHS)),
         Setup("gateway-gthread", "gateway.wsgi on gunicorn gthread", "gateway", "gunicorn-gthread",
               one(gunicorn(wsgi, "gthread", threads), mounts, WRITE_PATHS)),

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_install:
         deps.ensure_python_deps()
         deps.ensure_wrk()
-    from bench.configs import SLOW_MOUNT, gateway_serve
+    from bench.configs import MOUNT_ARGS, gateway_serve
     from bench.harness import Server, free_port, stop_all
     from bench.run import base_env
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
     port = free_port()
     extra = ("--server", "granian") if args.server == "granian" else ()
-    argv_ = [a.replace("{port}", str(port)) for a in gateway_serve(*extra, "--mount", SLOW_MOUNT)]
+    argv_ = [a.replace("{port}", str(port)) for a in gateway_serve(*extra, *MOUNT_ARGS)]
     server = Server("gateway", argv_, base_env(data_dir, 100), out / "server.log", cpu=SERVER_CPU, port=port)
     try:
         server.start()

@@ -51,7 +51,7 @@ FORM = 'must be in the form "/prefix=package.module:attribute"'
         pytest.param(["serve", "--mount", "/x=tests.thirdapp:wsgi_app@cgi"], FORM, id="bad-interface"),
         pytest.param(["serve", "--port", "70000"], "Invalid value for '--port'", id="bad-port"),
         pytest.param(["serve", "--bogus"], "No such option '--bogus'", id="bad-option"),
-        pytest.param(["serve", "--threads", "0"], "Invalid value for '--threads'", id="zero-threads"),
+        pytest.param(["serve", "--threads", "0"], '--threads="0" must be a positive whole number', id="zero-threads"),
     ],
 )
 def test_errors_are_one_line(tmp_path, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]

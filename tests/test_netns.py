@@ -58,7 +58,7 @@ import pytest
 
 from gateway.core.config import DEFAULT_READY_TIMEOUT
 from tests.netns import Lan, remove_leftovers
-from tests.support import GATEWAY, ROOT, PostgresCluster, ServerProcess, server_env
+from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, PostgresCluster, ServerProcess, server_env
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 WRK = shutil.which("wrk")
@@ -477,7 +477,8 @@ def build_site() -> Iterator[Site]:
         for host in INSTANCES:
             directory = root / host
             directory.mkdir()
-            instances[host] = Instance(lan, host, [*GATEWAY, "serve", *SERVE_ARGS, "--mount", "/echo=tests.netns:echo"],
+            command = [*GATEWAY, "serve", *SERVE_ARGS, *DEMO_MOUNTS, "--mount", "/echo=tests.netns:echo"]
+            instances[host] = Instance(lan, host, command,
                                        server_env(directory, **shared, GATEWAY_NETNS_INSTANCE=host),
                                        directory / "gateway.log")
             lan.at_close(instances[host].stop)

@@ -169,6 +169,7 @@ def test_a_factory_is_called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "def create_app():\n    calls.append(1)\n    return Flask('factory_mod')\n\n"
         "def broken():\n    raise KeyError('SECRET')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "factory_mod", raising=False)  # this test's module, imported afresh
     app = import_app("factory_mod:create_app()")
     assert type(app).__name__ == "Flask" and sys.modules["factory_mod"].calls == [1]
     with pytest.raises(MountError, match=r"^Calling \"factory_mod:broken\(\)\" failed: KeyError: 'SECRET'\.$"):

@@ -41,6 +41,34 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """How ``gateway serve`` runs its server: its options, with uvicorn's names and meanings.
+
+    ``kind``: ``uvicorn`` or ``granian``. ``backlog`` None: each server's default.
+    ``limit_concurrency`` is the number of connections served at once (uvicorn's check
+    counts the new connection too: it is given N + 1). ``reload_dirs``: the directories
+    ``--reload`` watches, all of them.
+    """
+
+    kind: str = "uvicorn"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    reload: bool = False
+    log_level: str = "info"
+    keep_alive: float = 5.0
+    uds: str | None = None
+    backlog: int | None = None
+    root_path: str = ""
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    limit_concurrency: int | None = None
+    limit_max_requests: int | None = None
+    limit_max_requests_jitter: int = 0
+    reload_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """What the gateway serves and how."""
 
@@ -75,6 +103,8 @@ class Config:
     #: (``GATEWAY_MIGRATION_DIR``; None: each worker's page shows its own).
     migration_dir: Path | None = None
     file: GatewayFile = field(default_factory=GatewayFile)
+    #: The server ``gateway serve`` runs (its options only: the bare entry points have none).
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:

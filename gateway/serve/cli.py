@@ -43,6 +43,7 @@ from gateway.core.config import (
     DEFAULT_BODY_TIMEOUT,
     SETTINGS,
     Config,
+    ServerSettings,
     Setting,
     load_config,
     production_problems,
@@ -59,7 +60,6 @@ from gateway.serve.runners import (
     GRANIAN_MIN_BACKLOG,
     UVICORN_BACKLOG,
     ServerError,
-    ServerOptions,
     adopt_fd,
     check_port,
     check_tls,
@@ -246,12 +246,13 @@ def serve(
             prepare_metrics_directory()
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    options = ServerOptions(
+    config = replace(config, server=ServerSettings(
+        kind=server, host=host, port=port, workers=workers, reload=reload, log_level=log_level, keep_alive=keep_alive,
         uds=uds, backlog=backlog, root_path=root_path, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         limit_concurrency=limit_concurrency, limit_max_requests=limit_max_requests,
         limit_max_requests_jitter=limit_max_requests_jitter,
         reload_dirs=tuple(reload_dirs(config, map(str, reload_dir))) if reload else (),
-    )
+    ))
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
     # uvicorn: bind here, first, so that the banner names the port (--port 0 lets the
@@ -275,8 +276,7 @@ def serve(
             # One process serves: import the apps here, once, and hand uvicorn the app.
             table = prepare(config, **banner)
             app = build(config, "asgi", table=table)
-            run_uvicorn(config, app, host=host, port=port, workers=1, reload=False, log_level=log_level,
-                        keep_alive=keep_alive, log_config=log_config, sock=sock, server_options=options)
+            run_uvicorn(config, app, log_config=log_config, sock=sock)
             return
         # Worker processes import the apps themselves: check, migrate and print the banner
         # in a short-lived child, so that the supervising process holds no copy of them.
@@ -291,11 +291,9 @@ def serve(
         if child.exitcode:
             sys.exit(child.exitcode)
         if server == "granian":
-            run_granian(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-                        log_config=log_config, server_options=options)
+            run_granian(config, log_config=log_config)
             return
-        run_uvicorn(config, host=host, port=port, workers=workers, reload=reload, log_level=log_level,
-                    keep_alive=keep_alive, log_config=log_config, sock=sock, server_options=options)
+        run_uvicorn(config, log_config=log_config, sock=sock)
     finally:
         if uds is not None and sock is not None:
             with contextlib.suppress(OSError):

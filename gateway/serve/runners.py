@@ -14,7 +14,6 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +37,6 @@ RELOAD_INCLUDES = ("*.py", "*.html", "*.jinja", "*.jinja2", "*.j2")
 UVICORN_BACKLOG = 2048
 GRANIAN_MIN_BACKLOG = 128
 GRANIAN_BACKLOG = 1024
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """``gateway serve``'s options that go to the server, with uvicorn's names and meanings.
-
-    ``backlog`` None: each server's default. ``limit_concurrency`` is the number of
-    connections served at once (uvicorn's check counts the new connection too: it is
-    given N + 1). ``reload_dirs``: the directories ``--reload`` watches, all of them.
-    """
-
-    uds: str | None = None
-    backlog: int | None = None
-    root_path: str = ""
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    limit_concurrency: int | None = None
-    limit_max_requests: int | None = None
-    limit_max_requests_jitter: int = 0
-    reload_dirs: tuple[str, ...] = ()
 
 
 class ServerError(RuntimeError):
@@ -195,30 +174,19 @@ def reload_dirs(config: Config, extra: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(str(Path(d).resolve()) for d in dirs))
 
 
-def run_uvicorn(
-    config: Config,
-    app: object = None,
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    reload: bool,
-    log_level: str,
-    keep_alive: float = 5,
-    log_config: dict[str, Any] | None = None,
-    sock: socket.socket | None = None,
-    server_options: ServerOptions | None = None,
-) -> None:
-    """Serve the ASGI gateway with uvicorn: ``app`` in this process, or workers built from ``config``.
+def run_uvicorn(config: Config, app: object = None, *, log_config: dict[str, Any] | None = None,
+                sock: socket.socket | None = None) -> None:
+    """Serve the ASGI gateway with uvicorn, as ``config.server`` says: ``app`` in this process,
+    or workers built from ``config``.
 
     ``sock``: a socket already bound (:func:`listen`, :func:`listen_unix`, :func:`adopt_fd`),
-    else uvicorn binds ``host:port``.
+    else uvicorn binds the host and port.
     """
-    more = server_options or ServerOptions()
+    more = config.server
     options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": log_level,
+        "host": more.host,
+        "port": more.port,
+        "log_level": more.log_level,
         "log_config": log_config,
         # The gateway writes one access line per request itself (gateway.core.pipeline).
         "access_log": False,
@@ -227,7 +195,7 @@ def run_uvicorn(
         # times out late headers. (h11 would serve Django's cookies too: the gateway drops
         # the leading space Django 5.2 writes in Set-Cookie.)
         "timeout_graceful_shutdown": config.graceful_timeout,
-        "timeout_keep_alive": keep_alive,
+        "timeout_keep_alive": more.keep_alive,
         # The gateway honours X-Forwarded-* itself, from GATEWAY_TRUSTED_PROXIES only.
         # uvicorn's own handling (on by default, trusting 127.0.0.1) would replace the
         # client address first, and the gateway would then see an untrusted client.
@@ -247,13 +215,13 @@ def run_uvicorn(
         exit_zero_after_signal()
         server.run(sockets=[sock] if sock is not None else None)
         return
-    if reload:
+    if more.reload:
         options["reload_dirs"] = list(more.reload_dirs) or reload_dirs(config)
         options["reload_includes"] = list(RELOAD_INCLUDES)
-    worker_config = WorkerConfig(config, workers=workers, reload=reload, **options)
+    worker_config = WorkerConfig(config, workers=more.workers, reload=more.reload, **options)
     if sock is None:
         sock = worker_config.bind_socket()
-    if reload:
+    if more.reload:
         ChangeReload(worker_config, target=uvicorn.Server(worker_config).run, sockets=[sock]).run()
         return
     # uvicorn's supervisor takes no server: each worker runs uvicorn's own Server, so what
@@ -398,16 +366,16 @@ def quiet_thread_warning(log_config: dict[str, Any] | None) -> dict[str, Any] | 
     return config
 
 
-def run_granian(
-    config: Config, *, host: str, port: int, workers: int, reload: bool, log_level: str,
-    log_config: dict[str, Any] | None = None, server_options: ServerOptions | None = None,
-) -> None:
-    """Serve the WSGI gateway with Granian's WSGI interface, built in each worker from ``config``.
+def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> None:
+    """Serve the WSGI gateway with Granian's WSGI interface, as ``config.server`` says, built in
+    each worker from ``config``.
 
-    Of :class:`ServerOptions`, Granian takes ``uds``, ``backlog`` (128 at least),
-    ``root_path``, TLS and ``reload_dirs``; ``gateway serve`` refuses the others.
+    Of :class:`~gateway.core.config.ServerSettings`, Granian takes the host, port, workers,
+    log level, ``uds``, ``backlog`` (128 at least), ``root_path``, TLS and the reload
+    directories; ``gateway serve`` refuses the others.
     """
-    more = server_options or ServerOptions()
+    more = config.server
+    host, port, workers, reload, log_level = more.host, more.port, more.workers, more.reload, more.log_level
     try:
         from granian import Granian
         from granian.constants import Interfaces, SSLProtocols

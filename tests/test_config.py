@@ -233,7 +233,7 @@ def test_each_settings_documented_default_is_its_default() -> None:
             assert getattr(defaults, setting.field) == worded[setting.field]
             continue
         assert setting.read(setting.default, setting.variable) == getattr(defaults, setting.field), setting.field
-    assert {s.field for s in SETTINGS} | {"config_file", "file"} == {f.name for f in fields(Config)}
+    assert {s.field for s in SETTINGS} | {"config_file", "file", "server"} == {f.name for f in fields(Config)}
 
 
 def test_the_configuration_reference_is_generated_from_the_table() -> None:

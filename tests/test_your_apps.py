@@ -601,3 +601,36 @@ def test_production_with_your_own_apps_checks_what_the_gateway_owns(monkeypatch:
                                                     r"\(GATEWAY_ENV=production\)\.$"):
         frameworks.set_up(Config(env="production", mounts=("/x=x:app",), allowed_hosts=("*",)))
     frameworks.set_up(Config(env="production", mounts=("/x=x:app",), allowed_hosts=("*",)), strict=False)
+
+
+def test_a_reload_sets_up_the_new_files_apps_as_the_start_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               table: MountTable) -> None:
+    """SIGHUP's reload in place goes through the builder's set-up: an app the new file adds,
+    in a folder of its own (path = "sub"), is found; other Django settings are refused."""
+    from gateway.serve.builder import build
+    from tests.support import SyncASGIClient
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "reloaded_mod.py").write_text(HELLO.replace('@app.get("/")', '@app.get("/hello/")')
+                                                      .replace("your Flask app", "the reloaded app"))
+    monkeypatch.delitem(sys.modules, "reloaded_mod", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the set-up adds the file's folders
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[apps]\nwsgi = "tests.thirdapp:wsgi_app"\n[mounts]\n"/w" = "wsgi"\n')
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
+    app = build(config, "asgi")
+    try:
+        client = SyncASGIClient(app, base_url="http://127.0.0.1")
+        assert client.get("/hello/").status_code == 404
+        config_file.write_text('[apps]\nwsgi = "tests.thirdapp:wsgi_app"\n'
+                               'hello = { app = "reloaded_mod:app", path = "sub" }\n[mounts]\n"/w" = "wsgi"\n'
+                               '[[route]]\nrule = "/hello/"\napp = "hello"\n')
+        assert app.reload() is True
+        answer = client.get("/hello/")
+        assert (answer.status_code, answer.text) == (200, "Hello from the reloaded app at /hello/")
+        config_file.write_text('[apps]\nm = { app = "m.wsgi:application", settings = "m.settings" }\n'
+                               '[[route]]\nrule = "/m/"\napp = "m"\n')
+        assert app.reload() is False  # Django runs on django_hello.settings in this process
+        assert client.get("/hello/").status_code == 200  # the rules stay as they were
+    finally:
+        app.executor.shutdown(wait=True)

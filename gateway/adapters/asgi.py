@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +29,7 @@ from gateway.adapters.bridge import WSGIBridge, refuse_websocket
 from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
-from gateway.core.mounts import MountTable
+from gateway.core.mounts import MountTable, rule_options
 from gateway.core.pipeline import Decision, Head, Pipeline
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
@@ -61,8 +62,12 @@ def _header(headers: Any, name: str) -> str | None:
 class ASGIGateway:
     """ASGI app that runs the pipeline and calls the mount it chooses."""
 
-    def __init__(self, table: MountTable, config: Config, *, threads: int | None = None) -> None:
+    def __init__(self, table: MountTable, config: Config, *, threads: int | None = None,
+                 set_up: Callable[[Config], None] | None = None) -> None:
+        """``set_up``: what prepares the frameworks for a configuration (the builder's), run
+        again before a reload imports the new file's apps."""
         self.config = config
+        self.set_up = set_up
         self.pipeline = Pipeline(table, config)
         # A name of this gateway's own, so that exit_when_stuck counts only its threads.
         self.thread_prefix = f"wsgi-{id(self):x}"
@@ -199,10 +204,10 @@ class ASGIGateway:
             return False
         try:
             config = self.config.with_file(path)
-            fresh = MountTable.from_specs((), defaults=False, routes=config.file.routes, apps=config.file.apps,
-                                          shadow_log=config.data_dir / "shadow.jsonl",
-                                          shadow_cpu=config.file.shadow_cpu, previous=self.pipeline.table.route_table,
-                                          shared_dir=config.migration_dir)
+            if self.set_up is not None:
+                self.set_up(config)
+            fresh = MountTable.from_specs((), defaults=False, previous=self.pipeline.table.route_table,
+                                          **rule_options(config))
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
             return False

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.core.config import Config
 from gateway.migration.rules import Fallback, RouteSpec, RouteTable
 from gateway.migration.shadow import DEFAULT_CPU, ShadowTap
 
@@ -35,6 +36,12 @@ PREFIX_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@-]+(?:/[A-Za-z0-9._~!$&
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(?:\(\))?")
 _FORM = ('"/prefix=package.module:attribute" (or "package.module:factory()"; optionally followed by "@wsgi" '
          'or "@asgi")')
+
+
+def rule_options(config: Config) -> dict[str, Any]:
+    """What :meth:`MountTable.from_specs` takes to load ``config``'s route rules, at start and on a reload."""
+    return {"routes": config.file.routes, "apps": config.file.apps, "shadow_log": config.data_dir / "shadow.jsonl",
+            "shadow_cpu": config.file.shadow_cpu, "shared_dir": config.migration_dir}
 
 
 class MountError(ValueError):

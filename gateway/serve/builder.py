@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from gateway.core.config import Config
-from gateway.core.mounts import MountError, MountTable
+from gateway.core.mounts import MountError, MountTable, rule_options
 from gateway.observe.logs import configure_logging_if_unset
 from gateway.serve import frameworks
 
@@ -30,9 +30,7 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     """
     frameworks.set_up(config, strict=strict)
     table = MountTable.from_specs((*config.file.mounts, *config.mounts), defaults=not frameworks.names_apps(config),
-                                  routes=config.file.routes, apps=config.file.apps,
-                                  shadow_log=config.data_dir / "shadow.jsonl", shadow_cpu=config.file.shadow_cpu,
-                                  shared_dir=config.migration_dir)
+                                  **rule_options(config))
     frameworks.check_django(table.all(), config)
     for prefix, mount in list(table.mounts.items()):
         table.mounts[prefix] = frameworks.serve_static(mount)
@@ -53,4 +51,5 @@ def build(config: Config, interface: Interface = "asgi", *, table: MountTable | 
         return WSGIGateway(table, config)
     from gateway.adapters.asgi import ASGIGateway
 
-    return ASGIGateway(table, config)
+    # A reload (SIGHUP) sets up the frameworks for the new file as the start did: its folders.
+    return ASGIGateway(table, config, set_up=frameworks.set_up)

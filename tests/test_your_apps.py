@@ -493,19 +493,30 @@ def _served(tmp_path: Path, config_file: Path, *args: str) -> tuple[list[tuple[o
     return answers, access
 
 
-@pytest.mark.server
-def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, table: MountTable) -> None:
-    """gateway.wsgi and gateway.asgi in process, uvicorn's workers and Granian's, all built
-    by gateway.serve.builder from one gateway.toml: the same answers, and the same access lines."""
+def _one_config(tmp_path: Path) -> tuple[Path, Config]:
     config_file = tmp_path / "gateway.toml"
     config_file.write_text(ONE_CONFIG)
-    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
+    return config_file, Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_CONFIG": str(config_file)})
+
+
+def test_one_configuration_is_answered_alike_by_both_entry_points(tmp_path: Path, table: MountTable) -> None:
+    """gateway.wsgi and gateway.asgi, both made by gateway.serve.builder.build from one gateway.toml."""
+    _, config = _one_config(tmp_path)
     wsgi = _in_process(config, "wsgi")
     assert [answer[0] for answer in wsgi] == [200, 200, 200, 200, 200, 200, 201, 308, 200, 404, 405, 200]
     assert wsgi[6] == (201, "text/plain", "/made", None, "made /x")
     assert '"app":"new"' in str(wsgi[0][4]) and '"app":"legacy"' in str(wsgi[1][4])
     assert '"app":"legacy"' in str(wsgi[3][4])  # the fallback
+    assert 'href="/wsgi/"' in str(wsgi[8][4]) and "<code>/shop/cart</code>" in str(wsgi[8][4])  # the index
     assert _in_process(config, "asgi") == wsgi
+
+
+@pytest.mark.server
+def test_one_configuration_is_served_alike_by_every_entry_point(tmp_path: Path, table: MountTable) -> None:
+    """gateway.wsgi in process, uvicorn's workers and Granian's, all built by
+    gateway.serve.builder from one gateway.toml: the same answers, and the same access lines."""
+    config_file, config = _one_config(tmp_path)
+    wsgi = _in_process(config, "wsgi")
     uvicorn, uvicorn_log = _served(tmp_path, config_file, "--workers", "2")
     granian, granian_log = _served(tmp_path, config_file, "--server", "granian")
     assert uvicorn == wsgi and granian == wsgi
@@ -634,3 +645,140 @@ def test_a_reload_sets_up_the_new_files_apps_as_the_start_did(tmp_path: Path, mo
         assert client.get("/hello/").status_code == 200  # the rules stay as they were
     finally:
         app.executor.shutdown(wait=True)
+
+
+# --- what the in-process tests pin of the scaffold and the set-up (found missing by mutmut) ----
+
+
+def test_init_reports_each_flask_app_it_finds_with_where_it_found_it(tmp_path: Path) -> None:
+    from gateway.serve.scaffold import Found
+
+    files = {
+        "my-app.py": HELLO,  # not a module name: passed over, and the others still read
+        "annotated.py": "from flask import Flask\napp: Flask = Flask(__name__)\n",
+        "named.py": "from flask.app import Flask\napplication = Flask(__name__)\n",
+        "maker.py": "import flask\n\ndef make_app():\n    return flask.Flask(__name__)\n",
+        "plain.py": "import flask.json\ncache = dict()\n",  # imports Flask, has no app
+        "pkg/__init__.py": "from flask import Flask\nserver = Flask(__name__)\n",
+        "pkg/views.py": HELLO,  # below a package: not looked at
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert find_flask(tmp_path) == [
+        Found(name="annotated", framework="Flask", target="annotated:app", source="annotated.py"),
+        Found(name="maker", framework="Flask", target="maker:make_app()", source="maker.py"),
+        Found(name="named", framework="Flask", target="named:application", source="named.py"),
+        Found(name="pkg", framework="Flask", target="pkg:server", source="pkg/__init__.py"),
+    ]
+
+
+def test_init_mounts_what_a_projects_settings_name_as_its_wsgi_application(tmp_path: Path) -> None:
+    from gateway.serve.scaffold import Found
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manage.py").write_text("print('no settings named here')\n")
+    startproject(tmp_path)
+    split = tmp_path / "site"  # settings split by environment, the WSGI module elsewhere
+    (split / "config" / "settings").mkdir(parents=True)
+    (split / "manage.py").write_text('import os\nos.environ.setdefault("DJANGO_SETTINGS_MODULE", '
+                                     '"config.settings.prod")\n')
+    (split / "config" / "settings" / "prod.py").write_text('WSGI_APPLICATION = "config.serving.application"\n')
+    (split / "config" / "serving.py").write_text("application = None\n")
+    assert find_django(tmp_path) == [
+        Found(name="mysite", framework="Django", target="mysite.wsgi:application", source="mysite/manage.py",
+              settings="mysite.settings", path="mysite"),
+        Found(name="config", framework="Django", target="config.serving:application", source="site/manage.py",
+              settings="config.settings.prod", path="site"),
+    ]
+    (split / "config" / "serving.py").unlink()  # what the settings name is not there: not a project to mount
+    assert [found.name for found in find_django(tmp_path)] == ["mysite"]
+
+
+def test_the_written_file_says_where_each_app_came_from(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(HELLO)
+    startproject(tmp_path)
+    text = gateway_toml(tmp_path, [*find_flask(tmp_path), *find_django(tmp_path)])
+    assert f"as `gateway init` found it in {tmp_path}." in text.splitlines()[0]
+    assert "# Flask, from hello.py.\nhello = " in text and "# Django, from mysite/manage.py.\n" in text
+    assert '# app = "hello"' in text  # the commented route rule names a real app
+
+
+def test_the_sets_up_puts_the_files_folder_then_its_apps_folders_first(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", ["/elsewhere"])
+    path = tmp_path / "gateway.toml"
+    path.write_text('[apps]\na = { app = "a:app", path = "one" }\nb = { app = "b:app", path = "two/three" }\n')
+    config = Config.from_env({"GATEWAY_CONFIG": str(path)})
+    frameworks.set_up(config)
+    frameworks.set_up(config)  # twice: each folder once
+    assert sys.path == [str(tmp_path), str(tmp_path / "one"), str(tmp_path / "two" / "three"), "/elsewhere"]
+
+
+def test_django_settings_that_cannot_work_are_found_in_process(table: MountTable) -> None:
+    """What check_django refuses, on the settings this process runs (django_hello's)."""
+    from django.test import override_settings
+
+    django_mount = table.mounts["/django"]
+    frameworks.check_django([django_mount], Config())  # django_hello's settings work
+    frameworks.check_django([table.mounts["/flask"]], Config(file=parse_gateway_file(
+        '[apps]\nm = { app = "m.wsgi:application", settings = "other.settings" }\n')))  # no Django mount: no check
+    with pytest.raises(frameworks.SetupError, match=r"^Django runs on the settings django_hello\.settings, not "
+                                                    r"other\.settings as None names"):
+        frameworks.check_django([django_mount], Config(file=parse_gateway_file(
+            '[apps]\nm = { app = "m.wsgi:application", settings = "other.settings" }\n')))
+    overriding = pytest.warns(UserWarning, match="Overriding setting DATABASES")  # Django's, as it should
+    with overriding, override_settings(DATABASES={}), pytest.raises(frameworks.SetupError, match=(
+            r"^The Django settings \S+ have no DATABASES, and the installed apps .*admin, "
+            r".*auth, .*keep their data in one")):
+        frameworks.check_django([django_mount], Config())
+    overriding = pytest.warns(UserWarning, match="Overriding setting DATABASES")
+    with overriding, override_settings(DATABASES={"default": {"ENGINE": "django.db.backends.dummy"}}), \
+            pytest.raises(frameworks.SetupError, match="have no DATABASES"):
+        frameworks.check_django([django_mount], Config())
+
+
+def test_a_projects_static_files_are_served_under_its_mount_unless_it_serves_them(table: MountTable) -> None:
+    """WhiteNoise serves a Django project's static files from its finders, under the mount,
+    when the project does not (django_hello does, with WhiteNoise's middleware)."""
+    from django.conf import settings
+    from django.test import override_settings
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    django_mount = table.mounts["/django"]
+    assert frameworks.serve_static(django_mount) is django_mount  # django_hello has the middleware
+    assert frameworks.serve_static(table.mounts["/flask"]) is table.mounts["/flask"]  # not Django
+    without = [m for m in settings.MIDDLEWARE if "whitenoise" not in m]
+    with override_settings(MIDDLEWARE=without, STATIC_ROOT=None):
+        served = frameworks.serve_static(django_mount)
+        assert served is not django_mount and served.framework.startswith("Django ")
+        environ = EnvironBuilder("/static/admin/css/base.css").get_environ()
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/django", "/static/admin/css/base.css"
+        chunks, status, headers = run_wsgi_app(served.app, environ, buffered=True)
+        assert status.startswith("200") and headers["Content-Type"].startswith("text/css")
+        assert b"".join(chunks) == (Path(__import__("django").__file__).parent / "contrib" / "admin" / "static"
+                                    / "admin" / "css" / "base.css").read_bytes()
+        for static_url in ("/static/", "https://cdn.example/static/", "//cdn.example/static/", ""):
+            with override_settings(STATIC_URL=static_url):
+                assert frameworks.serve_static(django_mount) is django_mount, static_url
+        installed = [a for a in settings.INSTALLED_APPS if a != "django.contrib.staticfiles"]
+        with override_settings(INSTALLED_APPS=installed):
+            assert frameworks.serve_static(django_mount) is django_mount
+
+
+def test_settings_named_before_django_runs_are_set_with_a_warning_if_they_replace_others(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import django.conf
+
+    monkeypatch.setattr(django.conf, "settings", django.conf.LazySettings())  # a process where Django has not run
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    config = Config(config_file=Path("/srv/site/gateway.toml"))
+    frameworks.use_django_settings("mysite.settings", config)
+    assert os.environ["DJANGO_SETTINGS_MODULE"] == "mysite.settings" and not caplog.records
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "django_hello.settings")
+    with caplog.at_level("WARNING", logger="gateway"):
+        frameworks.use_django_settings("mysite.settings", config)
+    assert os.environ["DJANGO_SETTINGS_MODULE"] == "mysite.settings"
+    assert [r.getMessage() for r in caplog.records] == [
+        "DJANGO_SETTINGS_MODULE=django_hello.settings is set, and /srv/site/gateway.toml names mysite.settings: "
+        "Django runs on mysite.settings."]

@@ -10,7 +10,8 @@ would, so that an app with side effects at import is not started by looking at i
   (``module:create_app()``), else any name assigned ``Flask(...)``.
 - A **Django project** is a ``manage.py``, in the folder or in a folder just below it
   (``django-admin startproject mysite`` makes ``mysite/manage.py``): its
-  ``DJANGO_SETTINGS_MODULE`` names the settings, and the ``wsgi.py`` beside them is mounted.
+  ``DJANGO_SETTINGS_MODULE`` names the settings, and the settings' ``WSGI_APPLICATION``
+  the app that is mounted (else the ``wsgi.py`` of the settings' top package).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 FILE_NAME = "gateway.toml"
 
 _SETTINGS = re.compile(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([A-Za-z_][\w.]*)['"]""")
+_WSGI_APPLICATION = re.compile(r"""^WSGI_APPLICATION\s*=\s*['"]([A-Za-z_][\w.]*)['"]""", re.MULTILINE)
 _SKIPPED = {"manage.py", "setup.py", "conftest.py", "noxfile.py"}
 
 
@@ -110,14 +112,34 @@ def find_django(folder: Path) -> list[Found]:
         if match is None:
             continue
         settings = match.group(1)
-        package = settings.rpartition(".")[0]
         home = manage.parent
-        if not package or not (home / package.replace(".", "/") / "wsgi.py").is_file():
+        target = _wsgi_target(home, settings)
+        if target is None:
             continue
         path = None if home == folder else home.relative_to(folder).as_posix()
-        found.append(Found(name=package.split(".")[0], framework="Django", target=f"{package}.wsgi:application",
+        found.append(Found(name=settings.split(".")[0], framework="Django", target=target,
                            source=str(manage.relative_to(folder)), settings=settings, path=path))
     return found
+
+
+def _wsgi_target(home: Path, settings: str) -> str | None:
+    """The project's WSGI app, ``module:attribute``: what its settings' ``WSGI_APPLICATION``
+    names (``startproject`` writes ``mysite.wsgi.application``), else the ``wsgi.py`` of the
+    settings' top package; None if that module is not in ``home``."""
+    candidates = [home / (settings.replace(".", "/") + ".py"), home / settings.replace(".", "/") / "__init__.py"]
+    dotted = f"{settings.split('.')[0]}.wsgi.application"
+    for source in candidates:
+        try:
+            named = _WSGI_APPLICATION.search(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if named is not None:
+            dotted = named.group(1)
+        break
+    module, _, attribute = dotted.rpartition(".")
+    if not module or not (home / (module.replace(".", "/") + ".py")).is_file():
+        return None
+    return f"{module}:{attribute}"
 
 
 def gateway_toml(folder: Path, apps: list[Found]) -> str:

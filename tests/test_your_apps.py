@@ -602,7 +602,8 @@ def test_production_with_your_own_apps_checks_what_the_gateway_owns(monkeypatch:
     """Your apps keep their keys and debug switches in their own settings: production refuses
     a wildcard host, and asks nothing of the demo apps' variables, nor sets any of them."""
     for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY", "FLASK_MAX_CONTENT_LENGTH", "DJANGO_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # each as it was, after the test
+        monkeypatch.delenv(name)
     monkeypatch.setenv("DJANGO_DEBUG", "1")  # the demo's switch: not yours
     own = Config(env="production", mounts=("/x=x:app",))
     frameworks.set_up(own)
@@ -724,13 +725,15 @@ def test_django_settings_that_cannot_work_are_found_in_process(table: MountTable
     frameworks.check_django([table.mounts["/flask"]], Config(file=parse_gateway_file(
         '[apps]\nm = { app = "m.wsgi:application", settings = "other.settings" }\n')))  # no Django mount: no check
     with pytest.raises(frameworks.SetupError, match=r"^Django runs on the settings django_hello\.settings, not "
-                                                    r"other\.settings as None names"):
+                                                    r"other\.settings as None names: something imported Django's "
+                                                    r"settings first; mount the project's wsgi\.py\.$"):
         frameworks.check_django([django_mount], Config(file=parse_gateway_file(
             '[apps]\nm = { app = "m.wsgi:application", settings = "other.settings" }\n')))
     overriding = pytest.warns(UserWarning, match="Overriding setting DATABASES")  # Django's, as it should
     with overriding, override_settings(DATABASES={}), pytest.raises(frameworks.SetupError, match=(
             r"^The Django settings \S+ have no DATABASES, and the installed apps .*admin, "
-            r".*auth, .*keep their data in one")):
+            r".*auth, .*keep their data in one: add DATABASES to the settings \(startproject's is a SQLite "
+            r'file, BASE_DIR / "db\.sqlite3"\)\.$')):
         frameworks.check_django([django_mount], Config())
     overriding = pytest.warns(UserWarning, match="Overriding setting DATABASES")
     with overriding, override_settings(DATABASES={"default": {"ENGINE": "django.db.backends.dummy"}}), \
@@ -782,3 +785,53 @@ def test_settings_named_before_django_runs_are_set_with_a_warning_if_they_replac
     assert [r.getMessage() for r in caplog.records] == [
         "DJANGO_SETTINGS_MODULE=django_hello.settings is set, and /srv/site/gateway.toml names mysite.settings: "
         "Django runs on mysite.settings."]
+
+
+def test_static_root_and_prefixed_static_folders_are_served_too(table: MountTable, tmp_path: Path) -> None:
+    """collectstatic's STATIC_ROOT and a STATICFILES_DIRS entry with a prefix, as Django's
+    finders and runserver serve them; a file the finders name twice is the first one's."""
+    from django.conf import settings
+    from django.test import override_settings
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    root, extra = tmp_path / "collected", tmp_path / "extra"
+    (root / "site").mkdir(parents=True)
+    (root / "site" / "collected.css").write_text("body { color: red }")
+    (extra / "admin" / "css").mkdir(parents=True)
+    (extra / "admin" / "css" / "base.css").write_text("/* not the admin's */")
+    (extra / "logo.txt").write_text("logo")
+    without = [m for m in settings.MIDDLEWARE if "whitenoise" not in m]
+
+    def get(app, path: str) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+        environ = EnvironBuilder(path).get_environ()
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/django", path
+        chunks, status, _ = run_wsgi_app(app, environ, buffered=True)
+        return status[:3], b"".join(chunks)
+
+    with override_settings(MIDDLEWARE=without, STATIC_ROOT=str(root), STATICFILES_DIRS=[("brand", str(extra))]):
+        served = frameworks.serve_static(table.mounts["/django"]).app
+        assert get(served, "/static/site/collected.css") == ("200", b"body { color: red }")
+        assert get(served, "/static/brand/logo.txt") == ("200", b"logo")
+        assert get(served, "/static/logo.txt")[0] == "404"  # only under its prefix
+    with override_settings(MIDDLEWARE=without, STATICFILES_DIRS=[str(extra)]):
+        served = frameworks.serve_static(table.mounts["/django"]).app
+        assert get(served, "/static/logo.txt") == ("200", b"logo")
+        assert get(served, "/static/admin/css/base.css") == ("200", b"/* not the admin's */")  # first finder wins
+
+
+def test_production_with_the_demo_apps_is_checked_unless_told_not_to(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway check sets up with strict=False: it lists production's problems instead of refusing."""
+    for name in ("DJANGO_SECRET_KEY", "FLASK_SECRET_KEY", "DJANGO_DATA_DIR", "DJANGO_ALLOWED_HOSTS",
+                 "DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", "FLASK_MAX_CONTENT_LENGTH"):
+        monkeypatch.setenv(name, "")  # each as it was, after the test: the set-up sets some
+        monkeypatch.delenv(name)
+    demo = Config(env="production", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^DJANGO_SECRET_KEY is not set \(GATEWAY_ENV=production\); "
+                                         r"FLASK_SECRET_KEY is not set \(GATEWAY_ENV=production\)\.$"):
+        frameworks.set_up(demo)
+    frameworks.set_up(demo, strict=False)
+    two = Config(env="production", mounts=("/x=x:app",), allowed_hosts=("*",))
+    with pytest.raises(frameworks.SetupError) as caught:
+        frameworks.set_up(two)
+    assert str(caught.value).count("(GATEWAY_ENV=production)") == 1

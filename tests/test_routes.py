@@ -324,6 +324,22 @@ def test_a_new_client_gets_its_cookie_and_stays(kind: str, table: MountTable) ->
         getattr(app, "executor", None) and app.executor.shutdown(wait=True)
 
 
+@pytest.mark.parametrize("cookie", [pytest.param(b"gateway_canary=\xff", id="not-utf-8"),
+                                    pytest.param(b"a=\xc3; gateway_canary=\xfe\xff", id="others-not-utf-8-too"),
+                                    pytest.param(b"gateway_canary=\x00\x01", id="control-bytes")])
+def test_a_canary_cookie_of_any_bytes_is_a_new_client(kind: str, table: MountTable, cookie: bytes) -> None:
+    """Bytes that are not UTF-8 in the cookie header were a 500 (UnicodeDecodeError); they are no
+    canary ID, so the client is dealt a new one, as for any other unusable value."""
+    send, app = canary_entry(50, kind, table)
+    try:
+        header = cookie.decode("latin-1") if kind == "wsgi" else cookie  # as each protocol carries it
+        answer = send("GET", "/shop/cart", [("Cookie", header)])  # type: ignore[list-item]
+        assert answer.status == 200 and who(answer) in {"legacy", "new"}
+        assert any(c.startswith("gateway_canary=") for c in answer.all("Set-Cookie"))
+    finally:
+        getattr(app, "executor", None) and app.executor.shutdown(wait=True)
+
+
 def test_a_canary_by_header_is_sticky_per_value_and_sets_no_cookie(kind: str, table: MountTable) -> None:
     send, app = canary_entry(50, kind, table)
     try:

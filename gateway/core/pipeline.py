@@ -476,7 +476,10 @@ class Pipeline:
             return (value is not None and spec.chooses_canary(value)), None
         client = None
         if fetch is not None and (cookies := fetch("cookie")) and CANARY_COOKIE in cookies:
-            client = parse_cookie(cookies).get(CANARY_COOKIE)
+            try:
+                client = parse_cookie(cookies).get(CANARY_COOKIE)
+            except UnicodeDecodeError:  # Werkzeug reads cookies as UTF-8: these bytes are no canary ID
+                client = None
         if client is not None and _CANARY_ID.fullmatch(client):
             return spec.chooses_canary(client), None
         client = secrets.token_hex(16)

@@ -609,6 +609,35 @@ def test_gateway_diff_summarises_the_log(tmp_path: Path) -> None:
     assert bad.stderr.strip() == f"gateway: error: {tmp_path / 'bad.jsonl'}, line 1: not a JSON line of the shadow log."
 
 
+def test_gateway_diff_shows_what_clients_and_apps_wrote_without_sending_it_to_the_terminal(tmp_path: Path) -> None:
+    """A client chooses the path, and an app the page: escape sequences, a bell, a bidi override
+    or a NUL in them are shown escaped, never written to the operator's terminal as they are."""
+    from gateway.migration.shadow import summarise
+
+    log = tmp_path / "shadow.jsonl"
+    log.write_text(json.dumps({
+        "time": "t", "rule": "~/sh/<path:p>", "method": "GET", "path": "/sh/\x1b]0;TITLE\x07\u202egnp.exe",
+        "query": "", "status": [200, 200], "differences": ["body: 1 token(s) differ"],
+        "diff": "-a\x1b[2J\n+b\x00\x9b"}) + "\n")
+    lines = summarise(log)
+    assert all(line.isprintable() for line in lines), lines
+    assert "  /sh/\\x1b]0;TITLE\\x07\\u202egnp.exe  x1" in lines
+    assert lines[-2:] == ["    -a\\x1b[2J", "    +b\\x00\\x9b"]
+
+
+@pytest.mark.parametrize("line", [pytest.param('{"rule": 1}', id="rule-not-text"),
+                                  pytest.param('["a list"]', id="not-an-object"),
+                                  pytest.param('{"rule": "~/x", "path": "/x"}', id="fields-missing"),
+                                  pytest.param("\udcff", id="not-json")])
+def test_gateway_diff_names_a_line_it_cannot_read(tmp_path: Path, line: str) -> None:
+    from gateway.migration.shadow import summarise
+
+    log = tmp_path / "shadow.jsonl"
+    log.write_text("\n" + line + "\n", errors="surrogateescape")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(log))}, line 2: not a JSON line of the shadow log\.$"):
+        summarise(log)
+
+
 # -- The migration page -------------------------------------------------------------------------
 
 

@@ -363,10 +363,16 @@ class _Tapped:
 def summarise(path: Path) -> list[str]:
     """``gateway diff``: what the shadow log says, per rule, most differences first."""
     per_rule: dict[str, list[dict[str, Any]]] = {}
-    with open(path, encoding="utf-8") as lines:
+    with open(path, encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue  # a blank line (a log cut and appended to by hand) says nothing
             try:
                 record = json.loads(line)
+                if not (isinstance(record, dict) and isinstance(record.get("rule"), str)
+                        and isinstance(record.get("path"), str) and isinstance(record.get("differences"), list)
+                        and isinstance(record.get("diff"), str)):
+                    raise ValueError(record)
             except ValueError:
                 raise ValueError(f"{path}, line {number}: not a JSON line of the shadow log.") from None
             per_rule.setdefault(record["rule"], []).append(record)
@@ -380,4 +386,13 @@ def summarise(path: Path) -> list[str]:
         last = records[-1]
         out.append(f"  latest ({last['time']}, {last['path']}):")
         out.extend(f"    {line}" for line in last["diff"].splitlines()[:20])
-    return out or [f"{path}: no differences recorded."]
+    # Paths and pages come from clients and apps: a control character (an escape sequence)
+    # is shown, not sent to the operator's terminal.
+    return [shown(line) for line in out] or [f"{path}: no differences recorded."]
+
+
+def shown(text: str) -> str:
+    """``text`` with every character that does not print (controls, bidi overrides) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

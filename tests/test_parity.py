@@ -263,6 +263,13 @@ def test_websocket_scheme_follows_the_forwarded_proto() -> None:
     [
         pytest.param("GET", "/echo/x", {"Host": "evil.example"}, 400, id="host-not-allowed"),
         pytest.param("GET", "/echo/x", {"Host": "a b"}, 400, id="host-malformed"),
+        # The root's one trailing dot is the same host, as Django reads it; a second, or an
+        # empty label, is no host name at all (they passed, and reached the apps).
+        pytest.param("GET", "/echo/x", {"Host": "localhost."}, 200, id="host-the-roots-dot"),
+        pytest.param("GET", "/echo/x", {"Host": "localhost.."}, 400, id="host-two-trailing-dots"),
+        pytest.param("GET", "/echo/x", {"Host": "example..org"}, 400, id="host-empty-label"),
+        pytest.param("GET", "/echo/x", {"Host": ".localhost"}, 400, id="host-leading-dot"),
+        pytest.param("GET", "/echo/x", {"Host": "localhost..:80"}, 400, id="host-two-dots-and-a-port"),
         pytest.param("GET", "/", {"Host": "evil.example"}, 400, id="host-on-the-index"),
         pytest.param("TRACE", "/echo/x", {}, 405, id="trace"),
         pytest.param("TRACK", "/flask/", {}, 405, id="track"),

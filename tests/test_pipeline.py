@@ -410,6 +410,14 @@ def test_host_policy_edges() -> None:
     for n in range(1100):
         assert policy.allows(f"h{n}.example")
     assert len(policy.seen) == 1024 and policy.seen["h0.example"] is True
+    # Even "*" takes host names only: labels, none empty, and at most the root's one dot.
+    anything, subdomains = HostPolicy(("*",)), HostPolicy((".example.org",))
+    for host in ("a..b", ".a", "a..", "a.b..", "..", ".", "a_b", "a..b:80", "[::1"):
+        assert not anything.allows(host) and not subdomains.allows(host + ".example.org"), host
+    for host in ("a", "a.", "a.b.", "a-b.c", "a:80", "a.:80", "[::1]", "[::1]:8000"):
+        assert anything.allows(host), host
+    assert subdomains.allows("www.example.org.") and subdomains.allows("example.org.")
+    assert not subdomains.allows("example.org..") and not subdomains.allows("www..example.org")
 
 
 def test_cookie_paths_keep_path_characters_and_the_cache_is_bounded() -> None:

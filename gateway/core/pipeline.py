@@ -94,7 +94,9 @@ SECURITY_HEADERS = (
 _SECURITY = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
 _SECURITY_NAMES = frozenset(lower for lower, _, _ in _SECURITY)
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+# A host name of labels (no empty one: "a..b", ".a" and "a.." are refused) with at most one
+# trailing dot, the root's, which Django drops; or a bracketed IPv6 address.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?)(?::(\d{1,5}))?")
 # Characters a cookie path may carry unquoted, less ";" and "," that would end an attribute.
 _COOKIE_PATH_SAFE = "/:@!$&'()*+=-._~"
 
@@ -265,7 +267,7 @@ class HostPolicy:
     """Django's ``ALLOWED_HOSTS`` rules: exact names, ``.suffix`` for subdomains, ``*``."""
 
     def __init__(self, allowed: Iterable[str]) -> None:
-        names = [h.lower().rstrip(".") for h in allowed]
+        names = [h.lower().removesuffix(".") if h != "." else h for h in allowed]
         self.any = "*" in names
         self.exact = frozenset(n for n in names if not n.startswith("."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("."))
@@ -289,7 +291,7 @@ class HostPolicy:
         if self.any:
             return True
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        name = name.lower().rstrip(".")
+        name = name.lower().removesuffix(".")  # the root's dot, as Django drops it (split_domain_port)
         return name in self.exact or any(name == s or name.endswith("." + s) for s in self.suffixes)
 
 

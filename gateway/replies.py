@@ -56,3 +56,16 @@ def bad_charset(charset: str) -> Reply:
     shown = charset if charset.isascii() and charset.isprintable() and len(charset) <= 40 else "(unreadable)"
     return plain(415, f"Unsupported Media Type: form data in charset {shown!r} cannot be read here; "
                       "send it as UTF-8.\n", ("Connection", "close"), reason="unreadable_charset")
+
+
+def verdicts_only(reply: Reply) -> Reply:
+    """A ``/readyz`` reply with each check's verdict (``ok`` or ``fail``) and not its text,
+    which names what failed and how (a database's host, port and user, say)."""
+    import json
+
+    try:
+        data = json.loads(reply.body)
+        checks = {name: "ok" if value == "ok" else "fail" for name, value in data["checks"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return reply
+    return json_reply(reply.status, json.dumps({**data, "checks": checks}).encode())

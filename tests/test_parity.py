@@ -413,6 +413,28 @@ def test_readiness_fails_on_an_asgi_mount_that_fails(make: Callable[..., Send], 
                 app.executor.shutdown(wait=True)
 
 
+def test_readiness_tells_its_failures_only_to_loopback_and_the_trusted_proxies(echo_table: MountTable) -> None:
+    """A failing check's text names what failed and how (a database's host, port and user):
+    a client that is neither loopback nor a trusted proxy gets each check's verdict only."""
+    broken = MountTable([*echo_table, *MountTable.from_specs(["/broken=tests.thirdapp:failing_asgi_app"],
+                                                            defaults=False)])
+    for entry_point in ENTRIES.values():
+        send, app = entry_point(broken, config_with(trusted_proxies=TRUSTED))
+        try:
+            outside = send("GET", "/readyz", {"X-Forwarded-For": "203.0.113.9"})
+            assert outside.status == 503 and outside.get("Cache-Control") == "no-store"
+            assert outside.json() == {"status": "fail", "checks": {
+                "/flask": "ok", "/django": "ok", "/echo": "ok", "/third": "ok", "/broken": "fail",
+                "database:default": "ok", "migrations": "ok"}}
+            inside = send("GET", "/readyz")  # from loopback, the test clients' address
+            assert inside.status == 503 and inside.json()["checks"]["/broken"].startswith("fail: answered 503")
+            through = send("GET", "/readyz", {"X-Forwarded-For": "127.0.0.1"})  # a client on the proxy's host
+            assert through.json()["checks"]["/broken"].startswith("fail: answered 503")
+        finally:
+            if hasattr(app, "executor"):
+                app.executor.shutdown(wait=True)
+
+
 def test_readiness_fails_on_a_database_never_migrated(tmp_path: Any) -> None:
     import sqlite3
 

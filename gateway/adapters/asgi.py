@@ -135,7 +135,8 @@ class ASGIGateway:
             await self.websocket(scope, receive, send, decision)
             return
         if reply is None and decision.ready:
-            reply = await self.readiness.check_async(self.probe_asgi_mounts if self.asgi else None)
+            reply = self.pipeline.readiness_for(
+                decision, await self.readiness.check_async(self.probe_asgi_mounts if self.asgi else None))
         if reply is not None:
             await asgi_reply(self.pipeline, reply, decision, send)
             if logged:

@@ -12,6 +12,9 @@
                                     "database:default": "fail: OperationalError: ...",
                                     "migrations": "fail: 18 migration(s) not applied, ..."}}
 
+  The failing part's text goes to loopback and the trusted proxies only; any other client
+  gets the verdicts, ``"fail"`` (:meth:`gateway.core.pipeline.Pipeline.readiness_for`).
+
 The check blocks (it calls the apps and the databases), so it runs on a thread of its
 own (:class:`ReadinessProbe`), never on the apps' pool: a busy pool cannot hold it up.
 Probes that arrive while one runs wait for that one; one that takes longer than

@@ -88,7 +88,7 @@ class WSGIGateway:
         logged = self.pipeline.observing
         reply = decision.reply
         if reply is None and decision.ready:
-            reply = self.readiness.check()
+            reply = self.pipeline.readiness_for(decision, self.readiness.check())
         if reply is not None:
             if logged:
                 self.pipeline.done(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))

@@ -71,6 +71,7 @@ from gateway.replies import (
     bad_charset,
     plain,
     too_large,
+    verdicts_only,
 )
 
 logger = logging.getLogger("gateway")
@@ -392,6 +393,12 @@ class Pipeline:
         #: Whether a rule reads request headers of its own (a canary's), or tracing reads
         #: ``traceparent``, so the adapters hand :attr:`Head.fetch` over.
         self.wants_headers = wants or self.tracing is not None
+
+    def readiness_for(self, decision: Decision, reply: Reply) -> Reply:
+        """``/readyz``'s answer as ``decision``'s client may see it: whole for loopback and the
+        trusted proxies (who see ``/_gateway/`` and ``/metrics`` too); for anyone else, each
+        check's verdict without its text, which names database hosts, ports and users."""
+        return reply if migration_page.allowed(decision.client, self.proxies) else verdicts_only(reply)
 
     def decide(self, head: Head) -> Decision:
         """Decide what to do with ``head``."""

@@ -435,6 +435,20 @@ def test_readiness_tells_its_failures_only_to_loopback_and_the_trusted_proxies(e
                 app.executor.shutdown(wait=True)
 
 
+@pytest.mark.parametrize("forwarded", [
+    pytest.param("unknown", id="unknown"), pytest.param("203.0.113.7:54321", id="with-a-port"),
+    pytest.param("[2001:db8::1]:443", id="bracketed-with-a-port"), pytest.param("", id="empty"),
+    pytest.param("203.0.113.7, junk", id="last-hop-junk"), pytest.param("localhost", id="a-name"),
+])
+def test_a_client_the_trusted_proxy_cannot_name_is_unknown_not_the_proxy(entry: Send, forwarded: str) -> None:
+    """The trusted proxy is loopback here: a client it names badly was taken for the proxy
+    itself, and so shown the operators' pages (/_gateway/, /readyz's failure texts)."""
+    assert entry("GET", "/_gateway/", {"X-Forwarded-For": "127.0.0.1"}).status == 200  # a loopback client: shown
+    assert entry("GET", "/_gateway/", {"X-Forwarded-For": forwarded}).status == 404
+    assert entry("GET", "/_gateway/", {"X-Forwarded-For": "198.51.100.4"}).status == 404  # a remote client
+    assert entry("GET", "/echo/x", {"X-Forwarded-For": forwarded}).status == 200  # the apps still answer it
+
+
 def test_readiness_fails_on_a_database_never_migrated(tmp_path: Any) -> None:
     import sqlite3
 

@@ -479,7 +479,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(field="trusted_proxies", variable="GATEWAY_TRUSTED_PROXIES", read=parse_proxies,
             default="", option="--trusted-proxies",
             help="Addresses or networks (`10.0.0.0/8`) whose `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and "
-                 "`-Prefix` are honoured (one hop, the last value, each only when well formed), comma-separated."),
+                 "`-Prefix` are honoured (one hop, the last value, each only when well formed), comma-separated. "
+                 "A client such a proxy cannot name (`unknown`, an address with a port) is unknown to the gateway, "
+                 "never the proxy itself."),
     Setting(field="https", variable="GATEWAY_HTTPS", read=lambda raw, name: _strict_flag(raw, name, False),
             default="0", help="`1` when clients use HTTPS: secure cookies on both apps, and HSTS on every response "
                               "over HTTPS. Behind a proxy that ends TLS, list it in the trusted proxies too."),

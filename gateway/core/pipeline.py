@@ -538,7 +538,10 @@ class Pipeline:
             if (address := valid_client(last_hop(fwd["for"]))) is not None:
                 client, proxied = address, True
             else:
+                # A client the proxy could not name (``unknown``, ``host:port``, nothing) is
+                # unknown, never the proxy itself: that would show it the operators' pages.
                 self.ignore("for", fwd["for"])
+                client, proxied = None, True
         forwarded_proto = False
         if "proto" in fwd:
             proto = last_hop(fwd["proto"]).lower()

@@ -273,6 +273,8 @@ def test_websocket_scheme_follows_the_forwarded_proto() -> None:
         pytest.param("GET", "/", {"Host": "evil.example"}, 400, id="host-on-the-index"),
         pytest.param("TRACE", "/echo/x", {}, 405, id="trace"),
         pytest.param("TRACK", "/flask/", {}, 405, id="track"),
+        pytest.param("trace", "/echo/x", {}, 405, id="trace-in-lower-case"),  # the apps read it as TRACE
+        pytest.param("Track", "/echo/x", {}, 405, id="track-in-mixed-case"),
         pytest.param("GET", "/echo/x", {"X-Big": "a" * 17000}, 431, id="headers-too-large"),
         pytest.param("GET", "/healthz", {"Host": "10.1.2.3:8000"}, 200, id="health-by-address"),
         pytest.param("GET", "/nowhere", {}, 404, id="gateway-404"),

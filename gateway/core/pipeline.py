@@ -424,7 +424,7 @@ class Pipeline:
             reply = HEADERS_TOO_LARGE
         elif not self.hosts.allows(host):
             reply = BAD_HOST
-        elif head.method in REFUSED_METHODS:
+        elif head.method.upper() in REFUSED_METHODS:  # Werkzeug and Django read the method in upper case
             reply = BAD_METHOD
         elif "\x00" in path or "%00" in head.query:
             # Valid in a URL, but PostgreSQL refuses NUL in text, and no page means it.

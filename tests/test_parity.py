@@ -451,6 +451,31 @@ def test_a_client_the_trusted_proxy_cannot_name_is_unknown_not_the_proxy(entry: 
     assert entry("GET", "/echo/x", {"X-Forwarded-For": forwarded}).status == 200  # the apps still answer it
 
 
+@pytest.mark.parametrize(("host", "shown"), [
+    pytest.param("localhost", True, id="an-allowed-host"), pytest.param("127.0.0.1:8000", True, id="an-address"),
+    pytest.param("[::1]:8000", True, id="an-ipv6-address"), pytest.param("evil.example", False, id="rebinding"),
+    pytest.param("evil.example:8000", False, id="rebinding-with-a-port"),
+])
+def test_the_operators_pages_answer_loopback_by_an_allowed_host_or_an_address(
+        make: Callable[..., Send], echo_table: MountTable, host: str, shown: bool) -> None:
+    """A page on evil.example, resolving to 127.0.0.1 (DNS rebinding), reaches the gateway from
+    loopback with its own name as Host: the operators' pages are not for it."""
+    entry = make(metrics=True)
+    for path in ("/_gateway/", "/metrics"):
+        answer = entry("GET", path, {"Host": host})
+        assert answer.status == (200 if shown else 400), (path, answer.status)
+    broken = MountTable([*echo_table, *MountTable.from_specs(["/broken=tests.thirdapp:failing_asgi_app"],
+                                                            defaults=False)])
+    for entry_point in ENTRIES.values():
+        send, app = entry_point(broken, config_with())
+        try:
+            failure = send("GET", "/readyz", {"Host": host}).json()["checks"]["/broken"]
+            assert failure.startswith("fail: answered 503") if shown else failure == "fail", failure
+        finally:
+            if hasattr(app, "executor"):
+                app.executor.shutdown(wait=True)
+
+
 def test_readiness_fails_on_a_database_never_migrated(tmp_path: Any) -> None:
     import sqlite3
 

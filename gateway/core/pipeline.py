@@ -394,11 +394,26 @@ class Pipeline:
         #: ``traceparent``, so the adapters hand :attr:`Head.fetch` over.
         self.wants_headers = wants or self.tracing is not None
 
+    def insider(self, client: str | None, host: str | None) -> bool:
+        """Whether a request may see the operators' pages (``/_gateway/``, ``/metrics``): from
+        loopback or a trusted proxy, for an allowed host or an address. A browser on the
+        operator's machine sent to a name that resolves to 127.0.0.1 (DNS rebinding) sends
+        that name as its ``Host``, never an address."""
+        if not migration_page.allowed(client, self.proxies):
+            return False
+        if self.hosts.allows(host):
+            return True
+        parts = split_host(host) if host else None
+        try:
+            return parts is not None and bool(ipaddress.ip_address(parts[0].strip("[]")))
+        except ValueError:
+            return False
+
     def readiness_for(self, decision: Decision, reply: Reply) -> Reply:
-        """``/readyz``'s answer as ``decision``'s client may see it: whole for loopback and the
-        trusted proxies (who see ``/_gateway/`` and ``/metrics`` too); for anyone else, each
-        check's verdict without its text, which names database hosts, ports and users."""
-        return reply if migration_page.allowed(decision.client, self.proxies) else verdicts_only(reply)
+        """``/readyz``'s answer as ``decision``'s client may see it: whole for those who see
+        ``/_gateway/`` and ``/metrics`` (:meth:`insider`); for anyone else, each check's verdict
+        without its text, which names database hosts, ports and users."""
+        return reply if self.insider(decision.client, decision.host) else verdicts_only(reply)
 
     def decide(self, head: Head) -> Decision:
         """Decide what to do with ``head``."""
@@ -412,11 +427,12 @@ class Pipeline:
             reply = HEALTHY if path == "/healthz" else None
             return Decision(rid, reply, None, reply is None, root, root, path, host, server, scheme, client,
                             proxied)
-        if path in migration_page.PATHS and migration_page.allowed(client, self.proxies):
+        insider = self.insider(client, host) if path in migration_page.PATHS or path == METRICS_PATH else False
+        if insider and path in migration_page.PATHS:
             # Like the health answers: outside the apps, for operators by address.
             return Decision(rid, migration_page.render(self.table.route_table), None, False, root, root, path,
                             host, server, scheme, client, proxied)
-        if path == METRICS_PATH and self.metrics is not None and migration_page.allowed(client, self.proxies):
+        if insider and path == METRICS_PATH and self.metrics is not None:
             return Decision(rid, self.metrics.render(), None, False, root, root, path, host, server, scheme, client,
                             proxied)
         reply = None

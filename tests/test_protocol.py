@@ -12,7 +12,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from gateway.serve import protocol as gateway_protocol
-from gateway.serve.protocol import HeaderTimeoutProtocol, TimedConfig
+from gateway.serve.protocol import HEAD_LIMIT, HeaderTimeoutProtocol, TimedConfig
 
 TIMEOUT = 0.1
 
@@ -106,6 +106,49 @@ def test_headers_in_time_stop_the_clock() -> None:
 
     transport = asyncio.run(scenario())
     assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not transport.closed
+
+
+def test_an_endless_request_head_is_cut_off_with_a_431(caplog: pytest.LogCaptureFixture) -> None:
+    """httptools holds a request head in memory with no limit: past HEAD_LIMIT bytes before
+    its end the connection gets a 431 and is closed, and nothing more of it is read."""
+    async def scenario() -> tuple[HeaderTimeoutProtocol, Transport]:
+        protocol, transport = connect()
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Flood: ")
+        chunk = b"a" * 65536
+        for _ in range(40):  # 2.5 MiB, at most
+            protocol.data_received(chunk)
+            if transport.closed:
+                break
+        protocol.data_received(chunk)  # what comes after the cut is not read
+        return protocol, transport
+
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        protocol, transport = asyncio.run(scenario())
+    assert transport.written.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % len(body) in head and b"connection: close" in head
+    assert HEAD_LIMIT < protocol.head_bytes <= HEAD_LIMIT + 2 * 65536
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Request head from 127.0.0.1:5000 passed {HEAD_LIMIT} bytes before its end; answered 431 and closed."]
+
+
+def test_a_long_head_under_the_limit_and_the_bodies_after_it_are_not_counted() -> None:
+    """A 900 KB head is read whole and answered; a body of any size is not a head; the next
+    request on the connection counts from nothing."""
+    async def scenario() -> Transport:
+        protocol, transport = connect()
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 900_000
+                               + b"\r\nContent-Length: 2000000\r\n\r\n")
+        for _ in range(40):
+            protocol.data_received(b"b" * 50_000)  # 2 MB of body
+        await asyncio.sleep(0.05)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 900_000 + b"\r\n\r\n")
+        await asyncio.sleep(0.05)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.written.count(b"HTTP/1.1 200 OK\r\n") == 2 and b" 431 " not in transport.written
     assert not transport.closed
 
 

@@ -41,6 +41,16 @@ logger = logging.getLogger("gateway")
 #: accepted just before it stopped listening (seconds).
 SHUTDOWN_GRACE = 0.5
 
+#: The bytes a connection may send for one request's line and headers before it is cut off
+#: with a 431. httptools keeps them all in memory, with no limit of its own: 8 connections
+#: streaming one endless header grew uvicorn to 512 MiB before the header timeout. The
+#: gateway refuses more than GATEWAY_MAX_HEADER_SIZE (16 KiB) of headers anyway, once they
+#: are whole; this bound leaves room for a long URL and still caps what is held.
+HEAD_LIMIT = 1024 * 1024
+
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+              b"content-length: 62\r\nconnection: close\r\n\r\n"
+              b"Request Header Fields Too Large: the request head is too long.")
 _TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
               b"content-length: 51\r\nconnection: close\r\n\r\n"
               b"Request Timeout: the request headers took too long.")
@@ -64,6 +74,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.header_timeout: float = getattr(config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
         self.header_deadline: asyncio.TimerHandle | None = None
         self.began = False  # a request began since the clock started
+        self.head_bytes = 0  # bytes of the request head being read (HEAD_LIMIT)
         self.grace: asyncio.TimerHandle | None = None  # the server stopped: the end of the wait for a first request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -71,8 +82,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # cut off (431, 408): nothing more of this connection is read
         if self.header_deadline is None and self.cycle_done():
             self._start_clock()  # the first byte after a response
+        if self.header_deadline is not None:  # a request's head is on its way: bounded
+            self.head_bytes += len(data)
+            if self.head_bytes > HEAD_LIMIT:
+                self._head_too_large()
+                return
         super().data_received(data)
 
     def on_message_begin(self) -> None:
@@ -152,6 +170,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _start_clock(self) -> None:
         self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
         self.began = False
+        self.head_bytes = 0
+
+    def _head_too_large(self) -> None:
+        self._stop_clock()
+        if self.transport.is_closing():
+            return
+        client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031 - uvicorn's form
+        logger.warning("Request head from %s passed %d bytes before its end; answered 431 and closed.", client,
+                       HEAD_LIMIT)
+        self.transport.write(_TOO_LARGE)
+        self.transport.close()
 
     def _stop_clock(self) -> None:
         if self.header_deadline is not None:

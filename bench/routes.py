@@ -41,7 +41,7 @@ DISTINCT = 100_000
 
 def per_decision(p: Pipeline, paths: list[str], seconds: float) -> float:
     """Decisions on ``paths`` in turn."""
-    heads = [Head("GET", "", each, "", "localhost", "http", ("localhost", 80), "127.0.0.1") for each in paths]
+    heads = [Head(method="GET", path=each, host="localhost", client="127.0.0.1") for each in paths]
     count, at, started = 0, 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for _ in range(1000):

@@ -98,5 +98,5 @@ def test_websocket_reaches_asgi_mount_and_is_refused_by_wsgi_mount() -> None:
     accepted = asyncio.run(connect("/third/ws"))
     assert [m["type"] for m in accepted] == ["websocket.accept", "websocket.send", "websocket.close"]
     assert accepted[1]["text"] == "root_path=/third"
-    assert asyncio.run(connect("/plain/ws")) == [{"type": "websocket.close", "code": 1000}]
+    assert asyncio.run(connect("/plain/ws")) == [{"type": "websocket.close", "code": 1008}]  # policy violation
     app.executor.shutdown()

@@ -1383,7 +1383,7 @@ def test_websocket_is_refused_with_close(make_bridge: Callable[..., WSGIBridge])
 
     scope = {"type": "websocket", "asgi": {"version": "3.0"}, "path": "/ws", "headers": []}
     sent = Peer([{"type": "websocket.connect"}]).run(make_bridge(app), scope)
-    assert sent == [{"type": "websocket.close", "code": 1000}]
+    assert sent == [{"type": "websocket.close", "code": 1008}]  # policy violation: every refusal by the gateway
     assert calls == []
 
 

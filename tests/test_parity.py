@@ -251,7 +251,7 @@ def test_websocket_scheme_follows_the_forwarded_proto() -> None:
     from gateway.core.pipeline import Head, Pipeline
 
     pipeline = Pipeline(MountTable([]), config_with(trusted_proxies=TRUSTED))
-    decision = pipeline.decide(Head("GET", "", "/", host="localhost", scheme="ws", client="127.0.0.1",
+    decision = pipeline.decide(Head(method="GET", path="/", host="localhost", scheme="ws", client="127.0.0.1",
                                     forwarded={"proto": "https"}))
     assert decision.scheme == "wss"
 

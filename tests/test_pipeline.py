@@ -14,6 +14,7 @@ from gateway.core.pipeline import (
     Head,
     HostPolicy,
     Pipeline,
+    Request,
     scope_cookie,
     valid_client,
     valid_port,
@@ -34,7 +35,8 @@ def pipeline(table: MountTable, **changes: object) -> Pipeline:
 
 def head(path: str, **fields: object) -> Head:
     fields.setdefault("host", "localhost")
-    return Head(str(fields.pop("method", "GET")), str(fields.pop("root_path", "")), path, **fields)  # type: ignore[arg-type]
+    return Head(method=str(fields.pop("method", "GET")), root_path=str(fields.pop("root_path", "")), path=path,
+                **fields)  # type: ignore[arg-type]
 
 
 TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8"}).trusted_proxies
@@ -229,8 +231,8 @@ def test_host_policy(allowed: tuple[str, ...], host: str, ok: bool) -> None:
 
 def decision(mount: bool = True, scheme: str = "http") -> Decision:
     table = MountTable.from_specs(["/m=tests.thirdapp:wsgi_app"], defaults=False)
-    return Decision("rid-1", None, next(iter(table)) if mount else None, False, "", "/m", "/", "localhost",
-                    ("localhost", 80), scheme, None, False)
+    return Decision(request_id="rid-1", mount=next(iter(table)) if mount else None, root="", script_name="/m",
+                    path_info="/", host="localhost", server=("localhost", 80), scheme=scheme, client=None)
 
 
 @pytest.mark.parametrize(
@@ -318,6 +320,12 @@ def test_scope_cookie(cookie: str, scoped: str) -> None:
     assert scope_cookie(cookie, "/m") == scoped
 
 
+def answered(request: Request, status: int, size: int) -> Request:
+    """``request`` as the adapter leaves it once the response is out."""
+    request.status, request.size = status, size
+    return request
+
+
 def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
     from gateway.observe.logs import access
 
@@ -325,8 +333,8 @@ def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) ->
     served, refused = head("/a/x", client="127.0.0.1", request_id="rid-9", query="q=1"), head("/a/x", host="evil")
     d = p.decide(served)
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        p.log(d, served, "HTTP/1.1", 200, 12)
-        p.log(p.decide(refused), refused, "HTTP/1.1", 400, 3)
+        p.log(answered(Request(served, d, 0.0, "HTTP/1.1"), 200, 12))
+        p.log(answered(Request(refused, p.decide(refused), 0.0, "HTTP/1.1"), 400, 3))
         access.flush()  # written by the access log's own thread
     first, second = caplog.records
     assert (first.request_id, first.name, first.threadName) == ("rid-9", "gateway.access", "gateway-access-log")  # type: ignore[attr-defined]
@@ -444,11 +452,10 @@ def test_access_log_duration(table: MountTable) -> None:
     p = pipeline(table)
     h = head("/a/x")
     d = p.decide(h)
-    d.started = time.perf_counter() - 1.0
     queued: list[tuple[object, ...]] = []
     real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
     try:
-        p.log(d, h, "HTTP/1.1", 200, 5)
+        p.log(answered(Request(h, d, time.perf_counter() - 1.0, "HTTP/1.1"), 200, 5))
     finally:
         access.put = real_put  # type: ignore[method-assign]
     (entry,) = queued
@@ -477,7 +484,7 @@ def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) 
     try:
         for h in (head('/a/x\r\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'),
                   head("/caf\xc3\xa9", query="q=\x85")):
-            p.log(p.decide(h), h, "HTTP/1.1", 200, 0)
+            p.log(answered(Request(h, p.decide(h), 0.0, "HTTP/1.1"), 200, 0))
     finally:
         access.put = real_put  # type: ignore[method-assign]
     assert queued[0][4] == '/a/x\\r\\n2026-01-01 INFO gateway.access [forged] 6.6.6.6 "GET /admin'
@@ -533,7 +540,9 @@ def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
     p = pipeline(table)
     d = p.decide(head("/_gateway/", request_id="ops-1", client="127.0.0.1", root_path="/r", scheme="https",
                       server=("example.org", 443), host="localhost"))
-    assert d.reply is not None and d.reply.status == 200
+    assert d.reply is None and d.render is not None  # rendered by the adapter, off the event loop
+    page = d.render()
+    assert page.status == 200 and b"<html" in page.body.lower()
     assert (d.request_id, d.mount, d.ready, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme,
             d.client, d.proxied) == ("ops-1", None, False, "/r", "/r", "/_gateway/", "localhost",
                                      ("example.org", 443), "https", "127.0.0.1", False)
@@ -549,13 +558,14 @@ def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountT
     monkeypatch.setattr(module.access, "put", queued.append)
     p = pipeline(table)
     h = head("/a/x\r\nforged", query="q=1", client="192.0.2.7", request_id="req-1")
-    decision = p.begin(h, 0.0)
-    p.done(decision, h, "HTTP/2", 201, 1234)
+    request = answered(p.begin(h, 0.0, "HTTP/2"), 201, 1234)
+    assert request.decision.request_id == "req-1" and request.head is h
+    p.done(request)
     (entry,) = queued
     assert entry[1:8] == ("req-1", "192.0.2.7", "GET", "/a/x\\r\\nforged?q=1", "HTTP/2", 201, 1234)
     assert entry[9] == "/a"
     monkeypatch.setattr(module.access, "enabled", lambda: False)
-    p.done(decision, h, "HTTP/2", 201, 1234)
+    p.done(request)
     assert len(queued) == 1  # the log off: nothing queued
 
 
@@ -563,7 +573,9 @@ def test_the_metrics_decision_keeps_the_head(table: MountTable) -> None:
     p = pipeline(table, metrics=True)
     d = p.decide(head("/metrics", request_id="ops-2", client="127.0.0.1", root_path="/r", scheme="https",
                       server=("example.org", 443)))
-    assert d.reply is not None and d.reply.status == 200
+    assert d.reply is None and d.render is not None  # rendered by the adapter, off the event loop
+    metrics = d.render()
+    assert metrics.status == 200 and b"gateway_requests_in_flight" in metrics.body
     assert (d.request_id, d.mount, d.ready, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme,
             d.client, d.proxied) == ("ops-2", None, False, "/r", "/r", "/metrics", "localhost",
                                      ("example.org", 443), "https", "127.0.0.1", False)
@@ -595,3 +607,78 @@ def test_a_content_length_of_leading_zeros_is_read_up_to_18_digits(table: MountT
     assert p.decide(head("/a/x", method="POST", content_length="0" * 17 + "5")).reply is None
     refused = p.decide(head("/a/x", method="POST", content_length="0" * 18 + "5")).reply
     assert refused is not None and refused.status == 413
+
+
+def test_head_and_decision_are_frozen_and_keyword_only(table: MountTable) -> None:
+    import dataclasses
+
+    h = head("/a/x")
+    d = pipeline(table).decide(h)
+    for record, field in ((h, "path"), (d, "mount")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, None)
+    with pytest.raises(TypeError):
+        Head("GET", "", "/a/x")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Decision("rid", None)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("fields", "unframed", "bodiless"),
+    [
+        pytest.param({}, False, True, id="http1-nothing"),
+        pytest.param({"content_length": "0"}, False, True, id="length-zero"),
+        pytest.param({"content_length": "5"}, False, False, id="length"),
+        pytest.param({"chunked": True}, True, False, id="chunked"),
+        pytest.param({"chunked": True, "content_length": "5"}, False, False, id="chunked-with-length"),
+        pytest.param({"http_version": "2"}, True, False, id="http2-no-length"),
+        pytest.param({"http_version": "2", "content_length": "0"}, False, True, id="http2-length-zero"),
+    ],
+)
+def test_how_a_body_ends_is_decided_once(fields: dict[str, object], unframed: bool, bodiless: bool) -> None:
+    h = head("/a/x", **fields)
+    assert (h.body_unframed, h.bodiless) == (unframed, bodiless)
+
+
+def test_strip_root_only_on_a_segment_boundary() -> None:
+    from gateway.core.pipeline import strip_root
+
+    assert strip_root("/foo", "/foo/bar") == "/bar"
+    assert strip_root("/foo", "/foo") == ""
+    assert strip_root("/foo", "/foo-1/bar") == "/foo-1/bar"  # not under /foo
+    assert strip_root("", "/foo") == "/foo"
+    assert strip_root("/foo", "/other") == "/other"  # taken as already relative
+
+
+def test_repeated_values_are_joined_in_linear_time() -> None:
+    from gateway.core.pipeline import join_values
+
+    assert join_values(["a", "b"]) == "a,b"
+    assert join_values(["a=1", "b=2"], cookie=True) == "a=1; b=2"
+    assert join_values(["x"] * 400_000).count(",") == 399_999
+
+
+@pytest.mark.parametrize(
+    ("cookie", "scoped"),
+    [
+        pytest.param("session=1; Path=/flask", "session=1; Path=/apps/flask", id="application-root"),
+        pytest.param("session=1; Path=/flask/admin", "session=1; Path=/apps/flask/admin", id="below-it"),
+        pytest.param("session=1; Path=/apps/flask", "session=1; Path=/apps/flask", id="already-whole"),
+        pytest.param("session=1; Path=/other", "session=1; Path=/apps/flask/other", id="outside"),
+        pytest.param("session=1; Path=/", "session=1; Path=/apps/flask", id="site-root"),
+    ],
+)
+def test_an_app_root_behind_a_proxy_prefix_keeps_its_cookie(cookie: str, scoped: str) -> None:
+    # Flask's APPLICATION_ROOT="/flask" behind X-Forwarded-Prefix: /apps: the session
+    # cookie's Path=/flask is the mount without the proxy's prefix, not a path under it.
+    assert scope_cookie(cookie, "/apps/flask", "/apps") == scoped
+
+
+def test_the_request_state_is_the_adapters_not_a_context_variable(table: MountTable) -> None:
+    import gateway.core.pipeline as module
+
+    assert not any(type(value).__name__ == "ContextVar" and name != "REQUEST_ID"
+                   for name, value in vars(module).items())
+    request = pipeline(table).begin(head("/a/x"), 1.5, "HTTP/1.1")
+    assert (request.started, request.protocol, request.body_read, request.status, request.size) == (
+        1.5, "HTTP/1.1", False, 0, 0)

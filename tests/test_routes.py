@@ -1338,14 +1338,14 @@ def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTa
     path = "/shop/items/3/reviews"
     for i in range(200):
         user = f"user-{i}"
-        head = Head("GET", "", path, "", "localhost",
+        head = Head(method="GET", path=path, host="localhost",
                     fetch=lambda name, user=user: user if name == "X-User-ID" else None)
         decision = pipeline.decide(head)
         assert decision.mount is not None and decision.set_cookie is None
         assert decision.mount.prefix == (spec.canary_key if spec.chooses_canary(user) else spec.key), user
     chosen = sum(spec.chooses_canary(f"user-{i}") for i in range(200))
     assert routes.canaried[spec.key] == chosen > 0  # each one counted, not just noted
-    no_header = pipeline.decide(Head("GET", "", path, "", "localhost", fetch=lambda name: None))
+    no_header = pipeline.decide(Head(method="GET", path=path, host="localhost", fetch=lambda name: None))
     assert no_header.mount is not None and no_header.mount.prefix == spec.key
 
 
@@ -1355,7 +1355,7 @@ def test_the_canary_cookie_is_secure_over_tls(table: MountTable, scheme: str, se
 
     shop = table_from(CANARY.replace("SHARE", "50"))
     pipeline = Pipeline(MountTable([*table, *shop], shop.routes.values(), shop.route_table), config_with())
-    decision = pipeline.decide(Head("GET", "", "/shop/cart", "", "localhost", scheme=scheme,
+    decision = pipeline.decide(Head(method="GET", path="/shop/cart", host="localhost", scheme=scheme,
                                     fetch=lambda name: "other=1" if name == "cookie" else None))
     assert decision.set_cookie is not None
     assert decision.set_cookie.endswith("; Secure") is secure

@@ -203,10 +203,12 @@ def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(trac
 
     EXPORTER.clear()
     pipeline = Pipeline(traced_table, config_with(tracing=True))
-    head = Head("GET", "", "/view/caf\xff", "", "localhost:8000", client="127.0.0.1")  # the byte 0xFF, not UTF-8
+    # The byte 0xFF, not UTF-8:
+    head = Head(method="GET", path="/view/caf\xff", host="localhost:8000", client="127.0.0.1")
     before = time.time_ns()
-    decision = pipeline.begin(head, time.perf_counter() - 0.5)  # the head arrived half a second ago
-    pipeline.done(decision, head, "HTTP/1.1", 200, 0)
+    request = pipeline.begin(head, time.perf_counter() - 0.5)  # the head arrived half a second ago
+    request.status = 200
+    pipeline.done(request)
     span = gateway_span()
     assert span.start_time is not None and span.end_time is not None
     assert before - 0.6e9 < span.start_time < before - 0.4e9

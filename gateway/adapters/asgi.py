@@ -24,17 +24,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gateway.adapters.boundary import ASGIBoundary, WSGIBoundary, asgi_reply, read_body
+from gateway.adapters.boundary import ASGIBoundary, WSGIBoundary, asgi_reply, enter, read_body
 from gateway.adapters.bridge import WSGIBridge, refuse_websocket
 from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
-from gateway.core.mounts import MountTable, rule_options
-from gateway.core.pipeline import Decision, Head, Pipeline
+from gateway.core.mounts import MountTable
+from gateway.core.pipeline import Head, Pipeline, Request, join_values, strip_root
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
 from gateway.replies import BODY_TIMED_OUT, Reply
-from gateway.types import Message, Receive, Scope, Send
+from gateway.types import Message, Receive, Scope, Send, WSGIApp
 
 logger = logging.getLogger("gateway")
 
@@ -56,7 +56,7 @@ def _header(headers: Any, name: str) -> str | None:
     """A request header by its name (``X-User-ID``); repeated ones joined as one."""
     wanted = name.lower().encode("latin-1")
     values = [v.decode("latin-1") for n, v in headers if n == wanted]
-    return ("; " if wanted == b"cookie" else ",").join(values) if values else None
+    return join_values(values, cookie=wanted == b"cookie") if values else None
 
 
 class ASGIGateway:
@@ -76,48 +76,52 @@ class ASGIGateway:
             self.pipeline.metrics.pool(threads or config.threads)
         self.wsgi: dict[str, WSGIBridge] = {}
         self.asgi: dict[str, ASGIBoundary] = {}
-        self.probed: dict[str, WSGIBoundary] = {}
+        self.probed: dict[str, WSGIApp] = {}
+        self.probed_asgi: dict[str, Any] = {}
         self.add_mounts(table)
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.lifespans = Lifespans(table)
         self.forwarded = bool(config.trusted_proxies)
+        self.reloads: set[asyncio.Task[None]] = set()  # a SIGHUP's, held until it is done
 
     def head(self, scope: Scope) -> Head:
         """Read the request head the pipeline needs from ``scope``."""
-        hosts: list[bytes] = []
+        hosts: list[str] = []
         offered = None
         content_length = content_type = None
-        forwarded: dict[str, str] = {}
+        chunked = False
+        forwarded: dict[str, list[str]] = {}
         size = 0
         for name, value in scope.get("headers", ()):
             size += len(name) + len(value)
             if name == b"host":
-                hosts.append(value)
+                hosts.append(value.decode("latin-1"))
             elif name == b"x-request-id":
                 offered = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                chunked = True
             elif self.forwarded and name.startswith(b"x-forwarded-"):
                 key = name[12:].decode("latin-1")
                 if key in _FORWARDED:
-                    text = value.decode("latin-1")
-                    forwarded[key] = f"{forwarded[key]},{text}" if key in forwarded else text
+                    forwarded.setdefault(key, []).append(value.decode("latin-1"))
         root_path: str = scope.get("root_path", "")
-        path: str = scope["path"]
-        # Strip root_path only on a "/" boundary ("/foo-1" is not under "/foo"); a path
-        # without the prefix is taken as already relative, as the bridge does.
-        if root_path and (path == root_path or path.startswith(root_path + "/")):
-            path = path[len(root_path) :]
         client = scope.get("client")
         return Head(
-            scope.get("method", "GET"), wsgi_string(root_path), wsgi_string(path),
-            scope.get("query_string", b"").decode("latin-1"),
-            hosts[0].decode("latin-1") if len(hosts) == 1 else None, scope.get("scheme", "http"),
-            tuple(scope.get("server") or ("localhost", None)),
-            client[0] if client else None, offered, forwarded, size, content_length, content_type,
-            functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
+            method=scope.get("method", "GET"), root_path=wsgi_string(root_path),
+            path=wsgi_string(strip_root(root_path, scope["path"])),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            # Several Host headers are one value joined by commas, as a WSGI server hands them over.
+            host=(hosts[0] if len(hosts) == 1 else join_values(hosts)) if hosts else None,
+            scheme=scope.get("scheme", "http"), server=tuple(scope.get("server") or ("localhost", None)),
+            client=client[0] if client else None, request_id=offered,
+            forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else {},
+            header_size=size, content_length=content_length, content_type=content_type, chunked=chunked,
+            http_version=scope.get("http_version", "1.1"),
+            fetch=functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,34 +131,35 @@ class ASGIGateway:
             return
         started = time.perf_counter()
         head = self.head(scope)
-        decision = self.pipeline.begin(head, started, counted=kind == "http")
-        self.rewrite(scope, head, decision)
-        logged = kind == "http" and self.pipeline.observing
-        reply = decision.reply
+        request = self.pipeline.begin(head, started, f"HTTP/{head.http_version}", counted=kind == "http")
+        decision = request.decision
         if kind == "websocket":
-            await self.websocket(scope, receive, send, decision)
+            await self.websocket(scope, receive, send, request)
             return
-        if reply is None and decision.ready:
+        logged = self.pipeline.observing
+        reply = decision.reply
+        if reply is None and decision.render is not None:
+            reply = await asyncio.to_thread(decision.render)  # it reads files: off the loop
+        elif reply is None and decision.ready:
             reply = self.pipeline.readiness_for(
-                decision, await self.readiness.check_async(self.probe_asgi_mounts if self.asgi else None))
+                decision, await self.readiness.check_async(self.probe_asgi_mounts if self.probed_asgi else None))
         if reply is not None:
             await asgi_reply(self.pipeline, reply, decision, send)
             if logged:
-                self.done(scope, head, decision, reply.status, len(reply.body))
+                request.status, request.size = reply.status, len(reply.body)
+                self.pipeline.done(request)
             return
         assert decision.mount is not None
         prefix = decision.mount.prefix
         if logged:
-            send = recorder = StatusRecorder(send)
+            send = StatusRecorder(send, request)
         try:
             bridge = self.wsgi.get(prefix)
             if bridge is not None:
-                if not decision.buffered or (head.content_length in (None, "0")
-                                             and scope.get("http_version", "1.1").startswith("1")
-                                             and not any(n == b"transfer-encoding" for n, _ in scope["headers"])):
-                    # Streaming, or HTTP/1 with neither Content-Length nor Transfer-Encoding
-                    # (RFC 9112: no body): the server has the whole request already.
-                    await bridge.handle(scope, receive, send)
+                prepare = functools.partial(enter, request=request)
+                if not decision.buffered or head.bodiless:
+                    # Streaming, or no body at all: the server has the whole request already.
+                    await bridge.handle(scope, receive, send, prepare=prepare)
                     return
                 body = await read_body(receive, decision.body_limit, self.config.body_timeout)
                 if body is None:  # the client left before its body was complete
@@ -165,9 +170,10 @@ class ASGIGateway:
                                        head.method, scope["path"], self.config.body_timeout)
                     await asgi_reply(self.pipeline, body, decision, send)
                     return
-                decision.body_read = True
-                await bridge.handle(scope, receive, send, body)
+                request.body_read = True
+                await bridge.handle(scope, receive, send, body, prepare=prepare)
             else:
+                self.rewrite(scope, request)
                 if (state := self.lifespans.states.get(prefix)) is not None:
                     scope["state"] = state.copy()
                 await self.asgi[prefix].serve(scope, receive, send, decision)
@@ -175,80 +181,104 @@ class ASGIGateway:
             if logged:
                 # No status: an ASGI app raised (the server answers 500), or the client
                 # left before a WSGI app's response (499, as nginx logs it).
-                status = recorder.status or (500 if bridge is None else 499)
-                self.done(scope, head, decision, status, recorder.size)
+                request.status = request.status or (500 if bridge is None else 499)
+                self.pipeline.done(request)
 
     def add_mounts(self, table: MountTable) -> None:
-        """Make the bridge or boundary of each mount of ``table`` (a reload adds the new rules')."""
+        """Make the bridge or boundary of each mount of ``table`` (a reload adds the new rules'),
+        and the readiness check of what the table says to check."""
         for mount in table.all():
             if mount.interface == "wsgi":
-                boundary = WSGIBoundary(mount.app, self.pipeline)
-                if mount.prefix in table.mounts:
-                    self.probed[mount.prefix] = boundary
-                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix,
-                                                     observer=self.pipeline.metrics)
+                self.wsgi[mount.prefix] = WSGIBridge(WSGIBoundary(mount.app, self.pipeline), self.executor,
+                                                     name=mount.prefix, observer=self.pipeline.metrics)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
-        for name, app in table.route_apps.items():  # each app of the route rules, once
-            self.probed[f"app:{name}"] = WSGIBoundary(app, self.pipeline)
+        for name, (app, interface) in table.checked().items():
+            if interface == "wsgi":
+                bridge = self.wsgi.get(name)
+                self.probed[name] = bridge.app if bridge is not None else WSGIBoundary(app, self.pipeline)
+            else:
+                self.probed_asgi[name] = app
 
     def reload(self) -> bool:
-        """Re-read the ``gateway.toml`` and serve its route rules from now on (``SIGHUP``).
+        """Re-read the ``gateway.toml`` and serve its route rules from now on.
 
         Requests already decided finish on the rules they were given. A file that cannot
         be read, parsed or loaded is refused with one line, and the rules stay as they
-        were. Prefix mounts are not reloaded: they need a restart.
+        were. Prefix mounts are not reloaded: they need a restart. It imports and reads
+        files: on ``SIGHUP`` it runs off the event loop (:meth:`reload_later`).
         """
+        loaded = self.load_rules()
+        if loaded is None:
+            return False
+        self.use_rules(*loaded)
+        return True
+
+    def load_rules(self) -> tuple[MountTable, Config] | None:
+        """The table with the file's route rules, loaded anew, or None (said in one line)."""
         path = self.config.config_file
         if path is None:
             logger.warning("SIGHUP: there is no gateway.toml to re-read (--config, GATEWAY_CONFIG).")
-            return False
+            return None
         try:
             config = self.config.with_file(path)
             if self.set_up is not None:
                 self.set_up(config)
-            fresh = MountTable.from_specs((), defaults=False, previous=self.pipeline.table.route_table,
-                                          **rule_options(config))
+            return self.pipeline.table.reloaded(config), config
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
-            return False
-        table = MountTable(self.pipeline.table, fresh.routes.values(), fresh.route_table)
-        table.route_apps = fresh.route_apps
+            return None
+
+    def use_rules(self, table: MountTable, config: Config) -> None:
+        """Serve ``table`` from now on (on the event loop, between two decisions)."""
         self.add_mounts(table)
         self.pipeline.use(table)
         self.config = config
-        logger.info("Reloaded %s: %d route rule(s).", path, len(config.file.routes))
-        return True
+        logger.info("Reloaded %s: %d route rule(s).", config.config_file, len(config.file.routes))
+
+    async def reload_later(self) -> None:
+        """:meth:`reload`, with the loading in a thread: the loop serves on meanwhile."""
+        loaded = await asyncio.to_thread(self.load_rules)
+        if loaded is not None:
+            self.use_rules(*loaded)
 
     def reload_on_sighup(self) -> None:
         """At start-up, in the main thread: re-read the route rules on ``SIGHUP``."""
         if self.config.config_file is None or threading.current_thread() is not threading.main_thread():
             return
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        loop = asyncio.get_running_loop()
+
+        def on_sighup() -> None:
+            task = loop.create_task(self.reload_later())
+            self.reloads.add(task)
+            task.add_done_callback(self.reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     async def probe_asgi_mounts(self) -> dict[str, str]:
-        """``/readyz``'s check of each ASGI mount, on the loop (their readiness is theirs)."""
+        """``/readyz``'s check of each ASGI app it checks, on the loop (their readiness is theirs)."""
         host = probe_host(self.pipeline)
-        prefixes = list(self.asgi)
-        results = await asyncio.gather(*(check_asgi_mount(p, self.asgi[p].app, host, self.lifespans.states.get(p))
-                                         for p in prefixes))
-        return dict(zip(prefixes, results, strict=True))
+        names = list(self.probed_asgi)
+        results = await asyncio.gather(*(check_asgi_mount(name, self.probed_asgi[name], host,
+                                                          self.lifespans.states.get(name)) for name in names))
+        return dict(zip(names, results, strict=True))
 
-    def rewrite(self, scope: Scope, head: Head, decision: Decision) -> None:
-        """Change the scope in place to what the app must see.
+    def rewrite(self, scope: Scope, request: Request) -> None:
+        """Change the scope in place to what an ASGI mount's app must see.
 
         The server makes a scope for each request: changing it, as Starlette's router
         does, costs less than a copy.
         """
+        head, decision = request.head, request.decision
         rid = decision.request_id.encode("latin-1")
         headers = scope.get("headers", ())
         if head.request_id is not None or (decision.proxied and decision.host != head.host):
             headers = [(n, v) for n, v in headers if n != b"x-request-id" and n != b"host"]
             if decision.host is not None:
                 headers.append((b"host", decision.host.encode("latin-1")))
-        if decision.trace_headers:  # the gateway's span, as the app's parent
+        if request.trace_headers:  # the gateway's span, as the app's parent
             headers = [(n, v) for n, v in headers if n not in _TRACE_HEADERS]
-            headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in decision.trace_headers]
+            headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in request.trace_headers]
         scope["headers"] = [*headers, (b"x-request-id", rid)]
         if decision.proxied:
             scope["server"] = decision.server
@@ -256,26 +286,19 @@ class ASGIGateway:
             if decision.client is not None:
                 client = scope.get("client")
                 scope["client"] = (decision.client, client[1] if client else 0)
-        if decision.mount is not None:
-            root = asgi_string(decision.script_name)
-            scope["root_path"] = root
-            scope["path"] = root + asgi_string(decision.path_info)
+        root = asgi_string(decision.script_name)
+        scope["root_path"] = root
+        scope["path"] = root + asgi_string(decision.path_info)
 
-    async def websocket(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+    async def websocket(self, scope: Scope, receive: Receive, send: Send, request: Request) -> None:
         """Serve a websocket: only an ASGI mount can take one."""
-        if decision.reply is not None and decision.mount is None and decision.reply.status >= 400:
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
-            return
+        decision = request.decision
         boundary = self.asgi.get(decision.mount.prefix) if decision.mount is not None else None
-        if boundary is None:
+        if boundary is None or (decision.reply is not None and decision.reply.status >= 400):
             await refuse_websocket(receive, send)
             return
+        self.rewrite(scope, request)
         await boundary.serve(scope, receive, send, decision)
-
-    def done(self, scope: Scope, head: Head, decision: Decision, status: int, size: int) -> None:
-        """An HTTP request is answered: its access-log line and its metrics."""
-        self.pipeline.done(decision, head, f"HTTP/{scope.get('http_version', '1.1')}", status, size)
 
     def started(self) -> None:
         """After the lifespan's start-up: the signal handlers of draining and reloading."""
@@ -325,20 +348,20 @@ class ASGIGateway:
 
 
 class StatusRecorder:
-    """Wrap ``send`` to note a response's status and size, for the access log."""
+    """Wrap ``send`` to note a response's status and size in the request's state, for the
+    access log and the metrics."""
 
-    __slots__ = ("send", "size", "status")
+    __slots__ = ("request", "send")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, request: Request) -> None:
         self.send = send
-        self.status = 0
-        self.size = 0
+        self.request = request
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self.status = message["status"]
+            self.request.status = message["status"]
         elif message["type"] == "http.response.body":
-            self.size += len(message.get("body", b""))
+            self.request.size += len(message.get("body", b""))
         await self.send(message)
 
 

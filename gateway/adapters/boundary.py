@@ -33,7 +33,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator, LimitedStream
 
 from gateway.adapters.bridge import ClientDisconnected
-from gateway.core.pipeline import CURRENT, Decision, Pipeline
+from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
@@ -63,12 +63,37 @@ async def asgi_reply(pipeline: Pipeline, reply: Reply, decision: Decision, send:
     await send({"type": "http.response.body", "body": reply.body})
 
 
+def enter(environ: Environ, request: Request) -> None:
+    """Make ``environ`` what the mount's WSGI app must see of ``request``'s decision, for
+    both entry points (the ASGI one, through the bridge, after it built the environ).
+
+    The script name and path info of the mount, the request ID, the trace context, what
+    a trusted proxy said (as Werkzeug's ``ProxyFix`` would put it), and the request's
+    state, for :class:`WSGIBoundary`.
+    """
+    decision = request.decision
+    environ["SCRIPT_NAME"] = decision.script_name
+    environ["PATH_INFO"] = decision.path_info
+    environ["HTTP_X_REQUEST_ID"] = decision.request_id
+    for name, value in request.trace_headers:  # the gateway's span, as the app's parent
+        environ["HTTP_" + name.upper()] = value
+    if decision.proxied:
+        if decision.host is not None:
+            environ["HTTP_HOST"] = decision.host
+        environ["SERVER_NAME"], port = decision.server
+        environ["SERVER_PORT"] = str(port) if port is not None else ""
+        environ["wsgi.url_scheme"] = decision.scheme
+        if decision.client is not None:
+            environ["REMOTE_ADDR"] = decision.client
+    environ[ENVIRON_KEY] = request
+
+
 class WSGIBoundary:
     """Serve a WSGI app as a mount: collect a chunked body, complete the response headers.
 
-    The request's :class:`~gateway.core.pipeline.Decision` is :data:`gateway.core.pipeline.CURRENT`,
-    set by the entry point; called outside such a request (the readiness probe), the
-    app is called as it is.
+    The request's state (:class:`~gateway.core.pipeline.Request`) is in the environ, put
+    there by :func:`enter`; called without it (the readiness probe), the app is called as
+    it is.
     """
 
     def __init__(self, app: WSGIApp, pipeline: Pipeline) -> None:
@@ -76,13 +101,14 @@ class WSGIBoundary:
         self.pipeline = pipeline
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        decision = CURRENT.get()
-        if decision is None:
+        request = environ.get(ENVIRON_KEY)
+        if request is None:
             return self.app(environ, start_response)
+        decision = request.decision
         spool = None
         limit = decision.body_limit
         length = environ.get("CONTENT_LENGTH")
-        if decision.body_read or limit is None:
+        if request.body_read or limit is None:
             pass  # the ASGI entry point has read it already
         elif length:
             # The pipeline has checked that it is digits within the limit.
@@ -92,12 +118,11 @@ class WSGIBoundary:
                     return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
             else:
                 environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
-        elif decision.buffered and ("HTTP_TRANSFER_ENCODING" in environ
-                                    or not environ.get("SERVER_PROTOCOL", "HTTP/1.1").startswith("HTTP/1")):
-            # A body of unknown length: chunked, or HTTP/2 (or 3) without a Content-Length
-            # (their frames carry no Transfer-Encoding). A streaming mount's app reads it
-            # as it comes, to its end (``wsgi.input_terminated``, as the server set it).
-            if "HTTP_TRANSFER_ENCODING" in environ and hides_framing_errors(environ["wsgi.input"]):
+        elif decision.buffered and request.head.body_unframed:
+            # A body of unknown length (the pipeline's Head.body_unframed). A streaming
+            # mount's app reads it as it comes, to its end (``wsgi.input_terminated``, as
+            # the server set it).
+            if request.head.chunked and hides_framing_errors(environ["wsgi.input"]):
                 logger.warning("A chunked request body under Granian was refused with 411: its WSGI stream "
                                "cannot tell a malformed body from a whole one.")
                 return wsgi_reply(self.pipeline, LENGTH_REQUIRED, decision, start_response)
@@ -279,11 +304,9 @@ class ASGIBoundary:
 
         async def send_completed(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
-                           for n, v in message.get("headers", ())]
-                complete(headers, decision)
-                message = {**message, "headers": [(n.lower().encode("latin-1"), v.encode("latin-1"))
-                                                  for n, v in headers]}
+                headers = list(message.get("headers", ()))
+                complete(headers, decision)  # in their bytes: no decoding and encoding again
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_completed)

@@ -45,6 +45,7 @@ from typing import Any
 
 from werkzeug.exceptions import ClientDisconnected as _WerkzeugClientDisconnected
 
+from gateway.core.pipeline import WEBSOCKET_REFUSED, join_values, strip_root
 from gateway.types import Environ, ExcInfo, Message, Receive, Scope, Send, WSGIApp
 
 logger = logging.getLogger("gateway.bridge")
@@ -94,11 +95,15 @@ class WSGIBridge:
             await answer_lifespan(receive, send)
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, body: tuple[Any, int] | None = None
+        self, scope: Scope, receive: Receive, send: Send, body: tuple[Any, int] | None = None,
+        *, prepare: Callable[[Environ], None] | None = None,
     ) -> None:
-        """Serve one HTTP request; ``body`` is its body and length if already read whole."""
+        """Serve one HTTP request; ``body`` is its body and length if already read whole;
+        ``prepare`` changes the environ before the app sees it (the gateway's decision)."""
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, None)
+        if prepare is not None:
+            prepare(environ)
         stream: Any
         if body is not None:
             stream, size = body
@@ -159,10 +164,7 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
     """Translate an ASGI HTTP scope into a PEP 3333 environ."""
     root_path: str = scope.get("root_path", "")
     path: str = scope["path"]
-    # Strip root_path only on a "/" boundary: "/productsx" is not under "/products"
-    # (Kludex/starlette#2599). A path without the prefix is taken as already relative.
-    if root_path and (path == root_path or path.startswith(root_path + "/")):
-        path = path[len(root_path) :]
+    path = strip_root(root_path, path)
     server = scope.get("server") or ("localhost", 80)
     environ: Environ = {
         "REQUEST_METHOD": scope["method"],
@@ -201,13 +203,11 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
             key = "HTTP_" + name.replace("-", "_")
         value = raw_value.decode("latin-1")
         if key in environ:
-            # Joined once below: adding to the string here costs quadratic time in the
-            # number of repeats, which a client chooses.
-            repeated.setdefault(key, [environ[key]]).append(value)
+            repeated.setdefault(key, [environ[key]]).append(value)  # joined once, below
         else:
             environ[key] = value
     for key, values in repeated.items():
-        environ[key] = ("; " if key == "HTTP_COOKIE" else ",").join(values)
+        environ[key] = join_values(values, cookie=key == "HTTP_COOKIE")
     if "CONTENT_LENGTH" not in environ:
         # No length: the body (chunked, or none) ends where the stream ends.
         environ["wsgi.input_terminated"] = True
@@ -484,10 +484,11 @@ class Exchange:
 
 
 async def refuse_websocket(receive: Receive, send: Send) -> None:
-    """Close a websocket handshake for an app that cannot take it (the client sees 403)."""
+    """Close a websocket handshake the gateway refuses (the client sees 403): for an app
+    that cannot take one, or a request the pipeline refused."""
     message = await receive()
     if message["type"] == "websocket.connect":
-        await send({"type": "websocket.close", "code": 1000})
+        await send({"type": "websocket.close", "code": WEBSOCKET_REFUSED})
 
 
 async def answer_lifespan(receive: Receive, send: Send) -> None:

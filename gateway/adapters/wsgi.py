@@ -21,11 +21,11 @@ from typing import Any
 
 from werkzeug.wsgi import ClosingIterator
 
-from gateway.adapters.boundary import WSGIBoundary, wsgi_reply
+from gateway.adapters.boundary import WSGIBoundary, enter, wsgi_reply
 from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.core.pipeline import Decision, Head, Pipeline
+from gateway.core.pipeline import Head, Pipeline, Request
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
@@ -43,10 +43,10 @@ class WSGIGateway:
     def __init__(self, table: MountTable, config: Config) -> None:
         self.pipeline = Pipeline(table, config)
         self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table.all()}
-        # Readiness probes every mount as mounted, ASGI ones through their a2wsgi wrapper,
-        # and each app of the route rules once, at its root.
-        self.probed = {**{m.prefix: self.apps[m.prefix] for m in table},
-                       **{f"app:{name}": WSGIBoundary(app, self.pipeline) for name, app in table.route_apps.items()}}
+        # What readiness checks (the table says), ASGI apps through their a2wsgi wrapper.
+        self.probed = {name: self.apps[name] if name in self.apps
+                       else WSGIBoundary(as_wsgi_app(app, interface), self.pipeline)
+                       for name, (app, interface) in table.checked().items()}
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.forwarded = bool(config.trusted_proxies)
 
@@ -68,81 +68,68 @@ class WSGIGateway:
                 if (value := get(key)) is not None:
                     forwarded[name] = value
         port = get("SERVER_PORT", "")
+        protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
+        # The server joined a header sent several times with commas (PEP 3333 leaves it
+        # to the server, as RFC 9110 does): several Host headers are then one malformed one.
         return Head(
-            get("REQUEST_METHOD", "GET"), get("SCRIPT_NAME", ""), get("PATH_INFO", ""), get("QUERY_STRING", ""),
-            get("HTTP_HOST"), get("wsgi.url_scheme", "http"),
-            (get("SERVER_NAME", ""), int(port) if port.isdigit() else None), get("REMOTE_ADDR"),
-            get("HTTP_X_REQUEST_ID"), forwarded, size, get("CONTENT_LENGTH") or None, get("CONTENT_TYPE"),
-            functools.partial(_header, environ) if self.pipeline.wants_headers else None,
+            method=get("REQUEST_METHOD", "GET"), root_path=get("SCRIPT_NAME", ""), path=get("PATH_INFO", ""),
+            query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
+            server=(get("SERVER_NAME", ""), int(port) if port.isdigit() else None), client=get("REMOTE_ADDR"),
+            request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size,
+            content_length=get("CONTENT_LENGTH") or None, content_type=get("CONTENT_TYPE"),
+            chunked="HTTP_TRANSFER_ENCODING" in environ,
+            http_version=protocol[5:] if protocol[:5] == "HTTP/" else "1.1",
+            fetch=functools.partial(_header, environ) if self.pipeline.wants_headers else None,
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        head = self.head(environ)
-        decision = self.pipeline.begin(head, started)
-        environ["HTTP_X_REQUEST_ID"] = decision.request_id
-        for name, value in decision.trace_headers:  # the gateway's span, as the app's parent
-            environ["HTTP_" + name.upper()] = value
-        if decision.proxied:
-            rewrite(environ, decision)
+        request = self.pipeline.begin(self.head(environ), started, environ.get("SERVER_PROTOCOL", "-"))
+        decision = request.decision
         logged = self.pipeline.observing
         reply = decision.reply
-        if reply is None and decision.ready:
+        if reply is None and decision.render is not None:
+            reply = decision.render()  # in the server's thread
+        elif reply is None and decision.ready:
             reply = self.pipeline.readiness_for(decision, self.readiness.check())
         if reply is not None:
             if logged:
-                self.pipeline.done(decision, head, environ.get("SERVER_PROTOCOL", "-"), reply.status, len(reply.body))
+                request.status, request.size = reply.status, len(reply.body)
+                self.pipeline.done(request)
             return wsgi_reply(self.pipeline, reply, decision, start_response)
         assert decision.mount is not None
-        environ["SCRIPT_NAME"] = decision.script_name
-        environ["PATH_INFO"] = decision.path_info
+        enter(environ, request)
         app = self.apps[decision.mount.prefix]
         if not logged:
             return app(environ, start_response)
-        status = [0]
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            status[0] = int(status_line[:3])
+            request.status = int(status_line[:3])
             return start_response(status_line, headers, exc_info)
 
-        protocol = environ.get("SERVER_PROTOCOL", "-")
         try:
             result = app(environ, start)
         except BaseException:
-            self.pipeline.done(decision, head, protocol, 500, 0)  # the server answers 500
+            request.status = 500  # the server answers 500
+            self.pipeline.done(request)
             raise
-        return _Logged(result, self.pipeline, decision, head, protocol, status)
-
-
-def rewrite(environ: Environ, decision: Decision) -> None:
-    """Put what a trusted proxy said into ``environ`` (as Werkzeug's ``ProxyFix`` would)."""
-    if decision.host is not None:
-        environ["HTTP_HOST"] = decision.host
-    environ["SERVER_NAME"], port = decision.server
-    environ["SERVER_PORT"] = str(port) if port is not None else ""
-    environ["wsgi.url_scheme"] = decision.scheme
-    if decision.client is not None:
-        environ["REMOTE_ADDR"] = decision.client
+        return _Logged(result, self.pipeline, request)
 
 
 class _Logged:
     """The app's response iterable, counted and logged when closed."""
 
-    __slots__ = ("decision", "head", "pipeline", "protocol", "result", "size", "status")
+    __slots__ = ("pipeline", "request", "result")
 
-    def __init__(self, result: Iterable[bytes], pipeline: Pipeline, decision: Decision, head: Head,
-                 protocol: str, status: list[int]) -> None:
+    def __init__(self, result: Iterable[bytes], pipeline: Pipeline, request: Request) -> None:
         self.result = result
         self.pipeline = pipeline
-        self.decision = decision
-        self.head = head
-        self.protocol = protocol
-        self.status = status
-        self.size = 0
+        self.request = request
 
     def __iter__(self) -> Iterator[bytes]:
+        request = self.request
         for chunk in self.result:
-            self.size += len(chunk)
+            request.size += len(chunk)
             yield chunk
 
     def close(self) -> None:
@@ -151,17 +138,22 @@ class _Logged:
             if close is not None:
                 close()
         finally:
-            self.pipeline.done(self.decision, self.head, self.protocol, self.status[0], self.size)
+            self.pipeline.done(self.request)
 
 
 def as_wsgi(mount: Mount) -> WSGIApp:
     """Return the mount's app as a WSGI app, adapting an ASGI one with a2wsgi."""
-    if mount.interface == "wsgi":
-        app: WSGIApp = mount.app
-        return app
+    return as_wsgi_app(mount.app, mount.interface)
+
+
+def as_wsgi_app(app: Any, interface: str) -> WSGIApp:
+    """``app`` as a WSGI app: itself, or an ASGI app through a2wsgi."""
+    if interface == "wsgi":
+        wsgi: WSGIApp = app
+        return wsgi
     from a2wsgi import ASGIMiddleware
 
-    return ASGIMiddleware(mount.app)  # type: ignore[return-value]
+    return ASGIMiddleware(app)  # type: ignore[return-value]
 
 
 class StartFirst:

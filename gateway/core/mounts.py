@@ -151,6 +151,24 @@ class MountTable:
         made.route_apps = loaded
         return made
 
+    def checked(self) -> dict[str, tuple[Any, Interface]]:
+        """What ``/readyz`` checks, by name, with its interface: each prefix mount (at its
+        root), and each app the route rules name, once (``app:NAME``, at its root)."""
+        checked: dict[str, tuple[Any, Interface]] = {m.prefix: (m.app, m.interface) for m in self.mounts.values()}
+        for name, app in self.route_apps.items():
+            checked[f"app:{name}"] = (app, "wsgi")
+        return checked
+
+    def reloaded(self, config: Config) -> MountTable:
+        """This table's prefix mounts with ``config``'s route rules, loaded anew (a reload:
+        ``SIGHUP``). The rules' traffic counts carry over; raises ValueError (one line) for
+        a file that cannot be loaded. It imports apps and reads files: call it off the
+        event loop."""
+        fresh = MountTable.from_specs((), defaults=False, previous=self.route_table, **rule_options(config))
+        table = MountTable(self.mounts.values(), fresh.routes.values(), fresh.route_table)
+        table.route_apps = fresh.route_apps
+        return table
+
     def __iter__(self) -> Iterator[Mount]:
         """The prefix mounts (the route rules' are in :meth:`all`)."""
         return iter(self.mounts.values())

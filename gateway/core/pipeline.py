@@ -9,7 +9,7 @@ back, :meth:`Pipeline.complete` finishes the response headers for both protocols
 :meth:`Pipeline.done` writes the access line, the metrics and the span's end::
 
     pipeline = Pipeline(table, config)
-    decision = pipeline.decide(Head("GET", "", "/flask/", "", host="localhost"))
+    decision = pipeline.decide(Head(method="GET", path="/flask/", host="localhost"))
     decision.mount.prefix, decision.script_name, decision.path_info  # "/flask", "/flask", "/"
 
 The rules, in order:
@@ -44,7 +44,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -55,7 +54,7 @@ from gateway.core.config import Config, Network
 from gateway.core.mounts import PREFIX_PATTERN, Mount, MountTable
 from gateway.core.pages import Pages
 from gateway.migration import page as migration_page
-from gateway.migration.rules import RouteSpec
+from gateway.migration.rules import Fallback, RouteSpec
 from gateway.observe.logs import REQUEST_ID, access
 from gateway.observe.metrics import PATH as METRICS_PATH
 from gateway.observe.metrics import Metrics
@@ -77,11 +76,9 @@ from gateway.replies import (
 logger = logging.getLogger("gateway")
 __all__ = ["REQUEST_ID"]  # re-exported: apps read the request ID from here
 
-#: The current request's decision, set by the entry point before an app is called; it
-#: reaches a WSGI app's ``start_response`` in the thread that runs it (context variables
-#: travel with the bridge's calls into its thread pool).
-CURRENT: ContextVar[Decision | None] = ContextVar("decision", default=None)
-
+#: The close code of a websocket the gateway refuses before it is accepted (the client
+#: sees a 403 either way): 1008, policy violation (RFC 6455, 7.4.1).
+WEBSOCKET_REFUSED = 1008
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -102,43 +99,64 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?)(?
 _COOKIE_PATH_SAFE = "/:@!$&'()*+=-._~"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Head:
-    """A request as the gateway sees it, before any app does.
+    """A request as the gateway sees it, before any app does, in one form for both protocols.
 
-    Paths are native WSGI strings (each byte of the percent-decoded path as one latin-1
-    character), as both entry points hand them over.
+    The adapters translate once, at the edge: paths are native WSGI strings (each byte of
+    the percent-decoded path as one latin-1 character), header values are latin-1 text,
+    and a header sent more than once is one value, joined by :func:`join_values`.
     """
 
     method: str
-    root_path: str  # where the server mounted the gateway (SCRIPT_NAME, ASGI root_path)
-    path: str  # the path below root_path
+    root_path: str = ""  # where the server mounted the gateway (SCRIPT_NAME, ASGI root_path)
+    path: str  # the path below root_path (:func:`strip_root`)
     query: str = ""
-    host: str | None = None  # the Host header; None when missing or sent more than once
+    host: str | None = None  # the Host header (several are joined, and so refused); None when missing
     scheme: str = "http"
     server: tuple[str, int | None] = ("localhost", 80)
     client: str | None = None
     request_id: str | None = None  # X-Request-ID as sent
     forwarded: Mapping[str, str] = field(default_factory=dict)  # "for", "proto", ...: X-Forwarded-*
-    header_size: int = 0
+    header_size: int = 0  # the names and values of every header, as sent
     content_length: str | None = None
     content_type: str | None = None
+    #: ``Transfer-Encoding`` was sent (chunked), and the HTTP version (``"1.1"``, ``"2"``):
+    #: together with ``content_length`` they tell how the body ends (:attr:`body_unframed`).
+    chunked: bool = False
+    http_version: str = "1.1"
     #: Any other request header by name (``"cookie"``), read only when a rule needs one.
     fetch: Callable[[str], str | None] | None = None
 
+    @property
+    def body_unframed(self) -> bool:
+        """Whether the body's length is unknown until it ends: chunked, or HTTP/2 (or 3)
+        without a ``Content-Length`` (their frames carry no ``Transfer-Encoding``)."""
+        return self.content_length is None and (self.chunked or not self.http_version.startswith("1"))
 
-@dataclass(slots=True)
+    @property
+    def bodiless(self) -> bool:
+        """Whether the request has no body at all: HTTP/1 with neither ``Content-Length``
+        (or ``Content-Length: 0``) nor ``Transfer-Encoding`` (RFC 9112, 6.3)."""
+        return self.content_length in (None, "0") and not self.body_unframed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
-    """What to do with a request: reply, check readiness, or serve it by ``mount``.
+    """What to do with a request: reply, check readiness, render one of the gateway's own
+    pages, or serve it by ``mount``.
 
     The head fields are what the app must see; ``proxied`` says whether a trusted proxy
     changed the host, port, scheme or client.
     """
 
     request_id: str
-    reply: Reply | None
-    mount: Mount | None
-    ready: bool
+    reply: Reply | None = None
+    #: One of the operators' pages (``/_gateway/``, ``/metrics``): it reads files and
+    #: databases, so the adapter renders it off the event loop.
+    render: Callable[[], Reply] | None = None
+    mount: Mount | None = None
+    ready: bool = False
     root: str  # the gateway's own root: the server's, or a trusted X-Forwarded-Prefix
     script_name: str
     path_info: str
@@ -146,25 +164,63 @@ class Decision:
     server: tuple[str, int | None]
     scheme: str
     client: str | None
-    proxied: bool
+    proxied: bool = False
     body_limit: int | None = None
-    started: float = 0.0
     #: The body is read whole before the app runs (in a thread), unless the mount
     #: streams its uploads (``GATEWAY_STREAM_BODIES``).
     buffered: bool = True
-    #: Set by the ASGI entry point once it has read the whole body on the event loop.
-    body_read: bool = False
     #: A cookie the gateway sets on the response (a canary's client ID).
     set_cookie: str | None = None
-    #: The request's OpenTelemetry span (``GATEWAY_TRACING``), and the ``traceparent``
-    #: (and ``tracestate``) headers that make the app's spans its children.
-    span: Any = None
-    trace_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def mount_label(self) -> str:
         """The mount's prefix, or ``-`` for a request the gateway answered itself."""
         return self.mount.prefix if self.mount is not None else "-"
+
+
+class Request:
+    """One request's state while it is served, passed on explicitly by the adapter that
+    serves it (on the WSGI side in the environ, as :data:`ENVIRON_KEY`): its head and
+    decision, and what happens after the decision.
+
+    The only mutable per-request record: ``body_read`` (the ASGI adapter read the whole
+    body on the event loop), the OpenTelemetry ``span`` and the ``trace_headers`` that
+    make the app's spans its children, and the response's ``status`` and ``size``, for
+    the access log and the metrics (:meth:`Pipeline.done`).
+    """
+
+    __slots__ = ("body_read", "decision", "head", "protocol", "size", "span", "started", "status", "trace_headers")
+
+    def __init__(self, head: Head, decision: Decision, started: float, protocol: str = "-") -> None:
+        self.head = head
+        self.decision = decision
+        self.started = started
+        self.protocol = protocol
+        self.body_read = False
+        self.span: Any = None
+        self.trace_headers: tuple[tuple[str, str], ...] = ()
+        self.status = 0
+        self.size = 0
+
+
+#: Where the WSGI boundary finds the :class:`Request` in a request's environ.
+ENVIRON_KEY = "gateway.request"
+
+
+def strip_root(root_path: str, path: str) -> str:
+    """``path`` below ``root_path``, which is stripped only on a ``/`` boundary (``/foo-1``
+    is not under ``/foo``: Kludex/starlette#2599); a path without it is taken as already
+    relative. Both ASGI translations (the adapter's head and the bridge's environ) use it."""
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        return path[len(root_path):]
+    return path
+
+
+def join_values(values: list[str], *, cookie: bool = False) -> str:
+    """One value for a header sent several times (RFC 9110, 5.3): joined by commas, and
+    ``Cookie`` by ``; `` (RFC 6265, 5.4). Joined once, in linear time: adding to a string
+    per repeat is quadratic in a number the client chooses."""
+    return ("; " if cookie else ",").join(values)
 
 
 def decode_path(path: str) -> str:
@@ -181,10 +237,11 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Django's CSRF 
 
 def is_django(app: Any) -> bool:
     """Whether ``app`` is Django's, or a route rule's fallback chain with Django in it."""
-    apps = getattr(app, "apps", None)
-    if isinstance(apps, list):  # gateway.migration.rules.Fallback
-        return any(is_django(each) for _, each in apps)
+    if isinstance(app, Fallback):
+        return any(is_django(each) for _, each in app.apps)
     return type(app).__module__.partition(".")[0] == "django"
+
+
 _FORM_SYNTAX = "a=b&c=%41+d;e"
 
 
@@ -307,15 +364,16 @@ def split_host(host: str) -> tuple[str, int | None] | None:
     return (match.group(1), int(port)) if 0 < int(port) < 65536 else None
 
 
-def is_trusted(address: str | None, proxies: tuple[Network, ...]) -> bool:
-    """True if ``address`` lies in one of the trusted proxy networks."""
-    if not address or not proxies:
+def is_trusted(address: str | None, proxies: tuple[Network, ...], *, loopback: bool = False) -> bool:
+    """True if ``address`` lies in one of the trusted proxy networks, or, with
+    ``loopback``, is a loopback address (the operators' pages, ``/readyz``'s details)."""
+    if not address or not (proxies or loopback):
         return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in network for network in proxies)
+    return (loopback and ip.is_loopback) or any(ip in network for network in proxies)
 
 
 def last_hop(value: str) -> str:
@@ -399,7 +457,7 @@ class Pipeline:
         loopback or a trusted proxy, for an allowed host or an address. A browser on the
         operator's machine sent to a name that resolves to 127.0.0.1 (DNS rebinding) sends
         that name as its ``Host``, never an address."""
-        if not migration_page.allowed(client, self.proxies):
+        if not is_trusted(client, self.proxies, loopback=True):
             return False
         if self.hosts.allows(host):
             return True
@@ -423,30 +481,30 @@ class Pipeline:
         if head.forwarded and self.proxies and is_trusted(head.client, self.proxies):
             host, server, scheme, client, root, proxied = self.forward(head)
         path = head.path
+
+        def own(reply: Reply | None = None, *, ready: bool = False, render: Callable[[], Reply] | None = None
+                ) -> Decision:
+            """A request the gateway answers itself."""
+            return Decision(request_id=rid, reply=reply, ready=ready, render=render, root=root, script_name=root,
+                            path_info=path, host=host, server=server, scheme=scheme, client=client, proxied=proxied)
+
         if path in HEALTH_PATHS:
-            reply = HEALTHY if path == "/healthz" else None
-            return Decision(rid, reply, None, reply is None, root, root, path, host, server, scheme, client,
-                            proxied)
+            return own(HEALTHY) if path == "/healthz" else own(ready=True)
         insider = self.insider(client, host) if path in migration_page.PATHS or path == METRICS_PATH else False
         if insider and path in migration_page.PATHS:
             # Like the health answers: outside the apps, for operators by address.
-            return Decision(rid, migration_page.render(self.table.route_table), None, False, root, root, path,
-                            host, server, scheme, client, proxied)
+            return own(render=functools.partial(migration_page.render, self.table.route_table))
         if insider and path == METRICS_PATH and self.metrics is not None:
-            return Decision(rid, self.metrics.render(), None, False, root, root, path, host, server, scheme, client,
-                            proxied)
-        reply = None
+            return own(render=self.metrics.render)
         if head.header_size > self.max_header_size:
-            reply = HEADERS_TOO_LARGE
-        elif not self.hosts.allows(host):
-            reply = BAD_HOST
-        elif head.method.upper() in REFUSED_METHODS:  # Werkzeug and Django read the method in upper case
-            reply = BAD_METHOD
-        elif "\x00" in path or "%00" in head.query:
+            return own(HEADERS_TOO_LARGE)
+        if not self.hosts.allows(host):
+            return own(BAD_HOST)
+        if head.method.upper() in REFUSED_METHODS:  # Werkzeug and Django read the method in upper case
+            return own(BAD_METHOD)
+        if "\x00" in path or "%00" in head.query:
             # Valid in a URL, but PostgreSQL refuses NUL in text, and no page means it.
-            reply = NUL_IN_URL
-        if reply is not None:
-            return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
+            return own(NUL_IN_URL)
         routes = self.table.route_table
         found = routes.match(decode_path(path), head.method) if routes else None
         set_cookie = None
@@ -464,16 +522,15 @@ class Pipeline:
                     routes.notify("canary", found.key)  # type: ignore[union-attr]
             mount: Mount | None = self.table.routes[prefix]
         elif found is not None and found.allowed:
-            reply = plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)),
-                          reason="method_not_allowed")
-            return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
+            return own(plain(405, "Method Not Allowed.\n", ("Allow", ", ".join(found.allowed)),
+                             reason="method_not_allowed"))
         else:
             mount, prefix, path_info = self.table.match(path)
             if mount is None:
-                reply = self.pages.reply(head.method, path, root)
-                return Decision(rid, reply, None, False, root, root, path, host, server, scheme, client, proxied)
+                return own(self.pages.reply(head.method, path, root))
             script_name = root + prefix
         limit = self.limits[prefix]
+        reply = None
         if not path_info:
             location = self.cookie_path(script_name) + "/"
             reply = Reply(308, (("Location", f"{location}?{head.query}" if head.query else location),
@@ -486,8 +543,10 @@ class Pipeline:
         if (reply is None and head.content_type is not None and prefix in self.django
                 and head.method not in _SAFE_METHODS and (charset := unreadable_form(head.content_type))):
             reply = bad_charset(charset)
-        return Decision(rid, reply, mount, False, root, script_name, path_info, host, server, scheme, client,
-                        proxied, limit, buffered=prefix not in self.streaming, set_cookie=set_cookie)
+        return Decision(request_id=rid, reply=reply, mount=mount, root=root, script_name=script_name,
+                        path_info=path_info, host=host, server=server, scheme=scheme, client=client,
+                        proxied=proxied, body_limit=limit, buffered=prefix not in self.streaming,
+                        set_cookie=set_cookie)
 
     def canary(self, spec: RouteSpec, head: Head, root: str, scheme: str) -> tuple[bool, str | None]:
         """Whether this client goes to ``spec``'s canary, and the cookie to set if it is new.
@@ -513,37 +572,38 @@ class Pipeline:
                   f"SameSite=Lax{secure}")
         return spec.chooses_canary(client), cookie
 
-    def begin(self, head: Head, started: float, *, counted: bool = True) -> Decision:
-        """Decide, and make the decision the current request's (its ID on every log record).
+    def begin(self, head: Head, started: float, protocol: str = "-", *, counted: bool = True) -> Request:
+        """Decide, and start the request's state; the decision's request ID goes on every
+        log record of this context.
 
         ``counted``: the request is in flight until the entry point calls :meth:`done`
         (a websocket is not counted).
         """
         decision = self.decide(head)
-        decision.started = started
+        request = Request(head, decision, started, protocol)
         REQUEST_ID.set(decision.request_id)
-        CURRENT.set(decision)
         if counted:
-            if self.metrics is not None:
+            if self.metrics is not None and decision.render is None:  # a scrape does not count itself
                 self.metrics.started()
             if self.tracing is not None:
-                self.tracing.start(head, decision)
-        return decision
+                self.tracing.start(request)
+        return request
 
     @property
     def observing(self) -> bool:
         """Whether the entry points must note each response's status and size for :meth:`done`."""
         return self.metrics is not None or self.tracing is not None or access.enabled()
 
-    def done(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
-        """A request is answered (``status``, ``size`` bytes of body): its access-log line
-        and its metrics."""
+    def done(self, request: Request) -> None:
+        """A request is answered (``request.status``, ``request.size`` bytes of body): its
+        access-log line, its metrics and the end of its span."""
         if access.enabled():
-            self.log(decision, head, protocol, status, size)
+            self.log(request)
         if self.metrics is not None:
-            self.metrics.finished(decision.mount_label, status, time.perf_counter() - decision.started)
+            self.metrics.finished(request.decision.mount_label, request.status, time.perf_counter() - request.started,
+                                  in_flight=request.decision.render is None)
         if self.tracing is not None:
-            self.tracing.end(decision, status)
+            self.tracing.end(request)
 
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""
@@ -600,40 +660,55 @@ class Pipeline:
         self.ignored[name] += 1
         logger.debug("Ignored X-Forwarded-%s from a trusted proxy: %r is not valid.", name.title(), value[:100])
 
-    def complete(self, headers: list[tuple[str, str]], decision: Decision) -> None:
+    def complete(self, headers: list[tuple[Any, Any]], decision: Decision) -> None:
         """Finish a response's headers in place, for any app and the gateway's own replies.
 
-        Cookies of a mount are scoped to it; the security headers the app did not set,
-        HSTS over HTTPS when ``GATEWAY_HTTPS`` is on, the request ID, and ``Connection:
-        close`` while draining are added.
+        ``headers`` are text (WSGI) or bytes (ASGI), left in their form: only the values
+        of ``Set-Cookie`` and ``Content-Security-Policy`` are read as text. Cookies of a
+        mount are scoped to it; the security headers the app did not set, HSTS over HTTPS
+        when ``GATEWAY_HTTPS`` is on, the request ID, and ``Connection: close`` while
+        draining are added.
         """
         present = set()
         frame_ancestors = False
-        mounted = decision.mount is not None
-        shared = self.shared_cookie
+        raw = False
         for i, (name, value) in enumerate(headers):
+            if not isinstance(name, str):
+                raw = True
+                name, value = bytes(name).decode("latin-1"), bytes(value)
             lower = name.lower()
             present.add(lower)
-            if lower == "set-cookie" and mounted:
-                if shared is not None and value.lstrip().startswith(shared):
-                    # The one session both apps read (GATEWAY_SHARED_SIGNIN): the whole site.
-                    headers[i] = (name, scope_cookie(value, self.cookie_path(decision.root)))
-                else:
-                    headers[i] = (name, scope_cookie(value, self.cookie_path(decision.script_name)))
-            elif lower == "content-security-policy" and "frame-ancestors" in value.lower():
+            if lower == "set-cookie":
+                if decision.mount is not None:
+                    text = self.scope(value.decode("latin-1") if raw else value, decision)
+                    headers[i] = (headers[i][0], text.encode("latin-1") if raw else text)
+            elif lower == "content-security-policy" and b"frame-ancestors" in (
+                    value.lower() if raw else value.lower().encode("latin-1")):
                 frame_ancestors = True
         if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
-            headers.extend((name, value) for lower, name, value in _SECURITY
-                           if lower not in present and not (frame_ancestors and lower == "x-frame-options"))
+            added = [(name, value) for lower, name, value in _SECURITY
+                     if lower not in present and not (frame_ancestors and lower == "x-frame-options")]
         else:
-            headers.extend(SECURITY_HEADERS)  # the usual case: the app set none of them
+            added = list(SECURITY_HEADERS)  # the usual case: the app set none of them
         if self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present:
-            headers.append(("Strict-Transport-Security", HSTS))
-        headers.append(("X-Request-ID", decision.request_id))
+            added.append(("Strict-Transport-Security", HSTS))
+        added.append(("X-Request-ID", decision.request_id))
         if decision.set_cookie is not None:
-            headers.append(("Set-Cookie", decision.set_cookie))
+            added.append(("Set-Cookie", decision.set_cookie))
         if self.draining:
-            headers.append(("Connection", "close"))
+            added.append(("Connection", "close"))
+        if raw:
+            headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in added)
+        else:
+            headers.extend(added)
+
+    def scope(self, cookie: str, decision: Decision) -> str:
+        """A mount's ``Set-Cookie`` value, scoped to the mount (:func:`scope_cookie`), or to
+        the whole site for the one session both apps read (``GATEWAY_SHARED_SIGNIN``)."""
+        shared = self.shared_cookie
+        if shared is not None and cookie.lstrip().startswith(shared):
+            return scope_cookie(cookie, self.cookie_path(decision.root))
+        return scope_cookie(cookie, self.cookie_path(decision.script_name), self.cookie_path(decision.root))
 
     def cookie_path(self, script_name: str) -> str:
         """A mount's full script name, quoted for a cookie's ``Path`` (there are few distinct ones)."""
@@ -652,29 +727,32 @@ class Pipeline:
         self.complete(headers, decision)
         return headers
 
-    def log(self, decision: Decision, head: Head, protocol: str, status: int, size: int) -> None:
+    def log(self, request: Request) -> None:
         """Queue the request's access-log line (:meth:`done` checked that the log is on).
 
         The target is the path the client asked for (a trusted proxy's prefix included)
         and its query.
         """
-        duration = (time.perf_counter() - decision.started) * 1000
+        decision, head = request.decision, request.head
+        duration = (time.perf_counter() - request.started) * 1000
         path = decision.script_name + decision.path_info
         target = f"{path}?{head.query}" if head.query else path
         if not target.isprintable():  # a decoded %0d%0a must not start a line of its own
             target = target.encode("unicode_escape").decode("ascii")
-        access.put((time.time(), decision.request_id, decision.client or "-", head.method, target, protocol, status,
-                    size, duration, decision.mount_label))
+        access.put((time.time(), decision.request_id, decision.client or "-", head.method, target, request.protocol,
+                    request.status, request.size, duration, decision.mount_label))
 
 
-def scope_cookie(value: str, path: str) -> str:
+def scope_cookie(value: str, path: str, root: str = "") -> str:
     """Return a ``Set-Cookie`` value whose path lies inside ``path`` (a mount's).
 
     Every ``Path`` attribute goes and one takes their place, so that a second ``Path=/``
     cannot undo the first: the app's last path (browsers use the last) if it lies inside
-    the mount, the mount with the app's path under it if that path is the site root or
-    outside the mount, and the mount itself when the app set none. Leading white space
-    goes too: Django 5.2 writes one, which h11 rejects.
+    the mount; the same below ``root`` (a trusted proxy's prefix) when the app named its
+    mount without it (Flask's ``APPLICATION_ROOT``, Django's ``FORCE_SCRIPT_NAME``); the
+    mount with the app's path under it if that path is the site root or outside the
+    mount; and the mount itself when the app set none. Leading white space goes too:
+    Django 5.2 writes one, which h11 rejects.
     """
     parts = value.lstrip().split(";")
     kept = [parts[0]]
@@ -689,6 +767,8 @@ def scope_cookie(value: str, path: str) -> str:
         scoped = wanted if wanted.startswith("/") else "/"
     elif wanted == path or wanted.startswith(path + "/"):
         scoped = wanted
+    elif root and wanted.startswith("/") and (root + wanted == path or (root + wanted).startswith(path + "/")):
+        scoped = root + wanted
     elif wanted.startswith("/") and wanted != "/":
         scoped = path + wanted
     else:

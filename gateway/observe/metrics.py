@@ -118,9 +118,11 @@ class Metrics:
     def started(self) -> None:
         self.in_flight.inc()
 
-    def finished(self, mount: str, status: int, seconds: float) -> None:
-        """A request answered (``status`` 0: none was sent)."""
-        self.in_flight.dec()
+    def finished(self, mount: str, status: int, seconds: float, *, in_flight: bool = True) -> None:
+        """A request answered (``status`` 0: none was sent); ``in_flight``: it was counted
+        by :meth:`started` (a scrape of ``/metrics`` is not: it would always see itself)."""
+        if in_flight:
+            self.in_flight.dec()
         klass = status // 100
         child = self._requests.get((mount, klass))
         if child is None:

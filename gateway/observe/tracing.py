@@ -45,10 +45,7 @@ class Head(Protocol):
 
 
 class Decision(Protocol):
-    """What a span reads of the pipeline's decision, and the two fields it sets."""
-
-    span: Any
-    trace_headers: tuple[tuple[str, str], ...]
+    """What a span reads of the pipeline's decision."""
 
     @property
     def mount(self) -> object: ...
@@ -66,6 +63,21 @@ class Decision(Protocol):
     def host(self) -> str | None: ...
     @property
     def request_id(self) -> str: ...
+
+
+class Request(Protocol):
+    """A request's state (``gateway.core.pipeline.Request``): what a span reads, and the
+    two fields it sets."""
+
+    span: Any
+    trace_headers: tuple[tuple[str, str], ...]
+
+    @property
+    def head(self) -> Head: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def decision(self) -> Decision: ...
     @property
     def started(self) -> float: ...
 
@@ -101,8 +113,9 @@ class Tracing:
         self.kind, self.error = SpanKind.SERVER, Status(StatusCode.ERROR)
         self.getter = _HeadGetter()
 
-    def start(self, head: Head, decision: Decision) -> None:
+    def start(self, request: Request) -> None:
         """Start the request's span, make it current, and note the headers the app gets."""
+        head, decision = request.head, request.decision
         parent = self.propagate.extract(head.fetch or _no_headers, getter=self.getter)  # type: ignore[arg-type]
         label = decision.mount_label
         path = decision.script_name + decision.path_info
@@ -115,18 +128,18 @@ class Tracing:
             attributes["server.address"] = decision.host
         span = self.tracer.start_span(f"{head.method} {label}" if decision.mount is not None else head.method,
                                       context=parent, kind=self.kind, attributes=attributes,
-                                      start_time=time.time_ns() - int((time.perf_counter() - decision.started) * 1e9))
+                                      start_time=time.time_ns() - int((time.perf_counter() - request.started) * 1e9))
         current = self.trace.set_span_in_context(span, parent)
         # Set, not reset, as the request ID is: the request's task (ASGI) or the server's
         # next request on this thread (WSGI) sets it again.
         self.context.attach(current)
         carrier: dict[str, str] = {}
         self.propagate.inject(carrier, context=current)
-        decision.span = span
-        decision.trace_headers = tuple((name, carrier[name]) for name in TRACE_HEADERS if name in carrier)
+        request.span = span
+        request.trace_headers = tuple((name, carrier[name]) for name in TRACE_HEADERS if name in carrier)
 
-    def end(self, decision: Decision, status: int) -> None:
-        span = decision.span
+    def end(self, request: Request) -> None:
+        span, status = request.span, request.status
         if span is None:
             return
         span.set_attribute("http.response.status_code", status)

@@ -58,6 +58,11 @@ def wsgi_entry(table: MountTable, config: Config) -> tuple[Send, Any]:
 
     def send(method: str, path: str, headers: dict[str, str] | list[tuple[str, str]] | None = None,
              body: bytes = b"") -> Answer:
+        if isinstance(headers, list):  # a header sent twice is one, joined, as WSGI servers hand it on
+            joined: dict[str, list[str]] = {}
+            for name, value in headers:
+                joined.setdefault(name.lower(), []).append(value)
+            headers = {name: ("; " if name == "cookie" else ",").join(values) for name, values in joined.items()}
         response = client.open(path, base_url=BASE, method=method, headers=headers or {}, data=body, buffered=True)
         return Answer(response.status_code, list(response.headers.items()), response.get_data())
 
@@ -611,3 +616,42 @@ def test_a_get_with_a_form_content_type_and_no_body_passes(entry: Send) -> None:
     headers = {"Content-Type": "application/x-www-form-urlencoded; charset=ISO-8859-1"}
     assert entry("GET", "/django/", headers).status == 200
 
+
+
+# -- Each policy written once, the same through both entry points ---------------------------
+
+def test_a_header_sent_twice_reaches_the_app_as_one_joined_value(entry: Send) -> None:
+    got = seen(entry, [("X-Thing", "a"), ("X-Thing", "b"), ("Cookie", "c=1"), ("Cookie", "d=2")])  # type: ignore[arg-type]
+    assert (got["HTTP_X_THING"], got["HTTP_COOKIE"]) == ("a,b", "c=1; d=2")
+
+
+def test_two_host_headers_are_refused(entry: Send) -> None:
+    answer = entry("GET", "/echo/x", [("Host", "localhost"), ("Host", "localhost")])
+    assert answer.status == 400 and b"Host" in answer.body
+
+
+def test_many_repeated_forwarded_headers_get_their_431(entry: Send) -> None:
+    # 100,000 X-Forwarded-For lines from a trusted proxy: joined once, in linear time (the
+    # ASGI side added to a string per repeat), and refused by the header limit.
+    answer = entry("GET", "/echo/x", [("X-Forwarded-For", "203.0.113.7")] * 100_000)
+    assert answer.status == 431
+
+
+def test_an_app_root_behind_a_proxy_prefix_keeps_its_session_cookie(entry: Send) -> None:
+    # A Flask app with APPLICATION_ROOT="/echo" writes Path=/echo: behind X-Forwarded-Prefix
+    # its mount is /apps/echo, and the cookie must reach it there (not /apps/echo/echo).
+    answer = entry("GET", "/echo/x?cookie=" + quote("session=1; Path=/echo"), {"X-Forwarded-Prefix": "/apps"})
+    assert answer.all("Set-Cookie") == ["session=1; Path=/apps/echo"]
+
+
+def test_readyz_checks_the_same_apps(entry: Send) -> None:
+    assert sorted(entry("GET", "/readyz").json()["checks"]) == [
+        "/django", "/echo", "/flask", "/third", "database:default", "migrations"]
+
+
+@pytest.mark.parametrize("path", ["/_gateway/", "/metrics"])
+def test_the_operators_pages_answer_loopback_and_the_proxies_only(make: Callable[..., Send], path: str) -> None:
+    entry = make(trusted_proxies=TRUSTED, metrics=True)
+    assert entry("GET", path).status == 200  # loopback, the test clients' address
+    assert entry("GET", path, {"X-Forwarded-For": "198.51.100.4"}).status == 404  # a remote client, via the proxy
+    assert entry("GET", path, {"Host": "evil.example"}).status == 400  # a name not allowed (DNS rebinding)

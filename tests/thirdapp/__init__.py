@@ -41,7 +41,7 @@ def echo_app(environ, start_response):  # type: ignore[no-untyped-def]
     import json
 
     keys = ("HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "wsgi.url_scheme", "REMOTE_ADDR", "SCRIPT_NAME",
-            "PATH_INFO", "QUERY_STRING", "HTTP_X_REQUEST_ID", "CONTENT_LENGTH")
+            "PATH_INFO", "QUERY_STRING", "HTTP_X_REQUEST_ID", "CONTENT_LENGTH", "HTTP_X_THING", "HTTP_COOKIE")
     body = json.dumps({key: environ.get(key) for key in keys}).encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     for cookie in environ.get("QUERY_STRING", "").split("&"):

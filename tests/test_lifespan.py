@@ -155,3 +155,24 @@ def test_a_mount_that_raises_after_taking_startup_fails_the_start() -> None:
     assert answers == [{"type": "lifespan.startup.failed",
                         "message": "The app at /raises failed: OSError: no database"}]
     gateway.executor.shutdown()
+
+
+def test_a_mount_that_reports_a_failure_and_then_raises_logs_it_once(caplog: Any) -> None:
+    # Starlette's lifespan sends lifespan.startup.failed, then raises the error again.
+    import gc
+    import logging
+
+    async def starlette_like(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "no database"})
+            raise OSError("no database")
+
+    gateway = create_asgi_app(table(broken=starlette_like), Config.from_env({}), threads=1)
+    with caplog.at_level(logging.DEBUG):
+        answers, _ = asyncio.run(run(gateway, []))
+        gc.collect()  # asyncio reports an exception never retrieved when the task is collected
+    assert answers == [{"type": "lifespan.startup.failed", "message": "The app at /broken failed to start: "
+                        "no database"}]
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR], caplog.text
+    gateway.executor.shutdown()

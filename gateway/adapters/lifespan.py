@@ -66,6 +66,7 @@ class LifespanDriver:
     async def startup(self) -> bool:
         """Start the mount; True if it took part in the protocol."""
         self.task = asyncio.create_task(self._run())
+        self.task.add_done_callback(_retrieve)
         await self.inbox.put({"type": "lifespan.startup"})
         answer = await self._answer()
         if answer is None:
@@ -80,6 +81,16 @@ class LifespanDriver:
         answer = await self._answer()
         if answer is not None and answer["type"] == "lifespan.shutdown.failed":
             raise LifespanError(f"The app at {self.prefix} failed to shut down: {answer.get('message', '')}")
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Take a mount's lifespan exception once its task ends, so that asyncio never logs
+    "Task exception was never retrieved" with a second traceback. Starlette sends
+    ``lifespan.startup.failed`` and then raises the error again; :meth:`LifespanDriver._answer`
+    has reported the failure already, as uvicorn stays quiet about a bare app's exception
+    after a ``*.failed`` message."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.debug("The lifespan of an ASGI mount ended with %s: %s", type(error).__name__, error)
 
 
 class Lifespans:

@@ -211,10 +211,67 @@ def test_a_bad_file_is_refused_with_one_line_naming_the_line(text: str, message:
     assert "\n" not in str(refused.value)
 
 
-def test_route_rules_take_wsgi_apps_only() -> None:
-    text = '[apps]\nthird = "tests.thirdapp:asgi_app"\n[[route]]\nrule = "/x"\napp = "third"\n'
-    with pytest.raises(MountError, match="is an ASGI app; route rules take WSGI apps only"):
-        table_from(text)
+ASGI_RULES = '''
+[apps]
+legacy = "tests.thirdapp:echo_app"
+items = "tests.thirdapp:asgi_items"
+
+[[route]]
+rule = "/own/<int:n>"
+app = "items"
+
+[[route]]
+rule = "/chain/<int:n>"
+app = ["items", "legacy"]
+
+[[route]]
+rule = "/back/<int:n>"
+app = ["legacy", "items"]
+
+[[route]]
+rule = "/canary/<int:n>"
+app = "legacy"
+canary = { app = "items", share = 100 }
+
+[[route]]
+rule = "/shadowed/<int:n>"
+app = "legacy"
+shadow = { app = "items" }
+'''
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def asgi_rules(request: pytest.FixtureRequest, table: MountTable, tmp_path: Path) -> Iterator[tuple[Send, Any]]:
+    parsed = parse_gateway_file(ASGI_RULES)
+    rules = MountTable.from_specs((), defaults=False, routes=parsed.routes, apps=parsed.apps,
+                                  shadow_log=tmp_path / "shadow.jsonl")
+    combined = MountTable([*table], rules.routes.values(), rules.route_table)
+    combined.route_apps = rules.route_apps
+    send, app = ENTRIES[request.param](combined, config_with())
+    yield send, rules.route_table
+    if hasattr(app, "executor"):
+        app.executor.shutdown(wait=True)
+
+
+def test_a_rule_can_name_an_asgi_app_as_owner_fallback_canary_or_shadow(asgi_rules: tuple[Send, Any]) -> None:
+    send, routes = asgi_rules
+    owned = send("GET", "/own/3")
+    assert (owned.status, owned.body) == (200, b"asgi item 3")
+    assert owned.get("X-Request-ID") and owned.get("X-Content-Type-Options") == "nosniff"  # completed as any
+    assert send("GET", "/own/12").status == 404
+    assert send("GET", "/chain/4").body == b"asgi item 4"  # the ASGI app first, and it has it
+    fell = send("GET", "/chain/12")  # its 404 passed over: the WSGI app answers
+    assert fell.status == 200 and fell.json()["PATH_INFO"] == "/chain/12"
+    assert send("GET", "/back/5").json()["PATH_INFO"] == "/back/5"  # the WSGI app first, and it answers
+    canary = send("GET", "/canary/6")
+    assert (canary.status, canary.body) == (200, b"asgi item 6") and "gateway_canary=" in canary.get("Set-Cookie")
+    shadowed = send("GET", "/shadowed/7")
+    assert shadowed.json()["PATH_INFO"] == "/shadowed/7"  # the primary answers; the ASGI candidate is compared
+    routes.shadower.drain()
+    key = next(k for k in routes.specs if routes.specs[k].rule == "/shadowed/<int:n>")
+    assert routes.shadower.counts[key] == {"compared": 1, "different": 1}
+    ready = send("GET", "/readyz").json()["checks"]  # each app once, the ASGI one too (a 404 is below 500)
+    assert (ready["app:items"], ready["app:legacy"]) == ("ok", "ok")
 
 
 def test_the_file_travels_in_the_config(tmp_path: Path) -> None:

@@ -104,8 +104,8 @@ class MountTable:
             self.mounts[mount.prefix] = mount
         self.routes: dict[str, Mount] = {mount.prefix: mount for mount in routes}
         self.route_table = route_table
-        #: The apps route rules name, by name (readiness probes each once).
-        self.route_apps: dict[str, Any] = {}
+        #: The apps route rules name, by name, with their interface (readiness probes each once).
+        self.route_apps: dict[str, tuple[Any, Interface]] = {}
 
     @classmethod
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
@@ -124,29 +124,42 @@ class MountTable:
         if not routes:
             return cls(spec.load() for spec in parsed.values())
         table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir)
-        loaded: dict[str, Any] = {}
+        loaded: dict[str, tuple[Any, Interface]] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):
             target = (apps or {})[name]
             app = import_app(target.partition("@")[0])
-            if (target.partition("@")[2] or detect_interface(app)) != "wsgi":
-                raise MountError(f'App "{name}" ({target}) is an ASGI app; route rules take WSGI apps only '
-                                 "(a fallback must see the whole response): mount it at a prefix instead.")
-            loaded[name] = app
+            kind = target.partition("@")[2] or detect_interface(app)
+            if kind not in ("wsgi", "asgi"):
+                raise MountError(f'App "{name}" ({target}): the interface after "@" must be wsgi or asgi.')
+            loaded[name] = app, "asgi" if kind == "asgi" else "wsgi"
+
+        def wsgi(name: str) -> Any:
+            """An app a fallback chain or a shadow comparison calls: WSGI, an ASGI one through
+            a2wsgi (both read the whole response before the client gets it)."""
+            app, kind = loaded[name]
+            if kind == "wsgi":
+                return app
+            from a2wsgi import ASGIMiddleware
+
+            return ASGIMiddleware(app)
+
         rule_mounts = []
         for route in routes:
             targets = ", ".join((apps or {})[n] for n in route.apps)
+            interface: Interface = "wsgi"
             if route.shadow is not None:
-                app = ShadowTap(route.key, loaded[route.apps[0]], loaded[route.shadow], table.shadower,
+                app = ShadowTap(route.key, wsgi(route.apps[0]), wsgi(route.shadow), table.shadower,
                                 route.shadow_headers)
             elif len(route.apps) == 1:
-                app = loaded[route.apps[0]]
+                app, interface = loaded[route.apps[0]]
             else:
-                app = Fallback([(n, loaded[n]) for n in route.apps], route.key, table.fallbacks, table.lock,
+                app = Fallback([(n, wsgi(n)) for n in route.apps], route.key, table.fallbacks, table.lock,
                                table.notify)
-            rule_mounts.append(Mount(route.key, targets, "wsgi", app))
+            rule_mounts.append(Mount(route.key, targets, interface, app))
             if route.canary is not None:
-                rule_mounts.append(Mount(route.canary_key, (apps or {})[route.canary], "wsgi", loaded[route.canary]))
+                canary, canary_interface = loaded[route.canary]
+                rule_mounts.append(Mount(route.canary_key, (apps or {})[route.canary], canary_interface, canary))
         made = cls((spec.load() for spec in parsed.values()), rule_mounts, table)
         made.route_apps = loaded
         return made
@@ -156,7 +169,7 @@ class MountTable:
         root), and each app the route rules name, once (``app:NAME``, at its root)."""
         checked: dict[str, tuple[Any, Interface]] = {m.prefix: (m.app, m.interface) for m in self.mounts.values()}
         for name, app in self.route_apps.items():
-            checked[f"app:{name}"] = (app, "wsgi")
+            checked[f"app:{name}"] = app
         return checked
 
     def reloaded(self, config: Config) -> MountTable:

@@ -55,6 +55,7 @@ from gateway.core.mounts import PREFIX_PATTERN, Mount, MountTable
 from gateway.core.pages import Pages
 from gateway.migration import page as migration_page
 from gateway.migration.rules import Fallback, RouteSpec
+from gateway.migration.shadow import ShadowTap
 from gateway.observe.logs import REQUEST_ID, access
 from gateway.observe.metrics import PATH as METRICS_PATH
 from gateway.observe.metrics import Metrics
@@ -236,8 +237,9 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Django's CSRF 
 
 
 def is_django(app: Any) -> bool:
-    """Whether ``app`` is Django's, or a route rule's fallback chain with Django in it."""
-    if isinstance(app, Fallback):
+    """Whether ``app`` is Django's, or a route rule's fallback chain or shadow tap with
+    Django in it."""
+    if isinstance(app, Fallback | ShadowTap):
         return any(is_django(each) for _, each in app.apps)
     return type(app).__module__.partition(".")[0] == "django"
 

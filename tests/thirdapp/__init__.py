@@ -69,3 +69,13 @@ def lazy_app(environ, start_response):  # type: ignore[no-untyped-def]
     start_response("201 Created", [("Location", "/made"), ("Content-Type", "text/plain")])
     yield b"made "
     yield environ["PATH_INFO"].encode()
+
+
+async def asgi_items(scope, receive, send):  # type: ignore[no-untyped-def]
+    """An ASGI app of the shared URL space: ``/<anything>/<n>`` for n below 10, else 404."""
+    number = scope["path"].rsplit("/", 1)[-1]
+    found = number.isdigit() and int(number) < 10
+    body = f"asgi item {number}".encode() if found else b"not here"
+    await send({"type": "http.response.start", "status": 200 if found else 404,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -48,6 +48,8 @@ BODY_TIMED_OUT = plain(408, "Request Timeout: the request body stopped arriving.
 LENGTH_REQUIRED = plain(411, "Length Required: send this request body with a Content-Length.\n",
                         ("Connection", "close"), reason="length_required")
 NUL_IN_URL = plain(400, "Bad Request: the URL contains a NUL character (%00).\n", reason="nul_in_url")
+NUL_IN_HEADER = plain(400, "Bad Request: a header value contains a NUL character (RFC 9110, 5.5).\n",
+                      reason="nul_in_header")
 HEALTHY = json_reply(200, b'{"status": "ok"}')
 
 

@@ -568,6 +568,19 @@ def test_nul_in_the_url_is_a_400(entry: Send, path: str) -> None:
     assert b"NUL" in answer.body
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("Cookie", 'sessionid="\x00abcdefghijk"'),  # reached PostgreSQL: a 500 on the admin
+    ("Cookie", "gateway_canary=\x00"),
+    ("X-Anything", "a\x00b"),
+    ("User-Agent", "\x00"),
+    ("Content-Type", "text/plain\x00"),
+])
+def test_nul_in_a_header_value_is_a_400(entry: Send, name: str, value: str) -> None:
+    answer = entry("GET", "/django/admin/", {name: value})
+    assert answer.status == 400
+    assert answer.body == b"Bad Request: a header value contains a NUL character (RFC 9110, 5.5).\n"
+
+
 def test_an_escaped_zero_that_is_not_nul_passes(entry: Send) -> None:
     assert seen(entry, {}, "/echo/x?q=%2500")["QUERY_STRING"] == "q=%2500"
 

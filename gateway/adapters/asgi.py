@@ -92,8 +92,11 @@ class ASGIGateway:
         chunked = False
         forwarded: dict[str, list[str]] = {}
         size = 0
+        nul = False
         for name, value in scope.get("headers", ()):
             size += len(name) + len(value)
+            if b"\x00" in value:
+                nul = True
             if name == b"host":
                 hosts.append(value.decode("latin-1"))
             elif name == b"x-request-id":
@@ -119,7 +122,7 @@ class ASGIGateway:
             scheme=scope.get("scheme", "http"), server=tuple(scope.get("server") or ("localhost", None)),
             client=client[0] if client else None, request_id=offered,
             forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else {},
-            header_size=size, content_length=content_length, content_type=content_type, chunked=chunked,
+            header_size=size, header_nul=nul, content_length=content_length, content_type=content_type, chunked=chunked,
             http_version=scope.get("http_version", "1.1"),
             fetch=functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
         )

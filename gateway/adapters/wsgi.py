@@ -53,15 +53,21 @@ class WSGIGateway:
     def head(self, environ: Environ) -> Head:
         """Read the request head the pipeline needs from ``environ``."""
         size = 0
+        nul = False
         for key in environ:
             # The first character before the slice: this loop over every key of every
             # environ was half of the pipeline's cost, and this form is 2.6x faster.
             if key and key[0] == "H" and key[:5] == "HTTP_":
-                size += len(key) - 5 + len(environ[key])  # the header's name and value, as sent
+                value = environ[key]
+                size += len(key) - 5 + len(value)  # the header's name and value, as sent
+                if "\x00" in value:
+                    nul = True
         get = environ.get
         for key, name_size in _UNPREFIXED:  # the two headers PEP 3333 names without HTTP_
             if (value := get(key)) is not None:
                 size += name_size + len(value)
+                if "\x00" in value:
+                    nul = True
         forwarded = {}
         if self.forwarded:
             for name, key in _FORWARDED:
@@ -75,7 +81,7 @@ class WSGIGateway:
             method=get("REQUEST_METHOD", "GET"), root_path=get("SCRIPT_NAME", ""), path=get("PATH_INFO", ""),
             query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
             server=(get("SERVER_NAME", ""), int(port) if port.isdigit() else None), client=get("REMOTE_ADDR"),
-            request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size,
+            request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size, header_nul=nul,
             content_length=get("CONTENT_LENGTH") or None, content_type=get("CONTENT_TYPE"),
             chunked="HTTP_TRANSFER_ENCODING" in environ,
             http_version=protocol[5:] if protocol[:5] == "HTTP/" else "1.1",

@@ -66,6 +66,7 @@ from gateway.replies import (
     BAD_METHOD,
     HEADERS_TOO_LARGE,
     HEALTHY,
+    NUL_IN_HEADER,
     NUL_IN_URL,
     Reply,
     bad_charset,
@@ -120,6 +121,9 @@ class Head:
     request_id: str | None = None  # X-Request-ID as sent
     forwarded: Mapping[str, str] = field(default_factory=dict)  # "for", "proto", ...: X-Forwarded-*
     header_size: int = 0  # the names and values of every header, as sent
+    #: A header value holds NUL: RFC 9110 (5.5) says to refuse the message or replace it,
+    #: and PostgreSQL refuses NUL in text (a session cookie was a 500 there).
+    header_nul: bool = False
     content_length: str | None = None
     content_type: str | None = None
     #: ``Transfer-Encoding`` was sent (chunked), and the HTTP version (``"1.1"``, ``"2"``):
@@ -507,6 +511,8 @@ class Pipeline:
         if "\x00" in path or "%00" in head.query:
             # Valid in a URL, but PostgreSQL refuses NUL in text, and no page means it.
             return own(NUL_IN_URL)
+        if head.header_nul:
+            return own(NUL_IN_HEADER)
         routes = self.table.route_table
         found = routes.match(decode_path(path), head.method) if routes else None
         set_cookie = None

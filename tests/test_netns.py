@@ -9,7 +9,8 @@ client wrk and the test's own clients (threads that entered the host's namespace
 proxy  nginx with ``deploy/nginx.conf`` and ``deploy/snippets`` as they are, TLS on 443 for
        example.com (a throwaway certificate); only the upstreams' addresses and the files
        nginx writes (pid, logs) differ
-app1   ``gateway serve --workers 2`` on port 8001, as ``deploy/gateway.service`` runs it, with
+app1   ``gateway serve`` on port 8001, with ``deploy/gateway.service``'s ExecStart as it is
+       (``GATEWAY_HOST`` the host's address, ``GATEWAY_PORT`` 8001), with
        ``deploy/gateway.env.example``'s settings (production, HTTPS, JSON logs,
        ``DJANGO_CONN_MAX_AGE=60``) and ``GATEWAY_TRUSTED_PROXIES`` = the proxy's address
 app2   the same on port 8002
@@ -42,6 +43,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -77,9 +79,7 @@ SITE = "example.com"  # deploy/nginx.conf's server_name
 ALSO_ALLOWED = "www.example.com"  # allowed too, so that a forged X-Forwarded-Host would show, not 400
 ADMIN, PASSWORD = "admin", "correct horse battery staple 42"
 DB_NAME, DB_USER, DB_PASSWORD = "gateway", "gateway", secrets.token_urlsafe(16)
-# deploy/gateway.service's ExecStart, with the host's own address.
-SERVE_ARGS = ("--workers", "2", "--threads", "16", "--graceful-timeout", "25", "--drain-delay", "5")
-WORKERS = 2
+WORKERS = 2  # deploy/gateway.service's --workers
 GREETINGS = "/apps/django/admin/django_hello/greeting/"
 FORGED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": ALSO_ALLOWED,
           "X-Forwarded-Prefix": "/forged", "Host": SITE}
@@ -106,6 +106,17 @@ CACHE_PATIENCE = BOUNDS.get("cache-slowest", 0.0)  # a page while the cache is a
 SIGN_OUT_TRIES = 6  # requests with a signed-out session, each host
 NETEM_DELAY = "100ms"
 DB_PAGES = ("/apps/django/admin/", GREETINGS, "/apps/flask/greetings")  # pages that need the database
+
+
+def service_args(address: str, port: int) -> list[str]:
+    """deploy/gateway.service's ExecStart after the gateway's path, with GATEWAY_HOST and
+    GATEWAY_PORT set as an instance's gateway.env would set them."""
+    text = (DEPLOY / "gateway.service").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    args = shlex.split(line.removeprefix("ExecStart="))
+    assert args[0] == "/opt/gateway/bin/gateway" and "${GATEWAY_HOST}" in args and "${GATEWAY_PORT}" in args, (
+        f"deploy/gateway.service's ExecStart no longer reads GATEWAY_HOST and GATEWAY_PORT; update this test: {args}")
+    return [arg.replace("${GATEWAY_HOST}", address).replace("${GATEWAY_PORT}", str(port)) for arg in args[1:]]
 
 
 def postgresql_conf() -> dict[str, str]:
@@ -323,9 +334,10 @@ class Instance(ServerProcess):
     def __init__(self, lan: Lan, host: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.lan = lan
         self.host = host
+        self.env = env
         self.address = lan.address[host]
         port = INSTANCES[host]
-        super().__init__([*lan.exec_args(host), *args, "--host", self.address, "--port", str(port)], port=port,
+        super().__init__([*lan.exec_args(host), *args], port=port,
                          env=env, log_path=log_path, ready_path="/readyz")
         self.url = f"http://{self.address}:{port}"
 
@@ -499,7 +511,8 @@ def build_site() -> Iterator[Site]:
         for host in INSTANCES:
             directory = root / host
             directory.mkdir()
-            command = [*GATEWAY, "serve", *SERVE_ARGS, *DEMO_MOUNTS, "--mount", "/echo=tests.netns:echo"]
+            command = [*GATEWAY, *service_args(lan.address[host], INSTANCES[host]), *DEMO_MOUNTS,
+                       "--mount", "/echo=tests.netns:echo"]
             instances[host] = Instance(lan, host, command,
                                        server_env(directory, **shared, GATEWAY_NETNS_INSTANCE=host),
                                        directory / "gateway.log")
@@ -1084,6 +1097,8 @@ def test_database_flaps(site: Site, show: Callable[[str], None]) -> None:
                                                              "keepalives_count", "options"}}
         leftover = site.lan.on("app1", psycopg.connect, site.postgres.lan_url(), **conninfo)
         site.lan.at_close(leftover.close)
+        shown = {name: leftover.execute(f"SHOW {name}").fetchone()[0] for name in limits}  # type: ignore[index]
+        assert shown == {name: f"{value:g}s" for name, value in limits.items()}, (shown, limits)
         leftover.execute(f"UPDATE django_hello_greeting SET text = 'held' WHERE id = {locked}")
         leftover_pid = leftover.info.backend_pid
         left_at = time.monotonic()  # its last statement
@@ -1271,28 +1286,50 @@ def sign_out(site: Site, instance: Instance, cookies: str, token: str) -> Call:
             "/django/admin/logout/", data={"csrfmiddlewaretoken": token}))
 
 
+# Django's cache, set and read in a process of its own on an app host: DegradingRedisCache.
+CACHE_PROBE = ("import django, time; django.setup(); from django.core.cache import cache; t = time.monotonic(); "
+               "cache.set('netns', 1); print('CACHE', cache.get('netns'), round(time.monotonic() - t, 2))")
+
+
+def cache_probe(site: Site, host: str) -> subprocess.Popen[str]:
+    """django_hello's settings on ``host`` with the instance's environment, running CACHE_PROBE
+    (Django alone starts in about 1 s where ``gateway manage shell`` took 6 s here)."""
+    env = site.instances[host].env
+    env = {**env, "DJANGO_SETTINGS_MODULE": "django_hello.settings", "DJANGO_DATA_DIR": env["GATEWAY_DATA_DIR"]}
+    return subprocess.Popen([*site.lan.exec_args(host), sys.executable, "-c", CACHE_PROBE], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_sign_out_reaches_every_host(site: Site, show: Callable[[str], None]) -> None:
     """Redis is unreachable from app2 only (both still reach everything else): a session
     signed in and used on both instances is signed out through app2. The sign-out answers
     200 within CACHE_PATIENCE s; from then on app1 and app2 each refuse the session
     SIGN_OUT_TRIES times of SIGN_OUT_TRIES, nginx too, and so does every host once Redis is
     reachable again. (With cached_db sessions app1 accepted it 6 times of 6: app2's delete
-    of Redis's copy was dropped.)"""
+    of Redis's copy was dropped.) Meanwhile Django's cache on app2 (a process of its own) sets
+    and reads without an error, as a miss, within CACHE_PATIENCE s."""
     site.healthy()
     http, cookies, token = signed_in(site)
     try:
         with site.lan.parted("app2", "cache"):
+            probe = cache_probe(site, "app2")
             out = site.lan.on("proxy", sign_out, site, site.instances["app2"], cookies, token)
             during = {host: site.lan.on("proxy", accepted, site, s, cookies, SIGN_OUT_TRIES)
                       for host, s in site.instances.items()}
             through = [admin_ok(site.on_client(http.get, "/apps/django/admin/")) for _ in range(SIGN_OUT_TRIES)]
+            cached, cache_log = probe.communicate(timeout=120)
         after = {host: site.lan.on("proxy", accepted, site, s, cookies, 2) for host, s in site.instances.items()}
     finally:
         site.on_client(http.close)
     show(f"sign-out with Redis unreachable from app2 only: through app2 {out.outcome()} in {out.latency:.2f} s; "
          f"the session then accepted by app1 {sum(during['app1'])} of {SIGN_OUT_TRIES}, app2 {sum(during['app2'])} "
          f"of {SIGN_OUT_TRIES}, nginx {sum(through)} of {SIGN_OUT_TRIES}; after the heal "
-         f"{sum(map(sum, after.values()))} of {2 * len(after)}")
+         f"{sum(map(sum, after.values()))} of {2 * len(after)}; Django's cache on app2 meanwhile: "
+         f"{cached.strip().splitlines()[-1:] or probe.returncode}")
+    match = re.search(r"^CACHE None ([\d.]+)$", cached, re.M)
+    assert probe.returncode == 0 and match and float(match.group(1)) <= CACHE_PATIENCE, (
+        f"Django's cache without Redis: exit {probe.returncode}\n{cached}\n{tail(cache_log, 20)}")
+    assert "The cache is unavailable" in cache_log, cache_log
     assert out.status == 200 and out.latency <= CACHE_PATIENCE, out
     assert BOUNDS["sign-out-accepted"] == 0
     assert not any(during["app1"]) and not any(during["app2"]) and not any(through), (during, through)

@@ -38,10 +38,10 @@ class DegradingRedisCache(RedisCache):
     while the host is gone) and would not clear what the cache held from before the
     outage: hence this small backend on Django's own.
 
-    cached_db sessions then come from the database. One WARNING line an outage (in each
-    process); Redis is tried again every ``retry`` seconds, and cleared before it is used
-    again, so that nothing changed meanwhile in the database (a session signed out) comes
-    back from it.
+    Sessions are in the database, not here (a sign-out must reach every host: see
+    django_hello/settings.py). One WARNING line an outage (in each process); Redis is tried
+    again every ``retry`` seconds, and cleared before it is used again, so that nothing
+    changed meanwhile elsewhere comes back from it.
     """
 
     retry = 5.0
@@ -72,8 +72,8 @@ class DegradingRedisCache(RedisCache):
             with health.lock:
                 if health.down_since is None:
                     health.down_since = time.monotonic()
-                    logger.warning("The cache is unavailable (%s: %s); sessions come from the database, "
-                                   "and Redis is tried again every %g s.", type(exc).__name__, exc, self.retry)
+                    logger.warning("The cache is unavailable (%s: %s); Django's cache misses, and Redis is "
+                                   "tried again every %g s.", type(exc).__name__, exc, self.retry)
                 health.next_try = time.monotonic() + self.retry
             return default
 

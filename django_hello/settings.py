@@ -13,7 +13,10 @@ Everything that differs between machines comes from the environment:
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated host names (default: loopback names).
 - ``DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE``: the request body limit in bytes.
 - ``DJANGO_HTTPS``: ``1`` when clients reach the site over HTTPS (secure cookies, HSTS).
-- ``REDIS_URL``: a Redis server for the cache and (cached) sessions.
+- ``DJANGO_DB_IDLE_IN_TRANSACTION_TIMEOUT``, ``DJANGO_DB_LOCK_TIMEOUT``,
+  ``DJANGO_DB_STATEMENT_TIMEOUT``: seconds PostgreSQL allows this app's sessions (defaults
+  10, 5 and 30; 0 for no limit).
+- ``REDIS_URL``: a Redis server for Django's cache (sessions stay in the database).
 """
 
 from __future__ import annotations
@@ -219,16 +222,44 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     _options.setdefault("keepalives_idle", 10)
     _options.setdefault("keepalives_interval", 2)
     _options.setdefault("keepalives_count", 3)
+    # Limits PostgreSQL enforces on this app's sessions, whatever becomes of the client (libpq
+    # "options"; 0 turns one off). A network cut inside a view's transaction otherwise left it
+    # "idle in transaction" for about two hours, holding its row locks: edits of those rows
+    # waited until nginx gave up (504) and were applied later all the same, and a migration
+    # queued behind the lock stalled every read of the table (tests/test_netns.py).
+    # - idle_in_transaction_session_timeout: the server ends a session whose transaction has
+    #   waited this long for its next statement. A view sends its statements back to back, so
+    #   only a lost client (or a view that waits on something else inside a transaction) waits
+    #   that long. Cost: such a view fails once it has waited that long.
+    # - lock_timeout: a statement waiting this long for a row or table lock fails (a 503) instead
+    #   of holding its thread; migrations (same settings) fail instead of queueing ahead of reads.
+    #   Cost: a write that meets a long-held lock fails and must be sent again.
+    # - statement_timeout: one statement's longest run, shorter than nginx's proxy_read_timeout
+    #   (60 s), so the database stops work nobody waits for. Cost: a legitimately long query
+    #   (a report, a data migration) needs the variable raised for that process.
+    _limits = {
+        "idle_in_transaction_session_timeout": _seconds("DJANGO_DB_IDLE_IN_TRANSACTION_TIMEOUT", 10.0),
+        "lock_timeout": _seconds("DJANGO_DB_LOCK_TIMEOUT", 5.0),
+        "statement_timeout": _seconds("DJANGO_DB_STATEMENT_TIMEOUT", 30.0),
+    }
+    _flags = " ".join(f"-c {name}={round(value * 1000)}" for name, value in _limits.items())
+    _options["options"] = f"{_options.get('options', '')} {_flags}".strip()
 
+# Sessions stay in the database (Django's default "db" engine), with Redis or without: a
+# sign-out must reach every host, and the database is the store every host needs anyway to
+# serve a signed-in page. With "cached_db", a host that could not reach Redis deleted the
+# session from the database only, and the hosts that could kept accepting Redis's copy (6
+# requests of 6; tests/test_netns.py). Only a read of the database on each request can see
+# a sign-out made by a host that reaches nothing else. Cost: one primary-key SELECT of
+# django_session per request that reads the session, which cached_db answered from Redis.
 if REDIS_URL := os.environ.get("REDIS_URL"):
     CACHES = {"default": {
-        # Without Redis, no cache: sessions come from the database (django_hello/cache.py).
+        # Without Redis, no cache (django_hello/cache.py).
         "BACKEND": "django_hello.cache.DegradingRedisCache",
         "LOCATION": REDIS_URL,
         # Redis is on the LAN: give up on it in a second (redis-py 8 waits 5 s, earlier versions forever).
         "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1.0},
     }}
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -209,6 +209,31 @@ class Lan:
         finally:
             self.mend(host)
 
+    # A MAC address no host has (locally administered): frames sent to it reach nobody.
+    NOWHERE = "02:00:00:00:00:01"
+
+    def part(self, a: str, b: str) -> None:
+        """Cut ``a`` off from ``b`` only: each sends the other's packets to a MAC address no
+        host has (a permanent neighbour entry), so they are dropped without an answer while
+        both still reach everyone else. Needs nothing but ``ip`` (no netfilter)."""
+        for here, there in ((a, b), (b, a)):
+            run(IP, "-n", self.ns(here), "neigh", "replace", self.address[there], "lladdr", self.NOWHERE,
+                "dev", "eth0", "nud", "permanent")
+
+    def join(self, a: str, b: str) -> None:
+        """Undo :meth:`part`: the hosts learn each other's addresses again (ARP)."""
+        for here, there in ((a, b), (b, a)):
+            run(IP, "-n", self.ns(here), "neigh", "del", self.address[there], "dev", "eth0", check=False)
+
+    @contextlib.contextmanager
+    def parted(self, a: str, b: str) -> Iterator[float]:
+        """``a`` and ``b`` cannot reach each other for the duration of the block."""
+        self.part(a, b)
+        try:
+            yield time.monotonic()
+        finally:
+            self.join(a, b)
+
     def netem(self, host: str, *spec: str) -> None:
         """Put ``tc qdisc netem`` on both ends of ``host``'s cable (both directions)."""
         run(*self.exec_args(host), TC, "qdisc", "replace", "dev", "eth0", "root", "netem", *spec)
@@ -231,13 +256,14 @@ class Lan:
 
     # -- threads in a host
 
-    def threads(self, host: str, workers: int = 32) -> ThreadPoolExecutor:
-        """A thread pool whose threads live in ``host``'s network namespace."""
-        if host not in self.pools:
+    def threads(self, host: str, workers: int = 32, pool: str = "") -> ThreadPoolExecutor:
+        """A thread pool whose threads live in ``host``'s network namespace (one per ``pool`` name)."""
+        key = f"{host}/{pool}"
+        if key not in self.pools:
             path = f"/run/netns/{self.ns(host)}"
-            self.pools[host] = ThreadPoolExecutor(workers, initializer=_setns, initargs=(path,),
-                                                  thread_name_prefix=f"netns-{host}")
-        return self.pools[host]
+            self.pools[key] = ThreadPoolExecutor(workers, initializer=_setns, initargs=(path,),
+                                                 thread_name_prefix=f"netns-{host}{pool}")
+        return self.pools[key]
 
     def on(self, host: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn(*args, **kwargs)`` on a thread in ``host`` and return its result."""

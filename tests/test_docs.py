@@ -443,6 +443,27 @@ def test_compose_config(tmp_path: Path) -> None:
     assert result.returncode != 0 and "stop_grace_periods" in result.stderr, result.stderr
 
 
+def postgresql_settings() -> dict[str, str]:
+    """deploy/postgresql.conf's ``name = value`` lines (comments dropped)."""
+    settings = {}
+    for line in (DEPLOY / "postgresql.conf").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, value = line.partition("=")
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def test_compose_postgres_has_the_postgresql_conf_settings() -> None:
+    """In process, instant: compose.yaml's PostgreSQL runs with deploy/postgresql.conf's values."""
+    settings = postgresql_settings()
+    assert {"tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout",
+            "idle_in_transaction_session_timeout", "max_connections"} <= set(settings), settings
+    command = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2), command
+    assert dict(option.split("=", 1) for option in command[2::2]) == settings, command
+
+
 # -- Kubernetes ----------------------------------------------------------------------------
 
 KUBERNETES_VALIDATE = tool("kubernetes-validate")
@@ -470,6 +491,17 @@ def test_kubernetes_manifests_validate(version: str, tmp_path: Path) -> None:
     bad.write_text((DEPLOY / "k8s" / "ingress.yaml").read_text().replace("ingressClassName:", "ingressClassNam:", 1))
     result = run([KUBERNETES_VALIDATE, "--strict", "-k", version, str(bad)])
     assert result.returncode != 0 and "'ingressClassNam' was unexpected" in result.stdout + result.stderr
+
+
+def test_kubernetes_readiness_policy() -> None:
+    """In process, instant: a pod starts serving once /readyz passes (the startup probe), then
+    stays in the Service while it serves (/healthz), also while the database is down."""
+    container = manifests()["Deployment", "gateway"]["spec"]["template"]["spec"]["containers"][0]
+    paths = {probe: container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe",
+                                                                      "livenessProbe")}
+    assert paths == {"startupProbe": "/readyz", "readinessProbe": "/healthz", "livenessProbe": "/healthz"}, paths
+    job = manifests()["Job", "gateway-migrate"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "DJANGO_DB_STATEMENT_TIMEOUT", "value": "0"} in job["env"], job
 
 
 def test_ingress_matches_the_configmap_and_service() -> None:

@@ -9,24 +9,29 @@ client wrk and the test's own clients (threads that entered the host's namespace
 proxy  nginx with ``deploy/nginx.conf`` and ``deploy/snippets`` as they are, TLS on 443 for
        example.com (a throwaway certificate); only the upstreams' addresses and the files
        nginx writes (pid, logs) differ
-app1   ``gateway serve --workers 2`` on port 8001, as ``deploy/gateway.service`` runs it, with
+app1   ``gateway serve`` on port 8001, with ``deploy/gateway.service``'s ExecStart as it is
+       (``GATEWAY_HOST`` the host's address, ``GATEWAY_PORT`` 8001), with
        ``deploy/gateway.env.example``'s settings (production, HTTPS, JSON logs,
        ``DJANGO_CONN_MAX_AGE=60``) and ``GATEWAY_TRUSTED_PROXIES`` = the proxy's address
 app2   the same on port 8002
-db     PostgreSQL (initdb), on its own address, a database and a role of its own
-cache  redis-server: Django's cache and ``cached_db`` sessions (``REDIS_URL``)
+db     PostgreSQL (initdb) with ``deploy/postgresql.conf`` included as shipped, on its own
+       address, a database and a role of its own
+cache  redis-server: Django's cache (``REDIS_URL``); sessions are in the database
 ====== ===================================================================================
 
 A host vanishes when the switch's end of its cable goes down (``ip link set ... down``):
-its processes keep running, and what is sent to it is never answered. Each test puts the
+its processes keep running, and what is sent to it is never answered. Two hosts are parted
+(``Lan.parted``) when each sends the other's packets nowhere; both still reach the rest. Each test puts the
 cable back in a ``finally``; the module's fixture stops every process and deletes every
 namespace and link it made, also when a test fails, and removes what a run killed before
 its finalizers left behind. Without permission for ``ip netns``, the tests skip with
 ``ip``'s reason.
 
 Run with ``-s`` or not: the figures are printed to the terminal either way (capture is
-bypassed for them). About 90 s in all; the slow-link test skips where the kernel has no
-``netem``.
+bypassed for them). The bounds they are checked against are docs/deploying.md's table "The
+figures and their bounds" (``BOUNDS``). About 2 minutes in all on a busy 2-core machine, of
+which the database's seven flaps and the 10 s after them are 45 s; the slow-link test skips
+where the kernel has no ``netem``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -57,7 +63,7 @@ import httpx
 import pytest
 
 from gateway.core.config import DEFAULT_READY_TIMEOUT
-from tests.netns import Lan, remove_leftovers
+from tests.netns import Lan, remove_leftovers, run
 from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, PostgresCluster, ServerProcess, server_env
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
@@ -73,23 +79,50 @@ SITE = "example.com"  # deploy/nginx.conf's server_name
 ALSO_ALLOWED = "www.example.com"  # allowed too, so that a forged X-Forwarded-Host would show, not 400
 ADMIN, PASSWORD = "admin", "correct horse battery staple 42"
 DB_NAME, DB_USER, DB_PASSWORD = "gateway", "gateway", secrets.token_urlsafe(16)
-# deploy/gateway.service's ExecStart, with the host's own address.
-SERVE_ARGS = ("--workers", "2", "--threads", "16", "--graceful-timeout", "25", "--drain-delay", "5")
-WORKERS = 2
+WORKERS = 2  # deploy/gateway.service's --workers
 GREETINGS = "/apps/django/admin/django_hello/greeting/"
 FORGED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": ALSO_ALLOWED,
           "X-Forwarded-Prefix": "/forged", "Host": SITE}
 
 # Seconds app1 stays unplugged: longer than fail_timeout (5 s), uvicorn's keep-alive (5 s) and
-# proxy_next_upstream_timeout (10 s), and shorter than proxy_read_timeout (60 s).
-APP_CUT = 12.0
-DB_CUT = 10.0  # the issue's 10 s
-CACHE_CUT = 8.0
-RECOVERY = 5.0  # everything answers again within 5 s of the cable's return
-CACHE_PATIENCE = 5.0  # a page while the cache is away answers within this
-CACHE_RETURN = 10.0  # sessions are written to Redis again within this of its return
+# nginx's upstream keepalive_timeout (4 s), and shorter than proxy_read_timeout (60 s).
+APP_CUT = 8.0
+DB_FLAPS, DB_FLAP, DB_UP = 7, 4.0, 1.0  # the database's cable: out 7 times for 4 s, back 1 s between
+SETTLE = 10.0  # no 503 from this long after the last flap on
+CACHE_CUT = 6.0
+DOCS = ROOT / "docs" / "deploying.md"
+
+
+def documented() -> dict[str, float]:
+    """The bounds docs/deploying.md states for the figures measured here (its table "The
+    figures and their bounds"): the tests check against these, so the page cannot drift."""
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|.*\| ([\d.]+)[^|\d]*\|\s*$", DOCS.read_text(), re.M)
+    return {key: float(value) for key, value in rows}
+
+
+BOUNDS = documented()
+RECOVERY = BOUNDS.get("db-recovered", 0.0)  # everything answers again within this of the last flap
+CACHE_PATIENCE = BOUNDS.get("cache-slowest", 0.0)  # a page while the cache is away answers within this
+SIGN_OUT_TRIES = 6  # requests with a signed-out session, each host
 NETEM_DELAY = "100ms"
 DB_PAGES = ("/apps/django/admin/", GREETINGS, "/apps/flask/greetings")  # pages that need the database
+
+
+def service_args(address: str, port: int) -> list[str]:
+    """deploy/gateway.service's ExecStart after the gateway's path, with GATEWAY_HOST and
+    GATEWAY_PORT set as an instance's gateway.env would set them."""
+    text = (DEPLOY / "gateway.service").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    args = shlex.split(line.removeprefix("ExecStart="))
+    assert args[0] == "/opt/gateway/bin/gateway" and "${GATEWAY_HOST}" in args and "${GATEWAY_PORT}" in args, (
+        f"deploy/gateway.service's ExecStart no longer reads GATEWAY_HOST and GATEWAY_PORT; update this test: {args}")
+    return [arg.replace("${GATEWAY_HOST}", address).replace("${GATEWAY_PORT}", str(port)) for arg in args[1:]]
+
+
+def postgresql_conf() -> dict[str, str]:
+    """deploy/postgresql.conf's ``name = value`` lines."""
+    lines = (line.split("#", 1)[0].strip() for line in (DEPLOY / "postgresql.conf").read_text().splitlines())
+    return {name.strip(): value.strip() for name, _, value in (line.partition("=") for line in lines if line)}
 
 
 def skip_reasons() -> list[str]:
@@ -130,8 +163,12 @@ class NetnsPostgres(PostgresCluster):
         lines = "".join(f"host all all {address}/32 scram-sha-256\n" for address in self.clients)
         if lines not in hba.read_text():
             hba.write_text(hba.read_text() + lines)
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses={self.lan.address['db']} -c fsync=off "
-                   "-c max_connections=200")
+        # deploy/postgresql.conf as shipped (keepalives, timeouts, max_connections 100).
+        conf = self.datadir / "postgresql.conf"
+        include = f"include '{DEPLOY / 'postgresql.conf'}'\n"
+        if include not in conf.read_text():
+            conf.write_text(conf.read_text() + include)
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.lan.address['db']} -c fsync=off"
         subprocess.run([*self.lan.exec_args("db"), *self.as_user, str(self.bindir / "pg_ctl"), "-D",
                         str(self.datadir), "-o", options, "-l", str(self.log_path), "-w", "start"],
                        check=True, capture_output=True, timeout=120)
@@ -188,10 +225,6 @@ class Redis:
                 return bool(r.ping())
         except Exception:
             return False
-
-    def has_session(self, session_key: str) -> bool:
-        with contextlib.closing(self.client()) as r:
-            return any(True for _ in r.scan_iter(match=f"*{session_key}", count=1000))
 
     @property
     def url(self) -> str:
@@ -301,9 +334,10 @@ class Instance(ServerProcess):
     def __init__(self, lan: Lan, host: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.lan = lan
         self.host = host
+        self.env = env
         self.address = lan.address[host]
         port = INSTANCES[host]
-        super().__init__([*lan.exec_args(host), *args, "--host", self.address, "--port", str(port)], port=port,
+        super().__init__([*lan.exec_args(host), *args], port=port,
                          env=env, log_path=log_path, ready_path="/readyz")
         self.url = f"http://{self.address}:{port}"
 
@@ -477,7 +511,8 @@ def build_site() -> Iterator[Site]:
         for host in INSTANCES:
             directory = root / host
             directory.mkdir()
-            command = [*GATEWAY, "serve", *SERVE_ARGS, *DEMO_MOUNTS, "--mount", "/echo=tests.netns:echo"]
+            command = [*GATEWAY, *service_args(lan.address[host], INSTANCES[host]), *DEMO_MOUNTS,
+                       "--mount", "/echo=tests.netns:echo"]
             instances[host] = Instance(lan, host, command,
                                        server_env(directory, **shared, GATEWAY_NETNS_INSTANCE=host),
                                        directory / "gateway.log")
@@ -555,6 +590,90 @@ def login(site: Site, timeout: float = 30, username: str = ADMIN, password: str 
 
 def admin_ok(response: httpx.Response) -> bool:
     return response.status_code == 200 and "Site administration" in response.text
+
+
+def proxied(site: Site, instance: Instance, cookies: str = "", timeout: float = 30) -> httpx.Client:
+    """A client of ``instance`` alone, sending what nginx would (call it on the proxy host's
+    threads, whose address the instances trust): the client's address, HTTPS, the host name
+    and the /apps prefix. Paths are the gateway's own (``/django/...``); redirects name /apps."""
+    headers = {"Host": SITE, "X-Forwarded-For": site.lan.address["client"], "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": SITE, "X-Forwarded-Prefix": "/apps", "Origin": site.url}
+    if cookies:
+        headers["Cookie"] = cookies
+    return httpx.Client(base_url=instance.url, headers=headers, timeout=timeout)
+
+
+def new_greeting(site: Site, language: str) -> int:
+    """A greeting row of the test's own (in the database directly); its id."""
+    rows = site.postgres.execute(
+        f"INSERT INTO django_hello_greeting (language, text) VALUES ('{language}', 'Hi') RETURNING id", DB_NAME)
+    return int(str(rows[0][0]))
+
+
+def change_load(connect: Callable[[], httpx.Client], change_url: str, token: str, language: str, prefix: str,
+                stop: threading.Event, out: list[Call]) -> None:
+    """POST the admin's change form of one greeting, a new text each time, as a signed-in
+    browser would. Each save adds a row to django_admin_log, in the same transaction, and
+    that table has no unique constraint: a save applied twice shows as two rows."""
+    with connect() as http:
+        number = 0
+        while not stop.is_set():
+            key = f"{prefix}{number:04d}"
+            number += 1
+            form = {"csrfmiddlewaretoken": token, "language": language, "text": key, "_save": "Save"}
+            out.append(timed("POST change", lambda form=form: http.post(change_url, data=form),
+                             lambda r: r.headers.get("location", ""), key))
+
+
+def saved(site: Site, prefix: str) -> Counter[str]:
+    """How many times each text starting with ``prefix`` was saved (django_admin_log's rows)."""
+    rows = site.postgres.execute(
+        f"SELECT object_repr FROM django_admin_log WHERE object_repr LIKE '%: {prefix}%'", DB_NAME)
+    return Counter(str(row[0]).split(": ", 1)[1] for row in rows)
+
+
+@dataclass
+class Writes:
+    """What became of admin saves: acknowledged (302 to the list), failed where the client
+    could see it (a 5xx or a broken connection), anything else; and the rows stored."""
+
+    calls: list[Call]
+    stored: Counter[str]
+
+    @property
+    def acked(self) -> set[str]:
+        return {c.key for c in self.calls if (c.status, c.detail) == (302, GREETINGS)}
+
+    @property
+    def visible(self) -> set[str]:
+        return {c.key for c in self.calls if c.failed}
+
+    @property
+    def other(self) -> list[Call]:
+        return [c for c in self.calls if not c.failed and (c.status, c.detail) != (302, GREETINGS)]
+
+    @property
+    def twice(self) -> list[str]:
+        return [key for key, n in self.stored.items() if n > 1]
+
+    def problems(self) -> list[str]:
+        present = set(self.stored)
+        out = []
+        if missing := self.acked - present:
+            out.append(f"acknowledged but not stored: {sorted(missing)}")
+        if self.twice:
+            out.append(f"stored twice or more: {self.twice}")
+        if unanswered := present - self.acked - self.visible:
+            out.append(f"stored without any answer: {sorted(unanswered)}")
+        if self.other:
+            out.append(f"answered neither 302 nor a failure:\n{first_lines(self.other)}")
+        return out
+
+    def summary(self) -> str:
+        present = set(self.stored)
+        return (f"{len(self.calls)} sent, {len(self.acked)} acknowledged (302), {len(present)} stored, "
+                f"{len(self.acked - present)} acknowledged but missing, {len(self.twice)} twice; "
+                f"{len(self.visible)} failed visibly ({len(self.visible & present)} of them stored all the same)")
 
 
 @dataclass
@@ -747,27 +866,24 @@ def test_trust_follows_the_proxy_address(site: Site, show: Callable[[str], None]
     with contextlib.suppress(AssertionError):
         wait_until(lambda: access() == expected, 5, "")
     assert access() == expected, access()
+    # /readyz through nginx: its allow-list (loopback and private networks) as shipped. The
+    # client's 198.18.0.0/15 is none of them; nginx's own host is.
+    readyz = {"client": site.on_client(readyz_through_nginx, site, proxy),
+              "proxy": lan.on("proxy", readyz_through_nginx, site, "127.0.0.1")}
+    assert readyz == {"client": 403, "proxy": 200}, readyz
     show(f"trust: through the proxy the apps saw client {client}, https, /apps; straight from the client "
-         f"the forged headers were ignored on both instances; from the proxy ({proxy}) the same headers were believed")
+         f"the forged headers were ignored on both instances; from the proxy ({proxy}) the same headers were believed; "
+         f"/readyz through nginx: {readyz['client']} to the client, {readyz['proxy']} to nginx's own host")
+
+
+def readyz_through_nginx(site: Site, address: str) -> int:
+    """GET /readyz from nginx at ``address`` (by the site's name, over TLS)."""
+    transport = Resolving({SITE: address}, verify=site.tls)
+    with httpx.Client(base_url=site.url, transport=transport, timeout=10) as http:
+        return http.get("/readyz").status_code
 
 
 # ---------------------------------------------------------------------------- 2. an app host vanishes
-
-
-def write_load(site: Site, cookies: str, token: str, prefix: str, stop: threading.Event, out: list[Call],
-               patience: float) -> None:
-    """POST the admin's add form with a new key each time, as a signed-in browser would."""
-    with site.client(timeout=patience) as http:
-        number = 0
-        while not stop.is_set():
-            key = f"{prefix}{number:04d}"
-            number += 1
-            form = {"csrfmiddlewaretoken": token, "language": key, "text": f"Hello {key}", "_save": "Save"}
-
-            def post(form: dict[str, str] = form) -> httpx.Response:
-                return http.post(GREETINGS + "add/", headers={"Cookie": cookies}, data=form)
-
-            out.append(timed("POST add", post, lambda r: r.headers.get("location", ""), key))
 
 
 def read_load(site: Site, method: str, path: str, stop: threading.Event, out: list[Call], patience: float) -> None:
@@ -778,43 +894,76 @@ def read_load(site: Site, method: str, path: str, stop: threading.Event, out: li
         repeat(stop, out, lambda: timed(f"{method} {path}", lambda: http.request(method, path), instance), 0.02)
 
 
-def test_app_host_vanishes_under_load(site: Site, show: Callable[[str], None]) -> None:
-    """app1's cable is pulled for APP_CUT s under wrk (GET), the test's GET and HEAD and admin writes.
+def probe_load(site: Site, stop: threading.Event, out: list[Call], patience: float) -> None:
+    """A GET of /apps/echo/ every 0.1 s, each on a new connection and a thread of its own, so
+    that a request the cut catches holds up no other: the failover is measured on these."""
+    pool = site.lan.threads("client", 64, pool="probes")
 
-    No GET or HEAD fails (wrk, the test's clients, nginx's log); nginx has answered every
-    request the cut caught within proxy_read_timeout + proxy_connect_timeout; every write
-    answered 302 is in the database once, every other write failed visibly (5xx, or the
-    connection); the cable comes back and app1, the same process, serves again.
+    def probe() -> None:
+        with site.client(timeout=patience) as http:
+            out.append(timed("GET /apps/echo/", lambda: http.get("/apps/echo/"),
+                             lambda r: str(r.json()["instance"]) if r.status_code == 200 else ""))
+
+    while not stop.wait(0.1):
+        pool.submit(probe)
+
+
+def test_app_host_vanishes_under_load(site: Site, show: Callable[[str], None]) -> None:
+    """app1's cable is pulled for APP_CUT s under wrk (GET), the test's GET and HEAD and admin saves.
+
+    While app1 is away: every request started more than the failover time after the cut is
+    answered 200 by app2 within proxy_connect_timeout + 1 s, and that failover time is at
+    most the upstream keepalive_timeout + proxy_connect_timeout + 1 s (nginx stops sending to
+    app1 once its kept connections are used up and two new ones failed). Requests the cut
+    caught on app1 are answered only when its cable comes back (a host that stays away holds
+    them for proxy_read_timeout), then by a retry on app2. No GET or HEAD fails (wrk, the
+    test's clients, nginx's log); every save answered 302 is stored once (django_admin_log,
+    no unique constraint), every other one failed visibly (5xx, or the connection) or was not
+    stored; the cable comes back and app1, the same process, serves again.
     """
     site.healthy()
     nginx = site.nginx
     connect, read = nginx.seconds("proxy_connect_timeout"), nginx.seconds("proxy_read_timeout")
     fail_timeout = nginx.seconds("fail_timeout")
+    upstream_idle = nginx.seconds("keepalive_timeout")  # the upstream block's, in nginx.conf (read first)
     # Clients wait longer than nginx ever would: what fails, nginx failed.
     patience = read + 2 * connect + 10
-    bound = read + connect + 2  # nginx has answered every request caught by the cut by then
+    failover_bound = upstream_idle + connect + 1
+    assert BOUNDS.get("app-failover") == failover_bound, (
+        f"docs/deploying.md's bound for app-failover is {BOUNDS.get('app-failover')}; nginx's settings make it "
+        f"{failover_bound} (upstream keepalive_timeout + proxy_connect_timeout + 1 s): update the page")
 
-    def signed_in() -> tuple[str, str]:
+    prefix = f"n{secrets.token_hex(3)}"
+    greetings = [new_greeting(site, f"{prefix}w{i}") for i in range(2)]
+
+    def signed_in_() -> tuple[str, str]:
         with contextlib.closing(login(site)) as http:
-            page = http.get(GREETINGS + "add/")
+            page = http.get(f"{GREETINGS}{greetings[0]}/change/")
             assert page.status_code == 200, page.status_code
             return (f"sessionid={http.cookies['sessionid']}; csrftoken={http.cookies['csrftoken']}",
                     form_token(page.text))
 
-    cookies, token = site.on_client(signed_in)
-    prefix = f"n{secrets.token_hex(3)}"
+    cookies, token = site.on_client(signed_in_)
+
+    def via_nginx() -> httpx.Client:
+        http = site.client(timeout=patience)
+        http.headers["Cookie"] = cookies
+        return http
+
     since = len(nginx.access_log)
     stop = threading.Event()
     reads: list[Call] = []
+    probes: list[Call] = []
     writes: list[list[Call]] = [[], []]
     wrk = start_wrk(site, "/apps/flask/", 600, 8, patience)
-    tasks = [site.in_background(read_load, site, "GET", "/apps/echo/", stop, reads, patience) for _ in range(2)]
+    tasks = [site.in_background(probe_load, site, stop, probes, patience)]
+    tasks += [site.in_background(read_load, site, "GET", "/apps/echo/", stop, reads, patience) for _ in range(2)]
     tasks += [site.in_background(read_load, site, "HEAD", "/apps/flask/", stop, reads, patience) for _ in range(2)]
-    tasks += [site.in_background(write_load, site, cookies, token, f"{prefix}{i}", stop, writes[i], patience)
-              for i in range(2)]
+    tasks += [site.in_background(change_load, via_nginx, f"{GREETINGS}{gid}/change/", token, f"{prefix}w{i}",
+                                 f"{prefix}{i}", stop, writes[i]) for i, gid in enumerate(greetings)]
     back = math.inf
     try:
-        time.sleep(3)
+        wait_until(lambda: len(reads) > 20 and len(probes) > 5 and all(writes), 10, "the clients did not start")
         with site.lan.vanished("app1") as cut:
             time.sleep(APP_CUT)
         mended = time.monotonic()
@@ -823,87 +972,141 @@ def test_app_host_vanishes_under_load(site: Site, show: Callable[[str], None]) -
             return any(c.detail == "app1" and c.start > mended for c in list(reads))
 
         with contextlib.suppress(AssertionError):
-            back = wait_until(app1_serves, fail_timeout + APP_CUT + 10, "")
-        time.sleep(1)
+            back = wait_until(app1_serves, BOUNDS["app-back"] + 1, "")
+        wait_until(lambda: any(c.start > mended + back + 1 for c in list(reads)), 10, "the readers stopped")
     finally:
         stop.set()
         done = [t.exception(timeout=patience + 10) for t in tasks]
+        site.lan.threads("client", pool="probes").shutdown(wait=True)
         load = wrk_result(wrk, stop=True)
     assert not [e for e in done if e], done
-    writes_ = [c for w in writes for c in w]
+    outcome = Writes([c for w in writes for c in w], saved(site, prefix))
 
-    # Which requests the cut caught, and how nginx answered them.
-    caught = [c for c in reads if c.start < mended and c.end > cut and c.latency > 1.0]
-    answered = max((c.end - cut for c in caught), default=0.0)
-    failed = Counter(c.method for c in reads + writes_ if c.failed)
+    # Requests sent while app1 was away, and those the cut caught.
+    away = [c for c in probes if cut < c.start < mended - connect - 1]
+    hurt = [c for c in away if not (c.status == 200 and c.latency <= connect + 1)]
+    failover = max((c.start - cut for c in hurt), default=0.0)
+    caught = [c for c in reads + probes if c.start < mended and c.end > mended - 0.5 and c.latency > connect + 1]
+    failed = Counter(c.method for c in reads + probes + outcome.calls if c.failed)
     logged = nginx_requests(site, since)
     nginx_failed = Counter(m["method"] for m in logged if m["status"].startswith("5")
                            or (m["status"] == "499" and float(m["rt"]) > 1))
     retried = Counter(f"{m['method']} {m['ustatus']}" for m in logged if "," in m["upstream"])
-    acked = {c.key for c in writes_ if (c.status, c.detail) == (302, GREETINGS)}
-    visible = {c.key for c in writes_ if c.failed}
-    other = [c for c in writes_ if not c.failed and (c.status, c.detail) != (302, GREETINGS)]
-    rows = site.rows(f"{prefix}%")
-    present = set(rows)
-    twice = [key for key, n in Counter(rows).items() if n > 1]
 
     show(f"app1 unplugged for {APP_CUT:.0f} s under load; nginx: proxy_connect_timeout {connect:g} s, "
          f"proxy_read_timeout {read:g} s, proxy_next_upstream_timeout "
          f"{nginx.setting('proxy_next_upstream_timeout')}, max_fails={nginx.setting('max_fails')} "
-         f"fail_timeout={fail_timeout:g}s")
-    longest = max((c.latency for c in caught), default=0.0)
-    show(f"  failover time {answered:.1f} s: the test's GET/HEAD caught by the cut ({len(caught)}, waiting > 1 s) "
-         f"were all answered by then (longest wait {longest:.1f} s; outcomes "
-         f"{dict(Counter(c.outcome() for c in caught))}); the rest went to app2 at once")
+         f"fail_timeout={fail_timeout:g}s, upstream keepalive_timeout {upstream_idle:g} s")
+    show(f"  failover {failover:.1f} s: every GET sent later while app1 was away ({len(away) - len(hurt)} of "
+         f"{len(away)}) was answered 200 within {connect + 1:g} s (slowest "
+         f"{max((c.latency for c in away if c.start - cut > failover), default=0):.2f} s)")
+    show(f"  caught by the cut: {len(caught)} GET/HEAD, answered only when the cable came back "
+         f"({dict(Counter(c.outcome() for c in caught))}, waits {min((c.latency for c in caught), default=0):.1f}-"
+         f"{max((c.latency for c in caught), default=0):.1f} s)")
     show(f"  wrk GET /apps/flask/: {load['requests']:.0f} requests, {wrk_failures(load)} failed "
          f"(5xx {load['5xx']:.0f}, timeouts {load['timeout']:.0f}, read errors {load['read']:.0f}), "
          f"p99 {load['p99']:.3f} s, max {load['max']:.1f} s")
     show(f"  requests failed by method (the test's clients): GET {failed['GET']}, HEAD {failed['HEAD']}, "
          f"POST {failed['POST']}; nginx's log (5xx, or given up by the client after > 1 s): {dict(nginx_failed)}; "
          f"retried on the other instance (first status, second): {dict(retried)}")
-    show(f"  writes: {len(writes_)} sent, {len(acked)} acknowledged (302), {len(present)} in the database, "
-         f"{len(acked - present)} acknowledged but missing, {len(twice)} twice; {len(visible)} failed visibly "
-         f"({len(visible & present)} of them stored all the same)")
+    show(f"  saves: {outcome.summary()}")
     show(f"  app1 served again {back:.1f} s after its cable came back, same process: {not site.unchanged()}")
 
-    report = (f"\ncaught:\n{first_lines(caught)}\nfailed:\n{first_lines([c for c in reads + writes_ if c.failed])}"
+    report = (f"\ncaught:\n{first_lines(caught)}\nhurt while away:\n{first_lines(hurt)}"
+              f"\nfailed:\n{first_lines([c for c in reads + probes + outcome.calls if c.failed])}"
               f"\nnginx errors:\n{tail(nginx.error_log, 15)}")
     assert not failed["GET"] and not failed["HEAD"] and not wrk_failures(load), f"GET or HEAD failed:{report}"
     assert not nginx_failed["GET"] and not nginx_failed["HEAD"], f"nginx failed GET or HEAD:{report}"
-    assert answered <= bound, f"nginx took {answered:.1f} s to answer what the cut caught (bound {bound} s){report}"
-    assert acked <= present and not twice, f"acknowledged {sorted(acked - present)} missing, twice {twice}{report}"
-    assert present <= acked | visible, f"stored without any answer: {sorted(present - acked - visible)}"
-    assert not other, f"writes answered neither 302 nor a failure:\n{first_lines(other)}"
-    assert back <= fail_timeout + APP_CUT + 10, f"app1 did not serve again after its cable came back:{report}"
+    assert failover <= failover_bound, f"new requests were held {failover:.1f} s after the cut:{report}"
+    assert len(away) > 20, f"too few probes while app1 was away to measure failover:{report}"
+    assert not outcome.problems(), f"{outcome.problems()}{report}"
+    assert back <= BOUNDS["app-back"], f"app1 did not serve again within {BOUNDS['app-back']} s of its return:{report}"
     assert not site.unchanged(), site.unchanged()
 
 
-# ---------------------------------------------------------------------------- 3. the database host vanishes
+# ---------------------------------------------------------------------------- 3. the database host flaps
 
 
-def test_database_host_vanishes(site: Site, show: Callable[[str], None]) -> None:
-    """The database's cable is pulled for DB_CUT s while the apps hold connections to it (CONN_MAX_AGE).
+def app_backends(site: Site) -> list[tuple[int, str, str]]:
+    """PostgreSQL's view of the apps' connections: (process id, state, client address)."""
+    rows = site.postgres.execute(
+        f"SELECT pid, state, host(client_addr) FROM pg_stat_activity WHERE usename = '{DB_USER}'", DB_NAME)
+    return [(int(str(pid)), str(state), str(addr)) for pid, state, addr in rows]
 
-    /readyz on both instances turns 503 (busy or fail) within GATEWAY_READY_TIMEOUT and answers
-    within it throughout; /flask/ answers 200; pages that need the database answer 503 within
-    the client's timeouts from django_hello/settings.py (connect_timeout, and tcp_user_timeout
-    if set, for a kept connection's health check), never hang; within RECOVERY s of the cable's
-    return every page answers 200, nothing is still running, and no instance restarted.
+
+def app_sockets(site: Site) -> int:
+    """The connections to PostgreSQL the app hosts hold open (established TCP sockets)."""
+    port = site.postgres.port
+    return sum(len(run(*site.lan.exec_args(host), "ss", "-Htn", "state", "established", "dport", "=",
+                       f":{port}").stdout.splitlines()) for host in INSTANCES)
+
+
+def session_limits(options: dict[str, Any]) -> dict[str, float]:
+    """The ``-c name=milliseconds`` settings in libpq's ``options``, in seconds."""
+    return {name: int(value) / 1000 for name, value in re.findall(r"-c (\w+)=(\d+)", str(options.get("options", "")))}
+
+
+def test_database_flaps(site: Site, show: Callable[[str], None]) -> None:
+    """The database's cable is pulled DB_FLAPS times for DB_FLAP s, DB_UP s apart, with
+    PostgreSQL as deploy/postgresql.conf ships it (max_connections 100), while both instances
+    hold connections (CONN_MAX_AGE 60) and each takes admin saves straight from the proxy host.
+    A transaction of the app's, opened from app1's host with the app's connection options, is
+    left open at the first cut, holding a row lock.
+
+    During the flaps: /readyz turns 503 within GATEWAY_READY_TIMEOUT and answers within it;
+    /flask/ answers 200; pages that need the database answer 200 or 503 within the client's
+    timeouts; every save answered 302 is stored once, every other either failed visibly or
+    was not stored; PostgreSQL never runs out of connections. After the last: the leftover
+    transaction is gone within idle_in_transaction_session_timeout, a migration's ALTER
+    TABLE takes its lock, PostgreSQL holds no more connections than the app hosts have open
+    within SETTLE s, none idle in a transaction, and nothing answers 503 from then on.
     """
+    import psycopg
+
     site.healthy()
     options = site.db_options
     connect = float(options.get("connect_timeout", 0))
     assert connect > 0, f"django_hello/settings.py sets no connect_timeout for PostgreSQL: {options}"
     user_timeout = float(options.get("tcp_user_timeout", 0)) / 1000  # libpq's, in ms
-    # A kept connection (CONN_MAX_AGE) fails its health check after tcp_user_timeout, then
-    # Django connects anew: connect_timeout. Without tcp_user_timeout nothing bounds the first.
     bound = connect + user_timeout + 1.5
+    limits = session_limits(options)
+    idle_limit = limits.get("idle_in_transaction_session_timeout", 0)
+    assert idle_limit > 0 and limits.get("lock_timeout", 0) > 0, f"no session limits for PostgreSQL: {options}"
+    max_connections = int(str(site.postgres.execute("SHOW max_connections")[0][0]))
+    conf = postgresql_conf()
+    assert max_connections == int(conf["max_connections"]), max_connections
+    # A connection whose client is gone ends at the server's next keepalive probe after the
+    # network's return: within tcp_keepalives_idle, or _interval once probes have begun.
+    normal_bound = float(conf["tcp_keepalives_idle"]) + float(conf["tcp_keepalives_interval"])
+    assert BOUNDS["db-normal"] == normal_bound, (
+        f"docs/deploying.md's db-normal is {BOUNDS['db-normal']}; deploy/postgresql.conf makes it {normal_bound}")
     ready_timeout = DEFAULT_READY_TIMEOUT
+
     http = site.on_client(login, site, 60)
+    prefix = f"d{secrets.token_hex(3)}"
+    greetings = {host: new_greeting(site, f"{prefix}{host}") for host in INSTANCES}
+    locked = new_greeting(site, f"{prefix}lock")
     try:
+        cookies = f"sessionid={http.cookies['sessionid']}; csrftoken={http.cookies['csrftoken']}"
+        token = form_token(site.on_client(http.get, f"{GREETINGS}{greetings['app1']}/change/").text)
         for _ in range(6):  # kept connections on both instances' threads
             assert admin_ok(site.on_client(http.get, "/apps/django/admin/"))
+        # The leftover: the app's own connection options, from app1's address.
+        conninfo = {k: v for k, v in options.items() if k in {"connect_timeout", "tcp_user_timeout", "keepalives",
+                                                             "keepalives_idle", "keepalives_interval",
+                                                             "keepalives_count", "options"}}
+        leftover = site.lan.on("app1", psycopg.connect, site.postgres.lan_url(), **conninfo)
+        site.lan.at_close(leftover.close)
+        shown = {name: leftover.execute(f"SHOW {name}").fetchone()[0] for name in limits}  # type: ignore[index]
+        assert shown == {name: f"{value:g}s" for name, value in limits.items()}, (shown, limits)
+        leftover.execute(f"UPDATE django_hello_greeting SET text = 'held' WHERE id = {locked}")
+        leftover_pid = leftover.info.backend_pid
+        left_at = time.monotonic()  # its last statement
+
         calls: list[Call] = []
+        writes: dict[str, list[Call]] = {host: [] for host in INSTANCES}
+        peak: list[int] = [0]
+        gone_at: list[float] = []
         stop = threading.Event()
 
         def ready_poll(instance: Instance) -> None:
@@ -918,78 +1121,133 @@ def test_database_host_vanishes(site: Site, show: Callable[[str], None]) -> None
         def db_poll(path: str) -> None:
             repeat(stop, calls, lambda: timed(f"GET {path}", lambda: http.get(path)), 0.1)
 
+        def watch() -> None:
+            """PostgreSQL's side, through its Unix socket (which no cut reaches)."""
+            while not stop.is_set():
+                held = app_backends(site)
+                peak[0] = max(peak[0], len(held))
+                if not gone_at and leftover_pid not in {pid for pid, _, _ in held}:
+                    gone_at.append(time.monotonic())
+                stop.wait(0.2)
+
         tasks = [site.in_background(ready_poll, s) for s in site.instances.values()]
-        tasks += [site.in_background(flask_poll)]
+        tasks += [site.in_background(flask_poll), site.lan.threads("proxy").submit(watch)]
         tasks += [site.in_background(db_poll, p) for p in DB_PAGES]
-        recovered = math.inf
+        for host, instance in site.instances.items():
+            change_url = f"{GREETINGS.removeprefix('/apps')}{greetings[host]}/change/"
+            tasks.append(site.lan.threads("proxy").submit(
+                change_load, lambda instance=instance: proxied(site, instance, cookies, 60), change_url, token,
+                f"{prefix}{host}", f"{prefix}{host[-1]}", stop, writes[host]))
+        cuts: list[tuple[float, float]] = []
+        recovered = normal = math.inf
+        migrated = ""
         try:
-            time.sleep(1)
-            with site.lan.vanished("db") as cut:
-                # Besides the pollers' (each may have one running at the cut), requests that surely
-                # start after it, two a page: one each instance, as nginx takes turns.
-                for path in [*DB_PAGES, *DB_PAGES]:
-                    tasks.append(site.in_background(lambda path=path: calls.append(
-                        timed(f"GET {path}", lambda: http.get(path)))))
-                time.sleep(DB_CUT)
-            mended = time.monotonic()
+            wait_until(lambda: all(len(w) >= 2 for w in writes.values()), 10, "the writers did not start")
+            for flap in range(DB_FLAPS):
+                if flap:
+                    time.sleep(DB_UP)
+                with site.lan.vanished("db") as cut:
+                    time.sleep(DB_FLAP)
+                cuts.append((cut, time.monotonic()))
+            last = cuts[-1][1]
 
             def recovered_() -> bool:
-                after = [c for c in calls if c.start > mended]
-                return all(any(c.what == what and c.status == 200 for c in after) for what in
-                           {c.what for c in calls})
+                after = [c for c in calls if c.start > last]
+                return all(any(c.what == what and c.status == 200 for c in after) for what in {c.what for c in calls})
+
+            def back_to_normal() -> bool:
+                held = app_backends(site)
+                idle = [pid for pid, state, _ in held if state.startswith("idle in transaction")]
+                return len(held) <= app_sockets(site) and not idle
 
             with contextlib.suppress(AssertionError):
-                recovered = wait_until(recovered_, RECOVERY + 10, "")
-            time.sleep(1)
+                recovered = wait_until(recovered_, SETTLE, "")
+            with contextlib.suppress(AssertionError):
+                wait_until(back_to_normal, max(0.0, last + normal_bound + 1 - time.monotonic()), "", interval=0.25)
+                normal = time.monotonic() - last
+            # A migration in the recommended style, with the app's lock_timeout: it takes its lock.
+            try:
+                site.postgres.execute(f"SET lock_timeout = '{limits['lock_timeout']}s'; ALTER TABLE "
+                                      "django_hello_greeting ADD COLUMN netns_probe integer NULL; ALTER TABLE "
+                                      "django_hello_greeting DROP COLUMN netns_probe", DB_NAME)
+                migrated = "ok"
+            except Exception as exc:
+                migrated = f"{type(exc).__name__}: {exc}"
+            # Everything started SETTLE s after the last flap must answer: watch a moment past it.
+            wait_until(lambda: time.monotonic() > last + SETTLE + 1, SETTLE + 2, "")
         finally:
             stop.set()
             deadline = time.monotonic() + 70
             stuck = [t for t in tasks if not wait_until_done(t, deadline - time.monotonic())]
     finally:
         site.on_client(http.close)
+    held = app_backends(site)
+    sockets = app_sockets(site)
+    gone = gone_at[0] - left_at if gone_at else math.inf
 
-    # What the cut met: requests that were running at the cut or started during it.
-    during = [c for c in calls if c.end > cut + 0.01 and c.start < mended]
-    readyz = [c for c in during if c.what.endswith("/readyz")]
-    # Each instance's first probe sent after the cut starts a check of its own, which cannot reach the database.
-    first = {what: min((c for c in readyz if c.what == what and c.start > cut), key=lambda c: c.start)
+    first_cut = cuts[0][0]
+    in_cut = [c for c in calls if any(c.end > cut + 0.01 and c.start < mended for cut, mended in cuts)]
+    readyz = [c for c in in_cut if c.what.endswith("/readyz")]
+    first = {what: min((c for c in readyz if c.what == what and c.start > first_cut), key=lambda c: c.start)
              for what in {c.what for c in readyz}}
-    first_503 = {what.split()[1]: round(min(c.end for c in readyz if c.what == what and c.status == 503) - cut, 2)
-                 for what in {c.what for c in readyz if c.status == 503}}  # the first 503 answer after the cut
     flask = [c for c in calls if c.what == "GET /apps/flask/"]
-    pages = [c for c in during if c.what.startswith("GET /apps/") and c.what != "GET /apps/flask/"]
-    late = [c for c in calls if c.start < mended and c.end > mended + RECOVERY]
+    pages = [c for c in calls if c.what.startswith("GET /apps/") and c.what != "GET /apps/flask/"]
+    started_in_cut = [c for c in pages if any(cut < c.start < mended for cut, mended in cuts)]
+    settled = [c for c in calls if c.start > last + SETTLE]
+    outcome = {host: Writes(w, saved(site, f"{prefix}{host[-1]}")) for host, w in writes.items()}
+    refused = site.postgres.log.count("too many clients")
 
-    show(f"database unplugged for {DB_CUT:.0f} s; psycopg connect_timeout {connect:g} s, tcp_user_timeout "
-         f"{user_timeout * 1000:g} ms, DJANGO_CONN_MAX_AGE 60, GATEWAY_READY_TIMEOUT {ready_timeout:g} s")
-    show(f"  /readyz turned 503 {first_503} s after the cut; answers during the cut "
+    show(f"database unplugged {DB_FLAPS} times for {DB_FLAP:g} s, {DB_UP:g} s apart; max_connections "
+         f"{max_connections}; psycopg connect_timeout {connect:g} s, tcp_user_timeout {user_timeout * 1000:g} ms; "
+         f"session limits {limits}")
+    show(f"  /readyz first 503 after the first cut: "
+         f"{ {w.split()[1]: (c.status, round(c.latency, 2)) for w, c in first.items()} }; answers during the cuts "
          f"{dict(Counter((c.status, c.detail) for c in readyz))}, slowest {max(c.latency for c in readyz):.2f} s")
     show(f"  /flask/: {dict(Counter(c.outcome() for c in flask))}, slowest {max(c.latency for c in flask):.2f} s")
     for what in sorted({c.what for c in pages}):
         mine = [c for c in pages if c.what == what]
         show(f"  {what[4:]}: {dict(Counter(c.outcome() for c in mine))}, latency "
              f"{min(c.latency for c in mine):.2f}-{max(c.latency for c in mine):.2f} s")
-    show(f"  recovered {recovered:.1f} s after the cable came back; requests still running {RECOVERY:g} s after it: "
-         f"{len(late)}; stuck clients: {len(stuck)}; instances restarted: {site.unchanged() or 'none'}")
+    for host, result in outcome.items():
+        show(f"  saves straight to {host}: {result.summary()}")
+    show(f"  PostgreSQL: at most {peak[0]} connections of the apps during the flaps (max_connections "
+         f"{max_connections}, refused {refused}); at the end {len(held)} held, {sockets} open on the app hosts; "
+         f"back to normal {normal:.1f} s after the last flap")
+    show(f"  the leftover transaction ended {gone:.1f} s after its last statement (limit {idle_limit:g} s); "
+         f"a migration's ALTER TABLE then: {migrated}")
+    show(f"  everything answered again {recovered:.1f} s after the last flap; {len(settled)} requests from "
+         f"{SETTLE:g} s after it: {dict(Counter(c.outcome() for c in settled))}; stuck clients: {len(stuck)}; "
+         f"instances restarted: {site.unchanged() or 'none'}")
 
     report = f"\n{first_lines(sorted(pages + readyz, key=lambda c: c.start), 40)}\n{site.logs(15)}"
-    assert not stuck, f"requests still running 70 s after the cut ended:{report}"
-    assert all(c.status == 503 and c.latency <= ready_timeout + 0.5 for c in first.values()) and len(first) == 2, (
-        f"the first /readyz after the cut was not 503 within {ready_timeout} s: {first}{report}")
+    assert not stuck, f"requests still running 70 s after the flaps:{report}"
+    assert len(first) == 2 and all(c.status == 503 and c.latency <= ready_timeout + 0.5 for c in first.values()), (
+        f"the first /readyz after the first cut was not 503 within {ready_timeout} s: {first}{report}")
     assert all(c.latency <= ready_timeout + 1 for c in readyz), f"/readyz took longer than {ready_timeout} s:{report}"
-    within = [c for c in readyz if c.start > cut + 1 and c.end < mended]
+    within = [c for c in readyz if any(c.start > cut + 1 and c.end < mended for cut, mended in cuts)]
     assert all(c.status == 503 and c.detail in {"busy", "fail"} for c in within), (
-        f"/readyz was not 503 busy or fail during the cut:{report}")
+        f"/readyz was not 503 busy or fail during a cut:{report}")
     assert all(c.status == 200 and c.latency < 2 for c in flask), f"/flask/ did not keep answering:{report}"
-    assert all(c.latency <= bound for c in pages if c.start > cut), (
-        f"pages that need the database took longer than {bound} s:{report}")
-    # Running at the cut, a page may have had what it needed already; started after it, only the
-    # cable's return lets it succeed.
-    assert all(c.status == 503 or (c.status == 200 and (c.start < cut or c.end > mended)) for c in pages), (
-        f"pages that need the database neither answered nor failed with a 503:{report}")
+    assert all(c.status in {200, 503} for c in pages), f"pages answered neither 200 nor 503:{report}"
+    assert all(c.latency <= bound for c in started_in_cut), (
+        f"pages that need the database took longer than {bound} s in a cut:{report}")
     assert any(c.status == 503 for c in pages), report
+    for host, result in outcome.items():
+        assert result.acked and result.visible, f"{host}: saves did not both succeed and fail:\n{result.summary()}"
+        assert not result.problems(), f"{host}: {result.problems()}"
+    assert BOUNDS["db-peak"] < max_connections, "docs/deploying.md's db-peak must be below max_connections"
+    assert peak[0] <= BOUNDS["db-peak"] and not refused, f"PostgreSQL held {peak[0]} connections of the apps:{report}"
+    assert BOUNDS["db-leftover"] == idle_limit + 2, (
+        f"docs/deploying.md's db-leftover is {BOUNDS['db-leftover']}; the app's idle_in_transaction_session_timeout "
+        f"is {idle_limit} s (+ 2 s): update the page")
+    assert gone <= BOUNDS["db-leftover"], f"the leftover transaction was still there {BOUNDS['db-leftover']:g} s on"
+    assert migrated == "ok", f"the migration's ALTER TABLE failed: {migrated}"
+    assert normal <= normal_bound, (f"PostgreSQL held {len(held)} connections of the apps, which have {sockets} "
+                                    f"open, {normal_bound:g} s after the last flap: {held}")
     assert recovered <= RECOVERY, f"not everything recovered within {RECOVERY} s:{report}"
-    assert not late, f"requests still running {RECOVERY} s after the cable came back:\n{first_lines(late)}"
+    assert BOUNDS["db-settled-503"] == 0
+    assert settled and all(c.status == 200 for c in settled), (
+        f"503s (or worse) {SETTLE} s after the last flap:\n{first_lines([c for c in settled if c.status != 200])}")
     assert not site.unchanged(), site.unchanged()
 
 
@@ -1001,7 +1259,82 @@ def wait_until_done(task: Future[Any], timeout: float) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------- 4. the cache host vanishes
+# ---------------------------------------------------------------------------- 4. the cache: sign-out everywhere
+
+
+def signed_in(site: Site) -> tuple[httpx.Client, str, str]:
+    """A session signed in through nginx and used on both instances: the client, the Cookie
+    header to send straight to an instance, and the sign-out form's token."""
+    http = site.on_client(login, site, 60)
+    cookies = f"sessionid={http.cookies['sessionid']}; csrftoken={http.cookies['csrftoken']}"
+    token = form_token(site.on_client(http.get, "/apps/django/admin/").text)
+    for instance in site.instances.values():
+        assert site.lan.on("proxy", accepted, site, instance, cookies, 1) == [True], instance.host
+    return http, cookies, token
+
+
+def accepted(site: Site, instance: Instance, cookies: str, times: int) -> list[bool]:
+    """Whether ``instance`` shows the admin's index to the session, ``times`` times (call on the proxy host)."""
+    with proxied(site, instance, cookies) as http:
+        return [admin_ok(http.get("/django/admin/")) for _ in range(times)]
+
+
+def sign_out(site: Site, instance: Instance, cookies: str, token: str) -> Call:
+    """Sign out through ``instance`` (call on the proxy host)."""
+    with proxied(site, instance, cookies) as http:
+        return timed(f"POST logout via {instance.host}", lambda: http.post(
+            "/django/admin/logout/", data={"csrfmiddlewaretoken": token}))
+
+
+# Django's cache, set and read in a process of its own on an app host: DegradingRedisCache.
+CACHE_PROBE = ("import django, time; django.setup(); from django.core.cache import cache; t = time.monotonic(); "
+               "cache.set('netns', 1); print('CACHE', cache.get('netns'), round(time.monotonic() - t, 2))")
+
+
+def cache_probe(site: Site, host: str) -> subprocess.Popen[str]:
+    """django_hello's settings on ``host`` with the instance's environment, running CACHE_PROBE
+    (Django alone starts in about 1 s where ``gateway manage shell`` took 6 s here)."""
+    env = site.instances[host].env
+    env = {**env, "DJANGO_SETTINGS_MODULE": "django_hello.settings", "DJANGO_DATA_DIR": env["GATEWAY_DATA_DIR"]}
+    return subprocess.Popen([*site.lan.exec_args(host), sys.executable, "-c", CACHE_PROBE], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sign_out_reaches_every_host(site: Site, show: Callable[[str], None]) -> None:
+    """Redis is unreachable from app2 only (both still reach everything else): a session
+    signed in and used on both instances is signed out through app2. The sign-out answers
+    200 within CACHE_PATIENCE s; from then on app1 and app2 each refuse the session
+    SIGN_OUT_TRIES times of SIGN_OUT_TRIES, nginx too, and so does every host once Redis is
+    reachable again. (With cached_db sessions app1 accepted it 6 times of 6: app2's delete
+    of Redis's copy was dropped.) Meanwhile Django's cache on app2 (a process of its own) sets
+    and reads without an error, as a miss, within CACHE_PATIENCE s."""
+    site.healthy()
+    http, cookies, token = signed_in(site)
+    try:
+        with site.lan.parted("app2", "cache"):
+            probe = cache_probe(site, "app2")
+            out = site.lan.on("proxy", sign_out, site, site.instances["app2"], cookies, token)
+            during = {host: site.lan.on("proxy", accepted, site, s, cookies, SIGN_OUT_TRIES)
+                      for host, s in site.instances.items()}
+            through = [admin_ok(site.on_client(http.get, "/apps/django/admin/")) for _ in range(SIGN_OUT_TRIES)]
+            cached, cache_log = probe.communicate(timeout=120)
+        after = {host: site.lan.on("proxy", accepted, site, s, cookies, 2) for host, s in site.instances.items()}
+    finally:
+        site.on_client(http.close)
+    show(f"sign-out with Redis unreachable from app2 only: through app2 {out.outcome()} in {out.latency:.2f} s; "
+         f"the session then accepted by app1 {sum(during['app1'])} of {SIGN_OUT_TRIES}, app2 {sum(during['app2'])} "
+         f"of {SIGN_OUT_TRIES}, nginx {sum(through)} of {SIGN_OUT_TRIES}; after the heal "
+         f"{sum(map(sum, after.values()))} of {2 * len(after)}; Django's cache on app2 meanwhile: "
+         f"{cached.strip().splitlines()[-1:] or probe.returncode}")
+    match = re.search(r"^CACHE None ([\d.]+)$", cached, re.M)
+    assert probe.returncode == 0 and match and float(match.group(1)) <= CACHE_PATIENCE, (
+        f"Django's cache without Redis: exit {probe.returncode}\n{cached}\n{tail(cache_log, 20)}")
+    assert "The cache is unavailable" in cache_log, cache_log
+    assert out.status == 200 and out.latency <= CACHE_PATIENCE, out
+    assert BOUNDS["sign-out-accepted"] == 0
+    assert not any(during["app1"]) and not any(during["app2"]) and not any(through), (during, through)
+    assert not any(map(any, after.values())), after
+    assert not site.unchanged(), site.unchanged()
 
 
 def test_cache_host_vanishes(site: Site, show: Callable[[str], None]) -> None:
@@ -1009,21 +1342,16 @@ def test_cache_host_vanishes(site: Site, show: Callable[[str], None]) -> None:
 
     Sign-in, the admin's pages and sign-out answer 200 or 302 within CACHE_PATIENCE s, never a
     5xx, with sessions in the database; at most one WARNING line per worker process for the
-    outage (which is shorter than any sensible interval between them) and no ERROR line;
-    within CACHE_RETURN s of the cable's return new sessions are in Redis again, and a session
-    signed out while it was away does not come back from it.
+    outage and no ERROR line; a session signed out through app1 during the cut is refused by
+    both instances during the cut and after it; one signed in before the cut still works.
     """
     site.healthy()
     since = {name: len(s.records()) for name, s in site.instances.items()}
     staying = site.on_client(login, site, 60)
-    leaving = site.on_client(login, site, 60)
+    leaving, cookies, token = signed_in(site)
     calls: list[Call] = []
     fresh: list[str] = []
     try:
-        assert site.redis.has_session(staying.cookies["sessionid"]), "sessions are not cached in Redis to begin with"
-        leaving_key = leaving.cookies["sessionid"]
-        logout_token = form_token(site.on_client(leaving.get, "/apps/django/admin/").text)
-
         def sign_in() -> None:
             call = Call("sign-in", time.monotonic())
             try:
@@ -1035,28 +1363,17 @@ def test_cache_host_vanishes(site: Site, show: Callable[[str], None]) -> None:
             call.end = time.monotonic()
             calls.append(call)
 
-        def log_out() -> Call:
-            return timed("POST logout", lambda: leaving.post("/apps/django/admin/logout/",
-                                                              data={"csrfmiddlewaretoken": logout_token}))
-
         with site.lan.vanished("cache") as cut:
-            logout = site.on_client(log_out)
+            logout = site.lan.on("proxy", sign_out, site, site.instances["app1"], cookies, token)
             calls.append(logout)
+            during = {host: site.lan.on("proxy", accepted, site, s, cookies, 2) for host, s in site.instances.items()}
             while time.monotonic() - cut < CACHE_CUT:
                 site.on_client(sign_in)
                 for path in ("/apps/django/admin/", GREETINGS, GREETINGS + "add/"):
                     calls.append(site.on_client(timed, f"GET {path}", lambda path=path: staying.get(path)))
-        during, made = list(calls), list(fresh)
+        made = list(fresh)
         in_db = [key for key in made if site.has_session(key)]
-
-        def cached_again() -> bool:
-            site.on_client(sign_in)
-            return site.redis.has_session(fresh[-1])
-
-        back = math.inf
-        with contextlib.suppress(AssertionError, IndexError):
-            back = wait_until(cached_again, CACHE_RETURN + 5, "", interval=0.5)
-        resurrected = admin_ok(site.on_client(leaving.get, "/apps/django/admin/"))
+        after = {host: site.lan.on("proxy", accepted, site, s, cookies, 2) for host, s in site.instances.items()}
         still = admin_ok(site.on_client(staying.get, "/apps/django/admin/"))
     finally:
         site.on_client(staying.close)
@@ -1065,23 +1382,24 @@ def test_cache_host_vanishes(site: Site, show: Callable[[str], None]) -> None:
     errors = [r for rs in problems.values() for r in rs if r["level"] != "WARNING"]
     warnings = {name: len(rs) for name, rs in problems.items()}
 
-    outcomes = dict(Counter(c.outcome() for c in during))
-    show(f"cache unplugged for {CACHE_CUT:.0f} s: {len(during)} requests, {outcomes}, "
-         f"latency {min(c.latency for c in during):.2f}-{max(c.latency for c in during):.2f} s; sessions made "
+    outcomes = dict(Counter(c.outcome() for c in calls))
+    show(f"cache unplugged for {CACHE_CUT:.0f} s: {len(calls)} requests, {outcomes}, "
+         f"latency {min(c.latency for c in calls):.2f}-{max(c.latency for c in calls):.2f} s; sessions made "
          f"meanwhile in the database: {len(in_db)} of {len(made)}")
-    show(f"  back in Redis {back:.1f} s after its cable came back; a session signed out during the cut "
-         f"{'came back' if resurrected else 'stayed signed out'}; WARNING lines {warnings}, ERROR lines {len(errors)}")
+    show(f"  a session signed out through app1 during the cut ({logout.outcome()}): accepted during the cut "
+         f"{ {h: sum(v) for h, v in during.items()} } of 2 each, after it { {h: sum(v) for h, v in after.items()} }; "
+         f"WARNING lines {warnings}, ERROR lines {len(errors)}")
     messages = first_lines([f"{r['level']} {r['logger']}: {r['message'][:160]}"
                             for rs in problems.values() for r in rs])
-    report = f"\n{first_lines(during, 30)}\nlog:\n{messages}"
-    assert all(c.status in {200, 302} and c.latency <= CACHE_PATIENCE for c in during), (
-        f"sign-in or admin pages failed or took longer than {CACHE_PATIENCE} s without the cache:{report}")
+    report = f"\n{first_lines(calls, 30)}\nlog:\n{messages}"
+    assert all(c.status in {200, 302} and c.latency <= CACHE_PATIENCE for c in calls), (
+        f"sign-in, sign-out or admin pages failed or took longer than {CACHE_PATIENCE} s without the cache:{report}")
     assert made and in_db == made, f"sessions made while the cache was away are not in the database:{report}"
     assert not errors, f"ERROR lines while the cache was away:{report}"
     assert all(n <= WORKERS for n in warnings.values()), f"more than one warning line per worker:{report}"
-    assert back <= CACHE_RETURN, f"sessions did not go to Redis again within {CACHE_RETURN} s:{report}"
-    assert logout.status != 200 or not resurrected, (
-        f"the session signed out while the cache was away ({leaving_key}) works again")
+    assert logout.status == 200, logout
+    assert not any(map(any, during.values())) and not any(map(any, after.values())), (
+        f"the session signed out while the cache was away was accepted: during {during}, after {after}")
     assert still, "the session signed in before the cut no longer works"
     assert not site.unchanged(), site.unchanged()
 

@@ -1,10 +1,11 @@
-"""Django's cache and sessions in Redis (``REDIS_URL``), on a private redis-server."""
+"""Django's cache in Redis (``REDIS_URL``), on a private redis-server; sessions stay in the database."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,7 +44,9 @@ def redis_url(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     proc.wait(10)
 
 
-def test_admin_session_is_cached_in_redis(start_gateway, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_is_redis_and_sessions_stay_in_the_database(start_gateway, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Django's cache writes to Redis; a signed-in session is in the database and not in Redis
+    (a sign-out must reach every host: django_hello/settings.py)."""
     import redis
 
     env = server_env(tmp_path, REDIS_URL=redis_url, DJANGO_SUPERUSER_PASSWORD="correct horse battery")
@@ -62,4 +65,11 @@ def test_admin_session_is_cached_in_redis(start_gateway, redis_url: str, tmp_pat
         session = client.cookies["sessionid"]
         assert "Site administration" in client.get("/django/admin/").text
     keys = [key.decode() for key in redis.Redis.from_url(redis_url).keys("*")]
-    assert any(session in key for key in keys), keys
+    assert not any(session in key for key in keys), keys
+    stored = sqlite3.connect(tmp_path / "django.sqlite3").execute(
+        "SELECT count(*) FROM django_session WHERE session_key = ?", (session,)).fetchone()
+    assert stored == (1,), stored
+    code = "from django.core.cache import cache; cache.set('netns-probe', 42)"
+    subprocess.run([*GATEWAY, "manage", "shell", "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+    keys = [key.decode() for key in redis.Redis.from_url(redis_url).keys("*")]
+    assert any(key.endswith("netns-probe") for key in keys), keys

@@ -113,7 +113,7 @@ class ASGIGateway:
                     forwarded.setdefault(key, []).append(value.decode("latin-1"))
         root_path: str = scope.get("root_path", "")
         client = scope.get("client")
-        return Head(
+        return Head.of(
             method=scope.get("method", "GET"), root_path=wsgi_string(root_path),
             path=wsgi_string(strip_root(root_path, scope["path"])),
             query=scope.get("query_string", b"").decode("latin-1"),

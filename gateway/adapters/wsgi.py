@@ -77,7 +77,7 @@ class WSGIGateway:
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
         # The server joined a header sent several times with commas (PEP 3333 leaves it
         # to the server, as RFC 9110 does): several Host headers are then one malformed one.
-        return Head(
+        return Head.of(
             method=get("REQUEST_METHOD", "GET"), root_path=get("SCRIPT_NAME", ""), path=get("PATH_INFO", ""),
             query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
             server=(get("SERVER_NAME", ""), int(port) if port.isdigit() else None), client=get("REMOTE_ADDR"),

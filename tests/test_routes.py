@@ -1486,3 +1486,30 @@ def test_the_canary_cookie_is_secure_over_tls(table: MountTable, scheme: str, se
     assert decision.set_cookie is not None
     assert decision.set_cookie.endswith("; Secure") is secure
     assert decision.set_cookie.count("Secure") == int(secure)
+
+
+def test_load_rules_reads_checks_and_compiles_a_file_in_any_thread(tmp_path: Path, table: MountTable) -> None:
+    """What a reload does before it swaps the rules in runs in a worker thread, with no
+    event loop, and reuses the regular expressions of the rules it replaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.core.mounts import load_rules
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(SHOP)
+    config = config_with().with_file(path)
+    first = table_from(SHOP).route_table
+    assert first is not None and first.compiled is not None
+    prepared: list[Path | None] = []
+    with ThreadPoolExecutor(1) as pool:
+        fresh, loaded = pool.submit(load_rules, config, first, lambda c: prepared.append(c.config_file)).result()
+        assert prepared == [path.resolve()]
+        assert [spec.rule for spec in fresh.file.routes] == [spec.rule for spec in config.file.routes]
+        rules = loaded.route_table
+        assert rules is not None and rules.compiled is not None
+        assert rules.match("/shop/items/7", "GET").key == "~/shop/items/<int:item_id>"
+        reused = {id(pattern) for pattern in first.compiled.made.values()}
+        assert rules.compiled.made and all(id(p) in reused for p in rules.compiled.made.values())  # none compiled again
+        path.write_text(ruled("/f/<path:a>/<path:b>"))
+        with pytest.raises(ConfigFileError, match=r"^\S+gateway.toml, line 4: rule '/f/<path:a>/<path:b>' could take "):
+            pool.submit(load_rules, config, rules).result()

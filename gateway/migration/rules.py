@@ -60,7 +60,7 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter_args
 from werkzeug.wsgi import ClosingIterator
 
-from gateway.migration.matcher import CONVERTERS, backtracking, compile_map
+from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
 from gateway.migration.shadow import DEFAULT_CPU, Shadower
 from gateway.migration.traffic import Board, Traffic
 from gateway.types import Environ, StartResponse, WSGIApp
@@ -575,7 +575,7 @@ class RouteTable:
         self.listener: Callable[..., None] | None = None
         self._cached = functools.lru_cache(maxsize=CACHED_PATHS)(self._match)
         #: The rules as regular expressions, which answer most paths in a fifth of the time.
-        self.compiled = compile_map(self.map)
+        self.compiled: Compiled | None = compile_map(self.map, previous.compiled if previous is not None else None)
         self.matches = {key: Match(key) for key in self.specs}
 
     def listen(self, listener: Callable[..., None]) -> None:

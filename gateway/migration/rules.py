@@ -38,6 +38,12 @@ Werkzeug's ``Map`` orders them; a path no rule matches goes on to the prefix mou
 to the gateway's own pages. A path that rules match for other methods only gets a 405
 with their ``Allow``. Rule apps are WSGI apps (a fallback must see a whole response
 before it is sent).
+
+Each rule is checked as the file is read (:func:`check_rule`): a rule Werkzeug takes but
+that cannot work (a repeated name, a converter argument of the wrong kind) or could
+backtrack (two ``path`` converters) is refused with one line naming its line. Rules
+match only what both Werkzeug's and Django's converters take
+(:data:`gateway.migration.matcher.CONVERTERS`), and no path that starts with ``//``.
 """
 
 from __future__ import annotations

@@ -276,6 +276,8 @@ def test_rules_with_one_way_to_match_are_taken(rule: str) -> None:
                  "gateway.toml, line 3: canary app ['shop'] is not in [apps].", id="canary-app-list"),
     pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\nshadow = { app = 3 }\n',
                  "gateway.toml, line 3: shadow app 3 is not in [apps].", id="shadow-app-number"),
+    pytest.param('\nx.a.b = 1\n', "gateway.toml, line 2: unknown table or key 'x'", id="dotted-key"),
+    pytest.param('\n\n[x.a]\nb = 1\n', "gateway.toml, line 3: unknown table or key 'x'", id="dotted-table"),
     pytest.param('route = [1]\n[apps]\nshop = "m:a"\n', "gateway.toml, line 1: routes are written [[route]], each "
                  "a table", id="route-not-a-table"),
 ])

@@ -477,8 +477,8 @@ def _fits(what: str, value: object) -> bool:
 
 
 def _line_of(lines: list[str], key: str) -> int:
-    """The first line that starts the table or key ``key`` (1-based), or 0."""
-    pattern = re.compile(rf'\s*(\[+\s*{re.escape(key)}\s*\]+|"?{re.escape(key)}"?\s*=)')
+    """The first line that starts the table or key ``key`` (1-based; ``key.sub`` too), or 0."""
+    pattern = re.compile(rf'\s*(\[+\s*{re.escape(key)}\s*[\].]|"?{re.escape(key)}"?\s*[=.])')
     return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), 0)
 
 

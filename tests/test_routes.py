@@ -20,7 +20,7 @@ from gateway.core.config import Config
 from gateway.core.mounts import MountError, MountTable
 from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
-from tests.test_parity import ENTRIES, Send, config_with
+from tests.test_parity import BASE, ENTRIES, Send, config_with
 
 SHOP = '''
 [apps]
@@ -1515,3 +1515,21 @@ def test_load_rules_reads_checks_and_compiles_a_file_in_any_thread(tmp_path: Pat
         path.write_text(ruled("/f/<path:a>/<path:b>"))
         with pytest.raises(ConfigFileError, match=r"^\S+gateway.toml, line 4: rule '/f/<path:a>/<path:b>' could take "):
             pool.submit(load_rules, config, rules).result()
+
+
+@pytest.mark.parametrize(("path", "answer"), [
+    pytest.param("/shop/items/4", ("new", "/shop/items/4"), id="ascii-digits"),
+    pytest.param("/shop/items/%D9%A1", ("legacy", "/shop/items/\u0661"), id="arabic-indic-digit"),
+    pytest.param("//shop/items/4", None, id="leading-double-slash"),
+    pytest.param("/shop/a%0Ab", None, id="newline-under-a-path-rule"),
+])
+def test_a_path_the_apps_routers_read_apart_goes_where_the_rules_say(shop: Send, path: str,
+                                                                     answer: tuple[str, str] | None) -> None:
+    """`%D9%A1` is no int for the rules (Django's int refuses it): the more general rule's
+    app gets it, and reads it as its own router does. A leading `//` and a newline under
+    `<path:>` match no rule (Werkzeug and Django read them apart): the gateway's 404."""
+    got = shop("GET", f"{BASE}{path}")
+    if answer is None:
+        assert got.status == 404 and b"No app is mounted at this path" in got.body  # the gateway's, no app's
+    else:
+        assert got.status == 200 and (got.json()["app"], got.json()["path"]) == answer

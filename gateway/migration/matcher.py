@@ -367,7 +367,7 @@ def backtracking(rule: Rule) -> str | None:
     paths = [name for name, converter in rule._converters.items() if not converter.part_isolating]
     if len(paths) > 1:
         return (f"it has {len(paths)} path converters ({', '.join(paths)}), and the ways to share a path "
-                "between them grow with its length: keep one, the last")
+                "between them grow with its length: keep one, and make the others one segment each (<name>)")
     trace = rule._trace[rule._trace.index((False, "|")) + 1:]
     segment: list[str] = []
     for dynamic, data in [*trace, (False, "/")]:

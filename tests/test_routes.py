@@ -241,6 +241,7 @@ def ruled(rule: str) -> str:
     pytest.param("/a/<any(1, 2):x>", 'quoted if they are numbers: <any(new, used, "2"):x>', id="any-numbers"),
     pytest.param("/a/<int(min=):x>", "cannot read 'min=' as an argument", id="argument-without-value"),
     pytest.param("/a/<int(min=1, max=2 3):x>", "max must be a whole number", id="two-words"),
+    pytest.param("/s" * 1500 + "/<int:n>", "has 1501 segments; a rule has at most 100", id="1501-segments"),
     pytest.param("/f/<path:a>/<path:b>/<path:c>/raw", "could take time that grows faster than the path: it has 3 "
                  "path converters (a, b, c)", id="three-paths"),
     pytest.param("/a/<slug>-<int:id>", "slug, id share a segment and vary in length", id="two-in-a-segment"),
@@ -261,7 +262,7 @@ def test_a_rule_werkzeug_takes_but_cannot_work_is_refused_with_its_line(rule: st
 @pytest.mark.parametrize("rule", [
     "/f/<path:a>/raw", "/a/<name>.json", "/a/<uuid:u>-<name>", "/a/<string(length=3):x><y>",
     "/<path:p>/<a>/<int:b>", "/a/<any(x, y):k>-<int:n>", "/a/<int(min=1, max=9, signed=True):n>",
-    "/a/<string(minlength=2, maxlength=5):s>", "/a/<float(min=0.5):f>", "/a/<int(4):n>",
+    "/a/<string(minlength=2, maxlength=5):s>", "/a/<float(min=0.5):f>", "/a/<int(4):n>", "/s" * 99 + "/<int:n>",
 ])
 def test_rules_with_one_way_to_match_are_taken(rule: str) -> None:
     assert [spec.rule for spec in parse_gateway_file(ruled(rule)).routes] == [rule]

@@ -370,6 +370,9 @@ _ARGUMENTS: dict[str, dict[str, str]] = {
     "path": {},
     "uuid": {},
 }
+#: Segments a rule may have: Werkzeug builds and walks its state machine by recursion, a
+#: segment a call (a rule of 1,500 segments raised RecursionError as the Map was built).
+_MOST_SEGMENTS = 100
 #: The longest value a length may give: a request's head is refused beyond 1 MiB.
 _MOST_LENGTH = 1 << 20
 _EXAMPLES = {"length": "8", "digits": "4", "whole": "1", "number": "0.5", "bool": "True"}
@@ -384,6 +387,9 @@ def check_rule(rule: str, methods: Iterable[str] | None = None, *, checked: Map 
     (:func:`gateway.migration.matcher.backtracking`). ``checked``: a ``Map`` to bind the
     rule to (one for many rules costs less than a ``Map`` each).
     """
+    if rule.count("/") > _MOST_SEGMENTS:
+        return (f"has {rule.count('/')} segments; a rule has at most {_MOST_SEGMENTS} (Werkzeug walks a rule "
+                "a segment a call deeper, and Python stops at 1,000 calls)")
     names: set[str] = set()
     position = 0
     while position < len(rule):

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.core.config import Config
-from gateway.core.mounts import MountError, MountTable
-from gateway.migration.rules import ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
+from gateway.core.mounts import MountTable
+from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
-from tests.test_parity import ENTRIES, Send, config_with
+from tests.test_parity import BASE, ENTRIES, Send, config_with
 
 SHOP = '''
 [apps]
@@ -209,6 +211,133 @@ def test_a_bad_file_is_refused_with_one_line_naming_the_line(text: str, message:
         parse_gateway_file(text)
     assert str(refused.value).startswith(message)
     assert "\n" not in str(refused.value)
+
+
+def ruled(rule: str) -> str:
+    """A gateway.toml with one rule, on line 4."""
+    return f'[apps]\nshop = "m:a"\n\n[[route]]\nrule = "{rule}"\napp = "shop"\n'
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    pytest.param("/a/<x>/<x>", "has two variables named 'x'", id="repeated-name"),
+    pytest.param("/a/<string(length=99999999999):x>", "length must be a whole number from 1 to 1048576",
+                 id="length-too-large"),
+    pytest.param("/a/<string(length=0):x>", "length must be a whole number from 1", id="length-zero"),
+    pytest.param("/a/<string(minlength=5, maxlength=2):x>", "minlength is more than maxlength", id="min-over-max"),
+    pytest.param("/a/<string(length=3, maxlength=5):x>", "give length, or minlength and maxlength",
+                 id="length-and-max"),
+    pytest.param("/a/<int(min=abc):x>", "min must be a whole number, e.g. <int(min=1):x>", id="int-min-text"),
+    pytest.param("/a/<int(min=1.5):x>", "min must be a whole number", id="int-min-fraction"),
+    pytest.param("/a/<int(min=5, max=2):x>", "min is more than max", id="int-min-over-max"),
+    pytest.param("/a/<int(signed=1):x>", "signed must be True or False", id="signed-number"),
+    pytest.param("/a/<int(fixed_digits=5000):x>", "fixed_digits must be a whole number from 1 to Python's limit",
+                 id="digits-past-int"),
+    pytest.param("/a/<int(base=16):x>", "int has no argument 'base' (it takes fixed_digits, min, max, signed)",
+                 id="unknown-argument"),
+    pytest.param("/a/<int(1, 2, 3, True, 5):x>", "int takes at most 4 arguments", id="too-many"),
+    pytest.param("/a/<float(max=nan):x>", "max must be a number", id="float-nan"),
+    pytest.param("/a/<path(1):x>", "path takes no arguments", id="path-argument"),
+    pytest.param("/a/<any():x>", "any takes one or more words", id="any-empty"),
+    pytest.param("/a/<any(1, 2):x>", 'quoted if they are numbers: <any(new, used, "2"):x>', id="any-numbers"),
+    pytest.param("/a/<int(min=):x>", "cannot read 'min=' as an argument", id="argument-without-value"),
+    pytest.param("/a/<int(min=1, max=2 3):x>", "max must be a whole number", id="two-words"),
+    pytest.param("/s" * 1500 + "/<int:n>", "has 1501 segments; a rule has at most 100", id="1501-segments"),
+    pytest.param("/f/<path:a>/<path:b>/<path:c>/raw", "could take time that grows faster than the path: it has 3 "
+                 "path converters (a, b, c)", id="three-paths"),
+    pytest.param("/a/<slug>-<int:id>", "slug, id share a segment and vary in length", id="two-in-a-segment"),
+    pytest.param("/a/<path:p>.<ext>", "p, ext share a segment", id="path-and-another"),
+    pytest.param('/a/<any(x, xy):k><rest>', "k, rest share a segment", id="any-of-two-lengths"),
+])
+def test_a_rule_werkzeug_takes_but_cannot_work_is_refused_with_its_line(rule: str, message: str) -> None:
+    """Werkzeug accepts these, then crashes (repeated names, huge lengths), fails every
+    request (int(min=abc)) or backtracks for seconds on a long path (several path
+    converters): the file is refused with one line naming the rule and its line."""
+    with pytest.raises(ConfigFileError) as refused:
+        parse_gateway_file(ruled(rule))
+    assert str(refused.value).startswith(f"gateway.toml, line 4: rule {rule!r} ")
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("rule", [
+    "/f/<path:a>/raw", "/a/<name>.json", "/a/<uuid:u>-<name>", "/a/<string(length=3):x><y>",
+    "/<path:p>/<a>/<int:b>", "/a/<any(x, y):k>-<int:n>", "/a/<int(min=1, max=9, signed=True):n>",
+    "/a/<string(minlength=2, maxlength=5):s>", "/a/<float(min=0.5):f>", "/a/<int(4):n>", "/s" * 99 + "/<int:n>",
+])
+def test_rules_with_one_way_to_match_are_taken(rule: str) -> None:
+    assert [spec.rule for spec in parse_gateway_file(ruled(rule)).routes] == [rule]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param("[gateway]\nx = " + "[" * 5000 + "]" * 5000 + "\n", "gateway.toml, line 2: arrays or tables nest "
+                 "more than 100 deep", id="5000-deep-array"),
+    pytest.param('[apps]\nshop = "m:a"\n# [[[[ ]\nx = { a = { b = "[[[[" } }\ny = ' + "[" * 5000 + "]" * 5000,
+                 "gateway.toml, line 5: arrays or tables nest more than 100 deep", id="deep-after-strings"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\ncanary = { app = ["shop"] }\n',
+                 "gateway.toml, line 3: canary app ['shop'] is not in [apps].", id="canary-app-list"),
+    pytest.param('[apps]\nshop = "m:a"\n[[route]]\nrule = "/a"\napp = "shop"\nshadow = { app = 3 }\n',
+                 "gateway.toml, line 3: shadow app 3 is not in [apps].", id="shadow-app-number"),
+    pytest.param('\nx.a.b = 1\n', "gateway.toml, line 2: unknown table or key 'x'", id="dotted-key"),
+    pytest.param('\n\n[x.a]\nb = 1\n', "gateway.toml, line 3: unknown table or key 'x'", id="dotted-table"),
+    pytest.param('route = [1]\n[apps]\nshop = "m:a"\n', "gateway.toml, line 1: routes are written [[route]], each "
+                 "a table", id="route-not-a-table"),
+])
+def test_a_file_tomllib_reads_but_that_cannot_work_is_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as refused:
+        parse_gateway_file(text)
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    from gateway.migration.rules import read_gateway_file
+
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(b'[apps]\nshop = "caf\xe9:app"\n')
+    with pytest.raises(ConfigFileError, match=r"gateway.toml: is not UTF-8 text \(byte 18 cannot be read\); save it "
+                       "as UTF-8.$"):
+        read_gateway_file(path)
+
+
+ARGUMENT_TEXT = st.sampled_from(["1", "0", "-1", "2.5", "abc", "True", "None", '"x"', "'y,z'", "", "99999999999",
+                                 "1e400", "nan", "inf", "(", ")", ",", "=", ">", "<", "/", ":"])
+CONVERTER_NAME = st.sampled_from(["", "int", "float", "string", "default", "path", "any", "uuid", "nope", "int "])
+ARGUMENT_NAME = st.sampled_from(["", "min", "max", "length", "minlength", "maxlength", "fixed_digits", "signed",
+                                 "x"])
+
+
+@st.composite
+def rule_texts(draw: st.DrawFn) -> str:
+    """Rules in Werkzeug's syntax and near it: converters with arguments of every kind."""
+    pieces = []
+    for index in range(draw(st.integers(1, 4))):
+        pieces.append(draw(st.sampled_from(["/", "/a", "-", ".", "/b/", "x", "<", ">", "//"])))
+        name = draw(st.sampled_from([f"v{index}", "v0", "1x", ""]))
+        converter = draw(CONVERTER_NAME)
+        arguments = ", ".join(f"{key}={value}" if key else value for key, value in draw(
+            st.lists(st.tuples(ARGUMENT_NAME, ARGUMENT_TEXT), max_size=3)))
+        if converter:
+            converter += f"({arguments}):" if draw(st.booleans()) else ":"
+        pieces.append(f"<{converter}{name}>")
+    return "/" + "".join(pieces).lstrip("/")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(rule_texts(), st.lists(st.sampled_from(["/a/1", "/a/x", "/b/1.5/c", "/a/" + "1" * 5000, "/a/x\ny",
+                                                "//a/1", "/a/\u0661", "/" + "a/" * 800 + "x"]), max_size=4))
+def test_a_rule_is_refused_with_one_line_or_matches_without_error(rule: str, paths: list[str]) -> None:
+    """Any rule text: the file is refused with one ConfigFileError line, or its rule
+    table is built and matches paths without raising."""
+    text = ruled(rule.replace("\\", "\\\\").replace('"', '\\"'))
+    try:
+        parsed = parse_gateway_file(text)
+    except ConfigFileError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("gateway.toml, line 4: "), exc
+        return
+    table = RouteTable(parsed.routes)
+    for path in paths:
+        assert table.match(path, "GET") in (NO_MATCH, table.matches[parsed.routes[0].key])
 
 
 ASGI_RULES = '''
@@ -1417,3 +1546,48 @@ def test_the_canary_cookie_is_secure_over_tls(table: MountTable, scheme: str, se
     assert decision.set_cookie is not None
     assert decision.set_cookie.endswith("; Secure") is secure
     assert decision.set_cookie.count("Secure") == int(secure)
+
+
+def test_load_rules_reads_checks_and_compiles_a_file_in_any_thread(tmp_path: Path, table: MountTable) -> None:
+    """What a reload does before it swaps the rules in runs in a worker thread, with no
+    event loop, and reuses the regular expressions of the rules it replaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.core.mounts import load_rules
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(SHOP)
+    config = config_with().with_file(path)
+    first = table_from(SHOP).route_table
+    assert first is not None and first.compiled is not None
+    prepared: list[Path | None] = []
+    with ThreadPoolExecutor(1) as pool:
+        fresh, loaded = pool.submit(load_rules, config, first, lambda c: prepared.append(c.config_file)).result()
+        assert prepared == [path.resolve()]
+        assert [spec.rule for spec in fresh.file.routes] == [spec.rule for spec in config.file.routes]
+        rules = loaded.route_table
+        assert rules is not None and rules.compiled is not None
+        assert rules.match("/shop/items/7", "GET").key == "~/shop/items/<int:item_id>"
+        reused = {id(pattern) for pattern in first.compiled.made.values()}
+        assert rules.compiled.made and all(id(p) in reused for p in rules.compiled.made.values())  # none compiled again
+        path.write_text(ruled("/f/<path:a>/<path:b>"))
+        with pytest.raises(ConfigFileError, match=r"^\S+gateway.toml, line 4: rule '/f/<path:a>/<path:b>' could take "):
+            pool.submit(load_rules, config, rules).result()
+
+
+@pytest.mark.parametrize(("path", "answer"), [
+    pytest.param("/shop/items/4", ("new", "/shop/items/4"), id="ascii-digits"),
+    pytest.param("/shop/items/%D9%A1", ("legacy", "/shop/items/\u0661"), id="arabic-indic-digit"),
+    pytest.param("//shop/items/4", None, id="leading-double-slash"),
+    pytest.param("/shop/a%0Ab", None, id="newline-under-a-path-rule"),
+])
+def test_a_path_the_apps_routers_read_apart_goes_where_the_rules_say(shop: Send, path: str,
+                                                                     answer: tuple[str, str] | None) -> None:
+    """`%D9%A1` is no int for the rules (Django's int refuses it): the more general rule's
+    app gets it, and reads it as its own router does. A leading `//` and a newline under
+    `<path:>` match no rule (Werkzeug and Django read them apart): the gateway's 404."""
+    got = shop("GET", f"{BASE}{path}")
+    if answer is None:
+        assert got.status == 404 and b"No app is mounted at this path" in got.body  # the gateway's, no app's
+    else:
+        assert got.status == 200 and (got.json()["app"], got.json()["path"]) == answer

@@ -29,7 +29,7 @@ from gateway.adapters.bridge import WSGIBridge, refuse_websocket
 from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
-from gateway.core.mounts import MountTable
+from gateway.core.mounts import MountTable, load_rules
 from gateway.core.pipeline import Head, Pipeline, Request, join_values, strip_root
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
@@ -224,13 +224,11 @@ class ASGIGateway:
             logger.warning("SIGHUP: there is no gateway.toml to re-read (--config, GATEWAY_CONFIG).")
             return None
         try:
-            config = self.config.with_file(path)
-            if self.set_up is not None:
-                self.set_up(config)
-            return self.pipeline.table.reloaded(config), config
+            config, rules = load_rules(self.config, self.pipeline.table.route_table, self.set_up)
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
             return None
+        return self.pipeline.table.with_rules(rules), config
 
     def use_rules(self, table: MountTable, config: Config) -> None:
         """Serve ``table`` from now on (on the event loop, between two decisions)."""

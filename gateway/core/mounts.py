@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +42,23 @@ def rule_options(config: Config) -> dict[str, Any]:
     """What :meth:`MountTable.from_specs` takes to load ``config``'s route rules, at start and on a reload."""
     return {"routes": config.file.routes, "apps": config.file.apps, "shadow_log": config.data_dir / "shadow.jsonl",
             "shadow_cpu": config.file.shadow_cpu, "shared_dir": config.migration_dir}
+
+
+def load_rules(config: Config, previous: RouteTable | None = None,
+               set_up: Callable[[Config], None] | None = None) -> tuple[Config, MountTable]:
+    """Re-read ``config``'s ``gateway.toml`` and load its route rules: everything a reload
+    does before it swaps the rules in, and nothing of the event loop.
+
+    It reads the file, checks each rule, imports the rules' apps (after ``set_up``, which
+    prepares the frameworks for the new file) and compiles the rules: 10,005 rules took
+    seconds (docs/hardening.md), so a server runs it in a thread. A file that cannot be
+    used raises a ``ValueError`` (:class:`~gateway.migration.rules.ConfigFileError`,
+    :class:`MountError`) of one line.
+    """
+    fresh = config.with_file(config.config_file)
+    if set_up is not None:
+        set_up(fresh)
+    return fresh, MountTable.from_specs((), defaults=False, previous=previous, **rule_options(fresh))
 
 
 class MountError(ValueError):
@@ -172,14 +189,11 @@ class MountTable:
             checked[f"app:{name}"] = app
         return checked
 
-    def reloaded(self, config: Config) -> MountTable:
-        """This table's prefix mounts with ``config``'s route rules, loaded anew (a reload:
-        ``SIGHUP``). The rules' traffic counts carry over; raises ValueError (one line) for
-        a file that cannot be loaded. It imports apps and reads files: call it off the
-        event loop."""
-        fresh = MountTable.from_specs((), defaults=False, previous=self.route_table, **rule_options(config))
-        table = MountTable(self.mounts.values(), fresh.routes.values(), fresh.route_table)
-        table.route_apps = fresh.route_apps
+    def with_rules(self, rules: MountTable) -> MountTable:
+        """This table's prefix mounts with the route rules of ``rules`` (a reload's, made by
+        :func:`load_rules`): prefix mounts are not reloaded."""
+        table = MountTable(self.mounts.values(), rules.routes.values(), rules.route_table)
+        table.route_apps = rules.route_apps
         return table
 
     def __iter__(self) -> Iterator[Mount]:

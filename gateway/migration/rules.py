@@ -38,13 +38,21 @@ Werkzeug's ``Map`` orders them; a path no rule matches goes on to the prefix mou
 to the gateway's own pages. A path that rules match for other methods only gets a 405
 with their ``Allow``. Rule apps are WSGI apps (a fallback must see a whole response
 before it is sent).
+
+Each rule is checked as the file is read (:func:`check_rule`): a rule Werkzeug takes but
+that cannot work (a repeated name, a converter argument of the wrong kind) or could
+backtrack (two ``path`` converters) is refused with one line naming its line. Rules
+match only what both Werkzeug's and Django's converters take
+(:data:`gateway.migration.matcher.CONVERTERS`), and no path that starts with ``//``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
+import sys
 import threading
 import tomllib
 from collections import Counter
@@ -55,9 +63,10 @@ from typing import Any
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
+from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter_args
 from werkzeug.wsgi import ClosingIterator
 
-from gateway.migration.matcher import compile_map
+from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
 from gateway.migration.shadow import DEFAULT_CPU, Shadower
 from gateway.migration.traffic import Board, Traffic
 from gateway.types import Environ, StartResponse, WSGIApp
@@ -128,6 +137,9 @@ def read_gateway_file(path: Path) -> GatewayFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigFileError(f"{path}: cannot be read: {exc.strerror}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path}: is not UTF-8 text (byte {exc.start} cannot be read); "
+                              "save it as UTF-8.") from None
     return parse_gateway_file(text, str(path))
 
 
@@ -137,6 +149,9 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{name}: {exc}.") from None
+    except RecursionError:  # tomllib reads nested arrays and tables by recursion
+        raise ConfigFileError(f"{name}, line {_too_deep(text)}: arrays or tables nest more than "
+                              f"{_MOST_NESTED} deep; a gateway.toml needs a few levels at most.") from None
     lines = text.splitlines()
     unknown = set(data) - {"gateway", "apps", "mounts", "route", "shadow"}
     if unknown:
@@ -161,9 +176,13 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     route_lines = [i + 1 for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*route\s*\]\]", line)]
     specs = []
     seen: dict[str, int] = {}
+    checked = rules_map(())  # each rule is bound to it as it is checked: one Map for the file
     for index, route in enumerate(routes):
         line = route_lines[index] if index < len(route_lines) else 0
         where = f"{name}, line {line}"
+        if not isinstance(route, dict):
+            raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]], "
+                                  'each a table: rule = "/shop/<int:id>", app = "shop".')
         extra = set(route) - {"rule", "app", "methods", "canary", "shadow"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
@@ -191,10 +210,9 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         if shadow is not None and (canary is not None or len(names) > 1):
             raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
         spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers)
-        try:
-            Map([Rule(rule, endpoint=0, methods=methods)])
-        except (ValueError, LookupError) as exc:
-            raise ConfigFileError(f"{where}: rule {rule!r} is not a Werkzeug rule: {exc}.") from None
+        problem = check_rule(rule, checked=checked)
+        if problem is not None:
+            raise ConfigFileError(f"{where}: rule {rule!r} {problem}.")
         if spec.key in seen:
             raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
         seen[spec.key] = line
@@ -260,7 +278,7 @@ def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     form = 'canary = { app = "name", share = 10 } (share: per cent of clients; optional header = "X-User-ID")'
     if not isinstance(value, dict) or set(value) - {"app", "share", "header"} or "app" not in value:
         raise ConfigFileError(f"{where}: canary must be {form}.")
-    if value["app"] not in apps:
+    if not isinstance(value["app"], str) or value["app"] not in apps:
         raise ConfigFileError(f"{where}: canary app {value['app']!r} is not in [apps].")
     share = value.get("share", 0)
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 100:
@@ -278,7 +296,7 @@ def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     form = 'shadow = { app = "name" } (optionally headers = ["Content-Type", ...] to compare)'
     if not isinstance(value, dict) or set(value) - {"app", "headers"} or "app" not in value:
         raise ConfigFileError(f"{where}: shadow must be {form}.")
-    if value["app"] not in apps:
+    if not isinstance(value["app"], str) or value["app"] not in apps:
         raise ConfigFileError(f"{where}: shadow app {value['app']!r} is not in [apps].")
     headers = value.get("headers", [])
     if not isinstance(headers, list) or not all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9-]+", h)
@@ -287,9 +305,186 @@ def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     return str(value["app"]), tuple(headers)
 
 
+#: Nesting of arrays and tables beyond which a file is refused (tomllib recurses: 5,000
+#: levels raise RecursionError).
+_MOST_NESTED = 100
+
+
+def _too_deep(text: str) -> int:
+    """The line where ``[`` and ``{`` first nest more than :data:`_MOST_NESTED` deep, or 0
+    (strings and comments skipped; escapes inside strings read as TOML reads them)."""
+    depth, line, quote, escaped, comment = 0, 1, "", False, False
+    for char in text:
+        if char == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            continue
+        elif quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > _MOST_NESTED:
+                return line
+        elif char in "]}":
+            depth -= 1
+    return 0
+
+
+class MatchingRule(Rule):
+    """A Werkzeug ``Rule`` that matches and never builds a URL.
+
+    Werkzeug compiles two URL builders for each rule, as Python source: 1.2 ms of the
+    1.9 ms a rule cost to load (cProfile, 3,000 rules), and the gateway builds no URL from
+    its rules.
+    """
+
+    def _compile_builder(self, append_unknown: bool = True) -> Callable[..., tuple[str, str]]:
+        return _no_builder
+
+
+def _no_builder(*args: object, **values: object) -> tuple[str, str]:
+    raise NotImplementedError("the gateway's route rules match paths; they build no URL")
+
+
+def rules_map(rules: Iterable[Rule]) -> Map:
+    """A ``Map`` of the gateway's rules: its converters, no redirects (a trailing slash,
+    merged slashes and defaults are the app's business)."""
+    return Map(rules, converters=CONVERTERS, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+
+
+#: Each converter's arguments, in the order Werkzeug takes them, and what each takes.
+_ARGUMENTS: dict[str, dict[str, str]] = {
+    "default": {"minlength": "length", "maxlength": "length", "length": "length"},
+    "string": {"minlength": "length", "maxlength": "length", "length": "length"},
+    "int": {"fixed_digits": "digits", "min": "whole", "max": "whole", "signed": "bool"},
+    "float": {"min": "number", "max": "number", "signed": "bool"},
+    "path": {},
+    "uuid": {},
+}
+#: Segments a rule may have: Werkzeug builds and walks its state machine by recursion, a
+#: segment a call (a rule of 1,500 segments raised RecursionError as the Map was built).
+_MOST_SEGMENTS = 100
+#: The longest value a length may give: a request's head is refused beyond 1 MiB.
+_MOST_LENGTH = 1 << 20
+_EXAMPLES = {"length": "8", "digits": "4", "whole": "1", "number": "0.5", "bool": "True"}
+
+
+def check_rule(rule: str, methods: Iterable[str] | None = None, *, checked: Map | None = None) -> str | None:
+    """What is wrong with ``rule`` for the gateway, or None: the end of a sentence that
+    starts with the rule (``"has two variables named 'x'"``).
+
+    Checks what Werkzeug accepts and then fails on: repeated names, converter arguments
+    of the wrong kind or out of range, and rules whose matching could backtrack
+    (:func:`gateway.migration.matcher.backtracking`). ``checked``: a ``Map`` to bind the
+    rule to (one for many rules costs less than a ``Map`` each).
+    """
+    if rule.count("/") > _MOST_SEGMENTS:
+        return (f"has {rule.count('/')} segments; a rule has at most {_MOST_SEGMENTS} (Werkzeug walks a rule "
+                "a segment a call deeper, and Python stops at 1,000 calls)")
+    names: set[str] = set()
+    position = 0
+    while position < len(rule):
+        part = _part_re.match(rule, position)
+        if part is None:
+            break  # Werkzeug says how below
+        position = part.end()
+        variable = part.group("variable")
+        if variable is None:
+            continue
+        if variable in names:
+            return f"has two variables named {variable!r}: give each its own name"
+        names.add(variable)
+        problem = _check_converter(part.group("converter") or "default", part.group("arguments"), variable)
+        if problem is not None:
+            return f"has {part.group(0)}: {problem}"
+    try:
+        made = MatchingRule(rule, endpoint=0, methods=None if methods is None else list(methods))
+        (checked or rules_map(())).add(made)
+        for piece in made._parts:
+            re.compile(piece.content)
+    except (ValueError, LookupError, TypeError, re.error, OverflowError, RecursionError) as exc:
+        return f"is not a Werkzeug rule: {exc}"
+    reason = backtracking(made)
+    return None if reason is None else f"could take time that grows faster than the path: {reason}"
+
+
+def _check_converter(kind: str, arguments: str | None, variable: str) -> str | None:
+    """What is wrong with the arguments of one converter, or None."""
+    try:
+        args, kwargs = parse_converter_args(arguments or "")
+    except ValueError as exc:
+        return f"{exc}"
+    read = max((item.end() for item in _converter_args_re.finditer((arguments or "") + ",")), default=0)
+    if arguments and read < len(arguments) + 1:  # Werkzeug drops what follows the last argument it reads
+        return f"cannot read {arguments[read:]!r} as an argument: write name=value, e.g. <int(min=1):{variable}>"
+    if kind == "any":
+        if kwargs or not args or not all(isinstance(item, str) and item for item in args):
+            return f'any takes one or more words, quoted if they are numbers: <any(new, used, "2"):{variable}>'
+        return None
+    known = _ARGUMENTS.get(kind)
+    if known is None:
+        return None  # an unknown converter: Werkzeug names it
+    if len(args) > len(known):
+        return f"{kind} takes at most {len(known)} arguments" if known else f"{kind} takes no arguments"
+    given = dict(zip(known, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in known:
+            takes = ", ".join(known) or "no arguments"
+            return f"{kind} has no argument {key!r} (it takes {takes})"
+        if key in given:
+            return f"{key} is given twice"
+        given[key] = value
+    for key, value in given.items():
+        what = known[key]
+        if not _fits(what, value):
+            return f"{key} must be {_KINDS[what]}, e.g. <{kind}({key}={_EXAMPLES[what]}):{variable}>"
+    if "length" in given and ("minlength" in given or "maxlength" in given):
+        return "give length, or minlength and maxlength, not both"
+    if given.get("minlength", 1) > given.get("maxlength", math.inf):
+        return "minlength is more than maxlength: no value could match"
+    if given.get("min", -math.inf) > given.get("max", math.inf):
+        return "min is more than max: no value could match"
+    return None
+
+
+_KINDS = {
+    "length": f"a whole number from 1 to {_MOST_LENGTH}",
+    "digits": "a whole number from 1 to Python's limit on an integer's digits (sys.get_int_max_str_digits())",
+    "whole": "a whole number",
+    "number": "a number",
+    "bool": "True or False",
+}
+
+
+def _fits(what: str, value: object) -> bool:
+    """Whether ``value`` (as Werkzeug reads a converter argument) is of kind ``what``."""
+    if what == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if what == "number":
+        return math.isfinite(value)
+    if not isinstance(value, int):
+        return False
+    if what == "length":
+        return 1 <= value <= _MOST_LENGTH
+    if what == "digits":
+        return 1 <= value <= (sys.get_int_max_str_digits() or _MOST_LENGTH)
+    return True
+
+
 def _line_of(lines: list[str], key: str) -> int:
-    """The first line that starts the table or key ``key`` (1-based), or 0."""
-    pattern = re.compile(rf'\s*(\[+\s*{re.escape(key)}\s*\]+|"?{re.escape(key)}"?\s*=)')
+    """The first line that starts the table or key ``key`` (1-based; ``key.sub`` too), or 0."""
+    pattern = re.compile(rf'\s*(\[+\s*{re.escape(key)}\s*[\].]|"?{re.escape(key)}"?\s*[=.])')
     return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), 0)
 
 
@@ -378,9 +573,8 @@ class RouteTable:
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
         self.shadower.cpu = shadow_cpu
-        # No redirects: a trailing slash, merged slashes and defaults are the app's business.
-        self.map = Map([Rule(spec.rule, endpoint=key, methods=spec.methods) for key, spec in self.specs.items()],
-                       strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+        self.map = rules_map(MatchingRule(spec.rule, endpoint=key, methods=spec.methods)
+                             for key, spec in self.specs.items())
         self.adapter = self.map.bind("gateway.invalid", "/")
         #: Fallbacks taken, and requests sent to a canary, per rule key.
         self.fallbacks: Counter[str] = previous.fallbacks if previous is not None else Counter()
@@ -393,7 +587,7 @@ class RouteTable:
         self.listener: Callable[..., None] | None = None
         self._cached = functools.lru_cache(maxsize=CACHED_PATHS)(self._match)
         #: The rules as regular expressions, which answer most paths in a fifth of the time.
-        self.compiled = compile_map(self.map)
+        self.compiled: Compiled | None = compile_map(self.map, previous.compiled if previous is not None else None)
         self.matches = {key: Match(key) for key in self.specs}
 
     def listen(self, listener: Callable[..., None]) -> None:
@@ -419,7 +613,12 @@ class RouteTable:
         to Werkzeug (a 405, rare converters), its recent answers are kept
         (:data:`CACHED_PATHS` of them, paths up to :data:`CACHED_PATH_LENGTH` characters).
         A reload makes a new table, and so a new cache.
+
+        A path that starts with ``//`` matches no rule: Werkzeug drops the extra slashes
+        before it matches, Django's resolver does not (and answers 404).
         """
+        if path.startswith("//"):
+            return NO_MATCH
         if self.compiled is not None:
             rule = self.compiled.match(path, method)
             if rule is False:
@@ -472,8 +671,7 @@ class RouteTable:
 
 
 def _matches(spec: RouteSpec, path: str, method: str) -> bool:
-    adapter = Map([Rule(spec.rule, endpoint=0, methods=spec.methods)], strict_slashes=False,
-                  merge_slashes=False, redirect_defaults=False).bind("gateway.invalid", "/")
+    adapter = rules_map([MatchingRule(spec.rule, endpoint=0, methods=spec.methods)]).bind("gateway.invalid", "/")
     try:
         adapter.match(path, method)
     except (NotFound, MethodNotAllowed, RequestRedirect):

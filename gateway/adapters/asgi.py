@@ -185,8 +185,10 @@ class ASGIGateway:
                 boundary = WSGIBoundary(mount.app, self.pipeline)
                 if mount.prefix in table.mounts:
                     self.probed[mount.prefix] = boundary
-                self.wsgi[mount.prefix] = WSGIBridge(boundary, self.executor, name=mount.prefix,
-                                                     observer=self.pipeline.metrics)
+                self.wsgi[mount.prefix] = WSGIBridge(
+                    boundary, self.executor, name=mount.prefix, observer=self.pipeline.metrics,
+                    send_timeout=self.config.send_timeout, body_timeout=self.config.body_timeout,
+                    stream_response=mount.prefix in self.config.stream_responses)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
         for name, app in table.route_apps.items():  # each app of the route rules, once

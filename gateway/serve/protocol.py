@@ -18,7 +18,9 @@ the same:
   uvicorn's keep-alive timer, so without this clock it would stay open).
 
 The same protocol answers a request sent on a connection accepted just before the
-server stopped (:meth:`HeaderTimeoutProtocol.shutdown`).
+server stopped (:meth:`HeaderTimeoutProtocol.shutdown`), and gives each request the
+``gateway.abort`` ASGI extension (:meth:`HeaderTimeoutProtocol.abort`), with which the
+bridge cuts off a client that stopped reading its response.
 
 The timeout comes from the uvicorn config (:class:`TimedConfig`), so that workers
 built by uvicorn's supervisor get it too.
@@ -116,6 +118,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_clock()
+        # Before uvicorn's cycle starts the app: the app can cut the connection off at once
+        # (the bridge, when a client takes nothing of its response for the send timeout).
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions["gateway.abort"] = self.abort
         super().on_headers_complete()
         if self.grace is not None:
             # The first request came while the server stops: it is answered, and then
@@ -124,6 +130,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.grace = None
             if self.cycle is not None:  # None: a WebSocket upgrade, its own protocol's now
                 self.cycle.keep_alive = False
+
+    async def abort(self) -> None:
+        """Close the connection now, dropping what is unsent (the ``gateway.abort`` extension).
+
+        ``transport.close()`` would wait for a client that reads nothing to take the write
+        buffer first. Once this returns, uvicorn knows the client is gone: an app that
+        returns then, its response incomplete, is not logged as an error.
+        """
+        self.transport.abort()
+        await asyncio.sleep(0)  # connection_lost was scheduled by abort(): it runs first
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()

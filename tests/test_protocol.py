@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
-
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.adapters.bridge import WSGIBridge

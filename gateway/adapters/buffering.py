@@ -45,6 +45,11 @@ class ClientDisconnected(_WerkzeugClientDisconnected, OSError):
     """
 
 
+#: A response's file is written from its start again once read out; while it is still
+#: being read, past this size the rest goes to a new file, and the read one is closed.
+FILE_SIZE = 16 * 1024 * 1024
+
+
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -56,17 +61,19 @@ class Outbox:
     ``limit`` 0 makes every :meth:`put` wait until its chunk is sent: a streamed response.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, memory: int, limit: int, piece: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, memory: int, limit: int, piece: int,
+                 file_size: int = FILE_SIZE) -> None:
         self._loop = loop
         self._memory = memory
         self._limit = limit
         self._piece = piece
+        self._file_size = file_size
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._chunks: deque[bytes | memoryview] = deque()  # waiting in memory, oldest first
-        self._spilled: deque[int] = deque()  # sizes of the chunks waiting in the file, oldest first
-        self._file: IO[bytes] | None = None
-        self._read_at = 0
+        # The chunks waiting in files, oldest first: [file, offset, size] each.
+        self._spilled: deque[list[Any]] = deque()
+        self._file: IO[bytes] | None = None  # the file being written
         self._write_at = 0
         self._in_memory = 0  # bytes from memory not yet sent
         self._pending = 0  # bytes put and not yet sent
@@ -96,14 +103,22 @@ class Outbox:
                 self._in_memory += size
                 return self._queued(size)
             if not self._spilled:
-                self._read_at = self._write_at = 0  # the file was read out: start it over
+                self._write_at = 0  # the file was read out: start it over
+            elif self._write_at + size > self._file_size and self._write_at:
+                # Still being read: go on in a new file, and let the loop close this one
+                # once read, so that a long response takes no more disk than it holds back.
+                self._file = None
+                self._write_at = 0
             offset = self._write_at
-        self._spill(data, offset)
+            self._write_at += size
+            file = self._file
+        if file is None:
+            file = self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed once read, or by leave()
+        _write(file, data, offset)
         with self._lock:
             if self.closed:
                 return False
-            self._write_at = offset + size
-            self._spilled.append(size)
+            self._spilled.append([file, offset, size])
             self.spilled += size
             return self._queued(size)
 
@@ -118,15 +133,6 @@ class Outbox:
             self._room.wait()
         return not self.closed
 
-    def _spill(self, data: bytes, offset: int) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the last of its two users
-        fd = self._file.fileno()
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
-
     def end(self, complete: bool = True) -> None:
         """No more chunks: the loop sends the end once the rest is out; with ``complete``
         False (the app failed) it sends the rest and no end, and the server aborts."""
@@ -136,12 +142,17 @@ class Outbox:
             self._queued(0)
 
     def leave(self) -> None:
-        """The thread (or, at its end, the loop) is done with this outbox."""
+        """The thread (or, at its end, the loop) is done with this outbox: the last closes its files."""
         with self._lock:
             self._users -= 1
-            last = self._users == 0
-        if last and self._file is not None:
-            self._file.close()
+            if self._users:
+                return
+            files = {id(f): f for f, _, _ in self._spilled}
+            if self._file is not None:
+                files[id(self._file)] = self._file
+            self._spilled.clear()
+        for file in files.values():
+            file.close()
 
     # -- the loop's side ----------------------------------------------------------------
 
@@ -193,17 +204,21 @@ class Outbox:
                     return None
                 self._waiter = self._loop.create_future()
                 return self._waiter
-            size = min(self._spilled[0], self._piece)
-            offset = self._read_at
-            assert self._file is not None
-        data = os.pread(self._file.fileno(), size, offset)
+            segment = self._spilled[0]
+            file, offset, left = segment
+        data = os.pread(file.fileno(), min(left, self._piece), offset)
         if not data:
             raise RuntimeError("A response's temporary file ended before the data written to it.")
         with self._lock:
-            self._read_at = offset + len(data)
-            self._spilled[0] -= len(data)
-            if not self._spilled[0]:
+            segment[1] += len(data)
+            segment[2] -= len(data)
+            done = None
+            if not segment[2]:
                 self._spilled.popleft()
+                if file is not self._file and not (self._spilled and self._spilled[0][0] is file):
+                    done = file  # read out, and the thread writes a newer one
+        if done is not None:
+            done.close()
         return data, False
 
     def cut(self) -> None:
@@ -215,6 +230,14 @@ class Outbox:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             _release(waiter)
+
+
+def _write(file: IO[bytes], data: bytes, offset: int) -> None:
+    fd = file.fileno()
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 class BodyTimedOut(ClientDisconnected):

@@ -31,6 +31,10 @@ class Transport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.protocol: asyncio.Protocol | None = None
+        self.limits: tuple[int | None, int | None] = (None, None)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
 
     def abort(self) -> None:
         # As asyncio's transports do: closed now, the protocol told on the next turn.
@@ -348,3 +352,13 @@ def test_a_client_that_takes_nothing_of_a_wsgi_response_is_cut_off_with_one_warn
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
         ("gateway.bridge", "WARNING", "A client of /stalled took nothing of its response for 0.1 s "
                                       "(GATEWAY_SEND_TIMEOUT); the connection was cut off.")]
+
+
+def test_a_connection_holds_at_most_32_kib_unsent() -> None:
+    """A send waits past 32 KiB unsent and resumes at 8 KiB (uvloop's own marks, 64 KiB and
+    16 bytes, made a 1 KiB/s reader's send wait over a minute)."""
+    async def scenario() -> Transport:
+        _, transport = connect()
+        return transport
+
+    assert asyncio.run(scenario()).limits == (32 * 1024, 8 * 1024)

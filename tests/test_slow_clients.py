@@ -145,10 +145,10 @@ def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent
 
 # --- Slow readers of large responses hold no thread ---------------------------------------
 
-#: 300 slow readers of a 5 MiB page: what the server's memory may grow by (docs/upstream.md,
-#: "Responses to slow readers"). Measured: about 40 MiB; each connection holds at most the
-#: server's write buffer and one piece in flight, the rest waits in a temporary file.
-SLOW_READERS_RSS = 96 * 1024 * 1024
+#: 300 slow readers of a 5 MiB page: what the server's memory may grow by (README, "Slow
+#: clients"). Measured: about 25 MiB; each connection holds at most the server's write
+#: buffer (32 KiB) and a piece in flight (16 KiB), the rest waits in a temporary file.
+SLOW_READERS_RSS = 64 * 1024 * 1024
 
 
 def rss(pid: int) -> int:

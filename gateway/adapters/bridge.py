@@ -68,6 +68,11 @@ DEFAULT_MEMORY_SIZE = 64 * 1024
 #: The most a response may hold waiting for its client, memory and file together, before
 #: the app's thread waits for the client (nginx's proxy_max_temp_file_size, 1 GiB).
 DEFAULT_MAX_BUFFER = 1024**3
+#: The most a response's ``send`` carries when it is not sent whole. With the server's
+#: write buffer (32 KiB under ``gateway serve``) that is what a client must read for a
+#: ``send`` to return: 40 KiB within the send timeout, so that the default 60 s cuts off
+#: no reader faster than about 0.7 KiB/s.
+DEFAULT_SEND_PIECE = 16 * 1024
 #: How far ahead of a streaming mount's app its request body is received.
 DEFAULT_READ_AHEAD = 64 * 1024
 #: The ASGI extension through which the gateway's uvicorn protocol closes a connection at
@@ -100,6 +105,7 @@ class WSGIBridge:
         memory_size: int = DEFAULT_MEMORY_SIZE,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         read_ahead: int = DEFAULT_READ_AHEAD,
+        send_piece: int = DEFAULT_SEND_PIECE,
     ) -> None:
         self.app = app
         self.executor = executor or ThreadPoolExecutor(thread_name_prefix="wsgi")
@@ -116,6 +122,7 @@ class WSGIBridge:
         self.memory_size = memory_size
         self.max_buffer = max_buffer
         self.read_ahead = read_ahead
+        self.send_piece = min(send_piece, buffer_size)
         #: Told when a request gets its thread and how long it waited, and when it gives
         #: the thread back (``thread_started(seconds)``, ``thread_done()``): the metrics.
         self.observer = observer
@@ -454,10 +461,10 @@ class Exchange:
         self.started = True
         bridge = self.bridge
         if bridge.stream_response:  # each chunk waits until it is sent: never spilled
-            self.outbox = Outbox(self.loop, memory=sys.maxsize, limit=0, piece=self.buffer_size)
+            self.outbox = Outbox(self.loop, memory=sys.maxsize, limit=0, piece=bridge.send_piece)
         else:
             self.outbox = Outbox(self.loop, memory=bridge.memory_size, limit=bridge.max_buffer,
-                                 piece=self.buffer_size)
+                                 piece=bridge.send_piece)
         self.loop.call_soon_threadsafe(self.begin)
 
     def _send_body(self, data: bytes) -> bool:

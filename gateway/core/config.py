@@ -508,8 +508,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(field="send_timeout", variable="GATEWAY_SEND_TIMEOUT", read=_timeout_of(DEFAULT_SEND_TIMEOUT),
             default="60", option="--send-timeout",
             help="Seconds a WSGI app's response may wait on a client that takes none of it; then the connection "
-                 "is cut off, with one warning (uvicorn only). A wait ends when the server's write buffer has "
-                 "drained to 16 KiB: the default cuts off readers slower than about 0.8 KiB/s."),
+                 "is cut off, with one warning (uvicorn only). A wait ends when the write buffer has drained "
+                 "from 32 to 8 KiB: the default cuts off readers slower than about 0.7 KiB/s."),
     Setting(field="ready_timeout", variable="GATEWAY_READY_TIMEOUT", read=_timeout_of(DEFAULT_READY_TIMEOUT),
             default="2", help="Seconds `/readyz` waits for its checks before answering 503 `busy`."),
     Setting(field="stream_bodies", variable="GATEWAY_STREAM_BODIES",

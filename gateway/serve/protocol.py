@@ -50,6 +50,10 @@ SHUTDOWN_GRACE = 0.5
 #: are whole; this bound leaves room for a long URL and still caps what is held.
 HEAD_LIMIT = 1024 * 1024
 
+#: A connection's write buffer: past this many bytes unsent, a response's ``send`` waits
+#: until a quarter of it is left (asyncio's ratio; uvloop's own low mark is 16 bytes).
+WRITE_BUFFER = 32 * 1024
+
 _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
               b"content-length: 62\r\nconnection: close\r\n\r\n"
               b"Request Header Fields Too Large: the request head is too long.")
@@ -81,6 +85,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvloop pauses a response's send past 64 KiB unsent and resumes it only once 16
+        # bytes are left: a client at 1 KiB/s would take over a minute per send, past the
+        # send timeout. Smaller limits hold less per slow connection, too.
+        transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:

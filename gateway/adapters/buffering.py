@@ -125,10 +125,7 @@ class Outbox:
     def _queued(self, size: int) -> bool:
         """(Under the lock.) Count ``size`` more bytes to send, wake the loop, wait for room."""
         self._pending += size
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            self._loop.call_soon_threadsafe(_release, waiter)
+        self._wake()
         while self._pending > self._limit and not self.closed:
             self._room.wait()
         return not self.closed
@@ -139,7 +136,14 @@ class Outbox:
         with self._lock:
             self._ended = True
             self._complete = complete
-            self._queued(0)
+            self._wake()
+
+    def _wake(self) -> None:
+        """(Under the lock.) Wake the loop if it waits for a chunk."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            self._loop.call_soon_threadsafe(_release, waiter)
 
     def leave(self) -> None:
         """The thread (or, at its end, the loop) is done with this outbox: the last closes its files."""

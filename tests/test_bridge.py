@@ -11,6 +11,7 @@ import ast
 import asyncio
 import contextvars
 import logging
+import os
 import socket
 import sys
 import threading
@@ -1352,6 +1353,20 @@ def chunked_app(result: Iterable[bytes]) -> WSGIApp:
 CHUNKS = [bytes([65 + i]) * 10 for i in range(10)]  # b"AAAAAAAAAA", b"BBBBBBBBBB", ...
 
 
+def open_files() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def files_back_to(count: int) -> bool:
+    """Wait until no more than ``count`` descriptors are open (the thread closes its last
+    after the response's iterable); False if some stay open."""
+    deadline = time.monotonic() + TIMEOUT
+    while open_files() > count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return open_files() <= count
+
+
 @pytest.mark.parametrize("memory_size", [pytest.param(DEFAULT_BUFFER_SIZE, id="in-memory"),
                                          pytest.param(25, id="spilled-to-a-file")])
 def test_a_slow_client_holds_no_thread(make_bridge: Callable[..., WSGIBridge], memory_size: int) -> None:
@@ -1359,6 +1374,7 @@ def test_a_slow_client_holds_no_thread(make_bridge: Callable[..., WSGIBridge], m
     returned (and closed the iterable) while the client had not read a byte."""
     result = Tracked(iter(CHUNKS))
     closed_before_the_client_read: list[bool] = []
+    files = open_files()
 
     def on_send(peer: Peer, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -1367,6 +1383,7 @@ def test_a_slow_client_holds_no_thread(make_bridge: Callable[..., WSGIBridge], m
     sent = Peer(on_send=on_send).run(make_bridge(chunked_app(result), memory_size=memory_size), http_scope())
     assert closed_before_the_client_read == [True]
     assert body_chunks(sent) == [*((c, True) for c in CHUNKS), (b"", False)]
+    assert files_back_to(files)  # the temporary file is closed
 
 
 def test_a_spilled_chunk_goes_out_in_buffer_sized_pieces(make_bridge: Callable[..., WSGIBridge]) -> None:
@@ -1418,10 +1435,12 @@ def test_a_client_that_takes_nothing_is_cut_off_after_the_send_timeout(
             await asyncio.Event().wait()  # a reader that stopped: the server's send waits
 
     result = Tracked(iter(CHUNKS))
-    bridge = make_bridge(chunked_app(result), max_buffer=15, send_timeout=0.2, name="/slow")
+    files = open_files()
+    bridge = make_bridge(chunked_app(result), memory_size=10, max_buffer=15, send_timeout=0.2, name="/slow")
     with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
         sent = Peer(on_send=never_taken).run(bridge, http_scope(extensions={"gateway.abort": abort}))
     assert aborted == [True]
+    assert files_back_to(files)
     assert result.closed == 1  # the thread, held by the buffer limit, was let go
     assert body_chunks(sent) == [(CHUNKS[0], True)]
     assert bridge_warnings(caplog) == [
@@ -1447,8 +1466,46 @@ def test_a_request_cancelled_while_its_thread_waits_for_room_frees_the_thread(
         with pytest.raises(asyncio.CancelledError):
             await task
 
+    files = open_files()
     asyncio.run(main())
     assert result.closed_event.wait(TIMEOUT)
+    assert files_back_to(files)
+
+
+def test_a_request_cancelled_before_its_response_begins_sends_nothing_and_closes_its_file(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """Cancelled while the app still works: the response it begins later is dropped."""
+    called = threading.Event()
+    release = threading.Event()
+
+    def late() -> Iterator[bytes]:
+        called.set()
+        release.wait(TIMEOUT)
+        yield from CHUNKS
+
+    result = Tracked(late())
+    peer = Peer()
+    files = open_files()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(peer.call(make_bridge(chunked_app(result), memory_size=10), http_scope()))
+        while not called.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        # The thread begins its response and ends while the loop still runs: the loop
+        # drops what the thread hands it, and the file is closed.
+        deadline = time.monotonic() + TIMEOUT
+        while (not result.closed_event.is_set() or open_files() > files) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.body"]  # the 503
+    assert peer.sent[0]["status"] == 503
+    assert files_back_to(files)
 
 
 def test_an_error_after_buffered_chunks_sends_them_then_propagates(make_bridge: Callable[..., WSGIBridge]) -> None:

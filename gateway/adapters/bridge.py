@@ -284,6 +284,8 @@ class Exchange:
         "buffer_ok",
         "buffer_size",
         "delivery",
+        "dropped",
+        "gone",
         "headers",
         "length",
         "loop",
@@ -323,6 +325,8 @@ class Exchange:
         self.started = False
         self.outbox: Outbox | None = None
         self.delivery: asyncio.Task[None] | None = None
+        self.gone = False  # (the loop's) the request was cut off: send nothing
+        self.dropped = False  # (the loop's) done with the outbox
 
     @property
     def where(self) -> str:
@@ -480,8 +484,18 @@ class Exchange:
 
     def begin(self) -> None:
         """Start sending the response the thread has begun (once; not after :meth:`cut`)."""
-        if self.delivery is None and self.outbox is not None and not self.outbox.closed:
-            self.delivery = self.loop.create_task(self._deliver())
+        if self.delivery is None and self.outbox is not None:
+            if self.gone:
+                self._drop()
+            else:
+                self.delivery = self.loop.create_task(self._deliver())
+
+    def _drop(self) -> None:
+        """The loop is done with the outbox: stop it, and leave it (once)."""
+        if self.outbox is not None and not self.dropped:
+            self.dropped = True
+            self.outbox.cut()
+            self.outbox.leave()
 
     async def delivered(self) -> None:
         """Wait until the response is out (or cut off)."""
@@ -490,14 +504,14 @@ class Exchange:
             await self.delivery
 
     def cut(self) -> None:
-        """Send no more: the request was cancelled, or its app failed in its thread."""
-        if self.outbox is not None:
-            self.outbox.cut()
-        if self.delivery is not None:
-            if not self.delivery.done():
-                self.delivery.cancel()
-            elif not self.delivery.cancelled():
-                self.delivery.exception()  # retrieved: the app's error is the one raised
+        """Send no more: the request was cancelled (the thread may still run)."""
+        self.gone = True
+        if self.delivery is None:
+            self._drop()  # if the thread begins a response later, begin() drops it
+        elif not self.delivery.done():
+            self.delivery.cancel()
+        elif not self.delivery.cancelled():
+            self.delivery.exception()  # retrieved: the cancellation is what is raised
 
     async def _deliver(self) -> None:
         outbox = self.outbox
@@ -519,8 +533,7 @@ class Exchange:
             if abort is not None:
                 await abort()
         finally:
-            outbox.cut()
-            outbox.leave()
+            self._drop()
             if watcher is not None:
                 watcher.cancel()
 

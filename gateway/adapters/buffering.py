@@ -146,7 +146,7 @@ class Outbox:
             self._loop.call_soon_threadsafe(_release, waiter)
 
     def leave(self) -> None:
-        """The thread (or, at its end, the loop) is done with this outbox: the last closes its files."""
+        """The thread, or the loop, is done with this outbox (once each): the last closes its files."""
         with self._lock:
             self._users -= 1
             if self._users:
@@ -188,7 +188,6 @@ class Outbox:
                         self._room.notify()
         finally:
             self.cut()
-            self.leave()
 
     def _take(self) -> tuple[bytes, bool] | asyncio.Future[None] | None:
         """The next chunk to send and whether it came from memory, a future to wait on for

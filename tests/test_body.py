@@ -219,6 +219,45 @@ def test_asgi_a_stalled_body_is_a_408_with_one_log_line(echo_asgi: Any, caplog: 
         "The request body of POST /echo/x stopped arriving for 0.2 s; answered 408."]
 
 
+def test_asgi_expect_100_continue_on_a_buffered_mount_is_read_on_the_loop_first(
+    echo_asgi: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit was checked on the Content-Length: the body is read before a thread is
+    spent on it, so a stalled one gets the 408 and the app is never called."""
+    with caplog.at_level(logging.WARNING, "gateway"):
+        sent = asgi_call(echo_asgi, messages(b"ab", end=False),
+                         [(b"content-length", b"10"), (b"expect", b"100-continue")])
+    assert sent[0]["status"] == 408
+    whole = asgi_call(echo_asgi, messages(b"ab", b"cd"), [(b"content-length", b"4"), (b"expect", b"100-continue")])
+    assert json.loads(whole[1]["body"]) == {"length": 4, "body": "abcd"}
+
+
+@pytest.fixture(scope="module")
+def streaming_asgi() -> Any:
+    from gateway.adapters.asgi import create_asgi_app
+
+    table = MountTable.from_specs(["/echo=tests.apps.bodyecho:app"], defaults=False)
+    app = create_asgi_app(table, Config.from_env({"GATEWAY_BODY_TIMEOUT": "0.2", "GATEWAY_STREAM_BODIES": "/echo"}),
+                          threads=2)
+    yield app
+    app.executor.shutdown(wait=True)
+
+
+def test_asgi_a_streaming_mounts_stalled_body_fails_the_apps_read_after_the_body_timeout(
+    streaming_asgi: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app reads as the body arrives; a pause past the body timeout raises in its read
+    (here a bare app that lets it through: a 500), so its thread waits no longer."""
+    with caplog.at_level(logging.ERROR, "gateway.bridge"):
+        sent = asgi_call(streaming_asgi, messages(b"ab", end=False), [(b"content-length", b"10")])
+    assert sent[0]["status"] == 500
+    [record] = [r for r in caplog.records if r.name == "gateway.bridge"]
+    assert record.exc_info is not None
+    error = record.exc_info[1]
+    assert isinstance(error, ClientDisconnected)
+    assert str(error.__cause__) == "400 Bad Request: The request body stopped arriving for 0.2 s."
+
+
 # -- The WSGI side in process: every path of WSGIBoundary ------------------------------
 
 

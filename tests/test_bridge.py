@@ -11,6 +11,7 @@ import ast
 import asyncio
 import contextvars
 import logging
+import os
 import socket
 import sys
 import threading
@@ -647,8 +648,14 @@ def test_headers_wait_for_the_first_non_empty_chunk(make_bridge: Callable[..., W
     assert body_chunks(peer.sent) == [(b"data", True), (b"", False)]
 
 
-def test_streaming_waits_for_the_server_to_take_each_chunk(
-    make_bridge: Callable[..., WSGIBridge],
+@pytest.mark.parametrize(("stream_response", "expected"), [
+    # A streamed response: while a chunk is being sent, the app is not asked for the next.
+    pytest.param(True, [1, 2, 3], id="streamed"),
+    # A buffered one: the app's thread runs ahead of the client, to the end.
+    pytest.param(False, [3, 3, 3], id="buffered"),
+])
+def test_a_streamed_response_waits_for_the_server_to_take_each_chunk(
+    make_bridge: Callable[..., WSGIBridge], stream_response: bool, expected: list[int],
 ) -> None:
     produced: list[int] = []
     seen_while_sending: list[int] = []
@@ -664,9 +671,8 @@ def test_streaming_waits_for_the_server_to_take_each_chunk(
             await asyncio.sleep(0.05)
             seen_while_sending.append(len(produced))
 
-    Peer(on_send=slow_send).run(make_bridge(app), http_scope())
-    # While a chunk is being sent, the app has not been asked for the next one.
-    assert seen_while_sending == [1, 2, 3]
+    Peer(on_send=slow_send).run(make_bridge(app, stream_response=stream_response), http_scope())
+    assert seen_while_sending == expected
 
 
 # -- Content-Length (PEP 3333: "should not" send more than the header declares) -----------
@@ -730,7 +736,7 @@ def test_overrun_stops_the_iteration_and_closes(
     def endless() -> Iterator[bytes]:
         for i in range(1000):
             produced.append(i)
-            yield b"0123"
+            yield b"012"
 
     result = Tracked(endless())
 
@@ -740,7 +746,7 @@ def test_overrun_stops_the_iteration_and_closes(
 
     with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
         sent = Peer().run(make_bridge(app), http_scope("/endless"))
-    assert body_chunks(sent) == [(b"01230123", False)]
+    assert body_chunks(sent) == [(b"01201201", False)]
     # The third chunk is the first one past the length: nothing more is asked for.
     assert produced == [0, 1, 2]
     assert result.closed == 1
@@ -886,33 +892,38 @@ def test_request_body_in_several_messages(
     assert got == [expected]
 
 
-def test_request_body_is_pulled_only_as_the_app_reads(
+def test_request_body_is_received_ahead_of_the_app_up_to_the_read_ahead(
     make_bridge: Callable[..., WSGIBridge],
 ) -> None:
     pulled: list[int] = []
     peer = Peer(body_request(b"aaa", b"bbb", b"ccc"))
 
+    def wait_pulled(count: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while peer.pulled < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
         stream = environ["wsgi.input"]
+        wait_pulled(2)  # "aaa" and "bbb": 6 bytes, past the read-ahead of 5: no more
         pulled.append(peer.pulled)
-        assert stream.read(3) == b"aaa"
-        pulled.append(peer.pulled)
+        assert stream.read(3) == b"aaa"  # 3 left: room again
+        wait_pulled(3)
         assert stream.read(4) == b"bbbc"
-        pulled.append(peer.pulled)
         assert stream.read() == b"cc"
         pulled.append(peer.pulled)
         start_response("200 OK", [])
         return []
 
-    peer.run(make_bridge(app), http_scope(method="POST"))
-    assert pulled == [1, 1, 3, 3]
+    peer.run(make_bridge(app, read_ahead=5), http_scope(method="POST"))
+    assert pulled == [2, 3]
 
 
-def test_unread_body_is_never_received(make_bridge: Callable[..., WSGIBridge]) -> None:
+def test_an_unread_body_is_received_no_further_than_the_read_ahead(make_bridge: Callable[..., WSGIBridge]) -> None:
     peer = Peer(body_request(b"a" * 10, b"b" * 10, b"c" * 10))
-    sent = peer.run(make_bridge(text_app()), http_scope(method="POST"))
+    sent = peer.run(make_bridge(text_app(), read_ahead=15), http_scope(method="POST"))
     assert body_chunks(sent) == [(b"hello", False)]
-    assert peer.pulled == 1
+    assert peer.pulled <= 2
 
 
 def test_body_with_content_length_in_several_messages(
@@ -1269,7 +1280,9 @@ def test_write_sends_before_the_app_returns(make_bridge: Callable[..., WSGIBridg
         during.append(body_chunks(peer.sent))
         return [b"three"]
 
-    sent = peer.run(make_bridge(app), http_scope())
+    # Streamed: write() returns once its data is sent (PEP 3333 lets a buffered one return
+    # once the data is queued).
+    sent = peer.run(make_bridge(app, stream_response=True), http_scope())
     assert during == [[(b"one", True), (b"two", True)]]
     assert sent[0] == {
         "type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")],
@@ -1286,6 +1299,275 @@ def test_error_after_write_propagates(make_bridge: Callable[..., WSGIBridge]) ->
     with pytest.raises(Boom):
         peer.run(make_bridge(app), http_scope())
     assert body_chunks(peer.sent) == [(b"partial", True)]
+
+
+# -- the end of the declared length (PEP 3333: stop iterating) ----------------------------
+
+
+@pytest.mark.parametrize("buffer_size", [pytest.param(DEFAULT_BUFFER_SIZE, id="whole"),
+                                         pytest.param(1, id="handed-over")])
+def test_the_response_ends_once_its_content_length_is_out(
+    make_bridge: Callable[..., WSGIBridge], buffer_size: int
+) -> None:
+    """An app that yields b"ok" for Content-Length 2 and then blocks: the answer is not held
+    back, and the app is not asked for more (PEP 3333)."""
+    release = threading.Event()
+    tail_started = threading.Event()
+    ended_before_the_tail: list[bool] = []
+
+    def slow_tail() -> Iterator[bytes]:
+        yield b"ok"
+        tail_started.set()
+        release.wait(TIMEOUT)  # the app's slow work after its body
+        yield b""
+
+    result = Tracked(slow_tail())
+
+    def app(environ: Environ, start_response: StartResponse) -> Tracked:
+        start_response("200 OK", [("Content-Length", "2")])
+        return result
+
+    def on_send(peer: Peer, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            ended_before_the_tail.append(not tail_started.is_set())
+            release.set()
+
+    sent = Peer(on_send=on_send).run(make_bridge(app, buffer_size=buffer_size), http_scope())
+    assert ended_before_the_tail == [True]
+    assert b"".join(body for body, _ in body_chunks(sent)) == b"ok"
+    assert body_chunks(sent)[-1][1] is False
+    assert result.closed == 1
+
+
+# -- a response waits for its client on the loop, not in a thread --------------------------
+
+
+def chunked_app(result: Iterable[bytes]) -> WSGIApp:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return result
+
+    return app
+
+
+CHUNKS = [bytes([65 + i]) * 10 for i in range(10)]  # b"AAAAAAAAAA", b"BBBBBBBBBB", ...
+
+
+def open_files() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def files_back_to(count: int) -> bool:
+    """Wait until no more than ``count`` descriptors are open (the thread closes its last
+    after the response's iterable); False if some stay open."""
+    deadline = time.monotonic() + TIMEOUT
+    while open_files() > count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return open_files() <= count
+
+
+@pytest.mark.parametrize("memory_size", [pytest.param(DEFAULT_BUFFER_SIZE, id="in-memory"),
+                                         pytest.param(25, id="spilled-to-a-file")])
+def test_a_slow_client_holds_no_thread(make_bridge: Callable[..., WSGIBridge], memory_size: int) -> None:
+    """The client takes nothing until the app is done with the whole response: its thread
+    returned (and closed the iterable) while the client had not read a byte."""
+    result = Tracked(iter(CHUNKS))
+    closed_before_the_client_read: list[bool] = []
+    files = open_files()
+
+    def on_send(peer: Peer, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            closed_before_the_client_read.append(result.closed_event.wait(TIMEOUT))
+
+    sent = Peer(on_send=on_send).run(make_bridge(chunked_app(result), memory_size=memory_size), http_scope())
+    assert closed_before_the_client_read == [True]
+    assert body_chunks(sent) == [*((c, True) for c in CHUNKS), (b"", False)]
+    assert files_back_to(files)  # the temporary file is closed
+
+
+def test_a_spilled_chunk_goes_out_in_buffer_sized_pieces(make_bridge: Callable[..., WSGIBridge]) -> None:
+    result = Tracked(iter([b"0123456789", b"ab"]))
+    sent = Peer().run(make_bridge(chunked_app(result), memory_size=4, buffer_size=4), http_scope())
+    assert body_chunks(sent) == [(b"0123", True), (b"4567", True), (b"89", True), (b"ab", True), (b"", False)]
+
+
+def test_past_the_buffer_limit_the_thread_waits_for_the_client(make_bridge: Callable[..., WSGIBridge]) -> None:
+    """``max_buffer`` 25: the app's thread is held after the third chunk (30 bytes waiting)."""
+    produced: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i, chunk in enumerate(CHUNKS):
+            produced.append(i)
+            yield chunk
+
+    result = Tracked(chunks())
+    at_first_send: list[list[int]] = []
+
+    def on_send(peer: Peer, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            deadline = time.monotonic() + TIMEOUT
+            while len(produced) < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            # Evidence of a wait cannot come sooner than a wait: the thread is given time
+            # to run ahead, and must not.
+            assert not result.closed_event.wait(0.2)
+            at_first_send.append(list(produced))
+
+    sent = Peer(on_send=on_send).run(
+        make_bridge(chunked_app(result), memory_size=10, max_buffer=25), http_scope())
+    assert at_first_send == [[0, 1, 2]]
+    assert body_chunks(sent) == [*((c, True) for c in CHUNKS), (b"", False)]
+    assert result.closed == 1
+
+
+def test_a_client_that_takes_nothing_is_cut_off_after_the_send_timeout(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning; the server's abort extension is called; the app's thread is freed."""
+    aborted: list[bool] = []
+
+    async def abort() -> None:
+        aborted.append(True)
+
+    async def never_taken(peer: Peer, message: Message) -> None:
+        if message.get("body"):
+            await asyncio.Event().wait()  # a reader that stopped: the server's send waits
+
+    result = Tracked(iter(CHUNKS))
+    files = open_files()
+    bridge = make_bridge(chunked_app(result), memory_size=10, max_buffer=15, send_timeout=0.2, name="/slow")
+    with caplog.at_level(logging.DEBUG, logger="gateway.bridge"):
+        sent = Peer(on_send=never_taken).run(bridge, http_scope(extensions={"gateway.abort": abort}))
+    assert aborted == [True]
+    assert files_back_to(files)
+    assert result.closed == 1  # the thread, held by the buffer limit, was let go
+    assert body_chunks(sent) == [(CHUNKS[0], True)]
+    assert bridge_warnings(caplog) == [
+        "A client of /slow took nothing of its response for 0.2 s (GATEWAY_SEND_TIMEOUT); the connection was cut off."]
+
+
+def test_a_request_cancelled_while_its_thread_waits_for_room_frees_the_thread(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """The server's graceful shutdown cancels the request: the thread held by the limit returns."""
+    result = Tracked(iter(CHUNKS))
+
+    async def never_taken(peer: Peer, message: Message) -> None:
+        if message.get("body"):
+            await asyncio.Event().wait()
+
+    async def main() -> None:
+        peer = Peer(on_send=never_taken)
+        task = asyncio.ensure_future(peer.call(make_bridge(chunked_app(result), max_buffer=15), http_scope()))
+        while not peer.sent:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    files = open_files()
+    asyncio.run(main())
+    assert result.closed_event.wait(TIMEOUT)
+    assert files_back_to(files)
+
+
+def test_a_request_cancelled_before_its_response_begins_sends_nothing_and_closes_its_file(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """Cancelled while the app still works: the response it begins later is dropped."""
+    called = threading.Event()
+    release = threading.Event()
+
+    def late() -> Iterator[bytes]:
+        called.set()
+        release.wait(TIMEOUT)
+        yield from CHUNKS
+
+    result = Tracked(late())
+    peer = Peer()
+    files = open_files()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(peer.call(make_bridge(chunked_app(result), memory_size=10), http_scope()))
+        while not called.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        # The thread begins its response and ends while the loop still runs: the loop
+        # drops what the thread hands it, and the file is closed.
+        deadline = time.monotonic() + TIMEOUT
+        while (not result.closed_event.is_set() or open_files() > files) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.body"]  # the 503
+    assert peer.sent[0]["status"] == 503
+    assert files_back_to(files)
+
+
+def test_an_error_after_buffered_chunks_sends_them_then_propagates(make_bridge: Callable[..., WSGIBridge]) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield from CHUNKS[:3]
+        raise Boom("late")
+
+    peer = Peer()
+    with pytest.raises(Boom):
+        peer.run(make_bridge(chunked_app(chunks()), memory_size=15), http_scope())
+    assert body_chunks(peer.sent) == [(c, True) for c in CHUNKS[:3]]  # and no end: the server aborts
+
+
+# -- a streaming mount's body is received on the loop, ahead of the app --------------------
+
+
+def test_a_body_that_stops_arriving_fails_the_apps_read_after_the_body_timeout(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    errors: list[BaseException] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        assert stream.read(3) == b"abc"
+        try:
+            stream.read(3)
+        except ClientDisconnected as exc:
+            errors.append(exc)
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return []
+
+    # The rest of the body never comes (the client stays; receive waits).
+    peer = Peer([{"type": "http.request", "body": b"abc", "more_body": True}])
+    sent = peer.run(make_bridge(app, body_timeout=0.2), http_scope(method="POST"))
+    assert sent[0]["status"] == 400
+    assert [str(e) for e in errors] == ["400 Bad Request: The request body stopped arriving for 0.2 s."]
+
+
+@pytest.mark.parametrize("reads", [pytest.param(False, id="refused"), pytest.param(True, id="read")])
+def test_expect_100_continue_receives_nothing_before_the_app_reads(
+    make_bridge: Callable[..., WSGIBridge], reads: bool
+) -> None:
+    pulled_at_call: list[int] = []
+    peer = Peer(body_request(b"abc", b"def"))
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        pulled_at_call.append(peer.pulled)
+        if not reads:
+            start_response("413 Content Too Large", [("Content-Length", "0")])
+            return []
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    scope = http_scope(method="POST", headers=[(b"expect", b"100-continue"), (b"content-length", b"6")])
+    sent = peer.run(make_bridge(app), scope)
+    assert pulled_at_call == [0]
+    if reads:
+        assert body_chunks(sent) == [(b"abcdef", False)]
+    else:
+        assert sent[0]["status"] == 413
+        assert peer.pulled == 0
 
 
 # -- client disconnect ------------------------------------------------------------------

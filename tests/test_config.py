@@ -270,6 +270,9 @@ def test_workers_build_the_gateway_from_the_commands_config(start_gateway, args:
                  id="drain-delay"),
     pytest.param(["--keep-alive", "5"], "--keep-alive works on uvicorn only: Granian has no idle timeout to set. "
                  "Leave it out, or use --server uvicorn.", id="keep-alive"),
+    pytest.param(["--stream-response", "/flask"], "--send-timeout and --stream-response (GATEWAY_SEND_TIMEOUT, "
+                 "GATEWAY_STREAM_RESPONSES) work on uvicorn only: under Granian a WSGI app's response is sent by "
+                 "Granian. Leave them out, or use --server uvicorn.", id="stream-response"),
 ])
 def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path, option: list[str],
                                                                   message: str) -> None:
@@ -281,6 +284,42 @@ def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path,
                             env=server_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"gateway: error: {message} (see 'gateway serve --help')"]
+
+
+def test_a_streamed_response_mount_that_is_not_mounted_is_refused(tmp_path: Path) -> None:
+    from gateway.core.mounts import MountError
+    from gateway.serve.builder import load_table
+
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_STREAM_RESPONSES": "/events"})
+    with pytest.raises(MountError, match=r"GATEWAY_STREAM_RESPONSES \(--stream-response\) names /events, which is "
+                                         r"not a mount prefix here: use one of /flask, /django\."):
+        load_table(config)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    pytest.param("0", 'GATEWAY_SEND_TIMEOUT="0" must be a number of seconds above 0, e.g. GATEWAY_SEND_TIMEOUT=60.',
+                 id="zero"),
+    pytest.param("soon", 'GATEWAY_SEND_TIMEOUT="soon" must be a number of seconds, e.g. GATEWAY_SEND_TIMEOUT=5.',
+                 id="words"),
+])
+def test_a_send_timeout_that_is_no_duration_is_refused_in_one_sentence(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Config.from_env({"GATEWAY_SEND_TIMEOUT": value})
+    assert str(caught.value) == message
+
+
+def test_the_send_timeout_and_the_streamed_responses_reach_the_bridges(tmp_path: Path) -> None:
+    from gateway.adapters.asgi import ASGIGateway
+    from gateway.serve.builder import load_table
+
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_SEND_TIMEOUT": "7.5",
+                              "GATEWAY_STREAM_RESPONSES": "/django"})
+    gateway = ASGIGateway(load_table(config), config)
+    try:
+        assert [(p, b.send_timeout, b.stream_response) for p, b in sorted(gateway.wsgi.items())] == [
+            ("/django", 7.5, True), ("/flask", 7.5, False)]
+    finally:
+        gateway.executor.shutdown()
 
 
 def test_a_streaming_mount_that_is_not_mounted_is_refused(tmp_path: Path) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
+from werkzeug.wsgi import ClosingIterator
 
+from gateway.adapters.bridge import WSGIBridge
 from gateway.serve import protocol as gateway_protocol
 from gateway.serve.protocol import HEAD_LIMIT, HeaderTimeoutProtocol, TimedConfig
 
@@ -18,12 +23,24 @@ TIMEOUT = 0.1
 
 
 class Transport(asyncio.Transport):
-    """What the protocol writes, and whether it closed the connection."""
+    """What the protocol writes, and whether it closed the connection (or aborted it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.written = b""
         self.closed = False
+        self.aborted = False
+        self.protocol: asyncio.Protocol | None = None
+        self.limits: tuple[int | None, int | None] = (None, None)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
+
+    def abort(self) -> None:
+        # As asyncio's transports do: closed now, the protocol told on the next turn.
+        self.closed = self.aborted = True
+        if self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5000)}.get(name, default)
@@ -49,10 +66,11 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hi"})
 
 
-def connect() -> tuple[HeaderTimeoutProtocol, Transport]:
-    config = TimedConfig(hello, header_timeout=TIMEOUT, lifespan="off", log_config=None)
+def connect(app: Any = hello) -> tuple[HeaderTimeoutProtocol, Transport]:
+    config = TimedConfig(app, header_timeout=TIMEOUT, lifespan="off", log_config=None)
     protocol = HeaderTimeoutProtocol(config, ServerState(), {})
     transport = Transport()
+    transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
 
@@ -298,3 +316,49 @@ def test_a_request_sent_as_the_server_stops_is_answered(loop: str, late: float) 
     # uvicorn's own protocol resets it (Kludex/uvicorn#3124): when this fails, uvicorn has
     # fixed it, and HeaderTimeoutProtocol.shutdown can go.
     assert run(_request_at_shutdown(uvicorn.Config, loop, late)) in (b"reset", b"")  # no answer
+
+
+def test_a_client_that_takes_nothing_of_a_wsgi_response_is_cut_off_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bridge's send timeout, through the protocol's ``gateway.abort``: the connection is
+    aborted (not closed after a write buffer the client never reads), uvicorn logs no error,
+    and the app's thread is freed."""
+    closed = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return ClosingIterator(iter([b"a" * 10, b"b" * 10]), closed.set)
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    bridge = WSGIBridge(app, pool, send_timeout=TIMEOUT, name="/stalled")
+
+    async def scenario() -> Transport:
+        protocol, transport = connect(bridge)
+        protocol.pause_writing()  # the client's window and the server's buffer are full
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while protocol.cycle is not None and not protocol.cycle.disconnected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the app has returned, and uvicorn has seen it
+        return transport
+
+    with caplog.at_level(logging.DEBUG):
+        transport = asyncio.run(scenario())
+    pool.shutdown(wait=True)
+    assert transport.aborted
+    assert transport.written == b""  # not even the headers: the client took nothing
+    assert closed.is_set()
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        ("gateway.bridge", "WARNING", "A client of /stalled took nothing of its response for 0.1 s "
+                                      "(GATEWAY_SEND_TIMEOUT); the connection was cut off.")]
+
+
+def test_a_connection_holds_at_most_32_kib_unsent() -> None:
+    """A send waits past 32 KiB unsent and resumes at 8 KiB (uvloop's own marks, 64 KiB and
+    16 bytes, made a 1 KiB/s reader's send wait over a minute)."""
+    async def scenario() -> Transport:
+        _, transport = connect()
+        return transport
+
+    assert asyncio.run(scenario()).limits == (32 * 1024, 8 * 1024)

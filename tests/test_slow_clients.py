@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -139,6 +140,66 @@ def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent
             thread.join()
         assert prompt_get(server.port, "/flask/").status == 200  # needs no database
     finally:
+        server.stop()
+
+
+# --- Slow readers of large responses hold no thread ---------------------------------------
+
+#: 300 slow readers of a 5 MiB page: what the server's memory may grow by (README, "Slow
+#: clients"). Measured: about 25 MiB; each connection holds at most the server's write
+#: buffer (32 KiB) and a piece in flight (16 KiB), the rest waits in a temporary file.
+SLOW_READERS_RSS = 64 * 1024 * 1024
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -> None:
+    """300 clients (three times the threads) each download a 5 MiB page at about 1 KiB/s:
+    the health check and both apps still answer within a second, and memory stays bounded."""
+    server = start(tmp_path)
+    slow: list[socket.socket] = []
+    try:
+        for path in ("/flask/", "/django/", "/faults/large"):
+            assert request(server.port, http_request("GET", path)).status == 200  # warm, and the page made
+        before = rss(server.proc.pid)
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(http_request("GET", "/faults/large"))
+            slow.append(sock)
+        for sock in slow:  # every response has begun: its app's thread has produced it
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200 "), "a large page did not begin"
+        stop = threading.Event()
+
+        def read_slowly() -> None:  # about 1 KiB a second from each
+            while not stop.wait(1.0):
+                for sock in slow:
+                    with contextlib.suppress(BlockingIOError):
+                        sock.recv(1024, socket.MSG_DONTWAIT)
+
+        reader = threading.Thread(target=read_slowly, daemon=True)
+        reader.start()
+        try:
+            for _ in range(3):
+                for path in ("/healthz", "/flask/", "/django/"):
+                    response = prompt_get(server.port, path)  # a deadline of PROMPT: fails if later
+                    assert response.status == 200, (path, response)
+            grown = rss(server.proc.pid) - before
+            assert grown < SLOW_READERS_RSS, f"RSS grew by {grown / 2**20:.0f} MiB"
+        finally:
+            stop.set()
+            reader.join()
+    finally:
+        for sock in slow:
+            sock.close()
         server.stop()
 
 

@@ -192,8 +192,11 @@ class ASGIGateway:
         and the readiness check of what the table says to check."""
         for mount in table.all():
             if mount.interface == "wsgi":
-                self.wsgi[mount.prefix] = WSGIBridge(WSGIBoundary(mount.app, self.pipeline), self.executor,
-                                                     name=mount.prefix, observer=self.pipeline.metrics)
+                self.wsgi[mount.prefix] = WSGIBridge(
+                    WSGIBoundary(mount.app, self.pipeline), self.executor, name=mount.prefix,
+                    observer=self.pipeline.metrics, send_timeout=self.config.send_timeout,
+                    body_timeout=self.config.body_timeout,
+                    stream_response=mount.prefix in self.config.stream_responses)
             else:
                 self.asgi[mount.prefix] = ASGIBoundary(mount.app, self.pipeline)
         for name, (app, interface) in table.checked().items():

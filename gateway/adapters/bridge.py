@@ -14,14 +14,25 @@ thread and answers small responses with one ``start``/``body`` pair. That is wha
 module does, and only that is special-cased:
 
 - A response whose ``Content-Length`` is at most ``buffer_size``, or whose iterable is a
-  list or tuple (already produced), is collected in the worker thread and sent in one
-  go. Anything else streams: each chunk is sent as the app produces it, waiting for the
-  server to take it (back-pressure), and the app stops being iterated once the client
-  has gone.
-- The request body is handed over as it arrives (``wsgi.input`` pulls the next ASGI
-  message on demand); without a ``Content-Length`` the stream ends at the end of the
-  body and ``wsgi.input_terminated`` is set. The first message is read before the app
-  is called, so a small body costs no extra hop.
+  list or tuple (already produced) that small, is collected in the worker thread and
+  sent in one go. Any other is handed over chunk by chunk to an
+  :class:`~gateway.adapters.buffering.Outbox`: the thread goes back to the app at once,
+  and the loop sends the chunks as the client takes them, so that a slow reader holds
+  no thread. The chunks wait in memory up to ``memory_size``, then in a temporary file;
+  past ``max_buffer`` bytes waiting, the thread waits for the client. A client that
+  takes nothing for ``send_timeout`` seconds is cut off (one warning), which frees the
+  thread; the app stops being iterated once the client has gone. A mount that streams
+  its responses (``stream_response``: server-sent events, endless downloads) sends each
+  chunk before the app is asked for the next, holding its thread meanwhile.
+- Once the declared ``Content-Length`` is out, the app is not asked for more (PEP 3333)
+  and the end of the response goes out at once.
+- The request body is handed over as it arrives: the first message is read before the
+  app is called, so a small body costs no extra hop; the rest is received on the loop
+  ahead of the app (:class:`~gateway.adapters.buffering.ReadAhead`, up to
+  ``read_ahead`` bytes), and an app that has read all that arrived waits, at most
+  ``body_timeout`` seconds per pause. With ``Expect: 100-continue`` nothing is received
+  before the app's first read. Without a ``Content-Length`` the stream ends at the end
+  of the body and ``wsgi.input_terminated`` is set.
 - A body longer than its ``Content-Length`` is cut at the declared length (PEP 3333: a
   server should not send more), so that the response and the connection stay usable; a
   warning names the mount (``name``).
@@ -40,29 +51,42 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from werkzeug.exceptions import ClientDisconnected as _WerkzeugClientDisconnected
-
+from gateway.adapters.buffering import ClientDisconnected, Outbox, ReadAhead
+from gateway.core.config import DEFAULT_BODY_TIMEOUT, DEFAULT_SEND_TIMEOUT
 from gateway.core.pipeline import WEBSOCKET_REFUSED, join_values, strip_root
 from gateway.types import Environ, ExcInfo, Message, Receive, Scope, Send, WSGIApp
 
 logger = logging.getLogger("gateway.bridge")
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
+#: A response waits in memory up to this many bytes, then in a temporary file (nginx's
+#: proxy_buffers: 8 of 4-8 KiB). 300 slow readers then hold 19 MiB here, and as much again
+#: in the server's write buffers (64 KiB each).
+DEFAULT_MEMORY_SIZE = 64 * 1024
+#: The most a response may hold waiting for its client, memory and file together, before
+#: the app's thread waits for the client (nginx's proxy_max_temp_file_size, 1 GiB).
+DEFAULT_MAX_BUFFER = 1024**3
+#: The most a response's ``send`` carries when it is not sent whole. With the server's
+#: write buffer (32 KiB under ``gateway serve``) that is what a client must read for a
+#: ``send`` to return: 40 KiB within the send timeout, so that the default 60 s cuts off
+#: no reader faster than about 0.7 KiB/s.
+DEFAULT_SEND_PIECE = 16 * 1024
+#: How far ahead of a streaming mount's app its request body is received.
+DEFAULT_READ_AHEAD = 64 * 1024
+#: The ASGI extension through which the gateway's uvicorn protocol closes a connection at
+#: once, unsent data dropped (:mod:`gateway.serve.protocol`); without it, a client cut
+#: off is left for the server to close.
+ABORT_EXTENSION = "gateway.abort"
 _ERROR_BODY = b"Internal Server Error"
 
 # A response collected whole in the worker thread: status, headers, body.
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-class ClientDisconnected(_WerkzeugClientDisconnected, OSError):
-    """The client went away before the request body was read in full.
-
-    A Werkzeug ``BadRequest`` (Flask answers it with a 400 and logs no traceback) and an
-    ``OSError`` (Django turns it into ``UnreadablePostError``).
-    """
+__all__ = ["ClientDisconnected", "WSGIBridge", "build_environ"]
 
 
 class WSGIBridge:
@@ -76,11 +100,30 @@ class WSGIBridge:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         name: str = "",
         observer: Any = None,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        stream_response: bool = False,
+        memory_size: int = DEFAULT_MEMORY_SIZE,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        read_ahead: int = DEFAULT_READ_AHEAD,
+        send_piece: int = DEFAULT_SEND_PIECE,
     ) -> None:
         self.app = app
         self.executor = executor or ThreadPoolExecutor(thread_name_prefix="wsgi")
         self.buffer_size = buffer_size
         self.name = name
+        #: Seconds a response's ``send`` may wait on its client before it is cut off.
+        self.send_timeout = send_timeout
+        #: Seconds a streaming mount's body may pause before the app's read fails.
+        self.body_timeout = body_timeout
+        #: Each chunk waits until the client has taken it, holding the thread meanwhile
+        #: (``GATEWAY_STREAM_RESPONSES``); otherwise the response waits in memory, then
+        #: in a file, up to ``max_buffer`` bytes, and the thread goes back to the app.
+        self.stream_response = stream_response
+        self.memory_size = memory_size
+        self.max_buffer = max_buffer
+        self.read_ahead = read_ahead
+        self.send_piece = min(send_piece, buffer_size)
         #: Told when a request gets its thread and how long it waited, and when it gives
         #: the thread back (``thread_started(seconds)``, ``thread_done()``): the metrics.
         self.observer = observer
@@ -114,18 +157,20 @@ class WSGIBridge:
                 environ.pop("HTTP_TRANSFER_ENCODING", None)
                 environ.pop("wsgi.input_terminated", None)
         elif environ.get("HTTP_EXPECT", "").lower() == "100-continue":
-            # Reading now would make the server send "100 Continue" before the app
-            # could refuse the body (a 413, say): let the app's first read do it.
-            stream = RequestBody(loop, receive, b"")
+            # Receiving now would make the server send "100 Continue" before the app
+            # could refuse the body (a 413, say): the app's first read starts it.
+            stream = ReadAhead(loop, receive, b"", limit=self.read_ahead, timeout=self.body_timeout, started=False)
         else:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client left before sending its request body
             first = message.get("body", b"")
-            more = message.get("more_body", False)
-            stream = RequestBody(loop, receive, first) if more else io.BytesIO(first)
+            if message.get("more_body", False):
+                stream = ReadAhead(loop, receive, first, limit=self.read_ahead, timeout=self.body_timeout)
+            else:
+                stream = io.BytesIO(first)
         environ["wsgi.input"] = stream
-        exchange = Exchange(loop, send, receive, self.buffer_size, stream, self.name or scope["path"])
+        exchange = Exchange(self, loop, send, receive, stream, scope)
         context = contextvars.copy_context()
         run: Callable[[WSGIApp, Environ], Answer | None] = exchange.run
         if self.observer is not None:
@@ -133,6 +178,7 @@ class WSGIBridge:
         try:
             answer = await loop.run_in_executor(self.executor, context.run, run, self.app, environ)
         except asyncio.CancelledError:
+            exchange.cut()
             # The server gave up on this request (its graceful shutdown timed out): say
             # so in one line and, if nothing was sent yet, answer 503, not a traceback.
             logger.warning("Request %s %r was still running at shutdown and was cut off.",
@@ -142,12 +188,23 @@ class WSGIBridge:
                     (b"content-type", b"text/plain"), (b"connection", b"close"), (b"content-length", b"20")]})
                 await send({"type": "http.response.body", "body": b"Service Unavailable\n"})
             return
+        except BaseException:
+            # The app failed after its headers: what it produced goes out, then the
+            # server sees the error and aborts the connection.
+            await exchange.delivered()
+            raise
+        finally:
+            if type(stream) is ReadAhead:
+                stream.stop()  # the app is done with its body: receive no more of it
         if body is not None:
             stream.close()  # a temporary file, once the app is done with it
         if answer is not None:
             status, headers, data = answer
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
+        elif exchange.outbox is not None:
+            # The rest of a response the thread handed over, sent as the client takes it.
+            await exchange.delivered()
 
 
 def _observed(observer: Any, submitted: float, run: Callable[[WSGIApp, Environ], Answer | None],
@@ -214,107 +271,51 @@ def build_environ(scope: Scope, stream: Any) -> Environ:
     return environ
 
 
-class RequestBody(io.RawIOBase):
-    """``wsgi.input`` that pulls the request body from ASGI ``receive`` on demand.
+class Exchange:
+    """One request's WSGI call, run in a worker thread, and the delivery of its response.
 
-    Read from a worker thread; each pull waits on the event loop for the next message,
-    so at most one message is held in memory at a time.
+    A small response is returned whole (:meth:`run`), for the loop to send in one go.
+    Any other is handed, chunk by chunk, to an :class:`~gateway.adapters.buffering.Outbox`
+    that the loop drains (:meth:`delivered`) as the client takes it.
     """
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, receive: Receive, first: bytes
-    ) -> None:
-        self._loop = loop
-        self._receive = receive
-        self._buffer = bytearray(first)
-        self.complete = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _pull(self) -> bool:
-        """Append the next body message to the buffer; False at the end of the body."""
-        if self.complete:
-            return False
-        message = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
-        if message["type"] == "http.disconnect":
-            self.complete = True
-            raise ClientDisconnected("The client closed the connection while sending the body.")
-        self._buffer += message.get("body", b"")
-        if not message.get("more_body", False):
-            self.complete = True
-        return True
-
-    async def _next(self) -> Message:
-        # receive() is called here, on the loop: an ASGI server's callables are not
-        # thread-safe, and may return any awaitable rather than a coroutine.
-        return await self._receive()
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._pull():
-                pass
-            size = len(self._buffer)
-        while len(self._buffer) < size and self._pull():
-            pass
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    def readinto(self, target: Any) -> int:
-        data = self.read(len(target))
-        target[: len(data)] = data
-        return len(data)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = size if size is not None and size >= 0 else None
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0 and (limit is None or end < limit):
-                return self.read(end + 1)
-            if limit is not None and len(self._buffer) >= limit:
-                return self.read(limit)
-            if not self._pull():
-                rest = len(self._buffer)
-                return self.read(rest if limit is None else min(limit, rest))
-
-
-class Exchange:
-    """One request's WSGI call, run in a worker thread."""
-
     __slots__ = (
+        "bridge",
         "buffer_ok",
         "buffer_size",
-        "disconnected",
+        "delivery",
+        "dropped",
+        "gone",
         "headers",
         "length",
         "loop",
+        "outbox",
         "overrun",
         "receive",
         "remaining",
+        "scope",
         "send",
         "started",
         "status",
         "stream",
-        "watcher",
-        "where",
     )
 
     def __init__(
         self,
+        bridge: WSGIBridge,
         loop: asyncio.AbstractEventLoop,
         send: Send,
         receive: Receive,
-        buffer_size: int,
         stream: Any,
-        where: str,
+        scope: Scope,
     ) -> None:
+        self.bridge = bridge
         self.loop = loop
         self.send = send
         self.receive = receive
-        self.buffer_size = buffer_size
+        self.buffer_size = bridge.buffer_size
         self.stream = stream
-        self.where = where  # the mount (or the path) that warnings name
+        self.scope = scope
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.buffer_ok = False
@@ -322,8 +323,15 @@ class Exchange:
         self.remaining = -1  # what is left of it to send
         self.overrun = False
         self.started = False
-        self.disconnected = False
-        self.watcher: Future[None] | None = None
+        self.outbox: Outbox | None = None
+        self.delivery: asyncio.Task[None] | None = None
+        self.gone = False  # (the loop's) the request was cut off: send nothing
+        self.dropped = False  # (the loop's) done with the outbox
+
+    @property
+    def where(self) -> str:
+        """The mount (or the path) that warnings name."""
+        return self.bridge.name or str(self.scope["path"])
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -359,7 +367,7 @@ class Exchange:
             self._send_body(data)
 
     def run(self, app: WSGIApp, environ: Environ) -> Answer | None:
-        """Call the app; return a small response whole, or stream it and return None."""
+        """Call the app; return a small response whole, or hand it to the outbox and return None."""
         try:
             result = app(environ, self.start_response)
         except Exception:
@@ -374,12 +382,14 @@ class Exchange:
                 if close is not None:
                     close()
             finally:
-                if self.watcher is not None:
-                    self.watcher.cancel()
+                if self.outbox is not None:
+                    self.outbox.leave()
 
     def _failed(self, environ: Environ) -> Answer:
         """Log the app's exception and answer 500, or re-raise once headers are out."""
         if self.started:
+            if self.outbox is not None:
+                self.outbox.end(complete=False)  # what the app produced goes out first
             raise  # (called in an except block) headers are out: the server must abort the connection
         logger.exception("Exception in WSGI application %r", environ.get("PATH_INFO"))
         return 500, [(b"content-type", b"text/plain"), (b"content-length", b"21")], _ERROR_BODY
@@ -390,18 +400,15 @@ class Exchange:
             if len(body) <= self.buffer_size:
                 return self._whole(body)
             self._send_start()
-            view = memoryview(body)
-            for i in range(0, len(body), self.buffer_size):
-                if self.disconnected:
-                    return None
-                self._send_body(bytes(view[i : i + self.buffer_size]))
-            self._send_end()
+            if self._send_body(body):
+                self._send_end()
             return None
         chunks: list[bytes] = []
         size = 0
         buffering = not self.started
-        # Once write() has gone past the declared length, nothing the app yields is sent.
-        source: Iterable[bytes] = () if self.overrun else result
+        # Once the declared length is out (by write() too), nothing more is sent: the app
+        # is not asked for it (PEP 3333), and the end goes out at once.
+        source: Iterable[bytes] = () if self.remaining == 0 else result
         for chunk in source:
             chunk = self._clip(chunk)
             if chunk:
@@ -411,14 +418,13 @@ class Exchange:
                     if not (self.buffer_ok and size <= self.buffer_size):
                         buffering = False
                         self._send_start()
-                        self._send_body(b"".join(chunks))
+                        if not self._send_body(b"".join(chunks)):
+                            return None
                         chunks.clear()
-                elif self.disconnected:
-                    return None  # stop iterating: the finally in run() closes the iterable
-                else:
-                    self._send_body(chunk)
-            if self.overrun:
-                break  # the rest would be dropped: stop asking the app for it
+                elif not self._send_body(chunk):
+                    return None  # the client is gone: stop iterating (run() closes the iterable)
+            if self.remaining == 0:
+                break
         if buffering:
             return self._whole(b"".join(chunks))
         self._send_end()
@@ -449,13 +455,7 @@ class Exchange:
             raise RuntimeError("The WSGI application returned without calling start_response().")
         return self.status, self.headers, body
 
-    def _call(self, message: Message) -> None:
-        """Send ``message`` from the worker thread and wait until the server has taken it."""
-        asyncio.run_coroutine_threadsafe(self._send(message), self.loop).result()
-
-    async def _send(self, message: Message) -> None:
-        # send() is called here, on the loop, for the reasons given in RequestBody._next.
-        await self.send(message)
+    # -- the thread's side of a response that is not sent whole ---------------------------
 
     def _send_start(self) -> None:
         if self.started:
@@ -463,23 +463,85 @@ class Exchange:
         if self.status is None:
             raise RuntimeError("The WSGI application sent a body before calling start_response().")
         self.started = True
-        self._call({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        # While streaming, watch for the client leaving, unless the app still reads
-        # the body (then a disconnect surfaces there).
-        if getattr(self.stream, "complete", True):
-            self.watcher = asyncio.run_coroutine_threadsafe(self._watch(), self.loop)
+        bridge = self.bridge
+        if bridge.stream_response:  # each chunk waits until it is sent: never spilled
+            self.outbox = Outbox(self.loop, memory=sys.maxsize, limit=0, piece=bridge.send_piece)
+        else:
+            self.outbox = Outbox(self.loop, memory=bridge.memory_size, limit=bridge.max_buffer,
+                                 piece=bridge.send_piece)
+        self.loop.call_soon_threadsafe(self.begin)
 
-    def _send_body(self, data: bytes) -> None:
-        self._call({"type": "http.response.body", "body": data, "more_body": True})
+    def _send_body(self, data: bytes) -> bool:
+        """Hand ``data`` to the loop; False once the client is gone."""
+        assert self.outbox is not None
+        return self.outbox.put(data)
 
     def _send_end(self) -> None:
-        self._call({"type": "http.response.body", "body": b"", "more_body": False})
+        assert self.outbox is not None
+        self.outbox.end()
 
-    async def _watch(self) -> None:
+    # -- the loop's side ------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start sending the response the thread has begun (once; not after :meth:`cut`)."""
+        if self.delivery is None and self.outbox is not None:
+            if self.gone:
+                self._drop()
+            else:
+                self.delivery = self.loop.create_task(self._deliver())
+
+    def _drop(self) -> None:
+        """The loop is done with the outbox: stop it, and leave it (once)."""
+        if self.outbox is not None and not self.dropped:
+            self.dropped = True
+            self.outbox.cut()
+            self.outbox.leave()
+
+    async def delivered(self) -> None:
+        """Wait until the response is out (or cut off)."""
+        self.begin()
+        if self.delivery is not None:
+            await self.delivery
+
+    def cut(self) -> None:
+        """Send no more: the request was cancelled (the thread may still run)."""
+        self.gone = True
+        if self.delivery is None:
+            self._drop()  # if the thread begins a response later, begin() drops it
+        elif not self.delivery.done():
+            self.delivery.cancel()
+        elif not self.delivery.cancelled():
+            self.delivery.exception()  # retrieved: the cancellation is what is raised
+
+    async def _deliver(self) -> None:
+        outbox = self.outbox
+        assert outbox is not None and self.status is not None
+        timeout = self.bridge.send_timeout
+        watcher = None
+        try:
+            async with asyncio.timeout(timeout):
+                await self.send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+            # While sending, watch for the client leaving, unless the app still reads the
+            # body (then a disconnect surfaces there).
+            if getattr(self.stream, "complete", True):
+                watcher = self.loop.create_task(self._watch(outbox))
+            await outbox.drain(self.send, timeout)
+        except TimeoutError:
+            logger.warning("A client of %s took nothing of its response for %g s (GATEWAY_SEND_TIMEOUT); "
+                           "the connection was cut off.", self.where, timeout)
+            abort = self.scope.get("extensions", {}).get(ABORT_EXTENSION)
+            if abort is not None:
+                await abort()
+        finally:
+            self._drop()
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch(self, outbox: Outbox) -> None:
         while True:
             message: Message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
+                outbox.cut()
                 return
 
 

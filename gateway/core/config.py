@@ -31,6 +31,7 @@ DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_HEADER_TIMEOUT = 5.0
 DEFAULT_READY_TIMEOUT = 2.0
 FLASK_PREFIX, DJANGO_PREFIX = "/flask", "/django"
@@ -87,9 +88,11 @@ class Config:
     drain_delay: float = 0.0
     graceful_timeout: float | None = None
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     stream_bodies: tuple[str, ...] = ()
+    stream_responses: tuple[str, ...] = ()
     #: ``gateway.toml`` (``GATEWAY_CONFIG``, ``--config``): named apps, mounts, route rules.
     config_file: Path | None = None
     #: One sign-in for both apps: the name of Django's session cookie, whose path the
@@ -502,6 +505,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(field="body_timeout", variable="GATEWAY_BODY_TIMEOUT", read=_timeout_of(DEFAULT_BODY_TIMEOUT),
             default="30", option="--body-timeout",
             help="Seconds a request body may pause before a 408 (uvicorn only)."),
+    Setting(field="send_timeout", variable="GATEWAY_SEND_TIMEOUT", read=_timeout_of(DEFAULT_SEND_TIMEOUT),
+            default="60", option="--send-timeout",
+            help="Seconds a WSGI app's response may wait on a client that takes none of it; then the connection "
+                 "is cut off, with one warning (uvicorn only). A wait ends when the write buffer has drained "
+                 "from 32 to 8 KiB: the default cuts off readers slower than about 0.7 KiB/s."),
     Setting(field="ready_timeout", variable="GATEWAY_READY_TIMEOUT", read=_timeout_of(DEFAULT_READY_TIMEOUT),
             default="2", help="Seconds `/readyz` waits for its checks before answering 503 `busy`."),
     Setting(field="stream_bodies", variable="GATEWAY_STREAM_BODIES",
@@ -509,6 +517,13 @@ SETTINGS: tuple[Setting, ...] = (
             option="--stream-body", kind="multiple",
             help="Mounts whose apps read uploads as they arrive, holding a thread meanwhile, comma-separated "
                  "prefixes (by default bodies are read whole first)."),
+    Setting(field="stream_responses", variable="GATEWAY_STREAM_RESPONSES",
+            read=lambda raw, name: tuple(_prefix(p, name) for p in _split(raw)), default="",
+            option="--stream-response", kind="multiple",
+            help="Mounts whose WSGI responses go out as the client takes them, holding a thread meanwhile "
+                 "(server-sent events, endless downloads), comma-separated prefixes. By default a response "
+                 "waits for its client in memory, then in a temporary file, up to 1 GiB, and the thread is freed "
+                 "(uvicorn only)."),
     Setting(field="shared_signin", variable="GATEWAY_SHARED_SIGNIN", read=_shared_signin,
             default="0", help="`1`: one sign-in for both demo apps (Django's `sessionid` cookie is left at the site "
                               "root), or the name of Django's session cookie."),

@@ -342,7 +342,15 @@ class _Tapped:
             yield chunk
         self.complete = True
 
+    def _declared_length_out(self) -> bool:
+        """The body reached its Content-Length: a server stops iterating there (PEP 3333),
+        so the iterable's end may never be asked for, and the answer is still whole."""
+        declared = self.got.get("headers", {}).get("content-length", "").strip()
+        return declared.isdigit() and self.size >= int(declared)
+
     def close(self) -> None:
+        if not self.complete and self.size <= MAX_BODY and self._declared_length_out():
+            self.complete = True
         close = getattr(self.result, "close", None)
         if close is not None:
             close()

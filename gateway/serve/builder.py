@@ -37,6 +37,9 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     if unknown := [p for p in config.stream_bodies if p not in table.mounts]:
         raise MountError(f"GATEWAY_STREAM_BODIES (--stream-body) names {', '.join(unknown)}, which is not a mount "
                          f"prefix here: use one of {', '.join(table.mounts) or 'none'}.")
+    if unknown := [p for p in config.stream_responses if p not in table.mounts]:
+        raise MountError(f"GATEWAY_STREAM_RESPONSES (--stream-response) names {', '.join(unknown)}, which is not a "
+                         f"mount prefix here: use one of {', '.join(table.mounts) or 'none'}.")
     return table
 
 

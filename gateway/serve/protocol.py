@@ -18,7 +18,9 @@ the same:
   uvicorn's keep-alive timer, so without this clock it would stay open).
 
 The same protocol answers a request sent on a connection accepted just before the
-server stopped (:meth:`HeaderTimeoutProtocol.shutdown`).
+server stopped (:meth:`HeaderTimeoutProtocol.shutdown`), and gives each request the
+``gateway.abort`` ASGI extension (:meth:`HeaderTimeoutProtocol.abort`), with which the
+bridge cuts off a client that stopped reading its response.
 
 The timeout comes from the uvicorn config (:class:`TimedConfig`), so that workers
 built by uvicorn's supervisor get it too.
@@ -47,6 +49,10 @@ SHUTDOWN_GRACE = 0.5
 #: gateway refuses more than GATEWAY_MAX_HEADER_SIZE (16 KiB) of headers anyway, once they
 #: are whole; this bound leaves room for a long URL and still caps what is held.
 HEAD_LIMIT = 1024 * 1024
+
+#: A connection's write buffer: past this many bytes unsent, a response's ``send`` waits
+#: until a quarter of it is left (asyncio's ratio; uvloop's own low mark is 16 bytes).
+WRITE_BUFFER = 32 * 1024
 
 _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
               b"content-length: 62\r\nconnection: close\r\n\r\n"
@@ -79,6 +85,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvloop pauses a response's send past 64 KiB unsent and resumes it only once 16
+        # bytes are left: a client at 1 KiB/s would take over a minute per send, past the
+        # send timeout. Smaller limits hold less per slow connection, too.
+        transport.set_write_buffer_limits(high=WRITE_BUFFER, low=WRITE_BUFFER // 4)
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:
@@ -116,6 +126,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_clock()
+        # Before uvicorn's cycle starts the app: the app can cut the connection off at once
+        # (the bridge, when a client takes nothing of its response for the send timeout).
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions["gateway.abort"] = self.abort
         super().on_headers_complete()
         if self.grace is not None:
             # The first request came while the server stops: it is answered, and then
@@ -124,6 +138,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.grace = None
             if self.cycle is not None:  # None: a WebSocket upgrade, its own protocol's now
                 self.cycle.keep_alive = False
+
+    async def abort(self) -> None:
+        """Close the connection now, dropping what is unsent (the ``gateway.abort`` extension).
+
+        ``transport.close()`` would wait for a client that reads nothing to take the write
+        buffer first. Once this returns, uvicorn knows the client is gone: an app that
+        returns then, its response incomplete, is not logged as an error.
+        """
+        self.transport.abort()
+        await asyncio.sleep(0)  # connection_lost was scheduled by abort(): it runs first
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()

@@ -71,6 +71,18 @@ def stream() -> Response:
     return Response(generate(), mimetype="application/octet-stream")
 
 
+_LARGE: dict[int, bytes] = {}
+
+
+@app.get("/large")
+def large() -> Response:
+    """Answer ``?size=`` bytes (default 5 MiB, at most 64 MiB) with their Content-Length."""
+    size = min(int(request.args.get("size", str(5 * 1024 * 1024))), 64 * 1024 * 1024)
+    # Made once per size: the test measures the gateway's memory, not this view's.
+    body = _LARGE.get(size) or _LARGE.setdefault(size, b"x" * size)
+    return Response(body, mimetype="application/octet-stream")
+
+
 @app.get("/own-headers")
 def own_headers() -> Response:
     """Set the security headers the gateway would add, with values of our own."""

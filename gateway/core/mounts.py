@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.core.config import Config
-from gateway.migration.rules import Fallback, RouteSpec, RouteTable
+from gateway.migration.rules import Fallback, RouteSpec, RouteTable, as_wsgi
 from gateway.migration.shadow import DEFAULT_CPU, ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
@@ -152,14 +152,8 @@ class MountTable:
             loaded[name] = app, "asgi" if kind == "asgi" else "wsgi"
 
         def wsgi(name: str) -> Any:
-            """An app a fallback chain or a shadow comparison calls: WSGI, an ASGI one through
-            a2wsgi (both read the whole response before the client gets it)."""
-            app, kind = loaded[name]
-            if kind == "wsgi":
-                return app
-            from a2wsgi import ASGIMiddleware
-
-            return ASGIMiddleware(app)
+            """An app a fallback chain or a shadow comparison calls, as WSGI (:func:`as_wsgi`)."""
+            return as_wsgi(*loaded[name])
 
         rule_mounts = []
         for route in routes:

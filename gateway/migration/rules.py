@@ -488,6 +488,16 @@ def _line_of(lines: list[str], key: str) -> int:
     return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), 0)
 
 
+def as_wsgi(app: Any, interface: str) -> Any:
+    """An app as a fallback chain or a shadow comparison calls it: WSGI, an ASGI one through
+    a2wsgi (both must see the whole response before the client gets any of it)."""
+    if interface == "wsgi":
+        return app
+    from a2wsgi import ASGIMiddleware
+
+    return ASGIMiddleware(app)
+
+
 class Fallback:
     """A WSGI app that asks ``apps`` in turn: on a 404 to GET or HEAD, the next one answers.
 

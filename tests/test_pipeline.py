@@ -10,6 +10,7 @@ import pytest
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable
 from gateway.core.pipeline import (
+    Body,
     Decision,
     Head,
     HostPolicy,
@@ -35,6 +36,9 @@ def pipeline(table: MountTable, **changes: object) -> Pipeline:
 
 def head(path: str, **fields: object) -> Head:
     fields.setdefault("host", "localhost")
+    said = {name: fields.pop(name) for name in ("length", "type", "chunked") if name in fields}
+    if said:
+        fields["body"] = Body(**said)  # type: ignore[arg-type]
     return Head(method=str(fields.pop("method", "GET")), root_path=str(fields.pop("root_path", "")), path=path,
                 **fields)  # type: ignore[arg-type]
 
@@ -115,10 +119,10 @@ def test_refusals_in_order(table: MountTable) -> None:
 )
 def test_content_length(table: MountTable, length: str, status: int | None) -> None:
     p = pipeline(table, max_body_size=1000, max_body_sizes={"/a": 100})
-    decision = p.decide(head("/a/x", content_length=length))
+    decision = p.decide(head("/a/x", length=length))
     assert (decision.reply.status if decision.reply else None) == status
     assert decision.body_limit == 100
-    assert p.decide(head("/s/x", content_length="101")).reply is None  # the default limit, 1000
+    assert p.decide(head("/s/x", length="101")).reply is None  # the default limit, 1000
 
 
 def test_request_id(table: MountTable) -> None:
@@ -471,7 +475,7 @@ def test_request_ids_count_from_one_after_a_reseed() -> None:
 
 
 def test_a_content_length_of_thousands_of_digits_is_a_413(table: MountTable) -> None:
-    d = pipeline(table).decide(head("/a/x", content_length="9" * 5000))
+    d = pipeline(table).decide(head("/a/x", length="9" * 5000))
     assert d.reply is not None and d.reply.status == 413
 
 
@@ -604,8 +608,8 @@ methods = ["POST", "PUT"]
 
 def test_a_content_length_of_leading_zeros_is_read_up_to_18_digits(table: MountTable) -> None:
     p = pipeline(table)
-    assert p.decide(head("/a/x", method="POST", content_length="0" * 17 + "5")).reply is None
-    refused = p.decide(head("/a/x", method="POST", content_length="0" * 18 + "5")).reply
+    assert p.decide(head("/a/x", method="POST", length="0" * 17 + "5")).reply is None
+    refused = p.decide(head("/a/x", method="POST", length="0" * 18 + "5")).reply
     assert refused is not None and refused.status == 413
 
 
@@ -628,19 +632,19 @@ def test_head_and_decision_are_frozen_and_keyword_only(table: MountTable) -> Non
     assert Head(method="GET", path="/p", query="q=1")._asdict() == {
         **dict.fromkeys(Head._fields), "method": "GET", "root_path": "", "path": "/p", "query": "q=1",
         "scheme": "http", "server": ("localhost", 80), "forwarded": {}, "header_size": 0, "header_nul": False,
-        "chunked": False, "http_version": "1.1"}
+        "http_version": "1.1"}
 
 
 @pytest.mark.parametrize(
     ("fields", "unframed", "bodiless"),
     [
         pytest.param({}, False, True, id="http1-nothing"),
-        pytest.param({"content_length": "0"}, False, True, id="length-zero"),
-        pytest.param({"content_length": "5"}, False, False, id="length"),
+        pytest.param({"length": "0"}, False, True, id="length-zero"),
+        pytest.param({"length": "5"}, False, False, id="length"),
         pytest.param({"chunked": True}, True, False, id="chunked"),
-        pytest.param({"chunked": True, "content_length": "5"}, False, False, id="chunked-with-length"),
+        pytest.param({"chunked": True, "length": "5"}, False, False, id="chunked-with-length"),
         pytest.param({"http_version": "2"}, True, False, id="http2-no-length"),
-        pytest.param({"http_version": "2", "content_length": "0"}, False, True, id="http2-length-zero"),
+        pytest.param({"http_version": "2", "length": "0"}, False, True, id="http2-length-zero"),
     ],
 )
 def test_how_a_body_ends_is_decided_once(fields: dict[str, object], unframed: bool, bodiless: bool) -> None:

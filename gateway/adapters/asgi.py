@@ -30,7 +30,7 @@ from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable, load_rules
-from gateway.core.pipeline import Head, Pipeline, Request, join_values, strip_root
+from gateway.core.pipeline import Body, Head, Pipeline, Request, join_values, strip_root
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
 from gateway.replies import BODY_TIMED_OUT, Reply
@@ -122,7 +122,8 @@ class ASGIGateway:
             scheme=scope.get("scheme", "http"), server=tuple(scope.get("server") or ("localhost", None)),
             client=client[0] if client else None, request_id=offered,
             forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else {},
-            header_size=size, header_nul=nul, content_length=content_length, content_type=content_type, chunked=chunked,
+            header_size=size, header_nul=nul,
+            body=Body(content_length, content_type, chunked) if content_length or content_type or chunked else None,
             http_version=scope.get("http_version", "1.1"),
             fetch=functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
         )

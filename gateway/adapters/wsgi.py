@@ -25,7 +25,7 @@ from gateway.adapters.boundary import WSGIBoundary, enter, wsgi_reply
 from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.core.pipeline import Head, Pipeline, Request
+from gateway.core.pipeline import Body, Head, Pipeline, Request
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
@@ -75,6 +75,8 @@ class WSGIGateway:
                     forwarded[name] = value
         port = get("SERVER_PORT", "")
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
+        length, content_type = get("CONTENT_LENGTH") or None, get("CONTENT_TYPE")
+        chunked = "HTTP_TRANSFER_ENCODING" in environ
         # The server joined a header sent several times with commas (PEP 3333 leaves it
         # to the server, as RFC 9110 does): several Host headers are then one malformed one.
         return Head.of(
@@ -82,8 +84,7 @@ class WSGIGateway:
             query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
             server=(get("SERVER_NAME", ""), int(port) if port.isdigit() else None), client=get("REMOTE_ADDR"),
             request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size, header_nul=nul,
-            content_length=get("CONTENT_LENGTH") or None, content_type=get("CONTENT_TYPE"),
-            chunked="HTTP_TRANSFER_ENCODING" in environ,
+            body=Body(length, content_type, chunked) if length or content_type or chunked else None,
             http_version=protocol[5:] if protocol[:5] == "HTTP/" else "1.1",
             fetch=functools.partial(_header, environ) if self.pipeline.wants_headers else None,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -668,3 +669,32 @@ def test_the_operators_pages_answer_loopback_and_the_proxies_only(make: Callable
     assert entry("GET", path).status == 200  # loopback, the test clients' address
     assert entry("GET", path, {"X-Forwarded-For": "198.51.100.4"}).status == 404  # a remote client, via the proxy
     assert entry("GET", path, {"Host": "evil.example"}).status == 400  # a name not allowed (DNS rebinding)
+
+
+@pytest.mark.parametrize("cookie", ["gateway_canary=0123456789abcdef0123456789abcdef; Path=/",
+                                    "sessionid=fixed; Path=/", "csrftoken=fixed", "sessionid=fixed; Path=/echo"])
+def test_a_mount_cannot_set_the_names_others_own(make: Callable[..., Send], cookie: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # Session fixation: an app that is not Django setting Django's session or CSRF cookie,
+    # or the gateway's canary ID. With one sign-in its sessionid was scoped to the site root.
+    entry = make(shared_signin="sessionid")
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        answer = entry("GET", "/echo/x?cookie=" + quote(cookie) + "&cookie=" + quote("theme=dark"))
+    assert answer.status == 200
+    assert answer.all("Set-Cookie") == ["theme=dark; Path=/echo"]  # the app's own cookie stays
+    name = cookie.partition("=")[0]
+    assert f"The app at /echo set the cookie '{name}'" in caplog.text
+
+
+def test_django_keeps_its_own_cookies(make: Callable[..., Send]) -> None:
+    answer = make(shared_signin="sessionid")("GET", "/django/admin/login/")
+    assert answer.status == 200
+    assert [c.split(";")[0].partition("=")[0] for c in answer.all("Set-Cookie")] == ["csrftoken"]
+    assert "Path=/django" in answer.get("Set-Cookie")
+
+
+def test_a_mount_may_delete_the_shared_session_cookie(make: Callable[..., Send]) -> None:
+    # A Flask sign-out (gateway.migration.signin.sign_out) deletes Django's session cookie.
+    deleted = 'sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/'
+    answer = make(shared_signin="sessionid")("GET", "/echo/x?cookie=" + quote(deleted))
+    assert answer.all("Set-Cookie") == ['sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/']

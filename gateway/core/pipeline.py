@@ -507,6 +507,9 @@ class Pipeline:
         self.streaming = frozenset(config.stream_bodies)
         #: ``sessionid=``: the cookie left at the site root for one sign-in, or None.
         self.shared_cookie = f"{config.shared_signin}=" if config.shared_signin else None
+        #: Cookie names only their owners set (:meth:`scope`).
+        self.reserved = frozenset({CANARY_COOKIE, "sessionid", "csrftoken", config.shared_signin or "sessionid"})
+        self.refused_cookies: set[tuple[str, str]] = set()
         #: Prometheus metrics (``GATEWAY_METRICS``), or None.
         self.metrics = Metrics() if config.metrics else None
         #: OpenTelemetry spans (``GATEWAY_TRACING``), or None.
@@ -758,16 +761,22 @@ class Pipeline:
         present = set()
         frame_ancestors = False
         raw = bool(headers) and not isinstance(headers[0][0], str)  # one form for the whole list
+        dropped: list[int] = []
         for i, (name, value) in enumerate(headers):
             lower = (bytes(name).decode("latin-1") if raw else name).lower()
             present.add(lower)
             if lower == "set-cookie":
                 if decision.mount is not None:
                     text = self.scope(bytes(value).decode("latin-1") if raw else value, decision)
-                    headers[i] = (name, text.encode("latin-1") if raw else text)
+                    if text is None:
+                        dropped.append(i)
+                    else:
+                        headers[i] = (name, text.encode("latin-1") if raw else text)
             elif lower == "content-security-policy" and "frame-ancestors" in (
                     bytes(value).decode("latin-1") if raw else value).lower():
                 frame_ancestors = True
+        for i in reversed(dropped):
+            del headers[i]
         if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
             added = [(name, value) for lower, name, value in _SECURITY
                      if lower not in present and not (frame_ancestors and lower == "x-frame-options")]
@@ -785,13 +794,36 @@ class Pipeline:
         else:
             headers.extend(added)
 
-    def scope(self, cookie: str, decision: Decision) -> str:
+    def scope(self, cookie: str, decision: Decision) -> str | None:
         """A mount's ``Set-Cookie`` value, scoped to the mount (:func:`scope_cookie`), or to
-        the whole site for the one session both apps read (``GATEWAY_SHARED_SIGNIN``)."""
+        the whole site for the one session both apps read (``GATEWAY_SHARED_SIGNIN``); None
+        for a cookie the mount may not set, which is dropped.
+
+        The names the gateway reserves are their owners' only: ``gateway_canary`` the
+        gateway's, Django's session and CSRF cookies (``sessionid``, or the shared sign-in's
+        name, and ``csrftoken``) a Django mount's. Any other app setting them could fix a
+        session on the apps that trust them (session fixation): a rule's app sets its
+        cookies for the whole site, and the shared session is the whole site's. Deleting
+        one (an empty value) stays allowed: a Flask sign-out deletes the shared session's.
+        """
+        name, _, rest = cookie.lstrip().partition("=")
+        name = name.strip()
+        if (name in self.reserved and rest.partition(";")[0].strip() not in ("", '""')  # a deletion fixes nothing
+                and (name == CANARY_COOKIE or decision.mount is None or decision.mount.prefix not in self.django)):
+            self.refuse_cookie(name, decision)
+            return None
         shared = self.shared_cookie
-        if shared is not None and cookie.lstrip().startswith(shared):
+        if shared is not None and name == shared[:-1]:
             return scope_cookie(cookie, self.cookie_path(decision.root))
         return scope_cookie(cookie, self.cookie_path(decision.script_name), self.cookie_path(decision.root))
+
+    def refuse_cookie(self, name: str, decision: Decision) -> None:
+        """Say once per mount and name that a cookie it may not set was dropped."""
+        key = (decision.mount_label, name)
+        if key not in self.refused_cookies and len(self.refused_cookies) < 256:
+            self.refused_cookies.add(key)
+            logger.warning("The app at %s set the cookie %r, which only %s sets; it was dropped.",
+                           decision.mount_label, name, "the gateway" if name == CANARY_COOKIE else "Django")
 
     def cookie_path(self, script_name: str) -> str:
         """A mount's full script name, quoted for a cookie's ``Path`` (there are few distinct ones)."""

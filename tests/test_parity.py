@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any

@@ -138,3 +138,18 @@ def test_the_login_page_by_default_is_the_django_admins(table: MountTable) -> No
 
     answer = app.test_client().get("/x")
     assert (answer.status_code, answer.headers["Location"]) == (302, "/django/admin/login/?next=%2Fx")
+
+
+def test_signing_out_without_a_session_drops_the_cookie_at_djangos_path(table: MountTable) -> None:
+    """A Flask app without the extension (no session loaded) still answers, and the cookie is
+    deleted at the path Django set it with."""
+    from django.test import override_settings
+    from flask import Flask, make_response
+
+    from gateway.migration.signin import sign_out
+
+    app = Flask("signout-alone")
+    with override_settings(SESSION_COOKIE_PATH="/django"), app.test_request_context("/signout", method="POST"):
+        response = sign_out(make_response("out"))
+    assert response.headers.getlist("Set-Cookie") == [
+        "sessionid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/django"]

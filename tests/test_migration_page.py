@@ -1,0 +1,90 @@
+"""``/_gateway/`` rendered alone (gateway/migration/page.py): who sees it, its bar charts,
+and each cell of a rule's row, from counts set by the test."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from gateway.migration import page
+from gateway.migration.rules import RouteSpec, RouteTable
+from gateway.migration.traffic import CANARY, FALLBACKS
+
+NOW = 6000.0  # minute 100
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(("client", "seen"), [
+    ("127.0.0.1", True), ("::1", True), ("10.1.2.3", True), ("192.0.2.1", False), ("unknown", False),
+    ("", False), (None, False)])
+def test_only_loopback_and_the_trusted_proxies_see_it(client: str | None, seen: bool) -> None:
+    assert page.allowed(client, TRUSTED) is seen
+
+
+def test_bars_scale_to_the_highest_value() -> None:
+    assert page.bars([0, 5, 10], 30, 20) == (
+        '<svg role="img" aria-label="15 requests" width="30" height="20" viewBox="0 0 30 20">'
+        '<rect x="0.0" y="20.0" width="9.0" height="0.0"><title>0</title></rect>'
+        '<rect x="10.0" y="10.0" width="9.0" height="10.0"><title>5</title></rect>'
+        '<rect x="20.0" y="0.0" width="9.0" height="20.0"><title>10</title></rect></svg>')
+    assert page.bars([3]) == (
+        '<svg role="img" aria-label="3 requests" width="120" height="24" viewBox="0 0 120 24">'
+        '<rect x="0.0" y="0.0" width="119.0" height="24.0"><title>3</title></rect></svg>')
+
+
+def test_share_of_nothing_is_a_dash() -> None:
+    assert (page.share(1, 3), page.share(0, 0)) == ("33%", "-")
+
+
+def rows(table: RouteTable) -> str:
+    reply = page.render(table, NOW)
+    assert reply.status == 200
+    assert dict(reply.headers) == {"Content-Type": "text/html; charset=utf-8",
+                                   "Content-Length": str(len(reply.body)), "Cache-Control": "no-store"}
+    return reply.body.decode().split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+
+
+def test_a_rule_with_a_fallback_a_canary_and_a_shadow() -> None:
+    table = RouteTable([RouteSpec("/x/<id>", ("new", "old"), methods=("GET", "POST"), canary="c", share=25,
+                                  shadow="s")])
+    (key,) = table.specs
+    for _ in range(4):
+        table.traffic.hit(key, NOW)
+    table.traffic.hit(key, NOW - 120)
+    table.traffic.hit(key, NOW - 60 * 10)  # older than the page's minutes
+    table.traffic.hit(key, NOW, FALLBACKS)
+    table.traffic.hit(key, NOW, CANARY)
+    table.shadower.count(key, "compared", "equal")  # type: ignore[union-attr]
+    table.shadower.count(key, "compared", "noise")  # type: ignore[union-attr]
+    table.shadower.count(key, "compared", "different")  # type: ignore[union-attr]
+    table.shadower.count(key, "dropped")  # type: ignore[union-attr]
+    row = rows(table)
+    assert row.startswith("<tr><td><code>/x/&lt;id&gt;</code></td><td>GET,POST</td><td>new then old</td>"
+                          '<td><svg role="img" aria-label="5 requests" ')
+    assert '<rect x="84.0" y="18.0" width="11.0" height="6.0"><title>1</title></rect>' in row
+    assert row.endswith(
+        "</svg> 5</td><td>1 (20%)</td><td>c: 25% of clients, 20% of requests</td>"
+        '<td>s: 67% equal of 3 compared (1 different, 1 dropped) <meter min="0" max="1" value="0.667">67%</meter>'
+        "</td></tr>")
+
+
+def test_a_plain_rule_has_dashes() -> None:
+    table = RouteTable([RouteSpec("/y", ("new",)), RouteSpec("/z", ("a",), shadow="b")])
+    row_y, row_z = rows(table).split("</tr>")[:2]
+    assert row_y.startswith("<tr><td><code>/y</code></td><td>any</td><td>new</td>")
+    assert row_y.endswith(" 0</td><td>-</td><td>-</td><td>-</td>")
+    assert row_z.endswith('<td>b: - equal of 0 compared (0 different, 0 dropped) '
+                          '<meter min="0" max="1" value="0.000">0%</meter></td>')
+
+
+def test_no_rules() -> None:
+    assert page.render(None).body == (
+        b"<!doctype html><html lang=en><meta charset=utf-8><title>Migration - gateway</title>"
+        b"<style>body{font:14px system-ui,sans-serif;margin:2em}td,th{padding:.3em .6em;text-align:left;"
+        b"border-bottom:1px solid #ddd}svg rect{fill:#4a7}</style><h1>Migration</h1>"
+        b"<p>No route rules (see gateway.toml).</p></html>")
+    header = page.render(RouteTable([RouteSpec("/y", ("new",))])).body.decode().split("<tbody>")[0]
+    assert header.endswith("<h1>Migration</h1><table><thead><tr><th>Rule</th><th>Methods</th><th>Owner</th>"
+                           "<th>Requests, last 10 min</th><th>Fallbacks, last 10 min</th>"
+                           "<th>Canary, last 10 min</th><th>Shadow, since start</th></tr></thead>")

@@ -4,6 +4,7 @@ and each cell of a rule's row, from counts set by the test."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,49 @@ def test_no_rules() -> None:
     assert header.endswith("<h1>Migration</h1><table><thead><tr><th>Rule</th><th>Methods</th><th>Owner</th>"
                            "<th>Requests, last 10 min</th><th>Fallbacks, last 10 min</th>"
                            "<th>Canary, last 10 min</th><th>Shadow, since start</th></tr></thead>")
+
+
+def test_counts_older_than_the_pages_minutes_are_left_out() -> None:
+    from gateway.migration.traffic import MINUTES, REQUESTS, Traffic
+
+    traffic = Traffic()
+    traffic.hit("/r", NOW - 60 * MINUTES)  # minute 90: the page shows 91 to 100
+    traffic.hit("/r", NOW - 60 * (MINUTES - 1))
+    assert traffic.totals(NOW) == {(100 - MINUTES + 1, REQUESTS, "/r"): 1}
+
+
+def test_a_forked_worker_writes_under_a_name_of_its_own(tmp_path: Path) -> None:
+    from gateway.migration.traffic import Board, Traffic
+
+    directory = tmp_path
+    board = Board(directory, Traffic(), dict)
+    board._forked()  # not started: nothing to start again
+    assert board.thread is None
+    board.start()
+    first, name = board.thread, board.name
+    board._forked()  # as os.register_at_fork calls it in the child
+    try:
+        assert board.thread is not first and board.thread is not None and board.thread.is_alive()
+        assert board.name != name and board.name.endswith(".json")
+    finally:
+        board.close()
+        first.join(5)  # type: ignore[union-attr]
+    assert (directory / board.name).is_file()
+
+
+def test_a_board_whose_directory_is_gone_says_so_at_debug(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gateway.migration.traffic import Board, Traffic
+
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    board = Board(directory, Traffic(), dict)
+    board.start()
+    directory.rmdir()
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        board.close()
+    (record,) = [r for r in caplog.records if r.name == "gateway"]
+    assert record.getMessage() == f"Could not write the migration page's counts to {directory}."
+    assert record.exc_info is not None and record.levelno == logging.DEBUG

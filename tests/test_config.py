@@ -317,6 +317,8 @@ STRONG = "k" * 45 + "abcde"  # 50 characters, 6 different
                   "FLASK_DEBUG": "false"}, "example.org", [], id="debug-off"),
     pytest.param({"DJANGO_SECRET_KEY": STRONG, "FLASK_SECRET_KEY": STRONG, "FLASK_DEBUG": "0"}, "example.org", [],
                  id="flask-debug-0"),
+    pytest.param({"DJANGO_SECRET_KEY": "k" * 46 + "abcd", "FLASK_SECRET_KEY": STRONG}, "example.org", [],
+                 id="five-different-characters"),
 ])
 def test_production_problems_one_clause_each(environ: dict[str, str], hosts: str, problems: list[str]) -> None:
     from gateway.core.config import production_problems
@@ -383,6 +385,9 @@ def test_a_generated_secret_is_private_and_kept(tmp_path: Path) -> None:
     pytest.param("sqlite:///x.db", None, id="sqlite"),
     pytest.param("SPATIALITE:///x.db", None, id="spatialite"),
     pytest.param("postgresql+psycopg://db/x", None, id="postgres-with-driver"),
+    pytest.param("redis://u:secret@h:6379/0", 'DATABASE_URL has the scheme "redis", which no database backend here '
+                 "takes: use postgres://user:password@host/name, or unset it for the embedded SQLite database",
+                 id="redis-with-a-password"),
     pytest.param("ftp+x://h:21/x", 'DATABASE_URL has the scheme "ftp", which no database backend here takes: use '
                  "postgres://user:password@host/name, or unset it for the embedded SQLite database", id="ftp"),
     pytest.param("oracle://db/x", "DATABASE_URL is a oracle URL, but its driver (oracledb) is not installed: install "
@@ -453,12 +458,14 @@ def test_the_migration_directory_must_be_a_writable_directory(tmp_path: Path) ->
 
 
 def test_with_file_reads_one_in_and_none_drops_it(tmp_path: Path) -> None:
+    from gateway.core.config import load_config
     from gateway.migration.rules import GatewayFile
 
     path = tmp_path / "gateway.toml"
     path.write_text('[apps]\nnew = "tests.thirdapp:echo_app"\n')
     with_it = Config().with_file(path)
-    assert with_it.config_file == path.resolve() and with_it.file != GatewayFile()
+    assert with_it.config_file == path.resolve() and dict(with_it.file.apps) == {"new": "tests.thirdapp:echo_app"}
+    assert dict(load_config({}, {}, path).file.apps) == {"new": "tests.thirdapp:echo_app"}
     without = with_it.with_file(None)
     assert without.config_file is None and without.file == GatewayFile()
 
@@ -495,7 +502,31 @@ def test_bad_values_quoted_in_full(name: str, value: str, message: str) -> None:
 
 
 def test_values_at_the_edges() -> None:
-    config = Config.from_env({"GATEWAY_THREADS": "1", "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_MAX_BODY_SIZES": "/a/=1K",
-                              "GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8", "GATEWAY_STREAM_BODIES": "/up//"})
-    assert (config.threads, config.drain_delay, dict(config.max_body_sizes)) == (1, 0.0, {"/a": 1024})
-    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8"] and config.stream_bodies == ("/up",)
+    config = Config.from_env({"GATEWAY_THREADS": "1", "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_MAX_BODY_SIZES": "/aX/=1K",
+                              "GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8", "GATEWAY_STREAM_BODIES": "/upX//"})
+    assert (config.threads, config.drain_delay, dict(config.max_body_sizes)) == (1, 0.0, {"/aX": 1024})
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8"] and config.stream_bodies == ("/upX",)
+
+
+def test_a_files_empty_strings_false_and_lists(tmp_path: Path) -> None:
+    from gateway.core.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nthreads = ""\ndrain_delay = ""\naccess_log = false\n')
+    config = load_config({}, {}, path)
+    assert (config.threads, config.drain_delay, config.access_log) == (100, 0.0, False)
+    for table, message in (("env = true", 'env="1" must be "development" or "production".'),
+                           ('log_format = ["xml"]', 'log_format="xml" must be "text" or "json".')):
+        path.write_text(f"[gateway]\n{table}\n")
+        with pytest.raises(ValueError) as refused:
+            load_config({}, {}, path)
+        assert str(refused.value) == f"{path}, line 2: {message}"
+
+
+def test_a_migration_directory_this_user_cannot_write_is_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path)})

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.observe import logs as logs_module
-from gateway.observe.logs import AccessHandler, AccessLog, access, logging_config
+from gateway.observe.logs import TEXT_FORMAT, AccessHandler, AccessLog, access, configure_logging, logging_config
 
 ENTRIES = [
     (1764366000.0421, "rid-1", "127.0.0.1", "GET", "/flask/?name=Ada", "HTTP/1.1", 200, 687, 1.25, "/flask"),
@@ -297,7 +297,10 @@ def test_logging_config_routes_every_logger_to_one_stderr_handler(restore_loggin
     from gateway.observe.logs import REQUEST_ID, JSONFormatter, RequestIdFilter, configure_logging
 
     existing = logging.getLogger("tests.existing-before-config")
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # as uvicorn's own LOGGING_CONFIG leaves them
+        logging.getLogger(name).handlers, logging.getLogger(name).propagate = [logging.NullHandler()], False
     configure_logging("info", fmt, True)
+    assert logging.getLogger("uvicorn.access").handlers == []
     assert not existing.disabled
     (root,) = logging.getLogger().handlers
     assert root.stream is sys.stderr and [type(f) for f in root.filters] == [RequestIdFilter]  # type: ignore[attr-defined]
@@ -323,7 +326,7 @@ def test_logging_config_routes_every_logger_to_one_stderr_handler(restore_loggin
 
 
 def test_configure_logging_if_unset_leaves_a_configured_root(restore_logging: None) -> None:
-    from gateway.observe.logs import configure_logging_if_unset
+    from gateway.observe.logs import JSONFormatter, configure_logging_if_unset
 
     mine = logging.NullHandler()
     logging.getLogger().handlers = [mine]
@@ -331,5 +334,18 @@ def test_configure_logging_if_unset_leaves_a_configured_root(restore_logging: No
     assert logging.getLogger().handlers == [mine]
     logging.getLogger().handlers = []
     configure_logging_if_unset("json", access=False)
-    assert len(logging.getLogger().handlers) == 1
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler.formatter, JSONFormatter)
     assert logging.getLogger("gateway.access").level == logging.WARNING
+    logging.getLogger().handlers = []
+    configure_logging_if_unset()
+    (handler,) = logging.getLogger().handlers
+    assert not isinstance(handler.formatter, JSONFormatter) and handler.formatter._fmt == TEXT_FORMAT  # type: ignore[union-attr]
+    assert (logging.getLogger().level, logging.getLogger("gateway.access").level) == (logging.INFO, logging.INFO)
+
+
+def test_configure_logging_by_default_is_info_text_and_access(restore_logging: None) -> None:
+    configure_logging()
+    (handler,) = logging.getLogger().handlers
+    assert handler.formatter._fmt == TEXT_FORMAT  # type: ignore[union-attr]
+    assert (logging.getLogger().level, logging.getLogger("gateway.access").level) == (logging.INFO, logging.INFO)

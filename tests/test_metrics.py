@@ -536,3 +536,23 @@ def test_a_given_directory_that_is_a_file_is_refused_in_full(tmp_path: Path, mon
         prepare_directory()
     assert str(refused.value) == (f"PROMETHEUS_MULTIPROC_DIR={given} is not a writable directory: create it, empty, "
                                   "or unset the variable and the gateway makes one.")
+
+
+def test_a_given_directory_this_user_cannot_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        prepare_directory()
+
+
+def test_a_directory_made_here_is_removed_at_exit_even_if_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import atexit
+
+    at_exit: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    directory = prepare_directory()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == directory and os.path.isdir(directory)
+    for function, args, kwargs in at_exit * 2:  # the second time it is already gone: no error at exit
+        function(*args, **kwargs)
+    assert not os.path.exists(directory)

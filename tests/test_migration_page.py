@@ -75,6 +75,7 @@ def test_a_plain_rule_has_dashes() -> None:
     row_y, row_z = rows(table).split("</tr>")[:2]
     assert row_y.startswith("<tr><td><code>/y</code></td><td>any</td><td>new</td>")
     assert row_y.endswith(" 0</td><td>-</td><td>-</td><td>-</td>")
+    assert row_z.startswith("<tr><td><code>/z</code></td><td>any</td><td>a</td>")
     assert row_z.endswith('<td>b: - equal of 0 compared (0 different, 0 dropped) '
                           '<meter min="0" max="1" value="0.000">0%</meter></td>')
 

@@ -136,3 +136,20 @@ def test_a_board_whose_directory_is_gone_says_so_at_debug(tmp_path: Path,
     (record,) = [r for r in caplog.records if r.name == "gateway"]
     assert record.getMessage() == f"Could not write the migration page's counts to {directory}."
     assert record.exc_info is not None and record.levelno == logging.DEBUG
+
+
+def test_the_other_workers_counts_are_summed(tmp_path: Path) -> None:
+    import json
+    from collections import Counter
+
+    from gateway.migration.traffic import REQUESTS, Board, Traffic
+
+    traffic = Traffic()
+    traffic.hit("/r", NOW)
+    board = Board(tmp_path, traffic, lambda: {"/r": {"compared": 5}})
+    board.write(board.counts())  # this worker's own file: left out
+    for worker, n in (("1-1", 2), ("2-2", 3), ("3-3", 4)):
+        (tmp_path / f"{worker}.json").write_text(json.dumps(
+            {"traffic": [[100, REQUESTS, "/r", n]], "shadow": {"/r": {"compared": n, "equal": 1}}}))
+    (tmp_path / "4-4.json").write_text("{")  # never half-written: a worker's file is renamed over whole
+    assert board.others() == ({(100, REQUESTS, "/r"): 9}, {"/r": Counter({"compared": 9, "equal": 3})})

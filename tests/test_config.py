@@ -330,3 +330,242 @@ def test_a_streaming_mount_that_is_not_mounted_is_refused(tmp_path: Path) -> Non
     with pytest.raises(MountError, match=r"names /uplods, which is not a mount prefix here: use one of /flask, "
                                          r"/django\."):
         load_table(config)
+
+
+# The rules each reader applies, value by value (what mutation testing found unpinned).
+
+STRONG = "k" * 45 + "abcde"  # 50 characters, 6 different
+
+
+@pytest.mark.parametrize(("environ", "hosts", "problems"), [
+    pytest.param({"DJANGO_SECRET_KEY": STRONG, "FLASK_SECRET_KEY": STRONG}, "example.org", [], id="none"),
+    pytest.param({}, "example.org", ["DJANGO_SECRET_KEY is not set", "FLASK_SECRET_KEY is not set"], id="no-keys"),
+    pytest.param({"DJANGO_SECRET_KEY": STRONG[:-1], "FLASK_SECRET_KEY": "django-insecure-" + STRONG,
+                  "DJANGO_DEBUG": " TRUE ", "FLASK_DEBUG": "yes", "DJANGO_ALLOWED_HOSTS": "a.example, *"}, "*", [
+        "DJANGO_SECRET_KEY is too weak: use at least 50 random characters",
+        "FLASK_SECRET_KEY is too weak: use at least 50 random characters",
+        'DJANGO_DEBUG=" TRUE " turns on Django\'s debug pages: unset it or set DJANGO_DEBUG=0',
+        'FLASK_DEBUG="yes" turns on Flask\'s debug mode: unset it or set FLASK_DEBUG=0',
+        'GATEWAY_ALLOWED_HOSTS allows any host ("*"): list your host names, e.g. GATEWAY_ALLOWED_HOSTS=example.org',
+        'DJANGO_ALLOWED_HOSTS allows any host ("*"): list your host names, or unset it to follow '
+        "GATEWAY_ALLOWED_HOSTS"], id="all"),
+    pytest.param({"DJANGO_SECRET_KEY": "abcd" * 13, "FLASK_SECRET_KEY": STRONG, "FLASK_DEBUG": "1"}, "example.org", [
+        "DJANGO_SECRET_KEY is too weak: use at least 50 random characters",
+        'FLASK_DEBUG="1" turns on Flask\'s debug mode: unset it or set FLASK_DEBUG=0'], id="four-characters"),
+    pytest.param({"DJANGO_SECRET_KEY": STRONG, "FLASK_SECRET_KEY": STRONG, "DJANGO_DEBUG": "0",
+                  "FLASK_DEBUG": "false"}, "example.org", [], id="debug-off"),
+    pytest.param({"DJANGO_SECRET_KEY": STRONG, "FLASK_SECRET_KEY": STRONG, "FLASK_DEBUG": "0"}, "example.org", [],
+                 id="flask-debug-0"),
+    pytest.param({"DJANGO_SECRET_KEY": "k" * 46 + "abcd", "FLASK_SECRET_KEY": STRONG}, "example.org", [],
+                 id="five-different-characters"),
+])
+def test_production_problems_one_clause_each(environ: dict[str, str], hosts: str, problems: list[str]) -> None:
+    from gateway.core.config import production_problems
+
+    config = Config.from_env({"GATEWAY_ALLOWED_HOSTS": hosts})
+    assert production_problems(config, environ) == problems
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("on", True), ("Yes", True), ("true", True), ("0", False),
+                                           ("", False), ("2", False)])
+def test_django_debug_is_read_as_django_hello_reads_it(value: str, on: bool) -> None:
+    from gateway.core.config import production_problems
+
+    environ = {"DJANGO_SECRET_KEY": STRONG, "FLASK_SECRET_KEY": STRONG, "DJANGO_DEBUG": value}
+    assert production_problems(Config.from_env({}), environ) == (
+        [f'DJANGO_DEBUG="{value}" turns on Django\'s debug pages: unset it or set DJANGO_DEBUG=0'] if on else [])
+
+
+def test_production_problems_of_your_own_apps_are_the_wildcard_only() -> None:
+    from gateway.core.config import production_problems
+
+    assert production_problems(Config.from_env({"GATEWAY_ALLOWED_HOSTS": "a.example"}), {}, demo=False) == []
+    assert production_problems(Config.from_env({"GATEWAY_ALLOWED_HOSTS": "a.example,*"}), {}, demo=False) == [
+        'GATEWAY_ALLOWED_HOSTS allows any host ("*"): list your host names, e.g. GATEWAY_ALLOWED_HOSTS=example.org']
+
+
+def test_production_refuses_with_every_problem_in_one_sentence(tmp_path: Path) -> None:
+    config = Config.from_env({"GATEWAY_ENV": "production", "GATEWAY_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ValueError) as refused:
+        configure_apps(config, {"DJANGO_CONN_MAX_AGE": "x", "DJANGO_SECRET_KEY": STRONG})
+    assert str(refused.value) == (
+        'DJANGO_CONN_MAX_AGE="x" must be a whole number of seconds, e.g. 60 (0 closes each connection after its '
+        "request); FLASK_SECRET_KEY is not set (GATEWAY_ENV=production).")
+
+
+def test_configure_apps_shares_the_signin_and_keeps_the_flask_key(tmp_path: Path) -> None:
+    (tmp_path / "flask-secret-key").write_text("kept-key\n")
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_SHARED_SIGNIN": "1",
+                              "GATEWAY_ALLOWED_HOSTS": "a.example,b.example"})
+    environ: dict[str, str] = {}
+    configure_apps(config, environ)
+    assert environ["FLASK_SHARED_SIGNIN"] == "true"
+    assert environ["DJANGO_ALLOWED_HOSTS"] == "a.example,b.example"
+    assert environ["FLASK_SECRET_KEY"] == "kept-key"
+    assert "DJANGO_HTTPS" not in environ
+    plain: dict[str, str] = {}
+    configure_apps(Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path)}), plain)
+    assert "FLASK_SHARED_SIGNIN" not in plain
+
+
+def test_a_generated_secret_is_private_and_kept(tmp_path: Path) -> None:
+    import stat
+
+    from gateway.core.config import stored_secret
+
+    data = tmp_path / "a" / "b"
+    key = stored_secret(data, "k")
+    assert len(key) == 67  # token_urlsafe(50): 50 random bytes
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700 and stat.S_IMODE((data / "k").stat().st_mode) == 0o600
+    assert (data / "k").read_text() == key and stored_secret(data, "k") == key
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    pytest.param("sqlite:///x.db", None, id="sqlite"),
+    pytest.param("SPATIALITE:///x.db", None, id="spatialite"),
+    pytest.param("postgresql+psycopg://db/x", None, id="postgres-with-driver"),
+    pytest.param("redis://u:secret@h:6379/0", 'DATABASE_URL has the scheme "redis", which no database backend here '
+                 "takes: use postgres://user:password@host/name, or unset it for the embedded SQLite database",
+                 id="redis-with-a-password"),
+    pytest.param("ftp+x://h:21/x", 'DATABASE_URL has the scheme "ftp", which no database backend here takes: use '
+                 "postgres://user:password@host/name, or unset it for the embedded SQLite database", id="ftp"),
+    pytest.param("oracle://db/x", "DATABASE_URL is a oracle URL, but its driver (oracledb) is not installed: install "
+                 "oracledb (pip install oracledb); the gateway is tested on SQLite and PostgreSQL only", id="oracle"),
+])
+def test_database_urls_by_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str,
+                                 problem: str | None) -> None:
+    import importlib.util
+
+    from gateway.core.config import environment_problems
+
+    real = importlib.util.find_spec
+    # psycopg2 alone is enough for Django's postgres backend.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else (
+        object() if name == "psycopg2" else real(name, *a)))
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(tmp_path)})
+    environ = {"DATABASE_URL": url, "DJANGO_SECRET_KEY": "k", "FLASK_SECRET_KEY": "f"}
+    assert environment_problems(config, environ) == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize("keys", [{"DJANGO_SECRET_KEY": "k"}, {"FLASK_SECRET_KEY": "f"}])
+def test_a_missing_key_is_written_to_the_data_directory(tmp_path: Path, keys: dict[str, str]) -> None:
+    from gateway.core.config import environment_problems
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = Config.from_env({"GATEWAY_DATA_DIR": str(blocker)})
+    assert environment_problems(config, {"DATABASE_URL": "sqlite:///x", **keys}) == [
+        f"GATEWAY_DATA_DIR={blocker} cannot be created: {blocker} is not a directory: choose a directory this user "
+        "can write, e.g. GATEWAY_DATA_DIR=./var"]
+
+
+def test_unwritable_names_the_directory_it_stopped_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from gateway.core.config import unwritable
+
+    assert unwritable(tmp_path / "new" / "deeper") is None
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    assert unwritable(tmp_path) == "is not writable by this user"
+    assert unwritable(tmp_path / "new") == f"cannot be created in {tmp_path}"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", None), ("0", None), (" OFF ", None), ("1", "sessionid"), ("True", "sessionid"), ("ON", "sessionid"),
+    ("my.session_ID-2", "my.session_ID-2"), ("x" * 64, "x" * 64)])
+def test_shared_signin_takes_a_flag_or_a_cookie_name(value: str, expected: str | None) -> None:
+    assert Config.from_env({"GATEWAY_SHARED_SIGNIN": value}).shared_signin == expected
+
+
+@pytest.mark.parametrize("value", ["my session", "x" * 65, "caf\u00e9"])
+def test_shared_signin_refuses_other_names(value: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({"GATEWAY_SHARED_SIGNIN": value})
+    assert str(refused.value) == (f'GATEWAY_SHARED_SIGNIN="{value}" must be 1, 0, or the name of Django\'s '
+                                  "session cookie.")
+
+
+def test_the_migration_directory_must_be_a_writable_directory(tmp_path: Path) -> None:
+    assert Config.from_env({"GATEWAY_MIGRATION_DIR": f" {tmp_path} "}).migration_dir == tmp_path
+    assert Config.from_env({"GATEWAY_MIGRATION_DIR": " "}).migration_dir is None
+    for missing in (tmp_path / "missing", tmp_path / "file"):
+        (tmp_path / "file").write_text("")
+        with pytest.raises(ValueError) as refused:
+            Config.from_env({"GATEWAY_MIGRATION_DIR": str(missing)})
+        assert str(refused.value) == (f"GATEWAY_MIGRATION_DIR={missing} is not a writable directory: create it, "
+                                      "empty, for this server's workers, or unset it.")
+
+
+def test_with_file_reads_one_in_and_none_drops_it(tmp_path: Path) -> None:
+    from gateway.core.config import load_config
+    from gateway.migration.rules import GatewayFile
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[apps]\nnew = "tests.thirdapp:echo_app"\n')
+    with_it = Config().with_file(path)
+    assert with_it.config_file == path.resolve() and dict(with_it.file.apps) == {"new": "tests.thirdapp:echo_app"}
+    assert dict(load_config({}, {}, path).file.apps) == {"new": "tests.thirdapp:echo_app"}
+    without = with_it.with_file(None)
+    assert without.config_file is None and without.file == GatewayFile()
+
+
+def test_the_gateway_toml_here_is_read_unless_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.core.config import config_path
+
+    monkeypatch.chdir(tmp_path)
+    assert config_path({}) is None
+    (tmp_path / "gateway.toml").write_text("[gateway]\nthreads = 3\n")
+    assert config_path({}) == Path("gateway.toml")
+    assert config_path({"GATEWAY_CONFIG": " other.toml "}) == Path("other.toml")
+    assert Config.from_env({}).threads == 3
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    pytest.param("GATEWAY_MAX_BODY_SIZES", "/a=b=1K", 'GATEWAY_MAX_BODY_SIZES /a="b=1K" must be a size in bytes, '
+                 "e.g. 10485760 or 10M.", id="size-of-a-prefix"),
+    pytest.param("GATEWAY_TRUSTED_PROXIES", "10.0.0.1/8,x", 'GATEWAY_TRUSTED_PROXIES item "x" must be an IP address '
+                 "or network, e.g. 10.0.0.0/8.", id="proxy"),
+    pytest.param("GATEWAY_DRAIN_DELAY", "inf", 'GATEWAY_DRAIN_DELAY="inf" must be a number of seconds, e.g. '
+                 "GATEWAY_DRAIN_DELAY=5.", id="infinite"),
+    pytest.param("GATEWAY_STREAM_BODIES", "/", 'GATEWAY_STREAM_BODIES item "/" must be a mount prefix, e.g. '
+                 '"/uploads".', id="root"),
+    pytest.param("GATEWAY_THREADS", "x", 'GATEWAY_THREADS="x" must be a positive whole number, e.g. '
+                 "GATEWAY_THREADS=100.", id="threads"),
+    pytest.param("GATEWAY_THREADS", "-3", 'GATEWAY_THREADS="-3" must be a positive whole number, e.g. '
+                 "GATEWAY_THREADS=100.", id="negative"),
+])
+def test_bad_values_quoted_in_full(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({name: value})
+    assert str(refused.value) == message
+
+
+def test_values_at_the_edges() -> None:
+    config = Config.from_env({"GATEWAY_THREADS": "1", "GATEWAY_DRAIN_DELAY": "0", "GATEWAY_MAX_BODY_SIZES": "/aX/=1K",
+                              "GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8", "GATEWAY_STREAM_BODIES": "/upX//"})
+    assert (config.threads, config.drain_delay, dict(config.max_body_sizes)) == (1, 0.0, {"/aX": 1024})
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8"] and config.stream_bodies == ("/upX",)
+
+
+def test_a_files_empty_strings_false_and_lists(tmp_path: Path) -> None:
+    from gateway.core.config import load_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nthreads = ""\ndrain_delay = ""\naccess_log = false\n')
+    config = load_config({}, {}, path)
+    assert (config.threads, config.drain_delay, config.access_log) == (100, 0.0, False)
+    for table, message in (("env = true", 'env="1" must be "development" or "production".'),
+                           ('log_format = ["xml"]', 'log_format="xml" must be "text" or "json".')):
+        path.write_text(f"[gateway]\n{table}\n")
+        with pytest.raises(ValueError) as refused:
+            load_config({}, {}, path)
+        assert str(refused.value) == f"{path}, line 2: {message}"
+
+
+def test_a_migration_directory_this_user_cannot_write_is_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        Config.from_env({"GATEWAY_MIGRATION_DIR": str(tmp_path)})

@@ -479,3 +479,80 @@ def test_a_pid_another_user_holds_is_a_dead_worker(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(metrics.os, "kill", lambda pid, signal: sent.append(signal))
     assert metrics._alive(3) is True
     assert sent == [0]  # the null signal: asks, sends nothing
+
+
+def test_each_metric_with_its_help_labels_and_buckets() -> None:
+    """What a scrape shows of a fresh registry after one of each event: names, help texts, labels."""
+    from gateway.observe.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.route_event("fallback", "/a/<id>")
+    metrics.route_event("canary", "/b")
+    metrics.route_event("canary", "/b")
+    metrics.route_event("shadow", "/c", ("compared", "equal"))
+    metrics.pool(4)
+    metrics.thread_started(0.0003)
+    metrics.refused("bad_host")
+    metrics.started()
+    metrics.finished("/a", 404, 0.02)
+    text = metrics.render().body.decode()
+    helps = {family.name: family.documentation for family in text_string_to_metric_families(text)
+             if not family.name.endswith("_created")}
+    assert helps == {
+        "gateway_requests": "Requests answered, by mount and status class.",
+        "gateway_request_duration_seconds": "Time to answer a request, by mount.",
+        "gateway_requests_in_flight": "Requests being answered now.",
+        "gateway_wsgi_threads": "WSGI threads (GATEWAY_THREADS, per worker, summed).",
+        "gateway_wsgi_threads_busy": "WSGI threads running an app now.",
+        "gateway_wsgi_thread_wait_seconds": "Wait for a free WSGI thread.",
+        "gateway_refusals": "The gateway's own 4xx answers, by reason.",
+        "gateway_route_fallbacks": "Fallbacks taken, by route rule.",
+        "gateway_canary_requests": "Requests sent to a canary, by route rule.",
+        "gateway_shadow": "Shadow comparisons, by route rule and outcome.",
+    }
+    got = samples(text)
+    assert value(got, "gateway_route_fallbacks_total", rule="/a/<id>") == 1
+    assert value(got, "gateway_canary_requests_total", rule="/b") == 2
+    assert value(got, "gateway_shadow_total", rule="/c", outcome="compared") == 1
+    assert value(got, "gateway_shadow_total", rule="/c", outcome="equal") == 1
+    assert value(got, "gateway_refusals_total", reason="bad_host") == 1
+    assert value(got, "gateway_requests_total", mount="/a", status="4xx") == 1
+    assert (value(got, "gateway_wsgi_threads"), value(got, "gateway_wsgi_threads_busy")) == (4, 1)
+    assert sorted(float(dict(labels)["le"]) for name, labels in got
+                  if name == "gateway_request_duration_seconds_bucket") == [
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, float("inf")]
+    assert value(got, "gateway_request_duration_seconds_bucket", mount="/a", le="0.01") == 0
+    assert value(got, "gateway_request_duration_seconds_bucket", mount="/a", le="0.025") == 1
+    assert value(got, "gateway_wsgi_thread_wait_seconds_bucket", le="0.0001") == 0
+    assert value(got, "gateway_wsgi_thread_wait_seconds_bucket", le="0.0005") == 1
+    assert len([name for name, _ in got if name == "gateway_wsgi_thread_wait_seconds_bucket"]) == 11
+
+
+def test_a_given_directory_that_is_a_file_is_refused_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given = tmp_path / "a-file"
+    given.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(given))
+    with pytest.raises(ValueError) as refused:
+        prepare_directory()
+    assert str(refused.value) == (f"PROMETHEUS_MULTIPROC_DIR={given} is not a writable directory: create it, empty, "
+                                  "or unset the variable and the gateway makes one.")
+
+
+def test_a_given_directory_this_user_cannot_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK | os.X_OK)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="is not a writable directory"):
+        prepare_directory()
+
+
+def test_a_directory_made_here_is_removed_at_exit_even_if_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import atexit
+
+    at_exit: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    directory = prepare_directory()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == directory and os.path.isdir(directory)
+    for function, args, kwargs in at_exit * 2:  # the second time it is already gone: no error at exit
+        function(*args, **kwargs)
+    assert not os.path.exists(directory)

@@ -108,3 +108,48 @@ def test_the_option_is_read_and_refused_in_one_line() -> None:
     assert Config.from_env({"GATEWAY_SHARED_SIGNIN": "0"}).shared_signin is None
     with pytest.raises(ValueError, match="GATEWAY_SHARED_SIGNIN=\"a b\" must be 1, 0, or the name"):
         Config.from_env({"GATEWAY_SHARED_SIGNIN": "a b"})
+
+
+def test_signing_out_ends_the_session_on_the_server(browser: Client, user: Account) -> None:
+    """A copy of the session cookie kept from before (another tab, a stolen cookie) is dead too."""
+    signed = sign_in(browser, user)
+    cookie = next(c for c in signed.headers.getlist("Set-Cookie") if c.startswith("sessionid="))
+    session_id = cookie.split(";", 1)[0].split("=", 1)[1]
+    out = browser.post("/flask/signout", buffered=True)
+    assert "sessionid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/" in out.headers.getlist("Set-Cookie")
+    replay = Client(browser.application)
+    replay.set_cookie("sessionid", session_id)
+    assert replay.get("/flask/account", buffered=True).status_code == 302
+    assert replay.get("/django/admin/", buffered=True).status_code == 302
+
+
+def test_the_login_page_by_default_is_the_django_admins(table: MountTable) -> None:
+    from flask import Flask
+
+    from gateway.migration.signin import DjangoSignIn, login_required
+
+    app = Flask("signin-default")
+    DjangoSignIn(app)
+
+    @app.get("/x")
+    @login_required
+    def x() -> str:
+        return "in"
+
+    answer = app.test_client().get("/x")
+    assert (answer.status_code, answer.headers["Location"]) == (302, "/django/admin/login/?next=%2Fx")
+
+
+def test_signing_out_without_a_session_drops_the_cookie_at_djangos_path(table: MountTable) -> None:
+    """A Flask app without the extension (no session loaded) still answers, and the cookie is
+    deleted at the path Django set it with."""
+    from django.test import override_settings
+    from flask import Flask, make_response
+
+    from gateway.migration.signin import sign_out
+
+    app = Flask("signout-alone")
+    with override_settings(SESSION_COOKIE_PATH="/django"), app.test_request_context("/signout", method="POST"):
+        response = sign_out(make_response("out"))
+    assert response.headers.getlist("Set-Cookie") == [
+        "sessionid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/django"]

@@ -20,7 +20,10 @@ TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
     ("127.0.0.1", True), ("::1", True), ("10.1.2.3", True), ("192.0.2.1", False), ("unknown", False),
     ("", False), (None, False)])
 def test_only_loopback_and_the_trusted_proxies_see_it(client: str | None, seen: bool) -> None:
-    assert page.allowed(client, TRUSTED) is seen
+    from gateway.core.pipeline import is_trusted  # the one trusted-address check, for every operators' page
+
+    assert is_trusted(client, TRUSTED, loopback=True) is seen
+    assert is_trusted(client, TRUSTED) is (seen and client == "10.1.2.3")  # the proxies alone: no loopback
 
 
 def test_bars_scale_to_the_highest_value() -> None:

@@ -785,7 +785,9 @@ def wait_exit_or_serve(args: list[str], env: dict[str, str], port: int, timeout:
         while proc.poll() is None and time.monotonic() < deadline:
             with socket.socket() as sock:
                 sock.settimeout(0.2)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                # Ours, not another process's that took the free port meanwhile (a full
+                # run once failed here while the process was on its way to refusing).
+                if sock.connect_ex(("127.0.0.1", port)) == 0 and proc.pid in listeners(port):
                     pytest.fail("gateway serve started serving instead of refusing to start")
             time.sleep(0.1)
         if proc.poll() is None:
@@ -795,7 +797,19 @@ def wait_exit_or_serve(args: list[str], env: dict[str, str], port: int, timeout:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.communicate()  # waits, and closes the pipes even when the test failed
+
+
+def listeners(port: int) -> set[int]:
+    """The process groups of the processes listening on ``port`` of 127.0.0.1 (``ss``)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    groups = set()
+    for pid in re.findall(r"pid=(\d+)", out):
+        try:
+            groups.add(os.getpgid(int(pid)))
+        except ProcessLookupError:
+            continue
+    return groups
 
 
 @pytest.mark.parametrize(

@@ -784,10 +784,12 @@ def wait_exit_or_serve(args: list[str], env: dict[str, str], port: int, timeout:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             with socket.socket() as sock:
-                sock.settimeout(0.2)
-                # Ours, not another process's that took the free port meanwhile (a full
-                # run once failed here while the process was on its way to refusing).
-                if sock.connect_ex(("127.0.0.1", port)) == 0 and proc.pid in listeners(port):
+                sock.settimeout(0.5)
+                # Serving means answering: uvicorn's socket listens (and the kernel accepts
+                # connections) while the checks run, before the process refuses and exits;
+                # under a full run's load a bare connect landed in that window. And the
+                # answer must be our process's, not another's that took the free port.
+                if sock.connect_ex(("127.0.0.1", port)) == 0 and answers(sock) and proc.pid in listeners(port):
                     pytest.fail("gateway serve started serving instead of refusing to start")
             time.sleep(0.1)
         if proc.poll() is None:
@@ -798,6 +800,15 @@ def wait_exit_or_serve(args: list[str], env: dict[str, str], port: int, timeout:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()  # waits, and closes the pipes even when the test failed
+
+
+def answers(sock: socket.socket) -> bool:
+    """Whether an HTTP request on the connected ``sock`` gets an HTTP answer."""
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        return sock.recv(5) == b"HTTP/"
+    except OSError:  # reset or timed out: the process exited, or is not serving yet
+        return False
 
 
 def listeners(port: int) -> set[int]:

@@ -26,6 +26,7 @@ from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from gateway.core.pipeline import Body, Head, Pipeline, Request
+from gateway.migration.rules import as_wsgi as as_wsgi_app
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
@@ -150,17 +151,8 @@ class _Logged:
 
 def as_wsgi(mount: Mount) -> WSGIApp:
     """Return the mount's app as a WSGI app, adapting an ASGI one with a2wsgi."""
-    return as_wsgi_app(mount.app, mount.interface)
-
-
-def as_wsgi_app(app: Any, interface: str) -> WSGIApp:
-    """``app`` as a WSGI app: itself, or an ASGI app through a2wsgi."""
-    if interface == "wsgi":
-        wsgi: WSGIApp = app
-        return wsgi
-    from a2wsgi import ASGIMiddleware
-
-    return ASGIMiddleware(app)  # type: ignore[return-value]
+    app: WSGIApp = as_wsgi_app(mount.app, mount.interface)
+    return app
 
 
 class StartFirst:

@@ -489,8 +489,9 @@ def _line_of(lines: list[str], key: str) -> int:
 
 
 def as_wsgi(app: Any, interface: str) -> Any:
-    """An app as a fallback chain or a shadow comparison calls it: WSGI, an ASGI one through
-    a2wsgi (both must see the whole response before the client gets any of it)."""
+    """``app`` as a WSGI app: itself, or an ASGI one through a2wsgi. How a fallback chain or
+    a shadow comparison calls it (both must see the whole response before the client gets
+    any of it), and how the WSGI entry point serves an ASGI mount."""
     if interface == "wsgi":
         return app
     from a2wsgi import ASGIMiddleware

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -73,6 +74,13 @@ def connect(app: Any = hello) -> tuple[HeaderTimeoutProtocol, Transport]:
     transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
+
+
+async def until(check: Callable[[], bool], limit: float = 5.0) -> None:
+    """Let the loop run until ``check()`` holds (the test's assertions then say whether it did)."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not check() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.001)
 
 
 def test_the_config_serves_with_the_protocol() -> None:
@@ -160,9 +168,9 @@ def test_a_long_head_under_the_limit_and_the_bodies_after_it_are_not_counted() -
                                + b"\r\nContent-Length: 2000000\r\n\r\n")
         for _ in range(40):
             protocol.data_received(b"b" * 50_000)  # 2 MB of body
-        await asyncio.sleep(0.05)
+        await until(lambda: transport.written.count(b"\r\n\r\nhi") == 1)
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 900_000 + b"\r\n\r\n")
-        await asyncio.sleep(0.05)
+        await until(lambda: transport.written.count(b"\r\n\r\nhi") == 2)
         return transport
 
     transport = asyncio.run(scenario())
@@ -229,7 +237,7 @@ def test_a_request_on_a_silent_connection_as_the_server_stops_is_answered_then_c
         await asyncio.sleep(0.05)
         waited = not transport.closed
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        await asyncio.sleep(0.05)
+        await until(lambda: transport.closed)
         return transport, waited
 
     transport, waited = asyncio.run(scenario())
@@ -258,7 +266,7 @@ def test_an_idle_keep_alive_connection_as_the_server_stops_is_closed_at_once() -
     async def scenario() -> tuple[Transport, bytes]:
         protocol, transport = connect()
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        await asyncio.sleep(0.05)
+        await until(lambda: transport.written.endswith(b"\r\n\r\nhi"))
         answered = transport.written
         protocol.shutdown()
         return transport, answered

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from gateway.core.config import Config
 from gateway.migration.rules import Fallback, RouteSpec, RouteTable, as_wsgi
-from gateway.migration.shadow import DEFAULT_CPU, ShadowTap
+from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, ShadowTap
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -41,7 +41,8 @@ _FORM = ('"/prefix=package.module:attribute" (or "package.module:factory()"; opt
 def rule_options(config: Config) -> dict[str, Any]:
     """What :meth:`MountTable.from_specs` takes to load ``config``'s route rules, at start and on a reload."""
     return {"routes": config.file.routes, "apps": config.file.apps, "shadow_log": config.data_dir / "shadow.jsonl",
-            "shadow_cpu": config.file.shadow_cpu, "shared_dir": config.migration_dir}
+            "shadow_cpu": config.file.shadow_cpu, "shared_dir": config.migration_dir,
+            "shadow_timeout": config.file.shadow_timeout}
 
 
 def load_rules(config: Config, previous: RouteTable | None = None,
@@ -128,7 +129,7 @@ class MountTable:
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
                    apps: Mapping[str, str] | None = None, shadow_log: Path | None = None,
                    previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
-                   shared_dir: Path | None = None) -> MountTable:
+                   shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -140,7 +141,7 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir)
+        table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir, shadow_timeout)
         loaded: dict[str, tuple[Any, Interface]] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):
@@ -161,7 +162,7 @@ class MountTable:
             interface: Interface = "wsgi"
             if route.shadow is not None:
                 app = ShadowTap(route.key, wsgi(route.apps[0]), wsgi(route.shadow), table.shadower,
-                                route.shadow_headers)
+                                route.shadow_headers, route.shadow_credentials)
             elif len(route.apps) == 1:
                 app, interface = loaded[route.apps[0]]
             else:

@@ -67,7 +67,9 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
             compared = counts["compared"]
             rate = (counts["equal"] + counts["noise"]) / compared if compared else 0.0
             shadow = (f"{escape(spec.shadow)}: {share(counts['equal'] + counts['noise'], compared)} equal of "
-                      f"{compared} compared ({counts['different']} different, {counts['dropped']} dropped) "
+                      f"{compared} compared ({counts['different']} different, {counts['dropped']} dropped"
+                      + (f", {counts['error']} failed, {counts['timeout']} timed out" if counts["error"]
+                         or counts["timeout"] else "") + ") "
                       f'<meter min="0" max="1" value="{rate:.3f}">{rate:.0%}</meter>')
         rows.append(f"<tr><td><code>{escape(spec.rule)}</code></td><td>{escape(','.join(spec.methods or ('any',)))}"
                     f"</td><td>{owners}</td><td>{bars(traffic)} {total}</td><td>{fallback}</td><td>{canary}</td>"

@@ -67,7 +67,7 @@ from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
-from gateway.migration.shadow import DEFAULT_CPU, Shadower
+from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, Shadower
 from gateway.migration.traffic import Board, Traffic
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -96,6 +96,7 @@ class RouteSpec:
     header: str | None = None  # the canary is sticky by this header's value, else by a cookie
     shadow: str | None = None  # the candidate a shadow comparison replays GET and HEAD on
     shadow_headers: tuple[str, ...] = ()  # response headers the comparison includes
+    shadow_credentials: bool = False  # the replays carry the client's cookies and authorization
 
     @property
     def canary_key(self) -> str:
@@ -129,6 +130,8 @@ class GatewayFile:
     #: The ``[gateway]`` table: each setting's value as TOML gives it, and where it stands
     #: (``gateway.toml, line 3``); read by ``gateway.core.config.load_config``.
     settings: Mapping[str, tuple[str, object]] = field(default_factory=dict)
+    #: Seconds a shadow comparison's replays may take together (``[shadow] timeout``).
+    shadow_timeout: float = DEFAULT_TIMEOUT
 
 
 def read_gateway_file(path: Path) -> GatewayFile:
@@ -163,7 +166,7 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         raise ConfigFileError(f"{name}, line {_line_of(lines, 'gateway')}: [gateway] is a table of settings, "
                               "e.g. threads = 50 (docs/configuration.md lists them).")
     located = {key: (f"{name}, line {_line_of(lines, key)}", value) for key, value in settings.items()}
-    shadow_cpu = _shadow_cpu(data.get("shadow", {}), f"{name}, line {_line_of(lines, 'shadow')}")
+    shadow_cpu, shadow_timeout = _shadow_pool(data.get("shadow", {}), f"{name}, line {_line_of(lines, 'shadow')}")
     apps, django_settings, paths = _apps(data.get("apps", {}), name, lines)
     mounts = data.get("mounts", {})
     if not isinstance(mounts, dict) or not all(isinstance(t, str) for t in mounts.values()):
@@ -206,10 +209,11 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             methods = tuple(sorted({m.upper() for m in methods} | ({"HEAD"} if "GET" in (
                 m.upper() for m in methods) else set())))
         canary, share, header = _canary(route.get("canary"), apps, where)
-        shadow, shadow_headers = _shadow(route.get("shadow"), apps, where)
+        shadow, shadow_headers, shadow_credentials = _shadow(route.get("shadow"), apps, where)
         if shadow is not None and (canary is not None or len(names) > 1):
             raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
-        spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers)
+        spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers,
+                         shadow_credentials)
         problem = check_rule(rule, checked=checked)
         if problem is not None:
             raise ConfigFileError(f"{where}: rule {rule!r} {problem}.")
@@ -217,7 +221,7 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
             raise ConfigFileError(f"{where}: rule {rule!r} repeats the rule of line {seen[spec.key]}.")
         seen[spec.key] = line
         specs.append(spec)
-    return GatewayFile(apps, mount_specs, tuple(specs), shadow_cpu, django_settings, paths, located)
+    return GatewayFile(apps, mount_specs, tuple(specs), shadow_cpu, django_settings, paths, located, shadow_timeout)
 
 
 _APP_FORM = ('name = "package.module:attribute", or name = { app = "package.module:attribute", '
@@ -260,15 +264,19 @@ def _apps(value: Any, name: str, lines: list[str]) -> tuple[dict[str, str], str 
     return apps, settings[0] if settings else None, tuple(dict.fromkeys(paths))
 
 
-def _shadow_cpu(value: Any, where: str) -> float:
-    """Check ``[shadow] cpu = 5``: the per cent of one core comparisons may use, as 0-1."""
-    form = "[shadow] takes cpu = 2: the per cent of one core shadow comparisons may use, above 0, at most 100"
-    if not isinstance(value, dict) or set(value) - {"cpu"}:
+def _shadow_pool(value: Any, where: str) -> tuple[float, float]:
+    """Check ``[shadow] cpu = 5, timeout = 5``: the per cent of one core comparisons may use
+    (as 0-1), and the seconds a comparison's replays may take."""
+    form = ("[shadow] takes cpu = 2 (the per cent of one core shadow comparisons may use, above 0, at most "
+            "100) and timeout = 5 (the seconds a comparison's replays may take, above 0, at most 3600)")
+    if not isinstance(value, dict) or set(value) - {"cpu", "timeout"}:
         raise ConfigFileError(f"{where}: {form}.")
     cpu = value.get("cpu", DEFAULT_CPU * 100)
-    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu <= 100:
-        raise ConfigFileError(f"{where}: {form}.")
-    return float(cpu) / 100
+    timeout = value.get("timeout", DEFAULT_TIMEOUT)
+    for number, top in ((cpu, 100), (timeout, 3600)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number <= top:
+            raise ConfigFileError(f"{where}: {form}.")
+    return float(cpu) / 100, float(timeout)
 
 
 def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, float, str | None]:
@@ -289,12 +297,13 @@ def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     return str(value["app"]), float(share), header
 
 
-def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, tuple[str, ...]]:
-    """Check a route's ``shadow = { app = "new", headers = ["Content-Type"] }``."""
+def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, tuple[str, ...], bool]:
+    """Check a route's ``shadow = { app = "new", headers = ["Content-Type"], credentials = false }``."""
     if value is None:
-        return None, ()
-    form = 'shadow = { app = "name" } (optionally headers = ["Content-Type", ...] to compare)'
-    if not isinstance(value, dict) or set(value) - {"app", "headers"} or "app" not in value:
+        return None, (), False
+    form = ('shadow = { app = "name" } (optionally headers = ["Content-Type", ...] to compare, and '
+            "credentials = true to replay the client's cookies and authorization)")
+    if not isinstance(value, dict) or set(value) - {"app", "headers", "credentials"} or "app" not in value:
         raise ConfigFileError(f"{where}: shadow must be {form}.")
     if not isinstance(value["app"], str) or value["app"] not in apps:
         raise ConfigFileError(f"{where}: shadow app {value['app']!r} is not in [apps].")
@@ -302,7 +311,11 @@ def _shadow(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None
     if not isinstance(headers, list) or not all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9-]+", h)
                                                 for h in headers):
         raise ConfigFileError(f'{where}: shadow headers must be a list of header names, e.g. ["Content-Type"].')
-    return str(value["app"]), tuple(headers)
+    credentials = value.get("credentials", False)
+    if not isinstance(credentials, bool):
+        raise ConfigFileError(f"{where}: shadow credentials must be true or false (false, the default: the "
+                              "candidate gets no Cookie, Authorization or Proxy-Authorization).")
+    return str(value["app"]), tuple(headers), credentials
 
 
 #: Nesting of arrays and tables beyond which a file is refused (tomllib recurses: 5,000
@@ -576,14 +589,15 @@ class RouteTable:
 
     def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
                  previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
-                 shared_dir: Path | None = None) -> None:
+                 shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT) -> None:
         """``previous``: the table a reload replaces; its counts and shadow pool carry on
-        (with ``shadow_cpu``, the file's share now). ``shared_dir``: where the workers of
+        (with ``shadow_cpu``, the file's share now, and ``shadow_timeout``). ``shared_dir``: where the workers of
         one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``)."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
         self.shadower.cpu = shadow_cpu
+        self.shadower.timeout = shadow_timeout
         self.map = rules_map(MatchingRule(spec.rule, endpoint=key, methods=spec.methods)
                              for key, spec in self.specs.items())
         self.adapter = self.map.bind("gateway.invalid", "/")

@@ -20,9 +20,25 @@ tokenises three bodies; about 2 ms against 0.6 ms for the page itself, measured 
 worked example), so after each one the pool rests long enough to stay within its share of
 one core (``[shadow] cpu = 2`` per cent by default, per process). Comparisons that arrive
 meanwhile are dropped and counted: under load the pool samples. Results are counted per rule
-(compared, equal, different, noise only, dropped), and differences are written as JSON
-lines, each with a unified diff, to ``shadow.jsonl`` in the data directory, which
-``gateway diff`` summarises.
+(compared, equal, different, noise only, dropped, error, timeout), and differences are
+written as JSON lines, each with a unified diff, to ``shadow.jsonl`` in the data
+directory, which ``gateway diff`` summarises.
+
+What a replay may not do:
+
+- **Carry the client's credentials**, unless the rule says ``credentials = true``. The
+  ``Cookie``, ``Authorization`` and ``Proxy-Authorization`` headers are left out of both
+  replays, so a candidate never acts as the signed-in user. A request that came with any
+  of them is then replayed twice on the primary, without them, and the candidate is
+  compared with the first of those replays (the client's own answer was a signed-in page,
+  which an anonymous replay cannot match).
+- **Hold the pool.** Each comparison has ``[shadow] timeout`` seconds (5 by default) for all
+  its replays. Each replay runs in a thread of its own, so a candidate that hangs is left
+  behind and counted (``timeout``); at most :data:`MAX_STUCK` of them at a time, past
+  which comparisons are dropped until one ends. A request that waited in the queue longer
+  than the timeout is dropped, not replayed late.
+- **Flood the log.** An app that raises is counted (``error``), with one WARNING line per
+  rule and kind of failure a minute, and its traceback at DEBUG.
 """
 
 from __future__ import annotations
@@ -45,11 +61,19 @@ from gateway.types import Environ, StartResponse, WSGIApp
 
 logger = logging.getLogger("gateway.shadow")
 
-OUTCOMES = ("compared", "equal", "different", "noise", "dropped")
+OUTCOMES = ("compared", "equal", "different", "noise", "dropped", "error", "timeout")
 MAX_BODY = 1024 * 1024  # answers longer than this are not compared (counted as dropped)
 SAFE = frozenset({"GET", "HEAD"})
 #: The share of one core the comparisons may use, per process, unless ``[shadow] cpu`` says.
 DEFAULT_CPU = 0.02
+#: Seconds a comparison's replays may take together, unless ``[shadow] timeout`` says.
+DEFAULT_TIMEOUT = 5.0
+#: Replays left running past their timeout at one time; past this, comparisons are dropped.
+MAX_STUCK = 4
+#: The request headers that carry a client's credentials: not replayed unless a rule says so.
+CREDENTIALS = ("HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION")
+#: Seconds between two log lines of one rule and kind of failure.
+LOG_EVERY = 60.0
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -80,9 +104,11 @@ class TooLarge(Exception):
     """An answer over :data:`MAX_BODY`: not compared."""
 
 
-def fresh(environ: Environ) -> Environ:
-    """A copy of a request's environ to replay it: the framework's own keys dropped, no body."""
-    copy = {k: v for k, v in environ.items() if k.isupper() or k.startswith("wsgi.")}
+def fresh(environ: Environ, credentials: bool = True) -> Environ:
+    """A copy of a request's environ to replay it: the framework's own keys dropped, no body,
+    and without the client's credentials (:data:`CREDENTIALS`) unless ``credentials``."""
+    copy = {k: v for k, v in environ.items()
+            if (k.isupper() or k.startswith("wsgi.")) and (credentials or k not in CREDENTIALS)}
     copy["wsgi.input"] = io.BytesIO(b"")
     copy["wsgi.errors"] = environ.get("wsgi.errors")
     return copy
@@ -184,17 +210,40 @@ def unified(primary: Answer, candidate: Answer) -> str:
 # -- The pool --------------------------------------------------------------------------------
 
 
+class ReplayFailed(Exception):
+    """A replay raised (``which``: "candidate" or "primary"); the cause is chained."""
+
+    def __init__(self, which: str, error: BaseException) -> None:
+        super().__init__(which, error)
+        self.which = which
+        self.error = error
+
+
+class ReplayTimedOut(Exception):
+    """A replay did not end by the comparison's deadline (``which``: the app's role)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__(which)
+        self.which = which
+
+
 class Shadower:
     """A bounded queue and a few daemon threads that replay and compare, off the request path."""
 
     def __init__(self, log_path: Path | None, *, threads: int = 1, size: int = 64, keep: int = 1000,
-                 cpu: float = DEFAULT_CPU) -> None:
+                 cpu: float = DEFAULT_CPU, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=size)
         self.counts: dict[str, Counter[str]] = {}
         self.lock = threading.Lock()
         self.file_lock = threading.Lock()  # the log's writes: never held by a request's thread
         #: The share of one core the pool may use, 0 to 1 (``[shadow] cpu``, per cent).
         self.cpu = cpu
+        #: Seconds a comparison's replays may take together (``[shadow] timeout``).
+        self.timeout = timeout
+        #: Replays left running past their deadline, still running.
+        self.stuck = 0
+        #: When each rule and kind of failure was last logged, and how many since.
+        self.logged: dict[tuple[str, str], tuple[float, int]] = {}
         self.log_path = log_path
         self.keep = keep  # differences written per rule, at most
         self.written: Counter[str] = Counter()
@@ -224,30 +273,39 @@ class Shadower:
             return Counter(self.counts.get(rule, {}))
 
     def submit(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
-               headers: tuple[str, ...]) -> None:
-        """Queue a comparison; never blocks: a full queue drops it (counted)."""
+               headers: tuple[str, ...], anonymous: bool = False) -> None:
+        """Queue a comparison; never blocks: a full queue drops it (counted), as do
+        :data:`MAX_STUCK` replays still running past their deadline. ``anonymous``: the
+        client's credentials were left out of ``environ``, so ``primary`` cannot be compared."""
         if not self.started:
             with self.lock:
                 if not self.started:
                     for worker in self.workers:
                         worker.start()
                     self.started = True
+        if self.stuck >= MAX_STUCK:
+            self.count(rule, "dropped")
+            return
         try:
-            self.queue.put_nowait((rule, environ, primary, apps, headers))
+            self.queue.put_nowait((time.monotonic(), rule, environ, primary, apps, headers, anonymous))
         except queue.Full:
             self.count(rule, "dropped")
 
     def work(self) -> None:
         while True:
-            job = self.queue.get()
+            queued, *job = self.queue.get()
             started = time.thread_time()
+            spent = [0.0]
             try:
-                self.compare(*job)
+                if time.monotonic() - queued > self.timeout:
+                    self.count(job[0], "dropped")  # too late: the client's request is long over
+                else:
+                    self.compare(*job, spent=spent)
             except Exception:  # one bad comparison must not stop the pool
                 logger.exception("Shadow comparison failed for %s", job[0])
             finally:
                 self.queue.task_done()
-            self.rest(time.thread_time() - started)
+            self.rest(time.thread_time() - started + spent[0])
 
     def rest(self, spent: float) -> None:
         """After ``spent`` seconds of CPU, sleep so that the pool's threads together stay
@@ -256,19 +314,86 @@ class Shadower:
         if 0 < share < 1:
             time.sleep(spent * (1 - share) / share)
 
+    def replay(self, app: WSGIApp, environ: Environ, deadline: float, which: str, spent: list[float]) -> Answer:
+        """``app``'s answer to ``environ``, from a thread of its own, by ``deadline``
+        (``time.monotonic()``). Its CPU time is added to ``spent[0]``.
+
+        A WSGI call cannot be stopped from outside, so one that runs past the deadline is
+        left to finish on its own (:attr:`stuck` counts it) and :class:`ReplayTimedOut` is
+        raised; an app that raises gives :class:`ReplayFailed`."""
+        state: dict[str, Any] = {}
+
+        def run() -> None:
+            begun = time.thread_time()
+            try:
+                state["answer"] = call(app, environ)
+            except BaseException as exc:  # handed to the waiting thread, which counts it
+                state["error"] = exc
+            finally:
+                with self.lock:
+                    state["cpu"] = time.thread_time() - begun
+                    if state.get("abandoned"):
+                        self.stuck -= 1
+
+        thread = threading.Thread(target=run, name=f"gateway-shadow-{which}", daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            if "cpu" not in state:
+                state["abandoned"] = True
+                self.stuck += 1
+                raise ReplayTimedOut(which)
+        spent[0] += state["cpu"]
+        if "error" in state:
+            if isinstance(state["error"], TooLarge):
+                raise TooLarge
+            raise ReplayFailed(which, state["error"])
+        return state["answer"]  # type: ignore[no-any-return]
+
     def compare(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
-                headers: tuple[str, ...]) -> None:
+                headers: tuple[str, ...], anonymous: bool = False, *, spent: list[float] | None = None) -> None:
+        """Replay ``environ`` and compare; count the outcome (and write a difference)."""
         candidate_app, primary_app = apps
+        spent = [0.0] if spent is None else spent
+        deadline = time.monotonic() + self.timeout
         try:
-            candidate = call(candidate_app, environ)
-            secondary = call(primary_app, environ)
+            if anonymous:  # the client's answer was for its credentials: replay the primary without
+                primary = self.replay(primary_app, environ, deadline, "primary", spent)
+            candidate = self.replay(candidate_app, environ, deadline, "candidate", spent)
+            secondary = self.replay(primary_app, environ, deadline, "primary", spent)
         except TooLarge:
             self.count(rule, "dropped")
+            return
+        except ReplayTimedOut as exc:
+            self.count(rule, "timeout")
+            self.warn(rule, f"{exc.which} timeout", f"the {exc.which} did not answer within {self.timeout:g} s "
+                      "([shadow] timeout); it is left to finish, and the comparison is not made")
+            return
+        except ReplayFailed as exc:
+            self.count(rule, "error")
+            kind = type(exc.error).__name__
+            self.warn(rule, f"{exc.which} {kind}", f"the {exc.which} raised {kind}: {exc.error}", exc.error)
             return
         outcome, real = compare(primary, secondary, candidate, headers)
         if outcome == "different":  # written before it is counted: a count never runs ahead of the file
             self.record(rule, environ, primary, candidate, real)
         self.count(rule, "compared", outcome)
+
+    def warn(self, rule: str, kind: str, what: str, error: BaseException | None = None) -> None:
+        """One WARNING line per ``rule`` and ``kind`` a minute (:data:`LOG_EVERY`), saying how
+        many more there were since the last; the traceback goes to DEBUG."""
+        now = time.monotonic()
+        with self.lock:
+            last, since = self.logged.get((rule, kind), (-LOG_EVERY, 0))
+            if now - last < LOG_EVERY:
+                self.logged[rule, kind] = (last, since + 1)
+                return
+            self.logged[rule, kind] = (now, 0)
+        more = f" ({since} more since the last such line)" if since else ""
+        logger.warning("Shadow comparison of rule %s: %s%s; counted, and logged at most once a minute.",
+                       rule, what, more)
+        if error is not None:
+            logger.debug("The %s of rule %s failed.", kind, rule, exc_info=error)
 
     def record(self, rule: str, environ: Environ, primary: Answer, candidate: Answer, real: list[str]) -> None:
         if self.log_path is None or self.written[rule] >= self.keep:
@@ -292,15 +417,18 @@ class Shadower:
 
 class ShadowTap:
     """The WSGI app of a rule in shadow mode: the primary answers; for GET and HEAD a copy
-    of its answer goes, with the request, to the :class:`Shadower` once it is closed."""
+    of its answer goes, with the request, to the :class:`Shadower` once it is closed.
+    ``credentials``: replay the client's cookies and authorization too (the rule's
+    ``credentials = true``)."""
 
     def __init__(self, rule: str, primary: WSGIApp, candidate: WSGIApp, shadower: Shadower,
-                 headers: tuple[str, ...] = ()) -> None:
+                 headers: tuple[str, ...] = (), credentials: bool = False) -> None:
         self.rule = rule
         self.primary = primary
         self.candidate = candidate
         self.shadower = shadower
         self.headers = headers
+        self.credentials = credentials
         self.apps = [("primary", primary), ("candidate", candidate)]  # for gateway.core.pipeline.is_django
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -311,7 +439,7 @@ class ShadowTap:
             # bench/README.md, "Shadow comparison").
             self.shadower.count(self.rule, "dropped")
             return self.primary(environ, start_response)
-        copy = fresh(environ)
+        copy = fresh(environ, self.credentials)
         got: dict[str, Any] = {}
 
         def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -319,17 +447,20 @@ class ShadowTap:
             return start_response(status, headers, exc_info)
 
         result = self.primary(environ, keep)
-        return _Tapped(result, self, copy, got)
+        anonymous = not self.credentials and any(name in environ for name in CREDENTIALS)
+        return _Tapped(result, self, copy, got, anonymous)
 
 
 class _Tapped:
     """The primary's answer on its way to the client, with a copy kept (up to MAX_BODY)."""
 
-    def __init__(self, result: Iterable[bytes], tap: ShadowTap, environ: Environ, got: dict[str, Any]) -> None:
+    def __init__(self, result: Iterable[bytes], tap: ShadowTap, environ: Environ, got: dict[str, Any],
+                 anonymous: bool = False) -> None:
         self.result = result
         self.tap = tap
         self.environ = environ
         self.got = got
+        self.anonymous = anonymous
         self.body: list[bytes] = []
         self.size = 0
         self.complete = False
@@ -365,7 +496,8 @@ class _Tapped:
             tap.shadower.count(tap.rule, "dropped")
             return
         primary = (self.got["status"], self.got["headers"], b"".join(self.body))
-        tap.shadower.submit(tap.rule, self.environ, primary, (tap.candidate, tap.primary), tap.headers)
+        tap.shadower.submit(tap.rule, self.environ, primary, (tap.candidate, tap.primary), tap.headers,
+                            self.anonymous)
 
 
 def summarise(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ reports, under ``gateway_``:
 ``route_fallbacks_total{rule}``,          the route rules' fallbacks taken and requests
 ``canary_requests_total{rule}``           sent to a canary
 ``shadow_total{rule,outcome}``            shadow comparisons: compared, equal,
-                                          different, noise, dropped
+                                          different, noise, dropped, error, timeout
 ========================================  ==============================================
 
 With several worker processes the counts are the sum over all of them, in

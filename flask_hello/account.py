@@ -26,6 +26,6 @@ def account() -> str:
 
 @bp.post("/signout")
 def signout() -> object:
-    """Sign out of both apps. Django's session cookie is ``SameSite=Lax``: another site's
-    form cannot sign a user out, since its POST does not carry the cookie."""
+    """Sign out of both apps: a POST from this site only (its ``Origin``, or the form's
+    ``signout_token``); another site's is a 403 (:func:`gateway.migration.signin.sign_out`)."""
     return sign_out(make_response(redirect(url_for("hello.hello"))))

@@ -26,6 +26,8 @@ def user(account: Account) -> Account:
     return account
 
 LOGIN = "/django/admin/login/"
+#: What a browser sends with a form it posts to the page's own site.
+SAME_ORIGIN = {"Origin": "http://localhost"}
 
 
 def gateway_with(table: MountTable, shared: bool) -> Any:
@@ -70,7 +72,7 @@ def test_a_django_sign_in_signs_flask_in(browser: Client, user: Account) -> None
 def test_signing_out_of_flask_signs_django_out(browser: Client, user: Account) -> None:
     sign_in(browser, user)
     assert browser.get("/django/admin/", buffered=True).status_code == 200
-    out = browser.post("/flask/signout", buffered=True)
+    out = browser.post("/flask/signout", headers=SAME_ORIGIN, buffered=True)
     assert out.status_code == 302
     assert browser.get("/django/admin/", buffered=True).status_code == 302  # to the login page
     assert browser.get("/flask/account", buffered=True).status_code == 302
@@ -115,7 +117,7 @@ def test_signing_out_ends_the_session_on_the_server(browser: Client, user: Accou
     signed = sign_in(browser, user)
     cookie = next(c for c in signed.headers.getlist("Set-Cookie") if c.startswith("sessionid="))
     session_id = cookie.split(";", 1)[0].split("=", 1)[1]
-    out = browser.post("/flask/signout", buffered=True)
+    out = browser.post("/flask/signout", headers=SAME_ORIGIN, buffered=True)
     assert "sessionid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/" in out.headers.getlist("Set-Cookie")
     replay = Client(browser.application)
     replay.set_cookie("sessionid", session_id)
@@ -149,7 +151,71 @@ def test_signing_out_without_a_session_drops_the_cookie_at_djangos_path(table: M
     from gateway.migration.signin import sign_out
 
     app = Flask("signout-alone")
-    with override_settings(SESSION_COOKIE_PATH="/django"), app.test_request_context("/signout", method="POST"):
+    with override_settings(SESSION_COOKIE_PATH="/django"), app.test_request_context(
+            "/signout", method="POST", headers={"Origin": "http://localhost"}):
         response = sign_out(make_response("out"))
     assert response.headers.getlist("Set-Cookie") == [
         "sessionid=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/django"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://evil.example"},
+    {"Origin": "https://localhost"},  # another scheme is another origin
+    {"Origin": "http://localhost:8000"},  # and another port
+    {"Origin": "null"},  # a sandboxed page, or a redirect from another site
+    {},  # no Origin and no token: a client that is not a browser, an old browser
+])
+def test_a_sign_out_from_elsewhere_is_refused_and_signs_nobody_out(browser: Client, user: Account,
+                                                                   headers: dict[str, str]) -> None:
+    sign_in(browser, user)
+    out = browser.post("/flask/signout", headers=headers, buffered=True)
+    assert out.status_code == 403
+    assert "Sign-out must be a POST from this site" in out.get_data(as_text=True)
+    assert not [c for c in out.headers.getlist("Set-Cookie") if c.startswith("sessionid=")]
+    assert browser.get("/flask/account", buffered=True).status_code == 200  # still signed in
+    assert browser.get("/django/admin/", buffered=True).status_code == 200
+
+
+def test_a_form_with_this_sessions_token_signs_out_without_an_origin(browser: Client, user: Account) -> None:
+    import re
+
+    from flask import Flask, make_response, render_template_string
+
+    from gateway.migration.signin import DjangoSignIn, sign_out
+
+    signed = sign_in(browser, user)
+    cookie = next(c for c in signed.headers.getlist("Set-Cookie") if c.startswith("sessionid="))
+    session_id = cookie.split(";", 1)[0].split("=", 1)[1]
+    app = Flask("signout-form")
+    DjangoSignIn(app)
+
+    @app.get("/form")
+    def form() -> str:
+        return render_template_string('<input type="hidden" name="signout_token" value="{{ signout_token() }}">')
+
+    @app.post("/out")
+    def out() -> Any:
+        return sign_out(make_response("out"))
+
+    stranger = app.test_client()
+    strangers_token = re.findall(r'value="([0-9a-f]+)"', stranger.get("/form").get_data(as_text=True))[0]
+    client = app.test_client()
+    client.set_cookie("sessionid", session_id)
+    token = re.findall(r'value="([0-9a-f]+)"', client.get("/form").get_data(as_text=True))[0]
+    assert token != strangers_token  # a token is this session's own
+    for wrong in ("", "0" * len(token), strangers_token):
+        assert client.post("/out", data={"signout_token": wrong}).status_code == 403
+    assert client.post("/out", data={"signout_token": token}).status_code == 200
+    assert browser.get("/django/admin/", buffered=True).status_code == 302  # Django signed out too
+
+
+def test_a_get_cannot_sign_out(table: MountTable) -> None:
+    from flask import Flask, make_response
+
+    from gateway.migration.signin import sign_out
+
+    app = Flask("signout-get")
+    with app.test_request_context("/signout", method="GET", headers={"Origin": "http://localhost"}), \
+            pytest.raises(Exception) as refused:
+        sign_out(make_response("out"))
+    assert getattr(refused.value, "code", None) == 403

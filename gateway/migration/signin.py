@@ -15,8 +15,13 @@ password change or a session revoked in Django ends the Flask side too)::
         return f"Signed in as {g.django_user.get_username()}"
 
 Signing out from Flask (:func:`sign_out`) flushes the same session: Django's pages are
-signed out as well. For the Flask app to receive Django's session cookie when the two
-are mounted at different prefixes, the gateway must leave that one cookie's path at the
+signed out as well. It must be a request of the site's own: a POST whose ``Origin`` is the
+site's, or whose form carries :func:`signout_token` (``signout_token`` in the templates).
+Anything else is a 403, so another site cannot sign a user out (a ``SameSite=Lax``
+cookie does not stop a sibling subdomain, or a client that is not a browser).
+
+For the Flask app to receive Django's session cookie when the two are mounted at
+different prefixes, the gateway must leave that one cookie's path at the
 site root: ``GATEWAY_SHARED_SIGNIN=1`` (:attr:`gateway.core.config.Config.shared_signin`).
 Each app keeps its own CSRF protection: Django's CSRF cookie stays scoped to Django's
 mount, and nothing here signs in or writes the session from Flask.
@@ -30,7 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Flask, Response, current_app, g, redirect, request
+from flask import Flask, Response, abort, current_app, g, redirect, request
 
 EXTENSION = "gateway_signin"
 
@@ -52,6 +57,7 @@ class DjangoSignIn:
             django.setup(set_prefix=False)
         app.extensions[EXTENSION] = self
         app.before_request(self.load_user)
+        app.jinja_env.globals["signout_token"] = signout_token
 
     def load_user(self) -> None:
         """Before each request: find the Django user of the request's session cookie."""
@@ -90,10 +96,42 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+#: The form field a sign-out carries its token in.
+TOKEN_FIELD = "signout_token"
+
+
+def signout_token() -> str:
+    """The token a sign-out form carries (field :data:`TOKEN_FIELD`): an HMAC of this
+    request's Django session key with Django's ``SECRET_KEY``, so no other site can make one."""
+    from django.utils.crypto import salted_hmac
+
+    session = getattr(g, "django_session", None)
+    key = session.session_key if session is not None else None
+    return str(salted_hmac("gateway.migration.signin.sign_out", key or "").hexdigest())
+
+
+def same_site_request() -> bool:
+    """Whether this POST comes from the site itself: its ``Origin`` is the request's own
+    scheme and host, or its form carries this session's :func:`signout_token`."""
+    import hmac
+
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null":
+        return origin == f"{request.scheme}://{request.host}"
+    token = request.form.get(TOKEN_FIELD, "") if request.mimetype in (
+        "application/x-www-form-urlencoded", "multipart/form-data") else ""
+    return bool(token) and hmac.compare_digest(token, signout_token())
+
+
 def sign_out(response: Response) -> Response:
-    """End the Django session of this request (both apps are signed out) and drop its cookie."""
+    """End the Django session of this request (both apps are signed out) and drop its cookie.
+
+    Only for a request of the site's own (:func:`same_site_request`); any other is a 403
+    and signs nobody out."""
     from django.conf import settings
 
+    if request.method != "POST" or not same_site_request():
+        abort(403, "Sign-out must be a POST from this site: its Origin, or the form's signout_token.")
     session = getattr(g, "django_session", None)
     if session is not None and session.session_key:
         session.flush()

@@ -698,3 +698,55 @@ def test_a_mount_may_delete_the_shared_session_cookie(make: Callable[..., Send])
     deleted = 'sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/'
     answer = make(shared_signin="sessionid")("GET", "/echo/x?cookie=" + quote(deleted))
     assert answer.all("Set-Cookie") == ['sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/']
+
+
+async def cookie_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """A bare ASGI app that answers the Cookie headers it was given, one a line."""
+    cookies = b"\n".join(v for n, v in scope["headers"] if n == b"cookie")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": cookies})
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+@pytest.mark.parametrize(("cookie", "kept"), [
+    ("sessionid=abc; theme=dark; csrftoken=t", "theme=dark; csrftoken=t"),
+    ("theme=dark;sessionid=abc", "theme=dark"),
+    ("sessionid=abc", ""),
+    ("sessionid=abc; sessionid=def; x=1", "x=1"),  # every one of the name
+    ("mysessionid=abc; sessionid2=x", "mysessionid=abc; sessionid2=x"),  # other names that contain it
+])
+def test_the_shared_session_reaches_only_the_apps_that_read_it(kind: str, echo_table: MountTable, cookie: str,
+                                                               kept: str) -> None:
+    """With one sign-in, Django's session cookie is at the site root, so the browser sends
+    it to every mount: the gateway hands it only to Django and to the Flask apps that read
+    it (DjangoSignIn); any other app, WSGI or ASGI, could replay it."""
+    from gateway.core.mounts import Mount
+
+    table = MountTable([*echo_table, Mount("/cookies", "tests.test_parity:cookie_app", "asgi", cookie_app)])
+    build = builder(kind, table)
+    try:
+        shared = next(build)(shared_signin="sessionid")
+        assert seen(shared, {"Cookie": cookie})["HTTP_COOKIE"] == kept
+        assert shared("GET", "/cookies/x", {"Cookie": cookie}).body.decode() == kept
+        unshared = next(builder(kind, table))()
+        assert seen(unshared, {"Cookie": cookie})["HTTP_COOKIE"] == cookie  # no one sign-in: left alone
+        assert unshared("GET", "/cookies/x", {"Cookie": cookie}).body.decode() == cookie
+    finally:
+        next(build, None)
+
+
+def test_who_reads_the_shared_session(table: MountTable) -> None:
+    from flask import Flask
+
+    from gateway.core.pipeline import shares_signin
+    from gateway.migration.rules import Fallback
+    from gateway.migration.signin import DjangoSignIn
+
+    signed = Flask("signed")
+    DjangoSignIn(signed)
+    django_app = table.mounts["/django"].app
+    flask_app = table.mounts["/flask"].app
+    assert shares_signin(django_app) and shares_signin(signed)
+    assert not shares_signin(flask_app) and not shares_signin(cookie_app)
+    assert shares_signin(Fallback([("a", flask_app), ("b", signed)], "k", None, None))  # type: ignore[arg-type]
+    assert not shares_signin(Fallback([("a", flask_app), ("b", cookie_app)], "k", None, None))  # type: ignore[arg-type]

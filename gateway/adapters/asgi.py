@@ -30,7 +30,7 @@ from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable, load_rules
-from gateway.core.pipeline import Body, Head, Pipeline, Request, join_values, strip_root
+from gateway.core.pipeline import Body, Head, Pipeline, Request, join_values, strip_root, without_cookie
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
 from gateway.replies import BODY_TIMED_OUT, Reply
@@ -284,6 +284,10 @@ class ASGIGateway:
         if request.trace_headers:  # the gateway's span, as the app's parent
             headers = [(n, v) for n, v in headers if n not in _TRACE_HEADERS]
             headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in request.trace_headers]
+        if request.hidden_cookie is not None:
+            name = request.hidden_cookie
+            headers = [(n, without_cookie(v.decode("latin-1"), name).encode("latin-1") if n == b"cookie" else v)
+                       for n, v in headers]
         scope["headers"] = [*headers, (b"x-request-id", rid)]
         if decision.proxied:
             scope["server"] = decision.server

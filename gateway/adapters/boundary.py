@@ -33,7 +33,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator, LimitedStream
 
 from gateway.adapters.bridge import ClientDisconnected
-from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request
+from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request, without_cookie
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
@@ -68,8 +68,8 @@ def enter(environ: Environ, request: Request) -> None:
     both entry points (the ASGI one, through the bridge, after it built the environ).
 
     The script name and path info of the mount, the request ID, the trace context, what
-    a trusted proxy said (as Werkzeug's ``ProxyFix`` would put it), and the request's
-    state, for :class:`WSGIBoundary`.
+    a trusted proxy said (as Werkzeug's ``ProxyFix`` would put it), the cookies without
+    one the mount may not read, and the request's state, for :class:`WSGIBoundary`.
     """
     decision = request.decision
     environ["SCRIPT_NAME"] = decision.script_name
@@ -85,6 +85,8 @@ def enter(environ: Environ, request: Request) -> None:
         environ["wsgi.url_scheme"] = decision.scheme
         if decision.client is not None:
             environ["REMOTE_ADDR"] = decision.client
+    if request.hidden_cookie is not None and "HTTP_COOKIE" in environ:
+        environ["HTTP_COOKIE"] = without_cookie(environ["HTTP_COOKIE"], request.hidden_cookie)
     environ[ENVIRON_KEY] = request
 
 

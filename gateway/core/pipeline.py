@@ -260,19 +260,24 @@ class Request:
     serves it (on the WSGI side in the environ, as :data:`ENVIRON_KEY`): its head and
     decision, and what happens after the decision.
 
-    The only mutable per-request record: ``body_read`` (the ASGI adapter read the whole
-    body on the event loop), the OpenTelemetry ``span`` and the ``trace_headers`` that
-    make the app's spans its children, and the response's ``status`` and ``size``, for
+    ``hidden_cookie``: see :meth:`Pipeline.begin`. The only mutable per-request record:
+    ``body_read`` (the ASGI adapter read the whole body on the event loop), the
+    OpenTelemetry ``span`` and the ``trace_headers`` that make the app's spans its children, and the response's ``status`` and ``size``, for
     the access log and the metrics (:meth:`Pipeline.done`).
     """
 
-    __slots__ = ("body_read", "decision", "head", "protocol", "size", "span", "started", "status", "trace_headers")
+    __slots__ = ("body_read", "decision", "head", "hidden_cookie", "protocol", "size", "span", "started", "status",
+                 "trace_headers")
 
-    def __init__(self, head: Head, decision: Decision, started: float, protocol: str = "-") -> None:
+    def __init__(self, head: Head, decision: Decision, started: float, protocol: str = "-",
+                 hidden_cookie: str | None = None) -> None:
         self.head = head
         self.decision = decision
         self.started = started
         self.protocol = protocol
+        #: The shared sign-in's cookie, when the mount that serves the request may not
+        #: read it: the adapters take it out of the ``Cookie`` header (:func:`without_cookie`).
+        self.hidden_cookie = hidden_cookie
         self.body_read = False
         self.span: Any = None
         self.trace_headers: tuple[tuple[str, str], ...] = ()
@@ -310,6 +315,21 @@ CANARY_COOKIE = "gateway_canary"
 _CANARY_ID = re.compile(r"[0-9a-f]{32}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Django's CSRF check reads no form then
+
+
+def shares_signin(app: Any) -> bool:
+    """Whether ``app`` reads the shared sign-in's session: Django's, a Flask app with
+    :class:`gateway.migration.signin.DjangoSignIn`, or a rule's fallback chain or shadow
+    tap with one of them in it."""
+    if isinstance(app, Fallback | ShadowTap):
+        return any(shares_signin(each) for _, each in app.apps)
+    return is_django(app) or "gateway_signin" in (getattr(app, "extensions", None) or ())
+
+
+def without_cookie(header: str, name: str) -> str:
+    """A ``Cookie`` header's value without the cookie ``name`` (every one of that name)."""
+    kept = [part for part in header.split(";") if part.partition("=")[0].strip() != name]
+    return ";".join(kept).strip()
 
 
 def is_django(app: Any) -> bool:
@@ -533,6 +553,8 @@ class Pipeline:
         wants = bool(table.route_table) and any(
             spec.canary is not None for spec in table.route_table.specs.values())  # type: ignore[union-attr]
         self.table, self.limits, self.django = table, limits, django
+        #: The mounts the shared sign-in's cookie goes to (:func:`shares_signin`).
+        self.signin = frozenset(m.prefix for m in table.all() if shares_signin(m.app))
         self.pages = Pages(table, metrics=self.metrics is not None)
         if table.route_table and self.metrics is not None:
             table.route_table.listen(self.metrics.route_event)
@@ -669,7 +691,10 @@ class Pipeline:
         (a websocket is not counted).
         """
         decision = self.decide(head)
-        request = Request(head, decision, started, protocol)
+        # The shared session goes only to the apps that read it: any other could replay it.
+        hidden = (self.shared_cookie[:-1] if self.shared_cookie is not None and decision.mount is not None
+                  and decision.mount.prefix not in self.signin else None)
+        request = Request(head, decision, started, protocol, hidden)
         REQUEST_ID.set(decision.request_id)
         if counted:
             if self.metrics is not None and decision.render is None:  # a scrape does not count itself

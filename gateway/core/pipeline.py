@@ -262,8 +262,9 @@ class Request:
 
     ``hidden_cookie``: see :meth:`Pipeline.begin`. The only mutable per-request record:
     ``body_read`` (the ASGI adapter read the whole body on the event loop), the
-    OpenTelemetry ``span`` and the ``trace_headers`` that make the app's spans its children, and the response's ``status`` and ``size``, for
-    the access log and the metrics (:meth:`Pipeline.done`).
+    OpenTelemetry ``span`` and the ``trace_headers`` that make the app's spans its
+    children, and the response's ``status`` and ``size``, for the access log and the
+    metrics (:meth:`Pipeline.done`).
     """
 
     __slots__ = ("body_read", "decision", "head", "hidden_cookie", "protocol", "size", "span", "started", "status",

@@ -83,6 +83,7 @@ class Config:
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     trusted_proxies: tuple[Network, ...] = ()
     https: bool = False
+    buffering_proxy: bool = False
     log_format: str = "text"
     access_log: bool = True
     drain_delay: float = 0.0
@@ -488,6 +489,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(field="https", variable="GATEWAY_HTTPS", read=lambda raw, name: _strict_flag(raw, name, False),
             default="0", help="`1` when clients use HTTPS: secure cookies on both apps, and HSTS on every response "
                               "over HTTPS. Behind a proxy that ends TLS, list it in the trusted proxies too."),
+    Setting(field="buffering_proxy", variable="GATEWAY_BUFFERING_PROXY",
+            read=lambda raw, name: _strict_flag(raw, name, False), default="0",
+            help="`1` when a proxy that reads each request whole before passing it on (nginx, whose "
+                 "`proxy_request_buffering` is on by default) is in front. gunicorn gives the app no way to bound a "
+                 "slow client, so under gunicorn the gateway warns without it, and refuses to start in production."),
     Setting(field="log_format", variable="GATEWAY_LOG_FORMAT", read=_choice("text", "json"), default="text",
             option="--log-format", help="Log lines as text, or as one JSON object a line, the banner included."),
     Setting(field="access_log", variable="GATEWAY_ACCESS_LOG", read=lambda raw, name: _strict_flag(raw, name, True),

@@ -12,6 +12,8 @@ they serve the same apps with the same set-up::
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any, Literal
 
 from gateway.core.config import Config
@@ -20,6 +22,33 @@ from gateway.observe.logs import configure_logging_if_unset
 from gateway.serve import frameworks
 
 Interface = Literal["wsgi", "asgi"]
+
+logger = logging.getLogger("gateway")
+
+#: gunicorn's exit status for an app that cannot load: its master stops, rather than
+#: starting workers again and again.
+APP_LOAD_ERROR = 4
+
+BARE_GUNICORN = (
+    "gunicorn gives the app no way to bound a slow client: a client that sends its body or headers slowly holds a "
+    "worker thread for as long as it likes (docs/hardening.md, 'gunicorn'). Put a proxy that reads each request "
+    "whole in front (nginx: deploy/nginx.conf) and set GATEWAY_BUFFERING_PROXY=1, or serve with `gateway serve`.")
+
+
+def under_gunicorn() -> bool:
+    """Whether this process is a gunicorn worker (its arbiter forked it)."""
+    return "gunicorn.arbiter" in sys.modules
+
+
+def refuse_bare_gunicorn(config: Config) -> None:
+    """Under gunicorn with no buffering proxy said to be in front: a warning, and in
+    production an exit that stops gunicorn's master (``App failed to load``)."""
+    if not under_gunicorn() or config.buffering_proxy:
+        return
+    if config.env == "production":
+        logger.critical("%s The gateway does not start bare under gunicorn in production.", BARE_GUNICORN)
+        raise SystemExit(APP_LOAD_ERROR)
+    logger.warning(BARE_GUNICORN)
 
 
 def load_table(config: Config, *, strict: bool = True) -> MountTable:
@@ -46,6 +75,8 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
 def build(config: Config, interface: Interface = "asgi", *, table: MountTable | None = None) -> Any:
     """The gateway for ``config`` as a WSGI or an ASGI app (``table``: its apps, loaded already)."""
     configure_logging_if_unset(config.log_format, config.access_log)
+    if interface == "wsgi":
+        refuse_bare_gunicorn(config)  # before any app is imported
     if table is None:
         table = load_table(config)
     if interface == "wsgi":

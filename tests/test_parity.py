@@ -8,6 +8,7 @@ echoes its environ shows what a mounted app sees.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -750,3 +751,60 @@ def test_who_reads_the_shared_session(table: MountTable) -> None:
     assert not shares_signin(flask_app) and not shares_signin(cookie_app)
     assert shares_signin(Fallback([("a", flask_app), ("b", signed)], "k", None, None))  # type: ignore[arg-type]
     assert not shares_signin(Fallback([("a", flask_app), ("b", cookie_app)], "k", None, None))  # type: ignore[arg-type]
+
+
+class Middleware:
+    """A WSGI middleware of the usual shape (WhiteNoise's, Sentry's): the app in an attribute."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.application(environ, start_response)
+
+
+def closure_middleware(app: Any) -> Any:
+    def middleware(environ: Any, start_response: Any) -> Any:
+        return app(environ, start_response)
+
+    return middleware
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+@pytest.mark.parametrize("wrap", [
+    Middleware,
+    closure_middleware,
+    lambda app: Middleware(closure_middleware(Middleware(app))),  # three deep
+    lambda app: functools.partial(Middleware.__call__, Middleware(app)),
+], ids=["attribute", "closure", "three-deep", "partial"])
+def test_django_wrapped_in_middleware_keeps_the_charset_check(kind: str, echo_table: MountTable,
+                                                              wrap: Callable[[Any], Any]) -> None:
+    """A Django app the user wraps in any WSGI middleware is still Django's: a form it cannot
+    read is a 415 from the gateway, not a 500 from Django."""
+    from gateway.core.mounts import Mount
+
+    wrapped = wrap(echo_table.mounts["/django"].app)
+    table = MountTable([*echo_table, Mount("/wrapped", "tests:wrapped", "wsgi", wrapped)])
+    build = builder(kind, table)
+    try:
+        send = next(build)()
+        form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-16"}
+        answer = send("POST", "/wrapped/admin/login/", form, b"a=b")
+        assert answer.status == 415
+        assert b"UTF-8" in answer.body
+        plain = {"Content-Type": "application/x-www-form-urlencoded"}
+        assert send("POST", "/wrapped/admin/login/", plain, b"a=b").status == 403  # Django's CSRF check
+    finally:
+        next(build, None)
+
+
+def test_what_is_not_django_is_not_taken_for_it(echo_table: MountTable) -> None:
+    from gateway.core.pipeline import is_django
+
+    flask_app = echo_table.mounts["/flask"].app
+    assert not any(is_django(app) for app in (flask_app, Middleware(flask_app), closure_middleware(flask_app),
+                                              cookie_app, echo_table.mounts["/echo"].app))
+    deep = echo_table.mounts["/django"].app
+    for _ in range(5):  # past the depth looked at
+        deep = Middleware(deep)
+    assert not is_django(deep)

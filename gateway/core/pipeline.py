@@ -34,6 +34,7 @@ The rules, in order:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import ipaddress
 import itertools
@@ -42,6 +43,7 @@ import os
 import re
 import secrets
 import time
+import types
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -333,12 +335,39 @@ def without_cookie(header: str, name: str) -> str:
     return ";".join(kept).strip()
 
 
-def is_django(app: Any) -> bool:
-    """Whether ``app`` is Django's, or a route rule's fallback chain or shadow tap with
-    Django in it."""
+def is_django(app: Any, depth: int = 0) -> bool:
+    """Whether ``app`` is Django's, or wraps it: a route rule's fallback chain or shadow
+    tap with Django in it, or any WSGI middleware around Django's handler (WhiteNoise's
+    ``application``, Werkzeug's ``app``, a closure, a ``functools.partial``), looked for
+    :data:`_WRAPPED_DEPTH` wrappers deep. Django's own checks (the form charset's 415)
+    must follow Django however the user mounted it."""
     if isinstance(app, Fallback | ShadowTap):
-        return any(is_django(each) for _, each in app.apps)
-    return type(app).__module__.partition(".")[0] == "django"
+        return any(is_django(each, depth) for _, each in app.apps)
+    if type(app).__module__.partition(".")[0] == "django":
+        return True
+    return depth < _WRAPPED_DEPTH and any(is_django(inner, depth + 1) for inner in _wrapped(app))
+
+
+#: How many middleware deep :func:`is_django` looks for Django's handler.
+_WRAPPED_DEPTH = 4
+
+
+def _wrapped(app: Any) -> list[Any]:
+    """The callables a WSGI middleware ``app`` may hold: its attributes', a closure's cells,
+    a ``functools.partial``'s function and arguments (no data, no classes, no modules)."""
+    found = []
+    if isinstance(app, functools.partial):
+        found += [app.func, *app.args, *app.keywords.values()]
+    for cell in getattr(app, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # a cell not filled yet
+            found.append(cell.cell_contents)
+    attributes = getattr(app, "__dict__", None)
+    if isinstance(attributes, dict) and not isinstance(app, type | types.ModuleType):
+        found += attributes.values()
+    wrapped = getattr(app, "__wrapped__", None)  # functools.wraps
+    if wrapped is not None:
+        found.append(wrapped)
+    return [each for each in found if callable(each) and not isinstance(each, type | types.ModuleType)]
 
 
 _FORM_SYNTAX = "a=b&c=%41+d;e"

@@ -1,0 +1,74 @@
+"""gunicorn's settings for the gateway, so that a reload cannot take the site down::
+
+    gunicorn -c python:gateway.serve.gunicorn_conf gateway.wsgi:application
+
+On ``SIGHUP`` gunicorn starts new workers, which read ``gateway.toml`` afresh, and stops
+the old ones at once. With a file that cannot work, every new worker fails to boot and
+gunicorn's master exits: the whole site goes down. Here the master first asks
+``gateway routes`` (a process of its own, which reads, checks and imports everything the
+file names, as a worker would) whether the file works. If it does not, the master logs
+one line and starts no new worker, so the old ones keep serving the rules they have.
+
+This reaches into two things gunicorn 23-27 does in ``Arbiter.reload`` (it spawns
+``workers`` new ones, then waits until every worker is newer than the last it had),
+which no public hook can stop: ``tests/test_gunicorn.py`` holds it to gunicorn's
+behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+#: Seconds the check of a file may take (it imports the apps, Django included).
+CHECK_TIMEOUT = 120
+
+
+def problem_with_configuration() -> str | None:
+    """What ``gateway routes`` says is wrong with the configuration a new worker would
+    read (the environment and folder of this process), or None if it works."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "gateway", "routes"], capture_output=True, text=True,
+                              env=os.environ.copy(), timeout=CHECK_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return f"checking it took more than {CHECK_TIMEOUT} s"
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"`gateway routes` exited with status {done.returncode}"
+    return last.removeprefix("gateway: error: ").removeprefix("Error: ").rstrip(".")
+
+
+def on_reload(server: Any) -> None:
+    """gunicorn's hook, run by the master on ``SIGHUP`` before it starts new workers."""
+    problem = problem_with_configuration()
+    if problem is None:
+        return
+    server.log.error("The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
+    keep_workers(server)
+
+
+def keep_workers(server: Any) -> None:
+    """Make this reload start no worker and stop none.
+
+    ``Arbiter.reload`` calls ``spawn_worker`` ``workers`` times, then stops the oldest
+    workers past that number, then waits until every worker is newer than those it had:
+    the spawns are skipped, and the workers kept are made newer (their order unchanged).
+    """
+    left = server.cfg.workers
+
+    def skip() -> None:
+        nonlocal left
+        left -= 1
+        if left <= 0:
+            del server.spawn_worker  # gunicorn's own again, for the next worker it needs
+            offset = server.worker_age
+            for worker in server.WORKERS.values():
+                worker.age += offset
+            server.worker_age += offset
+
+    if left <= 0:
+        return
+    server.spawn_worker = skip

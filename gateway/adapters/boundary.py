@@ -120,7 +120,8 @@ class WSGIBoundary:
                     return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
             else:
                 environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
-        elif decision.buffered and request.head.body_unframed:
+        elif decision.buffered and (request.head.body is not None or request.head.http_version[0] != "1") \
+                and request.head.body_unframed:  # the first test spares a GET the property's call
             # A body of unknown length (the pipeline's Head.body_unframed). A streaming
             # mount's app reads it as it comes, to its end (``wsgi.input_terminated``, as
             # the server set it).

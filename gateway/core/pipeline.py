@@ -94,6 +94,8 @@ SECURITY_HEADERS = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 _SECURITY = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
+_RAW_SECURITY_HEADERS = tuple((name.lower().encode("latin-1"), value.encode("latin-1"))
+                              for name, value in SECURITY_HEADERS)
 _SECURITY_NAMES = frozenset(lower for lower, _, _ in _SECURITY)
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 # A host name of labels (no empty one: "a..b", ".a" and "a.." are refused) with at most one
@@ -813,33 +815,46 @@ class Pipeline:
         when ``GATEWAY_HTTPS`` is on, the request ID, and ``Connection: close`` while
         draining are added.
         """
+        raw = bool(headers) and type(headers[0][0]) is not str  # one form for the whole list
         present = set()
         frame_ancestors = False
-        raw = bool(headers) and not isinstance(headers[0][0], str)  # one form for the whole list
-        dropped: list[int] = []
+        dropped = None
         for i, (name, value) in enumerate(headers):
-            lower = (bytes(name).decode("latin-1") if raw else name).lower()
+            lower = name.decode("latin-1").lower() if raw else name.lower()
             present.add(lower)
             if lower == "set-cookie":
                 if decision.mount is not None:
-                    text = self.scope(bytes(value).decode("latin-1") if raw else value, decision)
+                    text = self.scope(value.decode("latin-1") if raw else value, decision)
                     if text is None:
-                        dropped.append(i)
+                        dropped = [*(dropped or ()), i]
                     else:
                         headers[i] = (name, text.encode("latin-1") if raw else text)
             elif lower == "content-security-policy" and "frame-ancestors" in (
-                    bytes(value).decode("latin-1") if raw else value).lower():
+                    value.decode("latin-1") if raw else value).lower():
                 frame_ancestors = True
-        for i in reversed(dropped):
-            del headers[i]
+        if dropped is not None:
+            for i in reversed(dropped):
+                del headers[i]
         if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
             added = [(name, value) for lower, name, value in _SECURITY
                      if lower not in present and not (frame_ancestors and lower == "x-frame-options")]
-        else:
-            added = list(SECURITY_HEADERS)  # the usual case: the app set none of them
+            headers.extend(added if not raw else [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                                  for name, value in added])
+        else:  # the usual case: the app set none of them
+            headers.extend(_RAW_SECURITY_HEADERS if raw else SECURITY_HEADERS)
+        rid = decision.request_id
+        headers.append((b"x-request-id", rid.encode("latin-1")) if raw else ("X-Request-ID", rid))
+        if ((self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present)
+                or decision.set_cookie is not None or self.draining):
+            self.complete_rarely(headers, decision, raw, present)
+
+    def complete_rarely(self, headers: list[tuple[Any, Any]], decision: Decision, raw: bool, present: set[str]
+                        ) -> None:
+        """The headers :meth:`complete` adds only on some responses: HSTS over HTTPS, the
+        canary's cookie, ``Connection: close`` while draining."""
+        added = []
         if self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present:
             added.append(("Strict-Transport-Security", HSTS))
-        added.append(("X-Request-ID", decision.request_id))
         if decision.set_cookie is not None:
             added.append(("Set-Cookie", decision.set_cookie))
         if self.draining:

@@ -50,6 +50,10 @@ LENGTH_REQUIRED = plain(411, "Length Required: send this request body with a Con
 NUL_IN_URL = plain(400, "Bad Request: the URL contains a NUL character (%00).\n", reason="nul_in_url")
 NUL_IN_HEADER = plain(400, "Bad Request: a header value contains a NUL character (RFC 9110, 5.5).\n",
                       reason="nul_in_header")
+#: A body the server had no room to store (its temporary files' disk is full): the
+#: server's failure, not the client's, and likely to pass.
+NO_SPACE = plain(503, "Service Unavailable: there is no room to store this request body now; try again later.\n",
+                 ("Retry-After", "30"), ("Connection", "close"))
 HEALTHY = json_reply(200, b'{"status": "ok"}')
 
 

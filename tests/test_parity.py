@@ -808,3 +808,56 @@ def test_what_is_not_django_is_not_taken_for_it(echo_table: MountTable) -> None:
     for _ in range(5):  # past the depth looked at
         deep = Middleware(deep)
     assert not is_django(deep)
+
+
+@pytest.fixture
+def small_tmpdir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Temporary files go to a tmpfs of its own with 256 KiB of room."""
+    import subprocess
+    import tempfile
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.server  # it mounts a tmpfs (a subprocess)
+@pytest.mark.parametrize("size", [300 * 1024, 2 * 1024 * 1024])
+def test_a_body_the_disk_has_no_room_for_is_a_503_not_the_clients_fault(
+        make: Callable[..., Send], small_tmpdir: Any, caplog: pytest.LogCaptureFixture, size: int) -> None:
+    """A full TMPDIR while a body is stored: the server's failure, said in one line, never a
+    400 (blaming the client) or a 500; no file is left behind."""
+    entry = make()
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        answer = entry("POST", "/echo/x", {"Content-Type": "application/octet-stream"}, b"x" * size)
+    assert answer.status == 503
+    assert answer.body == b"Service Unavailable: there is no room to store this request body now; try again later.\n"
+    assert answer.get("Retry-After") == "30"
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1
+    assert lines[0].startswith("A request body could not be stored (No space left on device, after ")
+    assert lines[0].endswith(f" in {small_tmpdir}): answered 503. Free space there, or point TMPDIR at a disk "
+                             "with room.")
+    assert list(small_tmpdir.iterdir()) == []
+    assert entry("POST", "/echo/x", {"Content-Type": "text/plain"}, b"x" * 1024).status == 200  # small ones pass
+
+
+@pytest.mark.server  # it mounts a tmpfs (a subprocess)
+def test_a_chunked_body_the_disk_has_no_room_for_is_the_503_too(small_tmpdir: Any) -> None:
+    import io
+
+    from gateway.adapters.boundary import collect_body
+    from gateway.replies import NO_SPACE
+
+    environ = {"wsgi.input": io.BytesIO(b"x" * (300 * 1024)), "HTTP_TRANSFER_ENCODING": "chunked"}
+    assert collect_body(environ, 10 * 1024 * 1024) is NO_SPACE
+    assert environ["HTTP_TRANSFER_ENCODING"] == "chunked"  # the request was left as it came
+    assert list(small_tmpdir.iterdir()) == []

@@ -34,7 +34,7 @@ from werkzeug.wsgi import ClosingIterator, LimitedStream
 
 from gateway.adapters.bridge import ClientDisconnected
 from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request, without_cookie
-from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, Reply, too_large
+from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, NO_SPACE, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
 #: Bodies up to this size stay in memory; longer ones go to a temporary file (nginx's
@@ -115,9 +115,12 @@ class WSGIBoundary:
         elif length:
             # The pipeline has checked that it is digits within the limit.
             if decision.buffered:
-                spool = read_exactly(environ, int(length))
-                if spool is None:
+                read = read_exactly(environ, int(length))
+                if read is None:
                     return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
+                if isinstance(read, Reply):
+                    return wsgi_reply(self.pipeline, read, decision, start_response)
+                spool = read
             else:
                 environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
         elif decision.buffered and (request.head.body is not None or request.head.http_version[0] != "1") \
@@ -134,6 +137,8 @@ class WSGIBoundary:
                 return wsgi_reply(self.pipeline, too_large(limit), decision, start_response)
             if spool is False:
                 return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
+            if isinstance(spool, Reply):
+                return wsgi_reply(self.pipeline, spool, decision, start_response)
         complete = self.pipeline.complete
 
         def start_completed(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -152,25 +157,42 @@ def hides_framing_errors(stream: Any) -> bool:
     return type(stream).__module__.startswith("granian")
 
 
+def no_space(error: OSError, size: int) -> Reply:
+    """Say in one line that a request body of ``size`` bytes so far could not be stored
+    (``error``: the disk of the temporary files is full, or refused), and answer 503:
+    the server's failure, not the client's."""
+    logger.error("A request body could not be stored (%s, after %d bytes, in %s): answered 503. Free space there, "
+                 "or point TMPDIR at a disk with room.", error.strerror or error, size, tempfile.gettempdir())
+    return NO_SPACE
+
+
 def collect_body(environ: Environ, limit: int) -> Any:
     """Read a body of unknown length up to ``limit``.
 
-    Return the spooled body, ``None`` if it is longer than ``limit``, or ``False`` if
-    the client went away (or broke the chunked framing) before its end.
+    Return the spooled body, ``None`` if it is longer than ``limit``, ``False`` if
+    the client went away (or broke the chunked framing) before its end, or the 503 of
+    :func:`no_space` if it could not be stored.
     """
     stream = environ["wsgi.input"]
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed with the response
     size = 0
-    try:
-        while chunk := stream.read(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                spool.close()
-                return None
+    while True:
+        try:
+            chunk = stream.read(64 * 1024)
+        except OSError:  # the bridge's ClientDisconnected, or a server's equivalent
+            spool.close()
+            return False
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            return None
+        try:
             spool.write(chunk)
-    except OSError:  # the bridge's ClientDisconnected, or a server's equivalent
-        spool.close()
-        return False
+        except OSError as error:  # the disk, not the client
+            spool.close()
+            return no_space(error, size)
     spool.seek(0)
     environ["wsgi.input"] = spool
     environ["CONTENT_LENGTH"] = str(size)
@@ -181,26 +203,34 @@ def collect_body(environ: Environ, limit: int) -> Any:
     return spool
 
 
-def read_exactly(environ: Environ, length: int) -> IO[bytes] | None:
-    """Read a body of ``length`` bytes, as its ``Content-Length`` says; None if it is short.
+def read_exactly(environ: Environ, length: int) -> IO[bytes] | Reply | None:
+    """Read a body of ``length`` bytes, as its ``Content-Length`` says; None if it is short,
+    the 503 of :func:`no_space` if it could not be stored.
 
     gunicorn and Granian hand a WSGI app a body that ended early (the client
     half-closed the connection) as if it were whole: Django then saves a form cut off
     mid-field. Read first and counted, it is refused instead.
     """
     stream = environ["wsgi.input"]
-    spool: IO[bytes] = (io.BytesIO() if length <= SPOOL_IN_MEMORY
-                        else tempfile.TemporaryFile())  # noqa: SIM115 - closed with the response
-    remaining = length
     try:
-        while remaining > 0:
+        spool: IO[bytes] = (io.BytesIO() if length <= SPOOL_IN_MEMORY
+                            else tempfile.TemporaryFile())  # noqa: SIM115 - closed with the response
+    except OSError as error:
+        return no_space(error, 0)
+    remaining = length
+    while remaining > 0:
+        try:
             chunk = stream.read(min(remaining, READ_SIZE))
-            if not chunk:
-                break
+        except OSError:  # a server's "client disconnected"
+            break
+        if not chunk:
+            break
+        try:
             spool.write(chunk)
-            remaining -= len(chunk)
-    except OSError:  # a server's "client disconnected"
-        pass
+        except OSError as error:  # the disk, not the client
+            spool.close()
+            return no_space(error, length - remaining)
+        remaining -= len(chunk)
     if remaining > 0:
         spool.close()
         logger.warning("The request body ended %d bytes short of its Content-Length of %d; answered 400.",
@@ -263,15 +293,20 @@ async def read_body(receive: Receive, limit: int | None, timeout: float) -> Body
                         if spool is not None:
                             spool.close()
                         return too_large(limit)
-                    if spool is not None:
-                        spool.write(data)
-                    elif size > SPOOL_IN_MEMORY:
-                        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the response
-                        spool.writelines(chunks)
-                        spool.write(data)
-                        chunks.clear()
-                    else:
-                        chunks.append(data)
+                    try:
+                        if spool is not None:
+                            spool.write(data)
+                        elif size > SPOOL_IN_MEMORY:
+                            spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the response
+                            spool.writelines(chunks)
+                            spool.write(data)
+                            chunks.clear()
+                        else:
+                            chunks.append(data)
+                    except OSError as error:  # the disk, not the client
+                        if spool is not None:
+                            spool.close()
+                        return no_space(error, size)
                 if not message.get("more_body", False):
                     break
                 deadline.reschedule(loop.time() + timeout)

@@ -629,6 +629,13 @@ def test_head_and_decision_are_frozen_and_keyword_only(table: MountTable) -> Non
         parameters = list(inspect.signature(record.__new__).parameters.values())[1:]
         assert [p.name for p in parameters] == list(record._fields)
         assert {p.kind for p in parameters} == {inspect.Parameter.KEYWORD_ONLY}
+        # ...and so does the hot path's copy of it, with the same defaults
+        assert list(inspect.signature(record.of).parameters.values()) == parameters
+    values = {name: object() for name in Head._fields}
+    assert Head.of(**values) == Head(**values) == tuple(values.values()) and type(Head.of(**values)) is Head
+    values = {name: object() for name in Decision._fields}
+    assert Decision.of(**values) == Decision(**values) == tuple(values.values())
+    assert type(Decision.of(**values)) is Decision
     assert Head(method="GET", path="/p", query="q=1")._asdict() == {
         **dict.fromkeys(Head._fields), "method": "GET", "root_path": "", "path": "/p", "query": "q=1",
         "scheme": "http", "server": ("localhost", 80), "forwarded": {}, "header_size": 0, "header_nul": False,

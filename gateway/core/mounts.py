@@ -120,6 +120,10 @@ class MountTable:
         self.mounts: dict[str, Mount] = {}
         for mount in mounts:
             self.mounts[mount.prefix] = mount
+        #: Every prefix is one segment (``/flask``, not ``/api/v1``), so :meth:`match` can
+        #: look at a path's first segment alone. A table's prefixes are set here: the
+        #: builder only replaces a prefix's mount (to serve its static files).
+        self.one_segment = all(prefix.count("/") == 1 for prefix in self.mounts)
         self.routes: dict[str, Mount] = {mount.prefix: mount for mount in routes}
         self.route_table = route_table
         #: The apps route rules name, by name, with their interface (readiness probes each once).
@@ -227,6 +231,13 @@ class MountTable:
         Without a match the mount is ``None`` and the whole path is the path info.
         """
         mounts = self.mounts
+        if self.one_segment:  # the first segment is the only prefix it can be: no walk
+            slash = path.find("/", 1)
+            if slash > 0:
+                script = path[:slash]
+                mount = mounts.get(script)
+                if mount is not None:
+                    return mount, script, path[slash:]
         script = path
         path_info = ""
         while "/" in script:

@@ -1,0 +1,49 @@
+"""MountTable.match: its shortcut for tables of one-segment prefixes gives what the walk of
+Werkzeug's DispatcherMiddleware gives, for any path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.core.mounts import Mount, MountTable
+
+
+def walk(prefixes: list[str], path: str) -> tuple[str | None, str, str]:
+    """DispatcherMiddleware's walk: drop the last segment until a prefix matches."""
+    script, path_info = path, ""
+    while "/" in script:
+        if script in prefixes:
+            return script, script, path_info
+        script, last = script.rsplit("/", 1)
+        path_info = f"/{last}{path_info}"
+    if script in prefixes:
+        return script, script, path_info
+    return None, "", path
+
+
+def table_of(prefixes: list[str]) -> MountTable:
+    app: Any = object()
+    return MountTable([Mount(prefix, "x:y", "wsgi", app) for prefix in prefixes])
+
+
+segment = st.sampled_from(["flask", "django", "a", "", "flaskx", "%2F", "x.y"])
+paths = st.lists(segment, max_size=4).map(lambda parts: "/" + "/".join(parts)) | st.text(max_size=12)
+
+
+@given(st.sampled_from([["/flask", "/django"], ["/flask", "/flask/a", "/django"], ["/a"], []]), paths)
+def test_the_shortcut_and_the_walk_agree(prefixes: list[str], path: str) -> None:
+    mount, script, path_info = table_of(prefixes).match(path)
+    assert (mount.prefix if mount is not None else None, script, path_info) == walk(prefixes, path)
+
+
+def test_a_deeper_prefix_wins_over_its_first_segment() -> None:
+    table = table_of(["/flask", "/flask/admin"])
+    assert not table.one_segment
+    mount, script, path_info = table.match("/flask/admin/users")
+    assert (mount.prefix if mount else None, script, path_info) == ("/flask/admin", "/flask/admin", "/users")
+    shallow = table_of(["/flask", "/django"])
+    assert shallow.one_segment
+    assert shallow.match("/flask/admin/users")[1:] == ("/flask", "/admin/users")

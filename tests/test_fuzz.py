@@ -314,3 +314,69 @@ def test_the_admin_login_in_utf16_is_a_415_not_a_500(form_gateway: Any, entry: s
     headers = [("Content-Type", "application/x-www-form-urlencoded; charset=utf-16"),
                ("Cookie", f"csrftoken={TOKEN}")]
     assert form_gateway[entry]("POST", "/django/admin/login/", "", headers, body) == 415
+
+
+# -- Headers and cookies as bytes, with one sign-in on -------------------------------------
+
+#: Any byte a server passes on in a header value: all but CR and LF (which end the line;
+#: servers refuse them), NUL and bytes that are not UTF-8 included.
+RAW_VALUES = st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b).map(
+    lambda b: b.decode("latin-1"))
+COOKIE_NAMES = st.sampled_from(["sessionid", "csrftoken", "gateway_canary", "session", "messages", "a b", ""])
+COOKIES = st.lists(st.tuples(COOKIE_NAMES, RAW_VALUES), min_size=1, max_size=4).map(
+    lambda pairs: "; ".join(f"{name}={value}" for name, value in pairs))
+RAW_HEADERS = st.lists(st.tuples(HEADER_NAMES, RAW_VALUES), max_size=4)
+SIGNED_PATHS = st.sampled_from(["/flask/", "/flask/account", "/django/", "/django/admin/", "/django/admin/login/",
+                                "/nowhere", "/healthz"])
+
+
+@pytest.fixture(scope="module", params=sorted(ENTRY_POINTS))
+def signed_gateway(request: pytest.FixtureRequest, table: Any) -> Iterator[Any]:
+    """Each entry point over the demo apps with one sign-in on (the Flask app reads Django's
+    session, so cookies reach the database through both frameworks)."""
+    import secrets
+    from dataclasses import replace
+
+    import flask_hello
+    from gateway.adapters.asgi import create_asgi_app
+    from gateway.adapters.wsgi import create_wsgi_app
+    from gateway.core.config import Config
+    from gateway.core.mounts import Mount, MountTable
+
+    flask_app = flask_hello.create_app({"SHARED_SIGNIN": True, "SECRET_KEY": secrets.token_hex(16)})
+    mounts = [Mount("/flask", "flask_hello:create_app", "wsgi", flask_app), *(m for m in table if m.prefix != "/flask")]
+    config = replace(Config.from_env({}), shared_signin="sessionid")
+    if request.param == "wsgi":
+        yield lambda *args: call_wsgi(create_wsgi_app(MountTable(mounts), config), *args)
+        return
+    app = create_asgi_app(MountTable(mounts), config, threads=8)
+    yield lambda *args: call_asgi(app, *args)
+    app.executor.shutdown(wait=True)
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "POST", "HEAD"]), path=SIGNED_PATHS, cookie=COOKIES, headers=RAW_HEADERS,
+       body=BODIES)
+def test_any_bytes_in_headers_and_cookies_are_never_a_server_error(
+        signed_gateway: Any, method: str, path: str, cookie: str, headers: list[tuple[str, str]], body: bytes) -> None:
+    """NUL, bytes that are not UTF-8 and control characters in any header and in the cookies
+    the apps and the gateway read (Django's session and CSRF cookies, the canary's): a 4xx
+    or an answer, never a 5xx, and nothing logged at ERROR (a traceback)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                records.append(record)
+
+    keep = Keep()
+    root = logging.getLogger()
+    root.addHandler(keep)
+    try:
+        status = signed_gateway(method, path, "", [("Cookie", cookie), *headers], body)
+    finally:
+        root.removeHandler(keep)
+    assert status < 500, f"{method} {path} Cookie: {cookie!r} {headers!r} -> {status}"
+    assert not records, [r.getMessage() for r in records]

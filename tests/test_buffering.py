@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
+
 from gateway.adapters.buffering import ClientDisconnected, Outbox, ReadAhead
 from gateway.types import Message
 
@@ -78,6 +80,34 @@ def test_a_long_response_takes_no_more_disk_than_it_holds_back() -> None:
 def test_a_chunk_longer_than_a_piece_goes_out_in_pieces() -> None:
     sent, _ = drained([b"0123456789"], memory=100, piece=4)
     assert sent == [b"0123", b"4567", b"89", b""]
+
+
+def test_memory_is_free_again_once_its_chunks_are_sent() -> None:
+    """``limit`` 0: each put waits until its chunk is sent, so no more than one chunk is
+    ever in memory, and nothing goes to the file, whole chunks or a piece at a time."""
+    chunks = [b"abcd"] * 10
+    sent, outbox = drained(chunks, memory=8, limit=0)
+    assert sent[:-1] == chunks and outbox.spilled == 0
+    sent, outbox = drained([b"abcdef"] * 10, memory=8, limit=0, piece=4)
+    assert b"".join(sent) == b"abcdef" * 10 and outbox.spilled == 0
+
+
+def test_a_client_that_does_not_take_the_end_is_cut_off() -> None:
+    async def main() -> Outbox:
+        outbox = Outbox(asyncio.get_running_loop(), memory=100, limit=100, piece=100)
+        assert outbox.put(b"ab")  # within the limit: it does not wait
+        outbox.end()
+
+        async def send(message: Message) -> None:
+            if not message["more_body"]:
+                await asyncio.Event().wait()  # the client's window is full: the end never leaves
+
+        with pytest.raises(TimeoutError):
+            await outbox.drain(send, 0.01)
+        return outbox
+
+    outbox = asyncio.run(main())
+    assert outbox.closed and outbox.put(b"more") is False
 
 
 def read_ahead(bodies: list[bytes | Message | None], reader: Callable[..., T], *, last: str = "http.request",

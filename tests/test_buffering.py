@@ -92,6 +92,42 @@ def test_memory_is_free_again_once_its_chunks_are_sent() -> None:
     assert b"".join(sent) == b"abcdef" * 10 and outbox.spilled == 0
 
 
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_what_waits_fills_memory_to_its_size_then_one_file() -> None:
+    """Chunks put before the loop sends any: ``memory`` bytes exactly stay in memory; the
+    rest goes to one file while it stays under ``file_size``; the last user to leave
+    closes every file, sent or not."""
+    async def main() -> tuple[int, int, int, list[bytes]]:
+        opened = open_files()
+        outbox = Outbox(asyncio.get_running_loop(), memory=8, limit=1 << 20, piece=100, file_size=8)
+        for chunk in (b"abcd", b"efgh", b"ijkl", b"mnop"):  # within the limit: no put waits
+            assert outbox.put(chunk)
+        spilled, files = outbox.spilled, open_files() - opened
+        for chunk in (b"qrst", b"uvwx"):  # past the file's size: a second file
+            assert outbox.put(chunk)
+        two_files = open_files() - opened
+        outbox.end()
+        sent: list[bytes] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message["body"])
+            if len(sent) == 2:
+                outbox.cut()  # the client goes with both files unread
+
+        await outbox.drain(send, TIMEOUT)
+        outbox.leave()
+        outbox.leave()
+        assert open_files() == opened
+        return spilled, files, two_files, sent
+
+    spilled, files, two_files, sent = asyncio.run(main())
+    assert (spilled, files, two_files) == (8, 1, 2)  # ijkl and mnop in the first file
+    assert sent == [b"abcd", b"efgh"]
+
+
 def test_a_client_that_does_not_take_the_end_is_cut_off() -> None:
     async def main() -> Outbox:
         outbox = Outbox(asyncio.get_running_loop(), memory=100, limit=100, piece=100)

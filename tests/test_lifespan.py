@@ -239,3 +239,27 @@ def test_failures_without_a_message_and_several_at_shutdown() -> None:
     assert answers[-1] == {"type": "lifespan.shutdown.failed", "message": "The app at /bad failed to shut down: bad "
                            "could not flush The app at /quiet failed to shut down: "}  # in reverse order
     gateway.executor.shutdown()
+
+
+def test_the_gateways_own_start_and_stop_run_around_the_mounts() -> None:
+    """``serve_lifespan``'s hooks: ``on_startup`` once every mount has started, before the
+    server hears so; ``on_shutdown`` once they have stopped, even when one failed to."""
+    from gateway.adapters.lifespan import Lifespans, serve_lifespan
+
+    async def serve(app: Any) -> list[str]:
+        events: list[str] = []
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for message in ("lifespan.startup", "lifespan.shutdown"):
+            inbox.put_nowait({"type": message})
+
+        async def send(message: dict[str, Any]) -> None:
+            events.append(message["type"])
+
+        await serve_lifespan(Lifespans(table(app=app)), inbox.get, send, on_startup=lambda: events.append("up"),
+                             on_shutdown=lambda: events.append("down"))
+        return events
+
+    good, bad = stateful_app("good"), stateful_app("bad", fail_shutdown=True)
+    assert asyncio.run(serve(good)) == ["up", "lifespan.startup.complete", "down", "lifespan.shutdown.complete"]
+    assert asyncio.run(serve(bad)) == ["up", "lifespan.startup.complete", "lifespan.shutdown.failed", "down"]
+    assert good.events == bad.events == ["startup", "shutdown"]

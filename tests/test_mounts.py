@@ -192,3 +192,11 @@ def test_an_app_of_another_interface_is_refused_in_one_sentence() -> None:
                               routes=[RouteSpec("/items/<int:n>", ("items",))])
     assert str(error.value) == ('App "items" (tests.thirdapp:asgi_items@http): the interface after "@" must be wsgi '
                                 "or asgi.")
+
+
+def test_a_target_with_two_colons_names_the_attribute_it_lacks() -> None:
+    """An [apps] value of gateway.toml reaches ``import_app`` unparsed: the module is what
+    comes before the first colon."""
+    with pytest.raises(MountError) as error:
+        import_app("tests.thirdapp:wsgi_app:extra")
+    assert str(error.value) == 'Attribute "wsgi_app:extra" not found in module "tests.thirdapp".'

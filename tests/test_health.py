@@ -98,10 +98,10 @@ def test_an_asgi_mounts_verdict(status: int | None, verdict: str) -> None:
     assert asyncio.run(asyncio.wait_for(check_asgi_mount("/api", answering(status), "localhost"), 5)) == verdict
 
 
-def wsgi_answering(status: str | None, seen: list[tuple[str, str, str]]) -> Any:
+def wsgi_answering(status: str | None, seen: list[tuple[str, ...]]) -> Any:
     """A WSGI app that answers ``status`` ("": it never starts a response; None: it raises)."""
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        seen.append((environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["HTTP_HOST"]))
+        seen.append((environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["REQUEST_URI"], environ["HTTP_HOST"]))
         if status is None:
             raise OSError("disk full")
         if status:
@@ -117,10 +117,10 @@ def wsgi_answering(status: str | None, seen: list[tuple[str, str, str]]) -> Any:
     pytest.param(None, "fail: OSError: disk full", id="raises"),
 ])
 def test_a_wsgi_mounts_verdict_at_its_root(status: str | None, verdict: str) -> None:
-    seen: list[tuple[str, str, str]] = []
+    seen: list[tuple[str, ...]] = []
     assert check_mount("/flask", wsgi_answering(status, seen), "shop.example") == verdict
     assert check_mount("app:shop", wsgi_answering(status, seen), "shop.example") == verdict  # a rules' app: at /
-    assert seen == [("/flask", "/", "shop.example"), ("", "/", "shop.example")]
+    assert seen == [("/flask", "/", "/flask/", "shop.example"), ("", "/", "/", "shop.example")]
 
 
 @pytest.mark.parametrize(("hosts", "host"), [

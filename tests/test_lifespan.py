@@ -175,4 +175,91 @@ def test_a_mount_that_reports_a_failure_and_then_raises_logs_it_once(caplog: Any
     assert answers == [{"type": "lifespan.startup.failed", "message": "The app at /broken failed to start: "
                         "no database"}]
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR], caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
+        "The lifespan of an ASGI mount ended with OSError: no database"]  # once, at debug
     gateway.executor.shutdown()
+
+
+def test_a_mount_gets_a_lifespan_scope_of_its_own() -> None:
+    scopes: list[dict[str, Any]] = []
+    inner = stateful_app("one")
+
+    async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            scopes.append(dict(scope))
+        await inner(scope, receive, send)
+
+    gateway = create_asgi_app(table(one=recording), Config.from_env({}), threads=1)
+    answers, _ = asyncio.run(run(gateway, []))
+    assert [a["type"] for a in answers] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert scopes == [{"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                       "state": {"count": 0, "name": "one"}}]
+    gateway.executor.shutdown()
+
+
+def test_a_mount_without_lifespan_is_skipped_and_said_so_once(caplog: Any) -> None:
+    import logging
+
+    async def refuses(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":  # as Django's ASGI handler does, before it receives anything
+            raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+    gateway = create_asgi_app(table(dj=refuses), Config.from_env({}), threads=1)
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        answers, _ = asyncio.run(run(gateway, []))
+    assert [a["type"] for a in answers] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway" and "lifespan" in r.getMessage()]
+    # Once each: the mount is not stopped at shutdown, as it never started.
+    assert said == ["The lifespan of an ASGI mount ended with ValueError: Django can only handle ASGI/HTTP "
+                    "connections, not lifespan.", "The app at /dj does not support lifespan."]
+    gateway.executor.shutdown()
+
+
+def test_failures_without_a_message_and_several_at_shutdown() -> None:
+    async def terse(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.failed"})
+
+    gateway = create_asgi_app(table(terse=terse), Config.from_env({}), threads=1)
+    answers, _ = asyncio.run(run(gateway, []))
+    assert answers == [{"type": "lifespan.startup.failed", "message": "The app at /terse failed to start: "}]
+    gateway.executor.shutdown()
+
+    async def quiet(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.failed"})
+
+    gateway = create_asgi_app(table(quiet=quiet, bad=stateful_app("bad", fail_shutdown=True)), Config.from_env({}),
+                              threads=1)
+    answers, _ = asyncio.run(run(gateway, []))
+    assert answers[-1] == {"type": "lifespan.shutdown.failed", "message": "The app at /bad failed to shut down: bad "
+                           "could not flush The app at /quiet failed to shut down: "}  # in reverse order
+    gateway.executor.shutdown()
+
+
+def test_the_gateways_own_start_and_stop_run_around_the_mounts() -> None:
+    """``serve_lifespan``'s hooks: ``on_startup`` once every mount has started, before the
+    server hears so; ``on_shutdown`` once they have stopped, even when one failed to."""
+    from gateway.adapters.lifespan import Lifespans, serve_lifespan
+
+    async def serve(app: Any) -> list[str]:
+        events: list[str] = []
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for message in ("lifespan.startup", "lifespan.shutdown"):
+            inbox.put_nowait({"type": message})
+
+        async def send(message: dict[str, Any]) -> None:
+            events.append(message["type"])
+
+        await serve_lifespan(Lifespans(table(app=app)), inbox.get, send, on_startup=lambda: events.append("up"),
+                             on_shutdown=lambda: events.append("down"))
+        return events
+
+    good, bad = stateful_app("good"), stateful_app("bad", fail_shutdown=True)
+    assert asyncio.run(serve(good)) == ["up", "lifespan.startup.complete", "down", "lifespan.shutdown.complete"]
+    assert asyncio.run(serve(bad)) == ["up", "lifespan.startup.complete", "lifespan.shutdown.failed", "down"]
+    assert good.events == bad.events == ["startup", "shutdown"]

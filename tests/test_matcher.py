@@ -4,15 +4,16 @@ compiled rules answer as Werkzeug does, or leave the answer to it."""
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import Map, RequestRedirect, Rule
 
-from gateway.migration.matcher import MOST_ALTERNATIVES
+from gateway.migration.matcher import MOST_ALTERNATIVES, backtracking, compile_map
 from gateway.migration.rules import NO_MATCH, Match, RouteSpec, RouteTable
 
 UUID = "12345678-1234-5678-1234-567812345678"
@@ -339,3 +340,76 @@ def test_a_rule_matches_only_what_the_app_behind_it_would_take(path: str) -> Non
         assert werkzeug_rule == django_rule == matched.lstrip("~"), (werkzeug_rule, django_rule)
     assert (matched is not None) == (path in {"/shop/items/4", "/u/" + UUID,
                                                "/n/a\nb", "/n/%0A", "/n/x\n", "/files/a\rb", "/files/a//b"})
+
+
+def loose_map(*rules: Rule) -> Map:
+    """A ``Map`` as the gateway's (``strict_slashes=False``) of ``rules``."""
+    return Map(list(rules), strict_slashes=False, merge_slashes=False)
+
+
+def test_rules_of_one_endpoint_without_defaults_are_compiled() -> None:
+    """Werkzeug redirects to another rule of the endpoint only for defaults; rules that
+    share an endpoint without any, or a rule with defaults of its own alone, are matched
+    here."""
+    first, second = Rule("/a/<int:n>", endpoint="e"), Rule("/b/<int:n>", endpoint="e")
+    alone = Rule("/list/", endpoint="list", defaults={"page": 1})
+    rules_map = loose_map(first, second, alone)
+    compiled = compile_map(rules_map)
+    assert compiled is not None
+    adapter = rules_map.bind("example.com")
+    assert compiled.match("/b/3", "GET") is second and adapter.match("/b/3") == ("e", {"n": 3})
+    assert compiled.match("/a/3", "GET") is first
+    assert compiled.match("/list/", "GET") is alone and adapter.match("/list/") == ("list", {"page": 1})
+
+
+def test_a_build_only_rule_is_skipped_and_the_rules_after_it_match() -> None:
+    after = Rule("/after/<int:n>", endpoint="after")
+    compiled = compile_map(loose_map(Rule("/built/<int:n>", endpoint="built", build_only=True), after))
+    assert compiled is not None
+    assert compiled.match("/after/1", "GET") is after
+    assert compiled.match("/built/1", "GET") is False  # never matched, as in Werkzeug
+
+
+def test_static_text_that_looks_like_regex_syntax_is_text() -> None:
+    ending = Rule("/a\\Z", endpoint="z")  # a backslash and a Z, the end anchor of a converter's regex
+    rules_map = loose_map(ending)
+    compiled = compile_map(rules_map)
+    assert compiled is not None
+    assert compiled.match("/a\\Z", "GET") is ending and rules_map.bind("x").match("/a\\Z") == ("z", {})
+    assert compiled.match("/a", "GET") is False
+
+
+def test_a_long_number_is_answered_here_when_no_rule_has_an_int() -> None:
+    """The digit limit of int() matters only to a rule with an ``int``."""
+    named = Rule("/items/<name>", endpoint="named")
+    compiled = compile_map(loose_map(named))
+    assert compiled is not None and not compiled.ints
+    long = "7" * (sys.get_int_max_str_digits() + 1)
+    assert compiled.match("/items/" + long, "GET") is named
+    assert compiled.match("/other/" + long, "GET") is False
+
+
+def test_a_reload_reuses_the_regular_expressions_it_can() -> None:
+    first = compile_map(loose_map(Rule("/a/<int:n>", endpoint="a"), Rule("/b/<name>", endpoint="b")))
+    assert first is not None
+    re.purge()  # re's own cache would hand back the same objects otherwise
+    again = compile_map(loose_map(Rule("/a/<int:n>", endpoint="a"), Rule("/c/<name>", endpoint="c")),
+                        previous=first)
+    assert again is not None
+    kept = set(first.made) & set(again.made)
+    assert kept and all(again.made[text] is first.made[text] for text in kept)
+    assert set(again.made) - kept  # /c's are new
+
+
+@pytest.mark.parametrize(("rule", "reason"), [
+    pytest.param("/f/<path:a>/<path:b>/raw", "it has 2 path converters (a, b), and the ways to share a path between "
+                 "them grow with its length: keep one, and make the others one segment each (<name>)", id="paths"),
+    pytest.param("/a/<slug>-<int:id>", "slug, id share a segment and vary in length, so each way to cut the segment "
+                 "between them is tried: put each in a segment of its own, or give all but one a fixed length "
+                 "(string(length=8), uuid)", id="segment"),
+    pytest.param("/a/<slug>/<int:id>", None, id="one-a-segment"),
+])
+def test_backtracking_says_why_in_full(rule: str, reason: str | None) -> None:
+    made = Rule(rule, endpoint="x")
+    loose_map(made)  # bound to a map, as the gateway's rules are: that builds its trace
+    assert backtracking(made) == reason

@@ -1566,6 +1566,7 @@ def test_load_rules_reads_checks_and_compiles_a_file_in_any_thread(tmp_path: Pat
         fresh, loaded = pool.submit(load_rules, config, first, lambda c: prepared.append(c.config_file)).result()
         assert prepared == [path.resolve()]
         assert [spec.rule for spec in fresh.file.routes] == [spec.rule for spec in config.file.routes]
+        assert not loaded.mounts  # the rules only: a reload keeps the prefix mounts it has
         rules = loaded.route_table
         assert rules is not None and rules.compiled is not None
         assert rules.match("/shop/items/7", "GET").key == "~/shop/items/<int:item_id>"

@@ -8,19 +8,21 @@ that starts a span of its own in the request's context.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from gateway import __version__
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from gateway.observe.tracing import Tracing
@@ -43,7 +45,8 @@ def view_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         context = span.get_span_context()
         body = json.dumps({"traceparent": environ.get("HTTP_TRACEPARENT"),
                            "tracestate": environ.get("HTTP_TRACESTATE"),
-                           "view_trace": f"{context.trace_id:032x}"}).encode()
+                           "view_trace": f"{context.trace_id:032x}",
+                           "baggage": baggage.get_baggage("user")}).encode()
     status = "500 Internal Server Error" if environ.get("PATH_INFO") == "/fail" else "200 OK"
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
@@ -113,6 +116,13 @@ def test_the_clients_traceparent_is_the_parent_and_the_app_is_given_the_gateways
     view = next(s for s in spans() if s.name == "view work")  # the view's own span, from the current context
     assert seen["view_trace"] == CLIENT_TRACE
     assert view.parent is not None and view.parent.span_id == span.get_span_context().span_id
+    assert span.instrumentation_scope is not None and span.instrumentation_scope.version == __version__
+
+
+def test_the_clients_baggage_reaches_the_views_context(make: Callable[..., Send]) -> None:
+    """The gateway's span is set in the context the client's headers made, not in a new one."""
+    seen = make(tracing=True)("GET", "/view/x", {"traceparent": TRACEPARENT, "baggage": "user=ada"}).json()
+    assert seen["baggage"] == "ada"
 
 
 @pytest.mark.parametrize(("path", "text"), [("/tflask/?name=Ada", b"Hello, Ada!"), ("/tdjango/", b"Hello, Django!")])
@@ -231,3 +241,125 @@ def test_the_banner_names_where_spans_go(monkeypatch: pytest.MonkeyPatch) -> Non
     assert tracing.describe() == "to standard output"
     monkeypatch.undo()
     assert tracing.describe() == "to your tracer provider"  # this module set one up
+
+
+class RecordingExporter(SpanExporter):
+    """Stands for the OTLP exporter: keeps what it is given."""
+
+    made: list[RecordingExporter] = []
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        RecordingExporter.made.append(self)
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+#: What the console exporter printed (its default output is the standard output of import time).
+PRINTED = io.StringIO()
+
+
+class PrintingExporter(ConsoleSpanExporter):
+    def __init__(self) -> None:
+        super().__init__(out=PRINTED)
+
+
+def sdk_set_up(monkeypatch: pytest.MonkeyPatch, **environ: str) -> TracerProvider:
+    """Run ``set_up_sdk`` with ``environ``; return the provider it set, with one span ended
+    and flushed through it (the global provider is left alone)."""
+    from opentelemetry.exporter.otlp.proto.http import trace_exporter
+    from opentelemetry.sdk.trace import export
+
+    from gateway.observe import tracing
+
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(trace_exporter, "OTLPSpanExporter", RecordingExporter)
+    monkeypatch.setattr(export, "ConsoleSpanExporter", PrintingExporter)
+    RecordingExporter.made.clear()
+    PRINTED.seek(0)
+    PRINTED.truncate()
+    provided: list[TracerProvider] = []
+    monkeypatch.setattr(trace, "set_tracer_provider", provided.append)
+    tracing.set_up_sdk()
+    [provider] = provided
+    provider.get_tracer("tests").start_span("GET /flask").end()
+    provider.force_flush()
+    provider.shutdown()
+    return provider
+
+
+@pytest.mark.parametrize("exporter", [None, "", " OTLP "])
+def test_the_sdk_exports_over_otlp_by_default(monkeypatch: pytest.MonkeyPatch, exporter: str | None) -> None:
+    environ = {} if exporter is None else {"OTEL_TRACES_EXPORTER": exporter}
+    provider = sdk_set_up(monkeypatch, **environ)
+    [otlp] = RecordingExporter.made
+    assert [span.name for span in otlp.spans] == ["GET /flask"]
+    assert provider.resource.attributes["service.name"] == "gateway"
+
+
+def test_the_sdk_exports_to_the_console_as_the_service_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    sdk_set_up(monkeypatch, OTEL_TRACES_EXPORTER=" Console ", OTEL_SERVICE_NAME=" shop ")
+    printed = json.loads(PRINTED.getvalue())
+    assert (printed["name"], printed["resource"]["attributes"]["service.name"]) == ("GET /flask", "shop")
+    assert RecordingExporter.made == []
+
+
+def test_the_sdk_exports_nowhere_if_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = sdk_set_up(monkeypatch, OTEL_TRACES_EXPORTER="none", OTEL_SERVICE_NAME="  ")
+    assert RecordingExporter.made == [] and PRINTED.getvalue() == ""
+    assert provider.resource.attributes["service.name"] == "gateway"
+
+
+@pytest.mark.parametrize(("missing", "environ", "message"), [
+    pytest.param("opentelemetry.sdk.trace", {}, 'GATEWAY_TRACING=1 (--tracing) needs the OpenTelemetry SDK to export '
+                 'spans: install the "tracing" extra: pip install "flask-django-gateway[tracing]" (from a clone: '
+                 'pip install ".[tracing]").', id="no-sdk"),
+    pytest.param("opentelemetry.exporter.otlp.proto.http.trace_exporter", {}, 'OTEL_TRACES_EXPORTER=otlp needs the '
+                 'OTLP exporter: install the "tracing" extra: pip install "flask-django-gateway[tracing]" (from a '
+                 'clone: pip install ".[tracing]").', id="no-otlp"),
+    pytest.param(None, {"OTEL_TRACES_EXPORTER": "Zipkin"}, 'OTEL_TRACES_EXPORTER="zipkin" is not one the gateway sets '
+                 "up: use otlp, console or none, or set up your own tracer provider (opentelemetry-instrument).",
+                 id="unknown"),
+])
+def test_what_the_sdk_cannot_set_up_is_one_sentence(monkeypatch: pytest.MonkeyPatch, missing: str | None,
+                                                    environ: dict[str, str], message: str) -> None:
+    from gateway.observe import tracing
+
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if missing is not None:
+        monkeypatch.setitem(sys.modules, missing, None)
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: pytest.fail("set up nonetheless"))
+    with pytest.raises(ValueError) as refused:
+        tracing.set_up_sdk()
+    assert str(refused.value) == message
+
+
+def test_the_banner_says_where_spans_go_for_each_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.observe import tracing
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    for wanted, said in [(" OTLP ", "OTLP to http://localhost:4318/v1/traces"),
+                         ("", "OTLP to http://localhost:4318/v1/traces"),
+                         ("None", "nowhere (OTEL_TRACES_EXPORTER=none)"), ("zipkin", "zipkin")]:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", wanted)
+        assert tracing.describe() == said, wanted
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://OTEL-BOX/")
+    assert tracing.describe() == "OTLP to http://OTEL-BOX/v1/traces"
+
+
+def test_installed_says_whether_the_api_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.observe import tracing
+
+    assert tracing.installed() is True
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
+    assert tracing.installed() is False

@@ -50,7 +50,7 @@ def busy(timeout: float) -> Reply:
 
 
 class ReadinessProbe:
-    """Run :func:`readiness` on a thread of its own, one check at a time, with a timeout."""
+    """Run :func:`run_checks` on a thread of its own, one check at a time, with a timeout."""
 
     def __init__(self, pipeline: Pipeline, apps: Mapping[str, WSGIApp], timeout: float) -> None:
         self.pipeline = pipeline
@@ -113,11 +113,6 @@ class ReadinessProbe:
 
     def close(self) -> None:
         """Nothing to stop: a check still running ends with the process."""
-
-
-def readiness(pipeline: Pipeline, apps: Mapping[str, WSGIApp]) -> Reply:
-    """Answer ``/readyz`` here and now: probe each mount as mounted (``apps``) and each database."""
-    return DRAINING if pipeline.draining else ready_reply(run_checks(pipeline, apps))
 
 
 def run_checks(pipeline: Pipeline, apps: Mapping[str, WSGIApp]) -> dict[str, str]:

@@ -112,6 +112,7 @@ def test_methods_in_lower_case_are_refused_as_in_upper_case(granian: ServerProce
     pytest.param(b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n", id="bad-size"),
     pytest.param(b"5\r\nhello\r\n-5\r\nworld\r\n0\r\n\r\n", id="negative-size"),
     pytest.param(b"5\r\nhello\r\n3\r\nworld\r\n0\r\n\r\n", id="data-longer-than-size"),
+    pytest.param(b"5\nhello\n0\n\n", id="bare-lf"),
 ])
 def test_a_broken_chunked_framing_is_a_400_logged_as_one(granian: ServerProcess, framing: bytes) -> None:
     """Granian ends such a body as if the client had left, and answers 500 for an app that

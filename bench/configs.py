@@ -146,7 +146,7 @@ def setups(threads: int) -> list[Setup]:
               one(gateway_serve(*MOUNT_ARGS), paths=WRITE_PATHS)),
         Setup("gateway-accesslog", "gateway serve with its access log (the default)", "gateway", "uvicorn",
               one(gateway_serve(*MOUNT_ARGS, level="info"), paths=WRITE_PATHS)),
-        Setup("gateway-granian", "gateway serve --server granian (WSGI)", "gateway", "granian",
+        Setup("gateway-granian", "gateway serve --server granian (ASGI)", "gateway", "granian",
               one(gateway_serve("--server", "granian", *MOUNT_ARGS), paths=WRITE_PATHS)),
         Setup("gateway-granian-accesslog", "gateway serve --server granian with its access log", "gateway",
               "granian", one(gateway_serve("--server", "granian", *MOUNT_ARGS, level="info"),

@@ -162,9 +162,11 @@ class StartFirst:
     generator view does, and a2wsgi does for every ASGI app it wraps. Granian's WSGI
     interface (2.x) then sends ``200`` and none of the headers, whatever the app said: no
     Location, Set-Cookie or Content-Type reached the client (tests/test_your_apps.py
-    found it; emmett-framework/granian#845, closed as not planned). So under Granian the
-    gateway's first chunk is drawn here, which calls ``start_response``, and handed back
-    first (:func:`gateway.serve.runners.load_wsgi_gateway`).
+    found it; emmett-framework/granian#845, closed as not planned). Wrapped in this, an
+    app's first chunk is drawn here, which calls ``start_response``, and handed back
+    first. ``gateway serve --server granian`` runs Granian's ASGI interface, where the
+    gateway's bridge starts every response, and needs none of it; wrap
+    ``gateway.wsgi:application`` in it to serve it on Granian's WSGI interface yourself.
     """
 
     __slots__ = ("app",)

@@ -510,12 +510,13 @@ SETTINGS: tuple[Setting, ...] = (
             help="Seconds a connection gets to send a request's headers; then a 408 and the connection is closed."),
     Setting(field="body_timeout", variable="GATEWAY_BODY_TIMEOUT", read=_timeout_of(DEFAULT_BODY_TIMEOUT),
             default="30", option="--body-timeout",
-            help="Seconds a request body may pause before a 408 (uvicorn only)."),
+            help="Seconds a request body may pause before a 408 (`gateway serve`, on uvicorn and Granian)."),
     Setting(field="send_timeout", variable="GATEWAY_SEND_TIMEOUT", read=_timeout_of(DEFAULT_SEND_TIMEOUT),
             default="60", option="--send-timeout",
             help="Seconds a WSGI app's response may wait on a client that takes none of it; then the connection "
-                 "is cut off, with one warning (uvicorn only). A wait ends when the write buffer has drained "
-                 "from 32 to 8 KiB: the default cuts off readers slower than about 0.7 KiB/s."),
+                 "is cut off, with one warning (`gateway serve`, on uvicorn and Granian). On uvicorn a wait ends "
+                 "when the write buffer has drained from 32 to 8 KiB: the default cuts off readers slower than "
+                 "about 0.7 KiB/s."),
     Setting(field="ready_timeout", variable="GATEWAY_READY_TIMEOUT", read=_timeout_of(DEFAULT_READY_TIMEOUT),
             default="2", help="Seconds `/readyz` waits for its checks before answering 503 `busy`."),
     Setting(field="stream_bodies", variable="GATEWAY_STREAM_BODIES",
@@ -529,7 +530,7 @@ SETTINGS: tuple[Setting, ...] = (
             help="Mounts whose WSGI responses go out as the client takes them, holding a thread meanwhile "
                  "(server-sent events, endless downloads), comma-separated prefixes. By default a response "
                  "waits for its client in memory, then in a temporary file, up to 1 GiB, and the thread is freed "
-                 "(uvicorn only)."),
+                 "(`gateway serve`, on uvicorn and Granian)."),
     Setting(field="shared_signin", variable="GATEWAY_SHARED_SIGNIN", read=_shared_signin,
             default="0", help="`1`: one sign-in for both demo apps (Django's `sessionid` cookie is left at the site "
                               "root), or the name of Django's session cookie."),

@@ -40,8 +40,6 @@ import click
 
 from gateway import __version__
 from gateway.core.config import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_SEND_TIMEOUT,
     SETTINGS,
     Config,
     ServerSettings,
@@ -215,16 +213,6 @@ def serve(
         raise click.UsageError(
             "--drain-delay (or GATEWAY_DRAIN_DELAY) works on uvicorn only: Granian gives an app no hook to "
             "keep serving after SIGTERM. Leave it out, or use --server uvicorn."
-        )
-    if server == "granian" and config.body_timeout != DEFAULT_BODY_TIMEOUT:
-        raise click.UsageError(
-            "--body-timeout (or GATEWAY_BODY_TIMEOUT) works on uvicorn only: under Granian a WSGI app reads "
-            "its body in its own thread. Leave it out, or use --server uvicorn."
-        )
-    if server == "granian" and (config.send_timeout != DEFAULT_SEND_TIMEOUT or config.stream_responses):
-        raise click.UsageError(
-            "--send-timeout and --stream-response (GATEWAY_SEND_TIMEOUT, GATEWAY_STREAM_RESPONSES) work on uvicorn "
-            "only: under Granian a WSGI app's response is sent by Granian. Leave them out, or use --server uvicorn."
         )
     given = click.get_current_context().get_parameter_source("keep_alive")
     if server == "granian" and given is not click.core.ParameterSource.DEFAULT:

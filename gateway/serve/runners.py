@@ -1,4 +1,4 @@
-"""Run the gateway on a server: uvicorn (ASGI, the default) or Granian (WSGI)."""
+"""Run the gateway on a server: uvicorn (the default) or Granian, both on its ASGI entry point."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from gateway.core.config import Config
 from gateway.serve.protocol import TimedConfig
 
 ASGI_TARGET = "gateway.asgi:application"
-WSGI_TARGET = "gateway.wsgi:application"
 SOURCE_DIRS = [
     str(Path(__file__).resolve().parents[2] / d) for d in ("gateway", "flask_hello", "django_hello")
 ]
@@ -37,6 +36,12 @@ RELOAD_INCLUDES = ("*.py", "*.html", "*.jinja", "*.jinja2", "*.j2")
 UVICORN_BACKLOG = 2048
 GRANIAN_MIN_BACKLOG = 128
 GRANIAN_BACKLOG = 1024
+#: hyper's buffer of each HTTP/1 connection under Granian (its ``max_buffer_size``; 408 KiB
+#: by default, 8 KiB at least): what a response queues for a client that reads slowly, as
+#: uvicorn's write buffer under ``gateway serve`` (32 KiB, gateway.serve.protocol), and the
+#: longest request head hyper reads (past it, a 431; the gateway refuses headers over
+#: 16 KiB anyway). With the default, 300 slow readers grew the server by 106 MiB.
+GRANIAN_BUFFER = 32 * 1024
 
 
 class ServerError(RuntimeError):
@@ -307,29 +312,47 @@ class WorkerConfig(TimedConfig):
         super().load()
 
 
-def load_wsgi_gateway(config: Config, target: str = WSGI_TARGET, *, root_path: str = "") -> Any:
-    """Build the WSGI gateway from ``config`` in a Granian worker (its ``target_loader``).
+def load_asgi_gateway(config: Config, target: str = ASGI_TARGET, *, root_path: str = "") -> Any:
+    """Build the ASGI gateway from ``config`` in a Granian worker (its ``target_loader``).
 
     Granian passes its target string too; the gateway is built from ``config`` alone.
-    ``root_path`` (``--root-path``) is uvicorn's: requests arrive without it (the proxy in
-    front strips it) and the gateway is told it as ``SCRIPT_NAME``. (Granian's own
-    ``url_path_prefix`` means the opposite: it cuts that many characters off every path.)
     """
-    from gateway.adapters.wsgi import StartFirst
     from gateway.serve.builder import build
 
     # Each worker reads the gateway.toml afresh, as uvicorn's do: a restart takes its changes.
     config = config.with_file(config.config_file) if config.config_file else config
-    # Granian sends no header of a response started in its first chunk (StartFirst says why).
-    app = StartFirst(build(config, "wsgi"))
-    if not root_path:
-        return app
+    return GranianScope(build(config, "asgi"), root_path=root_path)
 
-    def rooted(environ: dict[str, Any], start_response: Any) -> Any:
-        environ["SCRIPT_NAME"] = root_path + environ.get("SCRIPT_NAME", "")
-        return app(environ, start_response)
 
-    return rooted
+class GranianScope:
+    """Make Granian's ASGI scope what uvicorn's is, then call the gateway.
+
+    - Granian 2.8 gives the server's and the client's port as strings (``("127.0.0.1",
+      "8000")``); ASGI says integers, and the apps compare them with integers (Starlette's
+      ``request.url`` leaves out a default port only when it equals 80 or 443). On a Unix
+      socket the server is its path and no port, the client None, as uvicorn has them.
+    - ``root_path`` (``--root-path``) is uvicorn's: requests arrive without it (the proxy
+      in front strips it) and the app sees it in ``root_path`` and at the start of
+      ``path``. (Granian's own ``url_path_prefix`` means the opposite: it expects the
+      prefix still in the path.)
+    """
+
+    __slots__ = ("app", "root_path")
+
+    def __init__(self, app: Any, *, root_path: str = "") -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            host, port = scope["server"]
+            scope["server"] = (host, int(port) or None)  # on a Unix socket: its path, port "0"
+            host, port = scope["client"]
+            scope["client"] = (host, int(port)) if host else None  # on a Unix socket: ("", "0")
+            if self.root_path:
+                scope["root_path"] = self.root_path
+                scope["path"] = self.root_path + scope["path"]
+        await self.app(scope, receive, send)
 
 
 def source_filter() -> type:
@@ -347,28 +370,17 @@ def source_filter() -> type:
     return SourceFilter
 
 
-def quiet_thread_warning(log_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``log_config`` with Granian's warning about many Python threads filtered out.
-
-    Granian warns at every start when a WSGI app may use more threads than twice the
-    cores. The gateway's threads (``--threads``, 100 by default) are sized on purpose for
-    views that wait (a database, another service), as the README explains; the warning
-    would be noise at every start, so it is dropped, and only it.
-    """
-    if log_config is None:
-        return None
-    config = {**log_config, "filters": {**log_config.get("filters", {}),
-                                        "granian_threads": {"()": "gateway.observe.logs.DropMessage",
-                                                            "start": "Configuration allows spawning up to"}}}
-    loggers = dict(config.get("loggers", {}))
-    loggers["_granian"] = {**loggers.get("_granian", {}), "filters": ["granian_threads"]}
-    config["loggers"] = loggers
-    return config
-
-
 def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> None:
-    """Serve the WSGI gateway with Granian's WSGI interface, as ``config.server`` says, built in
-    each worker from ``config``.
+    """Serve the ASGI gateway with Granian's ASGI interface, as ``config.server`` says, built
+    in each worker from ``config``.
+
+    The ASGI entry point, not the WSGI one, so that the gateway's own body buffering,
+    body and send timeouts and response buffering apply as on uvicorn: under Granian's
+    WSGI interface each request held one of Granian's threads while its body arrived and
+    its response left, and Granian read chunked bodies itself (``docs/hardening.md``).
+    Granian runs the lifespan (``Interfaces.ASGI``); its access log stays off, as the
+    gateway writes its own; its one Python thread per worker is the event loop, and the
+    WSGI apps run on the gateway's pool of ``--threads``.
 
     Of :class:`~gateway.core.config.ServerSettings`, Granian takes the host, port, workers,
     log level, ``uds``, ``backlog`` (128 at least), ``root_path``, TLS and the reload
@@ -387,20 +399,20 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
             'pip install "flask-django-gateway[granian]".'
         ) from None
     Granian(
-        WSGI_TARGET,
+        ASGI_TARGET,
         address=host,
         port=port,
         uds=Path(more.uds) if more.uds else None,
         uds_permissions=0o666 if more.uds else None,  # as uvicorn's --uds
-        interface=Interfaces.WSGI,
+        interface=Interfaces.ASGI,
         workers=workers,
-        blocking_threads=config.threads,
         backlog=more.backlog or GRANIAN_BACKLOG,
-        # Granian sizes its backpressure from the backlog unless told: keep it what it is
-        # by default, so that --backlog sizes the listen queue only, as on uvicorn.
+        # Granian sizes its backpressure (the requests a worker hands to Python at once)
+        # from the backlog unless told: keep it what it is by default, so that --backlog
+        # sizes the listen queue only, as on uvicorn.
         backpressure=max(1, GRANIAN_BACKLOG // workers),
         log_level=LogLevels(log_level if log_level != "trace" else "debug"),
-        log_dictconfig=quiet_thread_warning(log_config),
+        log_dictconfig=log_config,
         ssl_cert=Path(more.ssl_certfile) if more.ssl_certfile else None,
         ssl_key=Path(more.ssl_keyfile) if more.ssl_keyfile else None,
         # Granian's default minimum is TLS 1.3; uvicorn (OpenSSL's defaults) takes 1.2 too.
@@ -409,5 +421,6 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
         reload_paths=[Path(d) for d in (more.reload_dirs or reload_dirs(config))] if reload else None,
         reload_filter=source_filter() if reload else None,
         workers_kill_timeout=int(config.graceful_timeout) if config.graceful_timeout else None,
-        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(config.header_timeout * 1000))),
-    ).serve(target_loader=functools.partial(load_wsgi_gateway, config, root_path=more.root_path))
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, round(config.header_timeout * 1000)),
+                                     max_buffer_size=GRANIAN_BUFFER),
+    ).serve(target_loader=functools.partial(load_asgi_gateway, config, root_path=more.root_path))

@@ -1,0 +1,281 @@
+"""``gateway serve --server granian``: Granian's ASGI interface under the probes that froze or
+broke its WSGI interface (issue 21).
+
+Under Granian's WSGI interface each request held one of Granian's threads while its body
+arrived and while its response left, and Granian read chunked bodies itself. On its ASGI
+interface the gateway reads bodies and buffers responses on the event loop, as on uvicorn:
+
+- 300 uploads trickling one byte a second, 120 slow views on 100 threads, 300 clients
+  reading 5 MiB pages at 1 KiB/s: ``/healthz`` (and the apps, where a thread is free)
+  still answer within a second;
+- chunked request bodies reach the apps whole; a broken chunked framing (an overflowing
+  chunk size) is a 400;
+- an ASGI mount's and a lazy WSGI app's response headers arrive;
+- ``trace`` in lower case is refused as ``TRACE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.apps import SERVE_ARGS, apps_env, events
+from tests.apps.rawhttp import Connection, LogWatch, Response, chunked, http_request, request
+from tests.support import GATEWAY, ServerProcess, free_port, server_env
+
+pytestmark = pytest.mark.server
+
+#: A bound on answers that must not wait behind slow clients: generous for a hello page on a
+#: loaded 2-core machine, far below the 18-30 s the WSGI interface took.
+PROMPT = 1.0
+#: What the server's memory may grow by while 300 clients read a 5 MiB page slowly (the
+#: bound README's "Slow clients" gives for uvicorn).
+SLOW_READERS_RSS = 64 * 1024 * 1024
+EXTRA_MOUNTS = ("--mount", "/third=tests.thirdapp:asgi_app", "--mount", "/lazy=tests.thirdapp:lazy_app")
+
+
+@pytest.fixture(scope="module")
+def granian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One ``gateway serve --server granian`` with the test apps and ``/metrics``, for the module."""
+    directory = tmp_path_factory.mktemp("granian")
+    metrics = directory / "metrics"
+    metrics.mkdir()
+    port = free_port()
+    server = ServerProcess(
+        [*GATEWAY, "serve", "--server", "granian", "--port", str(port), "--metrics", *SERVE_ARGS, *EXTRA_MOUNTS],
+        port=port, env=server_env(directory, **apps_env(directory), PROMETHEUS_MULTIPROC_DIR=str(metrics)),
+        log_path=directory / "granian.log")
+    yield server
+    server.stop()
+
+
+def prompt_get(port: int, path: str) -> Response:
+    """GET ``path``; a response later than :data:`PROMPT` counts as none."""
+    return request(port, http_request("GET", path), timeout=PROMPT)
+
+
+def metric(port: int, name: str) -> float:
+    """The value of the gateway's metric ``name`` (summed over its labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + " ", name + "{")))
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def granian_worker(server: ServerProcess) -> int:
+    """The PID of the Granian worker that serves (the command's only child serving Python)."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children
+               if "gateway" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(workers) == 1, workers
+    return workers[0]
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+# --- What Granian's WSGI interface got wrong, each request alone ----------------------------
+
+
+@pytest.mark.parametrize("method", ["trace", "track", "connect", "Trace"])
+@pytest.mark.parametrize("path", ["/", "/flask/", "/django/"])
+def test_methods_in_lower_case_are_refused_as_in_upper_case(granian: ServerProcess, method: str, path: str) -> None:
+    response = request(granian.port, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                                     f"Cookie: secret=1\r\n\r\n".encode())
+    assert response.status == 405, response
+    assert b"secret" not in response.body
+
+
+@pytest.mark.parametrize("framing", [
+    pytest.param(b"10000000000000005\r\nhello\r\n0\r\n\r\n", id="overflowing-size"),
+    pytest.param(b"5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n", id="bad-size"),
+    pytest.param(b"5\r\nhello\r\n-5\r\nworld\r\n0\r\n\r\n", id="negative-size"),
+    pytest.param(b"5\r\nhello\r\n3\r\nworld\r\n0\r\n\r\n", id="data-longer-than-size"),
+    pytest.param(b"5\nhello\n0\n\n", id="bare-lf"),
+])
+def test_a_broken_chunked_framing_is_a_400_logged_as_one(granian: ServerProcess, framing: bytes) -> None:
+    """Granian ends such a body as if the client had left, and answers 500 for an app that
+    then sends nothing: the gateway answers 400 (and no app sees the body)."""
+    watch = LogWatch(granian)
+    called = events(granian.log_path.parent).count("flask-echo-called")
+    response = request(granian.port, b"POST /faults/echo HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + framing)
+    assert response.status == 400, response
+    assert response.body == b"Bad Request: the request body ended early.\n"
+    assert watch.wait_for('"POST /faults/echo HTTP/1.1" 400 ')
+    text = watch.assert_clean()
+    # One access line, the gateway's (Granian's own access log is off).
+    assert sum('"POST /faults/echo HTTP/1.1"' in line for line in text.splitlines()) == 1, text
+    assert events(granian.log_path.parent).count("flask-echo-called") == called  # no app saw it
+
+
+@pytest.mark.parametrize("sizes", [[65536], [1], [10, 1000], [70000, 3]], ids=str)
+@pytest.mark.parametrize("path", ["/faults/echo", "/django/test/echo/"])
+def test_a_chunked_body_reaches_the_app_whole(granian: ServerProcess, sizes: list[int], path: str) -> None:
+    data = bytes(range(256)) * 1200  # 300 kB
+    if sizes == [1]:
+        data = data[:3000]  # a chunk a byte: 3,000 of them
+    response = request(granian.port, f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n".encode() + chunked(data, sizes))
+    assert response.status == 200, response
+    answer = json.loads(response.body)
+    assert (answer["length"], answer["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_an_asgi_mount_keeps_its_response_headers(granian: ServerProcess) -> None:
+    response = request(granian.port, http_request("GET", "/third/x"))
+    assert response.status == 200, response
+    assert response.body == b"asgi root_path=/third path=/third/x"
+    assert response.header("content-type") == "text/plain"
+    assert (response.header("set-cookie") or "").startswith("third=1;")
+    assert response.header("x-request-id")
+    assert response.header("x-content-type-options") == "nosniff"
+
+
+def test_a_wsgi_app_that_starts_its_response_lazily_keeps_its_headers(granian: ServerProcess) -> None:
+    """start_response called as the first chunk is made (PEP 3333): under Granian's WSGI
+    interface the status came and none of the headers."""
+    response = request(granian.port, http_request("GET", "/lazy/thing"))
+    assert response.status == 201, response
+    assert response.body == b"made /thing"
+    assert (response.header("location") or "").endswith("/made")
+    assert response.header("content-type") == "text/plain"
+    assert response.header("x-request-id")
+
+
+# --- Slow clients and slow views: /healthz answers meanwhile --------------------------------
+
+
+def test_300_uploads_trickling_a_byte_a_second_leave_the_gateway_answering(granian: ServerProcess) -> None:
+    """Under Granian's WSGI interface these left /healthz unanswered for 30 s: each upload
+    held one of its threads. The gateway reads them on the event loop."""
+    for path in ("/flask/", "/django/", "/django/admin/login/"):
+        assert request(granian.port, http_request("GET", path)).status == 200  # warm
+    body = b"x" * 100
+    uploads: list[Connection] = []
+    try:
+        for _ in range(300):
+            conn = Connection(granian.port)
+            conn.send(b"POST /faults/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n" + body[:1])
+            uploads.append(conn)
+        sent = 1
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte a second on each
+            nonlocal sent
+            while not stop.wait(1.0) and sent < len(body) - 1:
+                for conn in uploads:
+                    conn.send(body[sent:sent + 1])
+                sent += 1
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            wait_until(lambda: metric(granian.port, "gateway_requests_in_flight") >= 300,
+                       "the 300 uploads are in the gateway")
+            for _ in range(3):
+                for path in ("/healthz", "/flask/", "/django/", "/readyz"):
+                    response = prompt_get(granian.port, path)  # a deadline of PROMPT: fails if later
+                    assert response.status == 200, (path, response)
+        finally:
+            stop.set()
+            trickler.join()
+        # The rest of each body: every upload reaches the app whole.
+        for conn in uploads:
+            assert conn.send(body[sent:]), "an upload was closed while it trickled"
+        for conn in uploads:
+            answer = conn.read_response(timeout=30)
+            assert answer.status == 200, answer
+            assert json.loads(answer.body)["length"] == len(body)
+    finally:
+        for conn in uploads:
+            conn.close()
+
+
+def test_300_slow_readers_of_large_pages_leave_the_gateway_answering(granian: ServerProcess) -> None:
+    """300 clients (three times the threads) each read a 5 MiB page at about 1 KiB/s: the
+    health check and both apps answer within a second, and memory stays bounded."""
+    for path in ("/flask/", "/django/", "/faults/large"):
+        assert request(granian.port, http_request("GET", path)).status == 200  # warm, and the page made
+    worker = granian_worker(granian)
+    before = rss(worker)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", granian.port))
+            sock.sendall(http_request("GET", "/faults/large"))
+            slow.append(sock)
+        for sock in slow:  # every response has begun: its app's thread has produced it
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200 "), "a large page did not begin"
+        stop = threading.Event()
+
+        def read_slowly() -> None:  # about 1 KiB a second from each
+            while not stop.wait(1.0):
+                for sock in slow:
+                    with contextlib.suppress(BlockingIOError):
+                        sock.recv(1024, socket.MSG_DONTWAIT)
+
+        reader = threading.Thread(target=read_slowly, daemon=True)
+        reader.start()
+        try:
+            for _ in range(3):
+                for path in ("/healthz", "/flask/", "/django/"):
+                    response = prompt_get(granian.port, path)  # a deadline of PROMPT: fails if later
+                    assert response.status == 200, (path, response)
+            grown = rss(worker) - before
+            assert grown < SLOW_READERS_RSS, f"RSS grew by {grown / 2**20:.0f} MiB"
+        finally:
+            stop.set()
+            reader.join()
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_120_slow_views_on_100_threads_leave_healthz_answering(granian: ServerProcess) -> None:
+    """Under Granian's WSGI interface /healthz waited 18.5 s behind them (it needed one of
+    Granian's threads); here it is answered on the event loop, and /readyz on its own thread."""
+    answers: list[Response] = []
+
+    def slow_view() -> None:
+        answers.append(request(granian.port, http_request("GET", "/faults/slow?seconds=3"), timeout=30))
+
+    views = [threading.Thread(target=slow_view) for _ in range(120)]
+    for view in views:
+        view.start()
+    try:
+        wait_until(lambda: metric(granian.port, "gateway_wsgi_threads_busy") >= 100
+                   and metric(granian.port, "gateway_requests_in_flight") >= 120,
+                   "100 slow views running and 20 waiting for a thread")
+        for _ in range(3):
+            assert prompt_get(granian.port, "/healthz").status == 200
+        ready = request(granian.port, http_request("GET", "/readyz"), timeout=PROMPT + 2)
+        assert ready.status == 200, ready
+    finally:
+        for view in views:
+            view.join()
+    assert [a.status for a in answers] == [200] * 120

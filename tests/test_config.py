@@ -270,9 +270,6 @@ def test_workers_build_the_gateway_from_the_commands_config(start_gateway, args:
                  id="drain-delay"),
     pytest.param(["--keep-alive", "5"], "--keep-alive works on uvicorn only: Granian has no idle timeout to set. "
                  "Leave it out, or use --server uvicorn.", id="keep-alive"),
-    pytest.param(["--stream-response", "/flask"], "--send-timeout and --stream-response (GATEWAY_SEND_TIMEOUT, "
-                 "GATEWAY_STREAM_RESPONSES) work on uvicorn only: under Granian a WSGI app's response is sent by "
-                 "Granian. Leave them out, or use --server uvicorn.", id="stream-response"),
 ])
 def test_uvicorn_only_options_on_granian_are_refused_in_one_line(tmp_path: Path, option: list[str],
                                                                   message: str) -> None:

@@ -290,19 +290,20 @@ def _progress(record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write the report."""
     args = parse_args(argv)
-    if not args.no_install:
-        deps.ensure_python_deps()
-        deps.ensure_wrk()
-    from bench import report
     from bench.configs import CEILINGS, setups
-    from bench.harness import stop_all
 
     all_setups = setups(args.threads)
-    if args.list:
+    if args.list:  # before installing anything: listing needs none of the tools
         for key, label in [(x.key, x.label) for x in all_setups] + [(c.key, c.label) for c in CEILINGS]:
             print(f"{key:<20} {label}")
         print(f"{'footprint':<20} start-up and RSS: the gateway vs the two apps in two processes")
         return
+    if not args.no_install:
+        deps.ensure_python_deps()
+        deps.ensure_wrk()
+    from bench import report
+    from bench.harness import stop_all
+
     jobs: list[tuple[str, Any]] = [("setup", s) for s in all_setups if selected(s.key, args)]
     ceilings = [c for c in CEILINGS if selected(c.key, args)]
     if ceilings:

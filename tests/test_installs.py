@@ -1,0 +1,104 @@
+"""What the setup commands install, in process (pip and apt-get are recorded, never run):
+``bootstrap.py serve`` the project alone, ``bootstrap.py test`` the project with its test
+tools, each only when missing; ``bench/run.py --list`` nothing at all."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import bootstrap
+from bench import deps
+from bench import run as bench_run
+from tests.support import ROOT
+
+
+@pytest.fixture
+def pip_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """bootstrap.py aimed at a copy of pyproject.toml in ``tmp_path``; its pip commands are recorded."""
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    venv = tmp_path / ".venv"
+    python = venv / "bin" / "python"
+    monkeypatch.setattr(bootstrap, "ROOT", tmp_path)
+    monkeypatch.setattr(bootstrap, "VENV", venv)
+    monkeypatch.setattr(bootstrap, "PYTHON", python)
+
+    class EnvBuilder:
+        def __init__(self, **options: object) -> None:
+            assert options == {"with_pip": True}
+
+        def create(self, path: Path) -> None:
+            assert path == venv
+            python.parent.mkdir(parents=True)
+            python.touch()
+
+    calls: list[list[str]] = []
+
+    def run(command: list[str], check: bool) -> None:
+        assert check
+        calls.append(command[command.index("install") + 1:])
+
+    monkeypatch.setattr(bootstrap.venv, "EnvBuilder", EnvBuilder)
+    monkeypatch.setattr(bootstrap.subprocess, "run", run)
+    return calls
+
+
+def test_serve_installs_the_project_alone_and_test_adds_the_tools(
+    pip_calls: list[list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    quiet = ["--quiet", "--disable-pip-version-check"]
+    bootstrap.ensure_environment(bootstrap.EXTRAS["serve"])
+    assert pip_calls == [[*quiet, "--upgrade", "pip"], [*quiet, "--editable", str(tmp_path)]]
+    assert capsys.readouterr().out == "bootstrap: creating .venv\nbootstrap: installing the project into .venv\n"
+    bootstrap.ensure_environment(bootstrap.EXTRAS["serve"])  # installed: nothing to do
+    assert len(pip_calls) == 2
+
+    bootstrap.ensure_environment(bootstrap.EXTRAS["test"])  # the test tools are missing
+    assert pip_calls[2:] == [[*quiet, "--upgrade", "pip"], [*quiet, "--editable", f"{tmp_path}[granian,test]"]]
+    assert capsys.readouterr().out == "bootstrap: installing the project and its test tools into .venv\n"
+    for command in ("serve", "test"):  # both find what they need
+        bootstrap.ensure_environment(bootstrap.EXTRAS[command])
+    assert len(pip_calls) == 4
+
+    (tmp_path / "pyproject.toml").write_text((tmp_path / "pyproject.toml").read_text() + "\n# changed\n")
+    bootstrap.ensure_environment(bootstrap.EXTRAS["serve"])  # a new pyproject.toml: installed again
+    assert pip_calls[-1] == [*quiet, "--editable", str(tmp_path)]
+    bootstrap.ensure_environment(bootstrap.EXTRAS["test"])
+    assert pip_calls[-1] == [*quiet, "--editable", f"{tmp_path}[granian,test]"]
+    assert len(pip_calls) == 8
+
+
+def test_an_older_stamp_without_extras_installs_the_test_tools_once(pip_calls: list[list[str]],
+                                                                   tmp_path: Path) -> None:
+    """The stamp bootstrap.py wrote before it knew extras: the digest alone."""
+    bootstrap.ensure_environment(bootstrap.EXTRAS["serve"])
+    stamp = tmp_path / ".venv" / ".installed"
+    assert stamp.read_text() == stamp.read_text().split()[0]  # "<digest>": no extras
+    bootstrap.ensure_environment(bootstrap.EXTRAS["test"])
+    assert stamp.read_text().split() == [stamp.read_text().split()[0], "granian,test"]
+    assert len(pip_calls) == 4
+
+
+def test_main_installs_what_its_command_needs(pip_calls: list[list[str]], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(bootstrap.os, "execv", lambda path, args: started.append(args))
+    monkeypatch.setattr(bootstrap.os, "chdir", lambda path: None)
+    monkeypatch.setattr(sys, "argv", ["bootstrap.py", "serve", "--port", "9000"])
+    bootstrap.main()
+    assert pip_calls[-1][-1] == str(tmp_path)
+    assert started == [[str(tmp_path / ".venv" / "bin" / "python"), "-m", "gateway", "serve", "--port", "9000"]]
+
+
+def test_bench_list_installs_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    installed: list[str] = []
+    monkeypatch.setattr(deps, "ensure_python_deps", lambda: installed.append("python"))
+    monkeypatch.setattr(deps, "ensure_wrk", lambda: installed.append("wrk"))
+    bench_run.main(["--list"])
+    listed = capsys.readouterr().out.splitlines()
+    assert installed == []
+    keys = [line.split()[0] for line in listed]
+    assert {"gateway-uvicorn", "footprint"} <= set(keys), listed
+    assert len(keys) == len(set(keys)) > 10, listed

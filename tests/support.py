@@ -1,5 +1,6 @@
 """Helpers for the tests: the repository, the gateway command, servers run as subprocesses,
-a synchronous ASGI client and a private PostgreSQL server. Test modules import them with
+a synchronous ASGI client, a private PostgreSQL server, waiting for a state (``until``) and
+the size of the load tests (``load_size``). Test modules import them with
 ``from tests.support import ...``; the fixtures built on them are in ``tests/fixtures.py``."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +25,36 @@ GATEWAY = [sys.executable, "-m", "gateway"]
 #: The demo apps as ``gateway serve`` options: a command that mounts an app of its own gets
 #: no demo app unless it names it (gateway.serve.frameworks), as these do.
 DEMO_MOUNTS = ("--mount", "/flask=flask_hello:app", "--mount", "/django=django_hello.wsgi:application")
+
+
+T = TypeVar("T")
+
+#: The size of the load tests (the soak, the chaos run, the several-machines test, the
+#: concurrent writers, the shadow benchmark): ``ci``, the default, is big enough to check
+#: what they assert (nothing lost, no 5xx) in little time; ``full`` is the size of the
+#: figures docs/ quotes. ``scripts/load.py`` runs them at full size.
+LOAD_SIZES = ("ci", "full")
+
+
+def load_size(ci: T, full: T) -> T:
+    """``ci`` or ``full``, as ``GATEWAY_LOAD_SIZE`` says (``ci`` unless set)."""
+    size = os.environ.get("GATEWAY_LOAD_SIZE", "ci")
+    if size not in LOAD_SIZES:
+        raise ValueError(f'GATEWAY_LOAD_SIZE="{size}" is not a size of the load tests: use ci or full.')
+    return full if size == "full" else ci
+
+
+def until(predicate: Callable[[], T], timeout: float, message: str | Callable[[], str] = "",
+          interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns a true value, and return that value; fail with
+    ``message`` (a string, or a function that makes one) if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError((message() if callable(message) else message)
+                                 or f"not true within {timeout} s: {predicate}")
+        time.sleep(interval)
+    return value
 
 
 def free_port() -> int:

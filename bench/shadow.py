@@ -284,10 +284,10 @@ def start_servers(work: Path, env: dict[str, str], cpu: int | None, path: str,
         port = free_port()
         argv = [sys.executable, *gateway, "serve", "--host", HOST, "--port", str(port), "--config",
                 str(config), "--log-level", "warning", "--no-access-log"]
-        server = Server(f"shadow-{mode}", argv, env, work / f"server-{mode}.log", cpu, port=port)
-        server.start()
+        servers[mode] = Server(f"shadow-{mode}", argv, env, work / f"server-{mode}.log", cpu, port=port)
+        servers[mode].start()
+    for server in servers.values():  # both start at once
         server.wait_ready([path, "/_gateway/"], timeout=120)
-        servers[mode] = server
     if SHADOW_CELL.search(_page(servers["off"].port)):
         raise BenchError("the server without shadow = shows shadow counts: is the rule shadowed after all?")
     shadow_counts(servers["on"].port)  # fails early if the page has no counts
@@ -470,7 +470,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds a run (default 6; wrk rounds to whole s)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk on each server first (default 2)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of wrk on each server first (default 2; 0: none)")
     parser.add_argument("--connections", type=int, default=32, help="wrk's connections at saturation (default 32)")
     parser.add_argument("--share", type=float, default=0.5, help="the paced load, a share of capacity (default 0.5)")
     parser.add_argument("--path", default=PATH, help=f"the page loaded (default {PATH}; /shop/items/4 differs)")
@@ -487,8 +488,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="[shadow] cpu of the server with shadowing on (default: the gateway's, 2)")
     parser.add_argument("--json", type=Path, help="write every measurement to this file")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or not 0 < args.share <= 1 or args.retries < 0:
-        parser.error("--rounds must be 1 or more, --seconds more than 0, --share in (0, 1], --retries 0 or more.")
+    if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0 or not 0 < args.share <= 1 or args.retries < 0:
+        parser.error("--rounds must be 1 or more, --seconds more than 0, --warmup 0 or more, --share in (0, 1], "
+                     "--retries 0 or more.")
     return args
 
 
@@ -513,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
               f"clients on CPU {client_cpu}"
               + (f"; switch interval {args.switch_interval:g} s" if args.switch_interval else "") + ".", flush=True)
         servers = start_servers(work, env, server_cpu, args.path, args.switch_interval, args.shadow_cpu)
-        for mode in MODES:
+        for mode in MODES if args.warmup > 0 else ():
             run_wrk(f"http://{HOST}:{servers[mode].port}{args.path}", connections=args.connections,
                     seconds=args.warmup, cpu=client_cpu)
         drained(servers["on"].port)

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, http_request, request
-from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, load_size, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -61,6 +63,15 @@ def any_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     server.stop()
 
 
+def open_sockets(pid: int) -> int:
+    """The sockets process ``pid`` has open (a connection it accepted is one more)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
 def prompt_get(port: int, path: str) -> Response:
     return request(port, http_request("GET", path), timeout=PROMPT)
 
@@ -74,6 +85,7 @@ def test_slow_uploads_do_not_freeze_the_gateway(tmp_path: Path) -> None:
     try:
         for path in ("/flask/", "/django/", "/django/admin/login/"):
             assert request(server.port, http_request("GET", path)).status == 200  # warm
+        sockets = open_sockets(server.proc.pid)
         slow: list[Connection] = []
         for i in range(110):
             conn = Connection(server.port)
@@ -83,7 +95,8 @@ def test_slow_uploads_do_not_freeze_the_gateway(tmp_path: Path) -> None:
                 conn.send(b"POST /django/admin/login/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
                           b"Content-Type: application/x-www-form-urlencoded\r\n\r\nusername=a")
             slow.append(conn)
-        time.sleep(0.5)  # all of them accepted and waiting on their bodies
+        until(lambda: open_sockets(server.proc.pid) >= sockets + 110, 10,  # all of them accepted
+              lambda: f"the server took {open_sockets(server.proc.pid) - sockets} of the 110 connections")
         for path in ("/healthz", "/flask/", "/django/", "/readyz"):
             assert prompt_get(server.port, path).status == 200, path
         for conn in slow:  # still open: a body timeout is 30 s by default
@@ -94,50 +107,81 @@ def test_slow_uploads_do_not_freeze_the_gateway(tmp_path: Path) -> None:
 
 
 def test_healthz_does_not_wait_for_busy_threads(tmp_path: Path) -> None:
-    """Every WSGI thread busy in a slow view: /healthz and /readyz still answer at once."""
+    """Every WSGI thread busy in a slow view, more requests queued for one: /healthz and
+    /readyz still answer at once, while every slow view is still running."""
     server = start(tmp_path, "uvicorn", "--threads", "20")
     try:
-        busy = [threading.Thread(target=request, args=(server.port, http_request("GET", "/faults/slow?seconds=6")),
-                                 kwargs={"timeout": 15}) for _ in range(30)]
-        for thread in busy:
-            thread.start()
-        time.sleep(1.0)  # 20 running, 10 queued for a thread
-        assert prompt_get(server.port, "/healthz").status == 200
-        ready = request(server.port, http_request("GET", "/readyz"), timeout=PROMPT + 2)  # its own thread
-        assert ready.status == 200, ready.body
-        for thread in busy:
-            thread.join()
+        with ThreadPoolExecutor(30) as pool:
+            running = [pool.submit(request, server.port, http_request("GET", "/faults/slow?seconds=4"), timeout=15)
+                       for _ in range(20)]
+            until(lambda: events(tmp_path).count("flask-slow-started") == 20, 15,
+                  lambda: f"the slow views did not all start: {events(tmp_path)}")
+            queued = [pool.submit(request, server.port, http_request("GET", "/faults/slow?seconds=0"), timeout=15)
+                      for _ in range(10)]
+            assert prompt_get(server.port, "/healthz").status == 200
+            ready = request(server.port, http_request("GET", "/readyz"), timeout=PROMPT + 2)  # its own thread
+            answered = time.monotonic()
+            assert ready.status == 200, ready.body
+            results = [future.result() for future in running + queued]
     finally:
         server.stop()
+    assert all(r.status == 200 for r in results), results
+    # The 20 were running, the 10 waiting for a thread, when /readyz answered (one clock on Linux).
+    assert min(json.loads(r.body)["end"] for r in results[:20]) > answered
+    assert min(json.loads(r.body)["start"] for r in results[20:]) > answered
+
+
+class SilentDatabase:
+    """A port that accepts connections and never answers: a stalled database server. It
+    counts the connections it holds, and drops them all when told to."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                self.held.append(self.listener.accept()[0])
+
+    def drop(self) -> None:
+        """Close every connection held: their clients fail at once."""
+        for conn in list(self.held):
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop()
 
 
 @pytest.fixture
-def silent_database() -> Iterator[int]:
-    """A port that accepts connections and never answers: a stalled database server."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(512)
-    yield listener.getsockname()[1]
-    listener.close()
+def silent_database() -> Iterator[SilentDatabase]:
+    database = SilentDatabase()
+    yield database
+    database.close()
 
 
-def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent_database: int) -> None:
+def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent_database: SilentDatabase) -> None:
     server = start(tmp_path, "uvicorn", GATEWAY_READY_TIMEOUT="1",
-                   DATABASE_URL=f"postgres://gateway@127.0.0.1:{silent_database}/stalled")
+                   DATABASE_URL=f"postgres://gateway@127.0.0.1:{silent_database.port}/stalled")
     try:
-        stuck = [threading.Thread(target=request, args=(server.port, http_request("GET", "/flask/greetings")),
-                                  kwargs={"timeout": 15}) for _ in range(100)]
-        for thread in stuck:
-            thread.start()
-        time.sleep(0.5)
-        assert prompt_get(server.port, "/healthz").status == 200
-        started = time.monotonic()
-        ready = request(server.port, http_request("GET", "/readyz"), timeout=4)
-        assert ready.status == 503
-        assert json.loads(ready.body)["status"] == "busy"
-        assert time.monotonic() - started < 3  # the 1 s timeout, not the 5 s connect timeout
-        for thread in stuck:
-            thread.join()
+        with ThreadPoolExecutor(100) as pool:  # every one of the 100 threads waits on the database
+            stuck = [pool.submit(request, server.port, http_request("GET", "/flask/greetings"), timeout=15)
+                     for _ in range(100)]
+            until(lambda: len(silent_database.held) >= 100, 15,
+                  lambda: f"{len(silent_database.held)} of the 100 threads reached the database")
+            assert prompt_get(server.port, "/healthz").status == 200
+            started = time.monotonic()
+            ready = request(server.port, http_request("GET", "/readyz"), timeout=4)
+            assert ready.status == 503
+            assert json.loads(ready.body)["status"] == "busy"
+            assert time.monotonic() - started < 3  # the 1 s timeout, not the 5 s connect timeout
+            assert not any(future.done() for future in stuck)  # all still waiting on the database
+            silent_database.drop()  # the database goes away: the waits end at once
+            assert all(future.result().status == 503 for future in stuck), [f.result() for f in stuck]
         assert prompt_get(server.port, "/flask/").status == 200  # needs no database
     finally:
         server.stop()
@@ -149,6 +193,10 @@ def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent
 #: clients"). Measured: about 25 MiB; each connection holds at most the server's write
 #: buffer (32 KiB) and a piece in flight (16 KiB), the rest waits in a temporary file.
 SLOW_READERS_RSS = 64 * 1024 * 1024
+#: The page: 1 MiB at the tests' size, 16 times what a response keeps in memory, so every
+#: one waits in a temporary file too (300 MB of them: 5 MiB made 1.5 GB, which took 8-10 s
+#: to write here); 5 MiB, the README's figures, at full size (GATEWAY_LOAD_SIZE=full).
+LARGE_PAGE = load_size(ci=1024 * 1024, full=5 * 1024 * 1024)
 
 
 def rss(pid: int) -> int:
@@ -160,12 +208,14 @@ def rss(pid: int) -> int:
 
 
 def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -> None:
-    """300 clients (three times the threads) each download a 5 MiB page at about 1 KiB/s:
-    the health check and both apps still answer within a second, and memory stays bounded."""
+    """300 clients (three times the threads) each download a large page (LARGE_PAGE) at
+    about 1 KiB/s: the health check and both apps still answer within a second, and memory
+    stays bounded."""
     server = start(tmp_path)
     slow: list[socket.socket] = []
+    large = f"/faults/large?size={LARGE_PAGE}"
     try:
-        for path in ("/flask/", "/django/", "/faults/large"):
+        for path in ("/flask/", "/django/", large):
             assert request(server.port, http_request("GET", path)).status == 200  # warm, and the page made
         before = rss(server.proc.pid)
         for _ in range(300):
@@ -173,7 +223,7 @@ def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
             sock.settimeout(10)
             sock.connect(("127.0.0.1", server.port))
-            sock.sendall(http_request("GET", "/faults/large"))
+            sock.sendall(http_request("GET", large))
             slow.append(sock)
         for sock in slow:  # every response has begun: its app's thread has produced it
             assert sock.recv(1024).startswith(b"HTTP/1.1 200 "), "a large page did not begin"
@@ -231,10 +281,7 @@ def test_a_streaming_mount_gets_its_body_as_it_arrives(tmp_path: Path) -> None:
         with Connection(server.port) as streamed, Connection(server.port) as buffered:
             streamed.send(b"POST /faults/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 6\r\n\r\nabc")
             buffered.send(b"POST /django/test/echo/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 6\r\n\r\nabc")
-            deadline = time.monotonic() + 10
-            while "flask-echo-called" not in events(tmp_path) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert "flask-echo-called" in events(tmp_path)  # called with half its body
+            until(lambda: "flask-echo-called" in events(tmp_path), 10, "the view was not called")  # with half its body
             assert "django-echo-called" not in events(tmp_path)  # buffered: not yet
             streamed.send(b"def")
             buffered.send(b"def")

@@ -7,9 +7,9 @@ They are mounted by the tests, beside the demo apps, never by the gateway's defa
   as the URLconf (django_hello's URLs plus test views under ``/test/``), selected with
   ``DJANGO_SETTINGS_MODULE=tests.apps.django_settings``.
 
-What happens inside the server that a client cannot see (a response closed, a streaming
-generator stopped) is appended, one line per event, to the file named by
-``GATEWAY_TEST_EVENTS``.
+What happens inside the server that a client cannot see (a slow view started, a response
+closed, a streaming generator stopped) is appended, one line per event, to the file named
+by ``GATEWAY_TEST_EVENTS``: a test polls for it instead of sleeping.
 """
 
 from __future__ import annotations

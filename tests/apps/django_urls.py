@@ -37,6 +37,7 @@ def form(request: HttpRequest) -> HttpResponse:
 def slow(request: HttpRequest) -> HttpResponse:
     """Sleep ``?seconds=`` (default 2) and report when the request ran."""
     start = time.monotonic()
+    record("django-slow-started")
     time.sleep(float(request.GET.get("seconds", "2")))
     return JsonResponse({"start": start, "end": time.monotonic()})
 
@@ -70,6 +71,7 @@ def db(request: HttpRequest) -> HttpResponse:
     """GET: count the greetings. POST ``?key=&seconds=``: sleep, then store a greeting."""
     if request.method == "POST":
         key = request.GET["key"]
+        record(f"django-db-write-started {key}")
         time.sleep(float(request.GET.get("seconds", "0")))
         Greeting.objects.create(language=key[:16], text="written by the test view")
         return JsonResponse({"written": key}, status=201)

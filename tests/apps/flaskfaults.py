@@ -41,6 +41,7 @@ def form() -> Any:
 def slow() -> Any:
     """Sleep ``?seconds=`` (default 2) and report when the request ran."""
     start = time.monotonic()
+    record("flask-slow-started")
     time.sleep(float(request.args.get("seconds", "2")))
     return jsonify(start=start, end=time.monotonic())
 

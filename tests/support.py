@@ -57,6 +57,17 @@ def until(predicate: Callable[[], T], timeout: float, message: str | Callable[[]
     return value
 
 
+def unread(port: int, peer: int) -> int | None:
+    """The bytes a server on 127.0.0.1:``port`` was sent by the client at port ``peer`` and
+    has not read yet (its socket's receive queue, from /proc/net/tcp); None if there is no
+    such connection. 0: the server has read all it was sent."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, _state, queues = line.split()[1:5]
+        if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) == peer:
+            return int(queues.split(":")[1], 16)
+    return None
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

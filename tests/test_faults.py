@@ -23,7 +23,7 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, error_lines, http_request, request
-from tests.support import GATEWAY, ServerProcess, free_port, server_env
+from tests.support import GATEWAY, ServerProcess, free_port, server_env, unread, until
 
 pytestmark = pytest.mark.server
 
@@ -115,9 +115,12 @@ def test_blocking_requests_do_not_delay_the_other_app(server: ServerProcess, slo
     for _ in range(3):
         latency(server.port, quick)  # warm up
     alone = statistics.median(latency(server.port, quick) for _ in range(9))
+    started = "flask-slow-started" if slow.startswith("/faults") else "django-slow-started"
+    directory = server.log_path.parent
+    before = events(directory).count(started)
     with ThreadPoolExecutor(max_workers=8) as pool:
         blocked = [pool.submit(get, server.port, slow) for _ in range(8)]
-        time.sleep(0.4)  # all eight are running their view now
+        until(lambda: events(directory).count(started) == before + 8, 10, "the eight did not all start")
         loaded = statistics.median(latency(server.port, quick) for _ in range(9))
         measured = time.monotonic()
         results = [future.result(timeout=20) for future in blocked]
@@ -146,7 +149,7 @@ def test_locked_database_gives_503_while_flask_answers(start) -> None:  # type: 
         with ThreadPoolExecutor(max_workers=1) as pool:
             started = time.monotonic()
             waiting = pool.submit(get, server.port, DB_VIEW)
-            time.sleep(0.2)
+            until(lambda: events(directory).count("django-db-read-started") == 2, 10, "the view did not start")
             assert latency(server.port, "/flask/") < 1.0  # while Django waits on the lock
             response = waiting.result(timeout=20)
             elapsed = time.monotonic() - started
@@ -199,7 +202,9 @@ def test_client_leaving_mid_upload(server: ServerProcess, path: str, closed: str
         else:
             conn.send(http_request("POST", path, headers=[(b"Transfer-Encoding", b"chunked")])
                       + b"10000\r\n" + b"u" * 0x10000 + b"\r\n" + b"100\r\nuu")
-        time.sleep(0.5)
+        # The client leaves once the server has read all it sent, and waits for the rest.
+        client_port = conn.sock.getsockname()[1]
+        until(lambda: unread(server.port, client_port) == 0, 10, "the server did not read the upload")
     # The server has seen the client go once the request shows in the access log, as
     # nginx logs it: 499, client closed request.
     assert watch.wait_for(f"POST {path}"), watch.text()
@@ -275,10 +280,17 @@ def test_sigterm_lets_running_requests_finish(start) -> None:  # type: ignore[no
     with ThreadPoolExecutor(max_workers=6) as pool:
         flask = [pool.submit(get, server.port, "/faults/slow?seconds=2", timeout=30) for _ in range(3)]
         writes = {key: pool.submit(post_write, server.port, key, 2) for key in keys}
-        time.sleep(0.7)  # all six are inside their views
+
+        def all_six_inside_their_views() -> bool:
+            seen = events(directory)
+            return seen.count("flask-slow-started") == 3 and all(f"django-db-write-started {k}" in seen for k in keys)
+
+        until(all_six_inside_their_views, 10, lambda: f"not all six are in their views: {events(directory)}")
         os.kill(server.proc.pid, signal.SIGTERM)
-        time.sleep(0.3)
-        assert refused(server.port), "a new connection was served after SIGTERM"
+        # New connections are refused while the six still run (a request sent in the moment
+        # before the server has handled the signal may be served).
+        until(lambda: refused(server.port), 5, "a new connection was served after SIGTERM")
+        assert not any(f.done() for f in [*flask, *writes.values()]), "refused only once the six had finished"
         flask_results = [f.result(timeout=30) for f in flask]
         write_results = {key: f.result(timeout=30) for key, f in writes.items()}
     assert server.proc.wait(timeout=20) == 0
@@ -292,10 +304,10 @@ def test_sigterm_lets_running_requests_finish(start) -> None:  # type: ignore[no
 
 
 def test_sigterm_grace_period_is_a_limit(start) -> None:  # type: ignore[no-untyped-def]
-    server, _ = start("--graceful-timeout", "1")
+    server, directory = start("--graceful-timeout", "1")
     with ThreadPoolExecutor(max_workers=1) as pool:
         stuck = pool.submit(get, server.port, "/faults/slow?seconds=8", timeout=30)
-        time.sleep(0.5)
+        until(lambda: "flask-slow-started" in events(directory), 10, "the slow view did not start")
         signalled = time.monotonic()
         os.kill(server.proc.pid, signal.SIGTERM)
         code = server.proc.wait(timeout=20)

@@ -75,6 +75,7 @@ def db(request: HttpRequest) -> HttpResponse:
         time.sleep(float(request.GET.get("seconds", "0")))
         Greeting.objects.create(language=key[:16], text="written by the test view")
         return JsonResponse({"written": key}, status=201)
+    record("django-db-read-started")
     return JsonResponse({"greetings": Greeting.objects.count()})
 
 

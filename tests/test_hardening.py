@@ -21,7 +21,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -675,30 +677,57 @@ def test_thousands_of_multipart_parts_to_flask(server: ServerProcess) -> None:
 SLOW_CLIENT_BOUND = 10.0
 
 
-def test_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
-    with Connection(server.port) as conn:
+def idle_keep_alive(port: int) -> tuple[int | None, bool, float]:
+    """A response, then nothing: its status, whether the server closed, and when."""
+    with Connection(port) as conn:
         conn.send(http_request("GET", "/flask/", headers=[(b"Connection", b"keep-alive")]))
-        assert conn.read_response().status == 200
+        status = conn.read_response().status
         started = time.monotonic()
-        assert conn.wait_closed(SLOW_CLIENT_BOUND)
-        assert time.monotonic() - started < SLOW_CLIENT_BOUND
+        closed = conn.wait_closed(SLOW_CLIENT_BOUND)
+        return status, closed, time.monotonic() - started
 
 
-def test_silent_connection_is_closed(server: ServerProcess) -> None:
-    with Connection(server.port) as conn:
-        assert conn.wait_closed(SLOW_CLIENT_BOUND), "a connection that sent nothing is still open"
+def silent(port: int) -> bool:
+    """Nothing at all: whether the server closed."""
+    with Connection(port) as conn:
+        return conn.wait_closed(SLOW_CLIENT_BOUND)
 
 
-def test_trickled_headers_are_cut_off(server: ServerProcess) -> None:
+def trickle(port: int) -> bool:
+    """A header byte every 0.5 s: whether the server closed before SLOW_CLIENT_BOUND."""
     head = b"GET /flask/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 1000
-    with Connection(server.port) as conn:
+    with Connection(port) as conn:
         deadline = time.monotonic() + SLOW_CLIENT_BOUND
         for byte in head:
             if time.monotonic() > deadline or not conn.send(bytes([byte])):
                 break
             if conn.wait_closed(0.5):
-                return
-        pytest.fail(f"still connected after trickling headers for {SLOW_CLIENT_BOUND} s")
+                return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def slow_clients(server: ServerProcess) -> Iterator[dict[str, Future[Any]]]:
+    """The three slow clients, started together: each waits out the same 5 s timeout, and
+    each test below reads its own client's outcome."""
+    with ThreadPoolExecutor(3) as pool:
+        yield {"idle": pool.submit(idle_keep_alive, server.port), "silent": pool.submit(silent, server.port),
+               "trickle": pool.submit(trickle, server.port)}
+
+
+def test_idle_keep_alive_connection_is_closed(slow_clients: dict[str, Future[Any]]) -> None:
+    status, closed, waited = slow_clients["idle"].result()
+    assert status == 200
+    assert closed
+    assert waited < SLOW_CLIENT_BOUND
+
+
+def test_silent_connection_is_closed(slow_clients: dict[str, Future[Any]]) -> None:
+    assert slow_clients["silent"].result(), "a connection that sent nothing is still open"
+
+
+def test_trickled_headers_are_cut_off(slow_clients: dict[str, Future[Any]]) -> None:
+    assert slow_clients["trickle"].result(), f"still connected after trickling headers for {SLOW_CLIENT_BOUND} s"
 
 
 # --- Security headers, set once at the gateway --------------------------------------

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.support import until
+
 pytestmark = pytest.mark.server
 
 SERVERS = ["gateway_server", "gunicorn_server", "werkzeug_server"]
@@ -179,9 +181,10 @@ def test_drain_delay_keeps_serving_then_exits(start_gateway, workers: str) -> No
         assert client.get("/flask/").headers.get("connection") != "close"
         signalled = time.monotonic()
         os.kill(server.proc.pid, signal.SIGTERM)
-        time.sleep(1)
-        ready = client.get("/readyz")
-        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        # Draining begins as the server handles the signal: /readyz says so within the drain delay.
+        ready = until(lambda: [r for r in [client.get("/readyz")] if r.status_code == 503], 2.5,
+                      "/readyz did not turn 503")[0]
+        assert ready.json()["status"] == "draining"
         page = client.get("/django/")
         assert page.status_code == 200 and page.headers["connection"] == "close"
     assert server.proc.wait(timeout=20) == 0

@@ -207,6 +207,7 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+@pytest.mark.soak
 def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -> None:
     """300 clients (three times the threads) each download a large page (LARGE_PAGE) at
     about 1 KiB/s: the health check and both apps still answer within a second, and memory

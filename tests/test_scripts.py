@@ -1,9 +1,11 @@
-"""What the setup commands install, in process (pip and apt-get are recorded, never run):
-``bootstrap.py serve`` the project alone, ``bootstrap.py test`` the project with its test
-tools, each only when missing; ``bench/run.py --list`` nothing at all."""
+"""The commands around the tests, in process (what they would start is recorded, never run):
+``bootstrap.py serve`` installs the project alone, ``bootstrap.py test`` the project with
+its test tools, each only when missing; ``bench/run.py --list`` installs nothing;
+``scripts/load.py`` runs the load tests (marked ``soak``) at the size asked for."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pytest
 import bootstrap
 from bench import deps
 from bench import run as bench_run
-from tests.support import ROOT
+from scripts import load
+from tests.support import ROOT, load_size
 
 
 @pytest.fixture
@@ -102,3 +105,50 @@ def test_bench_list_installs_nothing(monkeypatch: pytest.MonkeyPatch, capsys: py
     keys = [line.split()[0] for line in listed]
     assert {"gateway-uvicorn", "footprint"} <= set(keys), listed
     assert len(keys) == len(set(keys)) > 10, listed
+
+
+def test_load_runs_the_experiments_at_full_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[list[str], str]] = []
+
+    class Done:
+        returncode = 3
+
+    def run(command: list[str], cwd: Path, env: dict[str, str]) -> Done:
+        assert cwd == ROOT
+        started.append((command, env["GATEWAY_LOAD_SIZE"]))
+        return Done()
+
+    monkeypatch.setattr(load.subprocess, "run", run)
+    assert load.main(["netns", "writes"]) == 3  # pytest's exit status
+    pytest_args = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "-m", "soak"]
+    assert started == [([*pytest_args, "tests/test_netns.py",
+                         "tests/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers"], "full")]
+    load.main(["--size", "ci"])
+    assert started[-1] == ([*pytest_args, *(test for test, _ in load.EXPERIMENTS.values())], "ci")
+    with pytest.raises(SystemExit):
+        load.main(["nets"])
+    assert len(started) == 2
+
+
+@pytest.mark.parametrize("name", sorted(load.EXPERIMENTS))
+def test_each_experiment_is_a_load_test(name: str) -> None:
+    """Its test exists and is marked soak, so that -m soak (the script's, and .ci/run's
+    load tier) selects it."""
+    path, _, function = load.EXPERIMENTS[name][0].partition("::")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    marks = []
+    for holder in (module, getattr(module, function, None)):
+        found = getattr(holder, "pytestmark", [])
+        marks += [m.name for m in (found if isinstance(found, list) else [found])]
+    assert "soak" in marks and "server" in marks, marks
+
+
+def test_load_size_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_LOAD_SIZE", raising=False)
+    assert load_size(ci=2, full=7) == 2
+    monkeypatch.setenv("GATEWAY_LOAD_SIZE", "full")
+    assert load_size(ci=2, full=7) == 7
+    monkeypatch.setenv("GATEWAY_LOAD_SIZE", "huge")
+    message = r'^GATEWAY_LOAD_SIZE="huge" is not a size of the load tests: use ci or full\.$'
+    with pytest.raises(ValueError, match=message):
+        load_size(ci=2, full=7)

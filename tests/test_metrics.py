@@ -281,7 +281,7 @@ def test_a_scrape_during_load_on_several_workers_adds_up(start_gateway: Callable
     booted(directory, 2)  # else wrk's connections could all go to the first worker up
     script = tmp_path / "count.lua"
     script.write_text(COUNTING)
-    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d4s", "--timeout", "5s", "-s", str(script),
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d2s", "--timeout", "5s", "-s", str(script),
                             gateway.url + "/flask/"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     during = []
     while wrk.poll() is None:

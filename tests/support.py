@@ -6,6 +6,7 @@ the size of the load tests (``load_size``). Test modules import them with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -57,15 +58,35 @@ def until(predicate: Callable[[], T], timeout: float, message: str | Callable[[]
     return value
 
 
+def _tcp_sockets() -> list[tuple[int, int, int, int]]:
+    """The IPv4 TCP sockets of this network namespace (/proc/net/tcp): for each, its local
+    port, its peer's port, the bytes received and not read yet, and its inode."""
+    sockets = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        sockets.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
+                        int(fields[4].split(":")[1], 16), int(fields[9])))
+    return sockets
+
+
 def unread(port: int, peer: int) -> int | None:
     """The bytes a server on 127.0.0.1:``port`` was sent by the client at port ``peer`` and
-    has not read yet (its socket's receive queue, from /proc/net/tcp); None if there is no
-    such connection. 0: the server has read all it was sent."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, remote, _state, queues = line.split()[1:5]
-        if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) == peer:
-            return int(queues.split(":")[1], 16)
-    return None
+    has not read yet (its socket's receive queue); None if there is no such connection. 0:
+    the server has read all it was sent."""
+    return next((queued for local, remote, queued, _ in _tcp_sockets() if (local, remote) == (port, peer)), None)
+
+
+def accepted(pid: int, port: int, peers: set[int]) -> set[int]:
+    """Which of the clients at ports ``peers`` process ``pid`` has accepted on ``port``: a
+    connection the kernel has completed but the server has not taken yet is not counted."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return {remote for local, remote, _, inode in _tcp_sockets() if local == port and remote in peers
+            and inode in inodes}
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sqlite3
 import sys
@@ -27,7 +26,7 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, http_request, request
-from tests.support import GATEWAY, ROOT, ServerProcess, free_port, load_size, server_env, until
+from tests.support import GATEWAY, ROOT, ServerProcess, accepted, free_port, load_size, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -63,15 +62,6 @@ def any_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     server.stop()
 
 
-def open_sockets(pid: int) -> int:
-    """The sockets process ``pid`` has open (a connection it accepted is one more)."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):  # closed meanwhile
-            count += os.readlink(fd).startswith("socket:")
-    return count
-
-
 def prompt_get(port: int, path: str) -> Response:
     return request(port, http_request("GET", path), timeout=PROMPT)
 
@@ -82,27 +72,29 @@ def prompt_get(port: int, path: str) -> Response:
 def test_slow_uploads_do_not_freeze_the_gateway(tmp_path: Path) -> None:
     """110 uploads that trickle in (more than the 100 threads): the gateway still answers."""
     server = start(tmp_path)
+    slow: list[Connection] = []
     try:
         for path in ("/flask/", "/django/", "/django/admin/login/"):
             assert request(server.port, http_request("GET", path)).status == 200  # warm
-        sockets = open_sockets(server.proc.pid)
         slow: list[Connection] = []
         for i in range(110):
             conn = Connection(server.port)
+            slow.append(conn)
             if i % 2:
                 conn.send(b"POST /flask/ HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na")
             else:
                 conn.send(b"POST /django/admin/login/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
                           b"Content-Type: application/x-www-form-urlencoded\r\n\r\nusername=a")
-            slow.append(conn)
-        until(lambda: open_sockets(server.proc.pid) >= sockets + 110, 10,  # all of them accepted
-              lambda: f"the server took {open_sockets(server.proc.pid) - sockets} of the 110 connections")
+        ports = {conn.sock.getsockname()[1] for conn in slow}
+        until(lambda: accepted(server.proc.pid, server.port, ports) == ports, 10,  # the server has them all
+              lambda: f"the server took {len(accepted(server.proc.pid, server.port, ports))} of the 110 connections")
         for path in ("/healthz", "/flask/", "/django/", "/readyz"):
             assert prompt_get(server.port, path).status == 200, path
-        for conn in slow:  # still open: a body timeout is 30 s by default
-            assert conn.send(b"1\r\nb" if slow.index(conn) % 2 else b"&")
-            conn.close()
+        for number, conn in enumerate(slow):  # still open: a body timeout is 30 s by default
+            assert conn.send(b"1\r\nb" if number % 2 else b"&")
     finally:
+        for conn in slow:
+            conn.close()
         server.stop()
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # The in-process apps read their settings when first imported: point them at a data
 # directory of their own before anything imports Django.
 _DATA_DIR = tempfile.mkdtemp(prefix="gateway-tests-")
@@ -15,3 +17,40 @@ for _name in ("DJANGO_DATA_DIR", "DJANGO_ALLOWED_HOSTS", "FLASK_TRUSTED_HOSTS", 
     os.environ.pop(_name, None)
 
 pytest_plugins = ["tests.fixtures"]
+
+
+# -- The time spent in each tier, printed at the end of a run (.ci/run shows it) -----------
+
+#: The tiers, by marker: a test marked ``soak`` is a load test, else one marked ``server``
+#: starts a subprocess, else it runs in process.
+TIERS = {"soak": "load tests (-m soak)", "server": "server tests (-m 'server and not soak')",
+         "": "tests in process (-m 'not server')"}
+_spent: dict[str, list[float]] = {}  # tier -> [tests, seconds]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Name each test's tier in its reports (``user_properties`` reach xdist's controller)."""
+    for item in items:
+        marker = next(marker for marker in TIERS if not marker or item.get_closest_marker(marker))
+        item.user_properties.append(("tier", TIERS[marker]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each phase's duration to its test's tier (reports from xdist's workers too)."""
+    tier = dict(report.user_properties).get("tier")
+    if tier is None:
+        return
+    spent = _spent.setdefault(str(tier), [0, 0.0])
+    spent[1] += report.duration
+    if report.when == "teardown":
+        spent[0] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _spent:
+        return
+    terminalreporter.write_sep("-", "time by tier: setup, call and teardown, summed over the tests")
+    for tier in TIERS.values():
+        if tier in _spent:
+            tests, seconds = _spent[tier]
+            terminalreporter.write_line(f"{tier:<42} {int(tests):5d} tests {seconds:8.1f} s")

@@ -1,6 +1,6 @@
 """Run the load tests at full size, the size of the figures in docs/, and print their figures.
 
-    .venv/bin/python scripts/load.py                  # all of them, one after the other
+    .venv/bin/python scripts/load.py                  # all of them, one after the other (~4 min)
     .venv/bin/python scripts/load.py netns chaos      # some of them (--list names them)
     .venv/bin/python scripts/load.py --size ci soak   # at the size the test suite runs them
 
@@ -32,12 +32,12 @@ EXPERIMENTS = {
     "chaos": ("tests/test_chaos.py",
               "slow, truncated and vanishing clients and database stalls under wrk for 16 s (row 37); about 30 s"),
     "writes": ("tests/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers",
-               "16 admin writers for 8 s on uvicorn, Granian and gunicorn, 2 workers each (row 31); about 45 s"),
+               "16 admin writers for 8 s on uvicorn, Granian and gunicorn, 2 workers each (row 31); about 35 s"),
     "slow-readers": ("tests/test_slow_clients.py::test_slow_readers_of_large_pages_do_not_freeze_the_gateway",
-                     "300 clients reading a 5 MiB page at 1 KiB/s (row 40); about 15 s"),
+                     "300 clients reading a 5 MiB page at 1 KiB/s (row 40); about 10 s"),
     "netns": ("tests/test_netns.py",
               "the deployment on six hosts, the database's cable pulled seven times (docs/deploying.md); "
-              "about 90 s, as root"),
+              "about 80 s, as root"),
 }
 SIZES = ("full", "ci")  # tests/support.py's LOAD_SIZES
 

@@ -58,14 +58,19 @@ def until(predicate: Callable[[], T], timeout: float, message: str | Callable[[]
     return value
 
 
-def _tcp_sockets() -> list[tuple[int, int, int, int]]:
+#: /proc/net/tcp's states of a connection the server has not closed yet: established,
+#: and closed by the client only (CLOSE_WAIT).
+_OPEN = {0x01, 0x08}
+
+
+def _tcp_sockets() -> list[tuple[int, int, int, int, int]]:
     """The IPv4 TCP sockets of this network namespace (/proc/net/tcp): for each, its local
-    port, its peer's port, the bytes received and not read yet, and its inode."""
+    port, its peer's port, its state, the bytes received and not read yet, and its inode."""
     sockets = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         sockets.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
-                        int(fields[4].split(":")[1], 16), int(fields[9])))
+                        int(fields[3], 16), int(fields[4].split(":")[1], 16), int(fields[9])))
     return sockets
 
 
@@ -73,7 +78,7 @@ def unread(port: int, peer: int) -> int | None:
     """The bytes a server on 127.0.0.1:``port`` was sent by the client at port ``peer`` and
     has not read yet (its socket's receive queue); None if there is no such connection. 0:
     the server has read all it was sent."""
-    return next((queued for local, remote, queued, _ in _tcp_sockets() if (local, remote) == (port, peer)), None)
+    return next((queued for local, remote, _, queued, _ in _tcp_sockets() if (local, remote) == (port, peer)), None)
 
 
 def accepted(pid: int, port: int, peers: set[int]) -> set[int]:
@@ -85,8 +90,14 @@ def accepted(pid: int, port: int, peers: set[int]) -> set[int]:
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(int(target[8:-1]))
-    return {remote for local, remote, _, inode in _tcp_sockets() if local == port and remote in peers
+    return {remote for local, remote, _, _, inode in _tcp_sockets() if local == port and remote in peers
             and inode in inodes}
+
+
+def connections(port: int) -> int:
+    """The connections a server on ``port`` has not closed yet (its own side: established,
+    or closed by the client only); 0 once it is done with every client it had."""
+    return sum(1 for local, remote, state, _, _ in _tcp_sockets() if local == port and remote and state in _OPEN)
 
 
 def free_port() -> int:

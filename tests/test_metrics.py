@@ -23,7 +23,7 @@ from gateway.adapters.asgi import create_asgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from gateway.observe.metrics import WorkerFiles, forget_dead_workers, prepare_directory
-from tests.support import ROOT, ServerProcess, free_port, server_env
+from tests.support import ROOT, ServerProcess, connections, free_port, server_env, until
 from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -291,28 +291,39 @@ def test_a_scrape_during_load_on_several_workers_adds_up(start_gateway: Callable
     # A wrk timeout or reconnection would make its own count inexact: there must be none.
     assert got > 100 and bad == 0 and "Socket errors" not in out, out
     assert any(value(s, "gateway_requests_in_flight") > 0 for s in during)
-    # The last requests wrk sent may still be finishing when it exits: wait for none in flight.
-    deadline = time.monotonic() + 10
-    while True:
+    # wrk exits with a request in flight on some of its 16 connections: the server may have
+    # served it or not (under Granian, the count came out 1 to 3 short of wrk's in 2 runs
+    # of 7 here; those requests never reached the app). Once the server has closed every
+    # connection and none is in flight, the count is final: at least what wrk got answered,
+    # at most what it sent.
+    until(lambda: connections(gateway.port) == 0, 10, "the server still holds wrk's connections 10 s after it")
+
+    def flask_total() -> float:
         now = fetch(gateway.url + "/metrics")
-        total = sum(value(now, "gateway_requests_total", mount="/flask", status=c) for c in ("2xx", "4xx", "5xx"))
-        if value(now, "gateway_requests_in_flight") == 0 and total >= sent:
-            break
-        assert time.monotonic() < deadline, f"{total} of {sent} requests counted 10 s after the load"
-        time.sleep(0.05)
-    # Then every scrape says the same, whichever worker answers it: the sum.
+        if value(now, "gateway_requests_in_flight"):
+            return 0.0
+        return sum(value(now, "gateway_requests_total", mount="/flask", status=c) for c in ("2xx", "4xx", "5xx"))
+
+    served = until(flask_total, 10, "requests still in flight 10 s after the load")
+    assert got <= served <= sent and sent - got <= 16, (served, out)
+    # Then 20 more, one at a time, each answered: every scrape says the same, whichever worker
+    # answers it, and it is the sum, exactly.
+    for _ in range(20):
+        assert httpx.get(gateway.url + "/flask/", timeout=10).status_code == 200
+    served += 20
+    until(lambda: flask_total() == served, 10, lambda: f"{flask_total()} of {served} requests counted")
     after = [fetch(gateway.url + "/metrics") for _ in range(8)]
     flask = [{c: value(s, "gateway_requests_total", mount="/flask", status=c) for c in ("2xx", "4xx", "5xx")}
              for s in after]
     assert all(f == flask[0] for f in flask), flask
-    # wrk's readiness probe of the fixture (GET /) is the gateway's; /flask/ is wrk's alone.
-    assert flask[0]["2xx"] + flask[0]["4xx"] == sent, (flask[0], out)
-    assert flask[0]["2xx"] >= got and flask[0]["5xx"] == 0
+    # wrk's readiness probe of the fixture (GET /) is the gateway's; /flask/ is wrk's and ours alone.
+    assert flask[0]["2xx"] + flask[0]["4xx"] == served, (flask[0], out)
+    assert flask[0]["2xx"] >= got + 20 and flask[0]["5xx"] == 0
     assert value(after[-1], "gateway_requests_in_flight") == 0
-    assert value(after[-1], "gateway_request_duration_seconds_count", mount="/flask") == sent
+    assert value(after[-1], "gateway_request_duration_seconds_count", mount="/flask") == served
     if server == "uvicorn":
         assert value(after[-1], "gateway_wsgi_threads") == 200  # 2 workers x 100 threads
-        assert value(after[-1], "gateway_wsgi_thread_wait_seconds_count") == sent
+        assert value(after[-1], "gateway_wsgi_thread_wait_seconds_count") == served
 
 
 @pytest.mark.server

@@ -279,3 +279,51 @@ def test_120_slow_views_on_100_threads_leave_healthz_answering(granian: ServerPr
         for view in views:
             view.join()
     assert [a.status for a in answers] == [200] * 120
+
+
+# --- Reloads -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param('[mounts]\n"/a" = "tests.no_such_module:app"\n', id="an app that cannot be imported"),
+    pytest.param('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n[[rules]]\npath = "/a/<int(min=abc):n>"\n'
+                 'app = "/a"\n', id="a converter argument that is not a number"),
+])
+def test_a_reload_with_a_file_that_cannot_work_keeps_the_site_up(tmp_path: Path, bad: str) -> None:
+    """SIGHUP with a gateway.toml that cannot work (before: Granian's new worker failed to
+    start, and its main process shut the whole site down, with a traceback): the file is
+    checked first, one line says why it was not reloaded, the same worker goes on serving
+    the old rules, and a good file on the next SIGHUP is served."""
+    import signal
+
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n')
+    port = free_port()
+    server = ServerProcess([*GATEWAY, "serve", "--server", "granian", "--port", str(port), "--config",
+                            str(config_file)], port=port, env=server_env(tmp_path), log_path=tmp_path / "server.log",
+                           ready_path="/a/")
+    try:
+        worker = granian_worker(server)
+        config_file.write_text(bad)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "was not reloaded" in server.log or server.proc.poll() is not None,
+                   "the refusal in the log, or the server's exit")
+        assert server.proc.poll() is None, server.log
+        refusals = [line for line in server.log.splitlines() if "was not reloaded" in line]
+        assert len(refusals) == 1, server.log
+        assert refusals[0].endswith("; the workers keep serving what they had."), refusals[0]
+        assert "gateway.toml" in refusals[0] or "no_such_module" in refusals[0], refusals[0]
+        assert granian_worker(server) == worker
+        answer = request(port, http_request("GET", "/a/x"), timeout=10)
+        assert (answer.status, answer.body) == (200, b"wsgi script_name=/a path_info=/x")
+
+        config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n"/b" = "tests.thirdapp:wsgi_app"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: request(port, http_request("GET", "/b/x"), timeout=10).status == 200, "/b served")
+        # Granian stops the old worker 3.5 s after the new one starts (its respawn_interval).
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+        wait_until(lambda: str(worker) not in children.read_text().split(), "the old worker stopped")
+        assert granian_worker(server) != worker
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log, server.log

@@ -295,7 +295,6 @@ class WorkerConfig(TimedConfig):
 
     def load(self) -> None:
         if isinstance(self.app, str):
-            from gateway.core.mounts import MountError
             from gateway.serve.builder import build
 
             try:
@@ -306,10 +305,64 @@ class WorkerConfig(TimedConfig):
             except Exception as exc:
                 # One line, and the exit code that makes uvicorn's supervisor stop
                 # instead of starting this worker again (and again).
-                reason = str(exc) if isinstance(exc, (MountError, ValueError)) else f"{type(exc).__name__}: {exc}"
-                logging.getLogger("gateway").error("Worker %d cannot start: %s", os.getpid(), reason)
+                logging.getLogger("gateway").error("Worker %d cannot start: %s", os.getpid(), why_not_built(exc))
                 sys.exit(STARTUP_FAILURE)
         super().load()
+
+
+def why_not_built(exc: BaseException) -> str:
+    """One line saying why the gateway could not be built: the message alone for what the
+    configuration's checks raise (they name the file, line and fix), else the type too."""
+    from gateway.core.mounts import MountError
+
+    return str(exc) if isinstance(exc, (MountError, ValueError)) else f"{type(exc).__name__}: {exc}"
+
+
+#: Seconds a reload's check may take to build the gateway (it imports the apps, Django too).
+CHECK_TIMEOUT = 120
+
+
+def problem_building(config: Config) -> str | None:
+    """What stops a new worker from building the gateway from ``config`` and the
+    gateway.toml as it is now, in one line, or None if it builds.
+
+    Built in a process of its own, started as Granian 2.8 starts its workers (Python's
+    default start method, ``fork`` on Linux, else ``spawn``), so that the server's main
+    process imports no app, and the check imports each module as a new worker would.
+    """
+    import multiprocessing
+
+    method = multiprocessing.get_start_method()
+    context = multiprocessing.get_context(method if method in ("fork", "spawn") else "spawn")
+    answer, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_try_building, args=(config, sender), name="gateway-check", daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not answer.poll(CHECK_TIMEOUT):
+            return f"building the gateway took more than {CHECK_TIMEOUT} s"
+        try:
+            problem: str | None = answer.recv()
+        except EOFError:  # it died before answering: killed, or out of memory
+            process.join(5)
+            return f"the process that built the gateway exited with status {process.exitcode}"
+        return problem
+    finally:
+        answer.close()
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+
+
+def _try_building(config: Config, sender: Any) -> None:
+    """In the check's process: build the gateway as a worker would, and say how it went."""
+    try:
+        load_asgi_gateway(config)
+    except BaseException as exc:  # SystemExit from an app's import included: one line of it
+        sender.send(why_not_built(exc))
+    else:
+        sender.send(None)
+    sender.close()
 
 
 def load_asgi_gateway(config: Config, target: str = ASGI_TARGET, *, root_path: str = "") -> Any:
@@ -398,7 +451,30 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
             "Granian is not installed; install the extra: "
             'pip install "flask-django-gateway[granian]".'
         ) from None
-    Granian(
+    class CheckedGranian(Granian):  # type: ignore[misc, valid-type]
+        """Granian, whose ``SIGHUP`` first checks that a new worker can be built.
+
+        Granian answers ``SIGHUP`` by starting new workers, each reading the gateway.toml
+        afresh, then stopping the old ones; a new worker that cannot start makes its main
+        process shut down, so a file that cannot work took the whole site down (measured
+        with Granian 2.8.9). No public hook can stop a reload (``on_reload`` hooks run first,
+        but their answer is ignored), so this reaches into ``_reload``, the method that
+        Granian 2.5-2.8's serve loop calls on the signal; ``tests/test_granian.py`` holds it
+        to Granian's behaviour.
+        """
+
+        def _reload(self, *args: Any, **kwargs: Any) -> Any:
+            problem = problem_building(config)
+            if problem is None:
+                return super()._reload(*args, **kwargs)
+            logging.getLogger("gateway").error(
+                "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
+            # What Granian's own _reload does first: the signal is handled.
+            self.reload_signal = False
+            self.main_loop_interrupt.clear()
+            return None
+
+    CheckedGranian(
         ASGI_TARGET,
         address=host,
         port=port,

@@ -332,8 +332,8 @@ def problem_building(config: Config) -> str | None:
     """
     import multiprocessing
 
-    method = multiprocessing.get_start_method()
-    context = multiprocessing.get_context(method if method in ("fork", "spawn") else "spawn")
+    forked = multiprocessing.get_start_method() == "fork"
+    context = multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
     answer, sender = context.Pipe(duplex=False)
     process = context.Process(target=_try_building, args=(config, sender), name="gateway-check", daemon=True)
     process.start()

@@ -4,19 +4,35 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
 
-# The in-process apps read their settings when first imported: point them at a data
-# directory of their own before anything imports Django.
-_DATA_DIR = tempfile.mkdtemp(prefix="gateway-tests-")
-os.environ["GATEWAY_DATA_DIR"] = _DATA_DIR
-for _name in ("DJANGO_DATA_DIR", "DJANGO_ALLOWED_HOSTS", "FLASK_TRUSTED_HOSTS", "FLASK_SECRET_KEY",
-              "DATABASE_URL", "GATEWAY_MOUNTS", "SCRIPT_NAME"):
-    os.environ.pop(_name, None)
-
 pytest_plugins = ["tests.fixtures"]
+
+#: Variables of the caller's shell that would change what the in-process apps serve.
+CLEARED = ("DJANGO_DATA_DIR", "DJANGO_ALLOWED_HOSTS", "FLASK_TRUSTED_HOSTS", "FLASK_SECRET_KEY", "DATABASE_URL",
+           "GATEWAY_MOUNTS", "SCRIPT_NAME")
+_saved: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported: the in-process apps read their settings when
+    first imported, so point them at a data directory of the run's own, and clear what the
+    caller's shell may have set. Undone at the end of the run."""
+    for name in ("GATEWAY_DATA_DIR", *CLEARED):
+        _saved[name] = os.environ.pop(name, None)
+    os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    data_dir = os.environ.pop("GATEWAY_DATA_DIR", None)
+    if data_dir and _saved:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    for name, value in _saved.items():
+        if value is not None:
+            os.environ[name] = value
 
 
 # -- The time spent in each tier, printed at the end of a run (.ci/run shows it) -----------

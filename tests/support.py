@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -268,3 +270,34 @@ class PostgresCluster:
         name = f"gw_{os.urandom(4).hex()}"
         self.execute(f"CREATE DATABASE {name}")
         return name
+
+
+# --- Prometheus scrapes -----------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of a scrape by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(scrape: Samples, name: str, **labels: str) -> float:
+    return scrape.get((name, frozenset(labels.items())), 0.0)
+
+
+# --- Django's admin ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Account:
+    username: str
+    password: str
+
+
+def csrf_token(page: str) -> str:
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert match, page[:2000]
+    return match.group(1)

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, free_port, server_env
+from tests.support import ROOT, Account, csrf_token, free_port, server_env
 
 LOGIN = "/django/admin/login/?next=/django/admin/"
 CHANGELIST = "/django/admin/django_hello/greeting/"
@@ -43,12 +43,6 @@ def fast_hashes(table) -> Iterator[None]:  # type: ignore[no-untyped-def]
 
     with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
         yield
-
-
-@dataclasses.dataclass
-class Account:
-    username: str
-    password: str
 
 
 @pytest.fixture
@@ -69,12 +63,6 @@ def make_client(app):  # type: ignore[no-untyped-def]
     from werkzeug.test import Client
 
     return Client(app)
-
-
-def csrf_token(page: str) -> str:
-    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    assert match, page[:2000]
-    return match.group(1)
 
 
 def login(client, user: Account, password: str | None = None, *, address: str,  # type: ignore[no-untyped-def]

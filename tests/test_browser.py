@@ -493,7 +493,7 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
 
     from gateway.migration.rules import RouteTable, parse_gateway_file
     from gateway.migration.traffic import MINUTES
-    from tests.test_routes import CANARY, SHADOW, SHOP
+    from tests.apps.shop import CANARY, SHADOW, SHOP
 
     text = CANARY.replace("SHARE", "50") + SHADOW[len(SHOP):]  # the rules of test_routes' page test
     config = tmp_path / "gateway.toml"

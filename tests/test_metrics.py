@@ -23,20 +23,8 @@ from gateway.adapters.asgi import create_asgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from gateway.observe.metrics import WorkerFiles, forget_dead_workers, prepare_directory
-from tests.support import ROOT, ServerProcess, connections, free_port, server_env, until
-from tests.test_parity import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a scrape by name and labels."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(scrape: Samples, name: str, **labels: str) -> float:
-    return scrape.get((name, frozenset(labels.items())), 0.0)
+from tests.entries import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
+from tests.support import ROOT, Samples, ServerProcess, connections, free_port, samples, server_env, until, value
 
 
 def scrape(entry: Send, **headers: str) -> Samples:

@@ -26,11 +26,6 @@ from gateway.migration.rules import RouteSpec
 PREFIXES = ["/a", "/a/b", "/ab", "/c/d/e", "/flask", "/django"]
 
 
-@pytest.fixture(scope="module")
-def table() -> MountTable:  # type: ignore[override]
-    return MountTable.from_specs([f"{p}=tests.thirdapp:wsgi_app" for p in PREFIXES], defaults=False)
-
-
 def dispatched(path: str) -> tuple[str | None, str, str]:
     """What Werkzeug's DispatcherMiddleware does with ``path``: (prefix, SCRIPT_NAME, PATH_INFO)."""
     seen: list[tuple[str | None, str, str]] = []

@@ -24,14 +24,14 @@ from gateway.core.pipeline import (
 
 
 @pytest.fixture(scope="module")
-def table() -> MountTable:  # type: ignore[override]
+def small_table() -> MountTable:
     return MountTable.from_specs(["/a=tests.thirdapp:wsgi_app", "/a/b=tests.thirdapp:echo_app",
                                   "/s=tests.thirdapp:asgi_app"], defaults=False)
 
 
-def pipeline(table: MountTable, **changes: object) -> Pipeline:
+def pipeline(small_table: MountTable, **changes: object) -> Pipeline:
     config = replace(Config.from_env({}), **changes)  # type: ignore[arg-type]
-    return Pipeline(table, config)
+    return Pipeline(small_table, config)
 
 
 def head(path: str, **fields: object) -> Head:
@@ -56,20 +56,20 @@ TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8"}).trusted_pro
         pytest.param("/a/", "/a", "/a", "/", id="mount-root"),
     ],
 )
-def test_routing(table: MountTable, path: str, prefix: str | None, script_name: str, path_info: str) -> None:
-    decision = pipeline(table).decide(head(path))
+def test_routing(small_table: MountTable, path: str, prefix: str | None, script_name: str, path_info: str) -> None:
+    decision = pipeline(small_table).decide(head(path))
     assert (decision.mount.prefix if decision.mount else None) == prefix
     assert (decision.script_name, decision.path_info) == (script_name, path_info)
     assert decision.reply is None if prefix else decision.reply is not None and decision.reply.status == 404
 
 
-def test_server_root_path_comes_before_the_mount(table: MountTable) -> None:
-    decision = pipeline(table).decide(head("/a/x", root_path="/srv"))
+def test_server_root_path_comes_before_the_mount(small_table: MountTable) -> None:
+    decision = pipeline(small_table).decide(head("/a/x", root_path="/srv"))
     assert (decision.root, decision.script_name, decision.path_info) == ("/srv", "/srv/a", "/x")
 
 
-def test_bare_prefix_redirect_quotes_the_location(table: MountTable) -> None:
-    decision = pipeline(table).decide(head("/a", root_path="/caf\xc3\xa9", query="x=1"))
+def test_bare_prefix_redirect_quotes_the_location(small_table: MountTable) -> None:
+    decision = pipeline(small_table).decide(head("/a", root_path="/caf\xc3\xa9", query="x=1"))
     assert decision.reply is not None and decision.reply.status == 308
     assert dict(decision.reply.headers)["Location"] == "/caf%C3%A9/a/?x=1"
     assert decision.mount is not None and decision.mount.prefix == "/a"
@@ -82,21 +82,21 @@ def test_bare_prefix_redirect_quotes_the_location(table: MountTable) -> None:
         pytest.param(101, 100, 431, id="one-past"),
     ],
 )
-def test_header_limit(table: MountTable, size: int, limit: int, status: int | None) -> None:
-    decision = pipeline(table, max_header_size=limit).decide(head("/a/x", header_size=size))
+def test_header_limit(small_table: MountTable, size: int, limit: int, status: int | None) -> None:
+    decision = pipeline(small_table, max_header_size=limit).decide(head("/a/x", header_size=size))
     assert (decision.reply.status if decision.reply else None) == status
 
 
-def test_health_skips_every_check(table: MountTable) -> None:
-    p = pipeline(table, max_header_size=10)
+def test_health_skips_every_check(small_table: MountTable) -> None:
+    p = pipeline(small_table, max_header_size=10)
     live = p.decide(head("/healthz", host=None, header_size=99, method="TRACE"))
     assert live.reply is not None and live.reply.status == 200 and not live.ready
     ready = p.decide(head("/readyz", host="evil.example"))
     assert ready.reply is None and ready.ready and ready.mount is None
 
 
-def test_refusals_in_order(table: MountTable) -> None:
-    p = pipeline(table, max_header_size=100)
+def test_refusals_in_order(small_table: MountTable) -> None:
+    p = pipeline(small_table, max_header_size=100)
     assert p.decide(head("/a/x", host="evil", header_size=101, method="TRACE")).reply.status == 431  # type: ignore[union-attr]
     assert p.decide(head("/a/x", host="evil", method="TRACE")).reply.status == 400  # type: ignore[union-attr]
     assert p.decide(head("/a/x", host=None)).reply.status == 400  # type: ignore[union-attr]
@@ -117,16 +117,16 @@ def test_refusals_in_order(table: MountTable) -> None:
         pytest.param(" 5", 400, id="space"),
     ],
 )
-def test_content_length(table: MountTable, length: str, status: int | None) -> None:
-    p = pipeline(table, max_body_size=1000, max_body_sizes={"/a": 100})
+def test_content_length(small_table: MountTable, length: str, status: int | None) -> None:
+    p = pipeline(small_table, max_body_size=1000, max_body_sizes={"/a": 100})
     decision = p.decide(head("/a/x", length=length))
     assert (decision.reply.status if decision.reply else None) == status
     assert decision.body_limit == 100
     assert p.decide(head("/s/x", length="101")).reply is None  # the default limit, 1000
 
 
-def test_request_id(table: MountTable) -> None:
-    p = pipeline(table)
+def test_request_id(small_table: MountTable) -> None:
+    p = pipeline(small_table)
     assert p.decide(head("/a/x", request_id="a" * 128)).request_id == "a" * 128
     made = p.decide(head("/a/x", request_id="a" * 129)).request_id
     assert len(made) == 32 and made != p.decide(head("/a/x")).request_id
@@ -156,9 +156,9 @@ def test_request_id(table: MountTable) -> None:
                      id="prefix-trailing-slash"),
     ],
 )
-def test_forwarded(table: MountTable, forwarded: dict[str, str], client: str, scheme: str, host: str,
+def test_forwarded(small_table: MountTable, forwarded: dict[str, str], client: str, scheme: str, host: str,
                    server: tuple[str, int], root: str) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED, allowed_hosts=("*",))
+    p = pipeline(small_table, trusted_proxies=TRUSTED, allowed_hosts=("*",))
     d = p.decide(head("/a/x", host="localhost:8000", server=("127.0.0.1", 8000), client="10.0.0.1",
                       forwarded=forwarded))
     assert (d.client, d.scheme, d.host, d.server, d.root, d.script_name) == (
@@ -167,15 +167,15 @@ def test_forwarded(table: MountTable, forwarded: dict[str, str], client: str, sc
     assert not p.ignored
 
 
-def test_forwarded_needs_a_trusted_peer(table: MountTable) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_forwarded_needs_a_trusted_peer(small_table: MountTable) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     for client in ("192.168.0.1", None, "not-an-address"):
         d = p.decide(head("/a/x", client=client, forwarded={"for": "203.0.113.1", "prefix": "/x"}))
         assert (d.client, d.script_name, d.proxied) == (client, "/a", False)
 
 
-def test_forwarded_is_off_without_proxies(table: MountTable) -> None:
-    d = pipeline(table).decide(head("/a/x", client="10.0.0.1", forwarded={"for": "203.0.113.1"}))
+def test_forwarded_is_off_without_proxies(small_table: MountTable) -> None:
+    d = pipeline(small_table).decide(head("/a/x", client="10.0.0.1", forwarded={"for": "203.0.113.1"}))
     assert d.client == "10.0.0.1"
 
 
@@ -259,10 +259,10 @@ def decision(mount: bool = True, scheme: str = "http") -> Decision:
                      ["X-Frame-Options", "Cross-Origin-Opener-Policy"], id="app-set-some"),
     ],
 )
-def test_security_headers_the_app_did_not_set(table: MountTable, given: list[tuple[str, str]],
+def test_security_headers_the_app_did_not_set(small_table: MountTable, given: list[tuple[str, str]],
                                               added: list[str]) -> None:
     headers = list(given)
-    pipeline(table).complete(headers, decision())
+    pipeline(small_table).complete(headers, decision())
     assert headers[: len(given)] == given
     assert [n for n, _ in headers[len(given):]] == [*added, "X-Request-ID"]
     assert headers[-1] == ("X-Request-ID", "rid-1")
@@ -278,15 +278,15 @@ def test_security_headers_the_app_did_not_set(table: MountTable, given: list[tup
         pytest.param(True, "https", True, False, id="app-set-it"),
     ],
 )
-def test_hsts(table: MountTable, https: bool, scheme: str, present: bool, hsts: bool) -> None:
+def test_hsts(small_table: MountTable, https: bool, scheme: str, present: bool, hsts: bool) -> None:
     headers = [("Strict-Transport-Security", "max-age=1")] if present else []
-    pipeline(table, https=https).complete(headers, decision(scheme=scheme))
+    pipeline(small_table, https=https).complete(headers, decision(scheme=scheme))
     values = [v for n, v in headers if n == "Strict-Transport-Security"]
     assert values == (["max-age=31536000; includeSubDomains"] if hsts else ["max-age=1"] if present else [])
 
 
-def test_draining_adds_connection_close(table: MountTable) -> None:
-    p = pipeline(table)
+def test_draining_adds_connection_close(small_table: MountTable) -> None:
+    p = pipeline(small_table)
     headers: list[tuple[str, str]] = []
     p.complete(headers, decision())
     assert ("Connection", "close") not in headers
@@ -295,8 +295,8 @@ def test_draining_adds_connection_close(table: MountTable) -> None:
     assert headers[-1] == ("Connection", "close")
 
 
-def test_cookies_scoped_only_for_mounts(table: MountTable) -> None:
-    p = pipeline(table)
+def test_cookies_scoped_only_for_mounts(small_table: MountTable) -> None:
+    p = pipeline(small_table)
     own = [("Set-Cookie", "a=1; Path=/")]
     p.complete(own, decision(mount=False))
     assert own[0] == ("Set-Cookie", "a=1; Path=/")
@@ -330,10 +330,10 @@ def answered(request: Request, status: int, size: int) -> Request:
     return request
 
 
-def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+def test_access_log_line(small_table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
     from gateway.observe.logs import access
 
-    p = pipeline(table)
+    p = pipeline(small_table)
     served, refused = head("/a/x", client="127.0.0.1", request_id="rid-9", query="q=1"), head("/a/x", host="evil")
     d = p.decide(served)
     with caplog.at_level(logging.INFO, logger="gateway.access"):
@@ -350,8 +350,8 @@ def test_access_log_line(table: MountTable, caplog: pytest.LogCaptureFixture) ->
 
 # -- Pinned by mutation testing (mutmut over gateway/core/pipeline.py) ---------------------------
 
-def test_answered_decisions_carry_the_head_as_given(table: MountTable) -> None:
-    p = pipeline(table, max_header_size=100)
+def test_answered_decisions_carry_the_head_as_given(small_table: MountTable) -> None:
+    p = pipeline(small_table, max_header_size=100)
     given = {"root_path": "/srv", "host": "localhost:8000", "server": ("127.0.0.1", 8000), "scheme": "https",
              "client": "192.0.2.1"}
     for path, fields, status in [("/healthz", {}, 200), ("/a/x", {"header_size": 101}, 431),
@@ -369,15 +369,15 @@ def test_answered_decisions_carry_the_head_as_given(table: MountTable) -> None:
         False, None, "localhost:8000", ("127.0.0.1", 8000), "https", "192.0.2.1")
 
 
-def test_a_refused_request_keeps_what_a_trusted_proxy_said(table: MountTable) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_a_refused_request_keeps_what_a_trusted_proxy_said(small_table: MountTable) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     d = p.decide(head("/a/x", method="TRACE", client="10.0.0.1", forwarded={"for": "203.0.113.1", "proto": "https"}))
     assert d.reply is not None and d.reply.status == 405
     assert (d.client, d.scheme, d.proxied) == ("203.0.113.1", "https", True)
 
 
-def test_the_redirect_reply_whole(table: MountTable) -> None:
-    d = pipeline(table).decide(head("/a"))
+def test_the_redirect_reply_whole(small_table: MountTable) -> None:
+    d = pipeline(small_table).decide(head("/a"))
     assert d.reply == (308, (("Location", "/a/"), ("Content-Length", "0")), b"", "")
 
 
@@ -386,27 +386,27 @@ def test_the_redirect_reply_whole(table: MountTable) -> None:
     [("https", "http", "http"), ("ws", "https", "wss"), ("wss", "http", "ws"), ("ws", "http", "ws"),
      ("http", "https", "https")],
 )
-def test_forwarded_proto_in_both_directions(table: MountTable, scheme: str, proto: str, expected: str) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_forwarded_proto_in_both_directions(small_table: MountTable, scheme: str, proto: str, expected: str) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     d = p.decide(head("/a/x", scheme=scheme, client="10.0.0.1", forwarded={"proto": proto}))
     assert d.scheme == expected and d.proxied
 
 
-def test_forwarded_port_without_a_host_header(table: MountTable) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_forwarded_port_without_a_host_header(small_table: MountTable) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     d = p.decide(head("/healthz", host=None, server=("10.0.0.5", 8000), client="10.0.0.1",
                       forwarded={"port": "8443"}))
     assert (d.server, d.host) == (("10.0.0.5", 8443), "10.0.0.5:8443")
 
 
-def test_last_hop_of_three(table: MountTable) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_last_hop_of_three(small_table: MountTable) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     d = p.decide(head("/a/x", client="10.0.0.1", forwarded={"for": "198.51.100.1, 198.51.100.2, 203.0.113.3"}))
     assert d.client == "203.0.113.3"
 
 
-def test_ignored_values_are_logged_at_debug(table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
-    p = pipeline(table, trusted_proxies=TRUSTED)
+def test_ignored_values_are_logged_at_debug(small_table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(small_table, trusted_proxies=TRUSTED)
     with caplog.at_level(logging.DEBUG, logger="gateway"):
         p.decide(head("/a/x", client="10.0.0.1", forwarded={"prefix": "//evil.example" + "x" * 200}))
     (record,) = [r for r in caplog.records if r.name == "gateway"]
@@ -448,12 +448,12 @@ def test_scope_cookie_path_with_an_equals_sign() -> None:
     assert scope_cookie("a=1; Path=/m/a=b", "/m") == "a=1; Path=/m/a=b"
 
 
-def test_access_log_duration(table: MountTable) -> None:
+def test_access_log_duration(small_table: MountTable) -> None:
     import time
 
     from gateway.observe.logs import access
 
-    p = pipeline(table)
+    p = pipeline(small_table)
     h = head("/a/x")
     d = p.decide(h)
     queued: list[tuple[object, ...]] = []
@@ -474,15 +474,15 @@ def test_request_ids_count_from_one_after_a_reseed() -> None:
     assert source().endswith("0000000000000001") and source().endswith("0000000000000002")
 
 
-def test_a_content_length_of_thousands_of_digits_is_a_413(table: MountTable) -> None:
-    d = pipeline(table).decide(head("/a/x", length="9" * 5000))
+def test_a_content_length_of_thousands_of_digits_is_a_413(small_table: MountTable) -> None:
+    d = pipeline(small_table).decide(head("/a/x", length="9" * 5000))
     assert d.reply is not None and d.reply.status == 413
 
 
-def test_control_characters_in_the_logged_target_are_escaped(table: MountTable) -> None:
+def test_control_characters_in_the_logged_target_are_escaped(small_table: MountTable) -> None:
     from gateway.observe.logs import access
 
-    p = pipeline(table)
+    p = pipeline(small_table)
     queued: list[tuple[object, ...]] = []
     real_put, access.put = access.put, queued.append  # type: ignore[method-assign]
     try:
@@ -540,8 +540,8 @@ def test_a_fallback_chain_with_django_in_it_is_djangos() -> None:
     assert not is_django(Fallback([("f", flask)], "~/x", Counter(), threading.Lock()))
 
 
-def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
-    p = pipeline(table)
+def test_the_migration_page_decision_keeps_the_head(small_table: MountTable) -> None:
+    p = pipeline(small_table)
     d = p.decide(head("/_gateway/", request_id="ops-1", client="127.0.0.1", root_path="/r", scheme="https",
                       server=("example.org", 443), host="localhost"))
     assert d.reply is None and d.render is not None  # rendered by the adapter, off the event loop
@@ -553,14 +553,14 @@ def test_the_migration_page_decision_keeps_the_head(table: MountTable) -> None:
     assert p.shared_cookie is None and p.draining is False
 
 
-def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountTable,
+def test_done_queues_the_access_line_with_what_the_entry_point_saw(small_table: MountTable,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.core import pipeline as module
 
     queued: list[tuple[object, ...]] = []
     monkeypatch.setattr(module.access, "enabled", lambda: True)
     monkeypatch.setattr(module.access, "put", queued.append)
-    p = pipeline(table)
+    p = pipeline(small_table)
     h = head("/a/x\r\nforged", query="q=1", client="192.0.2.7", request_id="req-1")
     request = answered(p.begin(h, 0.0, "HTTP/2"), 201, 1234)
     assert request.decision.request_id == "req-1" and request.head is h
@@ -573,8 +573,8 @@ def test_done_queues_the_access_line_with_what_the_entry_point_saw(table: MountT
     assert len(queued) == 1  # the log off: nothing queued
 
 
-def test_the_metrics_decision_keeps_the_head(table: MountTable) -> None:
-    p = pipeline(table, metrics=True)
+def test_the_metrics_decision_keeps_the_head(small_table: MountTable) -> None:
+    p = pipeline(small_table, metrics=True)
     d = p.decide(head("/metrics", request_id="ops-2", client="127.0.0.1", root_path="/r", scheme="https",
                       server=("example.org", 443)))
     assert d.reply is None and d.render is not None  # rendered by the adapter, off the event loop
@@ -585,7 +585,7 @@ def test_the_metrics_decision_keeps_the_head(table: MountTable) -> None:
                                      ("example.org", 443), "https", "127.0.0.1", False)
 
 
-def test_a_path_rules_take_for_other_methods_is_a_whole_405(table: MountTable) -> None:
+def test_a_path_rules_take_for_other_methods_is_a_whole_405(small_table: MountTable) -> None:
     text = '''
 [apps]
 shop = "tests.thirdapp:echo_app"
@@ -606,18 +606,18 @@ methods = ["POST", "PUT"]
                                      ("example.org", 443), "https", "127.0.0.1", False)
 
 
-def test_a_content_length_of_leading_zeros_is_read_up_to_18_digits(table: MountTable) -> None:
-    p = pipeline(table)
+def test_a_content_length_of_leading_zeros_is_read_up_to_18_digits(small_table: MountTable) -> None:
+    p = pipeline(small_table)
     assert p.decide(head("/a/x", method="POST", length="0" * 17 + "5")).reply is None
     refused = p.decide(head("/a/x", method="POST", length="0" * 18 + "5")).reply
     assert refused is not None and refused.status == 413
 
 
-def test_head_and_decision_are_frozen_and_keyword_only(table: MountTable) -> None:
+def test_head_and_decision_are_frozen_and_keyword_only(small_table: MountTable) -> None:
     import inspect
 
     h = head("/a/x")
-    d = pipeline(table).decide(h)
+    d = pipeline(small_table).decide(h)
     for record, field in ((h, "path"), (d, "mount")):
         with pytest.raises(AttributeError):
             setattr(record, field, None)
@@ -693,11 +693,11 @@ def test_an_app_root_behind_a_proxy_prefix_keeps_its_cookie(cookie: str, scoped:
     assert scope_cookie(cookie, "/apps/flask", "/apps") == scoped
 
 
-def test_the_request_state_is_the_adapters_not_a_context_variable(table: MountTable) -> None:
+def test_the_request_state_is_the_adapters_not_a_context_variable(small_table: MountTable) -> None:
     import gateway.core.pipeline as module
 
     assert not any(type(value).__name__ == "ContextVar" and name != "REQUEST_ID"
                    for name, value in vars(module).items())
-    request = pipeline(table).begin(head("/a/x"), 1.5, "HTTP/1.1")
+    request = pipeline(small_table).begin(head("/a/x"), 1.5, "HTTP/1.1")
     assert (request.started, request.protocol, request.body_read, request.status, request.size) == (
         1.5, "HTTP/1.1", False, 0, 0)

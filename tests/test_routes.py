@@ -20,38 +20,8 @@ from gateway.core.config import Config
 from gateway.core.mounts import MountTable
 from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
-from tests.test_parity import BASE, ENTRIES, Send, config_with
-
-SHOP = '''
-[apps]
-legacy = "tests.apps.shop:legacy"
-new = "tests.apps.shop:new"
-
-[mounts]
-"/echo" = "tests.thirdapp:echo_app"
-
-[[route]]
-rule = "/shop/<path:rest>"
-app = "legacy"
-
-[[route]]
-rule = "/shop/"
-app = "legacy"
-
-[[route]]
-rule = "/shop/cart"
-app = "new"
-methods = ["GET"]
-
-[[route]]
-rule = "/shop/items/<int:item_id>"
-app = ["new", "legacy"]
-
-[[route]]
-rule = "/only-post"
-app = "legacy"
-methods = ["POST"]
-'''
+from tests.apps.shop import CANARY, SHADOW, SHOP
+from tests.entries import BASE, ENTRIES, Send, config_with
 
 
 def table_from(text: str) -> MountTable:
@@ -450,19 +420,7 @@ def test_cookies_of_a_route_app_keep_the_whole_site(cookie: str, path: str) -> N
 
 # -- Canaries -------------------------------------------------------------------------------
 
-CANARY = SHOP.replace('''[[route]]
-rule = "/shop/cart"
-app = "new"
-methods = ["GET"]''', '''[[route]]
-rule = "/shop/cart"
-app = "legacy"
-methods = ["GET"]
-canary = { app = "new", share = SHARE }
 
-[[route]]
-rule = "/shop/items/<int:item_id>/reviews"
-app = "legacy"
-canary = { app = "new", share = 30, header = "X-User-ID" }''')
 
 
 def canary_entry(share: float, kind: str, table: MountTable) -> tuple[Send, Any]:
@@ -675,17 +633,7 @@ def test_sighup_reloads_the_rules_under_load_and_fails_no_request(tmp_path: Path
 
 # -- Shadow comparison -------------------------------------------------------------------------
 
-SHADOW = SHOP + '''
-[[route]]
-rule = "/shop/products/<int:product_id>"
-app = "legacy"
-shadow = { app = "new", headers = ["Content-Type"] }
 
-[[route]]
-rule = "/shop/api/products/<int:product_id>"
-app = "legacy"
-shadow = { app = "new" }
-'''
 
 
 @pytest.fixture
@@ -1207,7 +1155,7 @@ def test_a_difference_is_written_with_what_differs(tmp_path: Path) -> None:
 
 
 def test_fallbacks_canaries_and_shadows_are_on_the_metrics_endpoint(table: MountTable, tmp_path: Path) -> None:
-    from tests.test_metrics import samples, value
+    from tests.support import samples, value
 
     cart = '''rule = "/shop/cart"
 app = "new"

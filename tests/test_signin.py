@@ -15,7 +15,7 @@ from gateway.adapters.wsgi import create_wsgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from tests import test_admin_doors as doors
-from tests.test_admin_doors import Account, csrf_token
+from tests.support import Account, csrf_token
 
 account = doors.account  # the fixtures of a superuser of its own, with fast password hashes
 fast_hashes = doors.fast_hashes

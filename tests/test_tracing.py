@@ -26,7 +26,7 @@ from gateway import __version__
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
 from gateway.observe.tracing import Tracing
-from tests.test_parity import ENTRIES, Send, builder, config_with
+from tests.entries import ENTRIES, Send, builder, config_with
 
 EXPORTER = InMemorySpanExporter()
 if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):

@@ -99,3 +99,68 @@ def new_api(product_id: int) -> object:
     # The same object with its keys in another order: equal.
     body = {"request_id": secrets.token_hex(4), "name": _NAMES.get(product_id, "Spoon"), "id": product_id}
     return Response(json.dumps(body), content_type="application/json")
+
+
+# --- gateway.toml texts that mount these two apps on one URL space ------------------------
+
+#: ``legacy`` and ``new`` sharing ``/shop/``: the cart is ported (GET), an item falls back
+#: from ``new`` to ``legacy``, POST-only routes stay with ``legacy``.
+SHOP = '''
+[apps]
+legacy = "tests.apps.shop:legacy"
+new = "tests.apps.shop:new"
+
+[mounts]
+"/echo" = "tests.thirdapp:echo_app"
+
+[[route]]
+rule = "/shop/<path:rest>"
+app = "legacy"
+
+[[route]]
+rule = "/shop/"
+app = "legacy"
+
+[[route]]
+rule = "/shop/cart"
+app = "new"
+methods = ["GET"]
+
+[[route]]
+rule = "/shop/items/<int:item_id>"
+app = ["new", "legacy"]
+
+[[route]]
+rule = "/only-post"
+app = "legacy"
+methods = ["POST"]
+'''
+
+#: :data:`SHOP` with canaries: ``SHARE`` (replace it) per cent of the cart to ``new``, and
+#: 30% of the reviews by the ``X-User-ID`` header.
+CANARY = SHOP.replace('''[[route]]
+rule = "/shop/cart"
+app = "new"
+methods = ["GET"]''', '''[[route]]
+rule = "/shop/cart"
+app = "legacy"
+methods = ["GET"]
+canary = { app = "new", share = SHARE }
+
+[[route]]
+rule = "/shop/items/<int:item_id>/reviews"
+app = "legacy"
+canary = { app = "new", share = 30, header = "X-User-ID" }''')
+
+#: :data:`SHOP` with two rules in shadow mode, ``new`` as the candidate.
+SHADOW = SHOP + '''
+[[route]]
+rule = "/shop/products/<int:product_id>"
+app = "legacy"
+shadow = { app = "new", headers = ["Content-Type"] }
+
+[[route]]
+rule = "/shop/api/products/<int:product_id>"
+app = "legacy"
+shadow = { app = "new" }
+'''

@@ -56,6 +56,29 @@ def drained(chunks: list[bytes], *, memory: int, limit: int = 1 << 30, piece: in
     return sent, outbox
 
 
+@pytest.fixture
+def temporary_files(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every temporary file the outbox opens, from now on. (Not the process's descriptors:
+    other tests' leftovers, closed by the garbage collector meanwhile, change their count;
+    a parallel run once saw 18 against 25.)"""
+    import tempfile
+
+    opened: list[Any] = []
+    make = tempfile.TemporaryFile
+
+    def temporary_file(*args: Any, **kwargs: Any) -> Any:
+        opened.append(make(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("gateway.adapters.buffering.tempfile.TemporaryFile", temporary_file)
+    return opened
+
+
+def open_files(opened: list[Any]) -> int:
+    """How many of the files ``opened`` are still open."""
+    return sum(not f.closed for f in opened)
+
+
 def test_chunks_keep_their_order_through_memory_and_the_file() -> None:
     chunks = [bytes([65 + i]) * (3 + i % 4) for i in range(40)]
     sent, outbox = drained(chunks, memory=8)
@@ -65,29 +88,17 @@ def test_chunks_keep_their_order_through_memory_and_the_file() -> None:
     assert 0 < outbox.spilled < sum(map(len, chunks))
 
 
-def test_a_long_response_takes_no_more_disk_than_it_holds_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_response_takes_no_more_disk_than_it_holds_back(temporary_files: list[Any]) -> None:
     """Files are started over once read out, or replaced past ``file_size``: none grows with
     the response, though the client never quite catches up."""
-    import tempfile
-
-    opened: list[Any] = []  # every file the outbox opens (not the process's descriptors,
-    # which other tests' leftovers, closed by the garbage collector meanwhile, change)
-
-    make = tempfile.TemporaryFile
-
-    def temporary_file(*args: Any, **kwargs: Any) -> Any:
-        opened.append(make(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr("gateway.adapters.buffering.tempfile.TemporaryFile", temporary_file)
     chunks = [bytes([65 + i % 26]) * 100 for i in range(50)]
     sizes: list[int] = []
     sent, outbox = drained(chunks, memory=0, limit=300, file_size=300, file_sizes=sizes)
     assert sent[:-1] == chunks
     assert outbox.spilled == 5000
     assert 0 < max(sizes) <= 400  # the file size, and the chunk put past it
-    assert len(opened) > 1  # replaced past file_size
-    assert [f.closed for f in opened] == [True] * len(opened)  # every file closed, the last by leave()
+    assert len(temporary_files) > 1  # replaced past file_size
+    assert open_files(temporary_files) == 0  # every file closed, the last by leave()
 
 
 def test_a_chunk_longer_than_a_piece_goes_out_in_pieces() -> None:
@@ -107,23 +118,21 @@ def test_memory_is_free_again_once_its_chunks_are_sent() -> None:
     assert sent[:-1] == [b"abcd", b"efghijkl"] and outbox.spilled == 0
 
 
-def open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
-def test_what_waits_fills_memory_to_its_size_then_one_file(caplog: pytest.LogCaptureFixture) -> None:
+def test_what_waits_fills_memory_to_its_size_then_one_file(caplog: pytest.LogCaptureFixture,
+                                                          temporary_files: list[Any]) -> None:
     """Chunks put before the loop sends any: ``memory`` bytes exactly stay in memory; the
     rest goes to one file while it stays under ``file_size``; the last user to leave
     closes every file, sent or not."""
     async def main() -> tuple[int, int, int, list[bytes]]:
-        opened = open_files()
         outbox = Outbox(asyncio.get_running_loop(), memory=8, limit=1 << 20, piece=100, file_size=8)
         for chunk in (b"abcd", b"efgh", b"ijkl", b"mnop"):  # within the limit: no put waits
             assert outbox.put(chunk)
-        spilled, files = outbox.spilled, open_files() - opened
+        spilled, files = outbox.spilled, open_files(temporary_files)
         for chunk in (b"qrst", b"uvwx"):  # past the file's size: a second file
             assert outbox.put(chunk)
-        two_files = open_files() - opened
+        two_files = open_files(temporary_files)
         outbox.end()
         sent: list[bytes] = []
 
@@ -135,7 +144,7 @@ def test_what_waits_fills_memory_to_its_size_then_one_file(caplog: pytest.LogCap
         await outbox.drain(send, TIMEOUT)
         outbox.leave()
         outbox.leave()
-        assert open_files() == opened
+        assert open_files(temporary_files) == 0
         return spilled, files, two_files, sent
 
     with caplog.at_level(logging.ERROR, logger="asyncio"):

@@ -327,3 +327,30 @@ def test_a_reload_with_a_file_that_cannot_work_keeps_the_site_up(tmp_path: Path,
     finally:
         server.stop()
     assert "Traceback" not in server.log, server.log
+
+
+def test_a_worker_signalled_before_it_set_its_handlers_ends_and_the_main_process_still_stops() -> None:
+    """A Granian worker is forked with the main process's SIGTERM handler and keeps it until
+    it sets its own, after the gateway is built. Before, a SIGTERM meanwhile set a flag of
+    the main process's copy and was lost: the worker served on, and the main process waited
+    for it for ever (4 runs of 8 beside two busy loops). Now, in a forked worker, the
+    handler ends the process as the signal does by default; in the main process it still
+    starts Granian's shutdown."""
+    import os
+    import signal
+
+    from gateway.core.config import Config
+    from gateway.serve.runners import granian_class
+
+    server = granian_class(Config.from_env({}))("gateway.asgi:application", port=free_port())
+    child = os.fork()
+    if child == 0:  # as a worker before its own handlers: only the signal may end it
+        try:
+            server.signal_handler_interrupt(signal.SIGTERM, None)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert not server.interrupt_signal
+    server.signal_handler_interrupt(signal.SIGTERM, None)  # the main process: Granian's own handling
+    assert server.interrupt_signal and server.main_loop_interrupt.is_set()

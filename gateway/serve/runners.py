@@ -423,6 +423,54 @@ def source_filter() -> type:
     return SourceFilter
 
 
+def granian_class(config: Config) -> Any:
+    """Granian's server class (it imports Granian), with two things of the gateway's own,
+    for the main process that calls this:
+
+    - **A reload that cannot take the site down.** Granian answers ``SIGHUP`` by starting
+      new workers, each reading the gateway.toml afresh, then stopping the old ones; a new
+      worker that cannot start makes its main process shut down, so a file that cannot
+      work took the whole site down (measured with Granian 2.8.9). No public hook can stop
+      a reload (``on_reload`` hooks run first, but their answer is ignored), so this
+      reaches into ``_reload``, the method that Granian 2.5-2.8's serve loop calls on the
+      signal: :func:`problem_building` first.
+    - **A worker stopped while it starts.** Granian forks its workers from the main
+      process, whose ``SIGTERM`` and ``SIGINT`` handler they keep until they set their own,
+      after the gateway is built: a signal meanwhile only set a flag of the main process's
+      copy in the worker, which then started serving and never stopped, while the main
+      process waited for it for ever (measured with Granian 2.8.9: ``SIGTERM`` to the group
+      just after the first answer, beside two busy loops, hung 4 runs of 8). In a worker,
+      the handler does what the signal does by default: the worker ends.
+
+    ``tests/test_granian.py`` holds both to Granian's behaviour.
+    """
+    from granian import Granian
+
+    main_pid = os.getpid()
+
+    class GatewayGranian(Granian):  # type: ignore[misc, valid-type]
+        def _reload(self, *args: Any, **kwargs: Any) -> Any:
+            problem = problem_building(config)
+            if problem is None:
+                return super()._reload(*args, **kwargs)
+            logging.getLogger("gateway").error(
+                "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
+            # What Granian's own _reload does first: the signal is handled.
+            self.reload_signal = False
+            self.main_loop_interrupt.clear()
+            return None
+
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            if os.getpid() != main_pid:  # a worker that has not set its own handlers yet
+                signum = args[0] if args else signal.SIGTERM
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            super().signal_handler_interrupt(*args, **kwargs)
+
+    return GatewayGranian
+
+
 def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> None:
     """Serve the ASGI gateway with Granian's ASGI interface, as ``config.server`` says, built
     in each worker from ``config``.
@@ -442,7 +490,7 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
     more = config.server
     host, port, workers, reload, log_level = more.host, more.port, more.workers, more.reload, more.log_level
     try:
-        from granian import Granian
+        import granian  # noqa: F401 - the extra is installed
         from granian.constants import Interfaces, SSLProtocols
         from granian.http import HTTP1Settings
         from granian.log import LogLevels
@@ -451,30 +499,7 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
             "Granian is not installed; install the extra: "
             'pip install "flask-django-gateway[granian]".'
         ) from None
-    class CheckedGranian(Granian):  # type: ignore[misc, valid-type]
-        """Granian, whose ``SIGHUP`` first checks that a new worker can be built.
-
-        Granian answers ``SIGHUP`` by starting new workers, each reading the gateway.toml
-        afresh, then stopping the old ones; a new worker that cannot start makes its main
-        process shut down, so a file that cannot work took the whole site down (measured
-        with Granian 2.8.9). No public hook can stop a reload (``on_reload`` hooks run first,
-        but their answer is ignored), so this reaches into ``_reload``, the method that
-        Granian 2.5-2.8's serve loop calls on the signal; ``tests/test_granian.py`` holds it
-        to Granian's behaviour.
-        """
-
-        def _reload(self, *args: Any, **kwargs: Any) -> Any:
-            problem = problem_building(config)
-            if problem is None:
-                return super()._reload(*args, **kwargs)
-            logging.getLogger("gateway").error(
-                "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
-            # What Granian's own _reload does first: the signal is handled.
-            self.reload_signal = False
-            self.main_loop_interrupt.clear()
-            return None
-
-    CheckedGranian(
+    granian_class(config)(
         ASGI_TARGET,
         address=host,
         port=port,

@@ -5,7 +5,8 @@
 
 The environment is ``.venv`` next to this file; it is (re)installed when pyproject.toml
 changes, or when a command needs more than is installed: ``serve`` installs the project
-alone, ``test`` the project with its test tools (and Granian, which the tests also serve on).
+alone, ``test`` the project with its test tools (and Granian, which the tests also serve on, and
+MkDocs, which builds the documentation site in a test).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ PYTHON = BIN / "python"
 
 
 #: The extras each command installs with the project.
-EXTRAS = {"serve": (), "test": ("granian", "test")}
+EXTRAS = {"serve": (), "test": ("granian", "test", "docs")}
 
 
 def ensure_environment(extras: tuple[str, ...] = EXTRAS["test"]) -> None:

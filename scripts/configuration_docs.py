@@ -43,7 +43,7 @@ def reference() -> str:
         "",
         f"The file is the one `--config` names, else `{CONFIG_VARIABLE}`'s, else `./gateway.toml` if",
         "there is one. Besides `[gateway]` it holds the apps (`[apps]`, `[mounts]`) and the route",
-        "rules (`[[route]]`); see the README. In the file, a yes/no setting is `true` or `false`,",
+        "rules (`[[route]]`; see [Migration](migration.md)). In the file, a yes/no setting is `true` or `false`,",
         "a list is a TOML list, and the rest is a number or a string:",
         "",
         "```toml",
@@ -60,11 +60,50 @@ def reference() -> str:
         "| --- | --- | --- | --- | --- |",
         *rows,
         "",
-        "The demo apps read variables of their own too (`DATABASE_URL`, `REDIS_URL`,",
-        "`DJANGO_CONN_MAX_AGE`, `DJANGO_SQLITE_TIMEOUT`, `DJANGO_SECRET_KEY`, `FLASK_SECRET_KEY`),",
-        "which the gateway derives from its settings when they are not set (`configure_apps`).",
         "The server's own options (`--host`, `--port`, `--workers`, `--server`, `--uds`, TLS and",
-        "the limits) are options of `gateway serve` only: `gateway serve --help` lists them.",
+        "the limits) are options of `gateway serve` only: `gateway serve --help` lists them, and",
+        "[The gateway command](command.md) says what each does.",
+        "",
+        "## The demo apps' variables",
+        "",
+        "The demo apps' own variables (`DJANGO_*`, `FLASK_*`) are derived from these settings in",
+        "one place, `gateway.core.config.configure_apps`, unless the environment already sets",
+        "them, and only when a demo app is served. They read a few more:",
+        "",
+        "| Variable | Default | What it does |",
+        "| --- | --- | --- |",
+        "| `DATABASE_URL` | SQLite in the data directory | e.g. `postgres://user:pass@host/db`; then run"
+        " `gateway migrate` yourself |",
+        "| `REDIS_URL` | | Django's cache in Redis (sessions stay in the database, so that a sign-out reaches"
+        " every host) |",
+        "| `DJANGO_CONN_MAX_AGE` | `0` | seconds a database connection is kept per thread (health-checked before"
+        " reuse) |",
+        "| `DJANGO_DB_IDLE_IN_TRANSACTION_TIMEOUT`, `DJANGO_DB_LOCK_TIMEOUT`, `DJANGO_DB_STATEMENT_TIMEOUT` |"
+        " `10`, `5`, `30` | PostgreSQL only: seconds the server allows the app's sessions a transaction left"
+        " idle, a lock wait, a statement (`0`: no limit); see"
+        " [Connections that heal](deploying.md#connections-that-heal) |",
+        "| `DJANGO_SQLITE_TIMEOUT` | `20` | seconds a write waits for the embedded SQLite database's write lock"
+        " before a 503 (the busy timeout) |",
+        "| `DJANGO_SECRET_KEY`, `FLASK_SECRET_KEY` | generated once, kept in the data directory | the apps'"
+        " signing keys; required, 50+ random characters, in production |",
+        "",
+        "## Checks",
+        "",
+        "`gateway check --deploy` runs Django's deployment checks and the gateway's own (secret",
+        "keys, debug mode, hosts, proxies, HTTPS without a trusted proxy, limits), lists every",
+        "problem in one run, and exits non-zero on any.",
+        "",
+        "A value the gateway or the apps cannot use ends the command with one line naming the",
+        "variable and the fix, before anything starts: a yes/no variable that is neither",
+        "(`GATEWAY_HTTPS=maybe`), a `DATABASE_URL` whose driver is not installed or that no",
+        "backend takes (`mysql://` without mysqlclient), a data directory that cannot be written,",
+        "`DJANGO_CONN_MAX_AGE=abc`. Each `gateway serve` option overrides its variable.",
+        "",
+        "## Behind a proxy that adds a path",
+        "",
+        "Behind a proxy that serves the gateway under a path (`X-Forwarded-Prefix: /apps`), every",
+        "link, redirect, static URL and cookie path of both apps follows (`/apps/django/admin/`),",
+        "with no change to the apps; only from `GATEWAY_TRUSTED_PROXIES`.",
         "",
     ])
 

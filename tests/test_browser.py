@@ -7,7 +7,7 @@ browser is launched from that path, so ``playwright install`` is never needed::
     pytest tests/test_browser.py
 
 Every step leaves a screenshot in ``tests/artifacts/browser/``. With
-``UPDATE_SCREENSHOTS=1`` the run also rewrites the two images under ``docs/images/``.
+``UPDATE_SCREENSHOTS=1`` the run also rewrites the three images under ``docs/images/``.
 """
 
 from __future__ import annotations
@@ -488,7 +488,10 @@ def wait_for_page(url: str, texts: list[str], timeout: float = 10.0) -> None:
 
 def test_the_migration_page_without_javascript(start_gateway: Callable[..., ServerProcess], tmp_path: Path,
                                                new_page: Callable[..., Page]) -> None:
-    """``/_gateway/`` in Chromium, JavaScript off: each rule, its bars, canary and shadow."""
+    """``/_gateway/`` in Chromium, JavaScript off: each rule, its bars on one scale under one
+    time axis, its count beside its chart, canary and shadow, and the link to its latest difference."""
+    import time
+
     import httpx
 
     from gateway.migration.rules import RouteTable, parse_gateway_file
@@ -525,19 +528,28 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
     wait_for_page(f"{base}/_gateway/", [products, api])
 
     page = new_page(java_script_enabled=False)
+    page.set_viewport_size({"width": 1440, "height": 760})  # the whole table, for docs/images/migration-page.png
     traffic = Traffic(base)
     traffic.watch(page)
+    minutes = {time.strftime("%H:%M", time.gmtime())}
     answer = page.goto(f"{base}/_gateway/")
+    minutes.add(time.strftime("%H:%M", time.gmtime()))
     loaded(page, f"{base}/_gateway/")
     assert answer is not None and answer.status == 200
     assert answer.headers["cache-control"] == "no-store"
     assert answer.headers["content-type"] == "text/html; charset=utf-8"
     expect(page).to_have_title("Migration - gateway")
     expect(page.locator("script")).to_have_count(0)
-    shoot(page, "15-migration-page")
-    expect(page.locator("thead th")).to_have_text(
-        ["Rule", "Methods", "Owner", f"Requests, last {MINUTES} min", f"Fallbacks, last {MINUTES} min",
+    shoot(page, "15-migration-page", doc="migration-page.png")
+    expect(page.locator("thead tr").first.locator("th")).to_have_text(
+        ["Rule", "Methods", "Owner", f"Requests a minute, last {MINUTES} min", f"Fallbacks, last {MINUTES} min",
          f"Canary, last {MINUTES} min", "Shadow, since start"])
+    # One time axis, under the head of the charts' column: the last minute is this one, in UTC.
+    time_axis = page.locator("thead tr.axis svg.axis")
+    expect(time_axis).to_have_count(1)
+    first, last = time_axis.locator("text").all_text_contents()
+    assert last.endswith(" UTC") and last[:-4] in minutes, (last, minutes)
+    assert (int(last[:2]) * 60 + int(last[3:5]) - int(first[:2]) * 60 - int(first[3:5])) % (24 * 60) == MINUTES - 1
     rows = page.locator("tbody tr")
     expect(rows.locator("td:nth-child(1)")).to_have_text(list(specs))  # every rule, in the file's order
 
@@ -567,13 +579,26 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
         bars = chart.locator("rect")
         expect(bars).to_have_count(MINUTES)  # one bar a minute
         assert sum(int(t) for t in bars.locator("title").all_text_contents()) == requests, rule
-        assert cells.nth(3).evaluate("cell => cell.lastChild.textContent") == f" {requests}", rule
+        count = cells.nth(3).locator(".count")
+        expect(count).to_have_text(str(requests))
+        chart_box, count_box = chart.bounding_box(), count.bounding_box()
+        assert chart_box is not None and count_box is not None
+        # Beside the chart, on its line: not wrapped under it.
+        assert count_box["x"] >= chart_box["x"] + chart_box["width"], (rule, chart_box, count_box)
+        assert count_box["y"] < chart_box["y"] + chart_box["height"], (rule, chart_box, count_box)
         expect(cells.nth(4)).to_have_text(fallbacks)
         expect(cells.nth(5)).to_have_text(canary)
         if shadow == "-":
             expect(cells.nth(6)).to_have_text("-")
         else:
             expect(cells.nth(6)).to_contain_text(shadow)
+    # One scale: the tallest bar of any rule is the scale's top, drawn at the chart's full height.
+    counts = [int(n) for n in rows.locator("svg rect title").all_text_contents()]
+    top = max(counts)
+    expect(page.locator("thead tr.axis .count")).to_have_text(f"scale: 0 to {top} a minute")
+    drawn = rows.locator("svg rect").evaluate_all("rects => rects.map(rect => rect.getAttribute('height'))")
+    heights = {float(h) for h, n in zip(drawn, counts, strict=True) if n == top}
+    assert heights == {24.0}, heights
     meters = rows.locator("meter")
     expect(meters).to_have_count(2)
     expect(meters.nth(0)).to_have_attribute("value", "0.500")
@@ -584,4 +609,14 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
     assert box is not None and (box["width"], box["height"]) == (120, 24)
     assert traffic.errors == [] and traffic.paths(traffic.navigations) == ["/_gateway/"]
     assert traffic.paths(traffic.requests) == ["/_gateway/"]  # nothing else: no script, no stylesheet
+    # The products rule's one difference, linked from its row, on the same page.
+    products_row = rows.filter(has=page.locator("td:nth-child(1) code", has_text="/shop/products/"))
+    products_row.get_by_role("link", name="latest difference").click()
+    assert re.fullmatch(rf"{re.escape(base)}/_gateway/#diff-\d+", page.url), page.url
+    section = page.locator(f"section#{page.url.rsplit('#', 1)[1]}")
+    expect(section.locator("h3")).to_have_text("/shop/products/<int:product_id>")
+    expect(section.locator("p")).to_contain_text("GET /shop/products/13")
+    expect(section.locator("pre")).to_contain_text("+++ candidate")
+    expect(rows.get_by_role("link", name="latest difference")).to_have_count(1)  # the api rule has no difference
+    assert traffic.paths(traffic.requests) == ["/_gateway/"]  # the link is to the page itself
     assert "Traceback" not in server.log

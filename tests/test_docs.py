@@ -1,9 +1,12 @@
-"""The docs' commands, run as written wherever they can run here (issue 11).
+"""The docs' commands, run as written wherever they can run here (issues 11 and 24).
 
-- the README's two installs (from a clone into a fresh virtual environment, then a wheel
-  built from it in its place, with the ``postgres`` and ``redis`` extras);
+- the two installs of docs/getting-started.md (from a clone into a fresh virtual
+  environment, then a wheel built from it in its place, with the ``postgres`` and
+  ``redis`` extras);
+- the short commands of the README and the docs (``gateway routes``, ``migrate``,
+  ``manage createsuperuser``, the lock-out resets), and the backup, whose copy keeps 0600;
 - ``python -m django_hello`` against the same data directory as ``gateway``;
-- ``uvicorn --http h11 gateway.asgi:application`` and Django's cookies (the README's
+- ``uvicorn --http h11 gateway.asgi:application`` and Django's cookies (docs/command.md,
   "Entry points for other servers");
 - the nginx loopback block of docs/deploying.md;
 - the systemd units through ``systemd-analyze verify`` and ``security``;
@@ -42,6 +45,9 @@ from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
 
 README = ROOT / "README.md"
 DEPLOYING = ROOT / "docs" / "deploying.md"
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
+#: The README and every page of the documentation site.
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 DEPLOY = ROOT / "deploy"
 VALIDATORS = Path("/opt/gateway-validators/bin")  # where .ci/run installs them
 CLONE_INSTALL = ["python3 -m venv .venv && . .venv/bin/activate", "pip install '.[postgres,redis]'"]
@@ -86,14 +92,14 @@ def copy_of_the_repository(target: Path) -> Path:
 
 @pytest.mark.server
 def test_install_from_a_clone_and_from_a_wheel_with_extras(tmp_path: Path) -> None:
-    """The README's two installs, verbatim: from the clone into a fresh venv (every
+    """The two installs of docs/getting-started.md, verbatim: from the clone into a fresh venv (every
     dependency resolved and installed), then the wheel built from the clone in its place,
     in the same venv, where pip finds the dependencies there and installs the wheel alone.
     About 25 s here with pip's cache warm (one venv with pip, one resolution of every
     dependency, two builds), more cold."""
-    readme = README.read_text()
+    page = GETTING_STARTED.read_text()
     for command in (*CLONE_INSTALL, *WHEEL_INSTALL):
-        assert command in readme, f"the README no longer says {command!r}: update this test with it"
+        assert command in page, f"docs/getting-started.md no longer says {command!r}: update this test with it"
     clone = copy_of_the_repository(tmp_path / "clone")
     env = clean_env()
     # From the clone, as written (python3 as the interpreter running these tests, 3.11+).
@@ -157,7 +163,7 @@ def test_install_from_a_clone_and_from_a_wheel_with_extras(tmp_path: Path) -> No
 def test_every_extra_the_docs_install_exists() -> None:
     """In process, instant: each ``[extra]`` in the docs' and deploy files' pip commands."""
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    files = [README, DEPLOYING, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    files = [*DOCS, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
     seen = {}
     for path in files:
         for line in path.read_text().splitlines():
@@ -170,7 +176,7 @@ def test_every_extra_the_docs_install_exists() -> None:
     assert 'pip wheel --wheel-dir /wheels ".[postgres,redis]"' in dockerfile
     assert '"flask-django-gateway[postgres,redis]"' in dockerfile
     recipe = (DEPLOY / "gateway.service").read_text()
-    for command in WHEEL_INSTALL:  # the systemd recipe is the README's wheel install, into /opt/gateway
+    for command in WHEEL_INSTALL:  # the systemd recipe is getting-started.md's wheel install, into /opt/gateway
         assert f"#   /opt/gateway/bin/{command}\n" in recipe, command
 
 
@@ -184,13 +190,193 @@ def test_license_is_the_mit_license_pyproject_names() -> None:
 
 def test_sections_the_docs_cite_exist() -> None:
     """In process, instant: every ``see "Section"`` in the docs and deploy files is a heading."""
-    headings = {m.group(1).strip() for doc in (README, DEPLOYING)
+    headings = {m.group(1).strip() for doc in DOCS
                 for m in re.finditer(r"^#+ (.+)$", doc.read_text(), re.MULTILINE)}
-    files = [README, DEPLOYING, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
+    files = [*DOCS, *sorted(p for p in DEPLOY.rglob("*") if p.is_file())]
     cited = {(path.name, m.group(1)) for path in files
              for m in re.finditer(r"\bsee\s+(?:#\s*)?\"([^\"]+)\"", path.read_text(), re.IGNORECASE)}
     assert cited, "no citations found: the pattern is stale"
     assert {(name, title) for name, title in cited if title not in headings} == set()
+
+
+# -- the README, the site and its code blocks (issue 24) -------------------------------------
+
+#: Where the docs' code blocks are checked: the README, the site's pages, and the READMEs
+#: of the benchmark and the worked example.
+DOC_FILES = [*DOCS, ROOT / "bench" / "README.md", ROOT / "examples" / "migration" / "README.md"]
+SHELLS = {"sh", "bash", "shell", "console"}
+FENCE = re.compile(r"^( *)```([^`\n]*)\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
+MARKER = re.compile(r"<!-- (run|not run): (.+?) -->", re.DOTALL)
+SHORT = "tests/test_docs.py::test_short_commands_run_as_written"
+BACKUP = "tests/test_docs.py::test_the_documented_backup_keeps_mode_0600"
+
+
+def code_blocks(path: Path) -> list[tuple[int, str, str, tuple[str, str] | None]]:
+    """Each fenced block of ``path``: its line, language, code, and the marker on the line
+    (or lines) before it, as ("run" or "not run", what follows), or None."""
+    text = path.read_text()
+    blocks = []
+    for match in FENCE.finditer(text):
+        before = text[:match.start()].rstrip()
+        comment = re.search(r"<!--[^>]*-->\Z", before)
+        marker = MARKER.fullmatch(comment.group(0)) if comment else None
+        found = (marker.group(1), " ".join(marker.group(2).split())) if marker else None
+        blocks.append((text.count("\n", 0, match.start()) + 1, match.group(2).strip(), match.group(3), found))
+    return blocks
+
+
+def blocks_run_by(test: str) -> dict[Path, list[str]]:
+    """The shell blocks each doc file marks as run by ``test`` (a node ID), in order."""
+    found: dict[Path, list[str]] = {}
+    for path in DOC_FILES:
+        for _, _, code, marker in code_blocks(path):
+            if marker == ("run", test):
+                found.setdefault(path, []).append(code)
+    return found
+
+
+def test_every_shell_block_is_run_by_a_test_or_says_why_not() -> None:
+    """In process, instant: each block names its language, and each shell block follows
+    ``<!-- run: tests/...::test_name -->`` naming a test that exists (or ``.ci/run``), or
+    ``<!-- not run: the reason -->`` (docs/contributing.md)."""
+    problems = []
+    shell_blocks = 0
+    for path in DOC_FILES:
+        name = path.relative_to(ROOT)
+        for line, language, _, marker in code_blocks(path):
+            if not language:
+                problems.append(f"{name}:{line}: a code block without a language (sh, text, toml, ...)")
+            if language.split()[0] not in SHELLS if language else True:
+                continue
+            shell_blocks += 1
+            if marker is None:
+                problems.append(f"{name}:{line}: a shell block without <!-- run: ... --> or <!-- not run: ... -->")
+            elif marker[0] == "run":
+                target, _, test = marker[1].split()[0].partition("::")
+                if not (ROOT / target).is_file():
+                    problems.append(f"{name}:{line}: run by {target!r}, which does not exist")
+                elif test and not re.search(rf"^(async )?def {re.escape(test)}\(", (ROOT / target).read_text(),
+                                            re.MULTILINE):
+                    problems.append(f"{name}:{line}: run by {marker[1].split()[0]!r}, which is not a test there")
+            elif len(marker[1]) < 15:
+                problems.append(f"{name}:{line}: 'not run' needs its reason, not {marker[1]!r}")
+    assert shell_blocks > 20, "no shell blocks found: the pattern is stale"
+    assert problems == []
+
+
+def test_the_blocks_marked_run_here_are_the_ones_these_tests_run() -> None:
+    """In process, instant: the short commands and the backup are found where the docs are."""
+    short = blocks_run_by(SHORT)
+    assert {path.name for path in short} == {"README.md", "getting-started.md"}, short.keys()
+    assert len(blocks_run_by(BACKUP).get(GETTING_STARTED, [])) == 1
+
+
+def test_the_readme_is_short_and_its_links_resolve() -> None:
+    """In process, instant: under 200 lines, the Quickstart's two commands as they were,
+    and every relative link to a file that exists (the site's own links are checked by
+    ``mkdocs build --strict``)."""
+    text = README.read_text()
+    assert text.count("\n") < 200
+    assert "python3 bootstrap.py serve     # set up .venv, then start the server on http://localhost:8000/\n" in text
+    assert "python3 bootstrap.py test      # set up .venv, then run the tests\n" in text
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert len(local) > 10, local
+    assert [link for link in local if not (ROOT / link).exists()] == []
+
+
+@pytest.mark.server
+def test_the_documentation_site_builds_strict(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` from mkdocs.yml (the ``docs`` extra): about 4 s a build
+    here, two builds. A negative control: a link to a heading that does not exist fails it."""
+    def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+        return run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config),
+                    "--site-dir", str(site)], env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=180)
+
+    result = build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-3000:]
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    pages = re.findall(r"([\w-]+)\.md", json.dumps(nav))
+    assert {p.stem for p in (ROOT / "docs").glob("*.md")} == set(pages), "every page is in the nav, once"
+    for page in pages:
+        built = tmp_path / "site" / ("index.html" if page == "index" else f"{page}/index.html")
+        assert built.is_file(), page
+    assert 'id="design-rules"' in (tmp_path / "site" / "architecture" / "index.html").read_text()
+    # The negative control, on a copy of the docs.
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    with (copy / "docs" / "index.md").open("a") as page:
+        page.write("\nSee [a heading that is not there](architecture.md#no-such-heading).\n")
+    result = build(copy / "mkdocs.yml", tmp_path / "site-copy")
+    assert result.returncode == 1
+    assert "does not contain an anchor '#no-such-heading'" in result.stderr, result.stderr[-2000:]
+
+
+def directory_with_the_venv(path: Path) -> Path:
+    """An empty directory whose ``.venv`` is the tests' own, as the docs' commands expect."""
+    venv = Path(sys.executable).parent.parent
+    if not (venv / "bin" / "gateway").exists():
+        pytest.skip(f"the tests do not run from the project's venv ({sys.executable})")
+    path.mkdir()
+    (path / ".venv").symlink_to(venv)
+    return path
+
+
+@pytest.mark.server
+def test_short_commands_run_as_written(tmp_path: Path) -> None:
+    """The blocks marked as run by this test, each file's in order, in an empty directory
+    of their own with the tests' ``.venv``: about 10 s. The README's come after what
+    ``python3 bootstrap.py serve`` did on its first start (the tables of ``./var``)."""
+    ran = 0
+    for path, blocks in blocks_run_by(SHORT).items():
+        where = directory_with_the_venv(tmp_path / path.stem)
+        if path == README:
+            result = run([".venv/bin/gateway", "migrate", "-v", "0"], cwd=where, env=clean_env(), timeout=120)
+            assert result.returncode == 0, result.stderr
+        for block in blocks:
+            result = run(["bash", "-euo", "pipefail", "-c", block], cwd=where, env=clean_env(), timeout=120)
+            where_said = f"{path.name}:\n{block}\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+            assert result.returncode == 0, where_said
+            assert "Traceback" not in result.stderr, where_said
+            if "createsuperuser" in block:
+                assert "Superuser created successfully." in result.stdout, where_said
+            if "gateway routes" in block:
+                assert re.search(r"^\s*/flask\b", result.stdout, re.MULTILINE), where_said
+            if "axes_reset" in block:
+                assert result.stdout.count("No attempts found.") == block.count("axes_reset"), where_said
+            ran += 1
+        assert (where / "var" / "django.sqlite3").is_file()  # ./var, as the docs say
+    assert ran >= 5
+
+
+@pytest.mark.server
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 program: apt-get install sqlite3")
+def test_the_documented_backup_keeps_mode_0600(tmp_path: Path) -> None:
+    """docs/getting-started.md's backup, as written, from a shell whose umask is the usual
+    022: the copy is 0600 like the database, holds its data, and the shell's umask is
+    left as it was. About 3 s. A negative control: SQLite's ``.backup`` alone makes 0644."""
+    (block,) = blocks_run_by(BACKUP)[GETTING_STARTED]
+    where = directory_with_the_venv(tmp_path / "site")
+    env = clean_env(DJANGO_SUPERUSER_PASSWORD="a long passphrase for the backup")
+    for args in (["migrate", "-v", "0"], ["manage", "createsuperuser", "--noinput", "--username", "ada",
+                                          "--email", "ada@example.org"]):
+        result = run([".venv/bin/gateway", *args], cwd=where, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert (where / "var" / "django.sqlite3").stat().st_mode & 0o777 == 0o600
+    result = run(["bash", "-euo", "pipefail", "-c", f"umask 022\n{block}\numask"], cwd=where, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0022"]
+    backup = where / "backup.sqlite3"
+    assert backup.stat().st_mode & 0o777 == 0o600
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{backup}?mode=ro", uri=True)) as copy:
+        assert copy.execute("SELECT username FROM auth_user").fetchall() == [("ada",)]
+    # The command before the umask: SQLite creates its file 0644 less the umask.
+    result = run(["bash", "-c", 'umask 022 && sqlite3 var/django.sqlite3 ".backup plain.sqlite3"'], cwd=where)
+    assert result.returncode == 0, result.stderr
+    assert (where / "plain.sqlite3").stat().st_mode & 0o777 == 0o644
 
 
 # -- python -m django_hello, h11 -----------------------------------------------------------
@@ -219,7 +405,7 @@ def test_python_m_django_hello_uses_the_gateways_environment(tmp_path: Path) -> 
 
 @pytest.mark.server
 def test_uvicorn_h11_serves_djangos_cookies(tmp_path: Path) -> None:
-    """The README's advice for ``uvicorn gateway.asgi:application``, on h11: about 4 s."""
+    """docs/command.md's advice for ``uvicorn gateway.asgi:application``, on h11: about 4 s."""
     import h11
 
     raw = " csrftoken=x; Path=/"  # what Django 5.2's WSGI handler writes: h11 refuses it

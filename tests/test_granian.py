@@ -38,7 +38,7 @@ pytestmark = pytest.mark.server
 #: loaded 2-core machine, far below the 18-30 s the WSGI interface took.
 PROMPT = 1.0
 #: What the server's memory may grow by while 300 clients read a 5 MiB page slowly (the
-#: bound README's "Slow clients" gives for uvicorn).
+#: bound docs/hardening.md's "Slow clients" gives for uvicorn).
 SLOW_READERS_RSS = 64 * 1024 * 1024
 EXTRA_MOUNTS = ("--mount", "/third=tests.thirdapp:asgi_app", "--mount", "/lazy=tests.thirdapp:lazy_app")
 

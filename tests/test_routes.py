@@ -1339,7 +1339,7 @@ def test_with_workers_the_page_counts_every_workers_requests(tmp_path: Path) -> 
         for _ in range(6):  # whichever worker answers
             page = httpx.get(f"http://127.0.0.1:{port}/_gateway/", timeout=10).text
             [row] = re.findall(r"<tr><td><code>/shop/cart</code>.*?</tr>", page)
-            assert re.search(rf"</svg> {sent}</td>", row), (row, sent, written())
+            assert re.search(rf"</svg><span class=\"count\">{sent}</span></td>", row), (row, sent, written())
     finally:
         server.stop()
     assert not shared.exists()  # removed at exit
@@ -1372,7 +1372,7 @@ def test_a_replaced_worker_leaves_its_counts_to_the_page(tmp_path: Path) -> None
         while True:
             page = httpx.get(f"http://127.0.0.1:{port}/_gateway/", timeout=30).text
             [row] = re.findall(r"<tr><td><code>/shop/cart</code>.*?</tr>", page)
-            if re.search(rf"</svg> {sent}</td>", row):
+            if re.search(rf"</svg><span class=\"count\">{sent}</span></td>", row):
                 break
             assert time.monotonic() < deadline, (row, server.log)
             time.sleep(0.3)

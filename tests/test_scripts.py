@@ -59,7 +59,7 @@ def test_serve_installs_the_project_alone_and_test_adds_the_tools(
     assert len(pip_calls) == 2
 
     bootstrap.ensure_environment(bootstrap.EXTRAS["test"])  # the test tools are missing
-    assert pip_calls[2:] == [[*quiet, "--upgrade", "pip"], [*quiet, "--editable", f"{tmp_path}[granian,test]"]]
+    assert pip_calls[2:] == [[*quiet, "--upgrade", "pip"], [*quiet, "--editable", f"{tmp_path}[granian,test,docs]"]]
     assert capsys.readouterr().out == "bootstrap: installing the project and its test tools into .venv\n"
     for command in ("serve", "test"):  # both find what they need
         bootstrap.ensure_environment(bootstrap.EXTRAS[command])
@@ -69,7 +69,7 @@ def test_serve_installs_the_project_alone_and_test_adds_the_tools(
     bootstrap.ensure_environment(bootstrap.EXTRAS["serve"])  # a new pyproject.toml: installed again
     assert pip_calls[-1] == [*quiet, "--editable", str(tmp_path)]
     bootstrap.ensure_environment(bootstrap.EXTRAS["test"])
-    assert pip_calls[-1] == [*quiet, "--editable", f"{tmp_path}[granian,test]"]
+    assert pip_calls[-1] == [*quiet, "--editable", f"{tmp_path}[granian,test,docs]"]
     assert len(pip_calls) == 8
 
 
@@ -80,7 +80,7 @@ def test_an_older_stamp_without_extras_installs_the_test_tools_once(pip_calls: l
     stamp = tmp_path / ".venv" / ".installed"
     assert stamp.read_text() == stamp.read_text().split()[0]  # "<digest>": no extras
     bootstrap.ensure_environment(bootstrap.EXTRAS["test"])
-    assert stamp.read_text().split() == [stamp.read_text().split()[0], "granian,test"]
+    assert stamp.read_text().split() == [stamp.read_text().split()[0], "granian,test,docs"]
     assert len(pip_calls) == 4
 
 

@@ -258,7 +258,7 @@ def test_the_route_table_gives_the_pool_the_files_timeout() -> None:
 
 
 def test_the_default_pool_has_one_thread() -> None:
-    """The README says one thread, a queue of 64 and a 5 s timeout."""
+    """docs/migration.md says one thread, a queue of 64 and a 5 s timeout."""
     pool = Shadower(None)
     assert (len(pool.workers), pool.queue.maxsize, pool.timeout) == (1, 64, 5.0)
 

@@ -181,13 +181,13 @@ def test_readyz_says_busy_when_the_database_never_answers(tmp_path: Path, silent
 
 # --- Slow readers of large responses hold no thread ---------------------------------------
 
-#: 300 slow readers of a 5 MiB page: what the server's memory may grow by (README, "Slow
+#: 300 slow readers of a 5 MiB page: what the server's memory may grow by (docs/hardening.md, "Slow
 #: clients"). Measured: about 25 MiB; each connection holds at most the server's write
 #: buffer (32 KiB) and a piece in flight (16 KiB), the rest waits in a temporary file.
 SLOW_READERS_RSS = 64 * 1024 * 1024
 #: The page: 1 MiB at the tests' size, 16 times what a response keeps in memory, so every
 #: one waits in a temporary file too (300 MB of them: 5 MiB made 1.5 GB, which took 8-10 s
-#: to write here); 5 MiB, the README's figures, at full size (GATEWAY_LOAD_SIZE=full).
+#: to write here); 5 MiB, the figures of docs/hardening.md, at full size (GATEWAY_LOAD_SIZE=full).
 LARGE_PAGE = load_size(ci=1024 * 1024, full=5 * 1024 * 1024)
 
 

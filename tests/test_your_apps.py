@@ -392,12 +392,12 @@ def test_a_catch_all_rule_is_named_with_the_mounts_it_hides(tmp_path: Path) -> N
 
 
 @pytest.mark.server
-def test_the_readmes_route_rules_example_runs_as_written(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## One URL space: route rules"):]
-    command = re.search(r"with `(gateway serve --config examples/migration/rules\.toml)`", section)
+@pytest.mark.parametrize("doc", ["README.md", "docs/migration.md"])
+def test_the_docs_route_rules_example_runs_as_written(doc: str, tmp_path: Path) -> None:
+    text = (ROOT / doc).read_text()
+    command = re.search(r"with\s+`(gateway serve --config examples/migration/rules\.toml)`", text)
     assert command is not None
-    toml = re.search(r"```toml\n(.*?)```", section, re.S)
+    toml = re.search(r"```toml\n(.*?)```", text[command.end():], re.S)  # the example that follows
     assert toml is not None
     example = tmp_path / "examples" / "migration"
     shutil.copytree(ROOT / "examples" / "migration", example)

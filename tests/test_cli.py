@@ -327,3 +327,21 @@ def test_gateway_flask_runs_the_mounted_flask_apps_cli_with_django_set_up(tmp_pa
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines() == [
         "gateway: error: no Flask app is mounted at /django (Flask mounts: /flask); name one with --prefix."]
+
+
+def test_a_management_command_before_the_first_migrate_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`gateway manage createsuperuser` on a database never migrated (before: a traceback
+    ending in "no such table: auth_user"): one line naming the fix, and nothing created."""
+    result = subprocess.run([sys.executable, "-m", "gateway", "manage", "createsuperuser", "--noinput",
+                             "--username", "admin", "--email", "admin@example.com"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=server_env(tmp_path, DJANGO_SUPERUSER_PASSWORD="x" * 20))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert re.fullmatch(r"gateway: error: the database has \d+ unapplied migrations \(no such table: auth_user\): "
+                        r"run gateway migrate first\.", result.stderr.splitlines()[-1]), result.stderr
+    done = subprocess.run([sys.executable, "-m", "gateway", "migrate"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=server_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    again = subprocess.run([sys.executable, "-m", "gateway", "manage", "changepassword", "admin"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, env=server_env(tmp_path), input="")
+    assert "does not exist" in again.stderr, again.stderr  # the first command created no user

@@ -658,8 +658,29 @@ def _manage(args: list[str]) -> None:
             '([apps] mysite = { app = "mysite.wsgi:application", settings = "mysite.settings" }), '
             "or set DJANGO_SETTINGS_MODULE.")
     from django.core.management import execute_from_command_line
+    from django.db import DatabaseError
 
-    execute_from_command_line(["gateway manage", *args])
+    try:
+        execute_from_command_line(["gateway manage", *args])
+    except DatabaseError as exc:  # e.g. createsuperuser before the first migrate: one line, no traceback
+        raise click.ClickException(_database_problem(exc)) from exc
+
+
+def _database_problem(exc: Exception) -> str:
+    """One line for a database error that ended a management command, naming the fix when
+    it is migrations that have not been applied."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        from django.db import connection
+        from django.db.migrations.executor import MigrationExecutor
+
+        executor = MigrationExecutor(connection)
+        pending = len(executor.migration_plan(executor.loader.graph.leaf_nodes()))
+    except Exception:  # the database cannot say: the error is all there is
+        pending = 0
+    if pending:
+        return f"the database has {pending} unapplied migrations ({reason}): run gateway migrate first."
+    return f"the database refused the command: {reason}."
 
 
 def migrate_embedded_database(config: Config) -> None:

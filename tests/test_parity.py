@@ -90,6 +90,21 @@ def asgi_entry(table: MountTable, config: Config) -> tuple[Send, Any]:
 ENTRIES = {"wsgi": wsgi_entry, "asgi": asgi_entry}
 
 
+def rule_table(specs: list[Any], apps: dict[str, Any], shadower: Any = None) -> MountTable:
+    """A table of route rules (``RouteSpec``) answered by ``apps`` (app objects by name,
+    each WSGI or ASGI as detected), with ``shadower`` as its shadow comparisons' pool."""
+    from gateway.core.mounts import detect_interface, rule_mounts_of
+    from gateway.migration.rules import RouteTable
+
+    routes = RouteTable(specs)
+    if shadower is not None:
+        routes.shadower = shadower
+    loaded = {name: (app, detect_interface(app)) for name, app in apps.items()}
+    table = MountTable([], rule_mounts_of(specs, loaded, {}), routes)
+    table.route_apps = loaded
+    return table
+
+
 @pytest.fixture(scope="module")
 def echo_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
     return MountTable([*table, *MountTable.from_specs(["/echo=tests.thirdapp:echo_app",
@@ -740,8 +755,8 @@ def test_the_shared_session_reaches_only_the_apps_that_read_it(kind: str, echo_t
 def test_who_reads_the_shared_session(table: MountTable) -> None:
     from flask import Flask
 
-    from gateway.core.pipeline import shares_signin
-    from gateway.migration.rules import Fallback
+    from gateway.core.pipeline import Pipeline, shares_signin
+    from gateway.migration.rules import RouteSpec
     from gateway.migration.signin import DjangoSignIn
 
     signed = Flask("signed")
@@ -750,8 +765,10 @@ def test_who_reads_the_shared_session(table: MountTable) -> None:
     flask_app = table.mounts["/flask"].app
     assert shares_signin(django_app) and shares_signin(signed)
     assert not shares_signin(flask_app) and not shares_signin(cookie_app)
-    assert shares_signin(Fallback([("a", flask_app), ("b", signed)], "k", None, None))  # type: ignore[arg-type]
-    assert not shares_signin(Fallback([("a", flask_app), ("b", cookie_app)], "k", None, None))  # type: ignore[arg-type]
+    # A rule's key reads it when any app it names does: its chain's, or its shadow's candidate.
+    specs = [RouteSpec("/a", ("a", "b")), RouteSpec("/c", ("a", "c")), RouteSpec("/s", ("a",), shadow="b")]
+    pipeline = Pipeline(rule_table(specs, {"a": flask_app, "b": signed, "c": cookie_app}), config_with())
+    assert {spec.key for spec in specs} & pipeline.signin == {specs[0].key, specs[2].key}
 
 
 class Middleware:

@@ -3,6 +3,7 @@ process, and the ``gateway routes`` command."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import re
@@ -20,7 +21,7 @@ from gateway.core.config import Config
 from gateway.core.mounts import MountTable
 from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
-from tests.test_parity import BASE, ENTRIES, Send, config_with
+from tests.test_parity import BASE, ENTRIES, Send, config_with, rule_table
 
 SHOP = '''
 [apps]
@@ -124,35 +125,40 @@ def test_no_other_method_ever_falls_back(shop: Send, shop_table: MountTable) -> 
     assert shop_table.route_table.fallbacks[key] == before  # type: ignore[union-attr]
 
 
-def test_a_fallback_past_every_app_is_the_last_apps_404(shop_table: MountTable) -> None:
-    from werkzeug.test import Client
+@pytest.fixture(params=sorted(ENTRIES))
+def rules_of(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Build an entry point (``wsgi``, then ``asgi``) over route rules answered by app objects:
+    ``rules_of(specs, apps)`` gives its ``send`` and the rules' table."""
+    built: list[Any] = []
 
+    def build(specs: list[RouteSpec], apps: dict[str, Any], shadower: Any = None) -> tuple[Send, RouteTable]:
+        table = rule_table(specs, apps, shadower)
+        send, app = ENTRIES[request.param](table, config_with())
+        built.append(app)
+        assert table.route_table is not None
+        return send, table.route_table
+
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def test_a_fallback_past_every_app_is_the_last_apps_404(rules_of: Any) -> None:
     def not_found(app: str) -> Any:
         def answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [f"{app} has no such page".encode()]
         return answer
 
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
-    counts: Counter[str] = Counter()
-    chain = Fallback([("a", not_found("a")), ("b", not_found("b"))], "~/x", counts, Lock())
-    answer = Client(chain).get("/x")
-    assert (answer.status_code, answer.get_data()) == (404, b"b has no such page")
-    assert counts["~/x"] == 1
+    spec = RouteSpec("/x", ("a", "b"))
+    send, routes = rules_of([spec], {"a": not_found("a"), "b": not_found("b")})
+    answer = send("GET", "/x")
+    assert (answer.status, answer.body) == (404, b"b has no such page")
+    assert routes.fallbacks[spec.key] == 1
 
 
-def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
-    from collections import Counter
-    from threading import Lock
-
-    from werkzeug.test import Client
-
-    from gateway.migration.rules import Fallback
-
+def test_a_generator_app_that_starts_its_response_late_falls_back_too(rules_of: Any) -> None:
     closed: list[str] = []
 
     class Late:
@@ -170,9 +176,10 @@ def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"found"]
 
-    counts: Counter[str] = Counter()
-    answer = Client(Fallback([("late", Late), ("found", found)], "~/y", counts, Lock())).get("/y")
-    assert (answer.status_code, answer.get_data(), closed, counts["~/y"]) == (200, b"found", ["late"], 1)
+    spec = RouteSpec("/y", ("late", "found"))
+    send, routes = rules_of([spec], {"late": Late, "found": found})
+    answer = send("GET", "/y")
+    assert (answer.status, answer.body, closed, routes.fallbacks[spec.key]) == (200, b"found", ["late"], 1)
 
 
 def test_explain_says_which_rule_answers_and_why() -> None:
@@ -733,10 +740,8 @@ def test_no_unsafe_method_is_ever_shadowed(shadowed: Any) -> None:
     assert counts_of(routes, "/shop/products/<int:product_id>") == {}
 
 
-def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
+def test_a_full_queue_drops_and_counts_and_never_delays_the_client(rules_of: Any) -> None:
     import threading
-
-    from gateway.migration.shadow import Shadower, ShadowTap
 
     release = threading.Event()
 
@@ -749,23 +754,22 @@ def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"now"]
 
-    from werkzeug.test import Client
-
     shadower = Shadower(None, threads=1, size=2)
-    client = Client(ShadowTap("~/x", fast, slow, shadower))
+    spec = RouteSpec("/x", ("fast",), shadow="slow")
+    send, _ = rules_of([spec], {"fast": fast, "slow": slow}, shadower)
     try:
         import time
 
         started = time.monotonic()
         for _ in range(10):
-            assert client.get("/x", buffered=True).get_data() == b"now"
+            assert send("GET", "/x").body == b"now"
         assert time.monotonic() - started < 5  # the candidate's 10 s never reached the client
-        shadower_counts = shadower.counts["~/x"]
+        shadower_counts = shadower.counts[spec.key]
         assert shadower_counts["dropped"] >= 7  # one running, two queued, the rest dropped
     finally:
         release.set()
     shadower.drain()
-    assert shadower.counts["~/x"]["compared"] + shadower.counts["~/x"]["dropped"] == 10
+    assert shadower.counts[spec.key]["compared"] + shadower.counts[spec.key]["dropped"] == 10
 
 
 def test_normalisers() -> None:
@@ -1095,12 +1099,7 @@ def test_canary_places_are_stable_across_releases() -> None:
     assert all(RouteSpec("/a", ("x",), canary="y", share=100).chooses_canary(f"c{i}") for i in range(500))
 
 
-def three_apps() -> tuple[Any, list[str], Any]:
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
+def three_apps() -> tuple[dict[str, Any], list[str], list[str]]:
     calls: list[str] = []
     closed: list[str] = []
 
@@ -1114,58 +1113,65 @@ def three_apps() -> tuple[Any, list[str], Any]:
 
     def app(name: str, status: str) -> Any:
         def answer(environ: dict[str, Any], start_response: Any) -> Any:
-            calls.append(f"{environ['REQUEST_METHOD']} {name}")
+            calls.append(f"{environ['REQUEST_METHOD']} {name} {environ['wsgi.input'].read()!r}")
             start_response(status, [("Content-Type", "text/plain")])
             return Closing(name, f"{name}: {status}".encode())
         return answer
 
-    counts: Counter[str] = Counter()
-    chain = Fallback([("a", app("a", "404 Not Found")), ("b", app("b", "404 Not Found")), ("c", app("c", "200 OK"))],
-                     "~/x", counts, Lock())
-    return chain, calls, (counts, closed)
+    return {"a": app("a", "404 Not Found"), "b": app("b", "404 Not Found"), "c": app("c", "200 OK")}, calls, closed
 
 
-def test_a_fallback_asks_each_app_in_turn_and_closes_what_it_passes_over() -> None:
-    from werkzeug.test import Client
-
-    chain, calls, (counts, closed) = three_apps()
-    answer = Client(chain).get("/x", buffered=True)
-    assert (answer.status_code, answer.get_data()) == (200, b"c: 200 OK")
-    assert calls == ["GET a", "GET b", "GET c"] and counts["~/x"] == 2
+def test_a_fallback_asks_each_app_in_turn_and_closes_what_it_passes_over(rules_of: Any) -> None:
+    apps, calls, closed = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"))
+    send, routes = rules_of([spec], apps)
+    answer = send("GET", "/x")
+    assert (answer.status, answer.body) == (200, b"c: 200 OK")
+    assert calls == ["GET a b''", "GET b b''", "GET c b''"] and routes.fallbacks[spec.key] == 2
     assert closed == ["a", "b", "c"]  # the passed-over answers, then the one sent
 
 
-def test_a_fallback_sends_other_methods_to_the_first_app_only() -> None:
-    from werkzeug.test import Client
+def test_a_fallback_sends_other_methods_to_the_first_app_only(rules_of: Any) -> None:
+    apps, calls, _ = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"))
+    send, routes = rules_of([spec], apps)
+    answer = send("POST", "/x", {"Content-Type": "text/plain"}, b"once")
+    assert (answer.status, calls, routes.fallbacks[spec.key]) == (404, ["POST a b'once'"], 0)
 
-    chain, calls, (counts, _) = three_apps()
-    answer = Client(chain).post("/x", buffered=True)
-    assert (answer.status_code, calls, counts["~/x"]) == (404, ["POST a"], 0)
+
+@pytest.mark.parametrize("size", [5, 200_000])  # in memory, and in a temporary file
+def test_a_post_the_rule_lets_fall_through_reaches_each_app_whole(rules_of: Any, size: int) -> None:
+    apps, calls, _ = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"), fallback_methods=("POST",))
+    send, routes = rules_of([spec], apps)
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    answer = send("POST", "/x", {"Content-Type": "application/octet-stream"}, body)
+    assert (answer.status, answer.body) == (200, b"c: 200 OK")
+    assert calls == [f"POST {name} {body!r}" for name in "abc"] and routes.fallbacks[spec.key] == 2
 
 
-def test_a_fallback_passes_exc_info_on() -> None:
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
-    seen: list[Any] = []
+def test_a_fallback_passes_exc_info_on(table: MountTable) -> None:
+    import sys
 
     def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         try:
             raise RuntimeError("boom")
         except RuntimeError:
-            import sys
-
             start_response("500 Internal Server Error", [], sys.exc_info())
         return [b"x"]
+
+    seen: list[Any] = []
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         seen.append(exc_info)
         return lambda data: None
 
-    chain = Fallback([("a", failing), ("b", failing)], "~/y", Counter(), Lock())
-    list(chain({"REQUEST_METHOD": "GET"}, start_response))
+    from gateway.adapters.wsgi import create_wsgi_app
+
+    gateway = create_wsgi_app(rule_table([RouteSpec("/y", ("a", "b"))], {"a": failing, "b": failing}), config_with())
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/y", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+               "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}
+    list(gateway(environ, start_response))
     assert seen[0] is not None and seen[0][0] is RuntimeError
 
 
@@ -1465,7 +1471,8 @@ def test_the_shadow_pool_rests_to_stay_within_its_share_of_a_core(monkeypatch: p
     rests: list[float] = []
     pool = Shadower(None, cpu=0.25)
     monkeypatch.setattr(pool, "rest", rests.append)
-    pool.submit("~/x", {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, (200, {}, b"same"), (burning, burning), ())
+    pool.submit("~/x", {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, (200, {}, b"same"),
+                ((burning, "wsgi"), (burning, "wsgi")), ())
     pool.drain()
     deadline = time.monotonic() + 10
     while not rests and time.monotonic() < deadline:
@@ -1499,7 +1506,7 @@ def test_the_shadow_share_is_read_from_the_file(table: str, cpu: float | None, m
 def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
     """When the pool cannot take more, the request is dropped (counted) before anything of
     it is copied: the primary's own iterable goes back to the server."""
-    from gateway.migration.shadow import ShadowTap
+    from gateway.adapters.wsgi import create_wsgi_app
 
     answer = [b"now"]
 
@@ -1508,13 +1515,18 @@ def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
         return answer
 
     shadower = Shadower(None, size=1)
-    tap = ShadowTap("~/x", primary, primary, shadower)
+    spec = RouteSpec("/x", ("old",), shadow="new")
+    gateway = create_wsgi_app(rule_table([spec], {"old": primary, "new": primary}, shadower), config_with())
     shadower.queue.put_nowait(("~/x",))  # full, and no worker started to take it
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
-    assert tap(environ, lambda status, headers, exc_info=None: None) is answer
-    assert shadower.counts["~/x"] == {"dropped": 1}
-    assert tap({**environ, "REQUEST_METHOD": "POST"}, lambda *a: None) is answer  # never shadowed, never counted
-    assert shadower.counts["~/x"] == {"dropped": 1}
+
+    def environ(method: str) -> dict[str, Any]:
+        return {"REQUEST_METHOD": method, "PATH_INFO": "/x", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+                "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}
+
+    assert gateway(environ("GET"), lambda status, headers, exc_info=None: None) is answer
+    assert shadower.counts[spec.key] == {"dropped": 1}
+    assert gateway(environ("POST"), lambda *a: None) is answer  # never shadowed, never counted
+    assert shadower.counts[spec.key] == {"dropped": 1}
 
 
 def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTable) -> None:

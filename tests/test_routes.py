@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -408,6 +409,206 @@ def test_a_rule_can_name_an_asgi_app_as_owner_fallback_canary_or_shadow(asgi_rul
     assert routes.shadower.counts[key] == {"compared": 1, "different": 1}
     ready = send("GET", "/readyz").json()["checks"]  # each app once, the ASGI one too (a 404 is below 500)
     assert (ready["app:items"], ready["app:legacy"]) == ("ok", "ok")
+
+
+NATIVE_RULES = '''
+[apps]
+legacy = "tests.thirdapp:echo_app"
+where = "tests.thirdapp:asgi_where"
+wsgi_where = "tests.thirdapp:wsgi_where"
+candidate = "tests.thirdapp:asgi_candidate"
+big = "tests.thirdapp:big_answer"
+
+[[route]]
+rule = "/asgi-first/<int:n>"
+app = ["where", "wsgi_where"]
+fallback_methods = ["GET", "POST"]
+
+[[route]]
+rule = "/wsgi-first/<int:n>"
+app = ["wsgi_where", "where"]
+fallback_methods = ["GET", "POST"]
+
+[[route]]
+rule = "/shadowed/<int:n>"
+app = "legacy"
+shadow = { app = "candidate" }
+
+[[route]]
+rule = "/big"
+app = "big"
+shadow = { app = "candidate" }
+'''
+
+
+def native_rules(kind: str, table: MountTable, tmp_path: Path) -> tuple[Send, Any, Any]:
+    parsed = parse_gateway_file(NATIVE_RULES)
+    rules = MountTable.from_specs((), defaults=False, routes=parsed.routes, apps=parsed.apps,
+                                  shadow_log=tmp_path / "shadow.jsonl")
+    combined = MountTable([*table], rules.routes.values(), rules.route_table)
+    send, app = ENTRIES[kind](combined, config_with())
+    return send, app, rules.route_table
+
+
+@pytest.fixture
+def both(table: MountTable, tmp_path: Path) -> Iterator[dict[str, tuple[Send, Any]]]:
+    """The same rules behind each entry point: ``{kind: (send, route table)}``."""
+    built = {kind: native_rules(kind, table, tmp_path / kind) for kind in ENTRIES}
+    for kind in ENTRIES:
+        (tmp_path / kind).mkdir()
+    yield {kind: (send, routes) for kind, (send, _, routes) in built.items()}
+    for _, app, _ in built.values():
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def without_a2wsgi(answer: Any) -> tuple[int, str | None, dict[str, Any]]:
+    seen = dict(answer.json())
+    seen.pop("a2wsgi")
+    return answer.status, answer.get("Content-Type"), seen
+
+
+@pytest.mark.parametrize(("method", "path", "app"), [
+    pytest.param("GET", "/asgi-first/3", "asgi_where", id="asgi-first-answers"),
+    pytest.param("GET", "/asgi-first/12", "wsgi_where", id="asgi-first-falls-to-wsgi"),
+    pytest.param("GET", "/wsgi-first/12", "wsgi_where", id="wsgi-first-answers"),
+    pytest.param("GET", "/wsgi-first/3", "asgi_where", id="wsgi-first-falls-to-asgi"),
+    pytest.param("POST", "/asgi-first/12", "wsgi_where", id="post-asgi-first-falls-to-wsgi"),
+    pytest.param("POST", "/wsgi-first/3", "asgi_where", id="post-wsgi-first-falls-to-asgi"),
+])
+def test_an_asgi_app_in_a_chain_answers_alike_on_both_sides(both: dict[str, tuple[Send, Any]], method: str,
+                                                            path: str, app: str) -> None:
+    body = b"" if method == "GET" else b"name=caf\xc3\xa9&n=1" * 3
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+    answers = {kind: send(method, path, headers, body) for kind, (send, _) in both.items()}
+    assert without_a2wsgi(answers["wsgi"]) == without_a2wsgi(answers["asgi"])
+    seen = answers["asgi"].json()
+    assert (answers["asgi"].status, seen["app"], seen["path"], seen["method"]) == (200, app, path, method)
+    assert seen["body"] == body.decode("latin-1")  # the whole body, also for the app after a passed-over 404
+    for _, routes in both.values():
+        assert sum(routes.fallbacks.values()) == (1 if path in ("/asgi-first/12", "/wsgi-first/3") else 0)
+
+
+@pytest.mark.parametrize("path", ["/asgi-first/3", "/wsgi-first/3"])
+def test_on_gateway_asgi_an_asgi_app_of_a_chain_is_called_natively(both: dict[str, tuple[Send, Any]],
+                                                                  path: str) -> None:
+    """a2wsgi hands an ASGI app a scope with the WSGI environ in it (``wsgi_environ``): on
+    gateway.wsgi it must run the ASGI app so, on gateway.asgi it must not."""
+    assert both["asgi"][0]("GET", path).json()["a2wsgi"] is False
+    assert both["wsgi"][0]("GET", path).json()["a2wsgi"] is True
+
+
+@pytest.mark.parametrize("size", [70_000, 300_000])  # past the 64 KiB kept in memory: from a temporary file
+def test_a_long_post_falls_through_whole_on_both_sides(both: dict[str, tuple[Send, Any]], size: int) -> None:
+    body = bytes(range(256)) * (size // 256)
+    for kind, (send, _) in both.items():
+        for path, app in (("/asgi-first/12", "wsgi_where"), ("/wsgi-first/3", "asgi_where")):
+            answer = send("POST", path, {"Content-Type": "application/octet-stream"}, body)
+            assert (answer.status, answer.json()["app"]) == (200, app), kind
+            assert answer.json()["body"].encode("latin-1") == body, (kind, path)
+
+
+def test_on_gateway_wsgi_an_asgi_404_passed_over_leaves_no_task_behind(table: MountTable, tmp_path: Path) -> None:
+    """a2wsgi runs an ASGI app as its iterable is drawn; one closed early left the app's
+    send waiting, a task pending on a2wsgi's loop for ever, one per passed-over 404."""
+    import asyncio
+
+    send, app, routes = native_rules("wsgi", table, tmp_path)
+    key = next(k for k in routes.specs if routes.specs[k].rule == "/asgi-first/<int:n>")
+    loop = app.apps[key].app.loop  # the a2wsgi middleware's own event loop
+
+    async def others() -> int:
+        return len(asyncio.all_tasks()) - 1  # this coroutine's own task aside
+
+    for _ in range(3):
+        assert send("GET", "/asgi-first/12").json()["app"] == "wsgi_where"
+    assert asyncio.run_coroutine_threadsafe(others(), loop).result(10) == 0
+
+
+def test_an_asgi_shadow_candidate_is_replayed_natively_off_the_serving_thread(
+        both: dict[str, tuple[Send, Any]]) -> None:
+    import threading
+
+    from tests.thirdapp import CANDIDATE_CALLS
+
+    for kind, (send, routes) in both.items():
+        CANDIDATE_CALLS.clear()
+        answer = send("GET", "/shadowed/7")
+        assert answer.json()["PATH_INFO"] == "/shadowed/7"  # the primary's answer
+        routes.shadower.drain()
+        key = next(k for k in routes.specs if routes.specs[k].rule == "/shadowed/<int:n>")
+        # Compared: the echo app says more than the candidate (the difference is written).
+        assert routes.shadower.counts[key] == {"compared": 1, "different": 1}, kind
+        (call,) = CANDIDATE_CALLS
+        assert (call["a2wsgi"], call["path"], call["root_path"]) == (False, "/shadowed/7", ""), kind
+        assert call["thread"] != threading.get_ident(), kind  # never on the thread (and loop) that served
+
+
+def test_the_client_never_waits_on_an_asgi_candidate_that_blocks(table: MountTable, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    state: list[str] = []
+
+    async def blocking(scope: Any, receive: Any, send: Any) -> None:
+        state.append("entered")
+        release.wait(10)  # blocks whatever runs it: on the serving loop, every client would wait
+        state.append("finished")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async def primary(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"now"})
+
+    spec = RouteSpec("/x", ("old",), shadow="new")
+    send, app = ENTRIES["asgi"](rule_table([spec], {"old": primary, "new": blocking}, Shadower(None, cpu=1.0)),
+                                config_with())
+    routes = app.pipeline.table.route_table
+    try:
+        assert send("GET", "/x").body == b"now"
+        deadline = time.monotonic() + 10
+        while not state and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state == ["entered"]  # the candidate is still blocked: the answer did not wait for it
+        assert send("GET", "/x").body == b"now"  # nor does the next client (its comparison is queued)
+    finally:
+        release.set()
+    routes.shadower.drain()
+    assert routes.shadower.counts[spec.key] == {"compared": 2, "different": 2}
+
+
+def test_a_primary_answer_over_the_limit_that_reaches_its_length_is_counted_dropped(
+        table: MountTable, tmp_path: Path) -> None:
+    """The bridge, as a WSGI server should, stops iterating at the declared Content-Length;
+    so does the driver below: the answer is whole, too long to compare, and counted."""
+    from gateway.migration.shadow import MAX_BODY
+
+    length = 2 * 1024 * 1024
+    assert length > MAX_BODY
+    for kind in ENTRIES:
+        send, app, routes = native_rules(kind, table, tmp_path)
+        key = next(k for k in routes.specs if routes.specs[k].rule == "/big")
+        try:
+            if kind == "asgi":
+                answer = send("GET", "/big")
+                assert (answer.status, len(answer.body)) == (200, length)
+            else:
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/big", "SERVER_NAME": "localhost",
+                           "SERVER_PORT": "80", "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""),
+                           "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+                result = app(environ, lambda status, headers, exc_info=None: None)
+                sent = 0
+                for chunk in result:
+                    sent += len(chunk)
+                    if sent >= length:
+                        break  # PEP 3333: the declared bytes are out, nothing more is asked for
+                result.close()
+            routes.shadower.drain()
+            assert routes.shadower.counts[key] == {"dropped": 1}, kind
+        finally:
+            if hasattr(app, "executor"):
+                app.executor.shutdown(wait=True)
 
 
 def test_the_file_travels_in_the_config(tmp_path: Path) -> None:

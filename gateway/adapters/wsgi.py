@@ -162,6 +162,12 @@ class WSGIGateway:
             if not held:
                 return ClosingIterator(itertools.chain(first_chunks, iterator),
                                        [getattr(result, "close", _nothing), getattr(spool, "close", _nothing)])
+            if mount.interface == "asgi":
+                # a2wsgi runs the ASGI app as its iterable is drawn: closed early, the app's
+                # send of the body waits forever, a task left pending on a2wsgi's loop
+                # ("Task was destroyed but it is pending!"). Its 404 is drawn to its end.
+                for _ in iterator:
+                    pass
             close = getattr(result, "close", None)
             if close is not None:
                 close()

@@ -1,9 +1,12 @@
 """Shadow comparison: the old page against the new one, on live traffic, off the request path.
 
 A route rule in shadow mode (``shadow = { app = "new" }`` in ``gateway.toml``) answers
-from its own app, the primary, as always. For GET and HEAD only, the gateway keeps a
-copy of the primary's answer as it goes to the client and, once the response is
-closed, hands the request to a small pool of its own (:class:`Shadower`), which:
+from its own app, the primary, as always. For GET and HEAD only (the pipeline's
+decision, :class:`gateway.core.pipeline.Shadow`), the adapter that serves the request
+keeps a copy of the primary's answer as it goes to the client (:class:`Capture`) and,
+once the response is closed, hands the request to a small pool of its own
+(:class:`Shadower`), which, calling each app in its own interface (a WSGI app as a
+server would, an ASGI one natively, :func:`call_asgi`):
 
 1. replays it on the candidate;
 2. replays it on the primary a second time (Twitter's Diffy calls this the secondary:

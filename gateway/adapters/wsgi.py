@@ -27,7 +27,7 @@ from gateway.adapters.boundary import WSGIBoundary, enter, wsgi_reply
 from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.core.pipeline import Body, Chain, Head, Pipeline, Request
+from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request
 from gateway.replies import Reply
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -111,7 +111,7 @@ class WSGIGateway:
         enter(environ, request)
         app: WSGIApp = self.apps[decision.mount.prefix]
         if decision.chain is not None:
-            app = functools.partial(self.chain, chain=decision.chain, request=request)
+            app = self.chain
         if not logged:
             return app(environ, start_response)
 
@@ -128,15 +128,20 @@ class WSGIGateway:
         return _Logged(result, self.pipeline, request)
 
 
-    def chain(self, environ: Environ, start_response: StartResponse, *, chain: Chain, request: Request
-              ) -> Iterable[bytes]:
-        """Ask the apps of ``chain`` in turn: an answer with a status the chain passes over is
-        held back (nothing of it reaches the client, its body is closed unread) and the
-        next app is asked, with the same request body, read whole first."""
-        first = self.apps[chain.mounts[0].prefix]
-        spool = first.take_body(environ, request) if not request.body_read else None
-        if isinstance(spool, Reply):
-            return wsgi_reply(self.pipeline, spool, request.decision, start_response)
+    def chain(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Ask the apps of the request's chain in turn (its decision's :class:`Chain`): an
+        answer with a status the chain passes over is held back (nothing of it reaches the
+        client, its body is closed unread) and the next app is asked, with the same request
+        body, read whole first."""
+        request: Request = environ[ENVIRON_KEY]
+        chain = request.decision.chain
+        assert chain is not None
+        head = request.head
+        spool = None
+        if (head.body is not None or head.http_version[0] != "1") and not request.body_read:  # not for a GET
+            spool = self.apps[chain.mounts[0].prefix].take_body(environ, request)
+            if isinstance(spool, Reply):
+                return wsgi_reply(self.pipeline, spool, request.decision, start_response)
         request.body_read = True  # each app's boundary leaves it to this
         passed_over = chain.passed_over
         for mount in chain.mounts[:-1]:
@@ -160,8 +165,10 @@ class WSGIGateway:
                     first_chunks.append(chunk)
                     break
             if not held:
-                return ClosingIterator(itertools.chain(first_chunks, iterator),
-                                       [getattr(result, "close", _nothing), getattr(spool, "close", _nothing)])
+                rest = itertools.chain(first_chunks, iterator)
+                if spool is None:
+                    return ClosingIterator(rest, getattr(result, "close", None))
+                return ClosingIterator(rest, [getattr(result, "close", _nothing), spool.close])
             if mount.interface == "asgi":
                 # a2wsgi runs the ASGI app as its iterable is drawn: closed early, the app's
                 # send of the body waits forever, a task left pending on a2wsgi's loop

@@ -19,6 +19,10 @@ The scenarios, for each of the demo apps (``flask``, ``django``):
 - ``asgi-APP``, ``asgi-APP-log``: through ``gateway.asgi`` (lifespan started), by the
   same driver, the access log off and on.
 
+And one request a route rule matches: ``wsgi-flask-chain``, ``asgi-flask-chain``, the
+Flask page behind a rule of ``gateway.toml`` with a fallback chain of two apps (the
+first answers), as a migration's page that has been ported.
+
 The ratios compare ``wsgi-*`` with the app alone and ``asgi-*`` with the bridge alone.
 Runs with ``PYTHONHASHSEED=0``, so that the counts repeat.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import shutil
 import statistics
@@ -39,13 +44,23 @@ from typing import Any
 
 APPS = ("flask", "django")
 KINDS = ("", "wsgi-", "wsgi-{}-log", "bridge-", "asgi-", "asgi-{}-log")
-SCENARIOS = tuple(kind.format(app) if "{" in kind else kind + app for app in APPS for kind in KINDS)
+#: Requests a route rule matches: the Flask page behind a fallback chain whose first app answers.
+CHAINS = ("wsgi-flask-chain", "asgi-flask-chain")
+SCENARIOS = tuple(kind.format(app) if "{" in kind else kind + app for app in APPS for kind in KINDS) + CHAINS
+CHAIN_FILE = """[apps]
+hello = "flask_hello:app"
+
+[[route]]
+rule = "/"
+app = ["hello", "hello"]
+"""
 WARM = 100  # requests before the first mark: caches, the pool's threads, the log's writer
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse(name: str) -> tuple[str, str, bool]:
-    """``asgi-flask-log`` -> ("asgi", "flask", True); ``flask`` -> ("bare", "flask", False)."""
+    """``asgi-flask-log`` -> ("asgi", "flask", True); ``flask`` -> ("bare", "flask", False);
+    ``wsgi-flask-chain`` -> ("wsgi", "flask", False)."""
     parts = name.split("-")
     log = parts[-1] == "log"
     if log:
@@ -186,6 +201,12 @@ def inner(name: str, count: int) -> None:
     """Serve ``count`` requests of scenario ``name`` between two marks."""
     kind, app, log = parse(name)
     path = "/" if kind in ("bare", "bridge") else f"/{app}/"
+    if name in CHAINS:
+        folder = Path(tempfile.mkdtemp(prefix="instructions-"))
+        atexit.register(shutil.rmtree, folder, True)
+        (folder / "gateway.toml").write_text(CHAIN_FILE)
+        os.environ["GATEWAY_CONFIG"] = str(folder / "gateway.toml")
+        path = "/"
     if kind == "bare":
         run_wsgi(bare_app(app), path, count)
     elif kind == "wsgi":

@@ -106,3 +106,18 @@ def builder(kind: str, table: MountTable) -> Iterator[Callable[..., Send]]:
     for app in built:
         if hasattr(app, "executor"):
             app.executor.shutdown(wait=True)
+
+
+def rule_table(specs: list[Any], apps: dict[str, Any], shadower: Any = None) -> MountTable:
+    """A table of route rules (``RouteSpec``) answered by ``apps`` (app objects by name,
+    each WSGI or ASGI as detected), with ``shadower`` as its shadow comparisons' pool."""
+    from gateway.core.mounts import detect_interface, rule_mounts_of
+    from gateway.migration.rules import RouteTable
+
+    routes = RouteTable(specs)
+    if shadower is not None:
+        routes.shadower = shadower
+    loaded = {name: (app, detect_interface(app)) for name, app in apps.items()}
+    table = MountTable([], rule_mounts_of(specs, loaded, {}), routes)
+    table.route_apps = loaded
+    return table

@@ -31,7 +31,8 @@ def test_every_scenario_serves_between_its_marks() -> None:
 def test_the_scenarios_and_what_each_is_compared_with() -> None:
     assert instructions.SCENARIOS == (
         "flask", "wsgi-flask", "wsgi-flask-log", "bridge-flask", "asgi-flask", "asgi-flask-log",
-        "django", "wsgi-django", "wsgi-django-log", "bridge-django", "asgi-django", "asgi-django-log")
+        "django", "wsgi-django", "wsgi-django-log", "bridge-django", "asgi-django", "asgi-django-log",
+        "wsgi-flask-chain", "asgi-flask-chain")
     assert [instructions.parse(n) for n in ("asgi-flask-log", "django", "bridge-flask")] == [
         ("asgi", "flask", True), ("bare", "django", False), ("bridge", "flask", False)]
     assert [instructions.baseline_of(n) for n in ("wsgi-flask-log", "asgi-django", "flask", "bridge-flask")] == [

@@ -170,8 +170,10 @@ def test_the_apps_of_route_rules_are_loaded_as_declared(tmp_path: Path) -> None:
                                   routes=[RouteSpec("/items/<int:n>", ("items",)),
                                           RouteSpec("/both/<int:n>", ("items", "plain"))])
     # "@asgi" where the call looks like WSGI's: taken as said, and probed by /readyz as ASGI.
+    # Each app of a fallback chain has a mount of its own, in its own interface.
     assert {m.prefix: (m.target, m.interface) for m in table.routes.values()} == {
-        "~/items/<int:n>": (wrapped, "asgi"), "~/both/<int:n>": (f"{wrapped}, {plain}", "wsgi")}
+        "~/items/<int:n>": (wrapped, "asgi"), "~/both/<int:n>": (f"{wrapped}, {plain}", "asgi"),
+        "~/both/<int:n> fallback 1": (plain, "wsgi")}
     assert {name: interface for name, (_, interface) in table.checked().items()} == {"app:items": "asgi",
                                                                                      "app:plain": "wsgi"}
     board = table.route_table.board if table.route_table is not None else None

@@ -20,7 +20,7 @@ import pytest
 from gateway.adapters.wsgi import create_wsgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable
-from tests.entries import ENTRIES, TRUSTED, Send, asgi_entry, builder, config_with
+from tests.entries import ENTRIES, TRUSTED, Send, asgi_entry, builder, config_with, rule_table
 
 
 @pytest.fixture(scope="module")
@@ -650,8 +650,8 @@ def test_the_shared_session_reaches_only_the_apps_that_read_it(kind: str, echo_t
 def test_who_reads_the_shared_session(table: MountTable) -> None:
     from flask import Flask
 
-    from gateway.core.pipeline import shares_signin
-    from gateway.migration.rules import Fallback
+    from gateway.core.pipeline import Pipeline, shares_signin
+    from gateway.migration.rules import RouteSpec
     from gateway.migration.signin import DjangoSignIn
 
     signed = Flask("signed")
@@ -660,8 +660,10 @@ def test_who_reads_the_shared_session(table: MountTable) -> None:
     flask_app = table.mounts["/flask"].app
     assert shares_signin(django_app) and shares_signin(signed)
     assert not shares_signin(flask_app) and not shares_signin(cookie_app)
-    assert shares_signin(Fallback([("a", flask_app), ("b", signed)], "k", None, None))  # type: ignore[arg-type]
-    assert not shares_signin(Fallback([("a", flask_app), ("b", cookie_app)], "k", None, None))  # type: ignore[arg-type]
+    # A rule's key reads it when any app it names does: its chain's, or its shadow's candidate.
+    specs = [RouteSpec("/a", ("a", "b")), RouteSpec("/c", ("a", "c")), RouteSpec("/s", ("a",), shadow="b")]
+    pipeline = Pipeline(rule_table(specs, {"a": flask_app, "b": signed, "c": cookie_app}), config_with())
+    assert {spec.key for spec in specs} & pipeline.signin == {specs[0].key, specs[2].key}
 
 
 class Middleware:

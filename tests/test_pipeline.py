@@ -527,17 +527,16 @@ def test_rules_match_the_decoded_path_and_undecodable_bytes_match_none() -> None
 
 
 def test_a_fallback_chain_with_django_in_it_is_djangos() -> None:
-    import threading
-    from collections import Counter
-
     from gateway.core.pipeline import is_django
-    from gateway.migration.rules import Fallback
+    from gateway.migration.rules import RouteSpec
+    from tests.entries import config_with, rule_table
 
     apps = {m.prefix: m.app for m in MountTable.from_specs([])}
     django, flask = apps["/django"], apps["/flask"]
     assert is_django(django) and not is_django(flask)
-    assert is_django(Fallback([("f", flask), ("d", django)], "~/x", Counter(), threading.Lock()))
-    assert not is_django(Fallback([("f", flask)], "~/x", Counter(), threading.Lock()))
+    specs = [RouteSpec("/x", ("f", "d")), RouteSpec("/y", ("f",)), RouteSpec("/z", ("f",), shadow="d")]
+    p = Pipeline(rule_table(specs, {"f": flask, "d": django}), config_with())
+    assert {spec.key for spec in specs} & p.django == {specs[0].key, specs[2].key}
 
 
 def test_the_migration_page_decision_keeps_the_head(small_table: MountTable) -> None:

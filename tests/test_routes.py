@@ -3,11 +3,13 @@ process, and the ``gateway routes`` command."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from gateway.core.mounts import MountTable
 from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
 from tests.apps.shop import CANARY, SHADOW, SHOP
-from tests.entries import BASE, ENTRIES, Send, config_with
+from tests.entries import BASE, ENTRIES, Send, config_with, rule_table
 
 
 def table_from(text: str) -> MountTable:
@@ -94,35 +96,40 @@ def test_no_other_method_ever_falls_back(shop: Send, shop_table: MountTable) -> 
     assert shop_table.route_table.fallbacks[key] == before  # type: ignore[union-attr]
 
 
-def test_a_fallback_past_every_app_is_the_last_apps_404(shop_table: MountTable) -> None:
-    from werkzeug.test import Client
+@pytest.fixture(params=sorted(ENTRIES))
+def rules_of(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Build an entry point (``wsgi``, then ``asgi``) over route rules answered by app objects:
+    ``rules_of(specs, apps)`` gives its ``send`` and the rules' table."""
+    built: list[Any] = []
 
+    def build(specs: list[RouteSpec], apps: dict[str, Any], shadower: Any = None) -> tuple[Send, RouteTable]:
+        table = rule_table(specs, apps, shadower)
+        send, app = ENTRIES[request.param](table, config_with())
+        built.append(app)
+        assert table.route_table is not None
+        return send, table.route_table
+
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def test_a_fallback_past_every_app_is_the_last_apps_404(rules_of: Any) -> None:
     def not_found(app: str) -> Any:
         def answer(environ: dict[str, Any], start_response: Any) -> list[bytes]:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [f"{app} has no such page".encode()]
         return answer
 
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
-    counts: Counter[str] = Counter()
-    chain = Fallback([("a", not_found("a")), ("b", not_found("b"))], "~/x", counts, Lock())
-    answer = Client(chain).get("/x")
-    assert (answer.status_code, answer.get_data()) == (404, b"b has no such page")
-    assert counts["~/x"] == 1
+    spec = RouteSpec("/x", ("a", "b"))
+    send, routes = rules_of([spec], {"a": not_found("a"), "b": not_found("b")})
+    answer = send("GET", "/x")
+    assert (answer.status, answer.body) == (404, b"b has no such page")
+    assert routes.fallbacks[spec.key] == 1
 
 
-def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
-    from collections import Counter
-    from threading import Lock
-
-    from werkzeug.test import Client
-
-    from gateway.migration.rules import Fallback
-
+def test_a_generator_app_that_starts_its_response_late_falls_back_too(rules_of: Any) -> None:
     closed: list[str] = []
 
     class Late:
@@ -140,9 +147,10 @@ def test_a_generator_app_that_starts_its_response_late_falls_back_too() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"found"]
 
-    counts: Counter[str] = Counter()
-    answer = Client(Fallback([("late", Late), ("found", found)], "~/y", counts, Lock())).get("/y")
-    assert (answer.status_code, answer.get_data(), closed, counts["~/y"]) == (200, b"found", ["late"], 1)
+    spec = RouteSpec("/y", ("late", "found"))
+    send, routes = rules_of([spec], {"late": Late, "found": found})
+    answer = send("GET", "/y")
+    assert (answer.status, answer.body, closed, routes.fallbacks[spec.key]) == (200, b"found", ["late"], 1)
 
 
 def test_explain_says_which_rule_answers_and_why() -> None:
@@ -371,6 +379,206 @@ def test_a_rule_can_name_an_asgi_app_as_owner_fallback_canary_or_shadow(asgi_rul
     assert routes.shadower.counts[key] == {"compared": 1, "different": 1}
     ready = send("GET", "/readyz").json()["checks"]  # each app once, the ASGI one too (a 404 is below 500)
     assert (ready["app:items"], ready["app:legacy"]) == ("ok", "ok")
+
+
+NATIVE_RULES = '''
+[apps]
+legacy = "tests.thirdapp:echo_app"
+where = "tests.thirdapp:asgi_where"
+wsgi_where = "tests.thirdapp:wsgi_where"
+candidate = "tests.thirdapp:asgi_candidate"
+big = "tests.thirdapp:big_answer"
+
+[[route]]
+rule = "/asgi-first/<int:n>"
+app = ["where", "wsgi_where"]
+fallback_methods = ["GET", "POST"]
+
+[[route]]
+rule = "/wsgi-first/<int:n>"
+app = ["wsgi_where", "where"]
+fallback_methods = ["GET", "POST"]
+
+[[route]]
+rule = "/shadowed/<int:n>"
+app = "legacy"
+shadow = { app = "candidate" }
+
+[[route]]
+rule = "/big"
+app = "big"
+shadow = { app = "candidate" }
+'''
+
+
+def native_rules(kind: str, table: MountTable, tmp_path: Path) -> tuple[Send, Any, Any]:
+    parsed = parse_gateway_file(NATIVE_RULES)
+    rules = MountTable.from_specs((), defaults=False, routes=parsed.routes, apps=parsed.apps,
+                                  shadow_log=tmp_path / "shadow.jsonl")
+    combined = MountTable([*table], rules.routes.values(), rules.route_table)
+    send, app = ENTRIES[kind](combined, config_with())
+    return send, app, rules.route_table
+
+
+@pytest.fixture
+def both(table: MountTable, tmp_path: Path) -> Iterator[dict[str, tuple[Send, Any]]]:
+    """The same rules behind each entry point: ``{kind: (send, route table)}``."""
+    built = {kind: native_rules(kind, table, tmp_path / kind) for kind in ENTRIES}
+    for kind in ENTRIES:
+        (tmp_path / kind).mkdir()
+    yield {kind: (send, routes) for kind, (send, _, routes) in built.items()}
+    for _, app, _ in built.values():
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def without_a2wsgi(answer: Any) -> tuple[int, str | None, dict[str, Any]]:
+    seen = dict(answer.json())
+    seen.pop("a2wsgi")
+    return answer.status, answer.get("Content-Type"), seen
+
+
+@pytest.mark.parametrize(("method", "path", "app"), [
+    pytest.param("GET", "/asgi-first/3", "asgi_where", id="asgi-first-answers"),
+    pytest.param("GET", "/asgi-first/12", "wsgi_where", id="asgi-first-falls-to-wsgi"),
+    pytest.param("GET", "/wsgi-first/12", "wsgi_where", id="wsgi-first-answers"),
+    pytest.param("GET", "/wsgi-first/3", "asgi_where", id="wsgi-first-falls-to-asgi"),
+    pytest.param("POST", "/asgi-first/12", "wsgi_where", id="post-asgi-first-falls-to-wsgi"),
+    pytest.param("POST", "/wsgi-first/3", "asgi_where", id="post-wsgi-first-falls-to-asgi"),
+])
+def test_an_asgi_app_in_a_chain_answers_alike_on_both_sides(both: dict[str, tuple[Send, Any]], method: str,
+                                                            path: str, app: str) -> None:
+    body = b"" if method == "GET" else b"name=caf\xc3\xa9&n=1" * 3
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+    answers = {kind: send(method, path, headers, body) for kind, (send, _) in both.items()}
+    assert without_a2wsgi(answers["wsgi"]) == without_a2wsgi(answers["asgi"])
+    seen = answers["asgi"].json()
+    assert (answers["asgi"].status, seen["app"], seen["path"], seen["method"]) == (200, app, path, method)
+    assert seen["body"] == body.decode("latin-1")  # the whole body, also for the app after a passed-over 404
+    for _, routes in both.values():
+        assert sum(routes.fallbacks.values()) == (1 if path in ("/asgi-first/12", "/wsgi-first/3") else 0)
+
+
+@pytest.mark.parametrize("path", ["/asgi-first/3", "/wsgi-first/3"])
+def test_on_gateway_asgi_an_asgi_app_of_a_chain_is_called_natively(both: dict[str, tuple[Send, Any]],
+                                                                  path: str) -> None:
+    """a2wsgi hands an ASGI app a scope with the WSGI environ in it (``wsgi_environ``): on
+    gateway.wsgi it must run the ASGI app so, on gateway.asgi it must not."""
+    assert both["asgi"][0]("GET", path).json()["a2wsgi"] is False
+    assert both["wsgi"][0]("GET", path).json()["a2wsgi"] is True
+
+
+@pytest.mark.parametrize("size", [70_000, 300_000])  # past the 64 KiB kept in memory: from a temporary file
+def test_a_long_post_falls_through_whole_on_both_sides(both: dict[str, tuple[Send, Any]], size: int) -> None:
+    body = bytes(range(256)) * (size // 256)
+    for kind, (send, _) in both.items():
+        for path, app in (("/asgi-first/12", "wsgi_where"), ("/wsgi-first/3", "asgi_where")):
+            answer = send("POST", path, {"Content-Type": "application/octet-stream"}, body)
+            assert (answer.status, answer.json()["app"]) == (200, app), kind
+            assert answer.json()["body"].encode("latin-1") == body, (kind, path)
+
+
+def test_on_gateway_wsgi_an_asgi_404_passed_over_leaves_no_task_behind(table: MountTable, tmp_path: Path) -> None:
+    """a2wsgi runs an ASGI app as its iterable is drawn; one closed early left the app's
+    send waiting, a task pending on a2wsgi's loop for ever, one per passed-over 404."""
+    import asyncio
+
+    send, app, routes = native_rules("wsgi", table, tmp_path)
+    key = next(k for k in routes.specs if routes.specs[k].rule == "/asgi-first/<int:n>")
+    loop = app.apps[key].app.loop  # the a2wsgi middleware's own event loop
+
+    async def others() -> int:
+        return len(asyncio.all_tasks()) - 1  # this coroutine's own task aside
+
+    for _ in range(3):
+        assert send("GET", "/asgi-first/12").json()["app"] == "wsgi_where"
+    assert asyncio.run_coroutine_threadsafe(others(), loop).result(10) == 0
+
+
+def test_an_asgi_shadow_candidate_is_replayed_natively_off_the_serving_thread(
+        both: dict[str, tuple[Send, Any]]) -> None:
+    import threading
+
+    from tests.thirdapp import CANDIDATE_CALLS
+
+    for kind, (send, routes) in both.items():
+        CANDIDATE_CALLS.clear()
+        answer = send("GET", "/shadowed/7")
+        assert answer.json()["PATH_INFO"] == "/shadowed/7"  # the primary's answer
+        routes.shadower.drain()
+        key = next(k for k in routes.specs if routes.specs[k].rule == "/shadowed/<int:n>")
+        # Compared: the echo app says more than the candidate (the difference is written).
+        assert routes.shadower.counts[key] == {"compared": 1, "different": 1}, kind
+        (call,) = CANDIDATE_CALLS
+        assert (call["a2wsgi"], call["path"], call["root_path"]) == (False, "/shadowed/7", ""), kind
+        assert call["thread"] != threading.get_ident(), kind  # never on the thread (and loop) that served
+
+
+def test_the_client_never_waits_on_an_asgi_candidate_that_blocks(table: MountTable, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    state: list[str] = []
+
+    async def blocking(scope: Any, receive: Any, send: Any) -> None:
+        state.append("entered")
+        release.wait(10)  # blocks whatever runs it: on the serving loop, every client would wait
+        state.append("finished")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async def primary(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"now"})
+
+    spec = RouteSpec("/x", ("old",), shadow="new")
+    send, app = ENTRIES["asgi"](rule_table([spec], {"old": primary, "new": blocking}, Shadower(None, cpu=1.0)),
+                                config_with())
+    routes = app.pipeline.table.route_table
+    try:
+        assert send("GET", "/x").body == b"now"
+        deadline = time.monotonic() + 10
+        while not state and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state == ["entered"]  # the candidate is still blocked: the answer did not wait for it
+        assert send("GET", "/x").body == b"now"  # nor does the next client (its comparison is queued)
+    finally:
+        release.set()
+    routes.shadower.drain()
+    assert routes.shadower.counts[spec.key] == {"compared": 2, "different": 2}
+
+
+def test_a_primary_answer_over_the_limit_that_reaches_its_length_is_counted_dropped(
+        table: MountTable, tmp_path: Path) -> None:
+    """The bridge, as a WSGI server should, stops iterating at the declared Content-Length;
+    so does the driver below: the answer is whole, too long to compare, and counted."""
+    from gateway.migration.shadow import MAX_BODY
+
+    length = 2 * 1024 * 1024
+    assert length > MAX_BODY
+    for kind in ENTRIES:
+        send, app, routes = native_rules(kind, table, tmp_path)
+        key = next(k for k in routes.specs if routes.specs[k].rule == "/big")
+        try:
+            if kind == "asgi":
+                answer = send("GET", "/big")
+                assert (answer.status, len(answer.body)) == (200, length)
+            else:
+                environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/big", "SERVER_NAME": "localhost",
+                           "SERVER_PORT": "80", "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""),
+                           "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1"}
+                result = app(environ, lambda status, headers, exc_info=None: None)
+                sent = 0
+                for chunk in result:
+                    sent += len(chunk)
+                    if sent >= length:
+                        break  # PEP 3333: the declared bytes are out, nothing more is asked for
+                result.close()
+            routes.shadower.drain()
+            assert routes.shadower.counts[key] == {"dropped": 1}, kind
+        finally:
+            if hasattr(app, "executor"):
+                app.executor.shutdown(wait=True)
 
 
 def test_the_file_travels_in_the_config(tmp_path: Path) -> None:
@@ -681,10 +889,8 @@ def test_no_unsafe_method_is_ever_shadowed(shadowed: Any) -> None:
     assert counts_of(routes, "/shop/products/<int:product_id>") == {}
 
 
-def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
+def test_a_full_queue_drops_and_counts_and_never_delays_the_client(rules_of: Any) -> None:
     import threading
-
-    from gateway.migration.shadow import Shadower, ShadowTap
 
     release = threading.Event()
 
@@ -697,23 +903,22 @@ def test_a_full_queue_drops_and_counts_and_never_delays_the_client() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"now"]
 
-    from werkzeug.test import Client
-
     shadower = Shadower(None, threads=1, size=2)
-    client = Client(ShadowTap("~/x", fast, slow, shadower))
+    spec = RouteSpec("/x", ("fast",), shadow="slow")
+    send, _ = rules_of([spec], {"fast": fast, "slow": slow}, shadower)
     try:
         import time
 
         started = time.monotonic()
         for _ in range(10):
-            assert client.get("/x", buffered=True).get_data() == b"now"
+            assert send("GET", "/x").body == b"now"
         assert time.monotonic() - started < 5  # the candidate's 10 s never reached the client
-        shadower_counts = shadower.counts["~/x"]
+        shadower_counts = shadower.counts[spec.key]
         assert shadower_counts["dropped"] >= 7  # one running, two queued, the rest dropped
     finally:
         release.set()
     shadower.drain()
-    assert shadower.counts["~/x"]["compared"] + shadower.counts["~/x"]["dropped"] == 10
+    assert shadower.counts[spec.key]["compared"] + shadower.counts[spec.key]["dropped"] == 10
 
 
 def test_normalisers() -> None:
@@ -1043,12 +1248,7 @@ def test_canary_places_are_stable_across_releases() -> None:
     assert all(RouteSpec("/a", ("x",), canary="y", share=100).chooses_canary(f"c{i}") for i in range(500))
 
 
-def three_apps() -> tuple[Any, list[str], Any]:
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
+def three_apps() -> tuple[dict[str, Any], list[str], list[str]]:
     calls: list[str] = []
     closed: list[str] = []
 
@@ -1062,58 +1262,65 @@ def three_apps() -> tuple[Any, list[str], Any]:
 
     def app(name: str, status: str) -> Any:
         def answer(environ: dict[str, Any], start_response: Any) -> Any:
-            calls.append(f"{environ['REQUEST_METHOD']} {name}")
+            calls.append(f"{environ['REQUEST_METHOD']} {name} {environ['wsgi.input'].read()!r}")
             start_response(status, [("Content-Type", "text/plain")])
             return Closing(name, f"{name}: {status}".encode())
         return answer
 
-    counts: Counter[str] = Counter()
-    chain = Fallback([("a", app("a", "404 Not Found")), ("b", app("b", "404 Not Found")), ("c", app("c", "200 OK"))],
-                     "~/x", counts, Lock())
-    return chain, calls, (counts, closed)
+    return {"a": app("a", "404 Not Found"), "b": app("b", "404 Not Found"), "c": app("c", "200 OK")}, calls, closed
 
 
-def test_a_fallback_asks_each_app_in_turn_and_closes_what_it_passes_over() -> None:
-    from werkzeug.test import Client
-
-    chain, calls, (counts, closed) = three_apps()
-    answer = Client(chain).get("/x", buffered=True)
-    assert (answer.status_code, answer.get_data()) == (200, b"c: 200 OK")
-    assert calls == ["GET a", "GET b", "GET c"] and counts["~/x"] == 2
+def test_a_fallback_asks_each_app_in_turn_and_closes_what_it_passes_over(rules_of: Any) -> None:
+    apps, calls, closed = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"))
+    send, routes = rules_of([spec], apps)
+    answer = send("GET", "/x")
+    assert (answer.status, answer.body) == (200, b"c: 200 OK")
+    assert calls == ["GET a b''", "GET b b''", "GET c b''"] and routes.fallbacks[spec.key] == 2
     assert closed == ["a", "b", "c"]  # the passed-over answers, then the one sent
 
 
-def test_a_fallback_sends_other_methods_to_the_first_app_only() -> None:
-    from werkzeug.test import Client
+def test_a_fallback_sends_other_methods_to_the_first_app_only(rules_of: Any) -> None:
+    apps, calls, _ = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"))
+    send, routes = rules_of([spec], apps)
+    answer = send("POST", "/x", {"Content-Type": "text/plain"}, b"once")
+    assert (answer.status, calls, routes.fallbacks[spec.key]) == (404, ["POST a b'once'"], 0)
 
-    chain, calls, (counts, _) = three_apps()
-    answer = Client(chain).post("/x", buffered=True)
-    assert (answer.status_code, calls, counts["~/x"]) == (404, ["POST a"], 0)
+
+@pytest.mark.parametrize("size", [5, 200_000])  # in memory, and in a temporary file
+def test_a_post_the_rule_lets_fall_through_reaches_each_app_whole(rules_of: Any, size: int) -> None:
+    apps, calls, _ = three_apps()
+    spec = RouteSpec("/x", ("a", "b", "c"), fallback_methods=("POST",))
+    send, routes = rules_of([spec], apps)
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    answer = send("POST", "/x", {"Content-Type": "application/octet-stream"}, body)
+    assert (answer.status, answer.body) == (200, b"c: 200 OK")
+    assert calls == [f"POST {name} {body!r}" for name in "abc"] and routes.fallbacks[spec.key] == 2
 
 
-def test_a_fallback_passes_exc_info_on() -> None:
-    from collections import Counter
-    from threading import Lock
-
-    from gateway.migration.rules import Fallback
-
-    seen: list[Any] = []
+def test_a_fallback_passes_exc_info_on(table: MountTable) -> None:
+    import sys
 
     def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         try:
             raise RuntimeError("boom")
         except RuntimeError:
-            import sys
-
             start_response("500 Internal Server Error", [], sys.exc_info())
         return [b"x"]
+
+    seen: list[Any] = []
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         seen.append(exc_info)
         return lambda data: None
 
-    chain = Fallback([("a", failing), ("b", failing)], "~/y", Counter(), Lock())
-    list(chain({"REQUEST_METHOD": "GET"}, start_response))
+    from gateway.adapters.wsgi import create_wsgi_app
+
+    gateway = create_wsgi_app(rule_table([RouteSpec("/y", ("a", "b"))], {"a": failing, "b": failing}), config_with())
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/y", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+               "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}
+    list(gateway(environ, start_response))
     assert seen[0] is not None and seen[0][0] is RuntimeError
 
 
@@ -1413,7 +1620,8 @@ def test_the_shadow_pool_rests_to_stay_within_its_share_of_a_core(monkeypatch: p
     rests: list[float] = []
     pool = Shadower(None, cpu=0.25)
     monkeypatch.setattr(pool, "rest", rests.append)
-    pool.submit("~/x", {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, (200, {}, b"same"), (burning, burning), ())
+    pool.submit("~/x", {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, (200, {}, b"same"),
+                ((burning, "wsgi"), (burning, "wsgi")), ())
     pool.drain()
     deadline = time.monotonic() + 10
     while not rests and time.monotonic() < deadline:
@@ -1447,7 +1655,7 @@ def test_the_shadow_share_is_read_from_the_file(table: str, cpu: float | None, m
 def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
     """When the pool cannot take more, the request is dropped (counted) before anything of
     it is copied: the primary's own iterable goes back to the server."""
-    from gateway.migration.shadow import ShadowTap
+    from gateway.adapters.wsgi import create_wsgi_app
 
     answer = [b"now"]
 
@@ -1456,13 +1664,18 @@ def test_a_full_queue_hands_the_primarys_answer_over_untouched() -> None:
         return answer
 
     shadower = Shadower(None, size=1)
-    tap = ShadowTap("~/x", primary, primary, shadower)
+    spec = RouteSpec("/x", ("old",), shadow="new")
+    gateway = create_wsgi_app(rule_table([spec], {"old": primary, "new": primary}, shadower), config_with())
     shadower.queue.put_nowait(("~/x",))  # full, and no worker started to take it
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
-    assert tap(environ, lambda status, headers, exc_info=None: None) is answer
-    assert shadower.counts["~/x"] == {"dropped": 1}
-    assert tap({**environ, "REQUEST_METHOD": "POST"}, lambda *a: None) is answer  # never shadowed, never counted
-    assert shadower.counts["~/x"] == {"dropped": 1}
+
+    def environ(method: str) -> dict[str, Any]:
+        return {"REQUEST_METHOD": method, "PATH_INFO": "/x", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+                "HTTP_HOST": "localhost", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"}
+
+    assert gateway(environ("GET"), lambda status, headers, exc_info=None: None) is answer
+    assert shadower.counts[spec.key] == {"dropped": 1}
+    assert gateway(environ("POST"), lambda *a: None) is answer  # never shadowed, never counted
+    assert shadower.counts[spec.key] == {"dropped": 1}
 
 
 def test_the_pipeline_sends_each_header_value_where_the_rule_says(table: MountTable) -> None:

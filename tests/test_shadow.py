@@ -1,5 +1,5 @@
 """Shadow comparison's pool: what a replay may carry, how long it may take, what a failing
-candidate costs the log. In process, with small WSGI apps."""
+candidate costs the log. In process, with small WSGI apps behind both entry points."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from werkzeug.test import Client
 
-from gateway.migration.rules import ConfigFileError, parse_gateway_file
-from gateway.migration.shadow import MAX_STUCK, Shadower, ShadowTap
+from gateway.migration.rules import ConfigFileError, RouteSpec, parse_gateway_file
+from gateway.migration.shadow import MAX_STUCK, Shadower
+from tests.entries import ENTRIES, Send, config_with, rule_table
 
-RULE = "~/account"
+RULE = "~/<path:rest>"
 
 
 def greeter(seen: list[dict[str, Any]], name: str = "old") -> Any:
@@ -38,14 +38,32 @@ def shadower() -> Iterator[Shadower]:
     pool.drain()
 
 
-def test_credentials_are_not_replayed_unless_the_rule_says_so(shadower: Shadower) -> None:
+@pytest.fixture(params=sorted(ENTRIES))
+def tapped(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``tapped(primary, candidate, pool)``: an entry point (``wsgi``, then ``asgi``) whose one
+    rule answers every path from ``primary``, in shadow mode with ``candidate``."""
+    built: list[Any] = []
+
+    def build(primary: Any, candidate: Any, pool: Shadower, credentials: bool = False) -> Send:
+        spec = RouteSpec("/<path:rest>", ("old",), shadow="new", shadow_credentials=credentials)
+        assert spec.key == RULE
+        send, app = ENTRIES[request.param](rule_table([spec], {"old": primary, "new": candidate}, pool),
+                                           config_with())
+        built.append(app)
+        return send
+
+    yield build
+    for app in built:
+        if hasattr(app, "executor"):
+            app.executor.shutdown(wait=True)
+
+
+def test_credentials_are_not_replayed_unless_the_rule_says_so(shadower: Shadower, tapped: Any) -> None:
     primary_seen: list[dict[str, Any]] = []
     candidate_seen: list[dict[str, Any]] = []
-    tap = ShadowTap(RULE, greeter(primary_seen), greeter(candidate_seen), shadower)
-    client = Client(tap)
-    client.set_cookie("user", "alice")
-    headers = {"Authorization": "Bearer secret", "Proxy-Authorization": "Basic eA=="}
-    assert client.get("/account", headers=headers, buffered=True).get_data() == b"hello alice"
+    send = tapped(greeter(primary_seen), greeter(candidate_seen), shadower)
+    headers = {"Authorization": "Bearer secret", "Proxy-Authorization": "Basic eA==", "Cookie": "user=alice"}
+    assert send("GET", "/account", headers).body == b"hello alice"
     shadower.drain()
     assert len(candidate_seen) == 1
     assert not {"HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION"} & set(candidate_seen[0])
@@ -56,14 +74,12 @@ def test_credentials_are_not_replayed_unless_the_rule_says_so(shadower: Shadower
     assert shadower.counts[RULE] == {"compared": 1, "equal": 1}
 
 
-def test_a_rule_with_credentials_replays_them(shadower: Shadower) -> None:
+def test_a_rule_with_credentials_replays_them(shadower: Shadower, tapped: Any) -> None:
     primary_seen: list[dict[str, Any]] = []
     candidate_seen: list[dict[str, Any]] = []
-    tap = ShadowTap(RULE, greeter(primary_seen), greeter(candidate_seen), shadower, credentials=True)
-    client = Client(tap)
-    client.set_cookie("user", "alice")
-    answer = client.get("/account", headers={"Authorization": "Bearer secret"}, buffered=True)
-    assert answer.get_data() == b"hello alice"
+    send = tapped(greeter(primary_seen), greeter(candidate_seen), shadower, credentials=True)
+    answer = send("GET", "/account", {"Authorization": "Bearer secret", "Cookie": "user=alice"})
+    assert answer.body == b"hello alice"
     shadower.drain()
     assert candidate_seen[0]["HTTP_COOKIE"] == "user=alice"
     assert candidate_seen[0]["HTTP_AUTHORIZATION"] == "Bearer secret"
@@ -71,16 +87,16 @@ def test_a_rule_with_credentials_replays_them(shadower: Shadower) -> None:
     assert shadower.counts[RULE] == {"compared": 1, "equal": 1}
 
 
-def test_a_request_without_credentials_is_compared_with_the_clients_answer(shadower: Shadower) -> None:
+def test_a_request_without_credentials_is_compared_with_the_clients_answer(shadower: Shadower,
+                                                                          tapped: Any) -> None:
     primary_seen: list[dict[str, Any]] = []
-    tap = ShadowTap(RULE, greeter(primary_seen), greeter([]), shadower)
-    Client(tap).get("/account", buffered=True)
+    tapped(greeter(primary_seen), greeter([]), shadower)("GET", "/account")
     shadower.drain()
     assert len(primary_seen) == 2
     assert shadower.counts[RULE] == {"compared": 1, "equal": 1}
 
 
-def test_a_hung_candidate_times_out_and_leaves_the_pool_free(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_hung_candidate_times_out_and_leaves_the_pool_free(caplog: pytest.LogCaptureFixture, tapped: Any) -> None:
     release = threading.Event()
     calls: list[str] = []
 
@@ -92,15 +108,14 @@ def test_a_hung_candidate_times_out_and_leaves_the_pool_free(caplog: pytest.LogC
         return [b"hello guest"]
 
     pool = Shadower(None, cpu=1.0, timeout=0.2)
-    tap = ShadowTap(RULE, greeter([]), hung, pool)
-    client = Client(tap)
+    send = tapped(greeter([]), hung, pool)
     try:
         with caplog.at_level(logging.WARNING, logger="gateway.shadow"):
-            client.get("/hang", buffered=True)
+            send("GET", "/hang")
             pool.drain()
             assert pool.counts[RULE] == {"timeout": 1}
             assert pool.stuck == 1
-            client.get("/fine", buffered=True)  # the next comparison runs: the hung replay holds no worker
+            send("GET", "/fine")  # the next comparison runs: the hung replay holds no worker
             pool.drain()
         assert pool.counts[RULE] == {"timeout": 1, "compared": 1, "equal": 1}
         lines = [r.getMessage() for r in caplog.records if r.name == "gateway.shadow"]
@@ -112,7 +127,7 @@ def test_a_hung_candidate_times_out_and_leaves_the_pool_free(caplog: pytest.LogC
     pool.drain()
 
 
-def test_stuck_replays_are_bounded_and_counted_as_dropped() -> None:
+def test_stuck_replays_are_bounded_and_counted_as_dropped(tapped: Any) -> None:
     release = threading.Event()
 
     def hung(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -121,15 +136,14 @@ def test_stuck_replays_are_bounded_and_counted_as_dropped() -> None:
         return [b""]
 
     pool = Shadower(None, cpu=1.0, timeout=0.05)
-    tap = ShadowTap(RULE, greeter([]), hung, pool)
-    client = Client(tap)
+    send = tapped(greeter([]), hung, pool)
     try:
         for _ in range(MAX_STUCK):
-            client.get("/x", buffered=True)
+            send("GET", "/x")
             pool.drain()
         assert pool.stuck == MAX_STUCK
         assert pool.counts[RULE] == {"timeout": MAX_STUCK}
-        client.get("/x", buffered=True)
+        send("GET", "/x")
         pool.drain()
         assert pool.counts[RULE] == {"timeout": MAX_STUCK, "dropped": 1}
     finally:
@@ -149,7 +163,7 @@ def test_a_comparison_that_waited_past_the_timeout_is_dropped_not_replayed_late(
         return [b"hello guest"]
 
     pool = Shadower(None, cpu=1.0, timeout=0.3)
-    apps = (candidate, greeter([]))
+    apps = ((candidate, "wsgi"), (greeter([]), "wsgi"))
     answer = (200, {"content-type": "text/plain"}, b"hello guest")
 
     def request(path: str) -> dict[str, Any]:
@@ -164,14 +178,14 @@ def test_a_comparison_that_waited_past_the_timeout_is_dropped_not_replayed_late(
 
 
 def test_candidate_errors_are_counted_and_logged_once_a_minute(caplog: pytest.LogCaptureFixture,
-                                                                shadower: Shadower) -> None:
+                                                                shadower: Shadower, tapped: Any) -> None:
     def broken(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         raise ValueError("no such product")
 
-    client = Client(ShadowTap(RULE, greeter([]), broken, shadower))
+    send = tapped(greeter([]), broken, shadower)
     with caplog.at_level(logging.DEBUG, logger="gateway.shadow"):
         for _ in range(3):
-            client.get("/x", buffered=True)
+            send("GET", "/x")
             shadower.drain()
     assert shadower.counts[RULE] == {"error": 3}
     warnings = [r for r in caplog.records if r.name == "gateway.shadow" and r.levelno == logging.WARNING]
@@ -195,7 +209,7 @@ def test_the_next_line_says_how_many_were_not_logged(caplog: pytest.LogCaptureFi
         f"Shadow comparison of rule {RULE}: the primary did not answer; counted, and logged at most once a minute."]
 
 
-def test_a_primary_that_fails_on_its_replay_is_an_error_too(shadower: Shadower) -> None:
+def test_a_primary_that_fails_on_its_replay_is_an_error_too(shadower: Shadower, tapped: Any) -> None:
     answers = iter([True])
 
     def flaky(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -204,7 +218,7 @@ def test_a_primary_that_fails_on_its_replay_is_an_error_too(shadower: Shadower) 
             return [b"first"]
         raise RuntimeError("database gone")
 
-    Client(ShadowTap(RULE, flaky, greeter([]), shadower)).get("/x", buffered=True)
+    tapped(flaky, greeter([]), shadower)("GET", "/x")
     shadower.drain()
     assert shadower.counts[RULE] == {"error": 1}
     assert ("primary RuntimeError") in {kind for _, kind in shadower.logged}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import os
 import signal
@@ -22,15 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any
 
-from gateway.adapters.boundary import ASGIBoundary, WSGIBoundary, asgi_reply, enter, read_body
+from gateway.adapters.boundary import READ_SIZE, ASGIBoundary, WSGIBoundary, asgi_reply, enter, read_body
 from gateway.adapters.bridge import DEFAULT_SEND_PIECE, WSGIBridge, refuse_websocket
 from gateway.adapters.health import ReadinessProbe, check_asgi_mount, probe_host
 from gateway.adapters.lifespan import Lifespans, serve_lifespan
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable, load_rules
-from gateway.core.pipeline import Body, Head, Pipeline, Request, join_values, strip_root, without_cookie
+from gateway.core.pipeline import Body, Chain, Head, Pipeline, Request, join_values, strip_root, without_cookie
 from gateway.observe.logs import access
 from gateway.observe.tracing import TRACE_HEADERS
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, Reply
@@ -172,30 +173,20 @@ class ASGIGateway:
             send = StatusRecorder(send, request)
         try:
             bridge = self.wsgi.get(prefix)
-            if bridge is not None:
+            if decision.chain is not None:
+                await self.chain(scope, receive, send, request, decision.chain)
+            elif bridge is not None:
                 prepare = functools.partial(enter, request=request)
                 if not decision.buffered or head.bodiless:
                     # Streaming, or no body at all: the server has the whole request already.
                     await bridge.handle(scope, receive, send, prepare=prepare)
                     return
-                body = await read_body(receive, decision.body_limit, self.config.body_timeout)
-                if body is None:  # the client left before its body was complete
-                    if self.body_breaks_answered:
-                        await asgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, send)
-                    return
-                if isinstance(body, Reply):
-                    if body is BODY_TIMED_OUT:
-                        logger.warning("The request body of %s %s stopped arriving for %g s; answered 408.",
-                                       head.method, scope["path"], self.config.body_timeout)
-                    await asgi_reply(self.pipeline, body, decision, send)
-                    return
-                request.body_read = True
-                await bridge.handle(scope, receive, send, body, prepare=prepare)
+                body = await self.whole_body(scope, receive, send, request)
+                if body is not None:
+                    await bridge.handle(scope, receive, send, body, prepare=prepare)
             else:
-                self.rewrite(scope, request)
-                if (state := self.lifespans.states.get(prefix)) is not None:
-                    scope["state"] = state.copy()
-                await self.asgi[prefix].serve(scope, receive, send, decision)
+                self.enter_asgi(scope, request, prefix)
+                await self.asgi[prefix].serve(scope, receive, send, request)
         finally:
             if logged:
                 # No status: an ASGI app raised (the server answers 500), or the client
@@ -203,10 +194,68 @@ class ASGIGateway:
                 request.status = request.status or (500 if bridge is None else 499)
                 self.pipeline.done(request)
 
+    async def whole_body(self, scope: Scope, receive: Receive, send: Send, request: Request
+                         ) -> tuple[IO[bytes], int] | None:
+        """Read the request body whole on the loop, before a thread or an app of a chain is
+        spent on it; None when it was answered instead (413, 408, a body cut short) or the
+        client left."""
+        decision = request.decision
+        body = await read_body(receive, decision.body_limit, self.config.body_timeout)
+        if body is None:  # the client left before its body was complete
+            if self.body_breaks_answered:
+                await asgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, send)
+            return None
+        if isinstance(body, Reply):
+            if body is BODY_TIMED_OUT:
+                logger.warning("The request body of %s %s stopped arriving for %g s; answered 408.",
+                               request.head.method, scope["path"], self.config.body_timeout)
+            await asgi_reply(self.pipeline, body, decision, send)
+            return None
+        request.body_read = True
+        return body
+
+    def enter_asgi(self, scope: Scope, request: Request, prefix: str) -> None:
+        """Make ``scope`` what the ASGI app of mount ``prefix`` must see of ``request``."""
+        self.rewrite(scope, request)
+        if (state := self.lifespans.states.get(prefix)) is not None:
+            scope["state"] = state.copy()
+
+    async def chain(self, scope: Scope, receive: Receive, send: Send, request: Request, chain: Chain) -> None:
+        """Ask the apps of ``chain`` in turn, each in its own protocol (an ASGI app natively,
+        a WSGI one in the bridge): an answer with a status the chain passes over is held
+        back, and the next app is asked with the same body, read whole first."""
+        stream: IO[bytes]
+        if request.head.bodiless:
+            stream, size = io.BytesIO(b""), 0
+            request.body_read = True
+        else:
+            body = await self.whole_body(scope, receive, send, request)
+            if body is None:
+                return
+            stream, size = body
+        prepare = functools.partial(enter, request=request)
+        last = len(chain.mounts) - 1
+        try:
+            for position, mount in enumerate(chain.mounts):
+                held = Held(send, chain.passed_over if position < last else frozenset())
+                stream.seek(0)
+                bridge = self.wsgi.get(mount.prefix)
+                if bridge is not None:
+                    await bridge.handle(dict(scope), receive, held, (stream, size), prepare=prepare, close_body=False)
+                else:
+                    member = dict(scope)
+                    self.enter_asgi(member, request, mount.prefix)
+                    await self.asgi[mount.prefix].serve(member, replayed(stream, receive), held, request)
+                if not held.passed:
+                    return
+                self.pipeline.fell_back(chain)
+        finally:
+            stream.close()
+
     def add_mounts(self, table: MountTable) -> None:
         """Make the bridge or boundary of each mount of ``table`` (a reload adds the new rules'),
         and the readiness check of what the table says to check."""
-        for mount in table.all():
+        for mount in table.served():
             if mount.interface == "wsgi":
                 self.wsgi[mount.prefix] = WSGIBridge(
                     WSGIBoundary(mount.app, self.pipeline), self.executor, name=mount.prefix,
@@ -322,7 +371,7 @@ class ASGIGateway:
             await refuse_websocket(receive, send)
             return
         self.rewrite(scope, request)
-        await boundary.serve(scope, receive, send, decision)
+        await boundary.serve(scope, receive, send, request)
 
     def started(self) -> None:
         """After the lifespan's start-up: the signal handlers of draining and reloading."""
@@ -369,6 +418,45 @@ class ASGIGateway:
             loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class Held:
+    """``send`` for an app of a fallback chain: an answer whose status is one of
+    ``passed_over`` is held back whole (:attr:`passed`), any other goes on."""
+
+    __slots__ = ("passed", "passed_over", "send")
+
+    def __init__(self, send: Send, passed_over: frozenset[int]) -> None:
+        self.send = send
+        self.passed_over = passed_over
+        self.passed = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.passed:
+            return
+        if message["type"] == "http.response.start" and message["status"] in self.passed_over:
+            self.passed = True
+            return
+        await self.send(message)
+
+
+def replayed(stream: IO[bytes], receive: Receive) -> Receive:
+    """``receive`` for an ASGI app of a fallback chain: the body read whole, from ``stream``'s
+    start, then the client's own messages (its disconnect). A body past
+    :data:`~gateway.adapters.boundary.SPOOL_IN_MEMORY` is read back from its temporary file
+    on the loop, a piece at a time, as :func:`~gateway.adapters.boundary.read_body` wrote it
+    there: from the page cache, which does not block for long."""
+    over = False
+
+    async def receive_again() -> Message:
+        nonlocal over
+        if over:
+            return await receive()
+        data = stream.read(READ_SIZE)
+        over = len(data) < READ_SIZE
+        return {"type": "http.request", "body": data, "more_body": not over}
+
+    return receive_again
 
 
 class StatusRecorder:

@@ -26,14 +26,15 @@ import asyncio
 import io
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import ClosingIterator, LimitedStream
 
-from gateway.adapters.bridge import ClientDisconnected
+from gateway.adapters.bridge import ClientDisconnected, build_environ
 from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request, without_cookie
+from gateway.migration.shadow import Capture
 from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, NO_SPACE, Reply, too_large
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
@@ -108,38 +109,15 @@ class WSGIBoundary:
             return self.app(environ, start_response)
         decision = request.decision
         spool = None
-        limit = decision.body_limit
-        length = environ.get("CONTENT_LENGTH")
-        if request.body_read or limit is None:
-            pass  # the ASGI entry point has read it already
-        elif length:
-            # The pipeline has checked that it is digits within the limit.
-            if decision.buffered:
-                read = read_exactly(environ, int(length))
-                if read is None:
-                    return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
-                if isinstance(read, Reply):
-                    return wsgi_reply(self.pipeline, read, decision, start_response)
-                spool = read
-            else:
-                environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
-        elif decision.buffered and (request.head.body is not None or request.head.http_version[0] != "1") \
-                and request.head.body_unframed:  # the first test spares a GET the property's call
-            # A body of unknown length (the pipeline's Head.body_unframed). A streaming
-            # mount's app reads it as it comes, to its end (``wsgi.input_terminated``, as
-            # the server set it).
-            if request.head.chunked and hides_framing_errors(environ["wsgi.input"]):
-                logger.warning("A chunked request body under Granian was refused with 411: its WSGI stream "
-                               "cannot tell a malformed body from a whole one.")
-                return wsgi_reply(self.pipeline, LENGTH_REQUIRED, decision, start_response)
-            spool = collect_body(environ, limit)
-            if spool is None:
-                return wsgi_reply(self.pipeline, too_large(limit), decision, start_response)
-            if spool is False:
-                return wsgi_reply(self.pipeline, BODY_ENDED_EARLY, decision, start_response)
+        head = request.head
+        # The first test spares a GET (no body, HTTP/1) the rest.
+        if (head.body is not None or head.http_version[0] != "1") and not request.body_read:
+            spool = self.take_body(environ, request)
             if isinstance(spool, Reply):
                 return wsgi_reply(self.pipeline, spool, decision, start_response)
         complete = self.pipeline.complete
+        if decision.shadow is not None:
+            return self.captured(environ, start_response, request, spool)
 
         def start_completed(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             complete(headers, decision)
@@ -148,6 +126,87 @@ class WSGIBoundary:
         result = self.app(environ, start_completed)
         # Closing the response also closes the collected body.
         return result if spool is None else ClosingIterator(result, spool.close)
+
+    def take_body(self, environ: Environ, request: Request) -> Any:
+        """Read the request body whole before the app runs, as the decision says: return the
+        spooled body (now ``wsgi.input``), None when there is nothing to hold (no body, a
+        streaming mount, or no limit), or the :class:`Reply` that refuses it."""
+        decision = request.decision
+        limit = decision.body_limit
+        length = environ.get("CONTENT_LENGTH")
+        if limit is None:
+            return None
+        if length:
+            # The pipeline has checked that it is digits within the limit.
+            if not decision.buffered:
+                environ["wsgi.input"] = ExactBody(environ["wsgi.input"], int(length))
+                return None
+            read = read_exactly(environ, int(length))
+            return BODY_ENDED_EARLY if read is None else read
+        if not (decision.buffered and request.head.body_unframed):
+            return None
+        # A body of unknown length (the pipeline's Head.body_unframed). A streaming mount's
+        # app reads it as it comes, to its end (``wsgi.input_terminated``, as the server set it).
+        if request.head.chunked and hides_framing_errors(environ["wsgi.input"]):
+            logger.warning("A chunked request body under Granian was refused with 411: its WSGI stream "
+                           "cannot tell a malformed body from a whole one.")
+            return LENGTH_REQUIRED
+        spool = collect_body(environ, limit)
+        if spool is None:
+            return too_large(limit)
+        if spool is False:
+            return BODY_ENDED_EARLY
+        return spool
+
+    def captured(self, environ: Environ, start_response: StartResponse, request: Request, spool: Any
+                 ) -> Iterable[bytes]:
+        """Serve a request with a shadow comparison: the app's answer, as it gave it, is
+        copied on its way out (:meth:`Pipeline.capture`)."""
+        decision = request.decision
+        copy = self.pipeline.capture(request, environ)
+        complete = self.pipeline.complete
+
+        def start_copied(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            copy.start(int(status[:3]), headers)
+            complete(headers, decision)
+            return start_response(status, headers, exc_info)
+
+        try:
+            result = self.app(environ, start_copied)
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            raise
+        return Copied(result, copy, spool)
+
+
+class Copied:
+    """A WSGI response on its way out, each chunk also given to a shadow comparison's copy,
+    which is closed with it (and the request body collected for the app, if any)."""
+
+    __slots__ = ("copy", "result", "spool")
+
+    def __init__(self, result: Iterable[bytes], copy: Capture, spool: Any) -> None:
+        self.result = result
+        self.copy = copy
+        self.spool = spool
+
+    def __iter__(self) -> Iterator[bytes]:
+        copy = self.copy
+        for chunk in self.result:
+            copy.add(chunk)
+            yield chunk
+        copy.end()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+            self.copy.close()
 
 
 def hides_framing_errors(stream: Any) -> bool:
@@ -331,14 +390,18 @@ class ASGIBoundary:
         self.app = app
         self.pipeline = pipeline
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, request: Request) -> None:
         """Call the app for a request the pipeline gave to this mount."""
+        decision = request.decision
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if decision.body_limit is not None:
             receive = limited(receive, decision.body_limit)
         complete = self.pipeline.complete
+        if decision.shadow is not None:
+            await self.captured(scope, receive, send, request)
+            return
 
         async def send_completed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -348,6 +411,33 @@ class ASGIBoundary:
             await send(message)
 
         await self.app(scope, receive, send_completed)
+
+    async def captured(self, scope: Scope, receive: Receive, send: Send, request: Request) -> None:
+        """Serve a request with a shadow comparison: the app's answer, as it gave it, is
+        copied on its way out, and handed over (never waiting) once the app is done. The
+        replays are made from the request as a WSGI app would see it (the bridge's translation)."""
+        decision = request.decision
+        copy = self.pipeline.capture(request, build_environ(scope, None))
+        complete = self.pipeline.complete
+
+        async def send_copied(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = list(message.get("headers", ()))
+                copy.start(message["status"], [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
+                                               for n, v in headers])
+                complete(headers, decision)
+                message = {**message, "headers": headers}
+            elif kind == "http.response.body":
+                copy.add(message.get("body", b""))
+                if not message.get("more_body", False):
+                    copy.end()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_copied)
+        finally:
+            copy.close()
 
 
 def limited(receive: Receive, limit: int) -> Receive:

@@ -139,10 +139,12 @@ class WSGIBridge:
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: tuple[Any, int] | None = None,
-        *, prepare: Callable[[Environ], None] | None = None,
+        *, prepare: Callable[[Environ], None] | None = None, close_body: bool = True,
     ) -> None:
-        """Serve one HTTP request; ``body`` is its body and length if already read whole;
-        ``prepare`` changes the environ before the app sees it (the gateway's decision)."""
+        """Serve one HTTP request; ``body`` is its body and length if already read whole,
+        closed once the app is done with it unless ``close_body`` is false (a fallback
+        chain's next app reads it again); ``prepare`` changes the environ before the app
+        sees it (the gateway's decision)."""
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, None)
         if prepare is not None:
@@ -196,7 +198,7 @@ class WSGIBridge:
         finally:
             if type(stream) is ReadAhead:
                 stream.stop()  # the app is done with its body: receive no more of it
-        if body is not None:
+        if body is not None and close_body:
             stream.close()  # a temporary file, once the app is done with it
         if answer is not None:
             status, headers, data = answer

@@ -8,7 +8,9 @@ unchanged under gunicorn, Granian's WSGI interface or Werkzeug's development ser
 
     gunicorn gateway.wsgi:application
 
-ASGI mounts are served through a2wsgi on this side.
+ASGI apps (mounts, and the apps of a route rule) are served through a2wsgi on this
+side; a rule's fallback order is the pipeline's decision (:class:`gateway.core.pipeline.Chain`),
+run here app by app.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from gateway.adapters.boundary import WSGIBoundary, enter, wsgi_reply
 from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.core.pipeline import Body, Head, Pipeline, Request
-from gateway.migration.rules import as_wsgi as as_wsgi_app
+from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request
+from gateway.replies import Reply
 from gateway.types import Environ, StartResponse, WSGIApp
 
 _UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
@@ -43,7 +45,7 @@ class WSGIGateway:
 
     def __init__(self, table: MountTable, config: Config) -> None:
         self.pipeline = Pipeline(table, config)
-        self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table.all()}
+        self.apps = {m.prefix: WSGIBoundary(as_wsgi(m), self.pipeline) for m in table.served()}
         # What readiness checks (the table says), ASGI apps through their a2wsgi wrapper.
         self.probed = {name: self.apps[name] if name in self.apps
                        else WSGIBoundary(as_wsgi_app(app, interface), self.pipeline)
@@ -107,7 +109,9 @@ class WSGIGateway:
             return wsgi_reply(self.pipeline, reply, decision, start_response)
         assert decision.mount is not None
         enter(environ, request)
-        app = self.apps[decision.mount.prefix]
+        app: WSGIApp = self.apps[decision.mount.prefix]
+        if decision.chain is not None:
+            app = self.chain
         if not logged:
             return app(environ, start_response)
 
@@ -122,6 +126,71 @@ class WSGIGateway:
             self.pipeline.done(request)
             raise
         return _Logged(result, self.pipeline, request)
+
+
+    def chain(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Ask the apps of the request's chain in turn (its decision's :class:`Chain`): an
+        answer with a status the chain passes over is held back (nothing of it reaches the
+        client, its body is closed unread) and the next app is asked, with the same request
+        body, read whole first."""
+        request: Request = environ[ENVIRON_KEY]
+        chain = request.decision.chain
+        assert chain is not None
+        head = request.head
+        spool = None
+        if (head.body is not None or head.http_version[0] != "1") and not request.body_read:  # not for a GET
+            spool = self.apps[chain.mounts[0].prefix].take_body(environ, request)
+            if isinstance(spool, Reply):
+                return wsgi_reply(self.pipeline, spool, request.decision, start_response)
+        request.body_read = True  # each app's boundary leaves it to this
+        passed_over = chain.passed_over
+        for mount in chain.mounts[:-1]:
+            held: list[str] = []
+
+            def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
+                     held: list[str] = held) -> Any:
+                if int(status[:3]) in passed_over:
+                    held.append(status)
+                    return _discard
+                return start_response(status, headers, exc_info)
+
+            if spool is not None:
+                spool.seek(0)
+            result = self.apps[mount.prefix](dict(environ), hold)
+            iterator = iter(result)
+            first_chunks: list[bytes] = []
+            if not held:
+                # start_response may come with the first chunk (a generator app).
+                for chunk in iterator:
+                    first_chunks.append(chunk)
+                    break
+            if not held:
+                rest = itertools.chain(first_chunks, iterator)
+                if spool is None:
+                    return ClosingIterator(rest, getattr(result, "close", None))
+                return ClosingIterator(rest, [getattr(result, "close", _nothing), spool.close])
+            if mount.interface == "asgi":
+                # a2wsgi runs the ASGI app as its iterable is drawn: closed early, the app's
+                # send of the body waits forever, a task left pending on a2wsgi's loop
+                # ("Task was destroyed but it is pending!"). Its 404 is drawn to its end.
+                for _ in iterator:
+                    pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            self.pipeline.fell_back(chain)
+        if spool is not None:
+            spool.seek(0)
+        result = self.apps[chain.mounts[-1].prefix](environ, start_response)
+        return result if spool is None else ClosingIterator(result, spool.close)
+
+
+def _discard(data: bytes) -> None:
+    """The ``write()`` of an answer held back: nothing of it is sent."""
+
+
+def _nothing() -> None:
+    """Nothing to close."""
 
 
 class _Logged:
@@ -151,8 +220,19 @@ class _Logged:
 
 def as_wsgi(mount: Mount) -> WSGIApp:
     """Return the mount's app as a WSGI app, adapting an ASGI one with a2wsgi."""
-    app: WSGIApp = as_wsgi_app(mount.app, mount.interface)
-    return app
+    return as_wsgi_app(mount.app, mount.interface)
+
+
+def as_wsgi_app(app: Any, interface: str) -> WSGIApp:
+    """``app`` as a WSGI app: itself, or an ASGI one through a2wsgi (imported only then).
+    Only this side needs it: the ASGI side serves ASGI apps natively, and a shadow
+    comparison replays each app in its own interface."""
+    if interface == "wsgi":
+        return app  # type: ignore[no-any-return]
+    from a2wsgi import ASGIMiddleware
+
+    wrapped: WSGIApp = ASGIMiddleware(app)  # type: ignore[assignment]
+    return wrapped
 
 
 class StartFirst:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.core.config import Config
-from gateway.migration.rules import Fallback, RouteSpec, RouteTable, as_wsgi
-from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, ShadowTap
+from gateway.migration.rules import RouteSpec, RouteTable
+from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT
 
 Interface = Literal["wsgi", "asgi"]
 
@@ -156,26 +156,7 @@ class MountTable:
                 raise MountError(f'App "{name}" ({target}): the interface after "@" must be wsgi or asgi.')
             loaded[name] = app, "asgi" if kind == "asgi" else "wsgi"
 
-        def wsgi(name: str) -> Any:
-            """An app a fallback chain or a shadow comparison calls, as WSGI (:func:`as_wsgi`)."""
-            return as_wsgi(*loaded[name])
-
-        rule_mounts = []
-        for route in routes:
-            targets = ", ".join((apps or {})[n] for n in route.apps)
-            interface: Interface = "wsgi"
-            if route.shadow is not None:
-                app = ShadowTap(route.key, wsgi(route.apps[0]), wsgi(route.shadow), table.shadower,
-                                route.shadow_headers, route.shadow_credentials)
-            elif len(route.apps) == 1:
-                app, interface = loaded[route.apps[0]]
-            else:
-                app = Fallback([(n, wsgi(n)) for n in route.apps], route.key, table.fallbacks, table.lock,
-                               table.notify)
-            rule_mounts.append(Mount(route.key, targets, interface, app))
-            if route.canary is not None:
-                canary, canary_interface = loaded[route.canary]
-                rule_mounts.append(Mount(route.canary_key, (apps or {})[route.canary], canary_interface, canary))
+        rule_mounts = rule_mounts_of(routes, loaded, apps or {})
         made = cls((spec.load() for spec in parsed.values()), rule_mounts, table)
         made.route_apps = loaded
         return made
@@ -203,6 +184,13 @@ class MountTable:
         """Every mount: the prefix mounts, then one per route rule."""
         yield from self.mounts.values()
         yield from self.routes.values()
+
+    def served(self) -> Iterator[Mount]:
+        """The mounts the entry points serve: every one but the shadow comparisons'
+        candidates, which only the comparisons call (:mod:`gateway.migration.shadow`)."""
+        rules = self.route_table
+        candidates = {spec.shadow_key for spec in rules.specs.values() if spec.shadow is not None} if rules else ()
+        return (mount for mount in self.all() if mount.prefix not in candidates)
 
     def __len__(self) -> int:
         return len(self.mounts)
@@ -248,6 +236,32 @@ class MountTable:
         if script in mounts:
             return mounts[script], script, path_info
         return None, "", path
+
+
+def rule_mounts_of(routes: Iterable[RouteSpec], loaded: Mapping[str, tuple[Any, Interface]],
+                   targets: Mapping[str, str]) -> list[Mount]:
+    """A mount for each app a route rule names, keyed in the table: the first app under
+    the rule's own key, the apps it falls back to (:meth:`RouteSpec.fallback_key`), its
+    canary and its shadow comparison's candidate, each as it is, WSGI or ASGI.
+    ``loaded``: each app by name, with its interface; ``targets``: where each is.
+
+    What to do with them is the pipeline's: :class:`gateway.core.pipeline.Chain` and
+    :class:`gateway.core.pipeline.Shadow`.
+    """
+    made = []
+    for route in routes:
+        app, interface = loaded[route.apps[0]]
+        made.append(Mount(route.key, ", ".join(targets.get(n, n) for n in route.apps), interface, app))
+        for position, name in enumerate(route.apps[1:], 1):
+            app, interface = loaded[name]
+            made.append(Mount(route.fallback_key(position), targets.get(name, name), interface, app))
+        if route.canary is not None:
+            app, interface = loaded[route.canary]
+            made.append(Mount(route.canary_key, targets.get(route.canary, route.canary), interface, app))
+        if route.shadow is not None:
+            app, interface = loaded[route.shadow]
+            made.append(Mount(route.shadow_key, targets.get(route.shadow, route.shadow), interface, app))
+    return made
 
 
 def import_app(target: str) -> Any:

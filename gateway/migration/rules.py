@@ -21,6 +21,7 @@ strips nothing: the app sees ``SCRIPT_NAME=""`` and the whole path, so its own U
     rule = "/shop/items/<int:id>"
     app = ["new", "shop"]                   # fallback: on a 404 to GET or HEAD, the next
     methods = ["GET", "HEAD", "POST"]
+    fallback_methods = ["GET", "POST"]      # optional: POST's 404 falls through too
 
     [[route]]
     rule = "/shop/cart"
@@ -36,8 +37,11 @@ some. The rules are re-read on ``SIGHUP`` (see :mod:`gateway.asgi`).
 A request is matched against the rules first, the most specific rule winning, ordered as
 Werkzeug's ``Map`` orders them; a path no rule matches goes on to the prefix mounts, then
 to the gateway's own pages. A path that rules match for other methods only gets a 405
-with their ``Allow``. Rule apps are WSGI apps (a fallback must see a whole response
-before it is sent).
+with their ``Allow``. A rule's apps may be WSGI or ASGI apps, in any role: which app
+answers, which 404 falls through to the next app and what a shadow comparison replays
+are the pipeline's decisions (:class:`gateway.core.pipeline.Chain`,
+:class:`gateway.core.pipeline.Shadow`), and each entry point runs them in its own
+protocol.
 
 Each rule is checked as the file is read (:func:`check_rule`): a rule Werkzeug takes but
 that cannot work (a repeated name, a converter argument of the wrong kind) or could
@@ -56,7 +60,7 @@ import sys
 import threading
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +68,10 @@ from typing import Any
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter_args
-from werkzeug.wsgi import ClosingIterator
 
 from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
 from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, Shadower
 from gateway.migration.traffic import Board, Traffic
-from gateway.types import Environ, StartResponse, WSGIApp
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
@@ -97,11 +99,23 @@ class RouteSpec:
     shadow: str | None = None  # the candidate a shadow comparison replays GET and HEAD on
     shadow_headers: tuple[str, ...] = ()  # response headers the comparison includes
     shadow_credentials: bool = False  # the replays carry the client's cookies and authorization
+    #: The methods whose 404 falls through to the next app (``fallback_methods``).
+    fallback_methods: tuple[str, ...] = ("GET", "HEAD")
 
     @property
     def canary_key(self) -> str:
         """The canary's own key in the mount table."""
         return self.key + " canary"
+
+    def fallback_key(self, position: int) -> str:
+        """The key in the mount table of the app at ``position`` (1 on) of the fallback order;
+        the first app's is the rule's own."""
+        return f"{self.key} fallback {position}"
+
+    @property
+    def shadow_key(self) -> str:
+        """The shadow comparison's candidate's key in the mount table."""
+        return self.key + " shadow"
 
     def chooses_canary(self, client: str) -> bool:
         """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share."""
@@ -186,10 +200,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         if not isinstance(route, dict):
             raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]], "
                                   'each a table: rule = "/shop/<int:id>", app = "shop".')
-        extra = set(route) - {"rule", "app", "methods", "canary", "shadow"}
+        extra = set(route) - {"rule", "app", "methods", "canary", "shadow", "fallback_methods"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
-                                  "use rule, app, methods, canary and shadow.")
+                                  "use rule, app, methods, fallback_methods, canary and shadow.")
         rule = route.get("rule")
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
@@ -208,12 +222,13 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
                 raise ConfigFileError(f'{where}: methods must be a list of HTTP methods, e.g. ["GET", "POST"].')
             methods = tuple(sorted({m.upper() for m in methods} | ({"HEAD"} if "GET" in (
                 m.upper() for m in methods) else set())))
+        fallback_methods = _fallback_methods(route.get("fallback_methods"), len(names), where)
         canary, share, header = _canary(route.get("canary"), apps, where)
         shadow, shadow_headers, shadow_credentials = _shadow(route.get("shadow"), apps, where)
         if shadow is not None and (canary is not None or len(names) > 1):
             raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
         spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers,
-                         shadow_credentials)
+                         shadow_credentials, fallback_methods)
         problem = check_rule(rule, checked=checked)
         if problem is not None:
             raise ConfigFileError(f"{where}: rule {rule!r} {problem}.")
@@ -277,6 +292,21 @@ def _shadow_pool(value: Any, where: str) -> tuple[float, float]:
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number <= top:
             raise ConfigFileError(f"{where}: {form}.")
     return float(cpu) / 100, float(timeout)
+
+
+def _fallback_methods(value: Any, apps: int, where: str) -> tuple[str, ...]:
+    """Check a route's ``fallback_methods = ["GET", "POST"]``: the methods whose 404 goes on
+    to the next app (GET and HEAD by default; HEAD goes with GET)."""
+    if value is None:
+        return ("GET", "HEAD")
+    if apps < 2:
+        raise ConfigFileError(f"{where}: fallback_methods needs a list of apps to fall back along, "
+                              'e.g. app = ["new", "old"].')
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) and m.upper() in _METHODS
+                                                            for m in value):
+        raise ConfigFileError(f'{where}: fallback_methods must be a list of HTTP methods, e.g. ["GET", "POST"].')
+    methods = {m.upper() for m in value}
+    return tuple(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
 
 
 def _canary(value: Any, apps: Mapping[str, Any], where: str) -> tuple[str | None, float, str | None]:
@@ -501,72 +531,6 @@ def _line_of(lines: list[str], key: str) -> int:
     return next((i + 1 for i, line in enumerate(lines) if pattern.match(line)), 0)
 
 
-def as_wsgi(app: Any, interface: str) -> Any:
-    """``app`` as a WSGI app: itself, or an ASGI one through a2wsgi. How a fallback chain or
-    a shadow comparison calls it (both must see the whole response before the client gets
-    any of it), and how the WSGI entry point serves an ASGI mount."""
-    if interface == "wsgi":
-        return app
-    from a2wsgi import ASGIMiddleware
-
-    return ASGIMiddleware(app)
-
-
-class Fallback:
-    """A WSGI app that asks ``apps`` in turn: on a 404 to GET or HEAD, the next one answers.
-
-    Nothing of a 404 that is passed over reaches the client: its status is held back and
-    its body closed unread. Other methods are only ever sent to the first app, so nothing
-    is written twice. Each fallback taken is counted under ``key`` in ``counts``.
-    """
-
-    def __init__(self, apps: list[tuple[str, WSGIApp]], key: str, counts: Counter[str],
-                 lock: threading.Lock, notify: Callable[[str, str], None] | None = None) -> None:
-        self.apps = apps
-        self.key = key
-        self.counts = counts
-        self.lock = lock
-        #: Told of each fallback taken, as ``notify("fallback", key)`` (the metrics).
-        self.notify = notify
-
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return self.apps[0][1](environ, start_response)
-        for _, app in self.apps[:-1]:
-            held: list[str] = []
-
-            def hold_404(status: str, headers: list[tuple[str, str]], exc_info: Any = None,
-                         held: list[str] = held) -> Any:
-                if status[:3] == "404":
-                    held.append(status)
-                    return lambda data: None
-                return start_response(status, headers, exc_info)
-
-            result = app(dict(environ), hold_404)
-            iterator = iter(result)
-            first: list[bytes] = []
-            if not held:
-                # start_response may come with the first chunk (a generator app).
-                for chunk in iterator:
-                    first.append(chunk)
-                    break
-            if not held:
-                return ClosingIterator(_chain(first, iterator), getattr(result, "close", None))
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-            with self.lock:
-                self.counts[self.key] += 1
-            if self.notify is not None:
-                self.notify("fallback", self.key)
-        return self.apps[-1][1](environ, start_response)
-
-
-def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from first
-    yield from rest
-
-
 #: Route matches kept per table, and the longest path kept. A bigger cache measured worse: with
 #: 4,096 entries a path not in it cost 2 us more (bench/routes.py, distinct paths), with 256 0.5 us.
 CACHED_PATHS = 256
@@ -619,6 +583,12 @@ class RouteTable:
         """Tell ``listener`` of each fallback, canary request and shadow outcome, as
         ``listener(kind, rule[, outcomes])`` (the metrics)."""
         self.listener = self.shadower.listener = listener
+
+    def fell_back(self, key: str) -> None:
+        """Count a fallback of rule ``key``: an app's answer was passed over for the next one's."""
+        with self.lock:
+            self.fallbacks[key] += 1
+        self.notify("fallback", key)
 
     def notify(self, kind: str, key: str) -> None:
         """Count a fallback or a canary request (``kind``) of rule ``key``, for the
@@ -684,7 +654,7 @@ class RouteTable:
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
             else:
-                lines.append(f"App {spec.apps[0]!r} answers it; on a 404 to GET or HEAD, "
+                lines.append(f"App {spec.apps[0]!r} answers it; on a 404 to {' or '.join(spec.fallback_methods)}, "
                              + ", then ".join(repr(a) for a in spec.apps[1:]) + " is asked next.")
             if spec.shadow is not None:
                 lines.append(f"In shadow mode: after the answer, a GET or HEAD is replayed on {spec.shadow!r} "

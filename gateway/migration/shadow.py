@@ -1,9 +1,12 @@
 """Shadow comparison: the old page against the new one, on live traffic, off the request path.
 
 A route rule in shadow mode (``shadow = { app = "new" }`` in ``gateway.toml``) answers
-from its own app, the primary, as always. For GET and HEAD only, the gateway keeps a
-copy of the primary's answer as it goes to the client and, once the response is
-closed, hands the request to a small pool of its own (:class:`Shadower`), which:
+from its own app, the primary, as always. For GET and HEAD only (the pipeline's
+decision, :class:`gateway.core.pipeline.Shadow`), the adapter that serves the request
+keeps a copy of the primary's answer as it goes to the client (:class:`Capture`) and,
+once the response is closed, hands the request to a small pool of its own
+(:class:`Shadower`), which, calling each app in its own interface (a WSGI app as a
+server would, an ASGI one natively, :func:`call_asgi`):
 
 1. replays it on the candidate;
 2. replays it on the primary a second time (Twitter's Diffy calls this the secondary:
@@ -43,6 +46,7 @@ What a replay may not do:
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import html.parser
 import io
@@ -57,7 +61,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.types import Environ, StartResponse, WSGIApp
+from gateway.types import Environ, Message, WSGIApp
 
 logger = logging.getLogger("gateway.shadow")
 
@@ -76,6 +80,8 @@ CREDENTIALS = ("HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION")
 LOG_EVERY = 60.0
 
 Answer = tuple[int, dict[str, str], bytes]
+#: An app a comparison replays, with its interface (``"wsgi"`` or ``"asgi"``).
+Replayed = tuple[Any, str]
 
 
 def call(app: WSGIApp, environ: Environ) -> Answer:
@@ -98,6 +104,81 @@ def call(app: WSGIApp, environ: Environ) -> Answer:
         if close is not None:
             close()
     return got.get("status", 0), {n.lower(): v for n, v in got.get("headers", [])}, body
+
+
+def call_asgi(app: Any, environ: Environ) -> Answer:
+    """Call an ASGI app natively with the request of ``environ``; its status, headers and
+    body (capped).
+
+    It runs on an event loop of its own, in the replay's own thread (:meth:`Shadower.replay`),
+    never on the server's: the serving loop never waits on a comparison and never runs
+    one, a candidate that hangs or burns CPU is left behind like a WSGI one, and its CPU
+    time counts against the pool's share (``thread_time``). What an app keeps bound to the
+    server's loop (its lifespan's state) is not there: such a replay fails, counted as an
+    error, as it did through a2wsgi, which also runs the app on a loop of its own.
+    """
+    return asyncio.run(_asgi_answer(app, scope_of(environ)))
+
+
+async def _asgi_answer(app: Any, scope: dict[str, Any]) -> Answer:
+    got: dict[str, Any] = {}
+    body: list[bytes] = []
+    size = 0
+    over = asyncio.Event()
+    asked = False
+
+    async def receive() -> Message:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await over.wait()  # as a client that stays until its answer is whole
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal size
+        if message["type"] == "http.response.start":
+            got["status"] = int(message["status"])
+            got["headers"] = {bytes(n).decode("latin-1").lower(): bytes(v).decode("latin-1")
+                              for n, v in message.get("headers", ())}
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise TooLarge
+            body.append(chunk)
+            if not message.get("more_body", False):
+                over.set()
+
+    await app(scope, receive, send)
+    return got.get("status", 0), got.get("headers", {}), b"".join(body)
+
+
+def scope_of(environ: Environ) -> dict[str, Any]:
+    """The HTTP scope of a replay's ``environ``: what an ASGI app sees of the same request
+    (the path whole, ``root_path`` the script name, as current ASGI servers give them)."""
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:]
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            name = key
+        else:
+            continue
+        headers.append((name.lower().replace("_", "-").encode("latin-1"), str(value).encode("latin-1")))
+    root = environ.get("SCRIPT_NAME", "").encode("latin-1").decode("utf-8", "replace")
+    path = root + environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+    port = str(environ.get("SERVER_PORT", ""))
+    protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+    client = environ.get("REMOTE_ADDR")
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": protocol.partition("/")[2] or "1.1",
+        "method": environ.get("REQUEST_METHOD", "GET"), "scheme": environ.get("wsgi.url_scheme", "http"),
+        "path": path, "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+        "root_path": root, "headers": headers,
+        "server": (environ.get("SERVER_NAME", "localhost"), int(port) if port.isdigit() else None),
+        "client": (client, int(environ.get("REMOTE_PORT") or 0)) if client else None,
+    }
 
 
 class TooLarge(Exception):
@@ -272,7 +353,16 @@ class Shadower:
         with self.lock:
             return Counter(self.counts.get(rule, {}))
 
-    def submit(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
+    def take(self, rule: str) -> bool:
+        """Whether a comparison of ``rule`` may begin: with the queue full it is dropped
+        (counted) at once, before anything of the request is copied; under load that is
+        most requests (see bench/README.md, "Shadow comparison")."""
+        if self.queue.full():
+            self.count(rule, "dropped")
+            return False
+        return True
+
+    def submit(self, rule: str, environ: Environ, primary: Answer, apps: tuple[Replayed, Replayed],
                headers: tuple[str, ...], anonymous: bool = False) -> None:
         """Queue a comparison; never blocks: a full queue drops it (counted), as do
         :data:`MAX_STUCK` replays still running past their deadline. ``anonymous``: the
@@ -314,19 +404,23 @@ class Shadower:
         if 0 < share < 1:
             time.sleep(spent * (1 - share) / share)
 
-    def replay(self, app: WSGIApp, environ: Environ, deadline: float, which: str, spent: list[float]) -> Answer:
-        """``app``'s answer to ``environ``, from a thread of its own, by ``deadline``
-        (``time.monotonic()``). Its CPU time is added to ``spent[0]``.
+    def replay(self, replayed: Replayed, environ: Environ, deadline: float, which: str,
+               spent: list[float]) -> Answer:
+        """The answer of ``replayed`` (an app and its interface) to ``environ``, from a
+        thread of its own, by ``deadline`` (``time.monotonic()``). Its CPU time is added to
+        ``spent[0]``. A WSGI app is called as a server would; an ASGI one natively
+        (:func:`call_asgi`).
 
-        A WSGI call cannot be stopped from outside, so one that runs past the deadline is
+        A call cannot be stopped from outside, so one that runs past the deadline is
         left to finish on its own (:attr:`stuck` counts it) and :class:`ReplayTimedOut` is
         raised; an app that raises gives :class:`ReplayFailed`."""
         state: dict[str, Any] = {}
+        app, interface = replayed
 
         def run() -> None:
             begun = time.thread_time()
             try:
-                state["answer"] = call(app, environ)
+                state["answer"] = call(app, environ) if interface == "wsgi" else call_asgi(app, environ)
             except BaseException as exc:  # handed to the waiting thread, which counts it
                 state["error"] = exc
             finally:
@@ -350,7 +444,7 @@ class Shadower:
             raise ReplayFailed(which, state["error"])
         return state["answer"]  # type: ignore[no-any-return]
 
-    def compare(self, rule: str, environ: Environ, primary: Answer, apps: tuple[WSGIApp, WSGIApp],
+    def compare(self, rule: str, environ: Environ, primary: Answer, apps: tuple[Replayed, Replayed],
                 headers: tuple[str, ...], anonymous: bool = False, *, spent: list[float] | None = None) -> None:
         """Replay ``environ`` and compare; count the outcome (and write a difference)."""
         candidate_app, primary_app = apps
@@ -415,89 +509,68 @@ class Shadower:
             time.sleep(0.01)
 
 
-class ShadowTap:
-    """The WSGI app of a rule in shadow mode: the primary answers; for GET and HEAD a copy
-    of its answer goes, with the request, to the :class:`Shadower` once it is closed.
-    ``credentials``: replay the client's cookies and authorization too (the rule's
-    ``credentials = true``)."""
+class Capture:
+    """The primary's answer to a shadowed request, copied (up to :data:`MAX_BODY`) by the
+    adapter that serves it, as it goes to the client, and handed to the :class:`Shadower`
+    once the response is closed.
 
-    def __init__(self, rule: str, primary: WSGIApp, candidate: WSGIApp, shadower: Shadower,
-                 headers: tuple[str, ...] = (), credentials: bool = False) -> None:
-        self.rule = rule
-        self.primary = primary
-        self.candidate = candidate
+    ``environ``: the request as the primary's app saw it (the ASGI side translates its
+    scope); the replays get a copy with no body, without the client's credentials unless
+    ``credentials``. ``apps``: the candidate and the primary, each with its interface.
+    The adapter calls :meth:`start`, :meth:`add` for each chunk, :meth:`end` when the
+    body is over, and :meth:`close` in any case.
+    """
+
+    __slots__ = ("anonymous", "apps", "body", "compared", "complete", "environ", "headers", "rule", "shadower",
+                 "size", "status")
+
+    def __init__(self, shadower: Shadower, rule: str, environ: Environ, apps: tuple[Replayed, Replayed],
+                 compared: tuple[str, ...] = (), credentials: bool = False) -> None:
         self.shadower = shadower
-        self.headers = headers
-        self.credentials = credentials
-        self.apps = [("primary", primary), ("candidate", candidate)]  # for gateway.core.pipeline.is_django
-
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") not in SAFE:
-            return self.primary(environ, start_response)
-        if self.shadower.queue.full():
-            # Dropped now, before any copy is made: under load that is most requests (see
-            # bench/README.md, "Shadow comparison").
-            self.shadower.count(self.rule, "dropped")
-            return self.primary(environ, start_response)
-        copy = fresh(environ, self.credentials)
-        got: dict[str, Any] = {}
-
-        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            got["status"], got["headers"] = int(status[:3]), {n.lower(): v for n, v in headers}
-            return start_response(status, headers, exc_info)
-
-        result = self.primary(environ, keep)
-        anonymous = not self.credentials and any(name in environ for name in CREDENTIALS)
-        return _Tapped(result, self, copy, got, anonymous)
-
-
-class _Tapped:
-    """The primary's answer on its way to the client, with a copy kept (up to MAX_BODY)."""
-
-    def __init__(self, result: Iterable[bytes], tap: ShadowTap, environ: Environ, got: dict[str, Any],
-                 anonymous: bool = False) -> None:
-        self.result = result
-        self.tap = tap
-        self.environ = environ
-        self.got = got
-        self.anonymous = anonymous
+        self.rule = rule
+        self.environ = fresh(environ, credentials)
+        #: The client's credentials were left out, so the client's own answer cannot be compared.
+        self.anonymous = not credentials and any(name in environ for name in CREDENTIALS)
+        self.apps = apps
+        self.compared = compared
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
-        self.size = 0
+        self.size = 0  # every byte, also past MAX_BODY: the declared length is checked against it
         self.complete = False
 
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.result:
-            if self.size <= MAX_BODY:
-                self.body.append(chunk)
-                self.size += len(chunk)
-            yield chunk
+    def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """The app's status and headers, as it gave them (before the gateway completes them)."""
+        self.status = status
+        self.headers = {name.lower(): value for name, value in headers}
+
+    def add(self, chunk: bytes) -> None:
+        """A chunk of the body on its way to the client."""
+        self.size += len(chunk)
+        if self.size <= MAX_BODY:
+            self.body.append(chunk)
+
+    def end(self) -> None:
+        """The body is over: the app said so."""
         self.complete = True
 
     def _declared_length_out(self) -> bool:
         """The body reached its Content-Length: a server stops iterating there (PEP 3333),
         so the iterable's end may never be asked for, and the answer is still whole."""
-        declared = self.got.get("headers", {}).get("content-length", "").strip()
+        declared = self.headers.get("content-length", "").strip()
         return declared.isdigit() and self.size >= int(declared)
 
     def close(self) -> None:
-        if not self.complete and self.size <= MAX_BODY and self._declared_length_out():
-            self.complete = True
-        close = getattr(self.result, "close", None)
-        if close is not None:
-            close()
-        self.hand_over()
-
-    def hand_over(self) -> None:
-        """After the response: queue the comparison (never waiting)."""
-        tap = self.tap
-        if not self.complete or "status" not in self.got:
+        """After the response: queue the comparison (never waiting), or count it dropped."""
+        if not self.complete and self._declared_length_out():
+            self.complete = True  # whatever its size: one over MAX_BODY is counted below
+        if not self.complete or self.status is None:
             return  # the client left, or the app failed: nothing to compare
         if self.size > MAX_BODY:
-            tap.shadower.count(tap.rule, "dropped")
+            self.shadower.count(self.rule, "dropped")
             return
-        primary = (self.got["status"], self.got["headers"], b"".join(self.body))
-        tap.shadower.submit(tap.rule, self.environ, primary, (tap.candidate, tap.primary), tap.headers,
-                            self.anonymous)
+        primary = (self.status, self.headers, b"".join(self.body))
+        self.shadower.submit(self.rule, self.environ, primary, self.apps, self.compared, self.anonymous)
 
 
 def summarise(path: Path) -> list[str]:

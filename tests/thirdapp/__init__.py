@@ -90,3 +90,64 @@ class _Wrapped:
 
 
 wrapped_asgi_items = _Wrapped()
+
+
+async def asgi_where(scope, receive, send):  # type: ignore[no-untyped-def]
+    """An ASGI app of the shared URL space that says how it was reached: ``/<anything>/<n>``
+    for n below 10 (else 404), with the body it was sent and whether its scope came from
+    a2wsgi (which adds ``wsgi_environ``)."""
+    import json
+
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    number = scope["path"].rsplit("/", 1)[-1]
+    found = number.isdigit() and int(number) < 10
+    answer = json.dumps({"app": "asgi_where", "a2wsgi": "wsgi_environ" in scope, "path": scope["path"],
+                         "method": scope["method"], "body": body.decode("latin-1")}).encode()
+    await send({"type": "http.response.start", "status": 200 if found else 404,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+#: What :func:`asgi_candidate` saw of each call: its thread, and whether a2wsgi was in the way.
+CANDIDATE_CALLS: list[dict[str, object]] = []
+
+
+async def asgi_candidate(scope, receive, send):  # type: ignore[no-untyped-def]
+    """A shadow comparison's ASGI candidate that answers as ``echo_app`` does for the fields
+    it shares, and notes how it was called (:data:`CANDIDATE_CALLS`)."""
+    import json
+    import threading
+
+    CANDIDATE_CALLS.append({"thread": threading.get_ident(), "a2wsgi": "wsgi_environ" in scope,
+                            "path": scope["path"], "root_path": scope["root_path"]})
+    answer = json.dumps({"PATH_INFO": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def big_answer(environ, start_response):  # type: ignore[no-untyped-def]
+    """A WSGI app whose answer, 2 MiB with its Content-Length, is longer than a shadow
+    comparison takes; a server stops iterating once the declared bytes are out."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(2 * 1024 * 1024))])
+    yield b"a" * 1024 * 1024
+    yield b"b" * 1024 * 1024
+
+
+def wsgi_where(environ, start_response):  # type: ignore[no-untyped-def]
+    """The WSGI twin of :func:`asgi_where`, for the other numbers: n of 10 and more, else 404."""
+    import json
+
+    body = environ["wsgi.input"].read()
+    path = (environ["SCRIPT_NAME"] + environ["PATH_INFO"]).encode("latin-1").decode("utf-8")
+    number = path.rsplit("/", 1)[-1]
+    found = number.isdigit() and int(number) >= 10
+    answer = json.dumps({"app": "wsgi_where", "a2wsgi": False, "path": path, "method": environ["REQUEST_METHOD"],
+                         "body": body.decode("latin-1")}).encode()
+    start_response("200 OK" if found else "404 Not Found",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+    return [answer]

@@ -67,6 +67,7 @@ from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
+from gateway.migration.rollout_spec import RolloutSpec, parse_rollout
 from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, Shadower
 from gateway.migration.traffic import Board, Traffic
 from gateway.types import Environ, StartResponse, WSGIApp
@@ -97,6 +98,7 @@ class RouteSpec:
     shadow: str | None = None  # the candidate a shadow comparison replays GET and HEAD on
     shadow_headers: tuple[str, ...] = ()  # response headers the comparison includes
     shadow_credentials: bool = False  # the replays carry the client's cookies and authorization
+    rollout: RolloutSpec | None = None  # the canary's share walks steps, judged (gateway.migration.rollout)
 
     @property
     def canary_key(self) -> str:
@@ -186,10 +188,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         if not isinstance(route, dict):
             raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]], "
                                   'each a table: rule = "/shop/<int:id>", app = "shop".')
-        extra = set(route) - {"rule", "app", "methods", "canary", "shadow"}
+        extra = set(route) - {"rule", "app", "methods", "canary", "shadow", "rollout"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
-                                  "use rule, app, methods, canary and shadow.")
+                                  "use rule, app, methods, canary, shadow and rollout.")
         rule = route.get("rule")
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
@@ -210,10 +212,15 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
                 m.upper() for m in methods) else set())))
         canary, share, header = _canary(route.get("canary"), apps, where)
         shadow, shadow_headers, shadow_credentials = _shadow(route.get("shadow"), apps, where)
-        if shadow is not None and (canary is not None or len(names) > 1):
-            raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
+        try:
+            rollout = parse_rollout(route.get("rollout"), where, route.get("canary"))
+        except ValueError as exc:
+            raise ConfigFileError(str(exc)) from None
+        if shadow is not None and (len(names) > 1 or (canary is not None and (rollout is None or canary != shadow))):
+            raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary (but the one a "
+                                  "rollout judges, when it is the shadow's app).")
         spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers,
-                         shadow_credentials)
+                         shadow_credentials, rollout)
         problem = check_rule(rule, checked=checked)
         if problem is not None:
             raise ConfigFileError(f"{where}: rule {rule!r} {problem}.")

@@ -27,6 +27,7 @@ Each check is one line naming the ``[[route]]``'s line, as the rest of the file'
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def parse_rollout(value: Any, where: str, canary: Any = None) -> RolloutSpec | N
         raise ValueError(f"{where}: unknown key {unknown[0]!r} in [route.rollout]; use {', '.join(_ROLLOUT_KEYS)}.")
     steps = value.get("steps")
     if (not isinstance(steps, list) or not steps or not all(_number(s) and 0 < s <= 100 for s in steps)
-            or any(a >= b for a, b in zip(steps, steps[1:], strict=False))):
+            or any(a >= b for a, b in itertools.pairwise(steps))):
         raise ValueError(f"{where}: rollout steps must be rising per cents of clients, above 0 and at most 100, "
                          "e.g. steps = [1, 5, 25, 50, 100].")
     interval = value.get("interval", 300)

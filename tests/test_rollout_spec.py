@@ -56,7 +56,7 @@ def test_a_rule_may_shadow_the_app_its_rollout_judges() -> None:
                  "gateway.toml, line 4: rollout steps must be rising per cents of clients, above 0 and at most 100, "
                  "e.g. steps = [1, 5, 25, 50, 100].", id="above-100"),
     pytest.param(CANARY + '[route.rollout]\nsteps = [10]\ninterval = "5m"\n',
-                 "gateway.toml, line 4: rollout interval must be the seconds each step lasts at least, above 0 and "
+                 "gateway.toml, line 4: rollout interval must be the seconds each step lasts at least, from 0 to "
                  "at most a week (604800), e.g. interval = 300.", id="interval-text"),
     pytest.param(CANARY + "[route.rollout]\nsteps = [10]\nrequests = 0\n",
                  "gateway.toml, line 4: rollout requests must be a whole number of requests each arm gets before a "

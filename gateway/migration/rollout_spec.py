@@ -84,8 +84,8 @@ def parse_rollout(value: Any, where: str, canary: Any = None) -> RolloutSpec | N
         raise ValueError(f"{where}: rollout steps must be rising per cents of clients, above 0 and at most 100, "
                          "e.g. steps = [1, 5, 25, 50, 100].")
     interval = value.get("interval", 300)
-    if not _number(interval) or not 0 < interval <= 7 * 86400:
-        raise ValueError(f"{where}: rollout interval must be the seconds each step lasts at least, above 0 and "
+    if not _number(interval) or not 0 <= interval <= 7 * 86400:
+        raise ValueError(f"{where}: rollout interval must be the seconds each step lasts at least, from 0 to "
                          "at most a week (604800), e.g. interval = 300.")
     requests = value.get("requests", 200)
     if isinstance(requests, bool) or not isinstance(requests, int) or not 1 <= requests <= 10_000_000:

@@ -67,6 +67,7 @@ from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter
 from werkzeug.wsgi import ClosingIterator
 
 from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
+from gateway.migration.rollout import Rollouts
 from gateway.migration.rollout_spec import RolloutSpec, parse_rollout
 from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, Shadower
 from gateway.migration.traffic import Board, Traffic
@@ -105,10 +106,11 @@ class RouteSpec:
         """The canary's own key in the mount table."""
         return self.key + " canary"
 
-    def chooses_canary(self, client: str) -> bool:
-        """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share."""
+    def chooses_canary(self, client: str, share: float | None = None) -> bool:
+        """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share
+        (``share``: a rollout's now, else the rule's)."""
         digest = hashlib.blake2b(f"{self.rule}\0{client}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") % 10_000 < round(self.share * 100)
+        return int.from_bytes(digest, "big") % 10_000 < round((self.share if share is None else share) * 100)
 
     @property
     def key(self) -> str:
@@ -596,10 +598,12 @@ class RouteTable:
 
     def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
                  previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
-                 shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT) -> None:
+                 shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT,
+                 rollout_database: str | None = None) -> None:
         """``previous``: the table a reload replaces; its counts and shadow pool carry on
         (with ``shadow_cpu``, the file's share now, and ``shadow_timeout``). ``shared_dir``: where the workers of
-        one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``)."""
+        one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``). ``rollout_database``: where
+        the rules' rollouts are kept (:mod:`gateway.migration.rollout`)."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
@@ -621,6 +625,11 @@ class RouteTable:
         #: The rules as regular expressions, which answer most paths in a fifth of the time.
         self.compiled: Compiled | None = compile_map(self.map, previous.compiled if previous is not None else None)
         self.matches = {key: Match(key) for key in self.specs}
+        self.rollouts: Rollouts | None = previous.rollouts if previous is not None else None
+        if self.rollouts is not None:
+            self.rollouts.configure(self.specs.values())
+        elif rollout_database is not None and any(spec.rollout for spec in self.specs.values()):
+            self.rollouts = Rollouts(self.specs.values(), rollout_database, self.shadower.snapshot)
 
     def listen(self, listener: Callable[..., None]) -> None:
         """Tell ``listener`` of each fallback, canary request and shadow outcome, as
@@ -685,9 +694,16 @@ class RouteTable:
             if candidates:
                 lines.append("More general rules that match too, and lose to it (Werkzeug orders rules "
                              f"by specificity): {', '.join(repr(c) for c in candidates)}.")
+            owner = self.rollouts.owner(spec) if self.rollouts is not None and spec.rollout is not None else None
+            if owner is not None:
+                lines.append(f"Its rollout is done and handed the rule over: app {owner!r} answers it, for every "
+                             f"client, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
+                return lines
             if spec.canary is not None:
                 sticky = f"the value of its {spec.header} header" if spec.header else "the gateway_canary cookie"
-                lines.append(f"{spec.share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}; the others:")
+                share = spec.share if spec.rollout is None or self.rollouts is None else self.rollouts.share(spec)
+                lines.append(f"{share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}"
+                             + (" (its rollout's share now)" if spec.rollout is not None else "") + "; the others:")
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
             else:

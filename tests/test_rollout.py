@@ -81,10 +81,12 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def feed(rollouts: Rollouts, spec: RouteSpec, *, n: int, canary_error_every: int = 0, added: float = 0.0) -> None:
-    """Count ``n`` answers of each arm, 20-30 ms each (the canary's ``added`` slower)."""
+    """Count ``n`` answers of each arm, 20-30 ms each (the canary's ``added`` slower); none of
+    the rule's own app once the canary has every client."""
     for i in range(n):
         took = 0.020 + (i % 11) / 1000
-        rollouts.record(spec.key, 200, took)
+        if rollouts.share(spec) < 100:
+            rollouts.record(spec.key, 200, took)
         failed = canary_error_every and i % canary_error_every == 0
         rollouts.record(spec.canary_key, 500 if failed else 200, took + added)
 
@@ -284,3 +286,40 @@ def test_the_pipeline_serves_the_rollouts_share_and_counts_its_arms(kind: str, t
     finally:
         rollouts.stop()
         getattr(app, "executor", None) and app.executor.shutdown(wait=True)
+
+
+# -- The commands -------------------------------------------------------------------------------
+
+def test_the_rollout_commands_change_every_instance_and_say_so(tmp_path: Path, instances) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from gateway.serve.cli import cli
+
+    spec = rollout_rule()
+    toml = tmp_path / "gateway.toml"
+    toml.write_text('[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/cart"\napp = "old"\n'
+                    'canary = { app = "new" }\n[route.rollout]\nsteps = [10, 50, 100]\ninterval = 0\nrequests = 30\n'
+                    "handover = true\n")
+    one = instances(spec, database_url(tmp_path, {}))
+    runner = CliRunner()
+    env = {"GATEWAY_DATA_DIR": str(tmp_path), "DATABASE_URL": ""}
+
+    def gateway(*args: str) -> tuple[int, str]:
+        result = runner.invoke(cli, ["rollout", *args, "--config", str(toml)], env=env)
+        return result.exit_code, result.output
+
+    assert gateway("promote", "/cart", "--reason", "the cart looks right", "--by", "dana") == (
+        0, "/cart: running, canary new at 50% of clients (every instance applies it within a second).\n")
+    assert wait_for(lambda: one.share(spec) == 50)
+    code, shown = gateway("status", "/cart")
+    assert code == 0 and shown.startswith("/cart: running, step 2 of 3, canary new at 50% of clients since ")
+    assert "dana promote 10% -> 50%: the cart looks right (promote by dana)" in shown
+    assert gateway("pause", "/nowhere") == (1, "Error: no rule '/nowhere' has a rollout: rules with one: /cart.\n")
+    assert gateway("rollback", "/cart", "--by", "dana") == (
+        0, "/cart: rolled back, canary new at 0% of clients (every instance applies it within a second).\n")
+    assert wait_for(lambda: one.share(spec) == 0)
+    assert gateway("rollback", "/cart") == (1, "Error: /cart: the rollout is rolled back already.\n")
+    env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:1/none"  # nothing listens on port 1
+    code, shown = gateway("promote", "/cart")
+    assert code == 1 and shown.startswith(
+        "Error: cannot reach the rollouts' database (PostgreSQL at 127.0.0.1:1/none): ") and shown.count("\n") == 1

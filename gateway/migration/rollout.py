@@ -12,7 +12,8 @@ running step:
 
 - ``fail``: the share goes to 0 at once, as soon as each arm has its ``requests``;
 - ``pass``, once the step has lasted its ``interval`` too: the next step; after the last,
-  the rollout is done, and with ``handover`` the canary's app owns the rule;
+  the rollout is done, and with ``handover`` the canary's app owns the rule (a step at 100%
+  has no baseline of its own: it is judged against the last step's);
 - ``marginal``: the step holds, and is judged again on the next poll.
 
 A database that cannot be reached freezes every rule where it is: the shares stay, no
@@ -93,7 +94,6 @@ class Rollouts:
         self.instance = instance_name()
         #: Each rule's shadow counts, cumulative (``Shadower.snapshot``), or None.
         self.shadow_counts = shadow_counts
-        self.lock = threading.Lock()  # the counts: requests add, the poller copies
         self.thread: threading.Thread | None = None
         self.stopped = threading.Event()
         self.frozen: str | None = None  # why the database could not be reached, while it cannot
@@ -132,13 +132,15 @@ class Rollouts:
         if state is None or state.status != RUNNING or not status:  # 0: the client left before an answer
             return
         index = bucket(seconds)
-        with self.lock:  # held for a few dictionary updates; the poller holds it to copy
-            count = self.counts.get((rule, state.epoch, arm))
-            if count is None:
-                count = self.counts[rule, state.epoch, arm] = _Count()
-            count.requests += 1
-            count.errors += status >= 500
-            count.latency[index] = count.latency.get(index, 0) + 1
+        # No lock (this runs on the event loop): the poller copies each count with a C call that
+        # holds the GIL (dict(), list()), so it sees a whole dictionary; a count it reads between
+        # two of these lines is one request short, and whole at its next copy.
+        count = self.counts.get((rule, state.epoch, arm))
+        if count is None:
+            count = self.counts.setdefault((rule, state.epoch, arm), _Count())
+        count.requests += 1
+        count.errors += status >= 500
+        count.latency[index] = count.latency.get(index, 0) + 1
 
     def start(self) -> None:
         """Start polling (again in a forked worker)."""
@@ -158,7 +160,6 @@ class Rollouts:
         _inherited.append(self.store.conn)
         self.store = Store(self.url)
         self.instance = instance_name()
-        self.lock = threading.Lock()
         if self.thread is not None:
             self.thread = None
             self.start()
@@ -199,8 +200,7 @@ class Rollouts:
                     self._judge(self.specs[rule], state)
 
     def _write_counts(self) -> None:
-        with self.lock:
-            counts = {key: count.arm() for key, count in self.counts.items()}
+        counts = {key: count.arm() for key, count in list(self.counts.items())}
         for (rule, epoch, arm), tally in counts.items():
             equal = compared = 0
             if arm == BASELINE and (shadow := self._shadow(rule, epoch)) is not None:
@@ -230,15 +230,16 @@ class Rollouts:
                             state.share)
             self.states[rule] = state
             self.shares[rule] = state.share
-            with self.lock:  # the counts of steps gone are the database's now
-                for key in [k for k in self.counts if k[0] == rule and k[1] != state.epoch]:
-                    del self.counts[key]
+            for key in [k for k in list(self.counts) if k[0] == rule and k[1] != state.epoch]:
+                del self.counts[key]  # the counts of steps gone are the database's now
 
     def _judge(self, spec: RouteSpec, state: State) -> None:
         rollout = spec.rollout
         assert rollout is not None
         arms, shadow = self.store.tallies(spec.key, state.epoch)
         baseline, canary = arms.get(BASELINE, Arm()), arms.get(CANARY, Arm())
+        if state.share >= 100:  # every client has the canary: judged against the last step's baseline
+            baseline = self.store.last_baseline(spec.key, state.epoch)
         if min(baseline.requests, canary.requests) < rollout.requests:
             return
         verdict = judge(baseline, canary, rollout.judge, shadow if spec.shadow is not None else None)

@@ -248,6 +248,15 @@ class Store:
             equal, compared = equal + int(eq), compared + int(cmp)
         return arms, (equal, compared)
 
+    def last_baseline(self, rule: str, epoch: int) -> Arm:
+        """The baseline's counts of ``rule``'s latest step before ``epoch`` that had any: what
+        a step at 100% (no baseline traffic) is judged against."""
+        row = self.execute("SELECT max(epoch) FROM gateway_rollout_tally WHERE rule = ? AND epoch < ? AND arm = ?",
+                           (rule, epoch, BASELINE)).fetchone()
+        if row is None or row[0] is None:
+            return Arm()
+        return self.tallies(rule, int(row[0]))[0].get(BASELINE, Arm())
+
     def elect(self, instance: str) -> bool:
         """Whether this instance judges now: it holds PostgreSQL's advisory lock (taken now if
         free), or the SQLite lease (taken if it lapsed, else renewed)."""

@@ -8,6 +8,7 @@
     gateway init [--force]
     gateway routes [--mount ...] [--config gateway.toml] [--explain PATH]
     gateway reload PID
+    gateway rollout status|pause|resume|promote|rollback [RULE] [--reason TEXT] [--by NAME]
     gateway diff [shadow.jsonl]
     gateway migrate
     gateway manage <django command> [args...]
@@ -494,6 +495,19 @@ def diff(log: Path | None) -> None:
         raise click.ClickException(f"{path} does not exist: no shadow comparison has found a difference yet "
                                    "(or give the file's path).")
     click.echo("\n".join(summarise(path)))
+
+
+@cli.command()
+@config_option
+@click.argument("action", type=click.Choice(["status", "pause", "resume", "promote", "rollback"]))
+@click.argument("rule", required=False)
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@click.option("--by", "actor", metavar="NAME", help="Who, for the audit trail (default: user@host).")
+def rollout(config_file: Path | None, action: str, rule: str | None, reason: str, actor: str | None) -> None:
+    """Show a rule's rollout, or pause, resume, promote or roll it back on every instance."""
+    from gateway.serve.rollout_command import run
+
+    run(_config({}, config_file), action, rule, reason=reason, actor=actor)
 
 
 @cli.command()

@@ -52,6 +52,7 @@ def instances() -> Iterator[Callable[..., Rollouts]]:
         made.append(rollouts)
         if start:
             rollouts.start()
+            assert wait_for(lambda: spec.key in rollouts.states)  # its first poll begins the rollout
         return rollouts
 
     yield make
@@ -100,7 +101,7 @@ def test_the_site_database_is_database_url_else_a_file_in_the_data_directory(tmp
 def check_steps_apply_everywhere(url: str, instances: Callable[..., Rollouts]) -> None:
     spec = rollout_rule()
     one, two = instances(spec, url), instances(spec, url)
-    assert one.share(spec) == two.share(spec) == 10  # the first step, begun by the first instance
+    assert wait_for(lambda: one.share(spec) == two.share(spec) == 10)  # the first step, begun by one of them
     started = time.monotonic()
     act(Store(url), spec, "promote", actor="alice", reason="looks fine")
     assert wait_for(lambda: one.share(spec) == two.share(spec) == 50, APPLIED_WITHIN)
@@ -259,6 +260,7 @@ def test_the_pipeline_serves_the_rollouts_share_and_counts_its_arms(kind: str, t
     assert rollouts is not None
     send, app = ENTRIES[kind](MountTable([*table, *shop], shop.routes.values(), shop.route_table), config_with())
     try:
+        assert wait_for(lambda: rollouts.share(parsed.routes[0]) == 10)  # begun by the first poll
         ids = [f"{i:032x}" for i in range(600)]
 
         def dealt() -> dict[str, str]:

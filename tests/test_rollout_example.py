@@ -6,6 +6,7 @@ the legacy shop. The test's own gateway.toml has short steps (an interval of a s
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,8 +32,17 @@ legacy = {{ app = "legacy_shop:app", path = "{example}" }}
 new = {{ app = "{port}", settings = "newshop.settings", path = "{root}" }}
 
 [[route]]
+rule = "/shop/"
+app = "legacy"
+
+[[route]]
 rule = "/shop/<path:rest>"
 app = "legacy"
+
+[[route]]
+rule = "/shop/items/<int:item_id>"
+app = "legacy"
+shadow = {{ app = "new", headers = ["Content-Type"] }}
 
 [[route]]
 rule = "/shop/cart"
@@ -56,7 +66,7 @@ def serve(data_dir: Path, port_app: str, start_gateway: Callable[..., ServerProc
     """Serve the example's shop with the test's gateway.toml: the file, and the server's URL."""
     toml = data_dir / "gateway.toml"
     toml.write_text(TOML.format(example=EXAMPLE, root=ROOT, port=port_app))
-    server = start_gateway("--config", str(toml), data_dir=data_dir, ready_path="/shop/", env=env)
+    server = start_gateway("--config", str(toml), data_dir=data_dir, ready_path="/healthz", env=env)
     return toml, server.url
 
 
@@ -118,3 +128,40 @@ def test_a_port_failing_5_percent_at_the_25_percent_step_is_rolled_back(
     assert last.reason.startswith("fail (score 0): errors: 5xx ")
     assert set(who(url, had_it).values()) == {LEGACY}  # back on the legacy shop, every one
 
+
+
+def test_progress_lists_each_apps_routes_and_ranks_the_legacy_ones_left(
+        tmp_path: Path, start_gateway: Callable[..., ServerProcess]) -> None:
+    toml, url = serve(tmp_path, "newshop.wsgi:application", start_gateway)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(40):
+            assert client.get("/shop/cart", headers={"Cookie": f"gateway_canary={CLIENTS[i]}"}).status_code == 200
+        for _ in range(30):
+            assert client.get("/shop/").status_code == 200
+        for i in range(10):
+            assert client.get(f"/shop/items/{i % 6 + 1}").status_code == 200
+    with Store(database_url(tmp_path, {})) as store:  # the instance writes its counts each half second
+        assert wait_until(lambda: sum(n for *_, n in store.visits(0)) == 80)
+
+    shown = subprocess.run([*GATEWAY, "progress", "--config", str(toml)], cwd=ROOT, env=server_env(tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    rows = {tuple(line.split()[:2]): line for line in shown.stdout.splitlines()[2:]
+            if line.startswith(("legacy", "new"))}
+    assert rows[("legacy", "/shop/")].endswith("legacy                         -       37.5% (30)")
+    assert "legacy; new for 10%            yes" in rows[("legacy", "/shop/cart")]
+    assert rows[("legacy", "/shop/items/<int:item_id>")].endswith(
+        "legacy (shadowed on new)       yes     12.5% (10)")
+    legacy_cart, new_cart = (int(rows[(app, "/shop/cart")].rsplit("(", 1)[1].rstrip(")")) for app in ("legacy", "new"))
+    assert legacy_cart + new_cart == 40 and "port" in rows[("new", "/shop/cart")]
+    assert not any(app == "new" and route.startswith("/admin") for app, route in rows)  # no rule reaches them
+    assert shown.stdout.endswith("Still to port, by traffic:\n  1. legacy /shop/: 37.5% of requests (30)\n")
+
+
+def wait_until(what: Callable[[], bool], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -788,8 +788,9 @@ class Pipeline:
         if self.tracing is not None:
             self.tracing.end(request)
         if (rollouts := self.rollouts) is not None and (mount := request.decision.mount) is not None and (
-                mount.prefix in rollouts.arms):
-            rollouts.record(mount.prefix, request.status, time.perf_counter() - request.started)
+                mount.prefix in rollouts.watched):
+            rollouts.record(mount.prefix, request.status, time.perf_counter() - request.started,
+                            request.head.method, request.decision.path_info)
 
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""

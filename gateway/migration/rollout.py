@@ -56,6 +56,8 @@ class RouteSpec(Protocol):
     @property
     def key(self) -> str: ...
     @property
+    def apps(self) -> tuple[str, ...]: ...
+    @property
     def canary_key(self) -> str: ...
     @property
     def canary(self) -> str | None: ...
@@ -84,6 +86,46 @@ class _Count:
         return Arm(requests=self.requests, errors=self.errors, latency=dict(self.latency))
 
 
+class Visits:
+    """Requests per minute, app, method and path, as this instance served them through the
+    route rules: what ``gateway progress`` maps onto each app's routes. At most
+    :data:`PATHS` paths a minute: the others count as ``*``."""
+
+    PATHS = 2000
+    LONGEST = 300
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, str, str, str], int] = {}
+        self.written: dict[tuple[int, str, str, str], int] = {}
+        self.minute = 0
+        self.paths = 0
+
+    def add(self, app: str, method: str, path: str) -> None:
+        """Count one request (on the event loop too: a few dictionary operations, no lock:
+        see :meth:`Rollouts.record`)."""
+        minute = int(time.time() // 60)
+        if minute != self.minute:
+            self.minute, self.paths = minute, 0
+        key = (minute, app, method, path)
+        n = self.counts.get(key)
+        if n is None:
+            if self.paths >= self.PATHS or len(path) > self.LONGEST:
+                key = (minute, app, method, "*")
+                n = self.counts.get(key, 0)
+            else:
+                self.paths += 1
+                n = 0
+        self.counts[key] = n + 1
+
+    def changed(self) -> dict[tuple[int, str, str, str], int]:
+        """The counts not written yet as they are (their whole values); counts of minutes
+        gone, once written, are dropped from memory."""
+        counts = dict(self.counts)  # one C call: whole
+        for key in [k for k, n in counts.items() if k[0] < self.minute - 1 and self.written.get(k) == n]:
+            del self.counts[key], self.written[key], counts[key]
+        return {key: n for key, n in counts.items() if self.written.get(key) != n}
+
+
 class Rollouts:
     """The rollouts of one process's route rules: shares for the pipeline, counts for the
     judge, and the thread that keeps both in step with the database."""
@@ -105,16 +147,21 @@ class Rollouts:
         self.counts: dict[tuple[str, int, str], _Count] = {}
         self.shadow_base: dict[tuple[str, int], tuple[int, int]] = {}
         self.noted: set[tuple[str, int]] = set()  # (rule, epoch) whose marginal verdict is in the audit
+        self.visits = Visits()
         self.configure(specs)
-        self.poll(judge=False)  # resume where the site is, before serving
+        self.poll(judge=False, write=False)  # resume where the site is, before serving (and write nothing)
         os.register_at_fork(after_in_child=self._forked)
 
     def configure(self, specs: Iterable[RouteSpec]) -> None:
         """Follow these rules from now on (at start, and on a reload: no I/O here)."""
+        specs = list(specs)
         self.specs = {spec.key: spec for spec in specs if spec.rollout is not None}
         #: The mount keys of the rules' arms: the rule's own app, its canary.
         self.arms = {**{key: (key, BASELINE) for key in self.specs},
                      **{spec.canary_key: (key, CANARY) for key, spec in self.specs.items()}}
+        #: Every rule's mount keys, and the app each sends to, for ``gateway progress``.
+        self.watched = {**{spec.key: spec.apps[0] for spec in specs},
+                        **{spec.canary_key: spec.canary for spec in specs if spec.canary is not None}}
 
     def share(self, spec: RouteSpec) -> float:
         """The share of clients the rule's canary has now (0 until the state is known)."""
@@ -125,8 +172,13 @@ class Rollouts:
         state = self.states.get(spec.key)
         return state.owner if state is not None else None
 
-    def record(self, key: str, status: int, seconds: float) -> None:
-        """Count a response of the arm mounted at ``key`` (a rule's, or its canary's)."""
+    def record(self, key: str, status: int, seconds: float, method: str = "GET", path: str = "") -> None:
+        """Count a response of the rule's mount ``key`` (its own app's, or its canary's): by
+        path for ``gateway progress``, and by arm for a rollout's judge."""
+        if path:
+            self.visits.add(self.watched[key], method, path)
+        if key not in self.arms:
+            return
         rule, arm = self.arms[key]
         state = self.states.get(rule)
         if state is None or state.status != RUNNING or not status:  # 0: the client left before an answer
@@ -168,11 +220,11 @@ class Rollouts:
         while not self.stopped.wait(POLL):
             self.poll()
 
-    def poll(self, *, judge: bool = True) -> None:
-        """Write this instance's counts, read the states, and judge if elected; a database
-        that fails freezes everything as it is."""
+    def poll(self, *, judge: bool = True, write: bool = True) -> None:
+        """Write this instance's counts (and start the rules' rollouts not started yet), read
+        the states, and judge if elected; a database that fails freezes everything as it is."""
         try:
-            self._poll(judge)
+            self._poll(judge, write)
         except Exception as exc:  # any driver's error: the database is out of reach
             if self.frozen is None:
                 logger.warning("Rollouts frozen where they are: the database (%s) cannot be reached: %s",
@@ -185,13 +237,18 @@ class Rollouts:
             logger.warning("Rollouts resume: the database (%s) answers again.", self.store.where)
             self.frozen = None
 
-    def _poll(self, judging: bool) -> None:
+    def _poll(self, judging: bool, writing: bool) -> None:
         store = self.store
-        for rule, spec in self.specs.items():
-            if rule not in self.states:
-                assert spec.rollout is not None
-                store.begin(rule, spec.rollout.steps[0], JUDGE)
-        self._write_counts()
+        if writing:
+            for rule, spec in self.specs.items():
+                if rule not in self.states:
+                    assert spec.rollout is not None
+                    store.begin(rule, spec.rollout.steps[0], JUDGE)
+            self._write_counts()
+            changed = self.visits.changed()
+            for (minute, app, method, path), n in changed.items():
+                store.write_visits(minute, self.instance, app, method, path, n)
+            self.visits.written.update(changed)
         self._apply(store.states(tuple(self.specs)))
         self.judging = judging and bool(self.specs) and store.elect(self.instance)
         if self.judging:

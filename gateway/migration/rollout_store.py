@@ -8,6 +8,8 @@ else a SQLite file in the data directory (one machine, ``GATEWAY_DATA_DIR``). Fo
   after a hand-over;
 - ``gateway_rollout_tally``: each instance's counts for a rule's epoch, by arm;
 - ``gateway_rollout_audit``: who or what changed what, when, why, and the judge's figures;
+- ``gateway_route_visits``: each instance's requests a minute by app, method and path, for
+  ``gateway progress``;
 - ``gateway_rollout_lease``: on SQLite, which instance judges (PostgreSQL uses an advisory
   lock instead, held by the judging instance's session: it goes with the session).
 
@@ -54,6 +56,9 @@ CREATE TABLE IF NOT EXISTS gateway_rollout_audit (
     id {serial} PRIMARY KEY, at DOUBLE PRECISION NOT NULL, rule TEXT NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, from_share DOUBLE PRECISION, to_share DOUBLE PRECISION, reason TEXT NOT NULL,
     figures TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gateway_route_visits (
+    minute INTEGER NOT NULL, instance TEXT NOT NULL, app TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+    requests INTEGER NOT NULL, PRIMARY KEY (minute, instance, app, method, path));
 CREATE TABLE IF NOT EXISTS gateway_rollout_lease (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, until DOUBLE PRECISION NOT NULL);
 """
@@ -247,6 +252,18 @@ class Store:
             arms[arm] = arms[arm].plus(counted) if arm in arms else counted
             equal, compared = equal + int(eq), compared + int(cmp)
         return arms, (equal, compared)
+
+    def write_visits(self, minute: int, instance: str, app: str, method: str, path: str, requests: int) -> None:
+        """This instance's requests to ``app`` for ``method path`` in ``minute`` (a whole count)."""
+        self.execute("INSERT INTO gateway_route_visits (minute, instance, app, method, path, requests) VALUES "
+                     "(?, ?, ?, ?, ?, ?) ON CONFLICT (minute, instance, app, method, path) DO UPDATE SET "
+                     "requests = excluded.requests", (minute, instance, app, method, path, requests))
+
+    def visits(self, since_minute: int) -> list[tuple[str, str, str, int]]:
+        """Every instance's requests since ``since_minute``: (app, method, path, requests)."""
+        rows = self.execute("SELECT app, method, path, SUM(requests) FROM gateway_route_visits WHERE minute >= ? "
+                            "GROUP BY app, method, path", (since_minute,)).fetchall()
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     def last_baseline(self, rule: str, epoch: int) -> Arm:
         """The baseline's counts of ``rule``'s latest step before ``epoch`` that had any: what

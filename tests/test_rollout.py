@@ -325,3 +325,51 @@ def test_the_rollout_commands_change_every_instance_and_say_so(tmp_path: Path, i
     code, shown = gateway("promote", "/cart")
     assert code == 1 and shown.startswith(
         "Error: cannot reach the rollouts' database (PostgreSQL at 127.0.0.1:1/none): ") and shown.count("\n") == 1
+
+
+# -- The migration page ---------------------------------------------------------------------------
+
+def test_the_migration_page_shows_each_rollouts_steps_arms_and_audit_trail(sqlite_url: str) -> None:
+    from gateway.migration.page import render
+    from gateway.migration.rules import RouteTable
+
+    spec = rollout_rule(interval=3600)
+    routes = RouteTable([spec], rollout_database=sqlite_url)
+    rollouts = routes.rollouts
+    assert rollouts is not None
+    try:
+        rollouts.poll()  # begins the rollout at 10%
+        feed(rollouts, spec, n=100, canary_error_every=20)
+        rollouts.poll()  # writes the counts, and judges: 5% of 500s fails
+        assert rollouts.share(spec) == 0
+        with Store(sqlite_url) as store:
+            act(store, spec, "resume", actor="erin", reason="<fixed> the cart")
+        rollouts.poll()
+        feed(rollouts, spec, n=40)
+        rollouts.poll()
+        page = render(routes).body.decode()
+    finally:
+        rollouts.stop()
+    section = page[page.index("<h2>Rollouts</h2>"):]
+    assert "<h3><code>/cart</code>: running, canary new at 10%</h3>" in section
+    assert '<svg role="img" aria-label="canary share over time"' in section
+    assert section.count("<circle ") == 3 and 'fill="#c33"' in section  # start, rollback (red), resume
+    assert "<tr><td>baseline</td><td>40</td><td>0.00%</td>" in section
+    assert "<tr><td>canary</td><td>40</td><td>0.00%</td>" in section
+    assert "erin</td><td>resume</td><td>0% &rarr; 10%</td><td>&lt;fixed&gt; the cart (resume by erin)" in section
+    assert "judge</td><td>rollback</td><td>10% &rarr; 0%</td><td>fail (score 0): errors: 5xx 5% against 0%" in section
+    assert "<strong>fail</strong>, score 0.0" in section and "<script" not in page
+
+
+def test_the_migration_page_says_when_the_rollouts_database_is_out_of_reach(tmp_path: Path) -> None:
+    from gateway.migration.page import render
+    from gateway.migration.rules import RouteTable
+
+    routes = RouteTable([rollout_rule()], rollout_database="postgres://postgres@127.0.0.1:1/none")
+    try:
+        page = render(routes)
+    finally:
+        routes.rollouts.stop()  # type: ignore[union-attr]
+    assert page.status == 200
+    assert "The rollouts' database cannot be reached (" in page.body.decode()
+    assert "every rollout is frozen where it is.</p>" in page.body.decode()

@@ -13,6 +13,7 @@ from collections import Counter
 from html import escape
 from typing import TYPE_CHECKING
 
+from gateway.migration.rollout_page import section as rollouts_section
 from gateway.migration.traffic import CANARY, FALLBACKS, MINUTES
 from gateway.replies import Reply
 
@@ -81,6 +82,6 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
     body = ("<!doctype html><html lang=en><meta charset=utf-8><title>Migration - gateway</title>"
             "<style>body{font:14px system-ui,sans-serif;margin:2em}td,th{padding:.3em .6em;text-align:left;"
             "border-bottom:1px solid #ddd}svg rect{fill:#4a7}</style>"
-            f"<h1>Migration</h1>{table}</html>").encode()
+            f"<h1>Migration</h1>{table}{rollouts_section(routes, now)}</html>").encode()
     return Reply(200, (("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store")), body)

@@ -373,3 +373,24 @@ def test_the_migration_page_says_when_the_rollouts_database_is_out_of_reach(tmp_
     assert page.status == 200
     assert "The rollouts' database cannot be reached (" in page.body.decode()
     assert "every rollout is frozen where it is.</p>" in page.body.decode()
+
+
+def test_prometheus_has_each_rollouts_share_and_its_arms_answers_by_step(table: MountTable, sqlite_url: str) -> None:
+    parsed = parse_gateway_file(SHOP)
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps, defaults=False,
+                                 rollout_database=sqlite_url)
+    rollouts = shop.route_table.rollouts  # type: ignore[union-attr]
+    assert rollouts is not None
+    send, _ = ENTRIES["wsgi"](MountTable([*table, *shop], shop.routes.values(), shop.route_table),
+                              config_with(metrics=True))
+    try:
+        assert wait_for(lambda: rollouts.share(parsed.routes[0]) == 10)
+        dealt = [who(send("GET", "/shop/cart", {"Cookie": f"gateway_canary={i:032x}"})) for i in range(200)]
+        scrape = send("GET", "/metrics").body.decode()
+    finally:
+        rollouts.stop()
+    rule = 'rule="~/shop/cart GET,HEAD"'
+    assert f"gateway_rollout_share{{{rule}}} 10.0" in scrape
+    for arm, app in (("baseline", "legacy"), ("canary", "new")):
+        line = f'gateway_rollout_responses_total{{arm="{arm}",{rule},status="2xx",step="10"}} {dealt.count(app)}.0'
+        assert line in scrape, scrape

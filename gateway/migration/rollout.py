@@ -148,6 +148,7 @@ class Rollouts:
         self.shadow_base: dict[tuple[str, int], tuple[int, int]] = {}
         self.noted: set[tuple[str, int]] = set()  # (rule, epoch) whose marginal verdict is in the audit
         self.visits = Visits()
+        self.listener: Any = None  # the metrics (:meth:`listen`)
         self.configure(specs)
         self.poll(judge=False, write=False)  # resume where the site is, before serving (and write nothing)
         os.register_at_fork(after_in_child=self._forked)
@@ -162,6 +163,13 @@ class Rollouts:
         #: Every rule's mount keys, and the app each sends to, for ``gateway progress``.
         self.watched = {**{spec.key: spec.apps[0] for spec in specs},
                         **{spec.canary_key: spec.canary for spec in specs if spec.canary is not None}}
+
+    def listen(self, listener: Any) -> None:
+        """Tell ``listener`` (the metrics) of each answer an arm counts, as ``listener("rollout",
+        rule, (arm, step, status class))``, and of each share, as ``("rollout_share", rule, (share,))``."""
+        self.listener = listener
+        for rule, share in list(self.shares.items()):
+            listener("rollout_share", rule, (f"{share:g}",))
 
     def share(self, spec: RouteSpec) -> float:
         """The share of clients the rule's canary has now (0 until the state is known)."""
@@ -193,6 +201,8 @@ class Rollouts:
         count.requests += 1
         count.errors += status >= 500
         count.latency[index] = count.latency.get(index, 0) + 1
+        if self.listener is not None:
+            self.listener("rollout", rule, (arm, f"{state.share:g}", f"{status // 100}xx"))
 
     def start(self) -> None:
         """Start polling (again in a forked worker)."""
@@ -287,6 +297,8 @@ class Rollouts:
                             state.share)
             self.states[rule] = state
             self.shares[rule] = state.share
+            if self.listener is not None:
+                self.listener("rollout_share", rule, (f"{state.share:g}",))
             for key in [k for k in list(self.counts) if k[0] == rule and k[1] != state.epoch]:
                 del self.counts[key]  # the counts of steps gone are the database's now
 

@@ -635,6 +635,8 @@ class RouteTable:
         """Tell ``listener`` of each fallback, canary request and shadow outcome, as
         ``listener(kind, rule[, outcomes])`` (the metrics)."""
         self.listener = self.shadower.listener = listener
+        if self.rollouts is not None:
+            self.rollouts.listen(listener)
 
     def notify(self, kind: str, key: str) -> None:
         """Count a fallback or a canary request (``kind``) of rule ``key``, for the

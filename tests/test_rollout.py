@@ -394,3 +394,15 @@ def test_prometheus_has_each_rollouts_share_and_its_arms_answers_by_step(table: 
     for arm, app in (("baseline", "legacy"), ("canary", "new")):
         line = f'gateway_rollout_responses_total{{arm="{arm}",{rule},status="2xx",step="10"}} {dealt.count(app)}.0'
         assert line in scrape, scrape
+
+
+def test_a_rollout_without_scipy_is_refused_at_start_in_one_line(sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "scipy" else real(name, *rest))
+    with pytest.raises(ValueError) as refused:
+        Rollouts([rollout_rule()], sqlite_url)
+    assert str(refused.value) == ("a [route.rollout] is judged with scipy, which is not installed: install the "
+                                  "\"rollout\" extra (from a clone, pip install '.[rollout]').")

@@ -131,6 +131,13 @@ class Rollouts:
     judge, and the thread that keeps both in step with the database."""
 
     def __init__(self, specs: Iterable[RouteSpec], url: str, shadow_counts: Any = None) -> None:
+        """Read the rules' states (I/O: at start, or in a reload's thread); a missing judge
+        raises ``ValueError`` in one line, rather than every judgement failing later."""
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:
+            raise ValueError("a [route.rollout] is judged with scipy, which is not installed: install the "
+                             "\"rollout\" extra (from a clone, pip install '.[rollout]').")
         self.url = url
         self.store = Store(url)  # the poller's own connection
         self.instance = instance_name()

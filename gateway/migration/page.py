@@ -59,7 +59,7 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
         # Shares of the same minutes' requests.
         canaried = sum(routes.traffic.series(key, now, CANARY, totals))
         fallbacks = sum(routes.traffic.series(key, now, FALLBACKS, totals))
-        canary = (f"{escape(spec.canary)}: {spec.share:g}% of clients, {share(canaried, total)} of "
+        canary = (f"{escape(spec.canary)}: {routes.share(spec):g}% of clients, {share(canaried, total)} of "
                   "requests" if spec.canary else "-")
         fallback = f"{fallbacks} ({share(fallbacks, total)})" if len(spec.apps) > 1 else "-"
         shadow = "-"

@@ -645,6 +645,10 @@ class RouteTable:
         if self.listener is not None:
             self.listener(kind, key)
 
+    def share(self, spec: RouteSpec) -> float:
+        """The share of clients ``spec``'s canary has now: its rollout's, else its own."""
+        return spec.share if spec.rollout is None or self.rollouts is None else self.rollouts.share(spec)
+
     def __bool__(self) -> bool:
         return bool(self.specs)
 

@@ -406,3 +406,27 @@ def test_a_rollout_without_scipy_is_refused_at_start_in_one_line(sqlite_url: str
         Rollouts([rollout_rule()], sqlite_url)
     assert str(refused.value) == ("a [route.rollout] is judged with scipy, which is not installed: install the "
                                   "\"rollout\" extra (from a clone, pip install '.[rollout]').")
+
+
+def test_a_rule_that_shadows_its_canary_counts_the_shadows_equality_per_step(table: MountTable,
+                                                                              sqlite_url: str) -> None:
+    text = SHOP.replace('canary = { app = "new" }', 'canary = { app = "new" }\nshadow = { app = "new" }')
+    parsed = parse_gateway_file(text)
+    shop = MountTable.from_specs(parsed.mounts, routes=parsed.routes, apps=parsed.apps, defaults=False,
+                                 rollout_database=sqlite_url, shadow_cpu=1.0)
+    routes = shop.route_table
+    assert routes is not None and routes.rollouts is not None
+    spec = parsed.routes[0]
+    send, _ = ENTRIES["wsgi"](MountTable([*table, *shop], shop.routes.values(), routes), config_with())
+    try:
+        assert wait_for(lambda: routes.rollouts.share(spec) == 10)  # type: ignore[union-attr]
+        dealt = [who(send("GET", "/shop/cart", {"Cookie": f"gateway_canary={i:032x}"})) for i in range(30)]
+        routes.shadower.drain()
+        compared = routes.shadower.snapshot(spec.key)["compared"]
+        routes.rollouts.poll()
+        with Store(sqlite_url) as store:
+            _, (equal, counted) = store.tallies(spec.key, 1)
+    finally:
+        routes.rollouts.stop()
+    # Each legacy answer is replayed on the new app, whose cart differs (it names its app).
+    assert 0 < compared == counted <= dealt.count("legacy") and equal == 0

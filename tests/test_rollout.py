@@ -430,3 +430,20 @@ def test_a_rule_that_shadows_its_canary_counts_the_shadows_equality_per_step(tab
         routes.rollouts.stop()
     # Each legacy answer is replayed on the new app, whose cart differs (it names its app).
     assert 0 < compared == counted <= dealt.count("legacy") and equal == 0
+
+
+def test_the_judge_keeps_a_week_of_per_path_counts(sqlite_url: str, instances) -> None:  # type: ignore[no-untyped-def]
+    from gateway.migration.rollout import VISITS_KEPT
+
+    spec = rollout_rule()
+    one = instances(spec, sqlite_url, start=False)
+    now = int(time.time() // 60)
+    with Store(sqlite_url) as store:
+        store.connect()
+        store.write_visits(now - VISITS_KEPT - 1, "gone", "old", "GET", "/cart", 5)
+        store.write_visits(now - VISITS_KEPT + 1, "kept", "old", "GET", "/cart", 7)
+    one.record(spec.key, 200, 0.01, "GET", "/cart")
+    one.poll()
+    assert one.judging
+    with Store(sqlite_url) as store:
+        assert store.visits(0) == [("old", "GET", "/cart", 8)]

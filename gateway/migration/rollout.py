@@ -41,6 +41,8 @@ logger = logging.getLogger("gateway")
 
 #: How often each instance writes its counts, reads the states and, if elected, judges (seconds).
 POLL = 0.5
+#: Minutes of per-path counts the database keeps for ``gateway progress`` (a week).
+VISITS_KEPT = 7 * 24 * 60
 #: The actor the audit trail names for the judge's own changes.
 JUDGE = "judge"
 #: Connections kept from before a fork: the child must never close the parent's socket.
@@ -269,6 +271,7 @@ class Rollouts:
         self._apply(store.states(tuple(self.specs)))
         self.judging = judging and bool(self.specs) and store.elect(self.instance)
         if self.judging:
+            store.forget_visits(int(time.time() // 60) - VISITS_KEPT)
             for rule, state in list(self.states.items()):
                 if state.status == RUNNING and rule in self.specs:
                     self._judge(self.specs[rule], state)

@@ -259,6 +259,10 @@ class Store:
                      "(?, ?, ?, ?, ?, ?) ON CONFLICT (minute, instance, app, method, path) DO UPDATE SET "
                      "requests = excluded.requests", (minute, instance, app, method, path, requests))
 
+    def forget_visits(self, before_minute: int) -> None:
+        """Drop the per-path counts older than ``before_minute`` (the judge keeps a week)."""
+        self.execute("DELETE FROM gateway_route_visits WHERE minute < ?", (before_minute,))
+
     def visits(self, since_minute: int) -> list[tuple[str, str, str, int]]:
         """Every instance's requests since ``since_minute``: (app, method, path, requests)."""
         rows = self.execute("SELECT app, method, path, SUM(requests) FROM gateway_route_visits WHERE minute >= ? "

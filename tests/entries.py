@@ -121,3 +121,9 @@ def rule_table(specs: list[Any], apps: dict[str, Any], shadower: Any = None) -> 
     table = MountTable([], rule_mounts_of(specs, loaded, {}), routes)
     table.route_apps = loaded
     return table
+
+
+def who(answer: Any) -> str:
+    """Which app of tests/apps/shop.py answered (its JSON says)."""
+    assert answer.status == 200, answer.body
+    return str(answer.json()["app"])

@@ -37,6 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
+from tests.support import ROOT, PostgresCluster, ServerProcess
+
 T = TypeVar("T")
 
 PREFIX = "gwnetns"
@@ -304,3 +308,115 @@ class Lan:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- What the multi-host tests share (tests/test_netns.py, tests/test_rollout_netns.py) ---
+
+DEPLOY = ROOT / "deploy"
+INSTANCES = {"app1": 8001, "app2": 8002}  # deploy/nginx.conf's upstream ports, each on a host of its own
+DB_NAME, DB_USER, DB_PASSWORD = "gateway", "gateway", secrets.token_urlsafe(16)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, message: str | Callable[[], str],
+               interval: float = 0.1) -> float:
+    """Wait until ``predicate()``; return the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+class NetnsPostgres(PostgresCluster):
+    """support.PostgresCluster with its server in the ``db`` host, listening on that host's address.
+
+    The apps connect over the LAN with a password (``scram-sha-256``, from their addresses
+    only); the test over the Unix socket, which no namespace hides.
+    """
+
+    def __init__(self, lan: Lan, bindir: Path, root: Path, clients: list[str]) -> None:
+        self.lan = lan
+        self.clients = clients
+        super().__init__(bindir, root)
+
+    def start(self) -> None:
+        self.port = 5432
+        hba = self.datadir / "pg_hba.conf"
+        lines = "".join(f"host all all {address}/32 scram-sha-256\n" for address in self.clients)
+        if lines not in hba.read_text():
+            hba.write_text(hba.read_text() + lines)
+        # deploy/postgresql.conf as shipped (keepalives, timeouts, max_connections 100).
+        conf = self.datadir / "postgresql.conf"
+        include = f"include '{DEPLOY / 'postgresql.conf'}'\n"
+        if include not in conf.read_text():
+            conf.write_text(conf.read_text() + include)
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.lan.address['db']} -c fsync=off"
+        subprocess.run([*self.lan.exec_args("db"), *self.as_user, str(self.bindir / "pg_ctl"), "-D",
+                        str(self.datadir), "-o", options, "-l", str(self.log_path), "-w", "start"],
+                       check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str) -> str:
+        """The test's own URL: the Unix socket."""
+        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
+
+    def lan_url(self) -> str:
+        return f"postgres://{DB_USER}:{DB_PASSWORD}@{self.lan.address['db']}:{self.port}/{DB_NAME}"
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """Stop the server: fast, else immediate, else SIGKILL to the postmaster."""
+        pidfile = self.datadir / "postmaster.pid"
+        for mode in ("fast", "immediate"):
+            if not pidfile.exists():
+                return
+            with contextlib.suppress(subprocess.SubprocessError):
+                subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
+                                "-w", "-t", "10", "stop"], capture_output=True, timeout=20)
+        if pidfile.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+
+
+class Instance(ServerProcess):
+    """``gateway serve`` in an app host, on that host's address; ready when /readyz answers
+    200 to a client on the LAN."""
+
+    def __init__(self, lan: Lan, host: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.lan = lan
+        self.host = host
+        self.env = env
+        self.address = lan.address[host]
+        port = INSTANCES[host]
+        super().__init__([*lan.exec_args(host), *args], port=port,
+                         env=env, log_path=log_path, ready_path="/readyz")
+        self.url = f"http://{self.address}:{port}"
+
+    def wait_ready(self, path: str, timeout: float = 60.0) -> None:
+        url = f"http://{self.address}:{self.port}{path}"
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.host}: gateway exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                return self.lan.on("client", httpx.get, url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, lambda: f"{self.host}: /readyz did not answer 200 within {timeout} s:\n{self.log}")
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records written so far."""
+        out = []
+        for line in self.log.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def problems(self, since: int) -> list[dict[str, Any]]:
+        """WARNING and worse records after the first ``since`` records."""
+        return [r for r in self.records()[since:] if r.get("level") in {"WARNING", "ERROR", "CRITICAL"}]

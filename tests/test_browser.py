@@ -620,3 +620,63 @@ def test_the_migration_page_without_javascript(start_gateway: Callable[..., Serv
     expect(rows.get_by_role("link", name="latest difference")).to_have_count(1)  # the api rule has no difference
     assert traffic.paths(traffic.requests) == ["/_gateway/"]  # the link is to the page itself
     assert "Traceback" not in server.log
+
+
+def test_the_rollouts_section_without_javascript(start_gateway: Callable[..., ServerProcess], tmp_path: Path,
+                                                 new_page: Callable[..., Page]) -> None:
+    """The rollouts' section of ``/_gateway/`` in Chromium, JavaScript off: the share over
+    time, each arm's numbers and latency, and the audit trail."""
+    import time
+
+    import httpx
+
+    from gateway.migration.rollout import act
+    from gateway.migration.rollout_store import Store, database_url
+    from gateway.migration.rules import parse_gateway_file
+    from tests.apps.shop import ROLLOUT as SHOP
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(SHOP)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = start_gateway("--config", str(config), data_dir=data_dir, ready_path="/healthz")
+    spec = parse_gateway_file(SHOP).routes[0]
+    wait_for_page(f"{server.url}/_gateway/", ["canary new at 10%"])
+    with Store(database_url(data_dir, {})) as store:
+        act(store, spec, "promote", actor="frank", reason="first look is fine")
+    wait_for_page(f"{server.url}/_gateway/", ["new: 50% of clients"])  # the instance serves the step now
+    for i in range(40):
+        assert httpx.get(f"{server.url}/shop/cart", headers={"Cookie": f"gateway_canary={i:032x}"},
+                         timeout=10).status_code == 200
+
+    def arms_counted() -> int:
+        html = httpx.get(f"{server.url}/_gateway/", timeout=10).text
+        return sum(int(n) for n in re.findall(r"<tr><td>(?:baseline|canary)</td><td>(\d+)</td>", html))
+
+    deadline = time.monotonic() + 10
+    while arms_counted() != 40:  # each instance writes its counts every half second
+        assert time.monotonic() < deadline, arms_counted()
+        time.sleep(0.05)
+
+    page = new_page(java_script_enabled=False)
+    page.goto(f"{server.url}/_gateway/")
+    loaded(page, f"{server.url}/_gateway/")
+    expect(page.locator("script")).to_have_count(0)
+    expect(page.locator("h2")).to_have_text("Rollouts")
+    expect(page.locator("h3")).to_have_text("/shop/cart: running, canary new at 50%")
+    timeline = page.locator('svg[aria-label="canary share over time"]')
+    expect(timeline).to_be_visible()
+    expect(timeline.locator("circle")).to_have_count(2)  # the start at 10%, the promotion to 50%
+    box = timeline.bounding_box()
+    assert box is not None and (box["width"], box["height"]) == (480, 90)
+    arms = page.locator("h3 ~ table").first.locator("tbody tr")
+    expect(arms.locator("td:nth-child(1)")).to_have_text(["baseline", "canary"])
+    counted = [int(n) for n in arms.locator("td:nth-child(2)").all_text_contents()]
+    assert sum(counted) == 40 and all(counted)
+    expect(arms.locator('svg[aria-label="latency distribution"]')).to_have_count(2)
+    trail = page.locator("h3 ~ table").nth(1).locator("tbody tr")
+    expect(trail.locator("td:nth-child(3)")).to_have_text(["promote", "start"])  # newest first
+    expect(trail.first.locator("td:nth-child(4)")).to_have_text("10% → 50%")
+    expect(trail.first.locator("td:nth-child(5)")).to_have_text("first look is fine (promote by frank)")
+    shoot(page, "16-rollouts-section")
+    assert "Traceback" not in server.log

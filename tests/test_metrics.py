@@ -489,6 +489,8 @@ def test_each_metric_with_its_help_labels_and_buckets() -> None:
     metrics.route_event("canary", "/b")
     metrics.route_event("canary", "/b")
     metrics.route_event("shadow", "/c", ("compared", "equal"))
+    metrics.route_event("rollout", "/d", ("canary", "25", "5xx"))
+    metrics.route_event("rollout_share", "/d", ("25",))
     metrics.pool(4)
     metrics.thread_started(0.0003)
     metrics.refused("bad_host")
@@ -508,12 +510,17 @@ def test_each_metric_with_its_help_labels_and_buckets() -> None:
         "gateway_route_fallbacks": "Fallbacks taken, by route rule.",
         "gateway_canary_requests": "Requests sent to a canary, by route rule.",
         "gateway_shadow": "Shadow comparisons, by route rule and outcome.",
+        "gateway_rollout_share": "A rollout's canary share now (per cent), by rule.",
+        "gateway_rollout_responses": "Answers of a rollout's arms, by rule, arm (baseline, canary), step (its share) "
+                                     "and status class.",
     }
     got = samples(text)
     assert value(got, "gateway_route_fallbacks_total", rule="/a/<id>") == 1
     assert value(got, "gateway_canary_requests_total", rule="/b") == 2
     assert value(got, "gateway_shadow_total", rule="/c", outcome="compared") == 1
     assert value(got, "gateway_shadow_total", rule="/c", outcome="equal") == 1
+    assert value(got, "gateway_rollout_responses_total", rule="/d", arm="canary", step="25", status="5xx") == 1
+    assert value(got, "gateway_rollout_share", rule="/d") == 25
     assert value(got, "gateway_refusals_total", reason="bad_host") == 1
     assert value(got, "gateway_requests_total", mount="/a", status="4xx") == 1
     assert (value(got, "gateway_wsgi_threads"), value(got, "gateway_wsgi_threads_busy")) == (4, 1)

@@ -64,8 +64,19 @@ import httpx
 import pytest
 
 from gateway.core.config import DEFAULT_READY_TIMEOUT
-from tests.netns import Lan, remove_leftovers, run
-from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, PostgresCluster, ServerProcess, load_size, server_env
+from tests.netns import (
+    DB_NAME,
+    DB_PASSWORD,
+    DB_USER,
+    INSTANCES,
+    Instance,
+    Lan,
+    NetnsPostgres,
+    remove_leftovers,
+    run,
+    wait_until,
+)
+from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, load_size, server_env
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 WRK = shutil.which("wrk")
@@ -75,11 +86,9 @@ INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 DEPLOY = ROOT / "deploy"
 
 HOSTS = ("client", "proxy", "app1", "app2", "db", "cache")
-INSTANCES = {"app1": 8001, "app2": 8002}  # deploy/nginx.conf's upstream ports, each on a host of its own
 SITE = "example.com"  # deploy/nginx.conf's server_name
 ALSO_ALLOWED = "www.example.com"  # allowed too, so that a forged X-Forwarded-Host would show, not 400
 ADMIN, PASSWORD = "admin", "correct horse battery staple 42"
-DB_NAME, DB_USER, DB_PASSWORD = "gateway", "gateway", secrets.token_urlsafe(16)
 WORKERS = 2  # deploy/gateway.service's --workers
 GREETINGS = "/apps/django/admin/django_hello/greeting/"
 FORGED = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https", "X-Forwarded-Host": ALSO_ALLOWED,
@@ -147,59 +156,6 @@ pytestmark = [
 
 
 # ---------------------------------------------------------------------------- services
-
-
-class NetnsPostgres(PostgresCluster):
-    """support.PostgresCluster with its server in the ``db`` host, listening on that host's address.
-
-    The apps connect over the LAN with a password (``scram-sha-256``, from their addresses
-    only); the test over the Unix socket, which no namespace hides.
-    """
-
-    def __init__(self, lan: Lan, bindir: Path, root: Path, clients: list[str]) -> None:
-        self.lan = lan
-        self.clients = clients
-        super().__init__(bindir, root)
-
-    def start(self) -> None:
-        self.port = 5432
-        hba = self.datadir / "pg_hba.conf"
-        lines = "".join(f"host all all {address}/32 scram-sha-256\n" for address in self.clients)
-        if lines not in hba.read_text():
-            hba.write_text(hba.read_text() + lines)
-        # deploy/postgresql.conf as shipped (keepalives, timeouts, max_connections 100).
-        conf = self.datadir / "postgresql.conf"
-        include = f"include '{DEPLOY / 'postgresql.conf'}'\n"
-        if include not in conf.read_text():
-            conf.write_text(conf.read_text() + include)
-        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.lan.address['db']} -c fsync=off"
-        subprocess.run([*self.lan.exec_args("db"), *self.as_user, str(self.bindir / "pg_ctl"), "-D",
-                        str(self.datadir), "-o", options, "-l", str(self.log_path), "-w", "start"],
-                       check=True, capture_output=True, timeout=120)
-
-    def url(self, database: str) -> str:
-        """The test's own URL: the Unix socket."""
-        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
-
-    def lan_url(self) -> str:
-        return f"postgres://{DB_USER}:{DB_PASSWORD}@{self.lan.address['db']}:{self.port}/{DB_NAME}"
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """Stop the server: fast, else immediate, else SIGKILL to the postmaster."""
-        pidfile = self.datadir / "postmaster.pid"
-        for mode in ("fast", "immediate"):
-            if not pidfile.exists():
-                return
-            with contextlib.suppress(subprocess.SubprocessError):
-                subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                                "-w", "-t", "10", "stop"], capture_output=True, timeout=20)
-        if pidfile.exists():
-            with contextlib.suppress(ValueError, ProcessLookupError, OSError):
-                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
 
 
 class Redis:
@@ -329,47 +285,6 @@ class Nginx:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-class Instance(ServerProcess):
-    """``gateway serve`` in an app host, on that host's address; ready when /readyz answers
-    200 to a client on the LAN."""
-
-    def __init__(self, lan: Lan, host: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.lan = lan
-        self.host = host
-        self.env = env
-        self.address = lan.address[host]
-        port = INSTANCES[host]
-        super().__init__([*lan.exec_args(host), *args], port=port,
-                         env=env, log_path=log_path, ready_path="/readyz")
-        self.url = f"http://{self.address}:{port}"
-
-    def wait_ready(self, path: str, timeout: float = 60.0) -> None:
-        url = f"http://{self.address}:{self.port}{path}"
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.host}: gateway exited with {self.proc.returncode}:\n{self.log}")
-            try:
-                return self.lan.on("client", httpx.get, url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout, lambda: f"{self.host}: /readyz did not answer 200 within {timeout} s:\n{self.log}")
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON log records written so far."""
-        out = []
-        for line in self.log.splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def problems(self, since: int) -> list[dict[str, Any]]:
-        """WARNING and worse records after the first ``since`` records."""
-        return [r for r in self.records()[since:] if r.get("level") in {"WARNING", "ERROR", "CRITICAL"}]
 
 
 # ---------------------------------------------------------------------------- the site
@@ -798,17 +713,6 @@ def nginx_requests(site: Site, since: int) -> list[re.Match[str]]:
 def first_lines(items: list[Any], count: int = 12) -> str:
     return "\n".join(f"  {item}" for item in items[:count]) + (f"\n  ... {len(items) - count} more"
                                                                if len(items) > count else "")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, message: str | Callable[[], str],
-               interval: float = 0.1) -> float:
-    """Wait until ``predicate()``; return the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(message() if callable(message) else message)
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 def tail(text: str, lines: int) -> str:

@@ -23,7 +23,7 @@ from gateway.core.mounts import MountTable
 from gateway.migration.rules import NO_MATCH, ConfigFileError, Match, RouteSpec, RouteTable, parse_gateway_file
 from gateway.migration.shadow import Shadower
 from tests.apps.shop import CANARY, SHADOW, SHOP
-from tests.entries import BASE, ENTRIES, Send, config_with, rule_table
+from tests.entries import BASE, ENTRIES, Send, config_with, rule_table, who
 
 
 def table_from(text: str) -> MountTable:
@@ -640,11 +640,6 @@ def canary_entry(share: float, kind: str, table: MountTable) -> tuple[Send, Any]
 @pytest.fixture(params=sorted(ENTRIES))
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def who(answer: Any) -> str:
-    assert answer.status == 200, answer.body
-    return str(answer.json()["app"])
 
 
 def test_a_canary_takes_its_share_of_clients_and_keeps_each(kind: str, table: MountTable) -> None:

@@ -462,7 +462,8 @@ SETTINGS: tuple[Setting, ...] = (
                  "generated once and kept in the data directory."),
     Setting(field="data_dir", variable="GATEWAY_DATA_DIR", read=lambda raw, name: Path(raw.strip()).resolve(),
             default="./var", help="The demo apps' SQLite database and generated keys, and the shadow comparisons' "
-                                  "log; nothing is made there for apps of your own."),
+                                  "log; nothing is made there for apps of your own, but the rollouts' state "
+                                  "when DATABASE_URL names no database (docs/rollouts.md)."),
     Setting(field="mounts", variable="GATEWAY_MOUNTS", read=lambda raw, name: tuple(raw.split()), default="",
             option="--mount", kind="multiple", separator=" ",
             help="More mounts, `/prefix=package.module:attribute` (`@wsgi` or `@asgi` to skip detection; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.core.config import Config
+from gateway.migration.rollout_store import database_url
 from gateway.migration.rules import RouteSpec, RouteTable
 from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT
 
@@ -42,7 +44,8 @@ def rule_options(config: Config) -> dict[str, Any]:
     """What :meth:`MountTable.from_specs` takes to load ``config``'s route rules, at start and on a reload."""
     return {"routes": config.file.routes, "apps": config.file.apps, "shadow_log": config.data_dir / "shadow.jsonl",
             "shadow_cpu": config.file.shadow_cpu, "shared_dir": config.migration_dir,
-            "shadow_timeout": config.file.shadow_timeout}
+            "shadow_timeout": config.file.shadow_timeout,
+            "rollout_database": database_url(config.data_dir, os.environ)}
 
 
 def load_rules(config: Config, previous: RouteTable | None = None,
@@ -133,7 +136,8 @@ class MountTable:
     def from_specs(cls, specs: Iterable[str], *, defaults: bool = True, routes: Iterable[RouteSpec] = (),
                    apps: Mapping[str, str] | None = None, shadow_log: Path | None = None,
                    previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
-                   shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT) -> MountTable:
+                   shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT,
+                   rollout_database: str | None = None) -> MountTable:
         """Parse and load mounts; later specs replace earlier ones with the same prefix.
 
         ``routes`` are route rules answered by the named ``apps`` (``name: module:attr``).
@@ -145,7 +149,7 @@ class MountTable:
         routes = tuple(routes)
         if not routes:
             return cls(spec.load() for spec in parsed.values())
-        table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir, shadow_timeout)
+        table = RouteTable(routes, shadow_log, previous, shadow_cpu, shared_dir, shadow_timeout, rollout_database)
         loaded: dict[str, tuple[Any, Interface]] = {}
         for name in dict.fromkeys(n for route in routes
                                   for n in (*route.apps, *filter(None, [route.canary, route.shadow]))):

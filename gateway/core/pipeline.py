@@ -691,6 +691,10 @@ class Pipeline:
             table.route_table.listen(self.metrics.route_event)
         if table.route_table and table.route_table.board is not None:
             table.route_table.board.start()
+        #: The route rules' rollouts, which count each response of their arms (:meth:`done`).
+        self.rollouts = table.route_table.rollouts if table.route_table else None
+        if self.rollouts is not None:
+            self.rollouts.start()
         #: Whether a rule reads request headers of its own (a canary's), or tracing reads
         #: ``traceparent``, so the adapters hand :attr:`Head.fetch` over.
         self.wants_headers = wants or self.tracing is not None
@@ -757,7 +761,8 @@ class Pipeline:
             spec = routes.specs[found.key]  # type: ignore[union-attr]
             routes.traffic.hit(found.key)  # type: ignore[union-attr]
             if spec.canary is not None:
-                canary, set_cookie = self.canary(spec, head, root, scheme)
+                canary, set_cookie = self.canary(spec, head, root, scheme, None if spec.rollout is None else (
+                    routes.rollouts.share(spec)))  # type: ignore[union-attr]
                 if canary:
                     prefix = spec.canary_key
                     with routes.lock:  # type: ignore[union-attr]
@@ -833,8 +838,10 @@ class Pipeline:
         request.shadow_copy = copy
         return copy
 
-    def canary(self, spec: RouteSpec, head: Head, root: str, scheme: str) -> tuple[bool, str | None]:
-        """Whether this client goes to ``spec``'s canary, and the cookie to set if it is new.
+    def canary(self, spec: RouteSpec, head: Head, root: str, scheme: str, share: float | None = None
+               ) -> tuple[bool, str | None]:
+        """Whether this client goes to ``spec``'s canary, and the cookie to set if it is new
+        (``share``: its rollout's share now, else the rule's).
 
         Sticky by the header the rule names (no header: not the canary), else by the
         ``gateway_canary`` cookie, which a client without one gets now.
@@ -842,7 +849,7 @@ class Pipeline:
         fetch = head.fetch
         if spec.header is not None:
             value = fetch(spec.header) if fetch is not None else None
-            return (value is not None and spec.chooses_canary(value)), None
+            return (value is not None and spec.chooses_canary(value, share)), None
         client = None
         if fetch is not None and (cookies := fetch("cookie")) and CANARY_COOKIE in cookies:
             try:
@@ -850,12 +857,12 @@ class Pipeline:
             except UnicodeDecodeError:  # Werkzeug reads cookies as UTF-8: these bytes are no canary ID
                 client = None
         if client is not None and _CANARY_ID.fullmatch(client):
-            return spec.chooses_canary(client), None
+            return spec.chooses_canary(client, share), None
         client = secrets.token_hex(16)
         secure = "; Secure" if scheme in {"https", "wss"} else ""
         cookie = (f"{CANARY_COOKIE}={client}; Path={self.cookie_path(root) or '/'}; Max-Age=31536000; HttpOnly; "
                   f"SameSite=Lax{secure}")
-        return spec.chooses_canary(client), cookie
+        return spec.chooses_canary(client, share), cookie
 
     def begin(self, head: Head, started: float, protocol: str = "-", *, counted: bool = True) -> Request:
         """Decide, and start the request's state; the decision's request ID goes on every
@@ -880,7 +887,8 @@ class Pipeline:
     @property
     def observing(self) -> bool:
         """Whether the entry points must note each response's status and size for :meth:`done`."""
-        return self.measured or access.logger.isEnabledFor(logging.INFO)  # access.enabled(), without the call
+        return (self.measured or self.rollouts is not None
+                or access.logger.isEnabledFor(logging.INFO))  # access.enabled(), without the call
 
     def done(self, request: Request) -> None:
         """A request is answered (``request.status``, ``request.size`` bytes of body): its
@@ -892,6 +900,10 @@ class Pipeline:
                                   in_flight=request.decision.render is None)
         if self.tracing is not None:
             self.tracing.end(request)
+        if (rollouts := self.rollouts) is not None and (mount := request.decision.mount) is not None and (
+                mount.prefix in rollouts.watched):
+            rollouts.record(mount.prefix, request.status, time.perf_counter() - request.started,
+                            request.head.method, request.decision.path_info)
 
     def forward(self, head: Head) -> tuple[str | None, tuple[str, int | None], str, str | None, str, bool]:
         """Apply one hop of a trusted proxy's well-formed ``X-Forwarded-*`` headers."""

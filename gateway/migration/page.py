@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.migration.rollout_page import section as rollouts_section
 from gateway.migration.traffic import CANARY, FALLBACKS, MINUTES
 from gateway.replies import Reply
 
@@ -114,7 +115,7 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
         # Shares of the same minutes' requests.
         canaried = sum(routes.traffic.series(key, now, CANARY, totals))
         fallbacks = sum(routes.traffic.series(key, now, FALLBACKS, totals))
-        canary = (f"{escape(spec.canary)}: {spec.share:g}% of clients, {share(canaried, total)} of "
+        canary = (f"{escape(spec.canary)}: {routes.share(spec):g}% of clients, {share(canaried, total)} of "
                   "requests" if spec.canary else "-")
         fallback = f"{fallbacks} ({share(fallbacks, total)})" if len(spec.apps) > 1 else "-"
         shadow = "-"
@@ -149,6 +150,6 @@ def render(routes: RouteTable | None, now: float | None = None) -> Reply:
             "fill:#555}td.chart,tr.axis th{white-space:nowrap}.count{margin-left:.4em;vertical-align:top}"
             "tr.axis th{font-weight:normal;color:#555;padding-top:0}pre{background:#f6f6f6;padding:.6em;"
             "overflow-x:auto}</style>"
-            f"<h1>Migration</h1>{table}</html>").encode()
+            f"<h1>Migration</h1>{table}{rollouts_section(routes, now)}</html>").encode()
     return Reply(200, (("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store")), body)

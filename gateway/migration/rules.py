@@ -70,6 +70,8 @@ from werkzeug.routing import Map, RequestRedirect, Rule
 from werkzeug.routing.rules import _converter_args_re, _part_re, parse_converter_args
 
 from gateway.migration.matcher import CONVERTERS, Compiled, backtracking, compile_map
+from gateway.migration.rollout import Rollouts
+from gateway.migration.rollout_spec import RolloutSpec, parse_rollout
 from gateway.migration.shadow import DEFAULT_CPU, DEFAULT_TIMEOUT, Shadower
 from gateway.migration.traffic import Board, Traffic
 
@@ -101,6 +103,7 @@ class RouteSpec:
     shadow_credentials: bool = False  # the replays carry the client's cookies and authorization
     #: The methods whose 404 falls through to the next app (``fallback_methods``).
     fallback_methods: tuple[str, ...] = ("GET", "HEAD")
+    rollout: RolloutSpec | None = None  # the canary's share walks steps, judged (gateway.migration.rollout)
 
     @property
     def canary_key(self) -> str:
@@ -117,10 +120,11 @@ class RouteSpec:
         """The shadow comparison's candidate's key in the mount table."""
         return self.key + " shadow"
 
-    def chooses_canary(self, client: str) -> bool:
-        """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share."""
+    def chooses_canary(self, client: str, share: float | None = None) -> bool:
+        """Whether ``client`` (a cookie's ID, a header's value) is among the canary's share
+        (``share``: a rollout's now, else the rule's)."""
         digest = hashlib.blake2b(f"{self.rule}\0{client}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") % 10_000 < round(self.share * 100)
+        return int.from_bytes(digest, "big") % 10_000 < round((self.share if share is None else share) * 100)
 
     @property
     def key(self) -> str:
@@ -200,10 +204,10 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         if not isinstance(route, dict):
             raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]], "
                                   'each a table: rule = "/shop/<int:id>", app = "shop".')
-        extra = set(route) - {"rule", "app", "methods", "canary", "shadow", "fallback_methods"}
+        extra = set(route) - {"rule", "app", "methods", "canary", "shadow", "fallback_methods", "rollout"}
         if extra:
             raise ConfigFileError(f"{where}: unknown key {sorted(extra)[0]!r} in [[route]]; "
-                                  "use rule, app, methods, fallback_methods, canary and shadow.")
+                                  "use rule, app, methods, fallback_methods, canary, shadow and rollout.")
         rule = route.get("rule")
         if not isinstance(rule, str) or not rule.startswith("/"):
             raise ConfigFileError(f'{where}: rule must be a path starting with "/", e.g. rule = "/shop/<int:id>".')
@@ -225,10 +229,15 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
         fallback_methods = _fallback_methods(route.get("fallback_methods"), len(names), where)
         canary, share, header = _canary(route.get("canary"), apps, where)
         shadow, shadow_headers, shadow_credentials = _shadow(route.get("shadow"), apps, where)
-        if shadow is not None and (canary is not None or len(names) > 1):
-            raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary.")
+        try:
+            rollout = parse_rollout(route.get("rollout"), where, route.get("canary"))
+        except ValueError as exc:
+            raise ConfigFileError(str(exc)) from None
+        if shadow is not None and (len(names) > 1 or (canary is not None and (rollout is None or canary != shadow))):
+            raise ConfigFileError(f"{where}: a rule in shadow mode has one app, and no canary (but the one a "
+                                  "rollout judges, when it is the shadow's app).")
         spec = RouteSpec(rule, names, methods, line, canary, share, header, shadow, shadow_headers,
-                         shadow_credentials, fallback_methods)
+                         shadow_credentials, fallback_methods, rollout)
         problem = check_rule(rule, checked=checked)
         if problem is not None:
             raise ConfigFileError(f"{where}: rule {rule!r} {problem}.")
@@ -553,10 +562,12 @@ class RouteTable:
 
     def __init__(self, specs: Iterable[RouteSpec], shadow_log: Path | None = None,
                  previous: RouteTable | None = None, shadow_cpu: float = DEFAULT_CPU,
-                 shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT) -> None:
+                 shared_dir: Path | None = None, shadow_timeout: float = DEFAULT_TIMEOUT,
+                 rollout_database: str | None = None) -> None:
         """``previous``: the table a reload replaces; its counts and shadow pool carry on
         (with ``shadow_cpu``, the file's share now, and ``shadow_timeout``). ``shared_dir``: where the workers of
-        one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``)."""
+        one server share the migration page's counts (``GATEWAY_MIGRATION_DIR``). ``rollout_database``: where
+        the rules' rollouts are kept (:mod:`gateway.migration.rollout`)."""
         self.specs = {spec.key: spec for spec in specs}
         #: Runs the shadow comparisons of the rules in shadow mode (its counts are per rule).
         self.shadower: Shadower = previous.shadower if previous is not None else Shadower(shadow_log)
@@ -578,11 +589,18 @@ class RouteTable:
         #: The rules as regular expressions, which answer most paths in a fifth of the time.
         self.compiled: Compiled | None = compile_map(self.map, previous.compiled if previous is not None else None)
         self.matches = {key: Match(key) for key in self.specs}
+        self.rollouts: Rollouts | None = previous.rollouts if previous is not None else None
+        if self.rollouts is not None:
+            self.rollouts.configure(self.specs.values())
+        elif rollout_database is not None and any(spec.rollout for spec in self.specs.values()):
+            self.rollouts = Rollouts(self.specs.values(), rollout_database, self.shadower.snapshot)
 
     def listen(self, listener: Callable[..., None]) -> None:
         """Tell ``listener`` of each fallback, canary request and shadow outcome, as
         ``listener(kind, rule[, outcomes])`` (the metrics)."""
         self.listener = self.shadower.listener = listener
+        if self.rollouts is not None:
+            self.rollouts.listen(listener)
 
     def fell_back(self, key: str) -> None:
         """Count a fallback of rule ``key``: an app's answer was passed over for the next one's."""
@@ -596,6 +614,10 @@ class RouteTable:
         self.traffic.hit(key, what=kind)
         if self.listener is not None:
             self.listener(kind, key)
+
+    def share(self, spec: RouteSpec) -> float:
+        """The share of clients ``spec``'s canary has now: its rollout's, else its own."""
+        return spec.share if spec.rollout is None or self.rollouts is None else self.rollouts.share(spec)
 
     def __bool__(self) -> bool:
         return bool(self.specs)
@@ -648,9 +670,16 @@ class RouteTable:
             if candidates:
                 lines.append("More general rules that match too, and lose to it (Werkzeug orders rules "
                              f"by specificity): {', '.join(repr(c) for c in candidates)}.")
+            owner = self.rollouts.owner(spec) if self.rollouts is not None and spec.rollout is not None else None
+            if owner is not None:
+                lines.append(f"Its rollout is done and handed the rule over: app {owner!r} answers it, for every "
+                             f"client, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
+                return lines
             if spec.canary is not None:
                 sticky = f"the value of its {spec.header} header" if spec.header else "the gateway_canary cookie"
-                lines.append(f"{spec.share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}; the others:")
+                share = spec.share if spec.rollout is None or self.rollouts is None else self.rollouts.share(spec)
+                lines.append(f"{share:g}% of clients, chosen by {sticky}, go to app {spec.canary!r}"
+                             + (" (its rollout's share now)" if spec.rollout is not None else "") + "; the others:")
             if len(spec.apps) == 1:
                 lines.append(f"App {spec.apps[0]!r} answers it, with SCRIPT_NAME \"\" and PATH_INFO {path!r}.")
             else:

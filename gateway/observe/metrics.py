@@ -110,6 +110,11 @@ class Metrics:
                                 ["rule"], registry=registry)
         self.shadow = Counter("gateway_shadow", "Shadow comparisons, by route rule and outcome.",
                               ["rule", "outcome"], registry=registry)
+        self.rollout_share = Gauge("gateway_rollout_share", "A rollout's canary share now (per cent), by rule.",
+                                   ["rule"], multiprocess_mode="livemax", registry=registry)
+        self.rollout_responses = Counter("gateway_rollout_responses", "Answers of a rollout's arms, by rule, arm "
+                                         "(baseline, canary), step (its share) and status class.",
+                                         ["rule", "arm", "step", "status"], registry=registry)
         self._requests: dict[tuple[str, int], Any] = {}
         self._latency: dict[str, Any] = {}
 
@@ -156,6 +161,10 @@ class Metrics:
             self.fallbacks.labels(rule).inc()
         elif kind == "canary":
             self.canaries.labels(rule).inc()
+        elif kind == "rollout":  # outcomes: arm, step, status class
+            self.rollout_responses.labels(rule, *outcomes).inc()
+        elif kind == "rollout_share":  # outcomes: the share
+            self.rollout_share.labels(rule).set(float(outcomes[0]))
         else:
             for outcome in outcomes:
                 self.shadow.labels(rule, outcome).inc()

@@ -8,6 +8,8 @@
     gateway init [--force]
     gateway routes [--mount ...] [--config gateway.toml] [--explain PATH]
     gateway reload PID
+    gateway progress [--window MINUTES]
+    gateway rollout status|pause|resume|promote|rollback [RULE] [--reason TEXT] [--by NAME]
     gateway diff [shadow.jsonl]
     gateway migrate
     gateway manage <django command> [args...]
@@ -494,6 +496,41 @@ def diff(log: Path | None) -> None:
         raise click.ClickException(f"{path} does not exist: no shadow comparison has found a difference yet "
                                    "(or give the file's path).")
     click.echo("\n".join(summarise(path)))
+
+
+@cli.command()
+@config_option
+@click.argument("action", type=click.Choice(["status", "pause", "resume", "promote", "rollback"]))
+@click.argument("rule", required=False)
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@click.option("--by", "actor", metavar="NAME", help="Who, for the audit trail (default: user@host).")
+def rollout(config_file: Path | None, action: str, rule: str | None, reason: str, actor: str | None) -> None:
+    """Show a rule's rollout, or pause, resume, promote or roll it back on every instance."""
+    from gateway.serve.rollout_command import run
+
+    run(_config({}, config_file), action, rule, reason=reason, actor=actor)
+
+
+@cli.command()
+@config_option
+@click.option("--window", default=60, show_default=True, type=click.IntRange(1, 7 * 24 * 60),
+              help="Minutes of traffic to count.")
+def progress(config_file: Path | None, window: int) -> None:
+    """List each app's routes, who answers them, their traffic, and the legacy ones left to port."""
+    from gateway.migration.rollout_store import Store, database_url
+    from gateway.serve.progress import report, routes
+
+    config = _config({}, config_file)
+    table = _load(config)
+    if not table.route_table:
+        raise click.ClickException("no route rules in this gateway.toml: progress maps the apps the rules name.")
+    with Store(database_url(config.data_dir, os.environ)) as store:
+        try:
+            found, total = routes(table, store, window)
+        except Exception as exc:  # any driver's error: say which database, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"cannot read the traffic counts ({store.where}): {first}") from None
+    click.echo("\n".join(report(found, total, window)))
 
 
 @cli.command()

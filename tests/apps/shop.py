@@ -164,3 +164,25 @@ rule = "/shop/api/products/<int:product_id>"
 app = "legacy"
 shadow = { app = "new" }
 '''
+
+#: The cart's canary as a rollout: steps of 10, 50 and 100 per cent, judged no sooner than an
+#: hour and 100,000 requests (tests move it by command).
+ROLLOUT = '''
+[apps]
+legacy = "tests.apps.shop:legacy"
+new = "tests.apps.shop:new"
+
+[mounts]
+"/echo" = "tests.thirdapp:echo_app"
+
+[[route]]
+rule = "/shop/cart"
+app = "legacy"
+methods = ["GET"]
+canary = { app = "new" }
+
+[route.rollout]
+steps = [10, 50, 100]
+interval = 3600
+requests = 100000
+'''

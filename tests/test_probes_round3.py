@@ -5,15 +5,22 @@ tests (tests/test_mount_match.py), it is there."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.config import Config
+from gateway.migration import rules
+from gateway.migration.rules import ConfigFileError
 from gateway.serve import frameworks
 
 
@@ -69,3 +76,30 @@ def test_the_one_pass_reading_is_the_stdlibs(value: str) -> None:
     reference = stdlib_cookies()._unquote
     for text in (value, f'"{value}"'):
         assert frameworks.unquote_cookie(text) == reference(text)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda path: os.mkfifo(path), id="fifo"),
+    # /dev/null, not /dev/zero: a regression must fail this test, not fill the machine's memory.
+    pytest.param(lambda path: path.symlink_to("/dev/null"), id="link-to-a-device"),
+    pytest.param(lambda path: path.symlink_to(path), id="link-to-itself"),
+    pytest.param(lambda path: path.mkdir(), id="folder"),
+    pytest.param(lambda path: path.write_text("# " + "x" * (rules.MOST_FILE_BYTES + 1)), id="over-16-MiB"),
+])
+def test_a_gateway_toml_that_is_no_file_to_read_is_one_line(tmp_path: Path, make: Any) -> None:
+    """T3: a SIGHUP (and a start) with the gateway.toml a FIFO, a link to ``/dev/zero`` or to
+    itself, a folder, or a file of 16 MiB and more (a device: ``/dev/null`` read as an empty
+    file, with no rules). Before: the FIFO held the reload's thread
+    for ever on uvicorn, and Granian's main process, SIGTERM included, for the check's 120 s;
+    ``/dev/zero`` grew uvicorn to 8.6 GB in 20 s; the loop was a RuntimeError and a traceback.
+    Now each is one ConfigFileError line naming the file, read in no time and no memory."""
+    path = tmp_path / "gateway.toml"
+    make(path)
+    with ThreadPoolExecutor(1) as pool:  # a read that blocks fails the test, not the run
+        future = pool.submit(Config().with_file, path)
+        try:
+            with pytest.raises(ConfigFileError, match=r"^" + re.escape(str(path)) + r": [^\n]+$"):
+                future.result(timeout=30)
+        finally:
+            if not future.done() and path.is_fifo():
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open return

@@ -103,3 +103,63 @@ def test_a_gateway_toml_that_is_no_file_to_read_is_one_line(tmp_path: Path, make
         finally:
             if not future.done() and path.is_fifo():
                 os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open return
+
+
+FIRST = """
+[apps]
+first = "round3_first:app"
+
+[[route]]
+rule = "/r3/"
+app = "first"
+"""
+
+
+@pytest.mark.parametrize(("code", "shown"), [
+    pytest.param("import sys\nsys.exit(3)\n", "SystemExit: 3", id="sys-exit"),
+    pytest.param("raise KeyboardInterrupt\n", "KeyboardInterrupt", id="keyboard-interrupt"),
+    pytest.param("raise RuntimeError('boom')\n", "RuntimeError: boom", id="runtime-error"),
+])
+def test_a_reload_whose_app_exits_at_import_keeps_the_server_and_its_rules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: str,
+        shown: str) -> None:
+    """T4: a SIGHUP with a gateway.toml whose new app calls ``sys.exit()`` at import (a
+    module that refuses to start without its settings). Before, on uvicorn: the reload's
+    task ended in SystemExit, and the server stopped: a full outage. Now one ERROR line
+    naming the module, and the rules the server had answer on."""
+    import asyncio
+    import logging
+
+    import httpx
+
+    from gateway.serve.builder import build
+
+    module = f"round3_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / "round3_first.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'first']\n")
+    (tmp_path / f"{module}.py").write_text(code)
+    path = tmp_path / "gateway.toml"
+    path.write_text(FIRST)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = build(Config().with_file(path), "asgi")
+
+    async def sighup_then_get() -> httpx.Response:
+        path.write_text(FIRST.replace("[apps]\n", f'[apps]\nsecond = "{module}:app"\n')
+                        + '\n[[route]]\nrule = "/r3/second"\napp = "second"\n')
+        await app.reload_later()
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            return await client.get("/r3/")
+
+    try:
+        with caplog.at_level(logging.ERROR, "gateway"):
+            answer = asyncio.run(sighup_then_get())
+        assert (answer.status_code, answer.text) == (200, "first")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        assert errors[0].startswith(f"{path} was not reloaded: ") and shown in errors[0], errors
+        assert errors[0].endswith("The route rules stay as they were.")
+    finally:
+        app.executor.shutdown(wait=True)
+        sys.modules.pop(module, None)

@@ -163,3 +163,46 @@ def test_a_reload_whose_app_exits_at_import_keeps_the_server_and_its_rules(
     finally:
         app.executor.shutdown(wait=True)
         sys.modules.pop(module, None)
+
+
+def test_a_warning_that_quotes_a_clients_path_writes_its_controls_escaped() -> None:
+    """T5: ``POST /faults/echo%1B%5D0;PWNED%07%1B[2J%0A...`` whose body stops arriving. Before,
+    on uvicorn and Granian: the 408's warning line wrote the path as decoded, so the
+    operator's terminal took the escape sequences (a new window title, a cleared screen) and
+    ``%0A`` began a forged line. Now the text log writes them escaped, as the access line
+    does; a traceback keeps its lines."""
+    import io
+    import logging
+
+    from gateway.observe.logs import logging_config
+
+    handler_config = logging_config()["handlers"]["default"]
+    formatter_config = dict(logging_config()["formatters"]["default"])
+    factory = formatter_config.pop("()", logging.Formatter)  # as dictConfig builds it
+    if "format" in formatter_config:
+        formatter_config["fmt"] = formatter_config.pop("format")
+    handler = logging.StreamHandler(stream := io.StringIO())
+    handler.setFormatter(factory(**formatter_config))
+    logger = logging.getLogger("gateway.round3")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        path = "/faults/echo\x1b]0;PWNED\x07\x1b[2J\n2026-12-05 INFO forged\u202e"
+        record = logger.makeRecord("gateway", logging.WARNING, __file__, 0,
+                                   "The request body of %s %s stopped arriving for %g s; answered 408.",
+                                   ("POST", path, 1.0), None)
+        record.request_id = "-"
+        logger.handle(record)
+        try:
+            raise RuntimeError("a traceback")
+        except RuntimeError:
+            logger.exception("failed on %s", "/x\x1b[2J", extra={"request_id": "-"})
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert handler_config["formatter"] == "default"
+    assert "\x1b" not in written and "\x07" not in written and "\u202e" not in written
+    lines = written.splitlines()
+    assert lines[0].endswith("The request body of POST /faults/echo\\x1b]0;PWNED\\x07\\x1b[2J\\n2026-12-05 INFO "
+                             "forged\\u202e stopped arriving for 1 s; answered 408.")
+    assert lines[1].endswith("failed on /x\\x1b[2J") and lines[2] == "Traceback (most recent call last):"

@@ -206,3 +206,29 @@ def test_a_warning_that_quotes_a_clients_path_writes_its_controls_escaped() -> N
     assert lines[0].endswith("The request body of POST /faults/echo\\x1b]0;PWNED\\x07\\x1b[2J\\n2026-12-05 INFO "
                              "forged\\u202e stopped arriving for 1 s; answered 408.")
     assert lines[1].endswith("failed on /x\\x1b[2J") and lines[2] == "Traceback (most recent call last):"
+
+
+def test_gateway_routes_writes_a_rules_and_a_paths_controls_escaped(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """T6: a gateway.toml (from someone else's change) whose rule holds ``\\x1b]0;PWNED\\x07``,
+    and ``gateway routes --explain`` of a path holding it. Before: both printed as they
+    were, to the operator's terminal (``gateway routes``, ``--explain``, the banner of
+    ``gateway serve`` and its errors). Now written escaped."""
+    from click.testing import CliRunner
+
+    from gateway.serve.cli import cli
+
+    (tmp_path / "round3_esc.py").write_text(
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n")
+    path = tmp_path / "gateway.toml"
+    path.write_text('[apps]\nesc = "round3_esc:app"\n\n[[route]]\nrule = "/z\\u001b]0;PWNED\\u0007/<path:p>"\n'
+                    'app = "esc"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["routes", "--config", str(path)])
+    explained = runner.invoke(cli, ["routes", "--config", str(path), "--explain", "/q\x1b]0;T\x07/a\u202e"])
+    assert (listed.exit_code, explained.exit_code) == (0, 0), (listed.output, explained.output)
+    for output in (listed.output, explained.output):
+        assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
+    assert "/z\\x1b]0;PWNED\\x07/<path:p>" in listed.output
+    assert "GET /q\\x1b]0;T\\x07/a\\u202e matches no rule" in explained.output

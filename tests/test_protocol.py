@@ -376,22 +376,25 @@ def test_requests_pipelined_far_ahead_of_their_responses_are_cut_off(caplog: pyt
     """T7: one read holding 5,000 pipelined GETs (a client that sends them and reads nothing).
     uvicorn queued every one, and read on after each response: 50,000 on each of 8
     connections grew the process by 540 MiB and kept the event loop busy 11 s. Past
-    PIPELINE_LIMIT queued requests the connection gets a 400 and is closed, with one
-    warning; a few pipelined requests are all answered, in order."""
+    PIPELINE_LIMIT queued requests nothing more is read: the request in progress and the
+    next are answered, the connection closes, one warning says so, and no error is logged;
+    a few pipelined requests are all answered, in order."""
 
     async def scenario(count: int) -> tuple[HeaderTimeoutProtocol, Transport]:
         protocol, transport = connect()
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
-        await until(lambda: transport.closed or transport.written.count(b"HTTP/1.1 200") == count)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * 10)  # not read
+        await until(lambda: transport.closed or transport.written.count(b"HTTP/1.1 200") == count + 10)
         return protocol, transport
 
     protocol, transport = asyncio.run(scenario(10))
-    assert transport.written.count(b"HTTP/1.1 200 OK") == 10 and not transport.closed
+    assert transport.written.count(b"HTTP/1.1 200 OK") == 20 and not transport.closed
     with caplog.at_level(logging.WARNING):
         protocol, transport = asyncio.run(scenario(5000))
     assert transport.closed
-    assert len(protocol.pipeline) <= PIPELINE_LIMIT
-    assert b"HTTP/1.1 400 Bad Request" in transport.written
-    assert [r.getMessage() for r in caplog.records if r.name == "gateway"] == [
-        f"A connection from 127.0.0.1:5000 sent more than {PIPELINE_LIMIT} requests ahead of their responses; "
-        "answered 400 and closed."]
+    assert transport.written.count(b"HTTP/1.1 ") == transport.written.count(b"HTTP/1.1 200 OK") == 2
+    gateway_lines = [r.getMessage() for r in caplog.records if r.name == "gateway"]
+    assert gateway_lines == [
+        f"A connection from 127.0.0.1:5000 sent more than {PIPELINE_LIMIT} requests ahead of their responses; the "
+        "next is answered, the others dropped, and the connection closed."]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

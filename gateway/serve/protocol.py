@@ -51,8 +51,10 @@ SHUTDOWN_GRACE = 0.5
 #: are whole; this bound leaves room for a long URL and still caps what is held.
 HEAD_LIMIT = 1024 * 1024
 
-#: Requests a connection may send ahead of its responses (HTTP/1.1 pipelining); the next
-#: one is answered 400 and the connection closed. httptools parses every request of what
+#: Requests a connection may send ahead of its responses (HTTP/1.1 pipelining). Past them,
+#: nothing more of it is read, the request in progress and the next are answered, and the
+#: connection closes (a 400 at once made the running request write to a closed transport,
+#: an error and a traceback). httptools parses every request of what
 #: uvicorn reads at once, and uvicorn queues each, reading on after every response: one
 #: client pipelining 50,000 GETs grew the process by 131 MiB, eight by 540 MiB, with the
 #: event loop busy 11 s. Browsers do not pipeline; a client that does sends a few.
@@ -89,6 +91,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.header_deadline: asyncio.TimerHandle | None = None
         self.began = False  # a request began since the clock started
         self.head_bytes = 0  # bytes of the request head being read (HEAD_LIMIT)
+        self.overrun = False  # requests were pipelined past PIPELINE_LIMIT: nothing more is read
         self.grace: asyncio.TimerHandle | None = None  # the server stopped: the end of the wait for a first request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -100,8 +103,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._start_clock()
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            return  # cut off (431, 408): nothing more of this connection is read
+        if self.transport.is_closing() or self.overrun:
+            return  # cut off (431, 408, a pipeline overrun): nothing more of this connection is read
         if self.header_deadline is None and self.cycle_done():
             self._start_clock()  # the first byte after a response
         if self.header_deadline is not None:  # a request's head is on its way: bounded
@@ -113,13 +116,24 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= PIPELINE_LIMIT:
-            client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031 - uvicorn's form
-            logger.warning("A connection from %s sent more than %d requests ahead of their responses; answered "
-                           "400 and closed.", client, PIPELINE_LIMIT)
-            # httptools stops parsing, and uvicorn answers its 400 and closes the connection.
-            raise httptools.HttpParserError("requests pipelined too far ahead")
+            self.overrun = True
+            raise httptools.HttpParserError("requests pipelined too far ahead")  # stops the parse
         self.began = True
         super().on_message_begin()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse; for a pipeline overrun, the end of
+        the connection once the request in progress and the next one are answered."""
+        if not self.overrun:
+            super().send_400_response(msg)
+            return
+        client = "%s:%d" % self.client if self.client else "unknown client"  # noqa: UP031 - uvicorn's form
+        logger.warning("A connection from %s sent more than %d requests ahead of their responses; the next "
+                       "is answered, the others dropped, and the connection closed.", client, PIPELINE_LIMIT)
+        following = self.pipeline.pop()  # the oldest waiting
+        self.pipeline.clear()
+        following[0].keep_alive = False
+        self.pipeline.append(following)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         """The client half-closed: it will send no more.

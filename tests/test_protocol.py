@@ -380,17 +380,17 @@ def test_requests_pipelined_far_ahead_of_their_responses_are_cut_off(caplog: pyt
     next are answered, the connection closes, one warning says so, and no error is logged;
     a few pipelined requests are all answered, in order."""
 
-    async def scenario(count: int) -> tuple[HeaderTimeoutProtocol, Transport]:
+    async def scenario(count: int) -> Transport:
         protocol, transport = connect()
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * count)
         protocol.data_received(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * 10)  # not read
         await until(lambda: transport.closed or transport.written.count(b"HTTP/1.1 200") == count + 10)
-        return protocol, transport
+        return transport
 
-    protocol, transport = asyncio.run(scenario(10))
+    transport = asyncio.run(scenario(10))
     assert transport.written.count(b"HTTP/1.1 200 OK") == 20 and not transport.closed
     with caplog.at_level(logging.WARNING):
-        protocol, transport = asyncio.run(scenario(5000))
+        transport = asyncio.run(scenario(5000))
     assert transport.closed
     assert transport.written.count(b"HTTP/1.1 ") == transport.written.count(b"HTTP/1.1 200 OK") == 2
     gateway_lines = [r.getMessage() for r in caplog.records if r.name == "gateway"]

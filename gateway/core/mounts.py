@@ -274,7 +274,7 @@ def import_app(target: str) -> Any:
             raise MountError(f'Could not import module "{module_name}" (from "{target}"): is the folder that '
                              "holds it the current directory, or the gateway.toml's?") from exc
         raise MountError(_failed(f'Importing "{module_name}" (from "{target}")', exc)) from exc
-    except (Exception, SystemExit) as exc:  # the module's own code raised, or called sys.exit(): one line
+    except Exception as exc:  # the module's own code raised: one line, whatever it raised
         raise MountError(_failed(f'Importing "{module_name}" (from "{target}")', exc)) from exc
     app: Any = module
     try:
@@ -285,7 +285,7 @@ def import_app(target: str) -> Any:
     if factory:
         try:
             app = app()
-        except (Exception, SystemExit) as exc:
+        except Exception as exc:
             raise MountError(_failed(f'Calling "{module_name}:{attr}()"', exc)) from exc
     if not callable(app):
         raise MountError(f'"{target}" is not a WSGI or ASGI application: it is not callable.')

@@ -398,3 +398,44 @@ def test_requests_pipelined_far_ahead_of_their_responses_are_cut_off(caplog: pyt
         f"A connection from 127.0.0.1:5000 sent more than {PIPELINE_LIMIT} requests ahead of their responses; the "
         "next is answered, the others dropped, and the connection closed."]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class CountedBody(bytes):
+    """A request body that counts the times something is added to it (each a copy)."""
+
+    additions = 0
+
+    def __add__(self, other: bytes) -> CountedBody:  # type: ignore[override]
+        CountedBody.additions += 1
+        return CountedBody(bytes(self) + other)
+
+
+def test_a_read_of_many_small_chunks_is_added_to_the_body_once() -> None:
+    """T8: a chunked body of one-byte chunks. uvicorn added each to the request's body with
+    ``bytes +=``, a copy of what was there: 1,000,000 of them held the event loop 2.3 s, four
+    clients held /healthz 4.4 s. The pieces of one read are joined and added once."""
+    CountedBody.additions = 0
+    received: list[bytes] = []
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        more = True
+        while more:
+            message = await receive()
+            received.append(bytes(message.get("body", b"")))
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> Transport:
+        protocol, transport = connect(echo)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        protocol.cycle.body = CountedBody(protocol.cycle.body)
+        protocol.data_received(b"1\r\na\r\n" * 20_000)
+        protocol.data_received(b"1\r\nb\r\n" * 10 + b"0\r\n\r\n")
+        await until(lambda: transport.written.startswith(b"HTTP/1.1 200"))
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.written.startswith(b"HTTP/1.1 200 OK")
+    assert b"".join(received) == b"a" * 20_000 + b"b" * 10
+    assert CountedBody.additions <= 2

@@ -34,6 +34,7 @@ from typing import Any
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.core.config import DEFAULT_HEADER_TIMEOUT
@@ -92,6 +93,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.began = False  # a request began since the clock started
         self.head_bytes = 0  # bytes of the request head being read (HEAD_LIMIT)
         self.overrun = False  # requests were pipelined past PIPELINE_LIMIT: nothing more is read
+        #: The body pieces of this read, joined once it is parsed (:meth:`on_body`).
+        self.pieces: list[bytes] = []
         self.grace: asyncio.TimerHandle | None = None  # the server stopped: the end of the wait for a first request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -113,6 +116,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
                 self._head_too_large()
                 return
         super().data_received(data)
+        self._hand_over_body()
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= PIPELINE_LIMIT:
@@ -120,6 +124,30 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             raise httptools.HttpParserError("requests pipelined too far ahead")  # stops the parse
         self.began = True
         super().on_message_begin()
+
+    def on_body(self, body: bytes) -> None:
+        """Keep a piece of the body until the read is parsed. uvicorn adds each piece to the
+        request's body with ``bytes +=``, which copies what is there: a read of 256 KiB in
+        chunks of one byte copied about a gigabyte, and 1,000,000 such chunks held the event
+        loop 2.3 s (four clients, /healthz 4.4 s late)."""
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self._hand_over_body()
+        super().on_message_complete()
+
+    def _hand_over_body(self) -> None:
+        """Give the request the pieces of its body read so far, as uvicorn's ``on_body`` does."""
+        if not self.pieces:
+            return
+        cycle = self.cycle
+        cycle.body += b"".join(self.pieces)
+        self.pieces.clear()
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse; for a pipeline overrun, the end of

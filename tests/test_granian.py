@@ -354,3 +354,48 @@ def test_a_worker_signalled_before_it_set_its_handlers_ends_and_the_main_process
     assert not server.interrupt_signal
     server.signal_handler_interrupt(signal.SIGTERM, None)  # the main process: Granian's own handling
     assert server.interrupt_signal and server.main_loop_interrupt.is_set()
+
+
+PICKY_APP = """
+import multiprocessing
+
+# Imports in the reload's check process (named gateway-check), fails in a worker: as a
+# gateway.toml or an app's module that changed between the check and the new worker would.
+if multiprocessing.current_process().name != "gateway-check":
+    raise RuntimeError("changed since the check")
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"picky"]
+"""
+
+
+def test_a_worker_that_fails_after_the_reload_check_passed_keeps_the_site_up(tmp_path: Path) -> None:
+    """T10: SIGHUP with a file whose new worker fails though the check built it (the file or
+    a module changed in between: seen with SIGHUPs 0.3 s apart while the file went from a
+    good one to a FIFO, under wrk). Granian's main process shut down: every request after
+    it failed. A bad file, whenever it comes, must not take the site down."""
+    import signal
+
+    (tmp_path / "round3_picky.py").write_text(PICKY_APP)
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n')
+    port = free_port()
+    env = server_env(tmp_path, PYTHONPATH=f"{tmp_path}")
+    server = ServerProcess([*GATEWAY, "serve", "--server", "granian", "--port", str(port), "--config",
+                            str(config_file)], port=port, env=env, log_path=tmp_path / "server.log", ready_path="/a/")
+    try:
+        config_file.write_text('[mounts]\n"/a" = "tests.thirdapp:wsgi_app"\n"/p" = "round3_picky:app"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.proc.poll() is not None or "replacement exited" in server.log,
+                   "the new worker's failure, or the server's exit")
+        assert server.proc.poll() is None, server.log
+        refusals = [line for line in server.log.splitlines() if "was not reloaded" in line]
+        assert len(refusals) == 1 and refusals[0].endswith(
+            "replacement exited with status 1 as it started; the old worker keeps serving what it had."), server.log
+        assert request(port, http_request("GET", "/p/"), timeout=10).status == 404  # the old rules
+        answer = request(port, http_request("GET", "/a/x"), timeout=10)
+        assert answer.status == 200, server.log
+    finally:
+        server.stop()

@@ -296,6 +296,11 @@ class ASGIGateway:
         except ValueError as exc:  # ConfigFileError, MountError
             logger.error("%s was not reloaded: %s The route rules stay as they were.", path, exc)
             return None
+        except BaseException as exc:  # sys.exit() in an app's import, raised on here, ended the server
+            logger.error("%s was not reloaded: %s. The route rules stay as they were.", path,
+                         f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            logger.debug("The reload's exception:", exc_info=True)
+            return None
         return self.pipeline.table.with_rules(rules), config
 
     def use_rules(self, table: MountTable, config: Config) -> None:

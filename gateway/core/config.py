@@ -120,7 +120,8 @@ class Config:
         """This configuration with the ``gateway.toml`` at ``path`` read in (None: none)."""
         if path is None:
             return replace(self, config_file=None, file=GatewayFile())
-        return replace(self, config_file=path.resolve(), file=read_gateway_file(path))
+        file = read_gateway_file(path)  # first: it names a file that cannot be read in one line
+        return replace(self, config_file=path.resolve(), file=file)
 
     def body_limit(self, prefix: str) -> int:
         """Return the request body limit for the mount at ``prefix``."""

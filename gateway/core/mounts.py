@@ -127,6 +127,8 @@ class MountTable:
         #: look at a path's first segment alone. A table's prefixes are set here: the
         #: builder only replaces a prefix's mount (to serve its static files).
         self.one_segment = all(prefix.count("/") == 1 for prefix in self.mounts)
+        #: The longest prefix: the walk of :meth:`match` starts there, not at the path's end.
+        self.longest = max(map(len, self.mounts), default=0)
         self.routes: dict[str, Mount] = {mount.prefix: mount for mount in routes}
         self.route_table = route_table
         #: The apps route rules name, by name, with their interface (readiness probes each once).
@@ -230,15 +232,20 @@ class MountTable:
                 mount = mounts.get(script)
                 if mount is not None:
                     return mount, script, path[slash:]
+        # Only the first ``longest`` characters can be a prefix: walking a path of 29,000
+        # segments from its end, as the dispatcher does, took 0.9 s of the event loop.
         script = path
-        path_info = ""
+        if len(path) > self.longest:
+            cut = path.rfind("/", 0, self.longest + 1)
+            if cut < 0:
+                return None, "", path
+            script = path[:cut]
         while "/" in script:
             if script in mounts:
-                return mounts[script], script, path_info
-            script, last = script.rsplit("/", 1)
-            path_info = f"/{last}{path_info}"
+                return mounts[script], script, path[len(script):]
+            script = script.rsplit("/", 1)[0]
         if script in mounts:
-            return mounts[script], script, path_info
+            return mounts[script], script, path[len(script):]
         return None, "", path
 
 

@@ -220,6 +220,23 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def printable(text: str) -> str:
+    """``text`` with each character that does not print (a control, a bidi override) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log's formatter: what a record's message holds that does not print is
+    written escaped (``\\x1b``, ``\\n``), since messages quote what clients sent (a path
+    with ``%1B]0;...%07`` set the operator's terminal title from a warning, and ``%0A``
+    starts a line of its own). A traceback, after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
 class JSONFormatter(JsonFormatter):
     """One JSON object a record: python-json-logger's formatter, with the gateway's keys first.
 
@@ -252,7 +269,7 @@ def logging_config(level: str = "info", fmt: str = "text", access: bool = True) 
     level = "DEBUG" if level.lower() == "trace" else level.upper()
     access_level = "INFO" if access and logging.getLevelName(level) <= logging.INFO else "WARNING"
     formatter: dict[str, Any] = (
-        {"()": JSONFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+        {"()": JSONFormatter} if fmt == "json" else {"()": TextFormatter, "fmt": TEXT_FORMAT}
     )
     return {
         "version": 1,

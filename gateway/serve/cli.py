@@ -50,7 +50,7 @@ from gateway.core.config import (
     production_problems,
 )
 from gateway.core.mounts import Mount, MountError, MountSpec, MountTable
-from gateway.observe.logs import logging_config
+from gateway.observe.logs import logging_config, printable
 from gateway.observe.metrics import prepare_directory as prepare_metrics_directory
 from gateway.observe.tracing import EXTRA as TRACING_EXTRA
 from gateway.observe.tracing import describe as describe_tracing
@@ -78,6 +78,13 @@ _METAVARS = {"--mount": "/PREFIX=MODULE:ATTR", "--stream-body": "PREFIX", "--str
              "--trusted-proxies": "ADDRESSES",
              "--allowed-hosts": "HOSTS", "--threads": "N", "--log-format": "text|json"}
 
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    """``click.echo``, each line with what does not print escaped: the output quotes paths,
+    rules and files that others wrote (``gateway routes`` printed a rule's ``\\x1b]0;...``
+    to the terminal as it was)."""
+    click.echo("\n".join(printable(line) for line in text.split("\n")), err=err)
 
 def setting_option(setting: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The ``gateway serve`` option of a setting of the table (:data:`gateway.core.config.SETTINGS`):
@@ -364,7 +371,7 @@ def prepare_in_child(config: Config, *, show_traceback: bool = False, **options:
         prepare(config, **options)
     except (click.ClickException, ServerError, ValueError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"gateway: error: {message}", err=True)
+        echo(f"gateway: error: {message}", err=True)
         _print_traceback(exc)
         sys.exit(1)
 
@@ -414,7 +421,7 @@ def prepare(config: Config, *, host: str, port: int, server: str, workers: int, 
         *([f"  tracing   {describe_tracing()}"] if config.tracing else []),
         *(f"  warning   {hides(rule, table.mounts[prefix])}" for prefix, rule in hidden.items()),
     ]
-    click.echo("\n".join(lines), err=True)
+    echo("\n".join(lines), err=True)
     return table
 
 
@@ -443,24 +450,24 @@ def routes(mounts: tuple[str, ...], config_file: Path | None, explain: str | Non
             lines.append(f"Prefix mount {prefix} ({mount.target}) answers it, with SCRIPT_NAME {prefix!r} and "
                          f"PATH_INFO {path_info or '/'!r}." if mount is not None
                          else "No mount claims it: the gateway's own page answers (the index at /, else 404).")
-        click.echo("\n".join(lines))
+        echo("\n".join(lines))
         return
     if rules:
-        click.echo(f"{'RULE':<32} {'METHODS':<16} APPS (fallback order)")
+        echo(f"{'RULE':<32} {'METHODS':<16} APPS (fallback order)")
         for spec in rules.specs.values():
             apps = ", ".join(f"{name}={config.file.apps[name]}" for name in spec.apps)
             if spec.canary is not None:
                 apps += f"; canary {spec.canary} for {spec.share:g}% of clients"
             if spec.shadow is not None:
                 apps += f"; shadowed on {spec.shadow}"
-            click.echo(f"{spec.rule:<32} {','.join(spec.methods or ('any',)):<16} {apps}")
-        click.echo()
-    click.echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")
+            echo(f"{spec.rule:<32} {','.join(spec.methods or ('any',)):<16} {apps}")
+        echo()
+    echo(f"{'PREFIX':<16} {'INTERFACE':<9} {'FRAMEWORK':<16} TARGET")
     for mount in table:
-        click.echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
-    click.echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
+        echo(f"{mount.prefix:<16} {mount.interface:<9} {mount.framework:<16} {mount.target}")
+    echo(f"{'/':<16} {'wsgi':<9} {'gateway':<16} index page; 404 for other paths")
     for prefix, rule in table.hidden().items():
-        click.echo(f"warning: {hides(rule, table.mounts[prefix])}")
+        echo(f"warning: {hides(rule, table.mounts[prefix])}")
 
 
 @cli.command()
@@ -479,10 +486,10 @@ def init(force: bool) -> None:
             f"found no Flask app (a module with app = Flask(...) or create_app()) and no Django project "
             f"(manage.py) in {folder} or the folders just below it: run gateway init where they are.")
     target.write_text(gateway_toml(folder, found), encoding="utf-8")
-    click.echo(f"gateway: wrote {target}:")
+    echo(f"gateway: wrote {target}:")
     for app in found:
-        click.echo(f"  /{app.name:<12} {app.framework:<7} {app.target}  (from {app.source})")
-    click.echo("Then: gateway serve")
+        echo(f"  /{app.name:<12} {app.framework:<7} {app.target}  (from {app.source})")
+    echo("Then: gateway serve")
 
 
 @cli.command()
@@ -495,7 +502,7 @@ def diff(log: Path | None) -> None:
     if not path.exists():
         raise click.ClickException(f"{path} does not exist: no shadow comparison has found a difference yet "
                                    "(or give the file's path).")
-    click.echo("\n".join(summarise(path)))
+    echo("\n".join(summarise(path)))
 
 
 @cli.command()
@@ -545,7 +552,7 @@ def reload(pid: int) -> None:
         raise click.ClickException(f"no process {pid}: give the PID of a running gateway serve.") from None
     except PermissionError:
         raise click.ClickException(f"process {pid} belongs to another user: run this as that user.") from None
-    click.echo(f"gateway: sent SIGHUP to {pid}; its log says whether the rules were reloaded.")
+    echo(f"gateway: sent SIGHUP to {pid}; its log says whether the rules were reloaded.")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -598,13 +605,13 @@ def check(deploy: bool) -> None:
     try:
         call_command("check", deploy=deploy, fail_level="WARNING")
     except SystemCheckError as exc:
-        click.echo(str(exc).strip(), err=True)
+        echo(str(exc).strip(), err=True)
         problems.append("Django's system checks reported the issues above.")
     for problem in problems:
-        click.echo(f"gateway: {problem}", err=True)
+        echo(f"gateway: {problem}", err=True)
     if problems:
         raise click.exceptions.Exit(1)
-    click.echo("gateway: no problems found.")
+    echo("gateway: no problems found.")
 
 
 def gateway_problems(config: Config, *, deploy: bool) -> list[str]:
@@ -760,11 +767,11 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="gateway", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        click.echo(f"gateway: error: {exc.format_message()}{hint}", err=True)
+        echo(f"gateway: error: {exc.format_message()}{hint}", err=True)
         sys.exit(exc.exit_code)
     except (click.ClickException, ServerError, ValueError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"gateway: error: {message}", err=True)
+        echo(f"gateway: error: {message}", err=True)
         _print_traceback(exc)
         sys.exit(1)
     except click.exceptions.Abort:

@@ -14,6 +14,11 @@
   variables, which :func:`gateway.core.config.configure_apps` derives from the gateway's
   settings. That is done only when they are served: a team's own apps get nothing of
   theirs, and no ``./var`` appears in the team's folder.
+- **Cookies.** Django reads the ``Cookie`` header with :mod:`http.cookies`' ``_unquote``,
+  which takes time in the square of a quoted value's backslashes before CPython 3.11.10 and
+  3.12.6 (python/cpython#123067): 14 KB of them held a thread 2 s, and a hundred such
+  requests the whole process (the GIL) for over a minute. On those versions it is replaced
+  by the fixed releases' own, linear, code (:func:`unquote_cookie`).
 - **Django's static files.** ``runserver`` serves them in development, and a deployment
   serves them in front of Django; under the gateway, a Django project that does not serve
   them itself (WhiteNoise's middleware) has them served by WhiteNoise, from its finders and
@@ -22,9 +27,11 @@
 
 from __future__ import annotations
 
+import http.cookies
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import replace
@@ -58,8 +65,27 @@ def serves_demo(config: Config) -> bool:
     return any(target.partition(":")[0].partition(".")[0] in DEMO_PACKAGES for target in targets(config))
 
 
+_UNQUOTE_SUB = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))").sub
+#: The CPython releases whose ``http.cookies._unquote`` is quadratic (python/cpython#123067).
+QUADRATIC_UNQUOTE = sys.version_info < (3, 11, 10) or (3, 12) <= sys.version_info < (3, 12, 6)
+
+
+def _unquote_escape(match: re.Match[str]) -> str:
+    return chr(int(match[1], 8)) if match[1] else match[2]
+
+
+def unquote_cookie(value: str) -> str:
+    """A cookie value as ``http.cookies._unquote`` reads it, in one pass: CPython's fix of
+    python/cpython#123067 (3.11.10, 3.12.6), for the releases before it."""
+    if value is None or len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    return _UNQUOTE_SUB(_unquote_escape, value[1:-1])
+
+
 def set_up(config: Config, *, strict: bool = True) -> None:
     """Prepare the frameworks for the apps of ``config``, before any of them is imported."""
+    if QUADRATIC_UNQUOTE:
+        http.cookies._unquote = unquote_cookie  # type: ignore[assignment]  # Django's parse_cookie calls it
     if config.config_file is not None:
         here = config.config_file.parent
         for folder in reversed([here, *(here / path for path in config.file.paths)]):

@@ -251,11 +251,10 @@ canary = { app = "new", share = 50 }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the canary's decision is in pipeline.py's rule decisions, being reworked "
-                                       "on branch decisions: a canary rule's answer needs Vary (its header, Cookie)")
+@pytest.mark.parametrize("entry", ["wsgi", "asgi"])
 @pytest.mark.parametrize(("path", "varies_by"), [("/c/", "x-user"), ("/k/", "cookie")])
 def test_a_canary_rules_answer_says_what_it_varies_by(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str,
-                                                      varies_by: str) -> None:
+                                                      varies_by: str, entry: str) -> None:
     """T9: a canary rule chooses the app by a request header (``header = "X-User"``) or by the
     ``gateway_canary`` cookie, and its answer says nothing of it: apps that set no ``Vary``
     (these two, Flask unless the session is read) let a shared cache (nginx's
@@ -276,18 +275,25 @@ def test_a_canary_rules_answer_says_what_it_varies_by(tmp_path: Path, monkeypatc
     path_file = tmp_path / "gateway.toml"
     path_file.write_text(CANARIED)
     monkeypatch.syspath_prepend(str(tmp_path))
-    app = build(Config().with_file(path_file), "asgi")
+    app = build(Config().with_file(path_file), entry)
+    asks = [{"X-User": f"user{i}", "Cookie": f"gateway_canary={i:032x}"} for i in range(20)]
 
     async def answers() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            return [await client.get(path, headers={"X-User": f"user{i}", "Cookie": f"gateway_canary={i:032x}"})
-                    for i in range(20)]
+            return [await client.get(path, headers=headers) for headers in asks]
 
-    try:
-        got = asyncio.run(answers())
-    finally:
-        app.executor.shutdown(wait=True)
+    if entry == "asgi":
+        try:
+            got = asyncio.run(answers())
+        finally:
+            app.executor.shutdown(wait=True)
+    else:
+        from werkzeug.test import Client
+
+        client = Client(app, use_cookies=False)
+        got = [httpx.Response(r.status_code, headers=list(r.headers.items()), content=r.get_data())
+               for r in (client.get(path, base_url="http://localhost", headers=headers) for headers in asks)]
     assert {answer.text for answer in got} == {"old", "new"}  # both apps answer, by client
     for answer in got:
         varies = {v.strip().lower() for v in ",".join(answer.headers.get_list("vary")).split(",")}

@@ -686,6 +686,14 @@ class Pipeline:
         self.table, self.limits, self.django = table, limits, frozenset(django)
         #: The mounts the shared sign-in's cookie goes to (:func:`shares_signin`).
         self.signin = frozenset(signin)
+        #: What a canary rule's answers vary by, by the key of each of its apps: the header
+        #: that chooses the app, else the cookie. Without ``Vary``, a shared cache in front
+        #: (nginx's proxy_cache, a CDN) kept one client's app's page and gave it to others.
+        self.varies: dict[str, str] = {}
+        if table.route_table:
+            for spec in table.route_table.specs.values():
+                if spec.canary is not None:
+                    self.varies[spec.key] = self.varies[spec.canary_key] = spec.header or "Cookie"
         self.pages = Pages(table, metrics=self.metrics is not None)
         if table.route_table and self.metrics is not None:
             table.route_table.listen(self.metrics.route_event)
@@ -1001,18 +1009,21 @@ class Pipeline:
         rid = decision.request_id
         headers.append((b"x-request-id", rid.encode("latin-1")) if raw else ("X-Request-ID", rid))
         if ((self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present)
-                or decision.set_cookie is not None or self.draining):
+                or decision.set_cookie is not None or self.draining
+                or (self.varies and decision.mount is not None and decision.mount.prefix in self.varies)):
             self.complete_rarely(headers, decision, raw, present)
 
     def complete_rarely(self, headers: list[tuple[Any, Any]], decision: Decision, raw: bool, present: set[str]
                         ) -> None:
         """The headers :meth:`complete` adds only on some responses: HSTS over HTTPS, the
-        canary's cookie, ``Connection: close`` while draining."""
+        canary's cookie, a canary rule's ``Vary``, ``Connection: close`` while draining."""
         added = []
         if self.config.https and decision.scheme in {"https", "wss"} and "strict-transport-security" not in present:
             added.append(("Strict-Transport-Security", HSTS))
         if decision.set_cookie is not None:
             added.append(("Set-Cookie", decision.set_cookie))
+        if self.varies and decision.mount is not None and (vary := self.varies.get(decision.mount.prefix)):
+            added.append(("Vary", vary))  # a line of its own: the app's Vary, if any, stays as it is
         if self.draining:
             added.append(("Connection", "close"))
         if raw:

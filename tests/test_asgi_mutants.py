@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -86,11 +87,16 @@ def seen(gateway: Any, headers: list[tuple[bytes, bytes]] = (), **scope: Any) ->
 
 
 def test_the_app_is_given_the_mounts_root_path_and_the_request_id(build: Any) -> None:
-    got = seen(build())
+    got = seen(build(), [(b"accept", b"*/*")])
     assert (got["root_path"], got["path"], got["scheme"]) == ("/scope", "/scope/x", "http")
-    names = [name for name, _ in got["headers"]]
-    assert names == ["host", "x-request-id"]
-    assert got["headers"][0] == ["host", "localhost"] and len(got["headers"][1][1]) == 32
+    assert got["headers"][:2] == [["host", "localhost"], ["accept", "*/*"]]  # in the order sent
+    assert got["headers"][2][0] == "x-request-id" and len(got["headers"][2][1]) == 32
+
+
+def test_a_non_ascii_path_reaches_the_app_as_text(build: Any) -> None:
+    sent = call(build(), "/scope/caf\xe9", raw_path=b"/scope/caf%C3%A9")
+    got = json.loads(sent[1]["body"])
+    assert (got["root_path"], got["path"]) == ("/scope", "/scope/caf\xe9")
 
 
 def test_the_clients_request_id_is_the_only_one_the_app_sees(build: Any) -> None:
@@ -198,3 +204,63 @@ def test_without_a_drain_delay_sigterm_is_the_servers(build: Any, sigterm_handle
 
     asyncio.run(main())
     assert signal.getsignal(signal.SIGTERM) is handler
+
+
+# -- reloading the route rules ------------------------------------------------------------
+
+RULES = """
+[apps]
+items = "tests.thirdapp:asgi_items"
+
+[[route]]
+rule = "/items/<n>"
+app = "items"
+"""
+
+
+@pytest.fixture
+def sighup_handler() -> Iterator[list[int]]:
+    """A SIGHUP handler that records the signals the loop's handler did not take."""
+    calls: list[int] = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: calls.append(signum))
+    yield calls
+    signal.signal(signal.SIGHUP, before)
+
+
+def test_without_a_gateway_toml_a_reload_says_so(build: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "gateway"):
+        assert build().reload() is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "SIGHUP: there is no gateway.toml to re-read (--config, GATEWAY_CONFIG)."]
+
+
+def test_sighup_reloads_the_rules_off_the_loop_and_says_so(
+    table: MountTable, tmp_path: Any, sighup_handler: list[int], caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("[apps]\n")
+    prepared: list[Any] = []
+    gateway = ASGIGateway(table, Config.from_env({}).with_file(path), threads=2,
+                          set_up=lambda config: prepared.append(config.config_file))
+
+    async def main() -> None:
+        gateway.reload_on_sighup()
+        try:
+            path.write_text(RULES)
+            os.kill(os.getpid(), signal.SIGHUP)
+            while not any(r.getMessage().startswith("Reloaded") for r in caplog.records):
+                await asyncio.sleep(0.01)
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    try:
+        with caplog.at_level(logging.INFO, "gateway"):
+            asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+        assert sighup_handler == []  # the loop's handler took it
+        assert f"Reloaded {path}: 1 route rule(s)." in [r.getMessage() for r in caplog.records]
+        assert prepared == [path]  # the frameworks were set up for the new file first
+        assert gateway.reloads == set()  # the reload's task, held until done, is let go
+        sent = call(gateway, "/items/3")
+        assert (sent[0]["status"], sent[1]["body"]) == (200, b"asgi item 3")
+    finally:
+        gateway.executor.shutdown(wait=True)

@@ -2092,8 +2092,10 @@ def test_the_observer_is_told_of_each_thread_taken_and_given_back(make_bridge: C
         def thread_done(self) -> None:
             told.append(("done", None))
 
-    sent = Peer().run(make_bridge(text_app(), observer=Observer()), http_scope())
-    assert body_chunks(sent) == [(b"hello", False)]
+    seen: list[Environ] = []
+    sent = Peer().run(make_bridge(environ_app(seen), observer=Observer()), http_scope("/observed"))
+    assert body_chunks(sent) == [(b"ok", False)]
+    assert seen[0]["PATH_INFO"] == "/observed"
     assert [event for event, _ in told] == ["started", "done"]
     assert isinstance(told[0][1], float) and 0 <= told[0][1] < TIMEOUT
 
@@ -2245,3 +2247,65 @@ def test_a_broken_app_is_a_500_whose_log_says_what_it_did_wrong(
     [record] = [r for r in caplog.records if r.name == "gateway.bridge"]
     assert record.getMessage() == "Exception in WSGI application '/broken'"
     assert record.exc_info is not None and str(record.exc_info[1]) == said
+
+
+def test_an_http2_body_read_whole_gets_its_length(make_bridge: Callable[..., WSGIBridge]) -> None:
+    """HTTP/2 frames a body with no Content-Length and no Transfer-Encoding."""
+    import io
+
+    seen: list[Environ] = []
+
+    async def main() -> None:
+        peer = Peer()
+        peer._gone, peer._taken = asyncio.Event(), asyncio.Event()
+        await make_bridge(environ_app(seen)).handle(http_scope(method="POST", http_version="2"), peer.receive,
+                                                    peer.send, (io.BytesIO(b"abc"), 3))
+
+    asyncio.run(main())
+    assert (seen[0]["CONTENT_LENGTH"], seen[0]["body"]) == ("3", b"abc")
+    assert "wsgi.input_terminated" not in seen[0]
+
+
+def test_a_body_after_100_continue_that_stops_arriving_fails_the_apps_read(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    errors: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except ClientDisconnected as exc:
+            errors.append(str(exc))
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return []
+
+    peer = Peer([{"type": "http.request", "body": b"abc", "more_body": True}])
+    scope = http_scope(method="POST", headers=[(b"expect", b"100-continue"), (b"content-length", b"10")])
+    assert peer.run(make_bridge(app, body_timeout=0.2), scope)[0]["status"] == 400
+    assert errors == ["400 Bad Request: The request body stopped arriving for 0.2 s."]
+
+
+def fail_here() -> None:
+    raise Boom("late")
+
+
+def test_exc_info_after_the_headers_went_out_keeps_the_original_traceback(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """The error the server sees (and logs) still shows where the app failed."""
+    import traceback
+
+    def chunks(start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        try:
+            fail_here()
+        except Boom:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        return chunks(start_response)
+
+    with pytest.raises(Boom) as raised:
+        Peer().run(make_bridge(app), http_scope())
+    assert "fail_here" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]

@@ -264,3 +264,88 @@ def test_sighup_reloads_the_rules_off_the_loop_and_says_so(
         assert (sent[0]["status"], sent[1]["body"]) == (200, b"asgi item 3")
     finally:
         gateway.executor.shutdown(wait=True)
+
+
+# -- the request head, and the access line ---------------------------------------------------
+
+ASGI_HEADERS = [(b"host", b"localhost"), (b"x-a", b"12345"), (b"content-type", b"text/plain")]
+ASGI_SIZE = sum(len(name) + len(value) for name, value in ASGI_HEADERS)
+
+
+@pytest.mark.parametrize(("limit", "status"), [pytest.param(ASGI_SIZE, 200, id="at-the-limit"),
+                                               pytest.param(ASGI_SIZE - 1, 431, id="one-past")])
+def test_the_header_limit_counts_each_name_and_value_as_sent(build: Any, limit: int, status: int) -> None:
+    sent = call(build(max_header_size=limit), "/scope/x", headers=ASGI_HEADERS[1:])
+    assert sent[0]["status"] == status
+
+
+def test_a_scope_with_only_the_required_keys_is_served(build: Any) -> None:
+    """ASGI makes ``root_path``, ``query_string``, ``headers`` and the body's keys optional;
+    without a Host the answer is the 400 that says so, not a 500."""
+    gateway = build()
+    got: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: dict[str, Any]) -> None:
+        got.append(message)
+
+    bare = {"type": "http", "method": "GET", "path": "/scope/x"}
+    asyncio.run(asyncio.wait_for(gateway(bare, receive, send), TIMEOUT))
+    assert got[0]["status"] == 400
+    got.clear()
+    asyncio.run(asyncio.wait_for(gateway({**bare, "headers": [(b"host", b"localhost")]}, receive, send), TIMEOUT))
+    assert got[0]["status"] == 200
+    assert json.loads(got[1]["body"])["root_path"] == "/scope"
+
+
+@pytest.fixture
+def access_records() -> Iterator[list[logging.LogRecord]]:
+    """The access log's records, kept while the test runs."""
+    from gateway.observe.logs import access
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("gateway.access")
+    saved = logger.handlers, logger.level, logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        access.flush()
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
+
+
+def test_an_asgi_apps_response_is_logged_with_its_status_and_size(
+    build: Any, access_records: list[logging.LogRecord],
+) -> None:
+    from gateway.observe.logs import access
+
+    sent = call(build(), "/third/x")
+    body = b"asgi root_path=/third path=/third/x"
+    assert (sent[0]["status"], sent[1]["body"]) == (200, body)
+    access.flush()
+    logged = [(r.status, r.bytes, r.mount) for r in access_records]  # type: ignore[attr-defined]
+    assert logged == [(200, len(body), "/third")]
+
+
+def test_a_websocket_to_no_mount_is_refused(build: Any) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/nowhere", "root_path": "", "query_string": b"", "scheme": "ws",
+             "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(asyncio.wait_for(build()(scope, receive, send), TIMEOUT))
+    assert sent == [{"type": "websocket.close", "code": 1008}]

@@ -128,10 +128,15 @@ def test_a_response_is_logged_with_its_status_and_size_once_closed(
     table: MountTable, access_records: list[logging.LogRecord],
 ) -> None:
     closed = Tracked.closed
-    status, _, body = call(gateway(table), {**BARE, "PATH_INFO": "/gen/x"})
+    status, headers, body = call(gateway(table), {**BARE, "PATH_INFO": "/gen/x", "SERVER_PROTOCOL": "HTTP/1.0"})
     assert (status, body) == ("201 Created", b"abcde")
+    assert ("Content-Type", "text/plain") in headers
     assert Tracked.closed == closed + 1  # the app's close(), through the logged iterable
-    assert logged(access_records) == [("GET", "/gen/x", 201, 5, "/gen")]
+    # A list has no close(); a server that names no protocol is logged with "-".
+    status, _, body = call(gateway(table), {**BARE, "PATH_INFO": "/env/x"})
+    assert status == "200 OK"
+    assert logged(access_records) == [("GET", "/gen/x", 201, 5, "/gen"), ("GET", "/env/x", 200, len(body), "/env")]
+    assert [r.getMessage().split('"')[1] for r in access_records] == ["GET /gen/x HTTP/1.0", "GET /env/x -"]
 
 
 def test_an_app_that_raises_is_logged_as_a_500(table: MountTable, access_records: list[logging.LogRecord]) -> None:
@@ -149,7 +154,7 @@ def lazy(chunks: list[bytes], fail: bool = False) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         if fail:
             raise RuntimeError("failed before its headers")
-        start_response("201 Created", [("Location", "/made")])
+        start_response("201 Created", [("Location", environ["PATH_INFO"])])
         yield from chunks
 
     return app
@@ -158,9 +163,10 @@ def lazy(chunks: list[bytes], fail: bool = False) -> Any:
 @pytest.mark.parametrize("chunks", [pytest.param([b"made ", b"it"], id="two-chunks"),
                                     pytest.param([], id="no-chunk")])
 def test_start_first_calls_start_response_before_returning(chunks: list[bytes]) -> None:
-    said: list[str] = []
-    result = StartFirst(lazy(chunks))({}, lambda status, headers, exc_info=None: said.append(status))
-    assert said == ["201 Created"]  # before the server iterates
+    said: list[tuple[str, Any]] = []
+    result = StartFirst(lazy(chunks))({"PATH_INFO": "/made"},
+                                      lambda status, headers, exc_info=None: said.append((status, headers)))
+    assert said == [("201 Created", [("Location", "/made")])]  # before the server iterates
     assert b"".join(result) == b"".join(chunks)
     result.close()
 
@@ -201,3 +207,20 @@ def test_start_first_closes_an_app_that_fails_at_its_first_chunk() -> None:
     with pytest.raises(RuntimeError, match="failed before its headers"):
         StartFirst(lambda environ, start_response: Failing())({}, lambda *args: None)
     assert closed == [True]
+
+
+def test_start_first_serves_a_list_as_it_is() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"whole"]
+
+    result = StartFirst(app)({}, lambda *args: None)
+    assert b"".join(result) == b"whole"
+    result.close()
+
+
+def test_a_chunked_body_without_a_content_type_is_held_to_the_limit(table: MountTable) -> None:
+    environ = {**BARE, "REQUEST_METHOD": "POST", "PATH_INFO": "/env/x", "SERVER_PROTOCOL": "HTTP/1.1",
+               "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True, "wsgi.input": io.BytesIO(b"x" * 11)}
+    status, _, body = call(gateway(table, max_body_size=10), environ)
+    assert (status, body) == ("413 Request Entity Too Large", b"Request body too large: the limit here is 10 bytes.\n")

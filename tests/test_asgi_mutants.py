@@ -35,7 +35,8 @@ async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             **{key: scope.get(key) for key in ("server", "scheme", "client", "root_path", "path")}}
     body = json.dumps(seen).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body[:10], "more_body": True})
+    await send({"type": "http.response.body", "body": body[10:]})
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def seen(gateway: Any, headers: list[tuple[bytes, bytes]] = (), **scope: Any) ->
     """The scope ``scope_app`` was given for a GET of /scope/x."""
     sent = call(gateway, "/scope/x", headers, **scope)
     assert sent[0]["status"] == 200
-    return dict(json.loads(sent[1]["body"]))
+    return dict(json.loads(b"".join(m.get("body", b"") for m in sent[1:])))
 
 
 def test_the_app_is_given_the_mounts_root_path_and_the_request_id(build: Any) -> None:
@@ -95,7 +96,7 @@ def test_the_app_is_given_the_mounts_root_path_and_the_request_id(build: Any) ->
 
 def test_a_non_ascii_path_reaches_the_app_as_text(build: Any) -> None:
     sent = call(build(), "/scope/caf\xe9", raw_path=b"/scope/caf%C3%A9")
-    got = json.loads(sent[1]["body"])
+    got = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
     assert (got["root_path"], got["path"]) == ("/scope", "/scope/caf\xe9")
 
 
@@ -116,6 +117,7 @@ def test_what_a_trusted_proxy_says_is_the_apps_scope(build: Any) -> None:
 
 def test_a_proxy_that_names_only_the_client_leaves_the_host(build: Any) -> None:
     got = seen(build(trusted_proxies=TRUSTED), [(b"x-forwarded-for", b"203.0.113.9")])
+    assert got["headers"][0] == ["host", "localhost"]  # left in its place
     assert [value for name, value in got["headers"] if name == "host"] == ["localhost"]
     assert (got["client"], got["scheme"]) == (["203.0.113.9", 5000], "http")
 
@@ -297,7 +299,7 @@ def test_a_scope_with_only_the_required_keys_is_served(build: Any) -> None:
     got.clear()
     asyncio.run(asyncio.wait_for(gateway({**bare, "headers": [(b"host", b"localhost")]}, receive, send), TIMEOUT))
     assert got[0]["status"] == 200
-    assert json.loads(got[1]["body"])["root_path"] == "/scope"
+    assert json.loads(b"".join(m.get("body", b"") for m in got[1:]))["root_path"] == "/scope"
 
 
 @pytest.fixture
@@ -349,3 +351,30 @@ def test_a_websocket_to_no_mount_is_refused(build: Any) -> None:
              "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
     asyncio.run(asyncio.wait_for(build()(scope, receive, send), TIMEOUT))
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_an_apps_response_in_several_messages_is_logged_whole_with_its_protocol(
+    build: Any, access_records: list[logging.LogRecord],
+) -> None:
+    from gateway.observe.logs import access
+
+    sent = call(build(), "/scope/x", http_version="2")
+    size = sum(len(m.get("body", b"")) for m in sent[1:])
+    access.flush()
+    assert [(r.status, r.bytes) for r in access_records] == [(200, size)]  # type: ignore[attr-defined]
+    assert '"GET /scope/x HTTP/2"' in access_records[0].getMessage()
+
+
+def test_https_from_the_server_gets_hsts(build: Any) -> None:
+    sent = call(build(https=True), "/scope/x", scheme="https")
+    assert (b"strict-transport-security", b"max-age=31536000; includeSubDomains") in sent[0]["headers"]
+
+
+def test_without_a_gateway_toml_sighup_stays_the_servers(build: Any, sighup_handler: list[int]) -> None:
+    handler = signal.getsignal(signal.SIGHUP)
+
+    async def main() -> None:
+        build().reload_on_sighup()
+
+    asyncio.run(main())
+    assert signal.getsignal(signal.SIGHUP) is handler

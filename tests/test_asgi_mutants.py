@@ -15,8 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.adapters.asgi import ASGIGateway, create_asgi_app
 from gateway.core.config import Config
@@ -25,8 +23,17 @@ from gateway.core.mounts import MountTable
 TIMEOUT = 5.0
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"
-if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):  # as tests/test_tracing.py sets it
-    trace.set_tracer_provider(TracerProvider())
+
+
+@pytest.fixture
+def tracer_provider() -> None:
+    """An SDK tracer provider, unless one is set already (``tests/test_tracing.py`` sets its
+    own, with its exporter, when it is collected: this runs later, and leaves it)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(TracerProvider())
 
 
 async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -122,6 +129,7 @@ def test_a_proxy_that_names_only_the_client_leaves_the_host(build: Any) -> None:
     assert (got["client"], got["scheme"]) == (["203.0.113.9", 5000], "http")
 
 
+@pytest.mark.usefixtures("tracer_provider")
 def test_the_app_is_given_the_gateways_span_as_its_parent_once(build: Any) -> None:
     got = seen(build(tracing=True), [(b"traceparent", TRACEPARENT.encode()), (b"accept", b"*/*")])
     parents = [value for name, value in got["headers"] if name == "traceparent"]

@@ -2000,3 +2000,312 @@ def test_http_overrun_keeps_the_connection_for_the_next_request(tmp_path: Path, 
         server.stop()
     assert log.count(warning) == 1
     assert "Response content longer than Content-Length" not in log
+
+
+# -- what mutation testing found unpinned (docs/testing.md) ---------------------------------
+
+
+def environ_app(seen: list[Environ], status: str = "200 OK") -> WSGIApp:
+    """An app that keeps its environ and its body as read, and answers ``ok``."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        seen.append({**environ, "body": environ["wsgi.input"].read()})
+        start_response(status, [("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
+
+
+def test_a_scope_with_only_the_required_keys_gets_the_defaults(make_bridge: Callable[..., WSGIBridge]) -> None:
+    """ASGI makes ``root_path``, ``query_string``, ``http_version``, ``scheme`` and ``headers``
+    optional: the environ has their defaults, and a message without ``body`` or
+    ``more_body`` is an empty, complete body."""
+    seen: list[Environ] = []
+    scope = {"type": "http", "method": "GET", "path": "/x"}
+    sent = Peer([{"type": "http.request"}]).run(make_bridge(environ_app(seen)), scope)
+    assert body_chunks(sent) == [(b"ok", False)]
+    [environ] = seen
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["QUERY_STRING"]) == ("", "/x", "")
+    assert (environ["SERVER_PROTOCOL"], environ["wsgi.url_scheme"]) == ("HTTP/1.1", "http")
+    assert environ["body"] == b""
+    assert not [key for key in environ if key.startswith("HTTP_")]
+
+
+def test_a_body_read_whole_before_the_call_is_the_apps_with_its_length(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """``handle(body=...)``: a chunked body the gateway read on the loop reaches the app as
+    one with a Content-Length, no longer chunked, and its file is closed afterwards."""
+    import io
+
+    seen: list[Environ] = []
+    stream = io.BytesIO(b"abcde")
+    scope = http_scope("/up", method="POST", headers=[(b"transfer-encoding", b"chunked")])
+
+    async def main() -> list[Message]:
+        peer = Peer()
+        peer._gone, peer._taken = asyncio.Event(), asyncio.Event()
+        bridge = make_bridge(environ_app(seen))
+        await bridge.handle(scope, peer.receive, peer.send, (stream, 5),
+                            prepare=lambda environ: environ.update(HTTP_X_DECIDED="yes"))
+        return peer.sent
+
+    sent = asyncio.run(main())
+    assert body_chunks(sent) == [(b"ok", False)]
+    [environ] = seen
+    assert environ["CONTENT_LENGTH"] == "5" and environ["body"] == b"abcde"
+    assert "HTTP_TRANSFER_ENCODING" not in environ and "wsgi.input_terminated" not in environ
+    assert environ["HTTP_X_DECIDED"] == "yes"
+    assert stream.closed
+
+
+def test_a_first_message_of_the_whole_body_is_read_as_sent(make_bridge: Callable[..., WSGIBridge]) -> None:
+    seen: list[Environ] = []
+    Peer([{"type": "http.request", "body": b"whole"}]).run(make_bridge(environ_app(seen)), http_scope(method="POST"))
+    assert seen[0]["body"] == b"whole"
+
+
+def test_a_bridge_without_a_pool_runs_the_app_on_threads_named_wsgi() -> None:
+    names: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        names.append(threading.current_thread().name)
+        start_response("204 No Content", [])
+        return []
+
+    bridge = WSGIBridge(app)
+    try:
+        Peer().run(bridge, http_scope())
+    finally:
+        bridge.executor.shutdown(wait=True)
+    assert [name.partition("_")[0] for name in names] == ["wsgi"]
+
+
+def test_the_observer_is_told_of_each_thread_taken_and_given_back(make_bridge: Callable[..., WSGIBridge]) -> None:
+    """What the metrics read: the wait for a thread (in seconds), then the thread's release."""
+    told: list[tuple[str, Any]] = []
+
+    class Observer:
+        def thread_started(self, waited: float) -> None:
+            told.append(("started", waited))
+
+        def thread_done(self) -> None:
+            told.append(("done", None))
+
+    seen: list[Environ] = []
+    sent = Peer().run(make_bridge(environ_app(seen), observer=Observer()), http_scope("/observed"))
+    assert body_chunks(sent) == [(b"ok", False)]
+    assert seen[0]["PATH_INFO"] == "/observed"
+    assert [event for event, _ in told] == ["started", "done"]
+    assert isinstance(told[0][1], float) and 0 <= told[0][1] < TIMEOUT
+
+
+def test_a_request_cut_off_at_shutdown_is_a_503_and_one_warning(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture,
+) -> None:
+    called = threading.Event()
+    release = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        called.set()
+        release.wait(TIMEOUT)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    peer = Peer()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(peer.call(make_bridge(app), http_scope("/slow/x", method="PUT")))
+        while not called.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="gateway.bridge"):
+        try:
+            asyncio.run(main())
+        finally:
+            release.set()
+    assert peer.sent == [
+        {"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"text/plain"), (b"connection", b"close"), (b"content-length", b"20")]},
+        {"type": "http.response.body", "body": b"Service Unavailable\n"},
+    ]
+    assert bridge_warnings(caplog) == ["Request PUT '/slow/x' was still running at shutdown and was cut off."]
+
+
+def test_a_request_cut_off_while_its_response_streams_sends_no_more(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cancelled while the app still yields and the loop sends: the sending stops, the app's
+    iterable is closed, and no 503 follows the response already begun."""
+    release = threading.Event()
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first"
+        release.wait(TIMEOUT)
+        yield b"second"
+
+    result = Tracked(chunks())
+    peer = Peer()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(peer.call(make_bridge(chunked_app(result), buffer_size=4), http_scope("/s")))
+        while not any(m.get("body") for m in peer.sent):
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="gateway.bridge"):
+        try:
+            asyncio.run(main())
+        finally:
+            release.set()
+    assert result.closed_event.wait(TIMEOUT)
+    assert [m.get("status") for m in peer.sent if m["type"] == "http.response.start"] == [200]
+    assert b"first".startswith(b"".join(chunk for chunk, _ in body_chunks(peer.sent)))
+    assert bridge_warnings(caplog) == ["Request GET '/s' was still running at shutdown and was cut off."]
+
+
+def test_a_client_that_never_takes_the_headers_is_cut_off_without_the_abort_extension(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under a server without ``gateway.abort`` (no ``extensions`` in the scope), a client
+    that takes not even the headers is cut off after the send timeout, with one warning."""
+
+    async def never_taken(peer: Peer, message: Message) -> None:
+        await asyncio.Event().wait()
+
+    scope = http_scope("/slow")
+    with caplog.at_level(logging.WARNING, logger="gateway.bridge"):
+        sent = Peer(on_send=never_taken).run(make_bridge(chunked_app(iter(CHUNKS)), send_timeout=0.2), scope)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert bridge_warnings(caplog) == [
+        "A client of /slow took nothing of its response for 0.2 s (GATEWAY_SEND_TIMEOUT); the connection was cut off."]
+
+
+@pytest.mark.parametrize(("length", "body"), [
+    pytest.param("abc", b"hello", id="not-digits"),
+    pytest.param("\xb2", b"hello", id="unicode-digit"),
+])
+def test_a_content_length_that_is_no_number_is_no_length(
+    make_bridge: Callable[..., WSGIBridge], length: str, body: bytes,
+) -> None:
+    """The app's own header goes out as it set it; the body is not cut to any length."""
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", length)])
+        return [body]
+
+    sent = Peer().run(make_bridge(app), http_scope())
+    assert sent[0]["status"] == 200
+    assert b"".join(chunk for chunk, _ in body_chunks(sent)) == body
+
+
+@pytest.mark.parametrize("result", [pytest.param(lambda: iter([b"ab", b"cd"]), id="generator"),
+                                    pytest.param(lambda: [b"ab", b"cd"], id="list")])
+def test_a_response_of_exactly_the_buffer_size_is_sent_whole(
+    make_bridge: Callable[..., WSGIBridge], result: Callable[[], Iterable[bytes]],
+) -> None:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", "4")])
+        return result()
+
+    sent = Peer().run(make_bridge(app, buffer_size=4), http_scope())
+    assert body_chunks(sent) == [(b"abcd", False)]
+
+
+def never_started(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    return [b"no headers"]
+
+
+def body_first(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    yield b"no headers yet"
+    start_response("200 OK", [])
+
+
+def started_twice(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    start_response("200 OK", [])
+    start_response("200 OK", [])
+    return []
+
+
+@pytest.mark.parametrize(("app", "said"), [
+    pytest.param(never_started, "The WSGI application returned without calling start_response().",
+                 id="never-started"),
+    pytest.param(body_first, "The WSGI application sent a body before calling start_response().", id="body-first"),
+    pytest.param(started_twice, "start_response() was called twice without exc_info.", id="started-twice"),
+])
+def test_a_broken_app_is_a_500_whose_log_says_what_it_did_wrong(
+    make_bridge: Callable[..., WSGIBridge], caplog: pytest.LogCaptureFixture, app: WSGIApp, said: str,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gateway.bridge"):
+        sent = Peer().run(make_bridge(app), http_scope("/broken"))
+    assert sent[0]["status"] == 500
+    [record] = [r for r in caplog.records if r.name == "gateway.bridge"]
+    assert record.getMessage() == "Exception in WSGI application '/broken'"
+    assert record.exc_info is not None and str(record.exc_info[1]) == said
+
+
+def test_an_http2_body_read_whole_gets_its_length(make_bridge: Callable[..., WSGIBridge]) -> None:
+    """HTTP/2 frames a body with no Content-Length and no Transfer-Encoding."""
+    import io
+
+    seen: list[Environ] = []
+
+    async def main() -> None:
+        peer = Peer()
+        peer._gone, peer._taken = asyncio.Event(), asyncio.Event()
+        await make_bridge(environ_app(seen)).handle(http_scope(method="POST", http_version="2"), peer.receive,
+                                                    peer.send, (io.BytesIO(b"abc"), 3))
+
+    asyncio.run(main())
+    assert (seen[0]["CONTENT_LENGTH"], seen[0]["body"]) == ("3", b"abc")
+    assert "wsgi.input_terminated" not in seen[0]
+
+
+def test_a_body_after_100_continue_that_stops_arriving_fails_the_apps_read(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    errors: list[str] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except ClientDisconnected as exc:
+            errors.append(str(exc))
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return []
+
+    peer = Peer([{"type": "http.request", "body": b"abc", "more_body": True}])
+    scope = http_scope(method="POST", headers=[(b"expect", b"100-continue"), (b"content-length", b"10")])
+    assert peer.run(make_bridge(app, body_timeout=0.2), scope)[0]["status"] == 400
+    assert errors == ["400 Bad Request: The request body stopped arriving for 0.2 s."]
+
+
+def fail_here() -> None:
+    raise Boom("late")
+
+
+def test_exc_info_after_the_headers_went_out_keeps_the_original_traceback(
+    make_bridge: Callable[..., WSGIBridge],
+) -> None:
+    """The error the server sees (and logs) still shows where the app failed."""
+    import traceback
+
+    def chunks(start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        try:
+            fail_here()
+        except Boom:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        return chunks(start_response)
+
+    with pytest.raises(Boom) as raised:
+        Peer().run(make_bridge(app), http_scope())
+    assert "fail_here" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]

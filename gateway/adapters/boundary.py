@@ -407,6 +407,10 @@ class ASGIBoundary:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 complete(headers, decision)  # in their bytes: no decoding and encoding again
+                if headers and type(headers[0][0]) is str:
+                    # The app sent none (ASGI makes them optional): complete() could not
+                    # tell the form from the first one and added text; a server takes bytes.
+                    headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
                 message = {**message, "headers": headers}
             await send(message)
 

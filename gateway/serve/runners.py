@@ -6,6 +6,7 @@ import errno
 import functools
 import importlib.util
 import logging
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -480,13 +481,21 @@ def granian_class(config: Config) -> Any:
                 new = self._spawn_worker(idx=idx, target=spawn_target, callback_loader=target_loader)
                 new.interrupt_by_parent = True  # an exit while we wait is this reload's to handle
                 new.start()
-                new.inner.join(delay)  # Granian's own wait before it stops the old worker
-                if not new.is_alive():
+                # Granian's own wait before it stops the old worker. On the process's sentinel,
+                # not join(): Granian's watcher thread joins it too, and the one that reaps it
+                # second sees no child (ECHILD) and takes it for alive.
+                exited = bool(multiprocessing.connection.wait([new.inner.sentinel], delay))
+                if not exited:
+                    new.interrupt_by_parent = False  # from now on its exit is a crash, as Granian has it
+                    exited = bool(multiprocessing.connection.wait([new.inner.sentinel], 0))
+                if exited:
+                    deadline = time.monotonic() + 1.0  # the exit code, once a join has reaped it
+                    while new.inner.exitcode is None and time.monotonic() < deadline:
+                        time.sleep(0.01)
                     logger.error("The configuration was not reloaded: worker-%d's replacement exited with status "
                                  "%s as it started; the old worker keeps serving what it had.", idx + 1,
                                  new.inner.exitcode)
                     continue
-                new.interrupt_by_parent = False  # from now on its exit is a crash, as Granian has it
                 self.wrks[idx] = new
                 old.terminate()
                 old.inner.join(self.workers_kill_timeout)

@@ -126,8 +126,10 @@ def test_a_port_failing_5_percent_at_the_25_percent_step_is_rolled_back(
         "judge", "fail", 25, "high")
     # One answer in 20 fails, from the first after the marker: of the step's n canary answers
     # (nearly all after it), ceil(n / 20) at most, 5% and a little more unless n is a multiple of 20.
+    # The rate is rounded to 3 places (8 of 153 is 5.2288%, reported 5.229), so count the failures.
     n = errors["canary_requests"]
-    assert 3 <= errors["canary_rate"] <= 100 * -(-n // 20) / n, errors
+    assert errors["canary_rate"] >= 3, errors
+    assert round(errors["canary_rate"] * n / 100) <= -(-n // 20), errors
     assert errors["baseline_rate"] == 0 and errors["p"] < 0.05
     assert last.reason.startswith("fail (score 0): errors: 5xx ")
     assert set(who(url, had_it).values()) == {LEGACY}  # back on the legacy shop, every one

@@ -41,9 +41,21 @@ def index():
 
 
 def startproject(folder: Path, *, here: bool = False) -> None:
-    """``django-admin startproject mysite`` in ``folder`` (``here``: ``mysite .``), Django's own command."""
+    """``django-admin startproject mysite`` in ``folder`` (``here``: ``mysite .``), Django's own command.
+
+    On settings not configured yet, the command configures empty ones (no DATABASES), and every
+    later test of this process that loads the gateway finds Django set up without a database; so
+    Django is set up first as the gateway sets it up (the ``table`` fixture's way)."""
+    import django
+    from django.conf import settings
     from django.core.management import call_command
 
+    if not settings.configured:
+        from gateway.core.config import Config
+        from gateway.serve import frameworks
+
+        frameworks.set_up(Config.from_env())
+        django.setup(set_prefix=False)  # as the demo's WSGI module does when the gateway imports it
     target = folder if here else folder / "mysite"
     target.mkdir(exist_ok=True)
     call_command("startproject", "mysite", str(target))

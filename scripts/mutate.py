@@ -1,6 +1,6 @@
 """Mutation-test one module of gateway/ against the tests named (a development tool).
 
-    .venv/bin/python scripts/mutate.py gateway/core/config.py tests/test_config.py
+    .venv/bin/python scripts/mutate.py gateway/core/config.py tests/unit/test_config.py
     .venv/bin/python -m mutmut results        # the survivors, then: mutmut show NAME
 
 mutmut 3 reads its settings only from ``[tool.mutmut]`` in pyproject.toml, so this sets

@@ -1,14 +1,16 @@
 """Fixtures (a pytest plugin, registered by ``tests/conftest.py``): the gateway in process
-(WSGI and ASGI) and as a real server; and the guard that fails a test not marked ``server``
+(WSGI and ASGI) and as a real server, an admin account of its own; and the guard that fails a test not marked ``server``
 when it starts a subprocess."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from tests.support import (
     GATEWAY,
+    Account,
     PostgresCluster,
     ServerProcess,
     SyncASGIClient,
@@ -175,3 +178,26 @@ def postgres() -> Iterator[PostgresCluster]:
     with contextlib.suppress(subprocess.CalledProcessError):  # a test may have stopped it
         cluster.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fast_hashes(table) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Django's MD5 hasher, as Django advises for tests (PBKDF2 takes about 0.3 s a password here)."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+@pytest.fixture
+def account(fast_hashes: None) -> Iterator[Account]:
+    """A superuser of its own; its users, attempts and access logs are removed afterwards."""
+    from axes.models import AccessAttempt, AccessLog
+    from django.contrib.auth import get_user_model
+
+    user = Account(f"admin-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(16))
+    get_user_model().objects.create_superuser(user.username, f"{user.username}@example.com", user.password)
+    yield user
+    get_user_model().objects.filter(username=user.username).delete()
+    AccessAttempt.objects.filter(username=user.username).delete()
+    AccessLog.objects.filter(username=user.username).delete()

@@ -27,7 +27,7 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"
 
 @pytest.fixture
 def tracer_provider() -> None:
-    """An SDK tracer provider, unless one is set already (``tests/test_tracing.py`` sets its
+    """An SDK tracer provider, unless one is set already (``tests/integration/test_tracing.py`` sets its
     own, with its exporter, when it is collected: this runs later, and leaves it)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -48,8 +48,8 @@ async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(scope="module")
 def table() -> MountTable:  # type: ignore[override]
-    return MountTable.from_specs(["/scope=tests.test_asgi_mutants:scope_app", "/third=tests.thirdapp:asgi_app",
-                                  "/env=tests.thirdapp:echo_app"], defaults=False)
+    return MountTable.from_specs(["/scope=tests.integration.test_asgi_mutants:scope_app",
+                                  "/third=tests.thirdapp:asgi_app", "/env=tests.thirdapp:echo_app"], defaults=False)
 
 
 TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}).trusted_proxies

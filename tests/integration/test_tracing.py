@@ -55,7 +55,7 @@ def view_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 @pytest.fixture(scope="module")
 def traced_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
     flask, django = table.mounts["/flask"].app, table.mounts["/django"].app
-    return MountTable([*table, Mount("/view", "tests.test_tracing:view_app", "wsgi", view_app),
+    return MountTable([*table, Mount("/view", "tests.integration.test_tracing:view_app", "wsgi", view_app),
                        Mount("/tflask", "flask_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(flask)),
                        Mount("/tdjango", "django_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(django))])
 

@@ -46,7 +46,7 @@ def chunks_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 @pytest.fixture(scope="module")
 def table() -> MountTable:  # type: ignore[override]
     return MountTable([*MountTable.from_specs(["/env=tests.thirdapp:echo_app"], defaults=False),
-                       Mount("/gen", "tests.test_wsgi_mutants:chunks_app", "wsgi", chunks_app)])
+                       Mount("/gen", "tests.unit.test_wsgi_mutants:chunks_app", "wsgi", chunks_app)])
 
 
 def gateway(table: MountTable, **changes: Any) -> WSGIGateway:

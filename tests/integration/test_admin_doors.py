@@ -37,28 +37,6 @@ STRONG = secrets.token_urlsafe(50)
 # --- helpers -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fast_hashes(table) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    from django.test import override_settings
-
-    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
-        yield
-
-
-@pytest.fixture
-def account(fast_hashes: None) -> Iterator[Account]:
-    """A superuser of its own; its users, attempts and access logs are removed afterwards."""
-    from axes.models import AccessAttempt, AccessLog
-    from django.contrib.auth import get_user_model
-
-    user = Account(f"admin-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(16))
-    get_user_model().objects.create_superuser(user.username, f"{user.username}@example.com", user.password)
-    yield user
-    get_user_model().objects.filter(username=user.username).delete()
-    AccessAttempt.objects.filter(username=user.username).delete()
-    AccessLog.objects.filter(username=user.username).delete()
-
-
 def make_client(app):  # type: ignore[no-untyped-def]
     from werkzeug.test import Client
 

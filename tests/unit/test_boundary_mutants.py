@@ -63,9 +63,9 @@ def reader_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-SPECS = ["/body=tests.test_boundary_mutants:body_app", "/echo=tests.apps.bodyecho:app",
+SPECS = ["/body=tests.unit.test_boundary_mutants:body_app", "/echo=tests.apps.bodyecho:app",
          "/env=tests.thirdapp:echo_app", "/third=tests.thirdapp:asgi_app",
-         "/reader=tests.test_boundary_mutants:reader_app"]
+         "/reader=tests.unit.test_boundary_mutants:reader_app"]
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,8 @@ def raising_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 @pytest.fixture(scope="module")
 def metrics_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
     return MountTable([*table, *MountTable.from_specs(["/echo=tests.thirdapp:echo_app"], defaults=False),
-                       Mount("/held", "tests.test_metrics:held_app", "wsgi", held_app),
-                       Mount("/raise", "tests.test_metrics:raising_app", "wsgi", raising_app)])
+                       Mount("/held", "tests.integration.test_metrics:held_app", "wsgi", held_app),
+                       Mount("/raise", "tests.integration.test_metrics:raising_app", "wsgi", raising_app)])
 
 
 @pytest.fixture(params=sorted(ENTRIES))

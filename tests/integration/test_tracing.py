@@ -179,33 +179,6 @@ def test_the_setting_is_strict() -> None:
         Config.from_env({"GATEWAY_TRACING": "on please"})
 
 
-@pytest.mark.server
-def test_serve_sets_up_the_sdk_and_exports(start_gateway: Callable[..., Any]) -> None:
-    """``gateway serve --tracing`` with no tracer provider of yours: the SDK's, exporting as
-    ``OTEL_TRACES_EXPORTER`` says (here the console, into the server's log)."""
-    import urllib.request
-
-    gateway = start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100",
-                                              "OTEL_SERVICE_NAME": "shop-gateway"})
-    request = urllib.request.Request(gateway.url + "/flask/?name=Ada", headers={"traceparent": TRACEPARENT})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        request_id = response.headers["X-Request-ID"]
-    assert "  tracing   to standard output" in gateway.log  # the banner says where spans go
-    log = gateway.wait_for(f'"gateway.request_id": "{request_id}"')
-    assert '"name": "GET /flask"' in log
-    assert f'"trace_id": "0x{CLIENT_TRACE}"' in log
-    assert '"service.name": "shop-gateway"' in log
-
-
-@pytest.mark.server
-def test_serve_refuses_an_exporter_it_does_not_know(start_gateway: Callable[..., Any]) -> None:
-    with pytest.raises(RuntimeError) as failed:
-        start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "zipkin"})
-    assert 'gateway: error: OTEL_TRACES_EXPORTER="zipkin" is not one the gateway sets up: use otlp, console or ' \
-           "none, or set up your own tracer provider (opentelemetry-instrument).\n" in str(failed.value)
-    assert "Traceback" not in str(failed.value)
-
-
 def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(traced_table: MountTable) -> None:
     import time
 

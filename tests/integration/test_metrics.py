@@ -1,5 +1,6 @@
 """``/metrics``: off by default, for loopback and trusted proxies only, and counts that
-add up, in process through both entry points and over real servers with several workers."""
+add up, in process through both entry points (tests/system/test_metrics_servers.py: over real
+servers with several workers)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Route rules: apps sharing one URL space (gateway.toml), through both entry points in
-process, and the ``gateway routes`` command."""
+process (tests/system/test_routes_servers.py: the ``gateway routes`` command and reloads on
+real servers)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """OpenTelemetry tracing (``GATEWAY_TRACING``), through both entry points in process with
-the SDK's in-memory exporter, and over a real server with the console exporter.
+the SDK's in-memory exporter (tests/system/test_tracing_servers.py: over a real server with the
+console exporter).
 
 The apps' own spans come from OpenTelemetry's WSGI instrumentation (what Flask's
 instrumentation is built on) around the real Flask and Django apps, and from a view

@@ -1,12 +1,14 @@
 """Fixtures (a pytest plugin, registered by ``tests/conftest.py``): the gateway in process
-(WSGI and ASGI) and as a real server, an admin account of its own; and the guard that fails a test not marked ``server``
-when it starts a subprocess."""
+(WSGI and ASGI) and as a real server, an admin account of its own; and the guards that fail
+a test not marked ``server`` when it starts a subprocess, and a unit test when it opens a
+socket."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,19 +43,45 @@ def _refuse_subprocesses() -> Iterator[None]:
         yield
 
 
-# The guard wraps the setup and call phases rather than being an autouse fixture: a function-scoped
+@contextlib.contextmanager
+def _refuse_sockets() -> Iterator[None]:
+    """Make connecting or binding a socket fail the test (a unit test opens none; asyncio's
+    own socket pair is made without either)."""
+
+    def refuse(self: socket.socket, address: object, *rest: object) -> None:
+        __tracebackhide__ = True
+        pytest.fail(f"this unit test opens a socket ({address!r}): move it to tests/integration or tests/system")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("connect", "connect_ex", "bind"):
+            patch.setattr(socket.socket, name, refuse)
+        yield
+
+
+@contextlib.contextmanager
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """A test not marked ``server`` starts no subprocess; a unit test opens no socket either."""
+    with contextlib.ExitStack() as stack:
+        if not item.get_closest_marker("server"):
+            stack.enter_context(_refuse_subprocesses())
+        if item.get_closest_marker("unit"):
+            stack.enter_context(_refuse_sockets())
+        yield
+
+
+# The guards wrap the setup and call phases rather than being an autouse fixture: a function-scoped
 # fixture runs after the session- and module-scoped ones (gateway_server, postgres, ...), so it
 # would miss the subprocesses they start. Teardown is left alone: a session fixture that runs a
 # command to stop (postgres) is torn down after whichever test happens to be its last user.
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+    with _guarded(item):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+    with _guarded(item):
         return (yield)
 
 

@@ -1,4 +1,5 @@
-"""The tests' levels hold, read from their source (``ast``, nothing imported or run):
+"""The tests' levels hold, read from their source (``ast``, nothing imported or run; the
+fixtures' plugin also fails a unit test that connects or binds a socket while it runs):
 
 - a unit test (``tests/unit``) opens no socket, starts no subprocess and never sleeps: no
   import of ``socket``, ``subprocess`` and the like (httpx is allowed: its ASGI transport
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,10 @@ def test_no_test_module_imports_another() -> None:
     found = {str(path.relative_to(ROOT)): imported_test_modules(path.read_text(), path.stem)
              for path in sorted(TESTS.rglob("test_*.py")) if path.resolve() != ITSELF}
     assert {path: names for path, names in found.items() if names} == {}
+
+
+@pytest.mark.parametrize("use", [pytest.param(lambda s: s.bind(("127.0.0.1", 0)), id="bind"),
+                                 pytest.param(lambda s: s.connect(("127.0.0.1", 9)), id="connect")])
+def test_a_unit_test_that_opens_a_socket_fails_as_it_runs(use: object) -> None:
+    with socket.socket() as made, pytest.raises(pytest.fail.Exception, match="this unit test opens a socket"):
+        use(made)  # type: ignore[operator]

@@ -241,7 +241,7 @@ class StartFirst:
     PEP 3333 lets an app call ``start_response`` lazily, as it yields its first chunk: a
     generator view does, and a2wsgi does for every ASGI app it wraps. Granian's WSGI
     interface (2.x) then sends ``200`` and none of the headers, whatever the app said: no
-    Location, Set-Cookie or Content-Type reached the client (tests/test_your_apps.py
+    Location, Set-Cookie or Content-Type reached the client (tests/integration/test_your_apps.py
     found it; emmett-framework/granian#845, closed as not planned). Wrapped in this, an
     app's first chunk is drawn here, which calls ``start_response``, and handed back
     first. ``gateway serve --server granian`` runs Granian's ASGI interface, where the

@@ -191,7 +191,7 @@ class Head(_HeadFields):
         """The same constructor, as a plain function: what the hot path uses. A class called
         with keywords packs them into a dict first (CPython 3.11's ``type_call``), and a
         classmethod binds the class on every call: 5,600 instructions a Head that way,
-        4,900 this way (callgrind). ``tests/test_pipeline.py`` holds its signature to
+        4,900 this way (callgrind). ``tests/unit/test_pipeline.py`` holds its signature to
         :meth:`__new__`'s."""
         return _tuple_new(Head, (method, root_path, path, query, host, scheme, server, client, request_id,
                                  forwarded, header_size, header_nul, body, http_version, fetch))

@@ -11,8 +11,8 @@ one line and starts no new worker, so the old ones keep serving the rules they h
 
 This reaches into two things gunicorn 23-27 does in ``Arbiter.reload`` (it spawns
 ``workers`` new ones, then waits until every worker is newer than the last it had),
-which no public hook can stop: ``tests/test_gunicorn.py`` holds it to gunicorn's
-behaviour.
+which no public hook can stop: ``tests/system/test_gunicorn_servers.py`` holds it to
+gunicorn's behaviour.
 """
 
 from __future__ import annotations

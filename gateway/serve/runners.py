@@ -451,7 +451,7 @@ def granian_class(config: Config) -> Any:
       just after the first answer, beside two busy loops, hung 4 runs of 8). In a worker,
       the handler does what the signal does by default: the worker ends.
 
-    ``tests/test_granian.py`` holds both to Granian's behaviour.
+    ``tests/system/test_granian.py`` holds both to Granian's behaviour.
     """
     from granian import Granian
 

@@ -25,7 +25,7 @@ CLIENTS = [f"{i:032x}" for i in range(400)]
 
 # The port is slower than the legacy cart by construction (Django, and it reads the legacy
 # app's session): 1.7 times the median here. The walk is what is tested; the judge's
-# latency has tests of its own (tests/test_judge.py).
+# latency has tests of its own (tests/unit/test_judge.py).
 TOML = '''
 [apps]
 legacy = {{ app = "legacy_shop:app", path = "{example}" }}

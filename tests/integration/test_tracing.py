@@ -1,5 +1,6 @@
 """OpenTelemetry tracing (``GATEWAY_TRACING``), through both entry points in process with
-the SDK's in-memory exporter, and over a real server with the console exporter.
+the SDK's in-memory exporter (tests/system/test_tracing_servers.py: over a real server with the
+console exporter).
 
 The apps' own spans come from OpenTelemetry's WSGI instrumentation (what Flask's
 instrumentation is built on) around the real Flask and Django apps, and from a view
@@ -55,7 +56,7 @@ def view_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 @pytest.fixture(scope="module")
 def traced_table(table: MountTable) -> MountTable:  # type: ignore[no-untyped-def]
     flask, django = table.mounts["/flask"].app, table.mounts["/django"].app
-    return MountTable([*table, Mount("/view", "tests.test_tracing:view_app", "wsgi", view_app),
+    return MountTable([*table, Mount("/view", "tests.integration.test_tracing:view_app", "wsgi", view_app),
                        Mount("/tflask", "flask_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(flask)),
                        Mount("/tdjango", "django_hello (instrumented)", "wsgi", OpenTelemetryMiddleware(django))])
 
@@ -177,33 +178,6 @@ def test_the_setting_is_strict() -> None:
     assert Config.from_env({}).tracing is False
     with pytest.raises(ValueError, match="GATEWAY_TRACING"):
         Config.from_env({"GATEWAY_TRACING": "on please"})
-
-
-@pytest.mark.server
-def test_serve_sets_up_the_sdk_and_exports(start_gateway: Callable[..., Any]) -> None:
-    """``gateway serve --tracing`` with no tracer provider of yours: the SDK's, exporting as
-    ``OTEL_TRACES_EXPORTER`` says (here the console, into the server's log)."""
-    import urllib.request
-
-    gateway = start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100",
-                                              "OTEL_SERVICE_NAME": "shop-gateway"})
-    request = urllib.request.Request(gateway.url + "/flask/?name=Ada", headers={"traceparent": TRACEPARENT})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        request_id = response.headers["X-Request-ID"]
-    assert "  tracing   to standard output" in gateway.log  # the banner says where spans go
-    log = gateway.wait_for(f'"gateway.request_id": "{request_id}"')
-    assert '"name": "GET /flask"' in log
-    assert f'"trace_id": "0x{CLIENT_TRACE}"' in log
-    assert '"service.name": "shop-gateway"' in log
-
-
-@pytest.mark.server
-def test_serve_refuses_an_exporter_it_does_not_know(start_gateway: Callable[..., Any]) -> None:
-    with pytest.raises(RuntimeError) as failed:
-        start_gateway("--tracing", env={"OTEL_TRACES_EXPORTER": "zipkin"})
-    assert 'gateway: error: OTEL_TRACES_EXPORTER="zipkin" is not one the gateway sets up: use otlp, console or ' \
-           "none, or set up your own tracer provider (opentelemetry-instrument).\n" in str(failed.value)
-    assert "Traceback" not in str(failed.value)
 
 
 def test_the_span_starts_when_the_request_did_and_names_an_undecodable_path(traced_table: MountTable) -> None:

@@ -1,5 +1,5 @@
 """``gateway.adapters.buffering.Outbox`` alone: a thread puts, the loop drains, in order,
-through memory and a temporary file (the bridge's tests in tests/test_bridge.py cover it
+through memory and a temporary file (the bridge's tests in tests/integration/test_bridge.py cover it
 inside a request)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each case runs the settings file afresh (``runpy``, its own namespace: the settings Django
 may have loaded in this process stay as they are) with the environment given. That
-PostgreSQL applies them is in ``tests/test_netns.py`` (``test_database_flaps``: the app's
+PostgreSQL applies them is in ``tests/system/test_netns.py`` (``test_database_flaps``: the app's
 connection shows them, and a transaction it leaves open is ended by the server).
 """
 

@@ -44,13 +44,13 @@ def chunks_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 @pytest.fixture(scope="module")
-def table() -> MountTable:  # type: ignore[override]
+def small_table() -> MountTable:
     return MountTable([*MountTable.from_specs(["/env=tests.thirdapp:echo_app"], defaults=False),
-                       Mount("/gen", "tests.test_wsgi_mutants:chunks_app", "wsgi", chunks_app)])
+                       Mount("/gen", "tests.unit.test_wsgi_mutants:chunks_app", "wsgi", chunks_app)])
 
 
-def gateway(table: MountTable, **changes: Any) -> WSGIGateway:
-    return create_wsgi_app(table, replace(Config.from_env({}), **changes))
+def gateway(small_table: MountTable, **changes: Any) -> WSGIGateway:
+    return create_wsgi_app(small_table, replace(Config.from_env({}), **changes))
 
 
 def call(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -68,15 +68,15 @@ def call(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]],
 BARE = {"HTTP_HOST": "localhost", "wsgi.url_scheme": "http"}
 
 
-def test_a_sparse_environ_reads_as_a_get_of_the_root_over_http_1_1(table: MountTable) -> None:
+def test_a_sparse_environ_reads_as_a_get_of_the_root_over_http_1_1(small_table: MountTable) -> None:
     """PEP 3333 requires more, but a server that leaves out the method, script name, path,
     port and protocol gets the defaults: the gateway's index, not a 500."""
-    status, _, body = call(gateway(table), BARE)
+    status, _, body = call(gateway(small_table), BARE)
     assert status == "200 OK" and b"/env" in body
 
 
-def test_the_servers_script_name_and_scheme_reach_the_app(table: MountTable) -> None:
-    status, headers, body = call(gateway(table, https=True), {
+def test_the_servers_script_name_and_scheme_reach_the_app(small_table: MountTable) -> None:
+    status, headers, body = call(gateway(small_table, https=True), {
         **BARE, "REQUEST_METHOD": "GET", "SCRIPT_NAME": "/srv", "PATH_INFO": "/env/x", "wsgi.url_scheme": "https"})
     assert status == "200 OK"
     seen = json.loads(body)
@@ -92,10 +92,10 @@ SIZE = len("host" + "localhost" + "x-a" + "12345" + "content-type" + "text/plain
 @pytest.mark.parametrize(("limit", "status"), [pytest.param(SIZE, "200 OK", id="at-the-limit"),
                                                pytest.param(SIZE - 1, "431 Request Header Fields Too Large",
                                                             id="one-past")])
-def test_the_header_limit_counts_each_name_and_value_as_sent(table: MountTable, limit: int, status: str) -> None:
+def test_the_header_limit_counts_each_name_and_value_as_sent(small_table: MountTable, limit: int, status: str) -> None:
     environ = {**HEADERS, "REQUEST_METHOD": "GET", "PATH_INFO": "/env/x", "SERVER_PORT": "80",
                "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http"}
-    assert call(gateway(table, max_header_size=limit), environ)[0] == status
+    assert call(gateway(small_table, max_header_size=limit), environ)[0] == status
 
 
 @pytest.fixture
@@ -125,23 +125,24 @@ def logged(records: list[logging.LogRecord]) -> list[tuple[Any, ...]]:
 
 
 def test_a_response_is_logged_with_its_status_and_size_once_closed(
-    table: MountTable, access_records: list[logging.LogRecord],
+    small_table: MountTable, access_records: list[logging.LogRecord],
 ) -> None:
     closed = Tracked.closed
-    status, headers, body = call(gateway(table), {**BARE, "PATH_INFO": "/gen/x", "SERVER_PROTOCOL": "HTTP/1.0"})
+    status, headers, body = call(gateway(small_table), {**BARE, "PATH_INFO": "/gen/x", "SERVER_PROTOCOL": "HTTP/1.0"})
     assert (status, body) == ("201 Created", b"abcde")
     assert ("Content-Type", "text/plain") in headers
     assert Tracked.closed == closed + 1  # the app's close(), through the logged iterable
     # A list has no close(); a server that names no protocol is logged with "-".
-    status, _, body = call(gateway(table), {**BARE, "PATH_INFO": "/env/x"})
+    status, _, body = call(gateway(small_table), {**BARE, "PATH_INFO": "/env/x"})
     assert status == "200 OK"
     assert logged(access_records) == [("GET", "/gen/x", 201, 5, "/gen"), ("GET", "/env/x", 200, len(body), "/env")]
     assert [r.getMessage().split('"')[1] for r in access_records] == ["GET /gen/x HTTP/1.0", "GET /env/x -"]
 
 
-def test_an_app_that_raises_is_logged_as_a_500(table: MountTable, access_records: list[logging.LogRecord]) -> None:
+def test_an_app_that_raises_is_logged_as_a_500(small_table: MountTable,
+                                                access_records: list[logging.LogRecord]) -> None:
     with pytest.raises(RuntimeError, match="the view failed"):
-        call(gateway(table), {**BARE, "REQUEST_METHOD": "POST", "PATH_INFO": "/gen/fail"})
+        call(gateway(small_table), {**BARE, "REQUEST_METHOD": "POST", "PATH_INFO": "/gen/fail"})
     assert logged(access_records) == [("POST", "/gen/fail", 500, 0, "/gen")]
 
 
@@ -219,8 +220,8 @@ def test_start_first_serves_a_list_as_it_is() -> None:
     result.close()
 
 
-def test_a_chunked_body_without_a_content_type_is_held_to_the_limit(table: MountTable) -> None:
+def test_a_chunked_body_without_a_content_type_is_held_to_the_limit(small_table: MountTable) -> None:
     environ = {**BARE, "REQUEST_METHOD": "POST", "PATH_INFO": "/env/x", "SERVER_PROTOCOL": "HTTP/1.1",
                "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True, "wsgi.input": io.BytesIO(b"x" * 11)}
-    status, _, body = call(gateway(table, max_body_size=10), environ)
+    status, _, body = call(gateway(small_table, max_body_size=10), environ)
     assert (status, body) == ("413 Request Entity Too Large", b"Request body too large: the limit here is 10 bytes.\n")

@@ -14,16 +14,13 @@ from werkzeug.test import Client
 from gateway.adapters.wsgi import create_wsgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from tests import test_admin_doors as doors
 from tests.support import Account, csrf_token
-
-account = doors.account  # the fixtures of a superuser of its own, with fast password hashes
-fast_hashes = doors.fast_hashes
 
 
 @pytest.fixture
 def user(account: Account) -> Account:
     return account
+
 
 LOGIN = "/django/admin/login/"
 #: What a browser sends with a form it posts to the page's own site.

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -30,8 +29,6 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.adapters.bridge import DEFAULT_BUFFER_SIZE, ClientDisconnected, WSGIBridge, build_environ
 from gateway.types import Environ, Message, Scope, StartResponse, WSGIApp
-from tests.apps.rawhttp import Connection, http_request
-from tests.support import ServerProcess, free_port, server_env
 
 TIMEOUT = 5.0
 REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
@@ -1946,60 +1943,6 @@ def test_http_websocket_handshake_is_refused(served: Served) -> None:
             b"Sec-WebSocket-Version: 13\r\n\r\n"
         )
         assert read_until(conn, b"\r\n").startswith(b"HTTP/1.1 403")
-
-
-# A WSGIBridge on uvicorn in its own process, as the gateway serves a mount.
-OVERRUN_SERVER = """
-import sys
-
-import uvicorn
-
-from gateway.adapters.bridge import WSGIBridge
-
-
-def app(environ, start_response):
-    if environ["PATH_INFO"] == "/overrun":
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
-        return iter([b"0123", b"45", b"6789"])
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
-    return [b"second"]
-
-
-port, buffer_size = int(sys.argv[1]), int(sys.argv[2])
-bridge = WSGIBridge(app, name="/mounted", buffer_size=buffer_size)
-uvicorn.run(bridge, host="127.0.0.1", port=port, http="httptools", lifespan="on")
-"""
-
-
-@pytest.mark.server
-@pytest.mark.parametrize(
-    "buffer_size", [pytest.param(DEFAULT_BUFFER_SIZE, id="buffered"), pytest.param(4, id="streamed")]
-)
-def test_http_overrun_keeps_the_connection_for_the_next_request(tmp_path: Path, buffer_size: int) -> None:
-    port = free_port()
-    server = ServerProcess(
-        [sys.executable, "-c", OVERRUN_SERVER, str(port), str(buffer_size)], port=port,
-        env=server_env(tmp_path), log_path=tmp_path / "uvicorn.log", ready_path="/ready",
-    )
-    try:
-        with Connection(port, timeout=TIMEOUT) as conn:
-            # Both requests in one write: the second waits behind the first on the connection.
-            conn.send(
-                http_request("GET", "/overrun", headers=[(b"Connection", b"keep-alive")])
-                + http_request("GET", "/second")
-            )
-            first = conn.read_response(timeout=TIMEOUT)
-            second = conn.read_response(timeout=TIMEOUT)
-            rest = conn.read_rest(TIMEOUT)
-        assert (first.status, first.header("content-length"), first.body) == (200, "8", b"01234567")
-        assert (second.status, second.body) == (200, b"second")
-        assert rest == b""  # nothing past the declared length reached the wire
-        warning = OVERRUN_WARNING.format("/mounted")
-        log = server.wait_for(warning)
-    finally:
-        server.stop()
-    assert log.count(warning) == 1
-    assert "Response content longer than Content-Length" not in log
 
 
 # -- what mutation testing found unpinned (docs/testing.md) ---------------------------------

@@ -291,7 +291,7 @@ def test_a_rule_werkzeug_redirects_is_left_to_werkzeug(rule: dict[str, object]) 
 
 def test_a_long_path_under_a_path_rule_gets_the_right_answer() -> None:
     """The probe that held the process for 14 s had three path converters, which the
-    gateway now refuses (tests/test_routes.py); a rule of one, and converters after it,
+    gateway now refuses (tests/integration/test_routes.py); a rule of one, and converters after it,
     answer a path of 1.6 KB and of 200 KB as Werkzeug does."""
     raw, deep = RouteSpec("/f/<path:a>/raw", ("a",)), RouteSpec("/g/<path:a>/<b>/<int:n>", ("a",))
     table = RouteTable([raw, deep, RouteSpec("/f/<name>", ("a",))])

@@ -4,7 +4,7 @@ Needs Debian's Chromium at ``/usr/bin/chromium`` and the ``playwright`` package;
 browser is launched from that path, so ``playwright install`` is never needed::
 
     apt-get install -y chromium && pip install playwright
-    pytest tests/test_browser.py
+    pytest tests/system/test_browser.py
 
 Every step leaves a screenshot in ``tests/artifacts/browser/``. With
 ``UPDATE_SCREENSHOTS=1`` the run also rewrites the three images under ``docs/images/``.

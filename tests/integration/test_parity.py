@@ -634,7 +634,7 @@ def test_the_shared_session_reaches_only_the_apps_that_read_it(kind: str, echo_t
     it (DjangoSignIn); any other app, WSGI or ASGI, could replay it."""
     from gateway.core.mounts import Mount
 
-    table = MountTable([*echo_table, Mount("/cookies", "tests.test_parity:cookie_app", "asgi", cookie_app)])
+    table = MountTable([*echo_table, Mount("/cookies", "tests.integration.test_parity:cookie_app", "asgi", cookie_app)])
     build = builder(kind, table)
     try:
         shared = next(build)(shared_signin="sessionid")

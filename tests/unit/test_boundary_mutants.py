@@ -63,13 +63,13 @@ def reader_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-SPECS = ["/body=tests.test_boundary_mutants:body_app", "/echo=tests.apps.bodyecho:app",
+SPECS = ["/body=tests.unit.test_boundary_mutants:body_app", "/echo=tests.apps.bodyecho:app",
          "/env=tests.thirdapp:echo_app", "/third=tests.thirdapp:asgi_app",
-         "/reader=tests.test_boundary_mutants:reader_app"]
+         "/reader=tests.unit.test_boundary_mutants:reader_app"]
 
 
 @pytest.fixture(scope="module")
-def table() -> MountTable:  # type: ignore[override]
+def small_table() -> MountTable:
     return MountTable.from_specs(SPECS, defaults=False)
 
 
@@ -78,12 +78,12 @@ def configured(**changes: Any) -> Config:
 
 
 @pytest.fixture
-def asgi(table: MountTable) -> Iterator[Any]:
+def asgi(small_table: MountTable) -> Iterator[Any]:
     """Build ASGI gateways over the table, each with its own config; stop their pools after."""
     built: list[ASGIGateway] = []
 
     def build(**changes: Any) -> ASGIGateway:
-        built.append(create_asgi_app(table, configured(**changes), threads=2))
+        built.append(create_asgi_app(small_table, configured(**changes), threads=2))
         return built[-1]
 
     yield build
@@ -91,8 +91,8 @@ def asgi(table: MountTable) -> Iterator[Any]:
         gateway.executor.shutdown(wait=True)
 
 
-def wsgi(table: MountTable, **changes: Any) -> WSGIGateway:
-    return create_wsgi_app(table, configured(**changes))
+def wsgi(small_table: MountTable, **changes: Any) -> WSGIGateway:
+    return create_wsgi_app(small_table, configured(**changes))
 
 
 def asgi_call(gateway: Any, path: str, incoming: list[dict[str, Any]] | None,
@@ -186,8 +186,8 @@ def test_a_websocket_reaches_an_asgi_mount_through_its_boundary(asgi: Any) -> No
 # -- the gateway's own replies -----------------------------------------------------------
 
 
-def test_a_wsgi_reply_has_the_reason_phrase_of_its_status(table: MountTable) -> None:
-    response = Client(wsgi(table)).get("/nowhere", headers={"Host": "localhost"})
+def test_a_wsgi_reply_has_the_reason_phrase_of_its_status(small_table: MountTable) -> None:
+    response = Client(wsgi(small_table)).get("/nowhere", headers={"Host": "localhost"})
     assert response.status == "404 Not Found"
 
 
@@ -266,25 +266,25 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     pytest.param(CHUNKED, 100 * KIB, id="chunked"),
 ])
 def test_wsgi_a_body_the_disk_has_no_room_for_is_a_503_with_one_line(
-    table: MountTable, full_disk: list[FullDisk], caplog: pytest.LogCaptureFixture, extra: dict[str, Any],
+    small_table: MountTable, full_disk: list[FullDisk], caplog: pytest.LogCaptureFixture, extra: dict[str, Any],
     after: int,
 ) -> None:
     with caplog.at_level(logging.WARNING, "gateway"):
-        status, body = wsgi_call(wsgi(table), "/echo/x", io.BytesIO(b"x" * (100 * KIB)), **extra)
+        status, body = wsgi_call(wsgi(small_table), "/echo/x", io.BytesIO(b"x" * (100 * KIB)), **extra)
     assert status == "503 Service Unavailable" and body.startswith(b"Service Unavailable: there is no room")
     assert errors(caplog) == [no_room_line(after)]
     assert [f.closed for f in full_disk] == [True]
 
 
 def test_wsgi_a_temporary_file_that_cannot_be_made_is_a_503(
-    table: MountTable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    small_table: MountTable, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     def no_file(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(tempfile, "TemporaryFile", no_file)
     with caplog.at_level(logging.WARNING, "gateway"):
-        status, _ = wsgi_call(wsgi(table), "/echo/x", io.BytesIO(b"x" * (100 * KIB)), str(100 * KIB))
+        status, _ = wsgi_call(wsgi(small_table), "/echo/x", io.BytesIO(b"x" * (100 * KIB)), str(100 * KIB))
     assert status == "503 Service Unavailable"
     assert errors(caplog) == [no_room_line(0)]
 
@@ -304,9 +304,9 @@ def test_asgi_a_body_the_disk_has_no_room_for_is_a_503_with_one_line(
 # -- a body read whole in the server's thread (WSGI) ------------------------------------
 
 
-def test_wsgi_a_chunked_body_is_held_to_the_limit_over_all_its_reads(table: MountTable) -> None:
+def test_wsgi_a_chunked_body_is_held_to_the_limit_over_all_its_reads(small_table: MountTable) -> None:
     """The limit counts the whole body, not each 64 KiB read of it."""
-    gateway = wsgi(table, max_body_size=100_000)
+    gateway = wsgi(small_table, max_body_size=100_000)
     status, body = wsgi_call(gateway, "/echo/x", io.BytesIO(b"x" * 100_000), **CHUNKED)
     assert (status, json.loads(body)["length"]) == ("200 OK", 100_000)
     status, body = wsgi_call(gateway, "/echo/x", io.BytesIO(b"x" * 100_001), **CHUNKED)
@@ -331,10 +331,10 @@ class Failing(io.RawIOBase):
 
 
 def test_wsgi_a_body_whose_client_went_away_is_a_400_with_one_line(
-    table: MountTable, caplog: pytest.LogCaptureFixture,
+    small_table: MountTable, caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, "gateway"):
-        status, _ = wsgi_call(wsgi(table), "/echo/x", Failing(b"abc"), "10")
+        status, _ = wsgi_call(wsgi(small_table), "/echo/x", Failing(b"abc"), "10")
     assert status == "400 Bad Request"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "The request body ended 7 bytes short of its Content-Length of 10; answered 400."]
@@ -355,8 +355,8 @@ class Trickle(io.RawIOBase):
         return size
 
 
-def test_wsgi_a_streaming_mounts_reads_are_whole_and_a_short_body_is_an_error(table: MountTable) -> None:
-    gateway = wsgi(table, stream_bodies=("/reader",))
+def test_wsgi_a_streaming_mounts_reads_are_whole_and_a_short_body_is_an_error(small_table: MountTable) -> None:
+    gateway = wsgi(small_table, stream_bodies=("/reader",))
     status, body = wsgi_call(gateway, "/reader/x", Trickle(b"abcdefghijkl"), "14")
     assert status == "200 OK"
     assert json.loads(body) == [

@@ -4,28 +4,11 @@ from valgrind, run by hand (bench/README.md)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench import instructions
-from tests.support import ROOT
-
-
-@pytest.mark.server
-def test_every_scenario_serves_between_its_marks() -> None:
-    code = ("import os, bench.instructions as b\n"
-            "marks = []\n"
-            "b.mark = lambda: marks.append(1)\n"
-            "for name in b.SCENARIOS:\n"
-            "    b.inner(name, 3)\n"
-            "    print(name, len(marks))\n"
-            "    marks.clear()\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n")[:-1] == [f"{name} 2" for name in instructions.SCENARIOS]
 
 
 def test_the_scenarios_and_what_each_is_compared_with() -> None:

@@ -1,5 +1,6 @@
 """The code is checked as part of the tests: ruff everywhere, strict mypy on gateway/, and the
-layers of gateway/ (lint-imports, with the contracts in pyproject.toml)."""
+layers of gateway/ (lint-imports, with the contracts in pyproject.toml). The tests' own
+structure (their levels, no test module importing another) is tests/unit/test_levels.py."""
 
 from __future__ import annotations
 
@@ -39,18 +40,3 @@ def test_the_layers_hold() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Contracts: 4 kept, 0 broken." in result.stdout
 
-
-def test_no_test_module_imports_another() -> None:
-    """What tests share lives in tests/support.py, tests/entries.py, tests/fixtures.py (the
-    fixtures' plugin) or tests/apps/: a test module that imports another runs the other's
-    import-time code, and ties the two together."""
-    import ast
-
-    offenders = []
-    for path in sorted((ROOT / "tests").rglob("test_*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}" for name in names
-                          if name.split(".")[-1].startswith("test_") and name.startswith("tests")]
-    assert offenders == []

@@ -1,6 +1,6 @@
 """Probes of issue 21's third round: new cases of each class the outside testers found
 (docs/hardening.md, "Third round"). Where a row's test sits better beside its module's
-tests (tests/test_mount_match.py), it is there."""
+tests (tests/unit/test_mount_match.py), it is there."""
 
 from __future__ import annotations
 

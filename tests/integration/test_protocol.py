@@ -1,5 +1,5 @@
 """``gateway.serve.protocol.HeaderTimeoutProtocol`` in process, on a fake transport: the clock
-for request headers (the server tests in tests/test_hardening.py run it for real)."""
+for request headers (the server tests in tests/system/test_hardening.py run it for real)."""
 
 from __future__ import annotations
 

@@ -121,8 +121,8 @@ def test_load_runs_the_experiments_at_full_size(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(load.subprocess, "run", run)
     assert load.main(["netns", "writes"]) == 3  # pytest's exit status
     pytest_args = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "-m", "soak"]
-    assert started == [([*pytest_args, "tests/test_netns.py",
-                         "tests/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers"], "full")]
+    assert started == [([*pytest_args, "tests/system/test_netns.py",
+                         "tests/system/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers"], "full")]
     load.main(["--size", "ci"])
     assert started[-1] == ([*pytest_args, *(test for test, _ in load.EXPERIMENTS.values())], "ci")
     with pytest.raises(SystemExit):

@@ -1,6 +1,6 @@
 """The deployment on several machines, each a Linux network namespace (issue 13).
 
-``tests/test_deploy.py`` runs everything on 127.0.0.1, where a stopped process refuses
+``tests/system/test_deploy.py`` runs everything on 127.0.0.1, where a stopped process refuses
 connections at once and every local process is "the proxy". Here each part has a host of
 its own, on one LAN (a bridge) with addresses from 198.18.0.0/15 (``tests/netns.py``):
 

@@ -27,7 +27,7 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"
 
 @pytest.fixture
 def tracer_provider() -> None:
-    """An SDK tracer provider, unless one is set already (``tests/test_tracing.py`` sets its
+    """An SDK tracer provider, unless one is set already (``tests/integration/test_tracing.py`` sets its
     own, with its exporter, when it is collected: this runs later, and leaves it)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -47,21 +47,21 @@ async def scope_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def table() -> MountTable:  # type: ignore[override]
-    return MountTable.from_specs(["/scope=tests.test_asgi_mutants:scope_app", "/third=tests.thirdapp:asgi_app",
-                                  "/env=tests.thirdapp:echo_app"], defaults=False)
+def small_table() -> MountTable:
+    return MountTable.from_specs(["/scope=tests.integration.test_asgi_mutants:scope_app",
+                                  "/third=tests.thirdapp:asgi_app", "/env=tests.thirdapp:echo_app"], defaults=False)
 
 
 TRUSTED = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "127.0.0.1"}).trusted_proxies
 
 
 @pytest.fixture
-def build(table: MountTable) -> Iterator[Any]:
+def build(small_table: MountTable) -> Iterator[Any]:
     """Build ASGI gateways over the table, each with its own config; stop their pools after."""
     built: list[ASGIGateway] = []
 
     def make(**changes: Any) -> ASGIGateway:
-        built.append(create_asgi_app(table, replace(Config.from_env({}), **changes), threads=2))
+        built.append(create_asgi_app(small_table, replace(Config.from_env({}), **changes), threads=2))
         return built[-1]
 
     yield make
@@ -245,12 +245,12 @@ def test_without_a_gateway_toml_a_reload_says_so(build: Any, caplog: pytest.LogC
 
 
 def test_sighup_reloads_the_rules_off_the_loop_and_says_so(
-    table: MountTable, tmp_path: Any, sighup_handler: list[int], caplog: pytest.LogCaptureFixture,
+    small_table: MountTable, tmp_path: Any, sighup_handler: list[int], caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text("[apps]\n")
     prepared: list[Any] = []
-    gateway = ASGIGateway(table, Config.from_env({}).with_file(path), threads=2,
+    gateway = ASGIGateway(small_table, Config.from_env({}).with_file(path), threads=2,
                           set_up=lambda config: prepared.append(config.config_file))
 
     async def main() -> None:

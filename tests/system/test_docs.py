@@ -207,8 +207,8 @@ DOC_FILES = [*DOCS, ROOT / "bench" / "README.md", ROOT / "examples" / "migration
 SHELLS = {"sh", "bash", "shell", "console"}
 FENCE = re.compile(r"^( *)```([^`\n]*)\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
 MARKER = re.compile(r"<!-- (run|not run): (.+?) -->", re.DOTALL)
-SHORT = "tests/test_docs.py::test_short_commands_run_as_written"
-BACKUP = "tests/test_docs.py::test_the_documented_backup_keeps_mode_0600"
+SHORT = "tests/system/test_docs.py::test_short_commands_run_as_written"
+BACKUP = "tests/system/test_docs.py::test_the_documented_backup_keeps_mode_0600"
 
 
 def code_blocks(path: Path) -> list[tuple[int, str, str, tuple[str, str] | None]]:

@@ -24,7 +24,10 @@ KEY = "~/shop/cart GET,HEAD"
 CLIENTS = [f"{i:032x}" for i in range(400)]
 
 # The port is slower than the legacy cart by construction (Django, and it reads the legacy
-# app's session): 1.7 times the median here. The walk is what is tested; the judge's
+# app's session): 1.7 times the median on a quiet machine, but more work suffers more from a
+# busy one: beside two busy loops its mean reached 5.8 times the legacy cart's (median 2.87 ms
+# against 0.66 ms) and the judge rolled the healthy port back at 100%. The walk is what is
+# tested here, so the latency bound is the largest the file allows (1000); the judge's
 # latency has tests of its own (tests/unit/test_judge.py).
 TOML = '''
 [apps]
@@ -57,7 +60,7 @@ requests = 100
 handover = true
 
 [route.rollout.judge]
-latency = 5
+latency = 1000
 '''
 
 
@@ -74,8 +77,11 @@ def drive(server_url: str, data_dir: Path, until: Callable[[State], bool], most:
     """Send the cart page to the clients in turn until the rollout's state says ``until``."""
     with httpx.Client(base_url=server_url, timeout=10) as client, Store(database_url(data_dir, {})) as store:
         for sent in range(most):
-            if sent % 10 == 0 and (state := store.states().get(KEY)) is not None and until(state):
-                return state
+            if sent % 10 == 0 and (state := store.states().get(KEY)) is not None:
+                if until(state):
+                    return state
+                if state.status == ROLLED_BACK:  # no way on from here: say why the judge did it
+                    raise AssertionError(f"rolled back: {store.audit(KEY)[-1]}")
             answer = client.get("/shop/cart", headers={"Cookie": f"gateway_canary={CLIENTS[sent % len(CLIENTS)]}"})
             assert answer.status_code in (200, 500), answer.text
     raise AssertionError(f"the rollout did not get there in {most} requests: {store.states().get(KEY)}")

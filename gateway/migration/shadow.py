@@ -176,7 +176,9 @@ def scope_of(environ: Environ) -> dict[str, Any]:
         "method": environ.get("REQUEST_METHOD", "GET"), "scheme": environ.get("wsgi.url_scheme", "http"),
         "path": path, "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
         "root_path": root, "headers": headers,
-        "server": (environ.get("SERVER_NAME", "localhost"), int(port) if port.isdigit() else None),
+        # ASCII digits, five at most: gunicorn copies the port from the client's Host header.
+        "server": (environ.get("SERVER_NAME", "localhost"),
+                   int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else None),
         "client": (client, int(environ.get("REMOTE_PORT") or 0)) if client else None,
     }
 

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import multiprocessing.connection
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -48,6 +49,33 @@ GRANIAN_BUFFER = 32 * 1024
 
 class ServerError(RuntimeError):
     """The server cannot start; the message is one full sentence."""
+
+
+#: The most open files asked for when the hard limit is unlimited (Linux's default
+#: ``fs.nr_open``: a soft limit above it is refused).
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; return the limit.
+
+    Each client's connection is a file, and so is each body or response spooled to disk.
+    Many systems start services with a soft limit of 1,024 (or less) under a hard one of
+    thousands: past it, accept() fails with EMFILE, and uvicorn logs an error a connection
+    while new clients wait. Neither uvicorn, Granian nor gunicorn raises it; nginx has
+    ``worker_rlimit_nofile`` for it. Workers inherit the limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:  # a container that forbids it: say so, serve on
+            logging.getLogger("gateway").warning(
+                "The limit of open files stays at %d (raising it to %d failed: %s); each client takes one.",
+                soft, wanted, exc)
+    return soft
 
 
 def check_port(host: str, port: int) -> None:

@@ -1,0 +1,224 @@
+"""Probes of issue 21's fourth round, in process: new cases of each class the outside
+testers found (docs/hardening.md, "Fourth round"). The probes that need a real server
+are in tests/test_probes_round4_servers.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from werkzeug.test import Client
+
+from gateway.adapters.wsgi import create_wsgi_app
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
+from gateway.migration.rollout import OTHER_METHOD, Visits
+from gateway.serve import frameworks
+from tests.entries import ENTRIES, Send, builder
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "migration"
+
+
+def stdlib_email_message() -> ModuleType:
+    """A fresh copy of :mod:`email.message`, as this Python ships it (the gateway replaces
+    its ``_parseparam`` in this process)."""
+    spec = importlib.util.find_spec("email.message")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def c_calls(work: Callable[[], Any]) -> Counter[str]:
+    """The calls of C functions ``work()`` makes, by name: a count of steps, not a time."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call":
+            calls[getattr(arg, "__name__", "?")] += 1
+
+    sys.setprofile(profile)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+# -- U1: a Content-Type of many quoted ";" ------------------------------------------------------
+
+def test_django_reads_a_content_type_of_many_quoted_semicolons_in_one_pass() -> None:
+    """U1: ``Content-Type: multipart/form-data; charset=utf-8; a=";;;...;"`` (16 KB, under the
+    16 KiB header limit). Django reads it with ``email.message._parseparam``, which counts
+    the quotes from the parameter's start again at each ``;`` (python/cpython#136063): 32,000
+    calls of ``str.count``, 0.3 s of a thread holding the GIL a request. Once the gateway
+    has set the frameworks up, it is read in one pass, to the same parameters."""
+    from django.utils.http import parse_header_parameters
+
+    frameworks.set_up(Config())
+    header = 'multipart/form-data; charset=utf-8; a="' + ";" * 16_000 + '"'
+    parsed: list[Any] = []
+    calls = c_calls(lambda: parsed.append(parse_header_parameters(header)))
+    assert parsed == [("multipart/form-data", {"charset": "utf-8", "a": ";" * 16_000})]
+    assert calls["count"] < 100, calls.most_common(3)
+
+
+params = st.lists(st.sampled_from(['"', ";", "\\", "=", " ", "\t", "a", "B", "*", "'", "é", "\\\""]),
+                  max_size=16).map("".join)
+
+
+@given(params)
+def test_the_one_pass_reading_is_the_stdlibs(value: str) -> None:
+    """U1: :func:`frameworks.split_params` gives what the stdlib's ``_parseparam`` gives."""
+    reference = stdlib_email_message()._parseparam
+    for text in (value, "text/plain; " + value, f'a="{value}"; b={value}'):
+        assert frameworks.split_params(text) == reference(text)
+
+
+# -- U2: a sign-out token that is not ASCII -----------------------------------------------------
+
+@pytest.mark.parametrize("token", ["é", "\u202e", "0" * 63 + "é"])
+def test_a_signout_token_that_is_not_ascii_is_a_403(table: MountTable, token: str) -> None:
+    """U2: ``POST /signout`` with ``signout_token=é`` (before: ``hmac.compare_digest`` raised
+    ``TypeError`` on a str outside ASCII, a 500). It is a token that is not this session's."""
+    from flask import Flask, make_response
+
+    from gateway.migration.signin import DjangoSignIn, sign_out
+
+    app = Flask("signout-unicode")
+    DjangoSignIn(app)
+
+    @app.post("/out")
+    def out() -> Any:
+        return sign_out(make_response("out"))
+
+    client = app.test_client()
+    assert client.post("/out", data={"signout_token": token}).status_code == 403
+    raw = b"signout_token=%ff%fe" + quote(token).encode()  # not UTF-8 either: read with U+FFFD
+    assert client.post("/out", data=raw, content_type="application/x-www-form-urlencoded").status_code == 403
+
+
+# -- U3: the example shop and odd item numbers --------------------------------------------------
+
+@pytest.fixture
+def shop(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The migration example's legacy Flask shop, imported from its folder, with a session."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.setenv("FLASK_SECRET_KEY", "x" * 32)
+    legacy_shop = __import__("legacy_shop")
+    client = legacy_shop.app.test_client()
+    page = client.get("/shop/items/1").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+    assert token is not None, page
+    yield client, token[1]
+
+
+@pytest.mark.parametrize("item", ["²", "\u0661", "٤", "9" * 5000, "-1", " 4", "4\n", ""])
+def test_the_example_shop_refuses_an_item_number_it_cannot_read(shop: Any, item: str) -> None:
+    """U3: ``POST /shop/cart`` with ``item=²`` (``isdigit()`` is true, ``int()`` raises),
+    5,000 digits (over ``int()``'s 4,300) or another odd number (before: a 500 from the
+    legacy app, and an Arabic-Indic digit was kept as a cart key of its own)."""
+    client, token = shop
+    answer = client.post("/shop/cart", data={"csrf_token": token, "item": item})
+    assert answer.status_code == 400
+    assert b"No such item" in answer.data
+
+
+def test_the_example_shop_keeps_one_cart_line_an_item(shop: Any) -> None:
+    """U3: ``04`` and ``4`` are the same item, one line of the cart."""
+    client, token = shop
+    for item in ("4", "04"):
+        assert client.post("/shop/cart", data={"csrf_token": token, "item": item}).status_code == 303
+    with client.session_transaction() as session:
+        assert session["cart"] == {"4": 2}
+
+
+def test_the_cart_ignores_keys_that_are_no_item() -> None:
+    """U3: a cart (as a port reads the legacy session) with odd keys lists only its items."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from catalogue import cart_lines
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    lines, total = cart_lines({"²": 1, "9" * 5000: 1, "\u0661": 1, "2": 2, "x": 1})
+    assert [(line.item.id, line.quantity) for line in lines] == [(2, 2)]
+    assert str(total) == "79.00"
+
+
+# -- U4: a cookie with no name ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def echo_table(table: MountTable) -> MountTable:
+    return MountTable([*table, *MountTable.from_specs(["/echo=tests.thirdapp:echo_app"], defaults=False)])
+
+
+@pytest.fixture(params=sorted(ENTRIES))
+def make(request: pytest.FixtureRequest, echo_table: MountTable) -> Iterator[Callable[..., Send]]:
+    yield from builder(request.param, echo_table)
+
+
+@pytest.mark.parametrize(("cookie", "name"), [
+    ("=sessionid=fixed; Path=/", "sessionid"),
+    (" = sessionid = fixed; Path=/", "sessionid"),
+    ("=csrftoken=fixed", "csrftoken"),
+    ("=gateway_canary=0123456789abcdef0123456789abcdef; Path=/", "gateway_canary"),
+    ("=sessionid=; Path=/", "sessionid"),  # deletes nothing: an empty session beside the real one
+    ("sessionid; Path=/", "sessionid"),  # no "=": sent back as "sessionid", read as that name
+])
+def test_a_cookie_with_no_name_cannot_set_a_reserved_one(make: Callable[..., Send], cookie: str, name: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """U4: ``Set-Cookie: =sessionid=fixed`` from a mount that is not Django's. A browser keeps
+    a cookie with no name and sends its value alone, ``sessionid=fixed``, which Django reads
+    as its session cookie: session fixation (before: it passed, scoped to the site root
+    with one sign-in). It is dropped, with the warning line of a reserved name."""
+    entry = make(shared_signin="sessionid")
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        answer = entry("GET", "/echo/x?cookie=" + quote(cookie) + "&cookie=" + quote("theme=dark"))
+    assert answer.status == 200
+    assert answer.all("Set-Cookie") == ["theme=dark; Path=/echo"]
+    assert f"The app at /echo set the cookie '{name}'" in caplog.text
+
+
+def test_a_cookie_with_no_name_and_another_value_is_scoped_as_before(make: Callable[..., Send]) -> None:
+    """U4: a nameless cookie that names no reserved cookie is the app's, scoped to its mount."""
+    answer = make(shared_signin="sessionid")("GET", "/echo/x?cookie=" + quote("=theme=dark"))
+    assert answer.all("Set-Cookie") == ["=theme=dark; Path=/echo"]
+
+
+# -- U9: the rollout's counts of methods --------------------------------------------------------
+
+def test_visits_count_methods_the_apps_do_not_route_by_as_one() -> None:
+    """U9: 5,000 requests, each with a method of its own (``X0`` ... ``X4999``; h11 and
+    Granian take any token), to one rule's path (before: 5,000 counts, and 5,000 rows a
+    minute in the site's database); ``get`` in lower case is the apps' GET."""
+    visits = Visits()
+    for n in range(5000):
+        visits.add("legacy", f"X{n}", "/shop/")
+    visits.add("legacy", "get", "/shop/")
+    visits.add("legacy", "GET", "/shop/")
+    assert {(app, method, path): n for (_, app, method, path), n in visits.counts.items()} == {
+        ("legacy", OTHER_METHOD, "/shop/"): 5000, ("legacy", "GET", "/shop/"): 2}
+
+
+# -- U10: a server port that is not a number ----------------------------------------------------
+
+@pytest.mark.parametrize("port", ["\xb2", "9" * 5000, "\u0661", "-1", ""])
+def test_a_server_port_taken_from_the_clients_host_is_never_a_500(table: MountTable, port: str) -> None:
+    """U10: gunicorn sets ``SERVER_PORT`` from the client's ``Host`` (``localhost:\\xb2``:
+    ``"²".isdigit()`` is true, ``int()`` raises; 5,000 digits: over ``int()``'s limit).
+    Before: a 500 before any check; now the gateway's own answer (the Host check's)."""
+    client = Client(create_wsgi_app(table, Config.from_env({})))
+    answer = client.get("/flask/", headers={"Host": f"localhost:{port}"},
+                        environ_overrides={"SERVER_PORT": port, "REMOTE_ADDR": "127.0.0.1"})
+    assert answer.status_code == 400

@@ -222,3 +222,62 @@ def test_a_server_port_taken_from_the_clients_host_is_never_a_500(table: MountTa
     answer = client.get("/flask/", headers={"Host": f"localhost:{port}"},
                         environ_overrides={"SERVER_PORT": port, "REMOTE_ADDR": "127.0.0.1"})
     assert answer.status_code == 400
+
+
+# -- U5: SIGHUPs that overlap -------------------------------------------------------------------
+
+def rules_file(*paths: str) -> str:
+    """A gateway.toml whose rules send each of ``paths`` to a bare WSGI app."""
+    return '[apps]\nbare = "tests.thirdapp:wsgi_app"\n' + "".join(
+        f'\n[[route]]\nrule = "{path}"\napp = "bare"\n' for path in paths)
+
+
+def test_of_two_sighups_the_last_ones_file_is_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """U5: a SIGHUP whose reading is slow (a file that imports a large app), then the file
+    changed again and a second SIGHUP. Before, each SIGHUP read the file in a thread of its
+    own: the second reading was served first, then the first one's, older, put its rules
+    back. Now one reading at a time, and one overtaken by a later SIGHUP is read again:
+    the file of the last SIGHUP is served, and was read once after it."""
+    import asyncio
+    import threading
+
+    from gateway.serve.builder import build
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(rules_file("/r4/a"))
+    app = build(Config().with_file(path), "asgi")
+    readings: list[int] = []
+    reading_slowly, release = threading.Event(), threading.Event()
+    load_rules = app.load_rules
+
+    def slow_first_reading() -> Any:
+        loaded = load_rules()
+        readings.append(len(loaded[1].file.routes) if loaded else -1)
+        if len(readings) == 1:
+            reading_slowly.set()
+            release.wait(30)
+        return loaded
+
+    app.load_rules = slow_first_reading
+
+    async def two_sighups() -> None:
+        path.write_text(rules_file("/r4/a", "/r4/b"))
+        app.on_sighup()
+        await asyncio.to_thread(reading_slowly.wait, 30)
+        path.write_text(rules_file("/r4/a", "/r4/b", "/r4/c"))
+        app.on_sighup()
+        assert (len(app.reloads), app.reloads_asked, app.reloads_read) == (1, 2, 0)  # one task, reading still
+        release.set()
+        while app.reloads:
+            await asyncio.sleep(0.01)
+
+    try:
+        with caplog.at_level(logging.INFO, "gateway"):
+            asyncio.run(asyncio.wait_for(two_sighups(), 60))
+    finally:
+        release.set()
+        app.executor.shutdown(wait=True)
+    assert readings == [2, 3]
+    assert len(app.config.file.routes) == 3
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reloaded")] == [
+        f"Reloaded {path.resolve()}: 3 route rule(s)."]

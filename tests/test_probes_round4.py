@@ -281,3 +281,63 @@ def test_of_two_sighups_the_last_ones_file_is_served(tmp_path: Path, caplog: pyt
     assert len(app.config.file.routes) == 3
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reloaded")] == [
         f"Reloaded {path.resolve()}: 3 route rule(s)."]
+
+
+# -- U11: a multipart form without its closing boundary -----------------------------------------
+
+FORM = (b'--B\r\nContent-Disposition: form-data; name="a"\r\n\r\nhello\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="f"; filename="x.txt"\r\nContent-Type: text/plain\r\n\r\n'
+        b"FILEDATA\r\n--B--\r\n")
+
+
+class DjangoForm:
+    """A WSGI app that reads its form with Django's own request (``WSGIRequest``) and
+    answers its fields and files; it holds Django's handler, so the gateway takes the mount
+    for Django's (as a Django project behind a middleware of one's own)."""
+
+    def __init__(self) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        self.handler = WSGIHandler()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        import json
+
+        from django.core.handlers.wsgi import WSGIRequest
+
+        request = WSGIRequest(environ)
+        body = json.dumps({"fields": len(request.POST), "files": len(request.FILES)}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.fixture
+def form_entry(request: pytest.FixtureRequest, table: MountTable) -> Iterator[Send]:
+    from gateway.core.mounts import Mount
+
+    forms = MountTable([*table, Mount("/form", "tests:DjangoForm", "wsgi", DjangoForm())])
+    entries = builder(request.param, forms)
+    yield next(entries)()
+    next(entries, None)
+
+
+@pytest.mark.parametrize("form_entry", sorted(ENTRIES), indirect=True)
+@pytest.mark.parametrize(("body", "status"), [
+    pytest.param(FORM, 200, id="whole"),
+    pytest.param(FORM + b"an epilogue, which the parsers ignore", 200, id="whole-with-an-epilogue"),
+    pytest.param(FORM[:FORM.rindex(b"\r\n--B--")], 400, id="no-closing-boundary"),
+    pytest.param(FORM[:FORM.index(b"FILEDATA") + 4], 400, id="cut-in-the-file"),
+    pytest.param(FORM[:FORM.index(b"hello")], 400, id="cut-in-the-first-field"),
+])
+def test_a_form_cut_before_its_closing_boundary_never_reaches_django(form_entry: Send, body: bytes,
+                                                                     status: int) -> None:
+    """U11: a ``multipart/form-data`` body that ends (its ``Content-Length`` says so) before
+    ``--B--``. Django kept the fields before the cut and dropped the part it cut (before:
+    ``{"fields": 1, "files": 0}``, 200: the form saved as whole without its file). Now a
+    400 from the gateway; a whole form, an epilogue after it too, reaches Django."""
+    answer = form_entry("POST", "/form/", {"Content-Type": "multipart/form-data; boundary=B"}, body)
+    assert answer.status == status, answer.body
+    if status == 200:
+        assert answer.json() == {"fields": 1, "files": 1}
+    else:
+        assert b"no closing boundary" in answer.body

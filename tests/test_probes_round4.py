@@ -341,3 +341,30 @@ def test_a_form_cut_before_its_closing_boundary_never_reaches_django(form_entry:
         assert answer.json() == {"fields": 1, "files": 1}
     else:
         assert b"no closing boundary" in answer.body
+
+
+# -- U12: credentials a shadow replay carried ---------------------------------------------------
+
+def test_a_shadow_replay_carries_no_credential_in_another_header_or_the_query() -> None:
+    """U12: a shadowed GET with ``X-Api-Key``, ``X-Auth-Token`` and
+    ``?api_key=...&access_token=...&sig=...`` (before: only Cookie and the two Authorization
+    headers were left out: the candidate received the others, and a replay of the rule's own
+    app was not made anonymous for them). Now the replays carry none of them, the other
+    headers and parameters as they were; ``credentials = true`` keeps them all."""
+    from gateway.migration.shadow import carries_credentials, fresh
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/shop/items/1", "HTTP_HOST": "localhost",
+               "HTTP_ACCEPT": "text/html", "HTTP_KEEP_ALIVE": "5", "HTTP_X_API_KEY": "k1", "HTTP_X_AUTH_TOKEN": "t1",
+               "HTTP_X_CSRFTOKEN": "c1", "HTTP_X_AMZ_SECURITY_TOKEN": "s1",
+               "QUERY_STRING": "page=2&api_key=k2&Access%5FToken=t2&sig=x&q=tea+pot&code=c&sort=price",
+               "RAW_URI": "/shop/items/1?page=2&api_key=k2", "wsgi.url_scheme": "http"}
+    replay = fresh(environ, credentials=False)
+    assert carries_credentials(environ)
+    assert {k for k in replay if k.startswith("HTTP_")} == {"HTTP_HOST", "HTTP_ACCEPT", "HTTP_KEEP_ALIVE"}
+    assert replay["QUERY_STRING"] == "page=2&q=tea+pot&sort=price"
+    assert "RAW_URI" not in replay
+    assert not carries_credentials(replay)
+    assert fresh(environ, credentials=True)["QUERY_STRING"] == environ["QUERY_STRING"]
+    assert fresh(environ, credentials=True)["HTTP_X_API_KEY"] == "k1"
+    plain = {"REQUEST_METHOD": "GET", "QUERY_STRING": "page=2&monkey=1", "HTTP_ACCEPT": "*/*"}
+    assert not carries_credentials(plain) and fresh(plain, credentials=False)["QUERY_STRING"] == "page=2&monkey=1"

@@ -252,8 +252,8 @@ def cut_form(environ: Environ) -> bool:
 
     Django's parser keeps every field before the end of such a body and drops the part
     the end cut (a file, the fields after it): its view then saved what was left as the
-    whole form. Werkzeug's parser keeps none of it. A body without a boundary parameter
-    is left to the app, which refuses it itself.
+    whole form. Werkzeug's parser keeps none of it. A body without a boundary parameter,
+    or with no delimiter at all (no part to keep), is left to the app.
     """
     content_type = environ.get("CONTENT_TYPE", "")
     if content_type[:19].lower() != "multipart/form-data":
@@ -263,6 +263,7 @@ def cut_form(environ: Environ) -> bool:
         return False
     stream = environ["wsgi.input"]
     start = stream.tell()
+    head: bytes = stream.read(FORM_TAIL)
     stream.seek(0, io.SEEK_END)
     end = stream.tell()
     stream.seek(max(start, end - FORM_TAIL))
@@ -270,7 +271,9 @@ def cut_form(environ: Environ) -> bool:
     stream.seek(start)
     delimiter = b"--" + boundary.encode("latin-1", "replace")
     last = tail.rfind(delimiter)
-    return last < 0 or tail[last + len(delimiter):last + len(delimiter) + 2] != b"--"
+    if last < 0:  # no part at the end; cut unless the body has none at all (a form of no fields)
+        return delimiter in head
+    return tail[last + len(delimiter):last + len(delimiter) + 2] != b"--"
 
 
 def collect_body(environ: Environ, limit: int) -> Any:

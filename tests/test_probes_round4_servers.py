@@ -176,3 +176,62 @@ def test_a_host_whose_port_int_cannot_read_is_a_400_under_gunicorn(gunicorn: Ser
     assert status_on_unix_socket(sock, http_request("GET", "/a/x", host=host)) == 400, gunicorn.log
     assert status_on_unix_socket(sock, http_request("GET", "/a/x")) == 200
     assert "Traceback" not in gunicorn.log, gunicorn.log
+
+
+@pytest.fixture
+def tmpdir_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Path]]:
+    """Temporary files go to a tmpfs of its own of the size asked for."""
+    import subprocess
+    import tempfile
+
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"tmp-{size}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"a tmpfs cannot be mounted here: {done.stderr.strip()}")
+        mounted.append(folder)
+        monkeypatch.setattr(tempfile, "tempdir", str(folder))
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_form_whose_files_the_app_has_no_room_to_copy_is_a_503(
+        table: object, tmpdir_of: Callable[[str], Path], kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """U13: a 2 MiB form with a 2 MiB file to Flask, with 3 MiB of room for temporary files:
+    the gateway's copy of the body fits, Werkzeug's copy of the file (it writes each file
+    over 500 KiB to a temporary file) did not. Before: a 500 from inside the app, with a
+    traceback. Now the gateway's 503, with one line naming the folder, as for its own copy."""
+    import logging
+
+    from gateway.core.mounts import MountTable
+    from tests.entries import builder
+
+    folder = tmpdir_of("3m")
+    forms = MountTable.from_specs(["/faults=tests.apps.flaskfaults:app"], defaults=False)
+    entries = builder(kind, forms)
+    entry = next(entries)()
+    data = b"x" * (2 * 1024 * 1024)
+    body = (b'--B\r\nContent-Disposition: form-data; name="f"; filename="big.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--B--\r\n")
+    try:
+        with caplog.at_level(logging.ERROR):
+            answer = entry("POST", "/faults/form", {"Content-Type": "multipart/form-data; boundary=B"}, body)
+        assert answer.status == 503, answer.body
+        assert answer.get("Retry-After") == "30"
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(lines) == 1 and f"its app copies to {folder}, which has " in lines[0], lines
+        small = (b'--B\r\nContent-Disposition: form-data; name="f"; filename="s.bin"\r\n\r\n' + b"x" * 100_000
+                 + b"\r\n--B--\r\n")
+        answer = entry("POST", "/faults/form", {"Content-Type": "multipart/form-data; boundary=B"}, small)
+        assert (answer.status, answer.json()) == (200, {"fields": 0, "files": 1})
+    finally:
+        next(entries, None)
+    assert list(folder.iterdir()) == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -126,11 +127,10 @@ class WSGIBoundary:
             spool = self.take_body(environ, request)
             if isinstance(spool, Reply):
                 return wsgi_reply(self.pipeline, spool, decision, start_response)
-        if ((spool is not None or request.body_read) and decision.mount is not None
-                and decision.mount.prefix in self.pipeline.django and cut_form(environ)):
-            logger.warning("A multipart form to %s had no closing boundary (cut short); answered 400.",
-                           decision.mount_label)
-            return wsgi_reply(self.pipeline, FORM_CUT_SHORT, decision, start_response)
+        if (spool is not None or request.body_read) and (refusal := self.refuse_form(environ, decision)) is not None:
+            if spool is not None:
+                spool.close()
+            return wsgi_reply(self.pipeline, refusal, decision, start_response)
         complete = self.pipeline.complete
         if decision.shadow is not None:
             return self.captured(environ, start_response, request, spool)
@@ -142,6 +142,16 @@ class WSGIBoundary:
         result = self.app(environ, start_completed)
         # Closing the response also closes the collected body.
         return result if spool is None else ClosingIterator(result, spool.close)
+
+    def refuse_form(self, environ: Environ, decision: Decision) -> Reply | None:
+        """The refusal of a form held whole that its app would take wrongly, or None: one
+        cut before its closing boundary, to Django (:func:`cut_form`); one whose files the
+        disk has no room to copy (:func:`no_room_for_its_files`)."""
+        if decision.mount is not None and decision.mount.prefix in self.pipeline.django and cut_form(environ):
+            logger.warning("A multipart form to %s had no closing boundary (cut short); answered 400.",
+                           decision.mount_label)
+            return FORM_CUT_SHORT
+        return no_room_for_its_files(environ)
 
     def take_body(self, environ: Environ, request: Request) -> Any:
         """Read the request body whole before the app runs, as the decision says: return the
@@ -238,6 +248,32 @@ def no_space(error: OSError, size: int) -> Reply:
     the server's failure, not the client's."""
     logger.error("A request body could not be stored (%s, after %d bytes, in %s): answered 503. Free space there, "
                  "or point TMPDIR at a disk with room.", error.strerror or error, size, tempfile.gettempdir())
+    return NO_SPACE
+
+
+def no_room_for_its_files(environ: Environ) -> Reply | None:
+    """A 503 (as :func:`no_space` answers) for a ``multipart/form-data`` body, held whole,
+    that the temporary files' disk has no room to copy; else None.
+
+    The frameworks copy a form's files there once more as they parse it (Werkzeug each
+    file over 500 KiB, Django each over ``FILE_UPLOAD_MAX_MEMORY_SIZE``, 2.5 MB): with room
+    for the gateway's copy and not for theirs, the disk filled inside the app, a 500 and a
+    traceback. A form under :data:`SPOOL_IN_MEMORY` is not checked (no file of it goes to disk).
+    """
+    length = environ.get("CONTENT_LENGTH") or ""
+    if (not length.isdigit() or int(length) <= SPOOL_IN_MEMORY
+            or environ.get("CONTENT_TYPE", "")[:19].lower() != "multipart/form-data"):
+        return None
+    folder = tempfile.gettempdir()
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None  # the app will find out, as before
+    free = stats.f_bavail * stats.f_frsize
+    if free >= int(length):
+        return None
+    logger.error("A form of %s bytes came whose files its app copies to %s, which has %d bytes free: answered 503. "
+                 "Free space there, or point TMPDIR at a disk with room.", length, folder, free)
     return NO_SPACE
 
 

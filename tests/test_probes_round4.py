@@ -23,7 +23,8 @@ from werkzeug.test import Client
 from gateway.adapters.wsgi import create_wsgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable
-from gateway.migration.rollout import OTHER_METHOD, Visits
+from gateway.methods import OTHER, method_label
+from gateway.migration.rollout import Visits
 from gateway.serve import frameworks
 from tests.entries import ENTRIES, Send, builder
 
@@ -208,7 +209,43 @@ def test_visits_count_methods_the_apps_do_not_route_by_as_one() -> None:
     visits.add("legacy", "get", "/shop/")
     visits.add("legacy", "GET", "/shop/")
     assert {(app, method, path): n for (_, app, method, path), n in visits.counts.items()} == {
-        ("legacy", OTHER_METHOD, "/shop/"): 5000, ("legacy", "GET", "/shop/"): 2}
+        ("legacy", OTHER, "/shop/"): 5000, ("legacy", "GET", "/shop/"): 2}
+
+
+@pytest.mark.parametrize(("method", "label"), [("GET", "GET"), ("get", "GET"), ("Patch", "PATCH"), ("X0", OTHER),
+                                               ("PROPFIND", OTHER), ("_OTHER", OTHER)])
+def test_a_method_is_named_as_http_knows_it_or_as_other(method: str, label: str) -> None:
+    assert method_label(method) == label
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+def test_a_span_is_named_by_a_method_http_knows_or_http(table: MountTable, kind: str) -> None:
+    """U9: the request's span took the client's method as its name and attribute: one name
+    a made-up method. Now ``HTTP /flask`` and ``http.request.method = "_OTHER"``, the method
+    as it came in ``http.request.method_original`` (OpenTelemetry's conventions)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
+    entries = builder(kind, table)
+    entry = next(entries)(tracing=True)
+    try:
+        for method in ("BREW42", "GET"):  # (httpx sends every method in upper case)
+            entry(method, "/flask/")
+    finally:
+        next(entries, None)
+        exporter.shutdown()
+    got = [(span.name, dict(span.attributes or {})) for span in exporter.get_finished_spans()
+           if span.name.endswith(" /flask")]
+    assert [(name, attributes["http.request.method"], attributes.get("http.request.method_original"))
+            for name, attributes in got] == [("HTTP /flask", OTHER, "BREW42"), ("GET /flask", "GET", None)]
 
 
 # -- U10: a server port that is not a number ----------------------------------------------------

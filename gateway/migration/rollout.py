@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from gateway.methods import method_label
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
 from gateway.migration.rollout_spec import RolloutSpec
 from gateway.migration.rollout_store import BASELINE, CANARY, DONE, PAUSED, ROLLED_BACK, RUNNING, State, Store
@@ -88,19 +89,12 @@ class _Count:
         return Arm(requests=self.requests, errors=self.errors, latency=dict(self.latency))
 
 
-#: The methods :class:`Visits` counts by name (RFC 9110's, and PATCH), in upper case as the
-#: apps read them; any other counts as ``_OTHER``, as OpenTelemetry names an unknown
-#: ``http.request.method``.
-COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-OTHER_METHOD = "_OTHER"
-
-
 class Visits:
     """Requests per minute, app, method and path, as this instance served them through the
     route rules: what ``gateway progress`` maps onto each app's routes. At most
-    :data:`PATHS` paths a minute: the others count as ``*``. A method the apps do not
-    route by (:data:`COUNTED_METHODS`) counts as ``_OTHER``: a client chooses it, and each
-    one of its own was a count, and a row in the site's database, of its own."""
+    :data:`PATHS` paths a minute: the others count as ``*``. A method that is not
+    HTTP's counts as ``_OTHER`` (:func:`gateway.methods.method_label`): a client chooses it,
+    and each one of its own was a count, and a row in the site's database, of its own."""
 
     PATHS = 2000
     LONGEST = 300
@@ -115,8 +109,7 @@ class Visits:
         """Count one request (on the event loop too: a few dictionary operations, no lock:
         see :meth:`Rollouts.record`)."""
         minute = int(time.time() // 60)
-        if method not in COUNTED_METHODS:  # Werkzeug and Django serve "get" as GET
-            method = method.upper() if method.upper() in COUNTED_METHODS else OTHER_METHOD
+        method = method_label(method)
         if minute != self.minute:
             self.minute, self.paths = minute, 0
         key = (minute, app, method, path)

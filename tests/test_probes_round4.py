@@ -405,3 +405,26 @@ def test_a_shadow_replay_carries_no_credential_in_another_header_or_the_query() 
     assert fresh(environ, credentials=True)["HTTP_X_API_KEY"] == "k1"
     plain = {"REQUEST_METHOD": "GET", "QUERY_STRING": "page=2&monkey=1", "HTTP_ACCEPT": "*/*"}
     assert not carries_credentials(plain) and fresh(plain, credentials=False)["QUERY_STRING"] == "page=2&monkey=1"
+
+
+def test_sighups_that_come_together_are_one_rolling_restart_of_the_last_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """U5, uvicorn ``--workers``: SIGHUPs queued together were a rolling restart each (24
+    signals, 24 restarts of every worker, one after another). Now the last one reads the
+    file and restarts the workers once; every worker then builds from that reading."""
+    import signal
+
+    from gateway.serve.runners import GatewaySupervisor, WorkerConfig
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(rules_file("/r4/a"))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # the supervisor's handlers: not in the test process
+    config = WorkerConfig(Config().with_file(path), workers=2)
+    supervisor = GatewaySupervisor(config, sockets=[])
+    restarts: list[int] = []
+    monkeypatch.setattr(supervisor, "restart_all", lambda: restarts.append(len(config.gateway.file.routes)))
+    path.write_text(rules_file("/r4/a", "/r4/b"))
+    supervisor.signal_queue.extend([signal.SIGHUP] * 24)
+    supervisor.handle_signals()
+    assert restarts == [2]
+    assert len(config.gateway.file.routes) == 2

@@ -366,7 +366,8 @@ class GatewaySupervisor(Multiprocess):
             fresh = accepted.with_file(accepted.config_file)
         except ValueError as exc:
             logging.getLogger("gateway").error(
-                "The configuration was not reloaded: %s; the workers keep serving what they had.", exc)
+                "The configuration was not reloaded: %s; the workers keep serving what they had.",
+                str(exc).rstrip("."))
             return
         first = self.processes[0] if self.processes else None
         worker_config.gateway = fresh

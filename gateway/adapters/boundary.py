@@ -251,6 +251,11 @@ def no_space(error: OSError, size: int) -> Reply:
     return NO_SPACE
 
 
+#: The least a form's file must be for a framework to copy it to disk: Werkzeug's 500 KiB
+#: (its parser's ``SpooledTemporaryFile``); Django's is more (2.5 MB).
+FORM_IN_MEMORY = 500 * 1024
+
+
 def no_room_for_its_files(environ: Environ) -> Reply | None:
     """A 503 (as :func:`no_space` answers) for a ``multipart/form-data`` body, held whole,
     that the temporary files' disk has no room to copy; else None.
@@ -258,10 +263,11 @@ def no_room_for_its_files(environ: Environ) -> Reply | None:
     The frameworks copy a form's files there once more as they parse it (Werkzeug each
     file over 500 KiB, Django each over ``FILE_UPLOAD_MAX_MEMORY_SIZE``, 2.5 MB): with room
     for the gateway's copy and not for theirs, the disk filled inside the app, a 500 and a
-    traceback. A form under :data:`SPOOL_IN_MEMORY` is not checked (no file of it goes to disk).
+    traceback. A form of :data:`FORM_IN_MEMORY` or less is not checked: no file of it
+    goes to disk again.
     """
     length = environ.get("CONTENT_LENGTH") or ""
-    if (not length.isdigit() or int(length) <= SPOOL_IN_MEMORY
+    if (not length.isdigit() or int(length) <= FORM_IN_MEMORY
             or environ.get("CONTENT_TYPE", "")[:19].lower() != "multipart/form-data"):
         return None
     folder = tempfile.gettempdir()

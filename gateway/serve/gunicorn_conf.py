@@ -41,6 +41,14 @@ def problem_with_configuration() -> str | None:
     return last.removeprefix("gateway: error: ").removeprefix("Error: ").rstrip(".")
 
 
+def on_starting(server: Any) -> None:
+    """gunicorn's hook, run by the master before it binds: the open-files limit raised to
+    the hard limit, as ``gateway serve`` does (each client is a file)."""
+    from gateway.serve.runners import raise_open_files_limit
+
+    raise_open_files_limit()
+
+
 def on_reload(server: Any) -> None:
     """gunicorn's hook, run by the master on ``SIGHUP`` before it starts new workers."""
     problem = problem_with_configuration()

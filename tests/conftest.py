@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
+
+from tests.support import data_dir
 
 pytest_plugins = ["tests.fixtures"]
 
@@ -23,13 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
     caller's shell may have set. Undone at the end of the run."""
     for name in ("GATEWAY_DATA_DIR", *CLEARED):
         _saved[name] = os.environ.pop(name, None)
-    os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-")
+    os.environ["GATEWAY_DATA_DIR"] = data_dir()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    data_dir = os.environ.pop("GATEWAY_DATA_DIR", None)
-    if data_dir and _saved:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    os.environ.pop("GATEWAY_DATA_DIR", None)  # the directory goes at the process's exit (data_dir)
     for name, value in _saved.items():
         if value is not None:
             os.environ[name] = value

@@ -380,3 +380,33 @@ def test_a_clients_canary_place_never_changes_between_releases() -> None:
     spec = RouteSpec("/cart", ("old",), canary="new", share=50)
     assert not spec.chooses_canary("c3612") and spec.chooses_canary("c3612", 50.01)
     assert RouteSpec("/cart", ("old",), canary="new", share=0).chooses_canary("c3612", 50.01)  # the share given wins
+
+
+def test_a_reload_carries_the_counts_the_shared_board_and_the_rollouts_on(tmp_path: Path) -> None:
+    pytest.importorskip("scipy")
+    from gateway.migration.rollout_store import database_url
+
+    spec, plain = parse_gateway_file(ROLLOUT).routes
+    old = RouteTable([spec, plain], shared_dir=tmp_path, rollout_database=database_url(tmp_path, {}))
+    assert old.board is not None and old.rollouts is not None
+    try:
+        old.rollouts.poll()
+        old.fell_back(plain.key)
+        old.canaried[plain.key] += 3
+        new = RouteTable([spec, plain], previous=old)
+        assert (new.fallbacks[plain.key], new.canaried[plain.key]) == (1, 3)
+        assert new.traffic.series(plain.key, what="fallback")[-1] == 1  # the migration page's minute counts
+        assert new.board is old.board  # one writer of this worker's file for the other workers
+        assert new.rollouts is old.rollouts and new.share(spec) == 10.0  # the rollout goes on, not restarted
+    finally:
+        old.rollouts.stop()
+        old.board.close()
+
+
+def test_a_long_path_werkzeug_answers_is_matched_whole() -> None:
+    """Paths over 256 characters are not cached; Werkzeug still answers their 405s."""
+    text = APPS + '[[route]]\nrule = "/long/<path:p>"\napp = "shop"\nmethods = ["POST"]\n'
+    routes = RouteTable(parse_gateway_file(text).routes)
+    long = "/long/" + "a" * 300
+    assert routes.match(long, "GET").allowed == ("POST",)
+    assert routes.match(long, "POST").key == routes.match("/long/a", "POST").key is not None

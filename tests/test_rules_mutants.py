@@ -332,7 +332,10 @@ def test_explain_says_each_step_word_for_word() -> None:
 def test_more_general_rules_are_those_that_match_the_method_too() -> None:
     text = (APPS + '[[route]]\nrule = "/q/<path:p>"\napp = "shop"\nmethods = ["POST"]\n'
             '[[route]]\nrule = "/q/x"\napp = "new"\n')
-    assert len(RouteTable(parse_gateway_file(text).routes).explain("/q/x")) == 2  # the POST-only rule is not listed
+    routes = RouteTable(parse_gateway_file(text).routes)
+    assert len(routes.explain("/q/x")) == 2  # the POST-only rule is not listed for a GET
+    assert routes.explain("/q/x", "POST")[1] == ("More general rules that match too, and lose to it (Werkzeug orders "
+                                                 "rules by specificity): '/q/<path:p>'.")
 
 
 ROLLOUT = (APPS + '[[route]]\nrule = "/cart"\napp = "shop"\ncanary = { app = "new" }\n'

@@ -413,3 +413,30 @@ def test_a_long_path_werkzeug_answers_is_matched_whole() -> None:
     long = "/long/" + "a" * 300
     assert routes.match(long, "GET").allowed == ("POST",)
     assert routes.match(long, "POST").key == routes.match("/long/a", "POST").key is not None
+
+
+def test_methods_are_upper_cased_and_head_goes_with_get() -> None:
+    (spec,) = parse_gateway_file(route('methods = ["get", "post"]')).routes
+    assert spec.methods == ("GET", "HEAD", "POST")
+    (posting,) = parse_gateway_file(route('methods = ["post"]')).routes
+    assert posting.methods == ("POST",)
+    assert refusal(route("methods = 3")) == ('gateway.toml, line 4: methods must be a list of HTTP methods, e.g. '
+                                             '["GET", "POST"].')
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param(route("", "[3]"), "gateway.toml, line 4: app must name an app of [apps], or a list of them in "
+                 "fallback order.", id="app-a-number"),
+    pytest.param(route("", "[]"), "gateway.toml, line 4: app must name an app of [apps], or a list of them in "
+                 "fallback order.", id="app-empty"),
+    pytest.param('[[route]]\nrule = "/a"\napp = "shop"\n', "gateway.toml, line 1: app 'shop' is not in [apps].",
+                 id="no-apps"),
+    pytest.param(route('shadow = { app = "new" }', '["shop", "new"]'), "gateway.toml, line 4: a rule in shadow mode "
+                 "has one app, and no canary (but the one a rollout judges, when it is the shadow's app).",
+                 id="shadow-with-two-apps"),
+    pytest.param(route('shadow = { app = "new" }\ncanary = { app = "new", share = 5 }'), "gateway.toml, line 4: a "
+                 "rule in shadow mode has one app, and no canary (but the one a rollout judges, when it is the "
+                 "shadow's app).", id="shadow-and-its-canary-without-a-rollout"),
+])
+def test_a_routes_apps_of_the_wrong_form_are_refused(text: str, message: str) -> None:
+    assert refusal(text) == message

@@ -219,7 +219,8 @@ def parse_gateway_file(text: str, name: str = "gateway.toml") -> GatewayFile:
     seen: dict[str, int] = {}
     checked = rules_map(())  # each rule is bound to it as it is checked: one Map for the file
     for index, route in enumerate(routes):
-        line = route_lines[index] if index < len(route_lines) else 0
+        # route = [{...}] (an inline array of tables) has no [[route]] line: name the key's.
+        line = route_lines[index] if index < len(route_lines) else _line_of(lines, "route")
         where = f"{name}, line {line}"
         if not isinstance(route, dict):
             raise ConfigFileError(f"{name}, line {_line_of(lines, 'route')}: routes are written [[route]], "

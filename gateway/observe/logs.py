@@ -165,6 +165,8 @@ class AccessLog:
 
 access = AccessLog(logging.getLogger("gateway.access"))
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+#: :data:`TEXT_FORMAT` of an access entry's record, at INFO.
+_TEXT_LINE = "%s,%03d INFO %s [%s] " + ACCESS_FORMAT
 
 
 class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -200,9 +202,10 @@ class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
         second = int(created)
         if second != self._second:  # one strftime a second, not one a line
             self._second, self._asctime = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        msecs = int((created - second) * 1000)
-        return (f'{self._asctime},{msecs:03d} INFO {name} [{rid}] '
-                f'{client} "{method} {target} {protocol}" {status} {size} {duration:.1f}ms {mount}')
+        # One % with every field: an f-string of them cost 1,000 instructions more a line
+        # (callgrind); %03d truncates the milliseconds as logging's %(msecs)03d does.
+        return _TEXT_LINE % (self._asctime, (created - second) * 1000, name, rid, client, method, target, protocol,
+                             status, size, duration, mount)
 
 
 def json_line(entry: AccessEntry, name: str) -> str:

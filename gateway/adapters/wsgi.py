@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from werkzeug.wsgi import ClosingIterator
@@ -31,7 +32,7 @@ from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request
 from gateway.replies import Reply
 from gateway.types import Environ, StartResponse, WSGIApp
 
-_UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
+_NO_FORWARDED: Mapping[str, str] = MappingProxyType({})
 _FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
 
 
@@ -66,19 +67,23 @@ class WSGIGateway:
                 if "\x00" in value:
                     nul = True
         get = environ.get
-        for key, name_size in _UNPREFIXED:  # the two headers PEP 3333 names without HTTP_
-            if (value := get(key)) is not None:
-                size += name_size + len(value)
-                if "\x00" in value:
-                    nul = True
-        forwarded = {}
+        # The two headers PEP 3333 names without HTTP_, each read once.
+        length, content_type = get("CONTENT_LENGTH"), get("CONTENT_TYPE")
+        if length is not None:
+            size += 14 + len(length)  # len("content-length")
+            nul = nul or "\x00" in length
+            length = length or None
+        if content_type is not None:
+            size += 12 + len(content_type)  # len("content-type")
+            nul = nul or "\x00" in content_type
+        forwarded = _NO_FORWARDED
         if self.forwarded:
+            forwarded = {}
             for name, key in _FORWARDED:
                 if (value := get(key)) is not None:
                     forwarded[name] = value
         port = get("SERVER_PORT", "")
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
-        length, content_type = get("CONTENT_LENGTH") or None, get("CONTENT_TYPE")
         chunked = "HTTP_TRANSFER_ENCODING" in environ
         # The server joined a header sent several times with commas (PEP 3333 leaves it
         # to the server, as RFC 9110 does): several Host headers are then one malformed one.

@@ -531,7 +531,8 @@ class HostPolicy:
         self.any = "*" in names
         self.exact = frozenset(n for n in names if not n.startswith("."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("."))
-        self.seen: dict[str, bool] = {}  # a few Host values come back on every request
+        # A few Host values come back on every request (decide() looks a missing one up too).
+        self.seen: dict[str | None, bool] = {}
 
     def allows(self, host: str | None) -> bool:
         """True if ``host`` (a ``Host`` header, port optional) is well formed and allowed."""

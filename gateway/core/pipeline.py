@@ -1011,13 +1011,12 @@ class Pipeline:
         if dropped is not None:
             for i in reversed(dropped):
                 del headers[i]
-        if present.issuperset(_SECURITY_NAMES):
-            pass  # the app set every one of them (Django does)
-        elif frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
-            added = [(name, value) for lower, name, value in _SECURITY
-                     if lower not in present and not (frame_ancestors and lower == "x-frame-options")]
-            headers.extend(added if not raw else [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                                                  for name, value in added])
+        if frame_ancestors or not present.isdisjoint(_SECURITY_NAMES):
+            if not present.issuperset(_SECURITY_NAMES):  # Django's responses carry all four
+                added = [(name, value) for lower, name, value in _SECURITY
+                         if lower not in present and not (frame_ancestors and lower == "x-frame-options")]
+                headers.extend(added if not raw else [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                                      for name, value in added])
         else:  # the usual case: the app set none of them
             headers.extend(_RAW_SECURITY_HEADERS if raw else SECURITY_HEADERS)
         rid = decision.request_id

@@ -176,7 +176,7 @@ class ASGIGateway:
         assert decision.mount is not None
         prefix = decision.mount.prefix
         if logged:
-            send = StatusRecorder(send, request)
+            send = noting_status(send, request)
         try:
             bridge = self.wsgi.get(prefix)
             if decision.chain is not None:
@@ -471,22 +471,20 @@ def replayed(stream: IO[bytes], receive: Receive) -> Receive:
     return receive_again
 
 
-class StatusRecorder:
+def noting_status(send: Send, request: Request) -> Send:
     """Wrap ``send`` to note a response's status and size in the request's state, for the
-    access log and the metrics."""
+    access log and the metrics. A closure, not an instance with ``__call__`` (a class
+    before): calling an instance looks its ``__call__`` up each time (callgrind)."""
 
-    __slots__ = ("request", "send")
+    async def send_noted(message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            request.status = message["status"]
+        elif kind == "http.response.body":
+            request.size += len(message.get("body", b""))
+        await send(message)
 
-    def __init__(self, send: Send, request: Request) -> None:
-        self.send = send
-        self.request = request
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.request.status = message["status"]
-        elif message["type"] == "http.response.body":
-            self.request.size += len(message.get("body", b""))
-        await self.send(message)
+    return send_noted
 
 
 def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:

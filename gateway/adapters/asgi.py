@@ -21,8 +21,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import IO, Any
 
 from gateway.adapters.boundary import READ_SIZE, ASGIBoundary, WSGIBoundary, asgi_reply, enter, read_body
@@ -40,6 +41,7 @@ from gateway.types import Message, Receive, Scope, Send, WSGIApp
 logger = logging.getLogger("gateway")
 
 _FORWARDED = frozenset({"for", "proto", "host", "port", "prefix"})
+_NO_FORWARDED: Mapping[str, str] = MappingProxyType({})
 _TRACE_HEADERS = frozenset(name.encode() for name in TRACE_HEADERS)
 #: The most a WSGI response's body message carries under Granian (bridge.DEFAULT_SEND_PIECE).
 GRANIAN_SEND_PIECE = 8 * 1024
@@ -128,16 +130,20 @@ class ASGIGateway:
                 if key in _FORWARDED:
                     forwarded.setdefault(key, []).append(value.decode("latin-1"))
         root_path: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        if root_path:
+            path = strip_root(root_path, path)
+            root_path = wsgi_string(root_path)
         client = scope.get("client")
         return Head.of(
-            method=scope.get("method", "GET"), root_path=wsgi_string(root_path),
-            path=wsgi_string(strip_root(root_path, scope["path"])),
+            method=scope.get("method", "GET"), root_path=root_path,
+            path=path if path.isascii() else wsgi_string(path),  # wsgi_string(), without the call
             query=scope.get("query_string", b"").decode("latin-1"),
             # Several Host headers are one value joined by commas, as a WSGI server hands them over.
             host=(hosts[0] if len(hosts) == 1 else join_values(hosts)) if hosts else None,
             scheme=scope.get("scheme", "http"), server=tuple(scope.get("server") or ("localhost", None)),
             client=client[0] if client else None, request_id=offered,
-            forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else {},
+            forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else _NO_FORWARDED,
             header_size=size, header_nul=nul,
             body=Body(content_length, content_type, chunked) if content_length or content_type or chunked else None,
             http_version=scope.get("http_version", "1.1"),
@@ -172,14 +178,15 @@ class ASGIGateway:
         assert decision.mount is not None
         prefix = decision.mount.prefix
         if logged:
-            send = StatusRecorder(send, request)
+            send = noting_status(send, request)
         try:
             bridge = self.wsgi.get(prefix)
             if decision.chain is not None:
                 await self.chain(scope, receive, send, request, decision.chain)
             elif bridge is not None:
                 prepare = functools.partial(enter, request=request)
-                if not decision.buffered or head.bodiless:
+                # The first test is the usual GET's (no body, HTTP/1), without bodiless's three calls.
+                if (head.body is None and head.http_version[0] == "1") or not decision.buffered or head.bodiless:
                     # Streaming, or no body at all: the server has the whole request already.
                     await bridge.handle(scope, receive, send, prepare=prepare)
                     return
@@ -482,22 +489,20 @@ def replayed(stream: IO[bytes], receive: Receive) -> Receive:
     return receive_again
 
 
-class StatusRecorder:
+def noting_status(send: Send, request: Request) -> Send:
     """Wrap ``send`` to note a response's status and size in the request's state, for the
-    access log and the metrics."""
+    access log and the metrics. A closure, not an instance with ``__call__`` (a class
+    before): calling an instance looks its ``__call__`` up each time (callgrind)."""
 
-    __slots__ = ("request", "send")
+    async def send_noted(message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            request.status = message["status"]
+        elif kind == "http.response.body":
+            request.size += len(message.get("body", b""))
+        await send(message)
 
-    def __init__(self, send: Send, request: Request) -> None:
-        self.send = send
-        self.request = request
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.request.status = message["status"]
-        elif message["type"] == "http.response.body":
-            self.request.size += len(message.get("body", b""))
-        await self.send(message)
+    return send_noted
 
 
 def exit_when_stuck(thread_prefix: str, grace: float = 1.0) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from werkzeug.wsgi import ClosingIterator
@@ -31,7 +32,7 @@ from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request, va
 from gateway.replies import Reply
 from gateway.types import Environ, StartResponse, WSGIApp
 
-_UNPREFIXED = (("CONTENT_TYPE", len("content-type")), ("CONTENT_LENGTH", len("content-length")))
+_NO_FORWARDED: Mapping[str, str] = MappingProxyType({})
 _FORWARDED = tuple((name, "HTTP_X_FORWARDED_" + name.upper()) for name in ("for", "proto", "host", "port", "prefix"))
 
 
@@ -66,13 +67,18 @@ class WSGIGateway:
                 if "\x00" in value:
                     nul = True
         get = environ.get
-        for key, name_size in _UNPREFIXED:  # the two headers PEP 3333 names without HTTP_
-            if (value := get(key)) is not None:
-                size += name_size + len(value)
-                if "\x00" in value:
-                    nul = True
-        forwarded = {}
+        # The two headers PEP 3333 names without HTTP_, each read once.
+        length, content_type = get("CONTENT_LENGTH"), get("CONTENT_TYPE")
+        if length is not None:
+            size += 14 + len(length)  # len("content-length")
+            nul = nul or "\x00" in length
+            length = length or None
+        if content_type is not None:
+            size += 12 + len(content_type)  # len("content-type")
+            nul = nul or "\x00" in content_type
+        forwarded = _NO_FORWARDED
         if self.forwarded:
+            forwarded = {}
             for name, key in _FORWARDED:
                 if (value := get(key)) is not None:
                     forwarded[name] = value
@@ -80,7 +86,6 @@ class WSGIGateway:
         # isdigit() is true) or 5,000 digits made int() raise, a 500.
         port = get("SERVER_PORT", "")
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
-        length, content_type = get("CONTENT_LENGTH") or None, get("CONTENT_TYPE")
         chunked = "HTTP_TRANSFER_ENCODING" in environ
         # The server joined a header sent several times with commas (PEP 3333 leaves it
         # to the server, as RFC 9110 does): several Host headers are then one malformed one.
@@ -117,17 +122,14 @@ class WSGIGateway:
         if not logged:
             return app(environ, start_response)
 
-        def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            request.status = int(status_line[:3])
-            return start_response(status_line, headers, exc_info)
-
+        logged_result = _Logged(self.pipeline, request, start_response)
         try:
-            result = app(environ, start)
+            logged_result.result = app(environ, logged_result.start)
         except BaseException:
             request.status = 500  # the server answers 500
             self.pipeline.done(request)
             raise
-        return _Logged(result, self.pipeline, request)
+        return logged_result
 
 
     def chain(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -196,14 +198,22 @@ def _nothing() -> None:
 
 
 class _Logged:
-    """The app's response iterable, counted and logged when closed."""
+    """The app's response iterable, counted and logged when closed; its :meth:`start` is
+    the ``start_response`` the app is given, which notes the status (a method, not a
+    closure made for each request: callgrind)."""
 
-    __slots__ = ("pipeline", "request", "result")
+    __slots__ = ("pipeline", "request", "result", "start_response")
 
-    def __init__(self, result: Iterable[bytes], pipeline: Pipeline, request: Request) -> None:
-        self.result = result
+    def __init__(self, pipeline: Pipeline, request: Request, start_response: StartResponse) -> None:
+        self.result: Iterable[bytes] = ()
         self.pipeline = pipeline
         self.request = request
+        self.start_response = start_response
+
+    def start(self, status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """Note the status, and start the response."""
+        self.request.status = int(status_line[:3])
+        return self.start_response(status_line, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         request = self.request

@@ -1,0 +1,307 @@
+"""The core (:mod:`gateway.core.pipeline`): what mutation testing found that no other test
+held (docs/testing.md): malformed forwarded headers counted by name, who sees the
+operators' pages, the reserved cookies, response headers in their ASGI (bytes) form, the
+canary's cookie and ``Vary``, the rules' chains and shadows by method, and request IDs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from gateway.core.config import Config
+from gateway.core.mounts import MountTable
+from gateway.core.pipeline import Decision, Head, Pipeline, scope_cookie, without_cookie
+from gateway.migration.rules import RouteSpec
+from tests.entries import config_with, rule_table
+
+PROXIES = Config.from_env({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8"}).trusted_proxies
+
+
+@pytest.fixture(scope="module")
+def small_table() -> MountTable:
+    return MountTable.from_specs(["/a=tests.thirdapp:wsgi_app"], defaults=False)
+
+
+@pytest.fixture(scope="module")
+def site() -> MountTable:
+    """The default mounts: ``/flask`` (Flask) and ``/django`` (Django)."""
+    return MountTable.from_specs([])
+
+
+def pipeline(table: MountTable, **changes: Any) -> Pipeline:
+    return Pipeline(table, replace(Config.from_env({}), **changes))
+
+
+def head(path: str, **fields: Any) -> Head:
+    fields.setdefault("host", "localhost")
+    return Head(method=fields.pop("method", "GET"), path=path, **fields)
+
+
+def completed(p: Pipeline, decision: Decision, headers: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    p.complete(headers, decision)
+    return headers
+
+
+# -- X-Forwarded-* from a trusted proxy ------------------------------------------------------
+
+def test_malformed_forwarded_headers_are_counted_by_name_and_logged(small_table: MountTable,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(small_table, trusted_proxies=PROXIES)
+    bad = {"for": "unknown", "proto": "ftp", "host": "a..b", "port": "99999", "prefix": "/../x"}
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        first = p.decide(head("/a/x", client="10.0.0.1", forwarded=bad))
+        p.decide(head("/a/x", client="10.0.0.1", forwarded=bad))
+    assert p.ignored == {"for": 2, "proto": 2, "host": 2, "port": 2, "prefix": 2}
+    # An unparsable client is unknown, never the proxy; the request is still a proxied one.
+    assert (first.client, first.proxied, first.scheme, first.host, first.root) == (None, True, "http", "localhost", "")
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway"][:5]
+    assert lines == [f"Ignored X-Forwarded-{name.title()} from a trusted proxy: {value!r} is not valid."
+                     for name, value in bad.items()]
+
+
+def test_only_a_trusted_proxy_forwards_even_from_loopback(small_table: MountTable) -> None:
+    p = pipeline(small_table, trusted_proxies=PROXIES)
+    said = {"for": "198.51.100.7"}
+    assert p.decide(head("/a/x", client="127.0.0.1", forwarded=said)).client == "127.0.0.1"
+    assert p.decide(head("/a/x", client="10.0.0.1", forwarded=said)).client == "198.51.100.7"
+
+
+def test_the_last_hop_of_a_list_without_spaces(small_table: MountTable) -> None:
+    d = pipeline(small_table, trusted_proxies=PROXIES).decide(
+        head("/a/x", client="10.0.0.1", forwarded={"for": "198.51.100.1,203.0.113.9"}))
+    assert (d.client, d.proxied) == ("203.0.113.9", True)
+
+
+# -- The operators' pages ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("client", "host", "sees"),
+    [
+        pytest.param("127.0.0.1", "localhost", True, id="loopback-allowed-host"),
+        pytest.param("127.0.0.1", "127.0.0.2:8000", True, id="loopback-by-address"),
+        pytest.param("127.0.0.1", "127.0.0.2", True, id="loopback-by-address-no-port"),
+        pytest.param("127.0.0.1", "[::2]", True, id="loopback-by-ipv6-address"),
+        pytest.param("10.0.0.1", "localhost", True, id="trusted-proxy"),
+        pytest.param("192.0.2.1", "localhost", False, id="anyone-else"),
+        pytest.param("127.0.0.1", "evil.example", False, id="rebound-name"),
+        pytest.param("127.0.0.1", "evil.example:8000", False, id="rebound-name-with-port"),
+    ],
+)
+def test_who_sees_the_migration_page(small_table: MountTable, client: str, host: str, sees: bool) -> None:
+    d = pipeline(small_table, trusted_proxies=PROXIES, allowed_hosts=("localhost",)).decide(
+        head("/_gateway/", client=client, host=host))
+    assert (d.render is not None) is sees
+    assert sees or (d.reply is not None and d.reply.status in (400, 404))
+
+
+# -- Cookies only their owners set ------------------------------------------------------------
+
+def mounted(p: Pipeline, path: str, **fields: Any) -> Decision:
+    decision = p.decide(head(path, **fields))
+    assert decision.mount is not None and decision.reply is None
+    return decision
+
+
+@pytest.mark.parametrize(
+    ("path", "cookie", "kept"),
+    [
+        pytest.param("/flask/", "sessionid=abc; Path=/", None, id="flask-sets-django-session"),
+        pytest.param("/flask/", "csrftoken=abc; Path=/", None, id="flask-sets-csrf-token"),
+        pytest.param("/django/", "gateway_canary=abc; Path=/", None, id="django-sets-canary"),
+        pytest.param("/django/", "sessionid=abc; Path=/", "sessionid=abc; Path=/django", id="django-session"),
+        pytest.param("/flask/", "sessionid=; Max-Age=0; Path=/", "sessionid=; Max-Age=0; Path=/flask",
+                     id="flask-deletes-it"),
+        pytest.param("/flask/", 'sessionid=""; Max-Age=0', 'sessionid=""; Max-Age=0; Path=/flask',
+                     id="flask-deletes-it-quoted"),
+        pytest.param("/flask/", "sessionid=", "sessionid=; Path=/flask", id="flask-deletes-it-bare"),
+    ],
+)
+def test_reserved_cookies(site: MountTable, path: str, cookie: str, kept: str | None) -> None:
+    p = pipeline(site)
+    headers = completed(p, mounted(p, path), [("Set-Cookie", cookie)])
+    assert [v for n, v in headers if n == "Set-Cookie"] == ([kept] if kept else [])
+
+
+def test_dropped_cookies_are_said_once_each(site: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(site)
+    d = mounted(p, "/flask/")
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        for _ in range(2):
+            headers = completed(p, d, [("Set-Cookie", "sessionid=a"), ("Content-Type", "text/plain"),
+                                       ("Set-Cookie", "csrftoken=b"), ("Set-Cookie", "theme=dark")])
+            assert [h for h in headers if h[0] in ("Set-Cookie", "Content-Type")] == [
+                ("Content-Type", "text/plain"), ("Set-Cookie", "theme=dark; Path=/flask")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "The app at /flask set the cookie 'sessionid', which only Django sets; it was dropped.",
+        "The app at /flask set the cookie 'csrftoken', which only Django sets; it was dropped."]
+
+
+def test_the_shared_session_is_the_whole_sites_behind_a_prefix(site: MountTable) -> None:
+    p = pipeline(site, shared_signin="sessionid")
+    d = mounted(p, "/django/", root_path="/srv")
+    headers = completed(p, d, [("Set-Cookie", "sessionid=abc; Path=/"), ("Set-Cookie", "other=1; Path=/")])
+    assert [v for n, v in headers if n == "Set-Cookie"] == ["sessionid=abc; Path=/srv", "other=1; Path=/srv/django"]
+
+
+def test_an_app_path_below_a_proxy_prefix_stays_in_its_mount(site: MountTable) -> None:
+    p = pipeline(site)
+    d = mounted(p, "/flask/", root_path="/srv")
+    headers = completed(p, d, [("Set-Cookie", "a=1; Path=/flask/x")])
+    assert headers[0] == ("Set-Cookie", "a=1; Path=/srv/flask/x")
+
+
+# -- Headers in the ASGI form (bytes) ------------------------------------------------------------
+
+def test_bytes_headers_stay_bytes(site: MountTable) -> None:
+    p = pipeline(site)
+    d = mounted(p, "/flask/", request_id="rid-3")
+    headers = completed(p, d, [(b"content-type", b"text/html"), (b"set-cookie", b"a=\xe9; Path=/"),
+                               (b"set-cookie", b"sessionid=x"), (b"referrer-policy", b"no-referrer"),
+                               (b"content-security-policy", b"FRAME-ANCESTORS 'none'")])
+    assert headers == [(b"content-type", b"text/html"), (b"set-cookie", b"a=\xe9; Path=/flask"),
+                       (b"referrer-policy", b"no-referrer"), (b"content-security-policy", b"FRAME-ANCESTORS 'none'"),
+                       (b"x-content-type-options", b"nosniff"), (b"cross-origin-opener-policy", b"same-origin"),
+                       (b"x-request-id", b"rid-3")]
+
+
+def test_bytes_headers_the_usual_case(site: MountTable) -> None:
+    p = pipeline(site)
+    headers = completed(p, mounted(p, "/flask/", request_id="rid-4"), [(b"content-type", b"text/html")])
+    assert headers == [(b"content-type", b"text/html"), (b"x-content-type-options", b"nosniff"),
+                       (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
+                       (b"cross-origin-opener-policy", b"same-origin"), (b"x-request-id", b"rid-4")]
+
+
+def test_a_frame_ancestors_policy_in_bytes_replaces_x_frame_options(site: MountTable) -> None:
+    p = pipeline(site)
+    headers = completed(p, mounted(p, "/flask/"), [(b"content-security-policy", b"frame-ancestors 'self'")])
+    assert b"x-frame-options" not in [n for n, _ in headers] and b"referrer-policy" in [n for n, _ in headers]
+
+
+# -- What complete() adds only sometimes ------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("https", "scheme", "app_sets_it", "sent"),
+    [
+        pytest.param(True, "http", False, [], id="plain-http"),
+        pytest.param(False, "https", False, [], id="off"),
+        pytest.param(True, "https", True, ["max-age=1"], id="app-set-it"),
+        pytest.param(True, "https", False, ["max-age=31536000; includeSubDomains"], id="on"),
+    ],
+)
+def test_hsts_while_draining(site: MountTable, https: bool, scheme: str, app_sets_it: bool, sent: list[str]) -> None:
+    p = pipeline(site, https=https)
+    p.draining = True
+    given = [("Strict-Transport-Security", "max-age=1")] if app_sets_it else []
+    headers = completed(p, mounted(p, "/flask/", scheme=scheme), given)
+    assert [v for n, v in headers if n == "Strict-Transport-Security"] == sent
+    assert headers[-1] == ("Connection", "close")
+
+
+CANARY = [RouteSpec("/c", ("old",), canary="new", share=100.0), RouteSpec("/h", ("old",), canary="new", share=100.0,
+                                                                          header="X-Beta")]
+
+
+@pytest.fixture(scope="module")
+def canary_table() -> MountTable:
+    apps = {m.prefix: m.app for m in MountTable.from_specs([])}
+    return rule_table(CANARY, {"old": apps["/flask"], "new": apps["/django"]})
+
+
+def test_a_new_clients_canary_cookie_and_vary(canary_table: MountTable) -> None:
+    p = Pipeline(canary_table, config_with())
+    d = p.decide(head("/c", scheme="https"))
+    assert d.set_cookie is not None and d.set_cookie.startswith("gateway_canary=")
+    assert d.set_cookie.endswith("; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax; Secure")
+    text = completed(p, d, [("Content-Type", "text/plain")])
+    assert text[-2:] == [("Set-Cookie", d.set_cookie), ("Vary", "Cookie")]
+    raw = completed(p, d, [(b"content-type", b"text/plain")])
+    assert raw[-2:] == [(b"set-cookie", d.set_cookie.encode()), (b"vary", b"Cookie")]
+
+
+def test_a_header_canary_varies_by_its_header(canary_table: MountTable) -> None:
+    p = Pipeline(canary_table, config_with())
+    d = p.decide(head("/h", fetch={"x-beta": "1"}.get))
+    assert d.set_cookie is None and d.mount is not None
+    assert completed(p, d, [])[-1] == ("Vary", "X-Beta")
+
+
+def test_the_gateways_own_answer_while_draining_a_canary_site(canary_table: MountTable) -> None:
+    p = Pipeline(canary_table, config_with())
+    p.draining = True
+    d = p.decide(head("/healthz"))
+    assert d.mount is None and d.reply is not None
+    headers = p.reply_headers(d.reply, d)
+    assert headers[-1] == ("Connection", "close") and "Vary" not in [n for n, _ in headers]
+
+
+# -- Route rules: chains and shadows by method -----------------------------------------------
+
+def test_a_chain_only_for_its_methods_and_a_shadow_only_for_safe_ones() -> None:
+    from gateway.migration.shadow import Shadower
+
+    apps = {m.prefix: m.app for m in MountTable.from_specs([])}
+    specs = [RouteSpec("/x", ("f", "d")), RouteSpec("/s", ("f",), shadow="d")]
+    shadower = Shadower(None, size=1)
+    p = Pipeline(rule_table(specs, {"f": apps["/flask"], "d": apps["/django"]}, shadower), config_with())
+    get, post = p.decide(head("/x")), p.decide(head("/x", method="POST"))
+    assert get.chain is not None and get.chain.key == specs[0].key and get.shadow is None
+    assert post.chain is None and post.mount is not None
+    shadowed = p.decide(head("/s"))
+    assert shadowed.shadow is not None and shadowed.shadow.key == specs[1].key and shadowed.chain is None
+    assert p.decide(head("/s", method="POST")).shadow is None
+    shadower.queue.put(("full",))  # a full queue: the comparison is dropped, and counted
+    assert p.decide(head("/s")).shadow is None
+    assert shadower.snapshot(specs[1].key) == {"dropped": 1}
+
+
+# -- Small functions ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("header", "left"),
+    [
+        pytest.param("a=1; sessionid=x; b=2", "a=1; b=2", id="middle"),
+        pytest.param("sessionid=x=y; b=2", "b=2", id="value-with-equals"),
+        pytest.param("a=1;sessionid=x;b=2", "a=1;b=2", id="no-spaces"),
+    ],
+)
+def test_without_cookie(header: str, left: str) -> None:
+    assert without_cookie(header, "sessionid") == left
+
+
+@pytest.mark.parametrize(
+    ("cookie", "path", "scoped"),
+    [
+        pytest.param(" a=1", "/m", "a=1; Path=/m", id="leading-space"),
+        pytest.param("a=1; Path=/x", "", "a=1; Path=/x", id="site-wide-keeps-its-path"),
+        pytest.param("a=1", "", "a=1; Path=/", id="site-wide-without-a-path"),
+        pytest.param("a=1; Path=x", "", "a=1; Path=/", id="site-wide-relative-path"),
+    ],
+)
+def test_scope_cookie_edges(cookie: str, path: str, scoped: str) -> None:
+    assert scope_cookie(cookie, path) == scoped
+
+
+def test_request_ids_are_the_prefix_then_a_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.core import pipeline as module
+
+    monkeypatch.setattr(module.secrets, "token_hex", lambda n: "ab" * n)
+    source = module._IdSource()
+    assert source.prefix == "abababababababab"
+    assert [source(), source()] == ["abababababababab0000000000000001", "abababababababab0000000000000002"]
+
+
+def test_begin_sets_the_request_id_for_log_records(small_table: MountTable) -> None:
+    import contextvars
+
+    from gateway.core.pipeline import REQUEST_ID
+
+    def begin() -> tuple[str | None, str]:
+        request = pipeline(small_table).begin(head("/a/x", request_id="rid-7"), 0.0)
+        return REQUEST_ID.get(), request.protocol
+
+    assert contextvars.copy_context().run(begin) == ("rid-7", "-")  # a context of its own: nothing leaks

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.core.config import Config
 from gateway.core.mounts import MountTable
-from gateway.core.pipeline import Decision, Head, Pipeline, scope_cookie, without_cookie
+from gateway.core.pipeline import Body, Decision, Head, Pipeline, scope_cookie, without_cookie
 from gateway.migration.rules import RouteSpec
 from tests.entries import config_with, rule_table
 
@@ -305,3 +305,98 @@ def test_begin_sets_the_request_id_for_log_records(small_table: MountTable) -> N
         return REQUEST_ID.get(), request.protocol
 
     assert contextvars.copy_context().run(begin) == ("rid-7", "-")  # a context of its own: nothing leaks
+
+
+# -- decide(): what the other refusals and the rules' decisions carry -------------------------
+
+@pytest.mark.parametrize(
+    ("path", "fields", "says"),
+    [
+        pytest.param("/a/\x00", {}, b"the URL contains a NUL", id="nul-in-path"),
+        pytest.param("/a/x", {"query": "q=%00"}, b"the URL contains a NUL", id="nul-in-query"),
+        pytest.param("/a/x", {"header_nul": True}, b"a header value contains a NUL", id="nul-in-header"),
+    ],
+)
+def test_nul_refusals_keep_the_head(small_table: MountTable, path: str, fields: dict[str, Any], says: bytes) -> None:
+    d = pipeline(small_table).decide(head(path, request_id="rid-5", client="192.0.2.1", **fields))
+    assert d.reply is not None and d.reply.status == 400 and says in d.reply.body
+    assert (d.request_id, d.client, d.path_info, d.mount) == ("rid-5", "192.0.2.1", path, None)
+
+
+def test_a_query_with_nul_only_in_the_path_or_only_in_the_query(small_table: MountTable) -> None:
+    p = pipeline(small_table)
+    assert p.decide(head("/a/x", query="q=%2500x")).reply is None  # "%2500" is a percent sign and "00"
+    assert p.decide(head("/a/x", query="q=\x00")).reply is None  # NUL in the query only as %00
+
+
+def test_metrics_only_when_on_and_asked(small_table: MountTable) -> None:
+    off = pipeline(small_table)
+    d = off.decide(head("/metrics", client="127.0.0.1"))
+    assert d.render is None and d.reply is not None and d.reply.status == 404
+    on = pipeline(small_table, metrics=True)
+    assert on.decide(head("/a/x", client="127.0.0.1")).render is None
+    assert on.decide(head("/metrics", client="127.0.0.1")).render is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "fields", "status"),
+    [
+        pytest.param("/django/", "POST", {"type": "application/x-www-form-urlencoded; charset=utf-16"}, 415,
+                     id="django-utf-16-form"),
+        pytest.param("/django/", "POST", {"type": "application/x-www-form-urlencoded; charset=utf-16",
+                                          "length": "9" * 12}, 413, id="too-large-first"),
+        pytest.param("/django/", "GET", {"type": "application/x-www-form-urlencoded; charset=utf-16"}, None,
+                     id="django-get"),
+        pytest.param("/django/", "POST", {"length": "3"}, None, id="django-no-type"),
+        pytest.param("/flask/", "POST", {"type": "application/x-www-form-urlencoded; charset=utf-16"}, None,
+                     id="flask-reads-it"),
+    ],
+)
+def test_a_form_django_cannot_read(site: MountTable, path: str, method: str, fields: dict[str, Any],
+                                   status: int | None) -> None:
+    d = pipeline(site).decide(head(path, method=method, body=Body(**fields)))
+    assert (d.reply.status if d.reply else None) == status
+    if status == 415:
+        assert b"'utf-16'" in d.reply.body  # type: ignore[union-attr]
+
+
+def test_a_413_names_the_limit(small_table: MountTable) -> None:
+    d = pipeline(small_table, max_body_size=100).decide(head("/a/x", body=Body(length="101")))
+    assert d.reply is not None and d.reply.status == 413 and b"the limit here is 100 bytes" in d.reply.body
+    assert d.set_cookie is None
+
+
+def test_canary_requests_are_counted_and_told(site: MountTable) -> None:
+    apps = {m.prefix: m.app for m in site}
+    table = rule_table([RouteSpec("/c", ("old",), canary="new", share=100.0)],
+                       {"old": apps["/flask"], "new": apps["/django"]})
+    routes = table.route_table
+    assert routes is not None
+    told: list[tuple[Any, ...]] = []
+    routes.listen(lambda *said: told.append(said))
+    p = Pipeline(table, config_with())
+    key = next(iter(routes.specs))
+    for _ in range(2):
+        d = p.decide(head("/c", scheme="https"))
+        assert d.mount is not None and d.mount.prefix == routes.specs[key].canary_key
+    assert routes.canaried == {key: 2} and told == [("canary", key), ("canary", key)]
+    assert sum(routes.traffic.series(key)) == 2 and sum(routes.traffic.series(key, what="canary")) == 2
+    page = p.decide(head("/_gateway/", client="127.0.0.1")).render()  # type: ignore[misc]
+    assert b"/c" in page.body
+
+
+def test_a_chains_decision_carries_the_head_and_the_canarys_cookie(site: MountTable) -> None:
+    apps = {m.prefix: m.app for m in site}
+    spec = RouteSpec("/y", ("f", "d"), canary="g", share=0.0)
+    table = rule_table([spec], {"f": apps["/flask"], "d": apps["/django"], "g": apps["/flask"]})
+    p = Pipeline(table, config_with(trusted_proxies=PROXIES, max_body_size=1000, stream_bodies=(spec.key,)))
+    d = p.decide(head("/y", root_path="/srv", request_id="rid-8", client="10.0.0.1", scheme="https",
+                      server=("example.org", 443), forwarded={"for": "192.0.2.9"}))
+    assert d.chain is not None and d.chain.key == spec.key and d.shadow is None and d.reply is None
+    assert d.mount is not None and d.mount.prefix == spec.key
+    assert (d.request_id, d.root, d.script_name, d.path_info, d.host, d.server, d.scheme, d.client, d.proxied,
+            d.body_limit, d.buffered) == ("rid-8", "/srv", "/srv", "/y", "localhost", ("example.org", 443),
+                                          "https", "192.0.2.9", True, 1000, False)
+    assert d.set_cookie is not None and d.set_cookie.startswith("gateway_canary=")
+    refused = p.decide(head("/y", method="GET", body=Body(length="1001")))
+    assert refused.chain is None and refused.reply is not None and refused.reply.status == 413

@@ -245,7 +245,8 @@ def test_a_chain_only_for_its_methods_and_a_shadow_only_for_safe_ones() -> None:
     from gateway.migration.shadow import Shadower
 
     apps = {m.prefix: m.app for m in MountTable.from_specs([])}
-    specs = [RouteSpec("/x", ("f", "d")), RouteSpec("/s", ("f",), shadow="d")]
+    specs = [RouteSpec("/x", ("f", "d")),
+             RouteSpec("/s", ("f",), shadow="d", shadow_headers=("etag",), shadow_credentials=True)]
     shadower = Shadower(None, size=1)
     p = Pipeline(rule_table(specs, {"f": apps["/flask"], "d": apps["/django"]}, shadower), config_with())
     get, post = p.decide(head("/x")), p.decide(head("/x", method="POST"))
@@ -253,6 +254,9 @@ def test_a_chain_only_for_its_methods_and_a_shadow_only_for_safe_ones() -> None:
     assert post.chain is None and post.mount is not None
     shadowed = p.decide(head("/s"))
     assert shadowed.shadow is not None and shadowed.shadow.key == specs[1].key and shadowed.chain is None
+    assert (shadowed.shadow.primary.prefix, shadowed.shadow.candidate.prefix, shadowed.shadow.shadower,
+            shadowed.shadow.headers, shadowed.shadow.credentials) == (specs[1].key, specs[1].shadow_key, shadower,
+                                                                      ("etag",), True)
     assert p.decide(head("/s", method="POST")).shadow is None
     shadower.queue.put(("full",))  # a full queue: the comparison is dropped, and counted
     assert p.decide(head("/s")).shadow is None
@@ -400,3 +404,26 @@ def test_a_chains_decision_carries_the_head_and_the_canarys_cookie(site: MountTa
     assert d.set_cookie is not None and d.set_cookie.startswith("gateway_canary=")
     refused = p.decide(head("/y", method="GET", body=Body(length="1001")))
     assert refused.chain is None and refused.reply is not None and refused.reply.status == 413
+
+
+def test_the_metrics_of_a_request_a_scrape_and_a_refusal(small_table: MountTable) -> None:
+    import time
+
+    p = pipeline(small_table, metrics=True)
+    assert p.metrics is not None
+    served = p.begin(head("/a/x"), time.perf_counter() - 2.5)
+    scrape = p.begin(head("/metrics", client="127.0.0.1"), time.perf_counter())
+    assert scrape.decision.render is not None
+    served.status, scrape.status = 201, 200
+    p.done(served)
+    p.done(scrape)
+    refused = p.decide(head("/a/x", host="evil.example"))
+    assert refused.reply is not None
+    p.reply_headers(refused.reply, refused)
+    text = p.metrics.render().body.decode()
+    assert 'gateway_requests_total{mount="/a",status="2xx"} 1.0' in text
+    assert 'gateway_requests_total{mount="-",status="2xx"} 1.0' in text
+    assert "gateway_requests_in_flight 0.0" in text  # the scrape was not counted in, nor out
+    assert 'gateway_request_duration_seconds_bucket{le="1.0",mount="/a"} 0.0' in text  # it took 2.5 s
+    assert 'gateway_request_duration_seconds_count{mount="/a"} 1.0' in text
+    assert 'gateway_refusals_total{reason="bad_host"} 1.0' in text

@@ -427,3 +427,236 @@ def test_the_metrics_of_a_request_a_scrape_and_a_refusal(small_table: MountTable
     assert 'gateway_request_duration_seconds_bucket{le="1.0",mount="/a"} 0.0' in text  # it took 2.5 s
     assert 'gateway_request_duration_seconds_count{mount="/a"} 1.0' in text
     assert 'gateway_refusals_total{reason="bad_host"} 1.0' in text
+
+
+# -- The canary's choice ------------------------------------------------------------------------
+
+HALF = [RouteSpec("/c", ("old",), canary="new", share=50.0), RouteSpec("/h", ("old",), canary="new", share=50.0,
+                                                                       header="X-Beta")]
+
+
+def split_by(spec: RouteSpec) -> tuple[str, str]:
+    """Two client IDs (32 hex digits) on either side of ``spec``'s share."""
+    ids = [f"{n:032x}" for n in range(1, 100)]
+    return (next(i for i in ids if spec.chooses_canary(i)), next(i for i in ids if not spec.chooses_canary(i)))
+
+
+@pytest.fixture(scope="module")
+def half_table() -> MountTable:
+    apps = {m.prefix: m.app for m in MountTable.from_specs([])}
+    return rule_table(HALF, {"old": apps["/flask"], "new": apps["/django"]})
+
+
+def test_a_canary_cookie_keeps_its_client_on_its_side(half_table: MountTable) -> None:
+    p = Pipeline(half_table, config_with())
+    spec = HALF[0]
+    for client, canary in zip(split_by(spec), (True, False), strict=True):
+        d = p.decide(head("/c", fetch={"cookie": f"theme=dark; gateway_canary={client}"}.get))
+        assert d.set_cookie is None and d.mount is not None
+        assert (d.mount.prefix == spec.canary_key) is canary
+
+
+@pytest.mark.parametrize(
+    ("cookie", "scheme", "root", "ends"),
+    [
+        pytest.param(None, "http", "", "; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax", id="none"),
+        pytest.param("gateway_canary=xyz", "wss", "", "; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax; Secure",
+                     id="not-an-id-over-wss"),
+        pytest.param("theme=dark", "http", "/srv", "; Path=/srv; Max-Age=31536000; HttpOnly; SameSite=Lax",
+                     id="other-cookies-behind-a-prefix"),
+    ],
+)
+def test_a_new_canary_client(half_table: MountTable, cookie: str | None, scheme: str, root: str, ends: str) -> None:
+    import re
+
+    p = Pipeline(half_table, config_with())
+    d = p.decide(head("/c", scheme=scheme, root_path=root, fetch={"cookie": cookie}.get))
+    assert d.set_cookie is not None and d.set_cookie.endswith(ends)
+    client = re.fullmatch(r"gateway_canary=([0-9a-f]{32}); .*", d.set_cookie)
+    assert client is not None and d.mount is not None
+    assert (d.mount.prefix == HALF[0].canary_key) is HALF[0].chooses_canary(client[1])
+
+
+def test_a_header_canary_follows_the_header_alone(half_table: MountTable) -> None:
+    p = Pipeline(half_table, config_with())
+    spec = HALF[1]
+    for value, canary in zip(split_by(spec), (True, False), strict=True):
+        d = p.decide(head("/h", fetch=lambda name, value=value: {"x-beta": value}.get(name.lower())))
+        assert d.mount is not None and (d.mount.prefix == spec.canary_key) is canary and d.set_cookie is None
+    assert p.decide(head("/h", fetch={}.get)).mount.prefix == spec.key  # type: ignore[union-attr]
+    assert p.decide(head("/h")).mount.prefix == spec.key  # type: ignore[union-attr]
+
+
+def test_the_canary_cookie_of_another_app_is_named_as_the_gateways(site: MountTable,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    p = pipeline(site)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        completed(p, mounted(p, "/django/"), [("Set-Cookie", "gateway_canary=abc")])
+    assert [r.getMessage() for r in caplog.records] == [
+        "The app at /django set the cookie 'gateway_canary', which only the gateway sets; it was dropped."]
+
+
+# -- Who reads the shared sign-in, who is Django ------------------------------------------------
+
+def django_app(site: MountTable) -> Any:
+    return next(m.app for m in site if m.prefix == "/django")
+
+
+def wrapped(app: Any, depth: int) -> Any:
+    """``app`` inside ``depth`` WSGI middleware of the usual kinds, in turn."""
+    import functools
+
+    class Middleware:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            return self.inner(environ, start_response)
+
+    def closure(inner: Any) -> Any:
+        def middleware(environ: Any, start_response: Any) -> Any:
+            return inner(environ, start_response)
+        return middleware
+
+    def partial(inner: Any) -> Any:
+        return functools.partial(lambda inner, environ, start_response: inner(environ, start_response), inner)
+
+    kinds = [Middleware, closure, partial]
+    for level in range(depth):
+        app = kinds[level % 3](app)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("depth", "django"),
+    [pytest.param(n, n <= 4, id=f"{n}-deep") for n in range(6)],
+)
+def test_django_is_found_four_middleware_deep(site: MountTable, depth: int, django: bool) -> None:
+    from gateway.core.pipeline import is_django
+
+    assert is_django(wrapped(django_app(site), depth)) is django
+
+
+@pytest.mark.parametrize("kind", ["partial-keyword", "wraps", "closure", "attribute"])
+def test_django_behind_each_kind_of_wrapper(site: MountTable, kind: str) -> None:
+    import functools
+
+    from gateway.core.pipeline import is_django
+
+    inner = django_app(site)
+    wrappers = {
+        "partial-keyword": lambda: functools.partial(lambda environ, start_response, app: app(environ, start_response),
+                                                     app=inner),
+        "wraps": lambda: functools.wraps(inner)(lambda environ, start_response: [b""]),
+        "closure": lambda: wrapped(inner, 2),  # a closure around a Middleware
+        "attribute": lambda: wrapped(inner, 1),
+    }
+    assert is_django(wrappers[kind]()) and not is_django(wrapped(lambda environ, start_response: [b""], 3))
+
+
+def signin_site(site: MountTable) -> MountTable:
+    import flask
+
+    reader = flask.Flask("reader")
+    reader.extensions["gateway_signin"] = object()
+    from gateway.core.mounts import Mount
+
+    return MountTable([*site, Mount("/reader", "tests:reader", "wsgi", reader)])
+
+
+@pytest.mark.parametrize(
+    ("path", "hidden"),
+    [
+        pytest.param("/flask/", "sessionid", id="flask-does-not-read-it"),
+        pytest.param("/django/", None, id="django-reads-it"),
+        pytest.param("/reader/", None, id="flask-with-django-signin"),
+        pytest.param("/healthz", None, id="the-gateways-own"),
+    ],
+)
+def test_the_shared_session_goes_only_to_its_readers(site: MountTable, path: str, hidden: str | None) -> None:
+    p = pipeline(signin_site(site), shared_signin="sessionid")
+    assert p.begin(head(path), 0.0, counted=False).hidden_cookie == hidden
+
+
+def test_a_rules_key_reads_what_its_apps_read(site: MountTable) -> None:
+    apps = {m.prefix: m.app for m in site}
+    specs = [RouteSpec("/fd", ("f", "d")), RouteSpec("/ff", ("f", "f2"))]
+    p = Pipeline(rule_table(specs, {"f": apps["/flask"], "f2": apps["/flask"], "d": apps["/django"]}),
+                 config_with(shared_signin="sessionid"))
+    assert p.begin(head("/fd"), 0.0, counted=False).hidden_cookie is None
+    assert p.begin(head("/ff"), 0.0, counted=False).hidden_cookie == "sessionid"
+    form = Body(type="application/x-www-form-urlencoded; charset=utf-16")
+    assert p.decide(head("/fd", method="POST", body=form)).reply.status == 415  # type: ignore[union-attr]
+    assert p.decide(head("/ff", method="POST", body=form)).reply is None
+
+
+def test_sessionid_stays_djangos_when_the_shared_session_has_another_name(site: MountTable) -> None:
+    p = pipeline(site, shared_signin="gw_session")
+    d = mounted(p, "/flask/")
+    headers = completed(p, d, [("Set-Cookie", "sessionid=a"), ("Set-Cookie", "gw_session=b"),
+                               ("Set-Cookie", "csrftoken=c")])
+    assert [v for n, v in headers if n == "Set-Cookie"] == []
+
+
+# -- What the entry points read of the pipeline -------------------------------------------------
+
+def test_observing_follows_metrics_and_tracing(small_table: MountTable, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.access")  # the access log off
+    assert pipeline(small_table).observing is False
+    assert pipeline(small_table, metrics=True).observing is True
+
+
+def test_in_flight_counts_a_request_and_not_a_scrape(small_table: MountTable) -> None:
+    p = pipeline(small_table, metrics=True)
+    assert p.metrics is not None
+    p.begin(head("/a/x"), 0.0)
+    p.begin(head("/metrics", client="127.0.0.1"), 0.0)
+    assert "gateway_requests_in_flight 1.0" in p.metrics.render().body.decode()
+
+
+def test_the_index_lists_metrics_when_on(small_table: MountTable) -> None:
+    on = pipeline(small_table, metrics=True).decide(head("/"))
+    off = pipeline(small_table).decide(head("/"))
+    assert on.reply is not None and off.reply is not None
+    assert b"/metrics" in on.reply.body and b"/metrics" not in off.reply.body
+
+
+def test_canary_requests_reach_the_metrics(site: MountTable) -> None:
+    apps = {m.prefix: m.app for m in site}
+    spec = RouteSpec("/c", ("old",), canary="new", share=100.0)
+    p = Pipeline(rule_table([spec], {"old": apps["/flask"], "new": apps["/django"]}), config_with(metrics=True))
+    p.decide(head("/c"))
+    assert p.metrics is not None
+    assert f'gateway_canary_requests_total{{rule="{spec.key}"}} 1.0' in p.metrics.render().body.decode()
+
+
+def test_a_fallback_is_counted_for_its_rule(site: MountTable) -> None:
+    apps = {m.prefix: m.app for m in site}
+    spec = RouteSpec("/x", ("f", "d"))
+    table = rule_table([spec], {"f": apps["/flask"], "d": apps["/django"]})
+    p = Pipeline(table, config_with())
+    chain = p.decide(head("/x")).chain
+    assert chain is not None and table.route_table is not None
+    p.fell_back(chain)
+    assert table.route_table.fallbacks == {spec.key: 1}
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "whole"),
+    [
+        pytest.param("127.0.0.1", "localhost", True, id="operator"),
+        pytest.param("192.0.2.1", "localhost", False, id="anyone"),
+        pytest.param("127.0.0.1", "evil.example", False, id="rebound-name"),
+    ],
+)
+def test_readiness_details_only_for_operators(small_table: MountTable, client: str, host: str, whole: bool) -> None:
+    import json
+
+    from gateway.replies import Reply
+
+    p = pipeline(small_table, allowed_hosts=("localhost",))
+    d = p.decide(head("/readyz", client=client, host=host))
+    reply = Reply(503, (("Content-Type", "application/json"),),
+                  json.dumps({"status": "fail", "checks": {"db": "connection to db.internal:5432 refused"}}).encode())
+    shown = json.loads(p.readiness_for(d, reply).body)
+    assert shown["checks"]["db"] == ("connection to db.internal:5432 refused" if whole else "fail")

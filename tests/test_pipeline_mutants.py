@@ -608,10 +608,16 @@ def test_observing_follows_metrics_and_tracing(small_table: MountTable, caplog: 
 
 def test_in_flight_counts_a_request_and_not_a_scrape(small_table: MountTable) -> None:
     p = pipeline(small_table, metrics=True)
-    assert p.metrics is not None
-    p.begin(head("/a/x"), 0.0)
-    p.begin(head("/metrics", client="127.0.0.1"), 0.0)
-    assert "gateway_requests_in_flight 1.0" in p.metrics.render().body.decode()
+    metrics = p.metrics
+    assert metrics is not None
+    served = p.begin(head("/a/x"), 0.0)
+    assert "gateway_requests_in_flight 1.0" in metrics.render().body.decode()
+    scrape = p.begin(head("/metrics", client="127.0.0.1"), 0.0)
+    assert "gateway_requests_in_flight 1.0" in metrics.render().body.decode()
+    p.done(scrape)
+    assert "gateway_requests_in_flight 1.0" in metrics.render().body.decode()
+    p.done(served)
+    assert "gateway_requests_in_flight 0.0" in metrics.render().body.decode()
 
 
 def test_the_index_lists_metrics_when_on(small_table: MountTable) -> None:

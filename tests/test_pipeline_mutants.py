@@ -89,9 +89,10 @@ def test_the_last_hop_of_a_list_without_spaces(small_table: MountTable) -> None:
         pytest.param("192.0.2.1", "localhost", False, id="anyone-else"),
         pytest.param("127.0.0.1", "evil.example", False, id="rebound-name"),
         pytest.param("127.0.0.1", "evil.example:8000", False, id="rebound-name-with-port"),
+        pytest.param("127.0.0.1", None, False, id="no-host"),
     ],
 )
-def test_who_sees_the_migration_page(small_table: MountTable, client: str, host: str, sees: bool) -> None:
+def test_who_sees_the_migration_page(small_table: MountTable, client: str, host: str | None, sees: bool) -> None:
     d = pipeline(small_table, trusted_proxies=PROXIES, allowed_hosts=("localhost",)).decide(
         head("/_gateway/", client=client, host=host))
     assert (d.render is not None) is sees
@@ -354,6 +355,15 @@ def test_metrics_only_when_on_and_asked(small_table: MountTable) -> None:
         pytest.param("/django/", "POST", {"length": "3"}, None, id="django-no-type"),
         pytest.param("/flask/", "POST", {"type": "application/x-www-form-urlencoded; charset=utf-16"}, None,
                      id="flask-reads-it"),
+        pytest.param("/django/", "POST", {"type": "application/x-www-form-urlencoded; charset=UTF-8"}, None,
+                     id="utf-8-in-capitals"),
+        pytest.param("/django/", "POST", {"type": "multipart/form-data; boundary=x; charset=latin-1"}, None,
+                     id="multipart-ascii-compatible"),
+        pytest.param("/django/", "POST", {"type": "multipart/form-data; boundary=x; charset=utf-16"}, 415,
+                     id="multipart-utf-16"),
+        pytest.param("/django/", "POST", {"type": "text/plain; charset=utf-16"}, None, id="not-a-form"),
+        pytest.param("/django/", "POST", {"type": "multipart/form-data; boundary=x; xcharset=1"}, None,
+                     id="no-charset-parameter"),
     ],
 )
 def test_a_form_django_cannot_read(site: MountTable, path: str, method: str, fields: dict[str, Any],
@@ -666,3 +676,18 @@ def test_readiness_details_only_for_operators(small_table: MountTable, client: s
                   json.dumps({"status": "fail", "checks": {"db": "connection to db.internal:5432 refused"}}).encode())
     shown = json.loads(p.readiness_for(d, reply).body)
     assert shown["checks"]["db"] == ("connection to db.internal:5432 refused" if whole else "fail")
+
+
+def test_new_request_ids_are_lower_case_hex(small_table: MountTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from gateway.core import pipeline as module
+
+    monkeypatch.setattr(module.new_request_id, "counter", itertools.count(0xABC))
+    assert pipeline(small_table).decide(head("/a/x")).request_id == "0" * 29 + "abc"
+
+
+def test_a_streaming_mount_is_not_buffered(small_table: MountTable) -> None:
+    p = pipeline(small_table, stream_bodies=("/a",))
+    assert p.decide(head("/a/x", method="POST", body=Body(length="5"))).buffered is False
+    assert pipeline(small_table).decide(head("/a/x", method="POST", body=Body(length="5"))).buffered is True

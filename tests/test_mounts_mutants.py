@@ -41,6 +41,7 @@ methods = {methods}
         pytest.param("/a/", '["GET"]', {"/a": "/a/"}, id="the-mount-root"),
         pytest.param("/a/index.html", '["GET"]', {"/a": "/a/index.html"}, id="an-index-page"),
         pytest.param("/a/<x>/<y>", '["GET"]', {"/a": "/a/<x>/<y>"}, id="two-segments-down"),
+        pytest.param("/a/a/b", '["GET"]', {"/a": "/a/a/b"}, id="two-static-segments-down"),
         pytest.param("/a/<x>", '["POST"]', {"/a": "/a/<x>"}, id="post-only"),
         pytest.param("/c/<x>", '["GET"]', {}, id="no-mount-under-it"),
     ],
@@ -59,11 +60,12 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("mutmounts_dep", "mutmounts_raises", "mutmounts_factory"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     (tmp_path / "mutmounts_dep.py").write_text("import mutmounts_nosuchdep\n")
-    (tmp_path / "mutmounts_raises.py").write_text("raise RuntimeError('boom.\\nsecond line')\n")
+    (tmp_path / "mutmounts_raises.py").write_text("raise RuntimeError('Bad BOX.\\nsecond line')\n")
     (tmp_path / "mutmounts_factory.py").write_text(
         "def app(environ, start_response):\n    return [b'']\n\n"
         "def make():\n    return app\n\n"
-        "def broken():\n    raise ValueError('nope')\n")
+        "def broken():\n    raise ValueError('nope')\n\n"
+        "def silent():\n    raise ValueError()\n")
     return tmp_path
 
 
@@ -73,9 +75,11 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.param("mutmounts_dep:app", 'Importing "mutmounts_dep" (from "mutmounts_dep:app") failed: '
                      "ModuleNotFoundError: No module named 'mutmounts_nosuchdep'.", id="a-missing-dependency"),
         pytest.param("mutmounts_raises:app", 'Importing "mutmounts_raises" (from "mutmounts_raises:app") failed: '
-                     "RuntimeError: boom.", id="the-module-raises"),
+                     "RuntimeError: Bad BOX.", id="the-module-raises"),
         pytest.param("mutmounts_factory:broken()", 'Calling "mutmounts_factory:broken()" failed: ValueError: nope.',
                      id="the-factory-raises"),
+        pytest.param("mutmounts_factory:silent()",
+                     'Calling "mutmounts_factory:silent()" failed: ValueError: (no message).', id="without-a-message"),
     ],
 )
 def test_import_errors_are_one_line(modules: Path, target: str, message: str) -> None:
@@ -99,7 +103,25 @@ def test_a_rules_mounts_name_their_targets() -> None:
     assert [(m.prefix, m.target, m.interface) for m in named] == [
         (spec.key, "pkg:a, pkg:b", "wsgi"), (spec.fallback_key(1), "pkg:b", "wsgi"),
         (spec.canary_key, "pkg:c", "wsgi"), (spec.shadow_key, "pkg:d", "wsgi")]
+    assert all(m.app is app for m in named)
     assert [m.target for m in rule_mounts_of([spec], loaded, {})] == ["a, b", "b", "c", "d"]
+
+
+def test_a_rules_app_is_imported_and_its_interface_detected() -> None:
+    from gateway.migration.rules import parse_gateway_file
+    from tests.thirdapp import asgi_app
+
+    parsed = parse_gateway_file('''
+[apps]
+shop = "tests.thirdapp:asgi_app"
+
+[[route]]
+rule = "/shop"
+app = "shop"
+''')
+    table = MountTable.from_specs(parsed.mounts, defaults=False, routes=parsed.routes, apps=parsed.apps)
+    mount = table.routes[parsed.routes[0].key]
+    assert (mount.app, mount.interface, mount.target) == (asgi_app, "asgi", "tests.thirdapp:asgi_app")
 
 
 def test_django_is_named_with_its_version() -> None:

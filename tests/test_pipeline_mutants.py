@@ -691,3 +691,39 @@ def test_a_streaming_mount_is_not_buffered(small_table: MountTable) -> None:
     p = pipeline(small_table, stream_bodies=("/a",))
     assert p.decide(head("/a/x", method="POST", body=Body(length="5"))).buffered is False
     assert pipeline(small_table).decide(head("/a/x", method="POST", body=Body(length="5"))).buffered is True
+
+
+def test_what_is_django_looks_into_and_what_it_leaves(site: MountTable) -> None:
+    from gateway.core.pipeline import is_django
+
+    inner = django_app(site)
+
+    class ClassWrapped:
+        """``__wrapped__`` on the class, not in the instance's ``__dict__``."""
+
+        __wrapped__ = inner
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            return inner(environ, start_response)
+
+    class Data:
+        """Not callable: data the middleware keeps, not an app it calls."""
+
+        def __init__(self) -> None:
+            self.app = inner
+
+    class KeepsData:
+        def __init__(self) -> None:
+            self.settings = Data()
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            return [b""]
+
+    def unfilled() -> Any:
+        def middleware(environ: Any, start_response: Any) -> Any:
+            return later(environ, start_response)  # a cell not filled yet when it is looked at
+        return middleware
+        later = inner  # never reached: the closure's cell stays empty
+
+    assert is_django(ClassWrapped())
+    assert not is_django(KeepsData()) and not is_django(unfilled()) and not is_django(print)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
-from gateway.migration.rollout_spec import Thresholds
+from gateway.migration.rollout_spec import RolloutSpec, Thresholds
+from gateway.migration.rules import ConfigFileError, parse_gateway_file
 
 # Two arms of unequal size whose figures have more digits than the report keeps, with a
 # quantile that falls exactly on a bucket's last answer (the canary's median and p99).
@@ -127,3 +128,68 @@ def test_an_arm_without_latencies_has_mean_and_quantiles_0() -> None:
 def test_a_tally_of_statuses_and_latencies_of_different_lengths_is_refused() -> None:
     with pytest.raises(ValueError, match="zip"):
         Arm.of([200, 200], [0.01])
+
+
+# The file's checks (gateway/migration/rollout_spec.py), through gateway.toml as a user writes it.
+RULE = '[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/cart"\napp = "old"\ncanary = { app = "new" }\n'
+
+
+def rollout_of(table: str) -> RolloutSpec | None:
+    return parse_gateway_file(RULE + "[route.rollout]\n" + table).routes[0].rollout
+
+
+def test_a_rollout_without_its_optional_keys_takes_the_defaults() -> None:
+    assert rollout_of("steps = [10, 100]\n") == RolloutSpec(steps=(10.0, 100.0), interval=300.0, requests=200,
+                                                            handover=False, judge=Thresholds())
+
+
+def test_every_judge_threshold_is_read_into_its_own_field() -> None:
+    spec = rollout_of("steps = [10]\n[route.rollout.judge]\npass = 90\nmarginal = 60\nerrors = 2.5\nlatency = 1.5\n"
+                      'alpha = 0.01\nequality = 99\ncritical = ["latency", "equality", "latency"]\n')
+    assert spec is not None and spec.judge == Thresholds(passing=90, marginal=60, errors=2.5, latency=1.5, alpha=0.01,
+                                                         equality=99, critical=("latency", "equality"))
+
+
+@pytest.mark.parametrize("table", [
+    pytest.param("steps = [0.5, 100]\ninterval = 0\nrequests = 1\n", id="interval-0-requests-1"),
+    pytest.param("steps = [100]\ninterval = 604800\nrequests = 10000000\n", id="a-week-ten-million"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\npass = 0\nmarginal = 0\nerrors = 0\nequality = 0\n"
+                 "latency = 1\n", id="judge-lows"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\npass = 100\nmarginal = 100\nerrors = 100\nequality = 100\n"
+                 "latency = 1000\nalpha = 0.5\n", id="judge-highs-and-marginal-equal-to-pass"),
+])
+def test_the_bounds_of_each_value_are_allowed(table: str) -> None:
+    assert rollout_of(table) is not None
+
+
+STEPS = ("gateway.toml, line 4: rollout steps must be rising per cents of clients, above 0 and at most 100, "
+         "e.g. steps = [1, 5, 25, 50, 100].")
+INTERVAL = ("gateway.toml, line 4: rollout interval must be the seconds each step lasts at least, from 0 to at most "
+            "a week (604800), e.g. interval = 300.")
+REQUESTS = ("gateway.toml, line 4: rollout requests must be a whole number of requests each arm gets before a step "
+            "is judged, from 1, e.g. requests = 200.")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    pytest.param("steps = 5\n", STEPS, id="steps-a-number"),
+    pytest.param("steps = [10, 100.5]\n", STEPS, id="step-above-100"),
+    pytest.param("steps = [5, 5]\n", STEPS, id="steps-equal"),
+    pytest.param("steps = [10]\ninterval = 604801\n", INTERVAL, id="interval-above-a-week"),
+    pytest.param("steps = [10]\ninterval = -1\n", INTERVAL, id="interval-negative"),
+    pytest.param("steps = [10]\nrequests = true\n", REQUESTS, id="requests-true"),
+    pytest.param("steps = [10]\nrequests = 10000001\n", REQUESTS, id="requests-above-ten-million"),
+    pytest.param("steps = [10]\njudge = 5\n", "gateway.toml, line 4: rollout judge must be a table: "
+                 "[route.rollout.judge] with pass = 95, marginal = 75.", id="judge-not-a-table"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\npass = 101\n", "gateway.toml, line 4: rollout judge pass "
+                 "must be a number from 0 to 100, e.g. pass = 95.", id="pass-above-100"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\nmarginal = 101\n", "gateway.toml, line 4: rollout judge "
+                 "marginal must be a number from 0 to 100, e.g. marginal = 75.", id="marginal-above-100"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\nerrors = 101\n", "gateway.toml, line 4: rollout judge "
+                 "errors must be a number from 0 to 100, e.g. errors = 1.", id="errors-above-100"),
+    pytest.param("steps = [10]\n[route.rollout.judge]\nequality = 101\n", "gateway.toml, line 4: rollout judge "
+                 "equality must be a number from 0 to 100, e.g. equality = 95.", id="equality-above-100"),
+])
+def test_a_value_past_its_bound_is_refused_in_one_line(table: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        rollout_of(table)
+    assert str(caught.value) == message

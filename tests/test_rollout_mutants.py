@@ -4,11 +4,19 @@ the database, and the migration page's section."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from gateway.migration import rollout
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
+from gateway.migration.rollout import Rollouts, Visits, _inherited, act
 from gateway.migration.rollout_spec import RolloutSpec, Thresholds
-from gateway.migration.rules import ConfigFileError, parse_gateway_file
+from gateway.migration.rollout_store import DONE, ROLLED_BACK, RUNNING, Store, database_url
+from gateway.migration.rules import ConfigFileError, RouteSpec, parse_gateway_file
 
 # Two arms of unequal size whose figures have more digits than the report keeps, with a
 # quantile that falls exactly on a bucket's last answer (the canary's median and p99).
@@ -193,3 +201,197 @@ def test_a_value_past_its_bound_is_refused_in_one_line(table: str, message: str)
     with pytest.raises(ConfigFileError) as caught:
         rollout_of(table)
     assert str(caught.value) == message
+
+
+# The rollouts of one instance (gateway/migration/rollout.py), polled by the test itself
+# rather than by their thread: each step is one call, and the database's rows are read back.
+def cart_rule(steps: str = "[10, 50, 100]", requests: int = 30, handover: bool = True, judge: str = "",
+              interval: float = 0) -> RouteSpec:
+    return parse_gateway_file(
+        '[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/cart"\napp = "old"\ncanary = { app = "new" }\n'
+        f"[route.rollout]\nsteps = {steps}\ninterval = {interval}\nrequests = {requests}\n"
+        f"handover = {'true' if handover else 'false'}\n" + (f"[route.rollout.judge]\n{judge}\n" if judge else "")
+    ).routes[0]
+
+
+@pytest.fixture
+def polled(tmp_path: Path) -> Iterator[Callable[..., Rollouts]]:
+    made: list[Rollouts] = []
+
+    def make(spec: RouteSpec, url: str = "") -> Rollouts:
+        made.append(Rollouts([spec], url or database_url(tmp_path, {})))
+        return made[-1]
+
+    yield make
+    for rollouts in made:
+        rollouts.stop()
+
+
+def answer(rollouts: Rollouts, spec: RouteSpec, n: int, *, canary_error_every: int = 0, added: float = 0.0) -> None:
+    for i in range(n):
+        took = 0.020 + (i % 11) / 1000
+        if rollouts.share(spec) < 100:
+            rollouts.record(spec.key, 200, took)
+        rollouts.record(spec.canary_key, 500 if canary_error_every and i % canary_error_every == 0 else 200,
+                        took + added)
+
+
+def trail(url: str, key: str) -> list[tuple[str, str, float | None, float | None]]:
+    with Store(url) as store:
+        return [(a.actor, a.action, a.from_share, a.to_share) for a in store.audit(key)]
+
+
+def test_a_step_moves_once_both_arms_have_their_requests_and_logs_why(polled, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    spec = cart_rule(handover=False)
+    url = database_url(tmp_path, {})
+    one = polled(spec)
+    assert (one.share(spec), one.owner(spec)) == (0.0, None)  # nothing begun before the first poll
+    one.poll()
+    answer(one, spec, 29)
+    one.poll()
+    assert one.share(spec) == 10  # 29 answers an arm: not judged yet
+    answer(one, spec, 1)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        one.poll()
+    assert one.share(spec) == 50
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "Rollout of /cart: promote to 50%: " + Store(url).audit(spec.key)[-1].reason]
+    assert Store(url).audit(spec.key)[-1].reason.startswith("pass (score 100): errors: 5xx 0% against 0%")
+    answer(one, spec, 30)
+    one.poll()
+    answer(one, spec, 30)  # at 100%: the canary alone, judged against the step at 50%'s baseline
+    one.poll()
+    state = Store(url).states()[spec.key]
+    assert (state.status, state.step, state.share, state.owner) == (DONE, 2, 100, None)  # no hand-over
+    assert one.owner(spec) is None
+    assert trail(url, spec.key) == [("judge", "start", None, 10), ("judge", "promote", 10, 50),
+                                    ("judge", "promote", 50, 100), ("judge", "done", 100, 100)]
+    figures = Store(url).audit(spec.key)[-1].figures
+    assert (figures["step"], figures["share"], figures["metrics"]["errors"]["baseline_requests"]) == (2, 100, 30)
+
+
+def test_a_hand_over_names_the_canarys_app_the_rules(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule(steps="[50]")
+    one = polled(spec)
+    one.poll()
+    answer(one, spec, 30)
+    one.poll()
+    assert (one.owner(spec), one.share(spec), one.states[spec.key].status) == ("new", 100, DONE)
+
+
+def test_a_pass_waits_for_the_interval_and_a_fail_does_not(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule(interval=3600)
+    url = database_url(tmp_path, {})
+    one = polled(spec)
+    one.poll()
+    answer(one, spec, 40)
+    one.poll()
+    assert one.share(spec) == 10 and trail(url, spec.key) == [("judge", "start", None, 10)]
+    answer(one, spec, 40, canary_error_every=5)
+    one.poll()
+    state = Store(url).states()[spec.key]
+    assert (state.status, state.step, state.share, one.share(spec)) == (ROLLED_BACK, -1, 0, 0)
+    assert trail(url, spec.key)[-1] == ("judge", "rollback", 10, 0)
+    answer(one, spec, 40, canary_error_every=5)  # rolled back: nothing counted, nothing judged
+    one.poll()
+    assert len(trail(url, spec.key)) == 2
+
+
+def test_a_marginal_step_is_noted_once_and_holds(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule(judge="marginal = 50")
+    url = database_url(tmp_path, {})
+    one = polled(spec)
+    one.poll()
+    answer(one, spec, 100, added=0.020)
+    one.poll()
+    answer(one, spec, 10, added=0.020)
+    one.poll()
+    assert trail(url, spec.key) == [("judge", "start", None, 10), ("judge", "hold", 10, 10)]
+    held = Store(url).audit(spec.key)[-1]
+    assert held.reason.startswith("marginal (score 50): ") and (held.figures["step"], held.figures["share"]) == (0, 10)
+
+
+def test_the_metrics_hear_each_share_and_each_counted_answer(polled) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    one = polled(spec)
+    one.poll()
+    heard: list[tuple[str, str, tuple[str, ...]]] = []
+    one.listen(lambda *event: heard.append(event))
+    one.record(spec.canary_key, 503, 0.01)
+    one.record(spec.key, 0, 0.01)  # the client left before an answer: not counted
+    assert heard == [("rollout_share", spec.key, ("10",)), ("rollout", spec.key, ("canary", "10", "5xx"))]
+
+
+def test_a_command_on_a_rule_not_begun_begins_it_first(tmp_path: Path) -> None:
+    spec = cart_rule()
+    url = database_url(tmp_path, {})
+    with Store(url) as store:
+        moved = act(store, spec, "promote", actor="alice", reason="")
+        assert (moved.status, moved.step, moved.share) == (RUNNING, 1, 50)
+        with pytest.raises(ValueError) as refused:
+            act(store, spec, "resume", actor="alice", reason="")
+        assert str(refused.value) == "the rollout is running: only a paused or rolled back one resumes"
+        with pytest.raises(ValueError) as refused:
+            act(store, spec, "restart", actor="alice", reason="")
+        assert str(refused.value) == "'restart' is not a rollout command: use pause, resume, promote or rollback"
+        act(store, spec, "promote", actor="alice", reason="")
+        done = act(store, spec, "promote", actor="alice", reason="")
+        assert (done.status, done.step, done.share, done.owner) == (DONE, 2, 100, "new")
+        with pytest.raises(ValueError) as refused:
+            act(store, spec, "promote", actor="alice", reason="")
+        assert str(refused.value) == "the rollout is done already"
+    assert trail(url, spec.key) == [("alice", "start", None, 10), ("alice", "promote", 10, 50),
+                                    ("alice", "promote", 50, 100), ("alice", "done", 100, 100)]
+
+
+def test_a_database_out_of_reach_freezes_and_says_so_once_then_resumes(polled, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the database's folder should be")
+    spec = cart_rule()
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        one = polled(spec, f"sqlite:///{blocker}/rollouts.sqlite3")
+        one.poll()
+        assert one.frozen is not None and not one.judging and one.share(spec) == 0
+        blocker.unlink()
+        one.poll()
+    assert one.frozen is None and one.share(spec) == 10
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Rollouts frozen where they are: the database ({blocker}/rollouts.sqlite3) cannot be reached: "
+        f"[Errno 17] File exists: '{blocker}'",
+        f"Rollouts resume: the database ({blocker}/rollouts.sqlite3) answers again."]
+
+
+def test_a_forked_worker_polls_on_a_connection_of_its_own(polled) -> None:  # type: ignore[no-untyped-def]
+    """What os.register_at_fork runs in the child: the parent's connection is kept, never closed."""
+    spec = cart_rule()
+    one = polled(spec)
+    one.poll()
+    parents, instance = one.store, one.instance
+    one.start()
+    thread = one.thread
+    one._forked()
+    assert one.store is not parents and one.store.url == parents.url and one.instance != instance
+    assert _inherited[-1] is parents.conn is not None
+    assert one.thread is not thread and one.thread is not None and one.thread.is_alive()
+    one.poll()
+    assert one.share(spec) == 10
+    parents.close()
+
+
+def test_visits_count_each_path_a_minute_up_to_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [600.0]
+    monkeypatch.setattr(rollout, "time", SimpleNamespace(time=lambda: clock[0]))
+    visits = Visits()
+    visits.PATHS = 2
+    for path in ("/a", "/b", "/a", "/c", "/d", "x" * 301, "/b"):
+        visits.add("old", "GET", path)
+    visits.add("old", "GET", "y" * 300)
+    assert visits.counts == {(10, "old", "GET", "/a"): 2, (10, "old", "GET", "/b"): 2, (10, "old", "GET", "*"): 4}
+    clock[0] = 660.0  # the next minute: two paths of its own again
+    visits.add("old", "GET", "/c")
+    visits.add("new", "POST", "y" * 300)
+    visits.add("new", "GET", "/e")
+    assert {k: n for k, n in visits.counts.items() if k[0] == 11} == {
+        (11, "old", "GET", "/c"): 1, (11, "new", "POST", "y" * 300): 1, (11, "new", "GET", "*"): 1}

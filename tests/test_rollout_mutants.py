@@ -11,11 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.migration import rollout
+from gateway.migration import rollout, rollout_page
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
 from gateway.migration.rollout import Rollouts, Visits, _inherited, act
 from gateway.migration.rollout_spec import RolloutSpec, Thresholds
-from gateway.migration.rollout_store import DONE, ROLLED_BACK, RUNNING, Store, database_url
+from gateway.migration.rollout_store import CANARY as CANARY_ARM
+from gateway.migration.rollout_store import DONE, ROLLED_BACK, RUNNING, Audit, Store, database_url
 from gateway.migration.rules import ConfigFileError, RouteSpec, parse_gateway_file
 
 # Two arms of unequal size whose figures have more digits than the report keeps, with a
@@ -395,3 +396,81 @@ def test_visits_count_each_path_a_minute_up_to_a_limit(monkeypatch: pytest.Monke
     visits.add("new", "GET", "/e")
     assert {k: n for k, n in visits.counts.items() if k[0] == 11} == {
         (11, "old", "GET", "/c"): 1, (11, "new", "POST", "y" * 300): 1, (11, "new", "GET", "*"): 1}
+
+
+# The migration page's section (gateway/migration/rollout_page.py), on lines of a trail made here.
+T = 1764979200.0  # 2025-12-06 00:00:00 UTC
+TRAIL = [Audit(at=T, rule="r", actor="judge", action="start", from_share=None, to_share=10, reason="begins",
+               figures={}),
+         Audit(at=T + 100, rule="r", actor="judge", action="hold", from_share=10, to_share=10, reason="slow <b>",
+               figures={"outcome": "marginal", "score": 60.0}),
+         Audit(at=T + 200, rule="r", actor="bob", action="rollback", from_share=10, to_share=0, reason="bad",
+               figures={}),
+         Audit(at=T + 300, rule="r", actor="x", action="note", from_share=None, to_share=None, reason="n", figures={})]
+
+
+def test_the_timeline_steps_through_each_share_to_now_with_a_mark_per_change() -> None:
+    # x: 30 px at the first line, 440 px for the 400 s to now; y: 70 px at 0%, 60 px for 100%.
+    assert rollout_page.timeline(TRAIL, T + 400) == (
+        '<svg role="img" aria-label="canary share over time" width="480" height="90" viewBox="0 0 480 90">'
+        '<polyline fill="none" stroke="#4a7" stroke-width="2" points="30.0,70.0 30.0,64.0 140.0,64.0 140.0,64.0 '
+        '250.0,64.0 250.0,70.0 470.0,70.0"/>'
+        '<circle cx="30.0" cy="64.0" r="3" fill="#4a7"><title>2025-12-06 00:00:00 judge start 10%</title></circle>'
+        '<circle cx="140.0" cy="64.0" r="3" fill="#c90"><title>2025-12-06 00:01:40 judge hold 10%</title></circle>'
+        '<circle cx="250.0" cy="70.0" r="3" fill="#c33"><title>2025-12-06 00:03:20 bob rollback 0%</title></circle>'
+        '<text x="0" y="14" font-size="10">100%</text><text x="8" y="74" font-size="10">0%</text>'
+        '<text x="30" y="88" font-size="10">2025-12-06 00:00:00</text>'
+        '<text x="470" y="88" font-size="10" text-anchor="end">now</text></svg>')
+    assert rollout_page.timeline(TRAIL[3:], T) == ""  # no line that sets a share
+
+
+def test_the_audit_table_lists_the_newest_first_with_the_judges_outcome() -> None:
+    assert rollout_page.audit_table(TRAIL) == (
+        "<table><thead><tr><th>When</th><th>Who</th><th>What</th><th>Share</th><th>Why</th></tr></thead><tbody>"
+        "<tr><td>2025-12-06 00:05:00</td><td>x</td><td>note</td><td></td><td>n</td></tr>"
+        "<tr><td>2025-12-06 00:03:20</td><td>bob</td><td>rollback</td><td>10% &rarr; 0%</td><td>bad</td></tr>"
+        "<tr><td>2025-12-06 00:01:40</td><td>judge</td><td>hold</td><td>10% &rarr; 10%</td>"
+        "<td>slow &lt;b&gt; <strong>marginal</strong>, score 60.0</td></tr>"
+        "<tr><td>2025-12-06 00:00:00</td><td>judge</td><td>start</td><td>10%</td><td>begins</td></tr></tbody></table>")
+
+
+def test_the_arm_table_gives_each_arms_figures_and_the_shadows_equality() -> None:
+    canary = Arm(requests=3, errors=1, latency={100: 2, 110: 1})  # 3.9 ms twice, 6.0 ms once
+    head = ("<table><thead><tr><th>Arm, this step</th><th>Requests</th><th>5xx</th><th>Median / p99</th>"
+            "<th>Latency</th></tr></thead><tbody><tr><td>baseline</td><td>0</td><td>-</td><td>-</td><td></td></tr>")
+    assert rollout_page.arm_table({CANARY_ARM: canary}, (2, 3)) == (
+        head + "<tr><td>canary</td><td>3</td><td>33.33%</td><td>3.9 / 6.0 ms</td><td>"
+        '<svg role="img" aria-label="latency distribution" width="160" height="24" viewBox="0 0 160 24">'
+        '<rect x="0.0" y="0.0" width="14.0" height="24.0"/><rect x="145.5" y="12.0" width="14.0" height="12.0"/>'
+        "</svg></td></tr></tbody></table><p>Shadow: 2 of 3 comparisons equal on this step (66.7%).</p>")
+    assert rollout_page.arm_table({}, (0, 0)).endswith(
+        "<tr><td>canary</td><td>0</td><td>-</td><td>-</td><td></td></tr></tbody></table>"
+        "<p>Shadow: 0 of 0 comparisons equal on this step.</p>")
+    assert rollout_page.arm_table({}, None).endswith("</tbody></table>")
+
+
+def test_a_histograms_bars_are_as_tall_as_their_share_of_the_tallest() -> None:
+    assert rollout_page.histogram(Arm(requests=4, latency={10: 1, 12: 3})) == (
+        '<svg role="img" aria-label="latency distribution" width="160" height="24" viewBox="0 0 160 24">'
+        '<rect x="0.0" y="16.0" width="52.8" height="8.0"/><rect x="106.7" y="0.0" width="52.8" height="24.0"/></svg>')
+    assert rollout_page.histogram(Arm()) == ""
+
+
+def test_the_section_says_a_rollout_not_begun_and_one_handed_over(tmp_path: Path) -> None:
+    from gateway.migration.rules import RouteTable
+
+    url = database_url(tmp_path, {})
+    spec = cart_rule(steps="[50]")
+    routes = RouteTable([spec], rollout_database=url)
+    assert routes.rollouts is not None
+    try:
+        assert rollout_page.section(routes, T) == "<h2>Rollouts</h2><h3><code>/cart</code></h3><p>Not started yet.</p>"
+        with Store(url) as store:
+            act(store, spec, "promote", actor="alice", reason="")
+        shown = rollout_page.section(routes, T)
+    finally:
+        routes.rollouts.stop()
+    assert shown.startswith("<h2>Rollouts</h2><h3><code>/cart</code>: done, canary new at 100%, handed over to new"
+                            "</h3><svg ")
+    assert "<p>Shadow:" not in shown  # the rule does not shadow
+    assert rollout_page.section(None) == "" and rollout_page.section(RouteTable([cart_rule()]), T) == ""

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.migration import rollout, rollout_page
+from gateway.migration import rollout, rollout_page, rollout_store
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
 from gateway.migration.rollout import Rollouts, Visits, _inherited, act
 from gateway.migration.rollout_spec import RolloutSpec, Thresholds
@@ -474,3 +474,87 @@ def test_the_section_says_a_rollout_not_begun_and_one_handed_over(tmp_path: Path
                             "</h3><svg ")
     assert "<p>Shadow:" not in shown  # the rule does not shadow
     assert rollout_page.section(None) == "" and rollout_page.section(RouteTable([cart_rule()]), T) == ""
+
+
+# The site's database (gateway/migration/rollout_store.py), on SQLite.
+def test_the_database_is_named_without_its_password_and_made_private(tmp_path: Path) -> None:
+    assert Store("postgres://u:secret@db.example/site").where == "PostgreSQL at db.example:5432/site"
+    assert Store("postgresql://u:secret@db.example:6543/site").where == "PostgreSQL at db.example:6543/site"
+    store = Store(f"sqlite:///{tmp_path}/new/rollouts.sqlite3?mode=rwc")
+    assert store.where == f"{tmp_path}/new/rollouts.sqlite3?mode=rwc"
+    with store:
+        store.connect()
+        assert store.connect() is store.conn  # one connection, kept
+    assert (tmp_path / "new" / "rollouts.sqlite3").is_file()
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    assert store.conn is None
+
+
+@pytest.mark.parametrize("url", ["PostgreSQL://u@db/site", " pgsql://u@db/site ", "sqlite:////srv/site.sqlite3"])
+def test_a_database_url_naming_postgresql_or_sqlite_is_the_sites(url: str, tmp_path: Path) -> None:
+    assert database_url(tmp_path, {"DATABASE_URL": url}) == url.strip()
+
+
+def test_one_instance_holds_the_judges_lease_until_it_lapses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(rollout_store, "time", SimpleNamespace(time=lambda: clock[0]))
+    with Store(database_url(tmp_path, {})) as store:
+        assert store.elect("a") and not store.elect("b")
+        clock[0] += rollout_store.LEASE  # renewed by its holder only
+        assert store.elect("a") and not store.elect("b")
+        clock[0] += rollout_store.LEASE + 0.001
+        assert store.elect("b") and not store.elect("a")
+
+
+def test_tallies_add_every_instances_counts_and_replace_an_instances_own(tmp_path: Path) -> None:
+    with Store(database_url(tmp_path, {})) as store:
+        store.write_tally("r", 2, "one", "baseline", Arm(requests=9, errors=9, latency={5: 9}), 9, 9)
+        store.write_tally("r", 2, "one", "baseline", Arm(requests=3, errors=1, latency={5: 2, 7: 1}), 2, 3)
+        store.write_tally("r", 2, "two", "baseline", Arm(requests=2, latency={5: 1, 6: 1}), 1, 1)
+        store.write_tally("r", 2, "two", "canary", Arm(requests=1, latency={9: 1}))
+        store.write_tally("r", 3, "two", "canary", Arm(requests=5, latency={9: 5}))
+        store.write_tally("other", 2, "two", "canary", Arm(requests=5, latency={9: 5}))
+        assert store.tallies("r", 2) == ({"baseline": Arm(requests=5, errors=1, latency={5: 3, 6: 1, 7: 1}),
+                                          "canary": Arm(requests=1, latency={9: 1})}, (3, 4))
+        assert store.last_baseline("r", 4) == Arm(requests=5, errors=1, latency={5: 3, 6: 1, 7: 1})  # epoch 3 has none
+        assert store.last_baseline("r", 2) == Arm()
+
+
+def test_a_change_applies_only_to_the_epoch_it_read_and_audits_it(tmp_path: Path) -> None:
+    with Store(database_url(tmp_path, {})) as store:
+        assert store.begin("r", 10.0, "judge") and not store.begin("r", 50.0, "judge")
+        state = store.states()["r"]
+        moved = store.change(state, actor="bob", action="promote", reason="ok", figures={"b": 1, "a": 2},
+                             status=RUNNING, step=1, share=50.0)
+        assert moved is not None and (moved.epoch, moved.step, moved.share, moved.owner) == (2, 1, 50.0, None)
+        assert store.states() == {"r": moved}
+        assert store.change(state, actor="eve", action="rollback", reason="", figures={}, status=ROLLED_BACK,
+                            step=-1, share=0.0) is None  # epoch 1 is gone
+        store.note("r", "judge", "hold", 50.0, "marginal", {})
+        store.begin("s", 1.0, "judge")
+        assert [(a.rule, a.actor, a.action, a.from_share, a.to_share, a.reason, a.figures)
+                for a in store.audit("r")] == [
+            ("r", "judge", "start", None, 10.0, "the rule's rollout begins at its first step", {}),
+            ("r", "bob", "promote", 10.0, 50.0, "ok", {"a": 2, "b": 1}),
+            ("r", "judge", "hold", 50.0, 50.0, "marginal", {})]
+        assert [(a.rule, a.action) for a in store.audit(last=2)] == [("r", "hold"), ("s", "start")]
+        assert set(store.states(("s",))) == {"s"}
+
+
+def test_a_transaction_that_raises_leaves_nothing(tmp_path: Path) -> None:
+    with Store(database_url(tmp_path, {})) as store:
+        with pytest.raises(KeyError), store.transaction():
+            store.execute("INSERT INTO gateway_rollout_lease (name, holder, until) VALUES ('x', 'y', 1)")
+            raise KeyError("x")
+        assert store.execute("SELECT count(*) FROM gateway_rollout_lease").fetchone()[0] == 0
+
+
+def test_visits_add_up_over_instances_and_the_oldest_minutes_go(tmp_path: Path) -> None:
+    with Store(database_url(tmp_path, {})) as store:
+        store.write_visits(10, "one", "old", "GET", "/a", 5)
+        store.write_visits(10, "one", "old", "GET", "/a", 6)  # a whole count: replaced
+        store.write_visits(11, "two", "old", "GET", "/a", 1)
+        store.write_visits(9, "two", "old", "GET", "/b", 1)
+        assert sorted(store.visits(10)) == [("old", "GET", "/a", 7)]
+        store.forget_visits(10)
+        assert sorted(store.visits(0)) == [("old", "GET", "/a", 7)]

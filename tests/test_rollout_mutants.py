@@ -5,6 +5,7 @@ the database, and the migration page's section."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
 from gateway.migration.rollout import Rollouts, Visits, _inherited, act
 from gateway.migration.rollout_spec import RolloutSpec, Thresholds
 from gateway.migration.rollout_store import CANARY as CANARY_ARM
-from gateway.migration.rollout_store import DONE, ROLLED_BACK, RUNNING, Audit, Store, database_url
+from gateway.migration.rollout_store import DONE, ROLLED_BACK, RUNNING, Audit, State, Store, database_url
 from gateway.migration.rules import ConfigFileError, RouteSpec, parse_gateway_file
 
 # Two arms of unequal size whose figures have more digits than the report keeps, with a
@@ -374,6 +375,7 @@ def test_a_forked_worker_polls_on_a_connection_of_its_own(polled) -> None:  # ty
     thread = one.thread
     one._forked()
     assert one.store is not parents and one.store.url == parents.url and one.instance != instance
+    assert one.instance.split(":")[:2] == instance.split(":")[:2]  # the same host and process id here
     assert _inherited[-1] is parents.conn is not None
     assert one.thread is not thread and one.thread is not None and one.thread.is_alive()
     one.poll()
@@ -558,3 +560,100 @@ def test_visits_add_up_over_instances_and_the_oldest_minutes_go(tmp_path: Path) 
         assert sorted(store.visits(10)) == [("old", "GET", "/a", 7)]
         store.forget_visits(10)
         assert sorted(store.visits(0)) == [("old", "GET", "/a", 7)]
+
+
+def test_commands_pause_roll_back_and_resume_with_their_audit_lines(tmp_path: Path) -> None:
+    spec = cart_rule(handover=False)
+    url = database_url(tmp_path, {})
+    with Store(url) as store:
+        paused = act(store, spec, "pause", actor="bob", reason="")
+        assert (paused.status, paused.step, paused.share) == ("paused", 0, 10)
+        with pytest.raises(ValueError) as refused:
+            act(store, spec, "pause", actor="bob", reason="")
+        assert str(refused.value) == "the rollout is paused, not running: nothing to pause"
+        back = act(store, spec, "rollback", actor="bob", reason="the cart is empty")
+        assert (back.status, back.step, back.share) == (ROLLED_BACK, -1, 0)
+        with pytest.raises(ValueError) as refused:
+            act(store, spec, "rollback", actor="bob", reason="")
+        assert str(refused.value) == "the rollout is rolled back already"
+        again = act(store, spec, "resume", actor="carol", reason="")
+        assert (again.status, again.step, again.share) == (RUNNING, 0, 10)
+        act(store, spec, "promote", actor="carol", reason="")
+        act(store, spec, "promote", actor="carol", reason="")
+        done = act(store, spec, "promote", actor="carol", reason="")
+        assert (done.status, done.step, done.share, done.owner) == (DONE, 2, 100, None)  # no hand-over
+        assert [(a.actor, a.action, a.from_share, a.to_share, a.reason, a.figures) for a in store.audit(spec.key)] == [
+            ("bob", "start", None, 10, "the rule's rollout begins at its first step", {}),
+            ("bob", "pause", 10, 10, "pause by bob", {}),
+            ("bob", "rollback", 10, 0, "the cart is empty (rollback by bob)", {}),
+            ("carol", "resume", 0, 10, "resume by carol", {}),
+            ("carol", "promote", 10, 50, "promote by carol", {}),
+            ("carol", "promote", 50, 100, "promote by carol", {}),
+            ("carol", "done", 100, 100, "promote by carol", {})]
+
+
+class StaleStore(Store):
+    """A command's store that reads the states as they were before another's change."""
+
+    def __init__(self, url: str, seen: dict[str, State]) -> None:
+        super().__init__(url)
+        self.seen = seen
+
+    def states(self, rules: tuple[str, ...] | None = None) -> dict[str, State]:
+        return dict(self.seen)
+
+
+def test_a_command_that_races_another_says_to_run_it_again(tmp_path: Path) -> None:
+    spec = cart_rule()
+    url = database_url(tmp_path, {})
+    with Store(url) as store:
+        store.begin(spec.key, 10.0, "judge")
+        first = store.states()
+        act(store, spec, "promote", actor="alice", reason="")
+    for seen, message in (({}, "the rollout changed meanwhile: try again"),
+                          (first, "the rollout changed meanwhile: run the command again")):
+        with StaleStore(url, seen) as stale, pytest.raises(ValueError) as refused:
+            act(stale, spec, "promote", actor="bob", reason="")
+        assert str(refused.value) == message
+    assert [a.actor for a in Store(url).audit(spec.key)] == ["judge", "alice"]
+
+
+def test_the_polling_thread_is_a_named_daemon_that_applies_each_step(polled) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    one = polled(spec)
+    one.start()
+    assert one.thread is not None and (one.thread.name, one.thread.daemon) == ("gateway-rollouts", True)
+    with Store(one.url) as store:
+        store.begin(spec.key, 10.0, "judge")
+        act(store, spec, "promote", actor="alice", reason="")
+    deadline = time.monotonic() + 10
+    while one.share(spec) != 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert one.share(spec) == 50
+    idle = polled(parse_gateway_file('[apps]\nold = "m:a"\n[[route]]\nrule = "/cart"\napp = "old"\n').routes[0])
+    idle.start()
+    assert idle.thread is None  # no rule has a rollout: nothing to poll
+
+
+def test_the_shadows_comparisons_count_from_the_step_on_for_a_rule_that_shadows(tmp_path: Path) -> None:
+    compared = {"equal": 5, "noise": 2, "compared": 10}
+    shadowing = parse_gateway_file(
+        '[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/cart"\napp = "old"\ncanary = { app = "new" }\n'
+        'shadow = { app = "new" }\n[route.rollout]\nsteps = [10, 50]\nrequests = 30\n').routes[0]
+    url = database_url(tmp_path, {})
+    made = [(Rollouts([spec], database_url(tmp_path / name, {}) if name else url, lambda rule: dict(compared)), spec)
+            for name, spec in (("", shadowing), ("plain", cart_rule()))]
+    try:
+        for rollouts, spec in made:
+            rollouts.poll()
+            answer(rollouts, spec, 5)
+        compared.update(equal=8, noise=3, compared=20)  # since the step began: 3 + 1 of 10
+        for rollouts, _ in made:
+            rollouts.poll()
+        with Store(url) as store:
+            assert store.tallies(shadowing.key, 1)[1] == (4, 10)
+        with Store(made[1][0].url) as store:
+            assert store.tallies(cart_rule().key, 1)[1] == (0, 0)  # no shadow: none counted
+    finally:
+        for rollouts, _ in made:
+            rollouts.stop()

@@ -657,3 +657,136 @@ def test_the_shadows_comparisons_count_from_the_step_on_for_a_rule_that_shadows(
     finally:
         for rollouts, _ in made:
             rollouts.stop()
+
+
+def test_a_rollout_that_ends_below_100_without_hand_over_keeps_its_share(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule(steps="[10, 50]", handover=False)
+    url = database_url(tmp_path, {})
+    one = polled(spec)
+    assert not one.judging  # the first read, before serving, judges nothing
+    for _ in range(2):
+        one.poll()
+        answer(one, spec, 30)
+        one.poll()
+    state = Store(url).states()[spec.key]
+    assert (state.status, state.step, state.share, state.owner) == (DONE, 1, 50, None)
+    promote, done = Store(url).audit(spec.key)[-2:]
+    assert (promote.figures["step"], promote.figures["share"], done.figures["step"]) == (0, 10, 1)
+    assert set(promote.figures["metrics"]) == {"errors", "latency"}  # no shadow: no equality
+    with Store(url) as store:
+        baseline = store.tallies(spec.key, 2)[0]["baseline"]
+    assert (baseline.requests, sum(baseline.latency.values())) == (30, 30)
+    assert baseline.latency == Arm.of([200] * 30, [0.020 + (i % 11) / 1000 for i in range(30)]).latency
+
+
+def test_each_change_seen_is_logged_and_heard_and_another_rules_counts_stay(polled, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    text = ('[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/a"\napp = "old"\ncanary = { app = "new" }\n'
+            "[route.rollout]\nsteps = [10, 50]\nrequests = 30\n"
+            '[[route]]\nrule = "/b"\napp = "old"\ncanary = { app = "new" }\n[route.rollout]\nsteps = [20, 60]\n')
+    first, second = parse_gateway_file(text).routes
+    url = database_url(tmp_path, {})
+    with Store(url) as store:
+        store.begin("a rule no instance here serves", 5.0, "judge")
+    one = Rollouts([first, second], url)
+    heard: list[tuple[str, str, tuple[str, ...]]] = []
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway"):
+            one.poll()
+            one.listen(lambda *event: heard.append(event))
+            for _ in range(5):
+                one.record(second.key, 200, 0.01)
+                one.record(first.key, 200, 0.01)
+            one.poll()
+            with Store(url) as store:
+                act(store, second, "promote", actor="alice", reason="")
+            one.record(second.key, 200, 0.01)  # still counted on the step it saw
+            one.poll()
+            one.record(first.key, 200, 0.01)  # the first rule's step did not move: its counts go on
+            one.poll()
+        assert one.frozen is None and (one.share(first), one.share(second)) == (10, 60)
+        assert [r.getMessage() for r in caplog.records] == ["Rollout of /b: running, canary at 60% of clients."]
+        assert ("rollout_share", second.key, ("60",)) in heard
+        assert ("rollout_share", first.key, ("10",)) not in heard[2:]  # unchanged: not heard again
+        with Store(url) as store:
+            assert store.tallies(second.key, 1)[0]["baseline"].requests == 6
+            assert store.tallies(first.key, 1)[0]["baseline"].requests == 6
+    finally:
+        one.stop()
+
+
+def test_a_paused_step_is_not_judged_even_with_another_instances_counts(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    url = database_url(tmp_path, {})
+    one = polled(spec)
+    one.poll()
+    with Store(url) as store:
+        paused = act(store, spec, "pause", actor="bob", reason="")
+        failing = Arm.of([500] * 40, [0.02] * 40)
+        store.write_tally(spec.key, paused.epoch, "another", "baseline", Arm.of([200] * 40, [0.02] * 40))
+        store.write_tally(spec.key, paused.epoch, "another", "canary", failing)
+    one.poll()
+    assert one.judging and Store(url).states()[spec.key].status == "paused"
+
+
+def test_a_driver_error_freezes_with_its_first_line_or_its_type(polled, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    one = polled(spec)
+    errors = [RuntimeError("server closed the connection\nDETAIL: unexpectedly"), RuntimeError()]
+
+    def fails(*args: object) -> None:
+        raise errors[0]
+
+    one.store.states = fails
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        one.poll()
+        assert one.frozen == "server closed the connection\nDETAIL: unexpectedly"
+        errors.pop(0)
+        one.poll()
+    assert one.frozen == "RuntimeError" and not one.judging
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Rollouts frozen where they are: the database ({one.store.where}) cannot be reached: "
+        "server closed the connection"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        one2 = polled(spec, "sqlite:////proc/no/such/place.sqlite3")
+        assert len(caplog.records) == 1  # said once, at the first failure
+        one2.poll()
+        assert len(caplog.records) == 1
+
+
+def test_the_canarys_visits_count_for_its_app_and_a_stopped_thread_is_done(polled) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    one = polled(spec)
+    one.record(spec.canary_key, 200, 0.01, "POST", "/cart")
+    one.record(spec.key, 200, 0.01, "GET", "/cart")
+    one.record(spec.key, 200, 0.01)  # no path: not a visit
+    assert sorted((app, method, path, n) for (_, app, method, path), n in one.visits.counts.items()) == [
+        ("new", "POST", "/cart", 1), ("old", "GET", "/cart", 1)]
+    one.start()
+    thread = one.thread
+    one.stop()
+    assert thread is not None and not thread.is_alive()
+
+
+def test_visits_of_minutes_gone_once_written_leave_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [30.0]  # minute 0: the first minute counts its paths too
+    monkeypatch.setattr(rollout, "time", SimpleNamespace(time=lambda: clock[0]))
+    visits = Visits()
+    visits.PATHS = 1
+    visits.add("old", "GET", "/a")
+    visits.add("old", "GET", "/b")
+    assert visits.counts == {(0, "old", "GET", "/a"): 1, (0, "old", "GET", "*"): 1}
+    for minute in (10, 11):
+        clock[0] = minute * 60.0
+        visits.add("old", "GET", "/a")
+    assert visits.changed() == {(0, "old", "GET", "/a"): 1, (0, "old", "GET", "*"): 1, (10, "old", "GET", "/a"): 1,
+                                (11, "old", "GET", "/a"): 1}
+    visits.written.update(visits.changed())
+    visits.add("old", "GET", "/a")
+    assert visits.changed() == {(11, "old", "GET", "/a"): 2}
+    clock[0] = 12 * 60.0
+    visits.written.update(visits.changed())
+    visits.add("old", "GET", "/a")
+    assert visits.changed() == {(12, "old", "GET", "/a"): 1}
+    assert sorted(visits.counts) == [(11, "old", "GET", "/a"), (12, "old", "GET", "/a")]  # the last minute kept

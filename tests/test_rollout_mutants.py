@@ -790,3 +790,59 @@ def test_visits_of_minutes_gone_once_written_leave_memory(monkeypatch: pytest.Mo
     visits.add("old", "GET", "/a")
     assert visits.changed() == {(12, "old", "GET", "/a"): 1}
     assert sorted(visits.counts) == [(11, "old", "GET", "/a"), (12, "old", "GET", "/a")]  # the last minute kept
+
+
+def test_the_shadows_equality_judges_a_rule_that_shadows_on_its_own_steps(tmp_path: Path) -> None:
+    counts = {"equal": 0, "noise": 0, "compared": 0}
+    spec = parse_gateway_file(
+        '[apps]\nold = "m:a"\nnew = "m:b"\n[[route]]\nrule = "/cart"\napp = "old"\ncanary = { app = "new" }\n'
+        'shadow = { app = "new" }\n[route.rollout]\nsteps = [10, 50]\nrequests = 30\n').routes[0]
+    url = database_url(tmp_path, {})
+    one = Rollouts([spec], url, lambda rule: dict(counts) if rule == spec.key else {})
+    try:
+        one.poll()
+        for _ in range(30):
+            one.record(spec.key, 200, 0.02)  # the baseline only: the shadow's counts go on its row
+        counts.update(equal=8, noise=1, compared=10)
+        one.poll()
+        with Store(url) as store:
+            assert store.tallies(spec.key, 1)[1] == (9, 10)
+        answer(one, spec, 30)
+        one.poll()  # 9 of 10 equal, below 95%: latency and errors pass, equality high: 66.67, fail
+        last = Store(url).audit(spec.key)[-1]
+        assert (last.action, last.figures["metrics"]["equality"]["rate"]) == ("rollback", 90.0)
+        assert "equality: 9 of 10 comparisons equal" in last.reason
+        with Store(url) as store:
+            act(store, spec, "resume", actor="bob", reason="")
+        one.poll()
+        counts.update(equal=19, noise=1, compared=22)  # the resumed step's own: 11 of 12
+        answer(one, spec, 30)
+        one.poll()
+        with Store(url) as store:
+            assert store.tallies(spec.key, 3)[1] == (11, 12)
+    finally:
+        one.stop()
+
+
+def test_a_rule_that_does_not_shadow_counts_no_comparisons(polled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    counts = {"equal": 1, "noise": 0, "compared": 1}
+    spec = cart_rule()
+    url = database_url(tmp_path, {})
+    one = Rollouts([spec], url, lambda rule: dict(counts))
+    try:
+        for n in range(3):
+            answer(one, spec, 5)
+            counts.update(equal=n + 2, compared=n + 2)
+            one.poll()
+        with Store(url) as store:
+            assert store.tallies(spec.key, 1)[1] == (0, 0)
+    finally:
+        one.stop()
+
+
+def test_a_promotion_past_a_last_step_below_100_without_hand_over_keeps_the_share(tmp_path: Path) -> None:
+    spec = cart_rule(steps="[10, 50]", handover=False)
+    with Store(database_url(tmp_path, {})) as store:
+        act(store, spec, "promote", actor="alice", reason="")
+        done = act(store, spec, "promote", actor="alice", reason="")
+    assert (done.status, done.step, done.share, done.owner) == (DONE, 1, 50, None)

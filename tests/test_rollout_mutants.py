@@ -840,6 +840,21 @@ def test_a_rule_that_does_not_shadow_counts_no_comparisons(polled, tmp_path: Pat
         one.stop()
 
 
+def test_a_first_failure_without_a_message_is_said_by_its_type(polled, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    spec = cart_rule()
+    one = polled(spec)
+
+    def fails(*args: object) -> None:
+        raise RuntimeError()
+
+    one.store.states = fails
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        one.poll()
+    assert one.frozen == "RuntimeError"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Rollouts frozen where they are: the database ({one.store.where}) cannot be reached: RuntimeError"]
+
+
 def test_a_promotion_past_a_last_step_below_100_without_hand_over_keeps_the_share(tmp_path: Path) -> None:
     spec = cart_rule(steps="[10, 50]", handover=False)
     with Store(database_url(tmp_path, {})) as store:

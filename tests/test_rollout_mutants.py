@@ -5,6 +5,7 @@ the database, and the migration page's section."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -482,17 +483,20 @@ def test_the_section_says_a_rollout_not_begun_and_one_handed_over(tmp_path: Path
 def test_the_database_is_named_without_its_password_and_made_private(tmp_path: Path) -> None:
     assert Store("postgres://u:secret@db.example/site").where == "PostgreSQL at db.example:5432/site"
     assert Store("postgresql://u:secret@db.example:6543/site").where == "PostgreSQL at db.example:6543/site"
-    store = Store(f"sqlite:///{tmp_path}/new/rollouts.sqlite3?mode=rwc")
-    assert store.where == f"{tmp_path}/new/rollouts.sqlite3?mode=rwc"
+    store = Store(f"sqlite:///{tmp_path}/new/deeper/rollouts.sqlite3?mode=rwc")
+    assert store.where == f"{tmp_path}/new/deeper/rollouts.sqlite3?mode=rwc"
     with store:
-        store.connect()
-        assert store.connect() is store.conn  # one connection, kept
-    assert (tmp_path / "new" / "rollouts.sqlite3").is_file()
-    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+        conn = store.connect()
+        assert store.connect() is conn  # one connection, kept
+    assert (tmp_path / "new" / "deeper" / "rollouts.sqlite3").is_file()
+    assert (tmp_path / "new" / "deeper").stat().st_mode & 0o777 == 0o700
     assert store.conn is None
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        conn.execute("SELECT 1")
 
 
-@pytest.mark.parametrize("url", ["PostgreSQL://u@db/site", " pgsql://u@db/site ", "sqlite:////srv/site.sqlite3"])
+@pytest.mark.parametrize("url", ["PostgreSQL://u@db/site", " pgsql://u@db/site ", "sqlite:////srv/site.sqlite3",
+                                 "sqlite:////srv/a:b.sqlite3"])
 def test_a_database_url_naming_postgresql_or_sqlite_is_the_sites(url: str, tmp_path: Path) -> None:
     assert database_url(tmp_path, {"DATABASE_URL": url}) == url.strip()
 
@@ -618,9 +622,11 @@ def test_a_command_that_races_another_says_to_run_it_again(tmp_path: Path) -> No
     assert [a.actor for a in Store(url).audit(spec.key)] == ["judge", "alice"]
 
 
-def test_the_polling_thread_is_a_named_daemon_that_applies_each_step(polled) -> None:  # type: ignore[no-untyped-def]
+def test_the_polling_thread_is_a_named_daemon_that_applies_each_step(polled,  # type: ignore[no-untyped-def]
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     spec = cart_rule()
     one = polled(spec)
+    caplog.set_level(logging.WARNING, logger="gateway")
     one.start()
     assert one.thread is not None and (one.thread.name, one.thread.daemon) == ("gateway-rollouts", True)
     with Store(one.url) as store:
@@ -630,6 +636,7 @@ def test_the_polling_thread_is_a_named_daemon_that_applies_each_step(polled) -> 
     while one.share(spec) != 50 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert one.share(spec) == 50
+    assert caplog.records == []  # the thread polls on the connection opened before it (no freeze)
     idle = polled(parse_gateway_file('[apps]\nold = "m:a"\n[[route]]\nrule = "/cart"\napp = "old"\n').routes[0])
     idle.start()
     assert idle.thread is None  # no rule has a rollout: nothing to poll

@@ -450,6 +450,8 @@ def test_the_arm_table_gives_each_arms_figures_and_the_shadows_equality() -> Non
         "<tr><td>canary</td><td>0</td><td>-</td><td>-</td><td></td></tr></tbody></table>"
         "<p>Shadow: 0 of 0 comparisons equal on this step.</p>")
     assert rollout_page.arm_table({}, None).endswith("</tbody></table>")
+    slow = rollout_page.arm_table({"baseline": Arm(requests=2, latency={200: 1, 210: 1})}, None)
+    assert "<td>baseline</td><td>2</td><td>0.00%</td><td>296.0 / 456.5 ms</td>" in slow  # to a tenth of a ms
 
 
 def test_a_histograms_bars_are_as_tall_as_their_share_of_the_tallest() -> None:

@@ -33,7 +33,7 @@ class DegradingRedisCache(RedisCache):
 
     Django's ``cached_db`` sessions ignore a failed cache read but not the write that
     follows it: with the cache host gone, the admin answered 500 after 10 s
-    (tests/test_netns.py). django-redis's ``IGNORE_EXCEPTIONS`` would swallow the errors
+    (tests/system/test_netns.py). django-redis's ``IGNORE_EXCEPTIONS`` would swallow the errors
     too, but would try Redis again on every call (each waiting for the socket timeout
     while the host is gone) and would not clear what the cache held from before the
     outage: hence this small backend on Django's own.

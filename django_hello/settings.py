@@ -201,7 +201,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and "DATABASE_
         #   "database is locked" (then DatabaseUnavailableMiddleware's 503). SQLite does not
         #   serve waiters in turn: each polls, and the longer it has waited the less often.
         #   With 16 writers on 2 workers for 30 s, half the writes took under 35 ms but the
-        #   unluckiest waited 4.6 s (tests/test_sqlite_writes.py): the former 2 s failed
+        #   unluckiest waited 4.6 s (tests/system/test_sqlite_writes.py): the former 2 s failed
         #   them. 20 s leaves four times that, and still ends a write stuck behind a dead
         #   lock holder (a stopped process, a forgotten sqlite3 shell) with the 503 before
         #   the deploy files' --graceful-timeout (25 s), gunicorn's worker timeout (30 s) and
@@ -214,7 +214,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     _options.setdefault("connect_timeout", 5)
     # A kept connection (DJANGO_CONN_MAX_AGE) to a database host that vanished: a query, or
     # Django's health check before reuse, would wait for TCP to give up (about 15 minutes;
-    # measured in tests/test_netns.py: pages hung until the link came back). Data
+    # measured in tests/system/test_netns.py: pages hung until the link came back). Data
     # unacknowledged for 2 s breaks the connection instead (OperationalError: a 503), and
     # keepalives find idle connections dead.
     _options.setdefault("tcp_user_timeout", 2000)  # milliseconds
@@ -226,7 +226,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # "options"; 0 turns one off). A network cut inside a view's transaction otherwise left it
     # "idle in transaction" for about two hours, holding its row locks: edits of those rows
     # waited until nginx gave up (504) and were applied later all the same, and a migration
-    # queued behind the lock stalled every read of the table (tests/test_netns.py).
+    # queued behind the lock stalled every read of the table (tests/system/test_netns.py).
     # - idle_in_transaction_session_timeout: the server ends a session whose transaction has
     #   waited this long for its next statement. A view sends its statements back to back, so
     #   only a lost client (or a view that waits on something else inside a transaction) waits
@@ -249,7 +249,7 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # sign-out must reach every host, and the database is the store every host needs anyway to
 # serve a signed-in page. With "cached_db", a host that could not reach Redis deleted the
 # session from the database only, and the hosts that could kept accepting Redis's copy (6
-# requests of 6; tests/test_netns.py). Only a read of the database on each request can see
+# requests of 6; tests/system/test_netns.py). Only a read of the database on each request can see
 # a sign-out made by a host that reaches nothing else. Cost: one primary-key SELECT of
 # django_session per request that reads the session, which cached_db answered from Redis.
 if REDIS_URL := os.environ.get("REDIS_URL"):

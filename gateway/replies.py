@@ -43,6 +43,8 @@ BAD_METHOD = plain(405, "Method Not Allowed.\n", ("Allow", "GET, HEAD, POST, PUT
 BAD_LENGTH = plain(400, "Bad Request: invalid Content-Length.\n", ("Connection", "close"), reason="bad_length")
 BODY_ENDED_EARLY = plain(400, "Bad Request: the request body ended early.\n", ("Connection", "close"),
                          reason="body_ended_early")
+FORM_CUT_SHORT = plain(400, "Bad Request: the multipart form has no closing boundary; it was cut short.\n",
+                       reason="form_cut_short")
 BODY_TIMED_OUT = plain(408, "Request Timeout: the request body stopped arriving.\n", ("Connection", "close"),
                        reason="body_timeout")
 LENGTH_REQUIRED = plain(411, "Length Required: send this request body with a Content-Length.\n",

@@ -11,7 +11,7 @@ figures docs/hardening.md and docs/deploying.md quote, with the same assertions.
 runs them with ``-s``: the figures are printed as they come. The exit status is pytest's.
 
 The benchmarks are in bench/: ``bench/run.py`` (throughput) and ``bench/shadow.py`` (what
-shadow comparison costs), whose test, tests/test_bench_shadow.py, runs it tiny.
+shadow comparison costs), whose test, tests/system/test_bench_shadow.py, runs it tiny.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: name: (the test, what it runs at full size)
 EXPERIMENTS = {
-    "soak": ("tests/test_soak.py",
+    "soak": ("tests/system/test_soak.py",
              "scripts/soak.py at its defaults, 60 s of wrk after a 20 s warm-up (docs/hardening.md, row 18); "
              "about 90 s"),
-    "chaos": ("tests/test_chaos.py",
+    "chaos": ("tests/system/test_chaos.py",
               "slow, truncated and vanishing clients and database stalls under wrk for 16 s (row 37); about 30 s"),
-    "writes": ("tests/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers",
+    "writes": ("tests/system/test_sqlite_writes.py::test_16_concurrent_admin_writers_on_2_workers",
                "16 admin writers for 8 s on uvicorn, Granian and gunicorn, 2 workers each (row 31); about 35 s"),
-    "slow-readers": ("tests/test_slow_clients.py::test_slow_readers_of_large_pages_do_not_freeze_the_gateway",
+    "slow-readers": ("tests/system/test_slow_clients.py::test_slow_readers_of_large_pages_do_not_freeze_the_gateway",
                      "300 clients reading a 5 MiB page at 1 KiB/s (row 40); about 10 s"),
-    "netns": ("tests/test_netns.py",
+    "netns": ("tests/system/test_netns.py",
               "the deployment on six hosts, the database's cable pulled seven times (docs/deploying.md); "
               "about 80 s, as root"),
 }

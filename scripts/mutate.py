@@ -1,6 +1,6 @@
 """Mutation-test one module of gateway/ against the tests named (a development tool).
 
-    .venv/bin/python scripts/mutate.py gateway/core/config.py tests/test_config.py
+    .venv/bin/python scripts/mutate.py gateway/core/config.py tests/unit/test_config.py
     .venv/bin/python -m mutmut results        # the survivors, then: mutmut show NAME
 
 mutmut 3 reads its settings only from ``[tool.mutmut]`` in pyproject.toml, so this sets
@@ -34,7 +34,7 @@ def configured(text: str, module: str, tests: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].endswith(".py") or not (ROOT / argv[0]).is_file():
-        raise SystemExit("usage: scripts/mutate.py gateway/<module>.py tests/test_<x>.py [more tests]")
+        raise SystemExit("usage: scripts/mutate.py gateway/<module>.py tests/<level>/test_<x>.py [more tests]")
     module, tests = argv[0], argv[1:]
     original = PYPROJECT.read_text()
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)

@@ -1,5 +1,6 @@
-"""Runs first: the environment the in-process apps need. The fixtures are in the plugin
-``tests/fixtures.py``, the helpers in ``tests/support.py``."""
+"""Runs first: the environment the in-process apps need, each test's level (``unit``,
+``integration`` or ``system``, by its folder) and the time report. The fixtures are in the
+plugin ``tests/fixtures.py``, the helpers in ``tests/support.py``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -41,20 +43,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ[name] = value
 
 
-# -- The time spent in each tier, printed at the end of a run (.ci/run shows it) -----------
+# -- The levels, and the time spent in each, printed at the end of a run (.ci/run shows it) --
 
-#: The tiers, by marker: a test marked ``soak`` is a load test, else one marked ``server``
-#: starts a subprocess, else it runs in process.
-TIERS = {"soak": "load tests (-m soak)", "server": "server tests (-m 'server and not soak')",
-         "": "tests in process (-m 'not server')"}
+TESTS = Path(__file__).resolve().parent
+#: The levels, by folder; each test gets its level's marker, so ``-m unit`` works as ``tests/unit`` does.
+LEVELS = {"unit": "unit (tests/unit)", "integration": "integration (tests/integration)",
+          "system": "system (tests/system, -m 'not soak')"}
+#: The tiers of the time report: the levels, the load tests (marked ``soak``, in tests/system)
+#: apart, and the files not yet in a level.
+TIERS = {**LEVELS, "soak": "load tests (-m soak)", "": "not in a level (tests/test_*.py)"}
 _spent: dict[str, list[float]] = {}  # tier -> [tests, seconds]
 
 
+def level_of(path: Path) -> str:
+    """``unit``, ``integration`` or ``system`` for a test file in that folder of tests/, else ``""``."""
+    parts = path.resolve().relative_to(TESTS).parts if path.resolve().is_relative_to(TESTS) else ()
+    return parts[0] if len(parts) > 1 and parts[0] in LEVELS else ""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Name each test's tier in its reports (``user_properties`` reach xdist's controller)."""
+    """Mark each test with its level, and name its tier in its reports (``user_properties``
+    reach xdist's controller)."""
     for item in items:
-        marker = next(marker for marker in TIERS if not marker or item.get_closest_marker(marker))
-        item.user_properties.append(("tier", TIERS[marker]))
+        level = level_of(item.path)
+        if level:
+            item.add_marker(level)
+        item.user_properties.append(("tier", TIERS["soak" if item.get_closest_marker("soak") else level]))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

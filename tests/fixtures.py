@@ -1,14 +1,18 @@
 """Fixtures (a pytest plugin, registered by ``tests/conftest.py``): the gateway in process
-(WSGI and ASGI) and as a real server; and the guard that fails a test not marked ``server``
-when it starts a subprocess."""
+(WSGI and ASGI) and as a real server, an admin account of its own; and the guards that fail
+a test not marked ``server`` when it starts a subprocess, and a unit test when it opens a
+socket."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import pytest
 
 from tests.support import (
     GATEWAY,
+    Account,
     PostgresCluster,
     ServerProcess,
     SyncASGIClient,
@@ -38,19 +43,45 @@ def _refuse_subprocesses() -> Iterator[None]:
         yield
 
 
-# The guard wraps the setup and call phases rather than being an autouse fixture: a function-scoped
+@contextlib.contextmanager
+def _refuse_sockets() -> Iterator[None]:
+    """Make connecting or binding a socket fail the test (a unit test opens none; asyncio's
+    own socket pair is made without either)."""
+
+    def refuse(self: socket.socket, address: object, *rest: object) -> None:
+        __tracebackhide__ = True
+        pytest.fail(f"this unit test opens a socket ({address!r}): move it to tests/integration or tests/system")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("connect", "connect_ex", "bind"):
+            patch.setattr(socket.socket, name, refuse)
+        yield
+
+
+@contextlib.contextmanager
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """A test not marked ``server`` starts no subprocess; a unit test opens no socket either."""
+    with contextlib.ExitStack() as stack:
+        if not item.get_closest_marker("server"):
+            stack.enter_context(_refuse_subprocesses())
+        if item.get_closest_marker("unit"):
+            stack.enter_context(_refuse_sockets())
+        yield
+
+
+# The guards wrap the setup and call phases rather than being an autouse fixture: a function-scoped
 # fixture runs after the session- and module-scoped ones (gateway_server, postgres, ...), so it
 # would miss the subprocesses they start. Teardown is left alone: a session fixture that runs a
 # command to stop (postgres) is torn down after whichever test happens to be its last user.
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+    with _guarded(item):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with contextlib.nullcontext() if item.get_closest_marker("server") else _refuse_subprocesses():
+    with _guarded(item):
         return (yield)
 
 
@@ -175,3 +206,26 @@ def postgres() -> Iterator[PostgresCluster]:
     with contextlib.suppress(subprocess.CalledProcessError):  # a test may have stopped it
         cluster.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fast_hashes(table) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Django's MD5 hasher, as Django advises for tests (PBKDF2 takes about 0.3 s a password here)."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
+@pytest.fixture
+def account(fast_hashes: None) -> Iterator[Account]:
+    """A superuser of its own; its users, attempts and access logs are removed afterwards."""
+    from axes.models import AccessAttempt, AccessLog
+    from django.contrib.auth import get_user_model
+
+    user = Account(f"admin-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(16))
+    get_user_model().objects.create_superuser(user.username, f"{user.username}@example.com", user.password)
+    yield user
+    get_user_model().objects.filter(username=user.username).delete()
+    AccessAttempt.objects.filter(username=user.username).delete()
+    AccessLog.objects.filter(username=user.username).delete()

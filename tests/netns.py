@@ -1,4 +1,4 @@
-"""Hosts made of Linux network namespaces, for ``tests/test_netns.py``.
+"""Hosts made of Linux network namespaces, for ``tests/system/test_netns.py``.
 
 A :class:`Lan` is a bridge in a namespace of its own (the switch) and one namespace per
 host, each joined to the bridge by a veth pair whose host end is ``eth0``, with an
@@ -310,7 +310,7 @@ class Lan:
         self.close()
 
 
-# --- What the multi-host tests share (tests/test_netns.py, tests/test_rollout_netns.py) ---
+# --- What the multi-host tests share (tests/system/test_netns.py, tests/system/test_rollout_netns.py) ---
 
 DEPLOY = ROOT / "deploy"
 INSTANCES = {"app1": 8001, "app2": 8002}  # deploy/nginx.conf's upstream ports, each on a host of its own

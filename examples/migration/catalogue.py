@@ -40,8 +40,17 @@ class Line:
         return self.item.price * self.quantity
 
 
+def parse_item_id(text: str) -> int | None:
+    """The item a form's or a cart's key names, or None: ASCII digits only, and few of them
+    (``"²".isdigit()`` is true but ``int("²")`` raises, and ``int()`` refuses 4,301 digits)."""
+    if text.isascii() and text.isdigit() and len(text) <= 9 and int(text) in ITEMS:
+        return int(text)
+    return None
+
+
 def cart_lines(cart: Mapping[str, int]) -> tuple[list[Line], Decimal]:
     """The lines of a cart (``{"item id": quantity}``, as the legacy session keeps it) and its total."""
-    lines = [Line(ITEMS[int(key)], quantity) for key, quantity in sorted(cart.items(), key=lambda kv: int(kv[0]))
-             if key.isdigit() and int(key) in ITEMS and isinstance(quantity, int) and quantity > 0]
+    wanted = [(key, quantity) for key, quantity in cart.items()
+              if isinstance(key, str) and parse_item_id(key) is not None and isinstance(quantity, int) and quantity > 0]
+    lines = [Line(ITEMS[int(key)], quantity) for key, quantity in sorted(wanted, key=lambda kv: int(kv[0]))]
     return lines, sum((line.total for line in lines), Decimal("0"))

@@ -96,7 +96,9 @@ class ASGIGateway:
         self.readiness = ReadinessProbe(self.pipeline, self.probed, config.ready_timeout)
         self.lifespans = Lifespans(table)
         self.forwarded = bool(config.trusted_proxies)
-        self.reloads: set[asyncio.Task[None]] = set()  # a SIGHUP's, held until it is done
+        self.reloads: set[asyncio.Task[None]] = set()  # the SIGHUPs' one task, held until it is done
+        #: SIGHUPs received, and the last whose file a reload has read (:meth:`on_sighup`).
+        self.reloads_asked = self.reloads_read = 0
 
     def head(self, scope: Scope) -> Head:
         """Read the request head the pipeline needs from ``scope``."""
@@ -316,18 +318,34 @@ class ASGIGateway:
         if loaded is not None:
             self.use_rules(*loaded)
 
+    def on_sighup(self) -> None:
+        """On the loop, at each ``SIGHUP``: reload, one reload at a time, the last signal's file winning.
+
+        Each reload once ran in a thread of its own: a slow one (a file importing a
+        large app) finished after a later, quick one and put the older file's rules back.
+        Now one task reads the file; a signal that comes while it reads makes it read
+        the file again, and only a reading that no later signal overtook is served.
+        """
+        self.reloads_asked += 1
+        if not self.reloads:
+            task = asyncio.get_running_loop().create_task(self.reload_until_current())
+            self.reloads.add(task)
+            task.add_done_callback(self.reloads.discard)
+
+    async def reload_until_current(self) -> None:
+        """Read the file until a reading starts after the last ``SIGHUP``; serve that one."""
+        while self.reloads_read < self.reloads_asked:
+            asked = self.reloads_asked
+            loaded = await asyncio.to_thread(self.load_rules)
+            self.reloads_read = asked
+            if loaded is not None and self.reloads_asked == asked:
+                self.use_rules(*loaded)
+
     def reload_on_sighup(self) -> None:
         """At start-up, in the main thread: re-read the route rules on ``SIGHUP``."""
         if self.config.config_file is None or threading.current_thread() is not threading.main_thread():
             return
-        loop = asyncio.get_running_loop()
-
-        def on_sighup() -> None:
-            task = loop.create_task(self.reload_later())
-            self.reloads.add(task)
-            task.add_done_callback(self.reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup)
 
     async def probe_asgi_mounts(self) -> dict[str, str]:
         """``/readyz``'s check of each ASGI app it checks, on the loop (their readiness is theirs)."""

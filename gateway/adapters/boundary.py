@@ -13,6 +13,9 @@ left happens while the app runs:
   limit gets a 413; one shorter than its ``Content-Length``, a 400: the app never sees a
   short body as a whole one. A streaming mount's app reads as the body arrives, and a
   short body raises :class:`gateway.adapters.bridge.ClientDisconnected` in its read;
+- a Django mount's ``multipart/form-data`` body, held whole, that lacks its closing
+  boundary gets a 400 (:func:`cut_form`): Django keeps the fields before the cut and
+  drops the rest, so a form cut short was saved as whole;
 - an ASGI app's body past the limit ends, for the app, in ``http.disconnect``;
 - the response headers are completed by :meth:`gateway.core.pipeline.Pipeline.complete`
   (cookies scoped to the mount, security headers, request ID, draining), for a WSGI app
@@ -25,17 +28,26 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import ClosingIterator, LimitedStream
 
 from gateway.adapters.bridge import ClientDisconnected, build_environ
 from gateway.core.pipeline import ENVIRON_KEY, Decision, Pipeline, Request, without_cookie
 from gateway.migration.shadow import Capture
-from gateway.replies import BODY_ENDED_EARLY, BODY_TIMED_OUT, LENGTH_REQUIRED, NO_SPACE, Reply, too_large
+from gateway.replies import (
+    BODY_ENDED_EARLY,
+    BODY_TIMED_OUT,
+    FORM_CUT_SHORT,
+    LENGTH_REQUIRED,
+    NO_SPACE,
+    Reply,
+    too_large,
+)
 from gateway.types import ASGIApp, Environ, Message, Receive, Scope, Send, StartResponse, WSGIApp
 
 #: Bodies up to this size stay in memory; longer ones go to a temporary file (nginx's
@@ -115,6 +127,10 @@ class WSGIBoundary:
             spool = self.take_body(environ, request)
             if isinstance(spool, Reply):
                 return wsgi_reply(self.pipeline, spool, decision, start_response)
+        if (spool is not None or request.body_read) and (refusal := self.refuse_form(environ, decision)) is not None:
+            if spool is not None:
+                spool.close()
+            return wsgi_reply(self.pipeline, refusal, decision, start_response)
         complete = self.pipeline.complete
         if decision.shadow is not None:
             return self.captured(environ, start_response, request, spool)
@@ -126,6 +142,16 @@ class WSGIBoundary:
         result = self.app(environ, start_completed)
         # Closing the response also closes the collected body.
         return result if spool is None else ClosingIterator(result, spool.close)
+
+    def refuse_form(self, environ: Environ, decision: Decision) -> Reply | None:
+        """The refusal of a form held whole that its app would take wrongly, or None: one
+        cut before its closing boundary, to Django (:func:`cut_form`); one whose files the
+        disk has no room to copy (:func:`no_room_for_its_files`)."""
+        if decision.mount is not None and decision.mount.prefix in self.pipeline.django and cut_form(environ):
+            logger.warning("A multipart form to %s had no closing boundary (cut short); answered 400.",
+                           decision.mount_label)
+            return FORM_CUT_SHORT
+        return no_room_for_its_files(environ)
 
     def take_body(self, environ: Environ, request: Request) -> Any:
         """Read the request body whole before the app runs, as the decision says: return the
@@ -223,6 +249,73 @@ def no_space(error: OSError, size: int) -> Reply:
     logger.error("A request body could not be stored (%s, after %d bytes, in %s): answered 503. Free space there, "
                  "or point TMPDIR at a disk with room.", error.strerror or error, size, tempfile.gettempdir())
     return NO_SPACE
+
+
+#: The least a form's file must be for a framework to copy it to disk: Werkzeug's 500 KiB
+#: (its parser's ``SpooledTemporaryFile``); Django's is more (2.5 MB).
+FORM_IN_MEMORY = 500 * 1024
+
+
+def no_room_for_its_files(environ: Environ) -> Reply | None:
+    """A 503 (as :func:`no_space` answers) for a ``multipart/form-data`` body, held whole,
+    that the temporary files' disk has no room to copy; else None.
+
+    The frameworks copy a form's files there once more as they parse it (Werkzeug each
+    file over 500 KiB, Django each over ``FILE_UPLOAD_MAX_MEMORY_SIZE``, 2.5 MB): with room
+    for the gateway's copy and not for theirs, the disk filled inside the app, a 500 and a
+    traceback. A form of :data:`FORM_IN_MEMORY` or less is not checked: no file of it
+    goes to disk again.
+    """
+    length = environ.get("CONTENT_LENGTH") or ""
+    if (not length.isdigit() or int(length) <= FORM_IN_MEMORY
+            or environ.get("CONTENT_TYPE", "")[:19].lower() != "multipart/form-data"):
+        return None
+    folder = tempfile.gettempdir()
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None  # the app will find out, as before
+    free = stats.f_bavail * stats.f_frsize
+    if free >= int(length):
+        return None
+    logger.error("A form of %s bytes came whose files its app copies to %s, which has %d bytes free: answered 503. "
+                 "Free space there, or point TMPDIR at a disk with room.", length, folder, free)
+    return NO_SPACE
+
+
+#: How much of a form's end :func:`cut_form` reads for its closing boundary: a browser's
+#: form ends with it; an epilogue longer than this is taken for a form cut short.
+FORM_TAIL = 64 * 1024
+
+
+def cut_form(environ: Environ) -> bool:
+    """Whether a ``multipart/form-data`` body, held whole in ``wsgi.input``, lacks its
+    closing boundary (``--boundary--``) after its last part.
+
+    Django's parser keeps every field before the end of such a body and drops the part
+    the end cut (a file, the fields after it): its view then saved what was left as the
+    whole form. Werkzeug's parser keeps none of it. A body without a boundary parameter,
+    or with no delimiter at all (no part to keep), is left to the app.
+    """
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type[:19].lower() != "multipart/form-data":
+        return False
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
+        return False
+    stream = environ["wsgi.input"]
+    start = stream.tell()
+    head: bytes = stream.read(FORM_TAIL)
+    stream.seek(0, io.SEEK_END)
+    end = stream.tell()
+    stream.seek(max(start, end - FORM_TAIL))
+    tail: bytes = stream.read(FORM_TAIL)
+    stream.seek(start)
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    last = tail.rfind(delimiter)
+    if last < 0:  # no part at the end; cut unless the body has none at all (a form of no fields)
+        return delimiter in head
+    return tail[last + len(delimiter):last + len(delimiter) + 2] != b"--"
 
 
 def collect_body(environ: Environ, limit: int) -> Any:

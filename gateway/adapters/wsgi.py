@@ -27,7 +27,7 @@ from gateway.adapters.boundary import WSGIBoundary, enter, wsgi_reply
 from gateway.adapters.health import ReadinessProbe
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request
+from gateway.core.pipeline import ENVIRON_KEY, Body, Head, Pipeline, Request, valid_port
 from gateway.replies import Reply
 from gateway.types import Environ, StartResponse, WSGIApp
 
@@ -76,6 +76,8 @@ class WSGIGateway:
             for name, key in _FORWARDED:
                 if (value := get(key)) is not None:
                     forwarded[name] = value
+        # gunicorn takes SERVER_PORT from the client's Host header: "\xb2" (a "²", whose
+        # isdigit() is true) or 5,000 digits made int() raise, a 500.
         port = get("SERVER_PORT", "")
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
         length, content_type = get("CONTENT_LENGTH") or None, get("CONTENT_TYPE")
@@ -85,7 +87,7 @@ class WSGIGateway:
         return Head.of(
             method=get("REQUEST_METHOD", "GET"), root_path=get("SCRIPT_NAME", ""), path=get("PATH_INFO", ""),
             query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
-            server=(get("SERVER_NAME", ""), int(port) if port.isdigit() else None), client=get("REMOTE_ADDR"),
+            server=(get("SERVER_NAME", ""), valid_port(port)), client=get("REMOTE_ADDR"),
             request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size, header_nul=nul,
             body=Body(length, content_type, chunked) if length or content_type or chunked else None,
             http_version=protocol[5:] if protocol[:5] == "HTTP/" else "1.1",
@@ -241,7 +243,7 @@ class StartFirst:
     PEP 3333 lets an app call ``start_response`` lazily, as it yields its first chunk: a
     generator view does, and a2wsgi does for every ASGI app it wraps. Granian's WSGI
     interface (2.x) then sends ``200`` and none of the headers, whatever the app said: no
-    Location, Set-Cookie or Content-Type reached the client (tests/test_your_apps.py
+    Location, Set-Cookie or Content-Type reached the client (tests/integration/test_your_apps.py
     found it; emmett-framework/granian#845, closed as not planned). Wrapped in this, an
     app's first chunk is drawn here, which calls ``start_response``, and handed back
     first. ``gateway serve --server granian`` runs Granian's ASGI interface, where the

@@ -108,8 +108,9 @@ _PLAIN_HEADERS = frozenset(
     for spelled in (name, name.lower(), name.lower().encode("latin-1")))
 _TOKEN = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 # A host name of labels (no empty one: "a..b", ".a" and "a.." are refused) with at most one
-# trailing dot, the root's, which Django drops; or a bracketed IPv6 address.
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?)(?::(\d{1,5}))?")
+# trailing dot, the root's, which Django drops; or a bracketed IPv6 address. A port of ASCII
+# digits: Django reads no other (r"\d" takes any script's).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+\.?)(?::([0-9]{1,5}))?")
 # Characters a cookie path may carry unquoted, less ";" and "," that would end an attribute.
 _COOKIE_PATH_SAFE = "/:@!$&'()*+=-._~"
 
@@ -191,7 +192,7 @@ class Head(_HeadFields):
         """The same constructor, as a plain function: what the hot path uses. A class called
         with keywords packs them into a dict first (CPython 3.11's ``type_call``), and a
         classmethod binds the class on every call: 5,600 instructions a Head that way,
-        4,900 this way (callgrind). ``tests/test_pipeline.py`` holds its signature to
+        4,900 this way (callgrind). ``tests/unit/test_pipeline.py`` holds its signature to
         :meth:`__new__`'s."""
         return _tuple_new(Head, (method, root_path, path, query, host, scheme, server, client, request_id,
                                  forwarded, header_size, header_nul, body, http_version, fetch))
@@ -1042,10 +1043,10 @@ class Pipeline:
         session on the apps that trust them (session fixation): a rule's app sets its
         cookies for the whole site, and the shared session is the whole site's. Deleting
         one (an empty value) stays allowed: a Flask sign-out deletes the shared session's.
+        The name is the one the cookie comes back under (:func:`returned_name`).
         """
-        name, _, rest = cookie.lstrip().partition("=")
-        name = name.strip()
-        if (name in self.reserved and rest.partition(";")[0].strip() not in ("", '""')  # a deletion fixes nothing
+        name, deletion = returned_name(cookie)
+        if (name in self.reserved and not deletion
                 and (name == CANARY_COOKIE or decision.mount is None or decision.mount.prefix not in self.django)):
             self.refuse_cookie(name, decision)
             return None
@@ -1093,6 +1094,25 @@ class Pipeline:
             target = target.encode("unicode_escape").decode("ascii")
         access.put((time.time(), decision.request_id, decision.client or "-", head.method, target, request.protocol,
                     request.status, request.size, duration, decision.mount_label))
+
+
+def returned_name(cookie: str) -> tuple[str, bool]:
+    """The name a ``Set-Cookie`` value comes back under in the ``Cookie`` header, and
+    whether it deletes that cookie (an empty value).
+
+    As browsers read it (RFC 6265, 5.2): the name and value are what comes before the
+    first ``;``, split at the first ``=``. A cookie with no name (``=sessionid=x``, or
+    ``sessionid`` with no ``=``) is kept, and sent back as its value alone,
+    ``sessionid=x``, which Django and Werkzeug read as a ``sessionid`` cookie: that is its
+    name here, and it deletes nothing (the cookie it names stays beside it).
+    """
+    pair = cookie.partition(";")[0]
+    name, equals, value = pair.partition("=")
+    name = name.strip()
+    if equals and name:
+        return name, value.strip() in ("", '""')
+    returned, _, value = (value if equals else pair).partition("=")
+    return returned.strip(), False
 
 
 def scope_cookie(value: str, path: str, root: str = "") -> str:

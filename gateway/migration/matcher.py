@@ -44,7 +44,7 @@ first character, Django's ``.+`` none), and ``uuid`` only lower-case hex (Django
 
 It reads Werkzeug's state machine (``Map._matcher``), which is not public; with a
 Werkzeug that has none, :func:`compile_map` returns None and every path goes to Werkzeug.
-tests/test_matcher.py checks the two agree on generated rule tables and paths.
+tests/unit/test_matcher.py checks the two agree on generated rule tables and paths.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from gateway.methods import method_label
 from gateway.migration.judge import FAIL, MARGINAL, PASS, Arm, bucket, judge
 from gateway.migration.rollout_spec import RolloutSpec
 from gateway.migration.rollout_store import BASELINE, CANARY, DONE, PAUSED, ROLLED_BACK, RUNNING, State, Store
@@ -91,7 +92,9 @@ class _Count:
 class Visits:
     """Requests per minute, app, method and path, as this instance served them through the
     route rules: what ``gateway progress`` maps onto each app's routes. At most
-    :data:`PATHS` paths a minute: the others count as ``*``."""
+    :data:`PATHS` paths a minute: the others count as ``*``. A method that is not
+    HTTP's counts as ``_OTHER`` (:func:`gateway.methods.method_label`): a client chooses it,
+    and each one of its own was a count, and a row in the site's database, of its own."""
 
     PATHS = 2000
     LONGEST = 300
@@ -106,6 +109,7 @@ class Visits:
         """Count one request (on the event loop too: a few dictionary operations, no lock:
         see :meth:`Rollouts.record`)."""
         minute = int(time.time() // 60)
+        method = method_label(method)
         if minute != self.minute:
             self.minute, self.paths = minute, 0
         key = (minute, app, method, path)

@@ -30,7 +30,10 @@ directory, which ``gateway diff`` summarises.
 What a replay may not do:
 
 - **Carry the client's credentials**, unless the rule says ``credentials = true``. The
-  ``Cookie``, ``Authorization`` and ``Proxy-Authorization`` headers are left out of both
+  ``Cookie``, ``Authorization`` and ``Proxy-Authorization`` headers, any other header
+  whose name says key, token, auth, secret, session, password, signature, credential or
+  JWT (``X-Api-Key``), and query parameters whose names say so (``?api_key=``,
+  ``?access_token=``, ``?key=``, ``?sig=``, ``?code=``) are left out of both
   replays, so a candidate never acts as the signed-in user. A request that came with any
   of them is then replayed twice on the primary, without them, and the candidate is
   compared with the first of those replays (the client's own answer was a signed-in page,
@@ -76,6 +79,17 @@ DEFAULT_TIMEOUT = 5.0
 MAX_STUCK = 4
 #: The request headers that carry a client's credentials: not replayed unless a rule says so.
 CREDENTIALS = ("HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION")
+#: What else marks a credential: a word of a header's name (``X-Api-Key``, ``X-Auth-Token``,
+#: ``X-Amz-Security-Token``, ``X-CSRFToken``) or of a query parameter's (``api_key``,
+#: ``access_token``, ``X-Amz-Signature``, ``sig``, ``code``: an OAuth code), the words split
+#: at what is not a letter or a digit. Left out of both replays, as the headers above.
+_SECRET_WORDS = frozenset({
+    "KEY", "APIKEY", "ACCESSKEY", "TOKEN", "ACCESSTOKEN", "CSRFTOKEN", "XSRFTOKEN", "AUTH", "AUTHORIZATION",
+    "SECRET", "SESSION", "SESSIONID", "SID", "PASSWORD", "PASSWD", "PWD", "SIGNATURE", "SIG", "CREDENTIAL",
+    "CREDENTIALS", "JWT", "CODE"})
+_WORD = re.compile(r"[A-Z0-9]+")
+#: The environ's copies of the whole target, query included (gunicorn's RAW_URI, others').
+_TARGETS = ("RAW_URI", "REQUEST_URI")
 #: Seconds between two log lines of one rule and kind of failure.
 LOG_EVERY = 60.0
 
@@ -176,7 +190,9 @@ def scope_of(environ: Environ) -> dict[str, Any]:
         "method": environ.get("REQUEST_METHOD", "GET"), "scheme": environ.get("wsgi.url_scheme", "http"),
         "path": path, "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
         "root_path": root, "headers": headers,
-        "server": (environ.get("SERVER_NAME", "localhost"), int(port) if port.isdigit() else None),
+        # ASCII digits, five at most: gunicorn copies the port from the client's Host header.
+        "server": (environ.get("SERVER_NAME", "localhost"),
+                   int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else None),
         "client": (client, int(environ.get("REMOTE_PORT") or 0)) if client else None,
     }
 
@@ -185,11 +201,44 @@ class TooLarge(Exception):
     """An answer over :data:`MAX_BODY`: not compared."""
 
 
+def _secret_name(name: str) -> bool:
+    return not _SECRET_WORDS.isdisjoint(_WORD.findall(name.upper()))
+
+
+def is_credential(key: str) -> bool:
+    """Whether the environ's ``key`` is a request header that carries a credential."""
+    return key in CREDENTIALS or (key.startswith("HTTP_") and _secret_name(key[5:]))
+
+
+def _secret_parameter(pair: str) -> bool:
+    from urllib.parse import unquote_plus
+
+    return _secret_name(unquote_plus(pair.partition("=")[0]))
+
+
+def without_credentials(query: str) -> str:
+    """A query string without the parameters that carry credentials (the others as they were)."""
+    return "&".join(pair for pair in query.split("&") if not _secret_parameter(pair))
+
+
+def carries_credentials(environ: Environ) -> bool:
+    """Whether the request came with a credential, in a header or in its query."""
+    return any(is_credential(key) for key in environ) or without_credentials(
+        environ.get("QUERY_STRING", "")) != environ.get("QUERY_STRING", "")
+
+
 def fresh(environ: Environ, credentials: bool = True) -> Environ:
     """A copy of a request's environ to replay it: the framework's own keys dropped, no body,
-    and without the client's credentials (:data:`CREDENTIALS`) unless ``credentials``."""
+    and without the client's credentials (:func:`is_credential`, :func:`without_credentials`)
+    unless ``credentials``."""
     copy = {k: v for k, v in environ.items()
-            if (k.isupper() or k.startswith("wsgi.")) and (credentials or k not in CREDENTIALS)}
+            if (k.isupper() or k.startswith("wsgi.")) and (credentials or not is_credential(k))}
+    if not credentials and (query := copy.get("QUERY_STRING")):
+        kept = without_credentials(query)
+        if kept != query:
+            copy["QUERY_STRING"] = kept
+            for key in _TARGETS:
+                copy.pop(key, None)
     copy["wsgi.input"] = io.BytesIO(b"")
     copy["wsgi.errors"] = environ.get("wsgi.errors")
     return copy
@@ -530,7 +579,7 @@ class Capture:
         self.rule = rule
         self.environ = fresh(environ, credentials)
         #: The client's credentials were left out, so the client's own answer cannot be compared.
-        self.anonymous = not credentials and any(name in environ for name in CREDENTIALS)
+        self.anonymous = not credentials and carries_credentials(environ)
         self.apps = apps
         self.compared = compared
         self.status: int | None = None

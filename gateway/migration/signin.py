@@ -120,7 +120,9 @@ def same_site_request() -> bool:
         return origin == f"{request.scheme}://{request.host}"
     token = request.form.get(TOKEN_FIELD, "") if request.mimetype in (
         "application/x-www-form-urlencoded", "multipart/form-data") else ""
-    return bool(token) and hmac.compare_digest(token, signout_token())
+    # As bytes: compare_digest refuses str with characters outside ASCII (a TypeError, a
+    # 500), and a client chooses the token.
+    return bool(token) and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), signout_token().encode())
 
 
 def sign_out(response: Response) -> Response:

@@ -154,7 +154,7 @@ class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: a ``StreamHandler`` that also takes entries in batches.
 
     :meth:`write_entries` writes exactly what formatting each entry's record with the
-    text or JSON formatter of :func:`logging_config` would (``tests/test_logs.py`` holds
+    text or JSON formatter of :func:`logging_config` would (``tests/integration/test_logs.py`` holds
     the two equal), without making the records, with one ``strftime`` a second and one
     write a batch. With any other formatter it makes the records, as any handler would.
     """

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway import __version__
+from gateway.methods import OTHER, method_label
 
 EXTRA = ('install the "tracing" extra: pip install "flask-django-gateway[tracing]" '
          '(from a clone: pip install ".[tracing]")')
@@ -119,14 +120,18 @@ class Tracing:
         parent = self.propagate.extract(head.fetch or _no_headers, getter=self.getter)  # type: ignore[arg-type]
         label = decision.mount_label
         path = decision.script_name + decision.path_info
-        attributes = {"http.request.method": head.method, "url.path": path.encode("latin-1").decode("utf-8",
-                                                                                                   "replace"),
+        method = method_label(head.method)
+        attributes = {"http.request.method": method, "url.path": path.encode("latin-1").decode("utf-8",
+                                                                                               "replace"),
                       "url.scheme": decision.scheme, "gateway.mount": label, "gateway.request_id": decision.request_id}
+        if method != head.method:  # a method not HTTP's, or in lower case: as it came
+            attributes["http.request.method_original"] = head.method
         if decision.client is not None:
             attributes["client.address"] = decision.client
         if decision.host is not None:
             attributes["server.address"] = decision.host
-        span = self.tracer.start_span(f"{head.method} {label}" if decision.mount is not None else head.method,
+        named = "HTTP" if method == OTHER else method  # OpenTelemetry's name for a method it does not know
+        span = self.tracer.start_span(f"{named} {label}" if decision.mount is not None else named,
                                       context=parent, kind=self.kind, attributes=attributes,
                                       start_time=time.time_ns() - int((time.perf_counter() - request.started) * 1e9))
         current = self.trace.set_span_in_context(span, parent)

@@ -67,6 +67,7 @@ from gateway.serve.runners import (
     free_unix_path,
     listen,
     listen_unix,
+    raise_open_files_limit,
     reload_dirs,
     run_granian,
     run_uvicorn,
@@ -259,6 +260,7 @@ def serve(
     ))
     log_config = logging_config(log_level, config.log_format, config.access_log)
     logging.config.dictConfig(log_config)
+    raise_open_files_limit()  # before any socket, worker or Granian's process
     # uvicorn: bind here, first, so that the banner names the port (--port 0 lets the
     # kernel pick one) and a port or socket in use is one line before anything is imported.
     sock = None

@@ -11,8 +11,8 @@ one line and starts no new worker, so the old ones keep serving the rules they h
 
 This reaches into two things gunicorn 23-27 does in ``Arbiter.reload`` (it spawns
 ``workers`` new ones, then waits until every worker is newer than the last it had),
-which no public hook can stop: ``tests/test_gunicorn.py`` holds it to gunicorn's
-behaviour.
+which no public hook can stop: ``tests/system/test_gunicorn_servers.py`` holds it to
+gunicorn's behaviour.
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ def problem_with_configuration() -> str | None:
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else f"`gateway routes` exited with status {done.returncode}"
     return last.removeprefix("gateway: error: ").removeprefix("Error: ").rstrip(".")
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn's hook, run by the master before it binds: the open-files limit raised to
+    the hard limit, as ``gateway serve`` does (each client is a file)."""
+    from gateway.serve.runners import raise_open_files_limit
+
+    raise_open_files_limit()
 
 
 def on_reload(server: Any) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import functools
 import importlib.util
 import logging
 import multiprocessing.connection
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -48,6 +48,33 @@ GRANIAN_BUFFER = 32 * 1024
 
 class ServerError(RuntimeError):
     """The server cannot start; the message is one full sentence."""
+
+
+#: The most open files asked for when the hard limit is unlimited (Linux's default
+#: ``fs.nr_open``: a soft limit above it is refused).
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; return the limit.
+
+    Each client's connection is a file, and so is each body or response spooled to disk.
+    Many systems start services with a soft limit of 1,024 (or less) under a hard one of
+    thousands: past it, accept() fails with EMFILE, and uvicorn logs an error a connection
+    while new clients wait. Neither uvicorn, Granian nor gunicorn raises it; nginx has
+    ``worker_rlimit_nofile`` for it. Workers inherit the limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:  # a container that forbids it: say so, serve on
+            logging.getLogger("gateway").warning(
+                "The limit of open files stays at %d (raising it to %d failed: %s); each client takes one.",
+                soft, wanted, exc)
+    return soft
 
 
 def check_port(host: str, port: int) -> None:
@@ -234,7 +261,7 @@ def run_uvicorn(config: Config, app: object = None, *, log_config: dict[str, Any
     # uvicorn's supervisor takes no server: each worker runs uvicorn's own Server, so what
     # the gateway's workers do differently lives in the config (WorkerConfig) and in the
     # protocol it names (gateway.serve.protocol), such as answering at shutdown.
-    supervisor = Multiprocess(worker_config, sockets=[sock])
+    supervisor = GatewaySupervisor(worker_config, sockets=[sock])
     close_before(sock, signal.SIGTERM, signal.SIGINT)
     try:
         supervisor.run()
@@ -300,16 +327,53 @@ class WorkerConfig(TimedConfig):
             from gateway.serve.builder import build
 
             try:
-                # SIGHUP restarts the workers (uvicorn's supervisor): each new one reads the
-                # gateway.toml again; one that cannot start leaves the old worker serving.
-                gateway = self.gateway.with_file(self.gateway.config_file) if self.gateway.config_file else self.gateway
-                self.app = build(gateway, "asgi")
+                # From the configuration the supervisor last accepted (GatewaySupervisor), not
+                # the file as it is now: a worker that replaces one that died serves what the
+                # others serve, even after the file changed, or became one that cannot work.
+                self.app = build(self.gateway, "asgi")
             except Exception as exc:
                 # One line, and the exit code that makes uvicorn's supervisor stop
                 # instead of starting this worker again (and again).
                 logging.getLogger("gateway").error("Worker %d cannot start: %s", os.getpid(), why_not_built(exc))
                 sys.exit(STARTUP_FAILURE)
         super().load()
+
+
+class GatewaySupervisor(Multiprocess):
+    """uvicorn's supervisor of ``--workers``, whose workers all build from the configuration
+    it last accepted (:class:`WorkerConfig`'s ``gateway``).
+
+    On ``SIGHUP`` it reads the ``gateway.toml`` once, here, and hands that to the new
+    workers of uvicorn's rolling restart; a file that cannot be read is one line, and
+    starts no worker. Before, every worker read the file as it started, a worker that
+    replaced one that died too: after a reload refused a file (or with a file edited and
+    not yet reloaded), that worker failed to start, and uvicorn's supervisor then stopped
+    the whole server (its ``STARTUP_FAILURE``), or it served other rules than the rest.
+    SIGHUPs that come together are one reload: uvicorn's supervisor handled each in turn,
+    a rolling restart each (24 of them for 24 signals).
+    """
+
+    def handle_hup(self) -> None:
+        if signal.SIGHUP in self.signal_queue:  # a later SIGHUP, queued already, reads the file then: one restart
+            return
+        worker_config = self.config
+        assert isinstance(worker_config, WorkerConfig)
+        accepted = worker_config.gateway
+        if accepted.config_file is None:
+            super().handle_hup()
+            return
+        try:
+            fresh = accepted.with_file(accepted.config_file)
+        except ValueError as exc:
+            logging.getLogger("gateway").error(
+                "The configuration was not reloaded: %s; the workers keep serving what they had.",
+                str(exc).rstrip("."))
+            return
+        first = self.processes[0] if self.processes else None
+        worker_config.gateway = fresh
+        super().handle_hup()
+        if first is not None and self.processes[0] is first:  # its first new worker did not start
+            worker_config.gateway = accepted
 
 
 def why_not_built(exc: BaseException) -> str:
@@ -325,8 +389,8 @@ CHECK_TIMEOUT = 120
 
 
 def problem_building(config: Config) -> str | None:
-    """What stops a new worker from building the gateway from ``config`` and the
-    gateway.toml as it is now, in one line, or None if it builds.
+    """What stops a new worker from building the gateway from ``config`` (its gateway.toml
+    read already), in one line, or None if it builds.
 
     Built in a process of its own, started as Granian 2.8 starts its workers (Python's
     default start method, ``fork`` on Linux, else ``spawn``), so that the server's main
@@ -368,15 +432,24 @@ def _try_building(config: Config, sender: Any) -> None:
 
 
 def load_asgi_gateway(config: Config, target: str = ASGI_TARGET, *, root_path: str = "") -> Any:
-    """Build the ASGI gateway from ``config`` in a Granian worker (its ``target_loader``).
-
-    Granian passes its target string too; the gateway is built from ``config`` alone.
-    """
+    """Build the ASGI gateway from ``config`` (its ``gateway.toml`` read already) in a
+    Granian worker. Granian passes its target string too; the gateway is built from
+    ``config`` alone."""
     from gateway.serve.builder import build
 
-    # Each worker reads the gateway.toml afresh, as uvicorn's do: a restart takes its changes.
-    config = config.with_file(config.config_file) if config.config_file else config
     return GranianScope(build(config, "asgi"), root_path=root_path)
+
+
+class WorkerLoader:
+    """Granian's ``target_loader``: each new worker builds the gateway from :attr:`config`,
+    the configuration the main process last accepted (:func:`granian_class`), never from
+    the file as it is when the worker starts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __call__(self, target: str = ASGI_TARGET) -> Any:
+        return load_asgi_gateway(self.config, target, root_path=self.config.server.root_path)
 
 
 class GranianScope:
@@ -429,8 +502,14 @@ def granian_class(config: Config) -> Any:
     """Granian's server class (it imports Granian), with two things of the gateway's own,
     for the main process that calls this:
 
+    - **One configuration for every worker.** The main process reads the gateway.toml on
+      ``SIGHUP``, once; the check below and every worker started after it build from that
+      reading (:class:`WorkerLoader`), a worker that replaces one that died included. Each
+      new worker read the file again as it started: one replacing a dead worker after a
+      refused reload failed, and a file changed between the check and the worker's read
+      was served unchecked.
     - **A reload that cannot take the site down.** Granian answers ``SIGHUP`` by starting
-      new workers, each reading the gateway.toml afresh, then stopping the old ones; a new
+      new workers, then stopping the old ones; a new
       worker that cannot start makes its main process shut down, so a file that cannot
       work took the whole site down (measured with Granian 2.8.9). No public hook can stop
       a reload (``on_reload`` hooks run first, but their answer is ignored), so this
@@ -451,7 +530,7 @@ def granian_class(config: Config) -> Any:
       just after the first answer, beside two busy loops, hung 4 runs of 8). In a worker,
       the handler does what the signal does by default: the worker ends.
 
-    ``tests/test_granian.py`` holds both to Granian's behaviour.
+    ``tests/system/test_granian.py`` holds both to Granian's behaviour.
     """
     from granian import Granian
 
@@ -459,9 +538,19 @@ def granian_class(config: Config) -> Any:
     main_pid = os.getpid()
 
     class GatewayGranian(Granian):  # type: ignore[misc, valid-type]
+        #: What every new worker builds from: the configuration last accepted.
+        loader = WorkerLoader(config)
+
         def _reload(self, *args: Any, **kwargs: Any) -> Any:
-            problem = problem_building(config)
+            accepted = self.loader.config
+            try:  # read once, here: the check and every new worker build from this reading
+                fresh = accepted.with_file(accepted.config_file) if accepted.config_file else accepted
+            except ValueError as exc:
+                problem: str | None = str(exc).rstrip(".")
+            else:
+                problem = problem_building(fresh)
             if problem is None:
+                self.loader.config = fresh
                 return super()._reload(*args, **kwargs)
             logging.getLogger("gateway").error(
                 "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
@@ -546,7 +635,7 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
             "Granian is not installed; install the extra: "
             'pip install "flask-django-gateway[granian]".'
         ) from None
-    granian_class(config)(
+    server = granian_class(config)(
         ASGI_TARGET,
         address=host,
         port=port,
@@ -571,4 +660,8 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
         workers_kill_timeout=int(config.graceful_timeout) if config.graceful_timeout else None,
         http1_settings=HTTP1Settings(header_read_timeout=max(1, round(config.header_timeout * 1000)),
                                      max_buffer_size=GRANIAN_BUFFER),
-    ).serve(target_loader=functools.partial(load_asgi_gateway, config, root_path=more.root_path))
+        # A worker that died (killed, out of memory) is replaced, as uvicorn's supervisor
+        # does: by default Granian's main process then shut the whole server down.
+        respawn_failed_workers=True,
+    )
+    server.serve(target_loader=server.loader)

@@ -18,7 +18,7 @@ import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from catalogue import ITEMS, cart_lines
+from catalogue import ITEMS, cart_lines, parse_item_id
 from flask import Flask, abort, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
@@ -98,9 +98,10 @@ def change_cart() -> Response:
     if request.form.get("empty"):
         cart = {}
     else:
-        item_id = request.form.get("item", "")
-        if not item_id.isdigit() or int(item_id) not in ITEMS:
+        chosen = parse_item_id(request.form.get("item", ""))
+        if chosen is None:
             abort(400, description="No such item.")
-        cart[item_id] = cart.get(item_id, 0) + 1
+        key = str(chosen)  # one key an item, however the form wrote its number ("04")
+        cart[key] = cart.get(key, 0) + 1
     session["cart"] = cart
     return redirect(url_for("cart"), 303)

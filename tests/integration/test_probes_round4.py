@@ -28,7 +28,7 @@ from gateway.migration.rollout import Visits
 from gateway.serve import frameworks
 from tests.entries import ENTRIES, Send, builder
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "migration"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "migration"
 
 
 def stdlib_email_message() -> ModuleType:

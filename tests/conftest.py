@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
     caller's shell may have set. Undone at the end of the run."""
     for name in ("GATEWAY_DATA_DIR", *CLEARED):
         _saved[name] = os.environ.pop(name, None)
-    os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-")
+    django_settings = sys.modules.get("django_hello.settings")
+    if django_settings is None:
+        os.environ["GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="gateway-tests-")
+    else:  # a second run in this process (mutmut's): Django keeps the directory it read at the first
+        django_settings.DATA_DIR.mkdir(mode=0o700, exist_ok=True)
+        os.environ["GATEWAY_DATA_DIR"] = str(django_settings.DATA_DIR)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

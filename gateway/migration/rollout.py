@@ -251,7 +251,8 @@ class Rollouts:
         except Exception as exc:  # any driver's error: the database is out of reach
             if self.frozen is None:
                 logger.warning("Rollouts frozen where they are: the database (%s) cannot be reached: %s",
-                               self.store.where, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                               self.store.where,
+                               str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             self.frozen = str(exc) or type(exc).__name__
             self.judging = False
             self.store.close()

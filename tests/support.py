@@ -6,17 +6,14 @@ the size of the load tests (``load_size``). Test modules import them with
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import dataclasses
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,20 +37,6 @@ T = TypeVar("T")
 #: what they assert (nothing lost, no 5xx) in little time; ``full`` is the size of the
 #: figures docs/ quotes. ``scripts/load.py`` runs them at full size.
 LOAD_SIZES = ("ci", "full")
-
-
-_DATA_DIR: list[str] = []
-
-
-def data_dir() -> str:
-    """The in-process apps' data directory, one per process, removed when the process ends.
-    Django reads its settings (and makes its SQLite file) once per process, and mutmut runs
-    several pytest sessions in one (the stats, the clean run, then each mutant in a fork):
-    a directory removed at a session's end left the next session without its database."""
-    if not _DATA_DIR:
-        _DATA_DIR.append(tempfile.mkdtemp(prefix="gateway-tests-"))
-        atexit.register(shutil.rmtree, _DATA_DIR[0], ignore_errors=True)
-    return _DATA_DIR[0]
 
 
 def load_size(ci: T, full: T) -> T:

@@ -185,8 +185,7 @@ class ASGIGateway:
                 await self.chain(scope, receive, send, request, decision.chain)
             elif bridge is not None:
                 prepare = functools.partial(enter, request=request)
-                # The first test is the usual GET's (no body, HTTP/1), without bodiless's three calls.
-                if (head.body is None and head.http_version[0] == "1") or not decision.buffered or head.bodiless:
+                if not decision.buffered or head.bodiless:
                     # Streaming, or no body at all: the server has the whole request already.
                     await bridge.handle(scope, receive, send, prepare=prepare)
                     return

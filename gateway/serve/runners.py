@@ -339,6 +339,23 @@ class WorkerConfig(TimedConfig):
         super().load()
 
 
+def reread(accepted: Config) -> Config | str:
+    """``accepted`` with its ``gateway.toml`` read again, for a reload: the new
+    configuration, or why the file cannot be read, in one line."""
+    if accepted.config_file is None:
+        return accepted
+    try:
+        return accepted.with_file(accepted.config_file)
+    except ValueError as exc:
+        return str(exc).rstrip(".")
+
+
+def not_reloaded(problem: str) -> None:
+    """The one line of a reload refused (the workers serve on)."""
+    logging.getLogger("gateway").error(
+        "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
+
+
 class GatewaySupervisor(Multiprocess):
     """uvicorn's supervisor of ``--workers``, whose workers all build from the configuration
     it last accepted (:class:`WorkerConfig`'s ``gateway``).
@@ -359,15 +376,9 @@ class GatewaySupervisor(Multiprocess):
         worker_config = self.config
         assert isinstance(worker_config, WorkerConfig)
         accepted = worker_config.gateway
-        if accepted.config_file is None:
-            super().handle_hup()
-            return
-        try:
-            fresh = accepted.with_file(accepted.config_file)
-        except ValueError as exc:
-            logging.getLogger("gateway").error(
-                "The configuration was not reloaded: %s; the workers keep serving what they had.",
-                str(exc).rstrip("."))
+        fresh = reread(accepted)
+        if isinstance(fresh, str):
+            not_reloaded(fresh)
             return
         first = self.processes[0] if self.processes else None
         worker_config.gateway = fresh
@@ -542,18 +553,15 @@ def granian_class(config: Config) -> Any:
         loader = WorkerLoader(config)
 
         def _reload(self, *args: Any, **kwargs: Any) -> Any:
-            accepted = self.loader.config
-            try:  # read once, here: the check and every new worker build from this reading
-                fresh = accepted.with_file(accepted.config_file) if accepted.config_file else accepted
-            except ValueError as exc:
-                problem: str | None = str(exc).rstrip(".")
-            else:
-                problem = problem_building(fresh)
-            if problem is None:
+            # Read once, here: the check and every new worker build from this reading.
+            fresh = reread(self.loader.config)
+            problem: str | None
+            if isinstance(fresh, str):
+                problem = fresh
+            elif (problem := problem_building(fresh)) is None:
                 self.loader.config = fresh
                 return super()._reload(*args, **kwargs)
-            logging.getLogger("gateway").error(
-                "The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
+            not_reloaded(problem)
             # What Granian's own _reload does first: the signal is handled.
             self.reload_signal = False
             self.main_loop_interrupt.clear()

@@ -18,9 +18,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.adapters.asgi import create_asgi_app
 from gateway.core.config import Config
 from gateway.core.mounts import Mount, MountTable
-from gateway.observe.metrics import WorkerFiles, forget_dead_workers, prepare_directory
+from gateway.observe.metrics import MULTIPROC_ENV, WorkerFiles, forget_dead_workers, prepare_directory
 from tests.entries import BASE, ENTRIES, TRUSTED, Answer, Send, builder, config_with
 from tests.support import Samples, samples, value
+
+
+@pytest.fixture(autouse=True)
+def multiproc_variable_put_back() -> Iterator[None]:
+    """``prepare_directory()`` sets ``PROMETHEUS_MULTIPROC_DIR`` itself, outside monkeypatch:
+    each test here leaves it as it found it (a directory made and removed by one test was
+    handed to a server that a later test of the same process started: it refused to start)."""
+    before = os.environ.get(MULTIPROC_ENV)
+    yield
+    if before is None:
+        os.environ.pop(MULTIPROC_ENV, None)
+    else:
+        os.environ[MULTIPROC_ENV] = before
 
 
 def scrape(entry: Send, **headers: str) -> Samples:

@@ -361,7 +361,8 @@ class Shadower:
     """A bounded queue and a few daemon threads that replay and compare, off the request path."""
 
     def __init__(self, log_path: Path | None, *, threads: int = 1, size: int = 64, keep: int = 1000,
-                 cpu: float = DEFAULT_CPU, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 cpu: float = DEFAULT_CPU, timeout: float = DEFAULT_TIMEOUT,
+                 patience: float | None = None) -> None:
         self.queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=size)
         self.counts: dict[str, Counter[str]] = {}
         self.lock = threading.Lock()
@@ -370,6 +371,10 @@ class Shadower:
         self.cpu = cpu
         #: Seconds a comparison's replays may take together (``[shadow] timeout``).
         self.timeout = timeout
+        #: Seconds a comparison may wait in the queue before it is dropped as too late;
+        #: ``None``: the timeout. (A test of the timeout alone sets it long: a queue wait
+        #: is the scheduler's, and on a loaded machine may pass a timeout of 50 ms.)
+        self.patience = patience
         #: Replays left running past their deadline, still running.
         self.stuck = 0
         #: When each rule and kind of failure was last logged, and how many since.
@@ -436,7 +441,8 @@ class Shadower:
             started = time.thread_time()
             spent = [0.0]
             try:
-                if time.monotonic() - queued > self.timeout:
+                patience = self.timeout if self.patience is None else self.patience
+                if time.monotonic() - queued > patience:
                     self.count(job[0], "dropped")  # too late: the client's request is long over
                 else:
                     self.compare(*job, spent=spent)

@@ -107,7 +107,7 @@ def test_a_hung_candidate_times_out_and_leaves_the_pool_free(caplog: pytest.LogC
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello guest"]
 
-    pool = Shadower(None, cpu=1.0, timeout=0.2)
+    pool = Shadower(None, cpu=1.0, timeout=0.2, patience=60)
     send = tapped(greeter([]), hung, pool)
     try:
         with caplog.at_level(logging.WARNING, logger="gateway.shadow"):
@@ -135,7 +135,7 @@ def test_stuck_replays_are_bounded_and_counted_as_dropped(tapped: Any) -> None:
         start_response("200 OK", [])
         return [b""]
 
-    pool = Shadower(None, cpu=1.0, timeout=0.05)
+    pool = Shadower(None, cpu=1.0, timeout=0.05, patience=60)
     send = tapped(greeter([]), hung, pool)
     try:
         for _ in range(MAX_STUCK):
@@ -162,19 +162,27 @@ def test_a_comparison_that_waited_past_the_timeout_is_dropped_not_replayed_late(
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"hello guest"]
 
-    pool = Shadower(None, cpu=1.0, timeout=0.3)
+    pool = Shadower(None, cpu=1.0, timeout=5)
     apps = ((candidate, "wsgi"), (greeter([]), "wsgi"))
     answer = (200, {"content-type": "text/plain"}, b"hello guest")
 
     def request(path: str) -> dict[str, Any]:
         return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO(b"")}
 
-    # Queued a second ago, past its 0.3 s, before the pool's worker was started...
-    pool.queue.put_nowait((time.monotonic() - 1.0, RULE, request("/late"), answer, apps, (), False))
+    # Queued ten seconds ago, past its 5 s, before the pool's worker was started...
+    pool.queue.put_nowait((time.monotonic() - 10.0, RULE, request("/late"), answer, apps, (), False))
     pool.submit(RULE, request("/now"), answer, apps, ())  # ...which this starts
     pool.drain()
     assert pool.counts[RULE] == {"dropped": 1, "compared": 1, "equal": 1}
     assert replayed == ["/now"]
+
+    # With more patience than that, the same wait is replayed.
+    patient = Shadower(None, cpu=1.0, timeout=5, patience=11)
+    patient.queue.put_nowait((time.monotonic() - 10.0, RULE, request("/late"), answer, apps, (), False))
+    patient.submit(RULE, request("/now"), answer, apps, ())
+    patient.drain()
+    assert patient.counts[RULE] == {"compared": 2, "equal": 2}
+    assert replayed == ["/now", "/late", "/now"]
 
 
 def test_candidate_errors_are_counted_and_logged_once_a_minute(caplog: pytest.LogCaptureFixture,

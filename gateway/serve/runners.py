@@ -635,7 +635,7 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
     host, port, workers, reload, log_level = more.host, more.port, more.workers, more.reload, more.log_level
     try:
         import granian  # noqa: F401 - the extra is installed
-        from granian.constants import Interfaces, SSLProtocols
+        from granian.constants import HTTPModes, Interfaces, SSLProtocols
         from granian.http import HTTP1Settings
         from granian.log import LogLevels
     except ImportError:
@@ -650,6 +650,11 @@ def run_granian(config: Config, *, log_config: dict[str, Any] | None = None) -> 
         uds=Path(more.uds) if more.uds else None,
         uds_permissions=0o666 if more.uds else None,  # as uvicorn's --uds
         interface=Interfaces.ASGI,
+        # HTTP/1.1 only, as uvicorn: with HTTP/2 detection (Granian's default, "auto")
+        # hyper-util reads the first bytes with no timer, so a connection that never sent
+        # one stayed open (25 s and more, measured); hyper's HTTP/1 header timeout starts
+        # when the connection opens (hyperium/hyper#3305).
+        http=HTTPModes.http1,
         workers=workers,
         backlog=more.backlog or GRANIAN_BACKLOG,
         # Granian sizes its backpressure (the requests a worker hands to Python at once)

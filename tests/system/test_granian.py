@@ -11,6 +11,8 @@ interface the gateway reads bodies and buffers responses on the event loop, as o
 - chunked request bodies reach the apps whole; a broken chunked framing (an overflowing
   chunk size) is a 400;
 - an ASGI mount's and a lazy WSGI app's response headers arrive;
+- a connection that sends nothing is closed at the header timeout (Granian serves
+  HTTP/1.1 only, as uvicorn);
 - ``trace`` in lower case is refused as ``TRACE``.
 """
 
@@ -151,6 +153,15 @@ def test_an_asgi_mount_keeps_its_response_headers(granian: ServerProcess) -> Non
     assert (response.header("set-cookie") or "").startswith("third=1;")
     assert response.header("x-request-id")
     assert response.header("x-content-type-options") == "nosniff"
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(granian: ServerProcess) -> None:
+    # With HTTP/2 detection on (Granian's default), no timer ran until a first byte came: such
+    # a connection stayed open for good. HTTP/1.1 alone, the header timeout (5 s) closes it.
+    started = time.monotonic()
+    with Connection(granian.port) as conn:
+        assert conn.wait_closed(15), "a connection that sent nothing is still open after 15 s"
+    assert time.monotonic() - started >= 4.5  # by the header timeout, not at once
 
 
 def test_a_wsgi_app_that_starts_its_response_lazily_keeps_its_headers(granian: ServerProcess) -> None:

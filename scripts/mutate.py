@@ -23,9 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 
 
-def configured(text: str, module: str, tests: list[str]) -> str:
-    """Return pyproject's text with [tool.mutmut] aimed at one module and its tests."""
-    for key, value in (("only_mutate", [module]), ("pytest_add_cli_args_test_selection", tests)):
+def configured(text: str, module: str, tests: list[str], marker: str | None = None) -> str:
+    """Return pyproject's text with [tool.mutmut] aimed at one module and its tests (and,
+    with ``marker``, the tests of that marker expression in place of ``not server``)."""
+    settings: list[tuple[str, list[str]]] = [("only_mutate", [module]), ("pytest_add_cli_args_test_selection", tests)]
+    if marker is not None:
+        # mutmut puts pytest_add_cli_args after the test selection: the last -m wins.
+        settings.append(("pytest_add_cli_args", ["-m", marker, "-p", "no:cacheprovider", "-q"]))
+    for key, value in settings:
         text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {json.dumps(value)}", text)
         if count != 1:
             raise SystemExit(f"pyproject.toml has {count} lines '{key} = ...' under [tool.mutmut]; expected one.")
@@ -33,12 +38,16 @@ def configured(text: str, module: str, tests: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    marker = None
+    if argv[:1] == ["--marker"]:  # e.g. --marker "not soak": the server tests too (a PostgreSQL of their own)
+        marker, argv = argv[1], argv[2:]
     if len(argv) < 2 or not argv[0].endswith(".py") or not (ROOT / argv[0]).is_file():
-        raise SystemExit("usage: scripts/mutate.py gateway/<module>.py tests/<level>/test_<x>.py [more tests]")
+        raise SystemExit("usage: scripts/mutate.py [--marker EXPR] gateway/<module>.py tests/<level>/test_<x>.py "
+                         "[more tests]")
     module, tests = argv[0], argv[1:]
     original = PYPROJECT.read_text()
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-    PYPROJECT.write_text(configured(original, module, tests))
+    PYPROJECT.write_text(configured(original, module, tests, marker))
     try:
         mutmut = [sys.executable, "-m", "mutmut"]
         subprocess.run([*mutmut, "run", "--max-children", "1"], cwd=ROOT, check=False)

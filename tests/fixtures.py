@@ -209,6 +209,14 @@ def postgres() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
+def pg_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A database of its own on the private PostgreSQL server, dropped at the end."""
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
 def fast_hashes(table) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Django's MD5 hasher, as Django advises for tests (PBKDF2 takes about 0.3 s a password here)."""
     from django.test import override_settings

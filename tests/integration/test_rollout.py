@@ -183,14 +183,6 @@ def test_commands_act_on_every_instance_and_are_audited(sqlite_url: str, instanc
                      ("carol", "resume", 0, 10, "fixed (resume by carol)")]
 
 
-@pytest.fixture
-def pg_url(postgres: PostgresCluster) -> Iterator[str]:
-    """A database of its own on the private PostgreSQL server, dropped at the end."""
-    name = postgres.create_database()
-    yield postgres.url(name)
-    postgres.execute(f"DROP DATABASE {name} WITH (FORCE)")
-
-
 @pytest.mark.server
 def test_every_instance_applies_a_new_step_within_2_s_postgres(pg_url: str, instances) -> None:  # type: ignore[no-untyped-def]
     check_steps_apply_everywhere(pg_url, instances)

@@ -152,3 +152,16 @@ def test_load_size_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     message = r'^GATEWAY_LOAD_SIZE="huge" is not a size of the load tests: use ci or full\.$'
     with pytest.raises(ValueError, match=message):
         load_size(ci=2, full=7)
+
+
+def test_mutate_aims_mutmut_at_one_module_and_its_tests_and_a_marker_replaces_not_server() -> None:
+    from scripts import mutate
+
+    text = (ROOT / "pyproject.toml").read_text()
+    aimed = mutate.configured(text, "gateway/methods.py", ["tests/unit/test_x.py"])
+    assert 'only_mutate = ["gateway/methods.py"]' in aimed
+    assert 'pytest_add_cli_args_test_selection = ["tests/unit/test_x.py"]' in aimed
+    assert 'pytest_add_cli_args = ["-m", "not server", "-p", "no:cacheprovider", "-q"]' in aimed
+    marked = mutate.configured(text, "gateway/methods.py", ["tests/unit/test_x.py"], "not soak")
+    assert 'pytest_add_cli_args = ["-m", "not soak", "-p", "no:cacheprovider", "-q"]' in marked
+    assert "not server" not in marked.partition("[tool.mutmut]")[2]

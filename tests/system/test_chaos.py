@@ -487,14 +487,19 @@ def test_chaos(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> N
     script.write_text(WRK_LUA)
     tally = Tally()
     rng = random.Random(SEED)
+    probes = itertools.count()
     for path in ("/flask/", "/django/", "/flask/greetings", "/django/test/db/"):  # first requests, one at a time
         assert request(server.port, http_request("GET", path), timeout=30).status == 200, path
 
     def at_rest(stuck: list[str] | None = None) -> None:
-        """Wait until the server is done with every client (no connection of its own open):
-        what it logs and writes for them is then logged and written."""
+        """Wait until the server is done with every client (no connection of its own open),
+        then until a probe's access line is written: the access log's thread writes in
+        order, so every line of the clients' requests is written by then."""
         until(lambda: open_connections(server.port) == 0, 30,
               lambda: f"{open_connections(server.port)} connections still open 30 s after the clients; stuck: {stuck}")
+        marker = f"/flask/?at-rest={next(probes)}"
+        assert request(server.port, http_request("GET", marker), timeout=30).status == 200
+        server.wait_for(f'"GET {marker} ', timeout=10)
 
     def phase(seconds: int, connections: int, warmup: bool) -> tuple[dict[str, int], list[threading.Thread]]:
         plan = schedule(rng, server.port, db_path, tally, seconds, warmup=warmup)

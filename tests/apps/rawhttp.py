@@ -302,11 +302,8 @@ class LogWatch:
         assert response.status is not None and 200 <= response.status < 400, (
             f"the server no longer serves {probe}: {response!r}"
         )
-        # The probe's access line shows the log has caught up (if the access log
-        # carries query strings; else a short wait does).
-        deadline = time.monotonic() + 1.5
-        while marker not in self.text() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The probe's access line (it carries the query string) shows the log has caught up.
+        assert self.wait_for(marker, timeout), f"the probe's access line was not logged within {timeout} s"
         return self.text()
 
     def assert_clean(self, probe: str = "/flask/") -> str:

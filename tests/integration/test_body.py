@@ -20,8 +20,10 @@ from gateway.core.mounts import MountTable
 from gateway.replies import BODY_TIMED_OUT, Reply
 
 
-def messages(*parts: bytes, end: bool = True, then: dict[str, Any] | None = None) -> Any:
-    """A ``receive`` that gives ``parts`` as body messages, then waits forever (or ``then``)."""
+def messages(*parts: bytes, end: bool = True, then: dict[str, Any] | None = None,
+             waiting: asyncio.Event | None = None) -> Any:
+    """A ``receive`` that gives ``parts`` as body messages, then waits forever (or ``then``);
+    ``waiting`` is set as it begins to wait."""
     queue = [{"type": "http.request", "body": p, "more_body": True} for p in parts]
     if end:
         queue[-1]["more_body"] = False
@@ -31,6 +33,8 @@ def messages(*parts: bytes, end: bool = True, then: dict[str, Any] | None = None
             return queue.pop(0)
         if then is not None:
             return then
+        if waiting is not None:
+            waiting.set()
         await asyncio.Event().wait()  # a client that sends nothing more
         raise AssertionError("unreachable")
 
@@ -89,7 +93,7 @@ def test_the_timeout_is_per_pause_not_for_the_whole_body() -> None:
         parts = [b"a", b"b", b"c", b"d", b"e"]
 
         async def receive() -> dict[str, Any]:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # time must pass: a client's pace, under the timeout each time
             part = parts.pop(0)
             return {"type": "http.request", "body": part, "more_body": bool(parts)}
 
@@ -402,8 +406,10 @@ def test_read_body_closes_its_file_when_cancelled() -> None:
         return opened[-1]
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(read_body(messages(b"x" * (SPOOL_IN_MEMORY + 1), end=False), None, 10))
-        await asyncio.sleep(0.05)
+        waiting = asyncio.Event()
+        task = asyncio.ensure_future(read_body(messages(b"x" * (SPOOL_IN_MEMORY + 1), end=False, waiting=waiting),
+                                               None, 10))
+        await asyncio.wait_for(waiting.wait(), 5)  # the body is in its file, and read_body waits for more
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

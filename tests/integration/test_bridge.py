@@ -1674,23 +1674,33 @@ def test_lifespan_is_answered(make_bridge: Callable[..., WSGIBridge]) -> None:
 
 
 def test_requests_run_concurrently_on_the_pool() -> None:
+    """20 slow requests hold a thread each until released: all 20 are in the app at once,
+    and a quick one sent meanwhile is answered while they still wait."""
+    started: list[float] = []
     slow: list[tuple[float, float]] = []
     quick: list[tuple[float, float]] = []
+    release = threading.Event()
 
     def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        started = time.monotonic()
+        began = time.monotonic()
         if environ["PATH_INFO"] == "/slow":
-            time.sleep(0.2)
-            slow.append((started, time.monotonic()))
+            started.append(began)
+            release.wait(TIMEOUT)
+            slow.append((began, time.monotonic()))
         else:
-            quick.append((started, time.monotonic()))
+            quick.append((began, time.monotonic()))
         return text_app()(environ, start_response)
 
     async def main(bridge: WSGIBridge) -> None:
         calls = [Peer().call(bridge, http_scope("/slow")) for _ in range(20)]
         tasks = [asyncio.create_task(call) for call in calls]
-        await asyncio.sleep(0.05)
-        await Peer().call(bridge, http_scope("/quick"))
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while len(started) < 20 and time.monotonic() < deadline:  # all 20 in the app at once
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(Peer().call(bridge, http_scope("/quick")), TIMEOUT)
+        finally:
+            release.set()
         await asyncio.gather(*tasks)
 
     with ThreadPoolExecutor(max_workers=21) as pool:

@@ -58,7 +58,8 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, Response, http_request, log_errors, request
-from tests.support import ServerProcess, load_size
+from tests.support import ServerProcess, load_size, until
+from tests.support import connections as open_connections
 
 pytestmark = [pytest.mark.server, pytest.mark.soak]
 
@@ -69,7 +70,6 @@ WARMUP_SECONDS = 6
 # size, the run of docs/hardening.md (row 37). 13 s is the least that keeps the schedule's
 # rules: a trickle past the header timeout ends in the phase, four stalls never overlap.
 CHAOS_SECONDS = load_size(ci=13, full=16)
-SETTLE_SECONDS = 3.0
 WRITERS = 2
 HEADER_TIMEOUT = 5.0  # GATEWAY_HEADER_TIMEOUT's default
 MAX_RSS_GROWTH = 0.10
@@ -487,8 +487,19 @@ def test_chaos(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> N
     script.write_text(WRK_LUA)
     tally = Tally()
     rng = random.Random(SEED)
+    probes = itertools.count()
     for path in ("/flask/", "/django/", "/flask/greetings", "/django/test/db/"):  # first requests, one at a time
         assert request(server.port, http_request("GET", path), timeout=30).status == 200, path
+
+    def at_rest(stuck: list[str] | None = None) -> None:
+        """Wait until the server is done with every client (no connection of its own open),
+        then until a probe's access line is written: the access log's thread writes in
+        order, so every line of the clients' requests is written by then."""
+        until(lambda: open_connections(server.port) == 0, 30,
+              lambda: f"{open_connections(server.port)} connections still open 30 s after the clients; stuck: {stuck}")
+        marker = f"/flask/?at-rest={next(probes)}"
+        assert request(server.port, http_request("GET", marker), timeout=30).status == 200
+        server.wait_for(f'"GET {marker} ', timeout=10)
 
     def phase(seconds: int, connections: int, warmup: bool) -> tuple[dict[str, int], list[threading.Thread]]:
         plan = schedule(rng, server.port, db_path, tally, seconds, warmup=warmup)
@@ -510,7 +521,7 @@ def test_chaos(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> N
     warm, clients = phase(WARMUP_SECONDS, 2 * CONNECTIONS, warmup=True)
     for thread in clients:
         thread.join(timeout=20)
-    time.sleep(1)
+    at_rest()
     rss_before, threads_before = tree_status(server.proc.pid)
 
     # The chaos.
@@ -521,7 +532,7 @@ def test_chaos(start_gateway: Callable[..., ServerProcess], tmp_path: Path) -> N
     deadline = time.monotonic() + 10
     while set(tally.streams) - set(stream_stops(data_dir)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(SETTLE_SECONDS)
+    at_rest(stuck)
     rss_after, threads_after = tree_status(server.proc.pid)
 
     log = server.log

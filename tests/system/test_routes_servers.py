@@ -163,12 +163,22 @@ def test_sighup_with_workers_replaces_them_and_a_bad_file_keeps_the_old_ones(tmp
             assert time.monotonic() < deadline, server.log
             assert apps(5) == {"new"}  # the old workers serve meanwhile
             time.sleep(0.2)
+        workers = children(server.proc.pid)  # the first reload's are all in service by now
+        # Time must pass: what is checked is that nothing happens after the refusal. For 1 s
+        # no worker is started or stopped, and the workers serve the old rules.
         time.sleep(1)
         assert apps() == {"new"}
+        assert children(server.proc.pid) == workers, server.log
         assert server.proc.poll() is None, server.log
     finally:
         server.stop()
     assert "Traceback" not in server.log, server.log
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` has started and not reaped (its workers), from /proc."""
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()}
 
 
 def test_sighup_answers_a_request_on_a_connection_the_old_worker_accepted(tmp_path: Path) -> None:

@@ -12,16 +12,18 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import GATEWAY, ROOT, ServerProcess, free_port, load_size, server_env, wsgi_server
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, load_size, server_env, unread, until, wsgi_server
 
 pytestmark = pytest.mark.server
 
@@ -109,10 +111,12 @@ def writer(server: ServerProcess, cookies: dict[str, str], token: str, prefix: s
     return done
 
 
-def add(server: ServerProcess, cookies: dict[str, str], token: str, key: str) -> httpx.Response:
+def add(server: ServerProcess, cookies: dict[str, str], token: str, key: str,
+        trace: Callable[[str, dict[str, Any]], None] | None = None) -> httpx.Response:
+    """Add a greeting by the admin's form; ``trace`` is httpcore's (the request's events)."""
     with httpx.Client(base_url=server.url, cookies=cookies, timeout=60) as client:
         return client.post(ADD_URL, data={"csrfmiddlewaretoken": token, "language": key, "text": f"Hello {key}",
-                                          "_save": "Save"})
+                                          "_save": "Save"}, extensions={"trace": trace} if trace else None)
 
 
 def stored_rows(directory: Path, prefix: str) -> list[tuple[str, str]]:
@@ -185,12 +189,23 @@ def test_write_waits_for_a_held_lock_while_reads_go_on(locking: tuple[ServerProc
     try:
         with ThreadPoolExecutor(1) as pool:
             started = time.monotonic()
-            waiting = pool.submit(add, server, cookies, token, key)
-            time.sleep(0.3)
+            port: list[int] = []
+            sent = threading.Event()
+
+            def trace(event: str, info: dict[str, Any]) -> None:
+                if event == "connection.connect_tcp.complete":
+                    port.append(info["return_value"].get_extra_info("client_addr")[1])
+                elif event == "http11.send_request_body.complete":
+                    sent.set()
+
+            waiting = pool.submit(add, server, cookies, token, key, trace)
+            assert sent.wait(30), waiting.done() and waiting.result()
+            until(lambda: unread(server.port, port[0]) == 0, 30, "the server did not read the write's request")
             # Reads do not wait for the writer (WAL): the admin's list reads the session too.
             read_started = time.monotonic()
             listed = httpx.get(server.url + LIST_URL, cookies=cookies, timeout=30)
             assert listed.status_code == 200 and time.monotonic() - read_started < 1.0
+            # Time must pass: the write is still waiting when the lock has been held HELD s.
             time.sleep(max(0.0, started + HELD - time.monotonic()))
             assert not waiting.done(), waiting.result()
             holder.execute("COMMIT")

@@ -202,9 +202,9 @@ def test_write_waits_for_a_held_lock_while_reads_go_on(locking: tuple[ServerProc
             assert sent.wait(30), waiting.done() and waiting.result()
             until(lambda: unread(server.port, port[0]) == 0, 30, "the server did not read the write's request")
             # Reads do not wait for the writer (WAL): the admin's list reads the session too.
-            read_started = time.monotonic()
             listed = httpx.get(server.url + LIST_URL, cookies=cookies, timeout=30)
-            assert listed.status_code == 200 and time.monotonic() - read_started < 1.0
+            assert listed.status_code == 200
+            assert not waiting.done(), waiting.result()  # answered while the write still waits
             # Time must pass: the write is still waiting when the lock has been held HELD s.
             time.sleep(max(0.0, started + HELD - time.monotonic()))
             assert not waiting.done(), waiting.result()
@@ -214,7 +214,9 @@ def test_write_waits_for_a_held_lock_while_reads_go_on(locking: tuple[ServerProc
     finally:
         holder.close()
     assert (response.status_code, response.headers.get("location")) == (302, LIST_URL), response.text
-    assert HELD <= elapsed < BUSY_TIMEOUT
+    # It waited for the lock, and got it: past the busy timeout it would have been a 503
+    # (the next test), so the 302 is the bound, not the client's clock.
+    assert elapsed >= HELD
     assert stored_rows(directory, key) == [(key, f"Hello {key}")]
 
 

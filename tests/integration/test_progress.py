@@ -425,3 +425,22 @@ def test_without_traffic_the_shares_are_dashes_and_the_report_says_why() -> None
         "No traffic counted in the window (counts are kept while a rule has a rollout).",
     ]
     assert report([], 0, 5)[-1] == "No traffic counted in the window (counts are kept while a rule has a rollout)."
+
+
+# -- A regular expression in an included URLconf -------------------------------------------------
+
+APP_INDEX = "/admin/(?P<app_label>django_hello|auth|axes)/$"  # admin's app index: re_path("^(?P<app_label>...)/$")
+
+
+def test_an_included_regular_expression_is_listed_as_djangos_resolver_names_it(table: MountTable) -> None:
+    from django_hello.wsgi import application
+
+    assert Resolver(application).route("GET", "/admin/auth/") == APP_INDEX  # Django drops the included "^"
+    assert (APP_INDEX, ()) in list(django_routes())
+
+
+def test_the_requests_of_an_included_regular_expression_are_its_own(site: MountTable, store: Store) -> None:
+    visit(store, "dj", "GET", "/admin/auth/", 3)
+    found, total = routes(site, store, 10)
+    assert total == 3
+    assert [(r.app, r.pattern, r.answered_by, r.requests) for r in found if r.requests] == [("dj", APP_INDEX, "?", 3)]

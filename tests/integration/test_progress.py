@@ -444,3 +444,36 @@ def test_the_requests_of_an_included_regular_expression_are_its_own(site: MountT
     found, total = routes(site, store, 10)
     assert total == 3
     assert [(r.app, r.pattern, r.answered_by, r.requests) for r in found if r.requests] == [("dj", APP_INDEX, "?", 3)]
+
+
+def test_a_route_two_legacy_apps_share_is_no_port(table: MountTable, store: Store) -> None:
+    parsed = parse_gateway_file('''
+[apps]
+legacy = "tests.apps.shop:legacy"
+new = "tests.apps.shop:new"
+
+[[route]]
+rule = "/shop/"
+app = "legacy"
+
+[[route]]
+rule = "/shop/cart"
+app = "new"
+''')  # no canary and no shadow: both apps are legacy ones
+    both = MountTable.from_specs(parsed.mounts, defaults=False, routes=parsed.routes, apps=parsed.apps)
+    visit(store, "legacy", "GET", "/shop/cart", 4)
+    visit(store, "new", "GET", "/shop/cart", 6)
+    found, total = routes(both, store, 10)
+    assert [(r.app, r.pattern, r.answered_by, r.legacy, r.ported, r.requests) for r in found] == [
+        ("legacy", "/shop/", "legacy", True, False, 0),
+        ("legacy", "/shop/items/<int:item_id>", "-", True, False, 0),
+        ("legacy", "/shop/cart", "new", True, False, 4),
+        ("legacy", "/shop/products/<int:product_id>", "-", True, False, 0),
+        ("legacy", "/shop/api/products/<int:product_id>", "-", True, False, 0),
+        ("new", "/shop/cart", "new", True, False, 6),
+        ("new", "/shop/items/<int:item_id>", "-", True, False, 0),
+        ("new", "/shop/products/<int:product_id>", "-", True, False, 0),
+        ("new", "/shop/api/products/<int:product_id>", "-", True, False, 0)]
+    assert report(found, total, 10)[-3:] == [
+        "Still to port, by traffic:", "  1. new /shop/cart: 60.0% of requests (6)",
+        "  2. legacy /shop/cart: 40.0% of requests (4)"]

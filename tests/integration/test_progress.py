@@ -477,3 +477,26 @@ app = "new"
     assert report(found, total, 10)[-3:] == [
         "Still to port, by traffic:", "  1. new /shop/cart: 60.0% of requests (6)",
         "  2. legacy /shop/cart: 40.0% of requests (4)"]
+
+
+
+def a_view(request: Any) -> Any:
+    raise AssertionError("not called: the resolver only matches")
+
+
+def test_each_regular_expression_is_listed_as_its_requests_resolve(table: MountTable) -> None:
+    from django.test import override_settings
+    from django.urls import include, path, re_path
+
+    from django_hello.wsgi import application
+
+    class RegexURLs:  # a URLconf (any object with urlpatterns): at the top, under "", two includes deep
+        urlpatterns = [re_path(r"^feed/(?P<n>[0-9]+)$", a_view),
+                       path("", include([re_path(r"^x/$", a_view)])),
+                       path("a/", include([path("", include([re_path(r"^c$", a_view)]))]))]
+
+    with override_settings(ROOT_URLCONF=RegexURLs):
+        listed = list(django_routes())
+        reached = [Resolver(application).route("GET", path) for path in ("/feed/12", "/x/", "/a/c")]
+    assert listed == [("/^feed/(?P<n>[0-9]+)$", ()), ("/^x/$", ()), ("/a/c$", ())]
+    assert reached == [pattern for pattern, _ in listed]

@@ -66,10 +66,13 @@ def django_routes() -> Iterator[tuple[str, tuple[str, ...]]]:
 
     def walk(patterns: Any, prefix: str) -> Iterator[tuple[str, tuple[str, ...]]]:
         for pattern in patterns:
+            # Joined as the resolver joins a match's route (what Resolver.route gives): an
+            # included pattern's leading "^" is dropped (admin's "admin/(?P<app_label>...)/$").
+            joined = prefix + str(pattern.pattern).removeprefix("^") if prefix else str(pattern.pattern)
             if isinstance(pattern, URLResolver):
-                yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))
+                yield from walk(pattern.url_patterns, joined)
             elif isinstance(pattern, URLPattern):
-                yield "/" + prefix + str(pattern.pattern), ()
+                yield "/" + joined, ()
 
     yield from walk(get_resolver().url_patterns, "")
 

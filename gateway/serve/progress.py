@@ -19,7 +19,6 @@ from typing import Any
 
 from gateway.core.mounts import MountTable
 from gateway.migration.rollout_store import State, Store
-from gateway.migration.rules import RouteSpec
 
 # A converter in Werkzeug's and Django's route syntax: <name>, <int:name>, <path:name>.
 _CONVERTER = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
@@ -123,7 +122,7 @@ def routes(table: MountTable, store: Store, window: int) -> tuple[list[Route], i
             merged.setdefault(pattern, set()).update(verbs)
         for pattern, methods in merged.items():
             route = Route(app=name, pattern=pattern, methods=tuple(sorted(methods)),
-                          answered_by=answered_by(rules, specs, states, pattern), legacy=name not in newer,
+                          answered_by=answered_by(rules, states, pattern), legacy=name not in newer,
                           ported=name not in newer and shape(pattern) in others,
                           requests=requests.get((name, pattern), 0))
             # A new app's routes that no rule reaches (a Django project's admin) are not the migration's.
@@ -132,7 +131,7 @@ def routes(table: MountTable, store: Store, window: int) -> tuple[list[Route], i
     return found, total
 
 
-def answered_by(rules: Any, specs: list[RouteSpec], states: dict[str, State], pattern: str) -> str:
+def answered_by(rules: Any, states: dict[str, State], pattern: str) -> str:
     """Who the gateway's rules send a GET of ``pattern`` to now."""
     path = sample(pattern)
     if path is None:

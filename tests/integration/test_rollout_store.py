@@ -5,9 +5,13 @@ store and, where the store's own reading could hide a mistake, straight from the
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +169,107 @@ def test_a_second_store_on_the_same_database_sees_the_first_ones_tables(url: str
     with Store(url) as second:  # the tables exist: making them again is harmless
         assert list(second.states()) == ["/cart"]
         assert second.connect() is second.connect()
+
+
+def test_figures_are_kept_as_sorted_json_and_ids_count_up(store: Store) -> None:
+    store.begin("/cart", 0.1, "judge")
+    store.note("/cart", "judge", "hold", 0.1, "marginal", {"z": 1, "a": [2], "m": {"y": 0, "b": 1}})
+    rows = store.execute("SELECT id, figures FROM gateway_rollout_audit ORDER BY id").fetchall()
+    assert [row[1] for row in rows] == ["{}", '{"a": [2], "m": {"b": 1, "y": 0}, "z": 1}']
+    ids = [row[0] for row in rows]
+    assert all(isinstance(i, int) for i in ids) and ids[0] < ids[1]  # an id the database counts up
+
+
+def test_the_trail_keeps_to_its_last_100_lines_unless_asked(store: Store) -> None:
+    store.begin("/cart", 0.1, "judge")
+    for n in range(101):
+        store.note("/cart", "judge", "hold", 0.1, f"line {n}", {})
+    trail = store.audit("/cart")
+    assert len(trail) == 100 and (trail[0].reason, trail[-1].reason) == ("line 1", "line 100")
+    assert len(store.audit("/cart", last=102)) == 102
+
+
+def test_a_new_store_holds_no_lock_and_closing_a_broken_connection_is_quiet(url: str) -> None:
+    store = Store(url)
+    assert store.holds_lock is False and store.conn is None
+
+    class Broken:
+        def close(self) -> None:
+            raise OSError("the connection is gone")
+
+    store.conn, store.holds_lock = Broken(), True
+    store.close()
+    assert (store.conn, store.holds_lock) == (None, False)
+
+
+def test_the_default_database_is_a_sqlite_file_in_the_data_directory(tmp_path: Path) -> None:
+    from gateway.migration.rollout_store import database_url
+
+    assert database_url(tmp_path, {}) == f"sqlite:///{tmp_path}/gateway-rollouts.sqlite3"
+    assert database_url(tmp_path, {"DATABASE_URL": "mysql://db/site"}) == f"sqlite:///{tmp_path}/gateway-rollouts.sqlite3"
+
+
+def test_sqlite_waits_2_s_for_a_lock_and_keeps_a_write_ahead_log(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path}/rollouts.sqlite3") as store:
+        assert store.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+        assert store.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.server
+def test_a_postgresql_session_has_its_timeouts_keepalives_and_autocommit(pg_url: str) -> None:
+    with Store(pg_url) as store, Store(pg_url) as other:
+        assert store.execute("SHOW statement_timeout").fetchone()[0] == "2s"
+        assert store.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "10s"
+        conn = store.connect()
+        assert conn.info.get_parameters()["connect_timeout"] == "2"
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:  # a cut network is noticed in 5 + 2 * 2 s, not the kernel's 2 hours
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
+        finally:
+            sock.close()
+        store.write_visits(10, "host-a", "flask", "GET", "/shop", 3)  # outside any transaction...
+        assert other.visits(0) == [("flask", "GET", "/shop", 3)]  # ...seen at once: autocommit
+
+
+@pytest.mark.server
+def test_two_stores_make_the_tables_one_after_the_other(pg_url: str, postgres: Any) -> None:
+    import psycopg
+
+    from gateway.migration.rollout_store import JUDGE_LOCK
+
+    key = JUDGE_LOCK + 1
+    waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+               "AND classid = %s AND objid = %s")
+    with psycopg.connect(pg_url.replace("postgres://", "postgresql://", 1), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))  # another instance making the tables
+        store = Store(pg_url)
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (store.connect(), done.set()), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not holder.execute(waiting, (key >> 32, key & 0xFFFFFFFF)).fetchone()[0]:
+                assert not done.is_set(), "the tables were made while another session held the lock"
+                assert time.monotonic() < deadline, "no session waits for the lock"
+                time.sleep(0.02)
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        assert done.wait(10)
+        thread.join()
+        assert store.states() == {}
+        store.close()
+
+
+def test_a_database_that_accepts_and_never_answers_is_given_up_on(tmp_path: Path) -> None:
+    psycopg = pytest.importorskip("psycopg")
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the backlog), says nothing
+        port = silent.getsockname()[1]
+        store = Store(f"postgres://u@127.0.0.1:{port}/site")
+        with pytest.raises(psycopg.OperationalError) as failed:
+            store.connect()
+    assert "timeout" in str(failed.value).lower()
+    assert store.conn is None

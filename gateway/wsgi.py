@@ -9,7 +9,14 @@ entry point builds it::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.core.config import Config
+
+#: The configuration to build from when a server's master process sets it for the worker
+#: it forked (gunicorn: :mod:`gateway.serve.gunicorn_conf`); else the environment's.
+config: Config | None = None
 
 
 def __getattr__(name: str) -> Any:
@@ -18,7 +25,7 @@ def __getattr__(name: str) -> Any:
         from gateway.core.config import Config
         from gateway.serve.builder import build
 
-        app = build(Config.from_env(), "wsgi")
+        app = build(config if config is not None else Config.from_env(), "wsgi")
         globals()["application"] = app
         return app
     raise AttributeError(name)

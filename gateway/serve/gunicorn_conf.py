@@ -9,6 +9,12 @@ gunicorn's master exits: the whole site goes down. Here the master first asks
 file names, as a worker would) whether the file works. If it does not, the master logs
 one line and starts no new worker, so the old ones keep serving the rules they have.
 
+The master also keeps the configuration it last accepted (read at its start, and again
+at each reload that passed the check), and every worker it forks builds from that one
+(``post_fork``), never from the file as it is when the worker starts: a worker that
+replaces one that died (killed, out of memory) would otherwise read a file edited since,
+fail to boot, and gunicorn's master would shut the whole site down.
+
 This reaches into two things gunicorn 23-27 does in ``Arbiter.reload`` (it spawns
 ``workers`` new ones, then waits until every worker is newer than the last it had),
 which no public hook can stop: ``tests/system/test_gunicorn_servers.py`` holds it to
@@ -22,8 +28,23 @@ import subprocess
 import sys
 from typing import Any
 
+from gateway.core.config import Config
+
 #: Seconds the check of a file may take (it imports the apps, Django included).
 CHECK_TIMEOUT = 120
+
+#: The configuration the master last accepted; None until it starts, or when the
+#: environment's cannot be read (each worker then reads it, and says what is wrong).
+accepted: Config | None = None
+
+
+def accept() -> None:
+    """Keep the environment's configuration as the one workers build from."""
+    global accepted
+    try:
+        accepted = Config.from_env()
+    except Exception:  # a worker reads it again, and its error says what is wrong, as before
+        accepted = None
 
 
 def problem_with_configuration() -> str | None:
@@ -47,12 +68,28 @@ def on_starting(server: Any) -> None:
     from gateway.serve.runners import raise_open_files_limit
 
     raise_open_files_limit()
+    accept()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """gunicorn's hook, run in each new worker before it loads the app: the gateway is
+    built from the configuration the master accepted (:data:`accepted`)."""
+    if accepted is not None:
+        from gateway import wsgi
+
+        wsgi.config = accepted
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's hook, run in a worker once its app is loaded: one line that it serves."""
+    worker.log.info("Worker (pid:%s) serves the gateway.", worker.pid)
 
 
 def on_reload(server: Any) -> None:
     """gunicorn's hook, run by the master on ``SIGHUP`` before it starts new workers."""
     problem = problem_with_configuration()
     if problem is None:
+        accept()
         return
     server.log.error("The configuration was not reloaded: %s; the workers keep serving what they had.", problem)
     keep_workers(server)

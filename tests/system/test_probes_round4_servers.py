@@ -119,6 +119,42 @@ def test_a_worker_that_died_is_replaced_from_the_configuration_accepted(
     assert server.proc.poll() is None, server.log
 
 
+def test_a_gunicorn_worker_that_died_is_replaced_from_the_configuration_accepted(tmp_path: Path) -> None:
+    """U6 under gunicorn (``-c python:gateway.serve.gunicorn_conf``): a reload refused, the
+    file left so, then a worker killed. Before, gunicorn's replacement read the file as it
+    was, could not boot, and its master shut the whole server down. Now the master keeps
+    the configuration it accepted and each worker it forks builds from that."""
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(GOOD)
+    port = free_port()
+    server = ServerProcess([sys.executable, "-m", "gunicorn", "-c", "python:gateway.serve.gunicorn_conf",
+                            "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                            "--worker-class", "gthread"],
+                           port=port, env=server_env(tmp_path, GATEWAY_CONFIG=str(config_file),
+                                                     GATEWAY_BUFFERING_PROXY="1"),
+                           log_path=tmp_path / "gunicorn.log", ready_path="/a/")
+    try:
+        old = wait_until(lambda: found if len(found := workers_of(server)) == 2 else None, "two workers")
+        assert isinstance(old, list)
+        config_file.write_text(CANNOT_START)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "The configuration was not reloaded" in server.log or server.proc.poll() is not None,
+                   "the refused reload")
+        assert server.proc.poll() is None, server.log
+        before = len(server.log)
+        os.kill(old[0], signal.SIGKILL)
+        wait_until(lambda: server.proc.poll() is not None or "serves the gateway" in server.log[before:]
+                   or "Exception in worker process" in server.log[before:], "a new worker serving, or failing")
+        assert server.proc.poll() is None, server.log
+        for _ in range(4):  # every worker answers with the rules accepted
+            assert answers(server), server.log
+        assert request(server.port, http_request("GET", "/b/x"), timeout=10).status == 404
+        assert "no_such_module" not in server.log[before:], server.log[before:]
+        assert server.proc.poll() is None, server.log
+    finally:
+        server.stop()
+
+
 def test_the_soft_limit_of_open_files_is_raised_to_the_hard_one(
         serve: Callable[..., tuple[ServerProcess, Path]]) -> None:
     """U8: started with a soft limit of 256 open files under a hard one of thousands (as

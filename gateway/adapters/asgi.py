@@ -107,7 +107,7 @@ class ASGIGateway:
         hosts: list[str] = []
         offered = None
         content_length = content_type = None
-        chunked = False
+        codings: list[str] | None = None  # Transfer-Encoding's lines (a list only when sent)
         forwarded: dict[str, list[str]] = {}
         size = 0
         nul = False
@@ -124,7 +124,9 @@ class ASGIGateway:
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"transfer-encoding":
-                chunked = True
+                if codings is None:
+                    codings = []
+                codings.append(value.decode("latin-1"))
             elif self.forwarded and name.startswith(b"x-forwarded-"):
                 key = name[12:].decode("latin-1")
                 if key in _FORWARDED:
@@ -145,7 +147,8 @@ class ASGIGateway:
             client=client[0] if client else None, request_id=offered,
             forwarded={key: join_values(values) for key, values in forwarded.items()} if forwarded else _NO_FORWARDED,
             header_size=size, header_nul=nul,
-            body=Body(content_length, content_type, chunked) if content_length or content_type or chunked else None,
+            body=Body(content_length, content_type, join_values(codings) if codings is not None else None)
+            if content_length or content_type or codings is not None else None,
             http_version=scope.get("http_version", "1.1"),
             fetch=functools.partial(_header, scope.get("headers", ())) if self.pipeline.wants_headers else None,
         )

@@ -86,7 +86,7 @@ class WSGIGateway:
         # isdigit() is true) or 5,000 digits made int() raise, a 500.
         port = get("SERVER_PORT", "")
         protocol = get("SERVER_PROTOCOL", "HTTP/1.1")
-        chunked = "HTTP_TRANSFER_ENCODING" in environ
+        coding = get("HTTP_TRANSFER_ENCODING")
         # The server joined a header sent several times with commas (PEP 3333 leaves it
         # to the server, as RFC 9110 does): several Host headers are then one malformed one.
         return Head.of(
@@ -94,7 +94,7 @@ class WSGIGateway:
             query=get("QUERY_STRING", ""), host=get("HTTP_HOST"), scheme=get("wsgi.url_scheme", "http"),
             server=(get("SERVER_NAME", ""), valid_port(port)), client=get("REMOTE_ADDR"),
             request_id=get("HTTP_X_REQUEST_ID"), forwarded=forwarded, header_size=size, header_nul=nul,
-            body=Body(length, content_type, chunked) if length or content_type or chunked else None,
+            body=Body(length, content_type, coding) if length or content_type or coding is not None else None,
             http_version=protocol[5:] if protocol[:5] == "HTTP/" else "1.1",
             fetch=functools.partial(_header, environ) if self.pipeline.wants_headers else None,
         )

@@ -143,11 +143,16 @@ class _HeadFields(NamedTuple):
 
 class Body(NamedTuple):
     """What a request head says of its body: ``Content-Length``, ``Content-Type`` and
-    whether ``Transfer-Encoding`` was sent (chunked)."""
+    ``Transfer-Encoding``, each as sent (None when not sent)."""
 
     length: str | None = None
     type: str | None = None
-    chunked: bool = False
+    coding: str | None = None
+
+    @property
+    def chunked(self) -> bool:
+        """Whether ``Transfer-Encoding`` was sent (the body is framed in chunks)."""
+        return self.coding is not None
 
 
 class Head(_HeadFields):
@@ -448,6 +453,34 @@ def _wrapped(app: Any) -> list[Any]:
 _FORM_SYNTAX = "a=b&c=%41+d;e"
 
 
+def framing_refused(coding: str, length: str | None, version: str) -> Reply | None:
+    """The answer to a body framed by ``Transfer-Encoding: coding`` that the gateway cannot
+    pass on whole, or None for ``chunked`` alone (RFC 9112, 6.1 and 6.3). The servers
+    differ: h11 refuses what httptools lets through, and Granian takes ``chunked, chunked``
+    and a ``Content-Length`` beside it, so the apps got a body read one way or another:
+
+    - with ``Content-Length`` too, or in HTTP/1.0 (which has no chunks): 400, the framing is
+      ambiguous (a proxy in front may have read it the other way: request smuggling);
+    - ``chunked`` not last, or more than once: 400, the length cannot be known;
+    - another coding before ``chunked`` (``gzip, chunked``): 501, the gateway does not undo
+      it, and the app would take the coded bytes for the body.
+    """
+    if length is None and version != "1.0" and coding.strip().lower() == "chunked":
+        return None  # the usual chunked body, at the cost of one comparison
+    if length is not None or version == "1.0":
+        why = "both Content-Length and Transfer-Encoding" if length is not None else "Transfer-Encoding in HTTP/1.0"
+        return plain(400, f"Bad Request: {why}: the body's length is ambiguous.\n", ("Connection", "close"),
+                     reason="bad_framing")
+    codings = [part.strip().lower() for part in coding.split(",")]
+    if codings[-1] != "chunked" or codings.count("chunked") > 1:
+        return plain(400, "Bad Request: Transfer-Encoding must end with chunked, once.\n", ("Connection", "close"),
+                     reason="bad_framing")
+    others = ", ".join(c for c in codings[:-1] if c)
+    return plain(501, f"Not Implemented: Transfer-Encoding {others[:100]} is not supported; send the body "
+                      "without it (chunked alone, or with Content-Length).\n", ("Connection", "close"),
+                 reason="transfer_coding")
+
+
 def unreadable_form(content_type: str) -> str | None:
     """Return the charset of a form ``Content-Type`` that Django cannot read, else None.
 
@@ -742,7 +775,7 @@ class Pipeline:
         # Every field at once, in _HeadFields' order: read one by one by name, as before,
         # they cost 1,700 instructions more a decision (callgrind).
         (method, root, path, query, host, scheme, server, client, offered, forwarded, header_size, header_nul,
-         body, _, _) = head
+         body, version, _) = head
         # request_id() and HostPolicy.allows(), inlined for the usual request (no ID
         # offered, a Host seen before): a call costs about 700 instructions (callgrind).
         rid = offered if offered and _TOKEN.fullmatch(offered) else "%032x" % next(new_request_id.counter)  # noqa: UP031
@@ -806,11 +839,14 @@ class Pipeline:
             location = self.cookie_path(script_name) + "/"
             reply = Reply(308, (("Location", f"{location}?{query}" if query else location),
                                 ("Content-Length", "0")), b"")
-        elif body is not None and (length := body.length) is not None:
-            if not (length.isascii() and length.isdigit()):
-                reply = BAD_LENGTH
-            elif len(length) > 18 or int(length) > limit:  # int() refuses 4301 digits
-                reply = too_large(limit)
+        elif body is not None:
+            if body.coding is not None:
+                reply = framing_refused(body.coding, body.length, version)
+            if reply is None and (length := body.length) is not None:
+                if not (length.isascii() and length.isdigit()):
+                    reply = BAD_LENGTH
+                elif len(length) > 18 or int(length) > limit:  # int() refuses 4301 digits
+                    reply = too_large(limit)
         if (reply is None and body is not None and body.type is not None and prefix in self.django
                 and method not in _SAFE_METHODS and (charset := unreadable_form(body.type))):
             reply = bad_charset(charset)

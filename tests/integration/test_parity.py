@@ -206,6 +206,36 @@ def test_refusals_and_own_pages(entry: Send, method: str, path: str, headers: di
     assert answer.get("X-Content-Type-Options") == "nosniff"
 
 
+@pytest.mark.parametrize(
+    ("coding", "status", "says"),
+    [
+        pytest.param("gzip, chunked", 501, b"Transfer-Encoding gzip is not supported", id="gzip-then-chunked"),
+        pytest.param("br,deflate , chunked", 501, b"Transfer-Encoding br, deflate is not", id="two-codings"),
+        pytest.param("chunked, chunked", 400, b"must end with chunked, once", id="chunked-twice"),
+        pytest.param("chunked, gzip", 400, b"must end with chunked, once", id="chunked-not-last"),
+        pytest.param("gzip", 400, b"must end with chunked, once", id="no-chunked"),
+        pytest.param("identity", 400, b"must end with chunked, once", id="identity"),
+    ],
+)
+def test_a_body_framing_the_gateway_cannot_pass_on_whole_is_refused(
+        entry: Send, coding: str, status: int, says: bytes) -> None:
+    """RFC 9112, 6.1 and 6.3: h11, httptools, Granian and gunicorn each let some of these
+    through, and the app then read the body one way or another (a coded body as the form).
+    (With ``Content-Length`` too: ``tests/unit/test_pipeline.py``; Werkzeug's test client
+    cannot send both.)"""
+    answer = entry("GET", "/echo/x", {"Transfer-Encoding": coding})
+    assert (answer.status, answer.get("Connection")) == (status, "close"), answer.body
+    assert says in answer.body
+    assert answer.get("X-Request-ID")
+
+
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked "])
+def test_a_chunked_body_alone_still_reaches_the_app(entry: Send, coding: str) -> None:
+    answer = entry("GET", "/echo/x", {"Transfer-Encoding": coding})
+    assert answer.status == 200, answer.body
+    assert answer.json()["PATH_INFO"] == "/x"
+
+
 def test_bare_prefix_redirects_with_the_query(entry: Send) -> None:
     answer = entry("GET", "/echo?x=1&y=2")
     assert (answer.status, answer.get("Location")) == (308, "/echo/?x=1&y=2")

@@ -36,7 +36,7 @@ def pipeline(small_table: MountTable, **changes: object) -> Pipeline:
 
 def head(path: str, **fields: object) -> Head:
     fields.setdefault("host", "localhost")
-    said = {name: fields.pop(name) for name in ("length", "type", "chunked") if name in fields}
+    said = {name: fields.pop(name) for name in ("length", "type", "coding") if name in fields}
     if said:
         fields["body"] = Body(**said)  # type: ignore[arg-type]
     return Head(method=str(fields.pop("method", "GET")), root_path=str(fields.pop("root_path", "")), path=path,
@@ -647,8 +647,8 @@ def test_head_and_decision_are_frozen_and_keyword_only(small_table: MountTable) 
         pytest.param({}, False, True, id="http1-nothing"),
         pytest.param({"length": "0"}, False, True, id="length-zero"),
         pytest.param({"length": "5"}, False, False, id="length"),
-        pytest.param({"chunked": True}, True, False, id="chunked"),
-        pytest.param({"chunked": True, "length": "5"}, False, False, id="chunked-with-length"),
+        pytest.param({"coding": "chunked"}, True, False, id="chunked"),
+        pytest.param({"coding": "chunked", "length": "5"}, False, False, id="chunked-with-length"),
         pytest.param({"http_version": "2"}, True, False, id="http2-no-length"),
         pytest.param({"http_version": "2", "length": "0"}, False, True, id="http2-length-zero"),
     ],
@@ -656,6 +656,45 @@ def test_head_and_decision_are_frozen_and_keyword_only(small_table: MountTable) 
 def test_how_a_body_ends_is_decided_once(fields: dict[str, object], unframed: bool, bodiless: bool) -> None:
     h = head("/a/x", **fields)
     assert (h.body_unframed, h.bodiless) == (unframed, bodiless)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "says"),
+    [
+        pytest.param({"coding": "chunked"}, None, "", id="chunked"),
+        pytest.param({"coding": " CHUNKED "}, None, "", id="chunked-in-capitals-with-spaces"),
+        pytest.param({"coding": "gzip , chunked"}, 501, "Not Implemented: Transfer-Encoding gzip is not supported; "
+                     "send the body without it (chunked alone, or with Content-Length).\n", id="gzip-chunked"),
+        pytest.param({"coding": ", gzip,, chunked"}, 501, "Transfer-Encoding gzip is not", id="empty-elements"),
+        pytest.param({"coding": "chunked,chunked"}, 400,
+                     "Bad Request: Transfer-Encoding must end with chunked, once.\n", id="chunked-twice"),
+        pytest.param({"coding": "chunked, gzip"}, 400, "must end with chunked", id="chunked-not-last"),
+        pytest.param({"coding": ""}, 400, "must end with chunked", id="empty"),
+        pytest.param({"coding": "chunked", "length": "3"}, 400,
+                     "Bad Request: both Content-Length and Transfer-Encoding: the body's length is ambiguous.\n",
+                     id="with-content-length"),
+        pytest.param({"coding": "gzip", "length": "3"}, 400, "both Content-Length", id="gzip-with-content-length"),
+        pytest.param({"coding": "chunked", "http_version": "1.0"}, 400,
+                     "Bad Request: Transfer-Encoding in HTTP/1.0: the body's length is ambiguous.\n", id="http-1.0"),
+        pytest.param({"length": "3", "http_version": "1.0"}, None, "", id="http-1.0-with-a-length"),
+    ],
+)
+def test_a_framing_the_gateway_cannot_pass_on_whole_is_refused(small_table: MountTable, fields: dict[str, object],
+                                                              status: int | None, says: str) -> None:
+    decision = pipeline(small_table).decide(head("/a/x", method="POST", **fields))
+    reply = decision.reply
+    assert (reply.status if reply else None) == status
+    if reply is not None:
+        assert says in reply.body.decode()
+        assert ("Connection", "close") in reply.headers
+        assert reply.reason == ("transfer_coding" if status == 501 else "bad_framing")
+
+
+def test_a_long_list_of_codings_is_named_in_at_most_100_characters(small_table: MountTable) -> None:
+    reply = pipeline(small_table).decide(head("/a/x", method="POST", coding="x," * 1000 + "chunked")).reply
+    assert reply is not None and reply.status == 501
+    assert reply.body.decode() == ("Not Implemented: Transfer-Encoding " + ("x, " * 34)[:100] + " is not supported; "
+                                   "send the body without it (chunked alone, or with Content-Length).\n")
 
 
 def test_strip_root_only_on_a_segment_boundary() -> None:

@@ -157,11 +157,13 @@ def test_load_size_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_mutate_aims_mutmut_at_one_module_and_its_tests_and_a_marker_replaces_not_server() -> None:
     from scripts import mutate
 
-    text = (ROOT / "pyproject.toml").read_text()
+    text = ('[tool.mutmut]\nonly_mutate = ["gateway/core/pipeline.py"]\n'
+            'pytest_add_cli_args = ["-m", "not server", "-p", "no:cacheprovider", "-q"]\n'
+            'pytest_add_cli_args_test_selection = ["tests/"]\n')
     aimed = mutate.configured(text, "gateway/methods.py", ["tests/unit/test_x.py"])
-    assert 'only_mutate = ["gateway/methods.py"]' in aimed
-    assert 'pytest_add_cli_args_test_selection = ["tests/unit/test_x.py"]' in aimed
-    assert 'pytest_add_cli_args = ["-m", "not server", "-p", "no:cacheprovider", "-q"]' in aimed
+    assert aimed == text.replace("gateway/core/pipeline.py", "gateway/methods.py").replace(
+        '["tests/"]', '["tests/unit/test_x.py"]')
     marked = mutate.configured(text, "gateway/methods.py", ["tests/unit/test_x.py"], "not soak")
-    assert 'pytest_add_cli_args = ["-m", "not soak", "-p", "no:cacheprovider", "-q"]' in marked
-    assert "not server" not in marked.partition("[tool.mutmut]")[2]
+    assert marked == aimed.replace('"not server"', '"not soak"')
+    with pytest.raises(SystemExit, match=r"pyproject.toml has 0 lines 'only_mutate = \.\.\.'"):
+        mutate.configured("[tool.mutmut]\n", "gateway/methods.py", [])

@@ -645,3 +645,24 @@ def test_a_line_not_of_the_shadow_log_is_named_by_its_number(tmp_path: Path, bad
 
 def test_shown_escapes_only_the_characters_that_do_not_print() -> None:
     assert shown("caf\xe9\x1b") == "caf\xe9\\x1b"
+
+
+def test_a_wsgi_replay_keeps_what_the_app_gave_write() -> None:
+    """PEP 3333's ``write()`` (start_response's return value): its bytes come before the
+    iterable's, and count towards the limit. (It dropped them: an app that writes was
+    always compared without that part, and counted as noise.)"""
+    def writer(chunks: list[bytes]) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            for chunk in chunks:
+                write(chunk)
+            return [b"end"]
+        return app
+
+    assert call(writer([b"hello ", b"there "]), ENVIRON) == (200, {"content-type": "text/plain"}, b"hello there end")
+    with pytest.raises(TooLarge):
+        call(writer([b"x" * MAX_BODY]), ENVIRON)
+    pool = Shadower(None)
+    pool.compare(RULE, ENVIRON, (200, TEXT, b"hello there end"), ((writer([b"hello ", b"here "]), "wsgi"),
+                                                                   (writer([b"hello ", b"there "]), "wsgi")), ())
+    assert pool.counts[RULE] == {"compared": 1, "different": 1}

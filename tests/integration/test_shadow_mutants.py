@@ -500,7 +500,7 @@ def test_html_character_references_are_read_as_text() -> None:
 
 def test_a_long_page_of_repeated_tokens_changes_where_it_changes() -> None:
     """No token is junk however often it comes (difflib's autojunk off)."""
-    assert changed(["x"] * 250 + ["y"], ["x"] * 250 + ["z"]) == {250}
+    assert changed(["y"] + ["x"] * 250, ["z"] + ["x"] * 250) == {0}
 
 
 def test_each_body_is_read_by_its_own_content_type_or_as_text_without_one() -> None:

@@ -195,7 +195,13 @@ class WSGIBoundary:
         def start_copied(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             copy.start(int(status[:3]), headers)
             complete(headers, decision)
-            return start_response(status, headers, exc_info)
+            write = start_response(status, headers, exc_info)
+
+            def copied(chunk: bytes) -> None:  # PEP 3333's write(): copied too, before the iterable's chunks
+                copy.add(chunk)
+                write(chunk)
+
+            return copied
 
         try:
             result = self.app(environ, start_copied)

@@ -99,25 +99,32 @@ Replayed = tuple[Any, str]
 
 
 def call(app: WSGIApp, environ: Environ) -> Answer:
-    """Call a WSGI app with a copy of ``environ``; its status, headers and body (capped)."""
+    """Call a WSGI app with a copy of ``environ``; its status, headers and body (capped):
+    what it gave the ``write()`` callable (PEP 3333), then its iterable's chunks."""
     got: dict[str, Any] = {}
+    body: list[bytes] = []
+    size = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise TooLarge
+        body.append(chunk)
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         got["status"], got["headers"] = int(status[:3]), headers
-        return lambda data: None
+        return write
 
     result = app(fresh(environ), start_response)
     try:
-        body = b""
         for chunk in result:
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise TooLarge
+            write(chunk)
     finally:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    return got.get("status", 0), {n.lower(): v for n, v in got.get("headers", [])}, body
+    return got.get("status", 0), {n.lower(): v for n, v in got.get("headers", [])}, b"".join(body)
 
 
 def call_asgi(app: Any, environ: Environ) -> Answer:

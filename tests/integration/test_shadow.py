@@ -301,3 +301,22 @@ def test_the_migration_page_shows_failed_and_timed_out_comparisons(outcomes: tup
         table.shadower.count(key, outcome)
     body = page.render(table).body.decode()
     assert f"<td>b: - equal of 0 compared {shown} <meter" in body
+
+
+@pytest.mark.parametrize(("written", "outcome"), [
+    pytest.param(b"hello there ", {"compared": 1, "equal": 1}, id="same"),
+    pytest.param(b"hello here ", {"compared": 1, "different": 1}, id="different"),
+])
+def test_what_an_app_gives_write_is_compared(shadower: Shadower, tapped: Any, written: bytes,
+                                             outcome: dict[str, int]) -> None:
+    """PEP 3333's ``write()``: its bytes are the answer's first part, in the client's copy and
+    in each replay (both left them out: only the iterable's part was compared)."""
+    def writer(chunk: bytes) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])(chunk)
+            return [b"end"]
+        return app
+
+    assert tapped(writer(b"hello there "), writer(written), shadower)("GET", "/x").status == 200
+    shadower.drain()
+    assert shadower.counts[RULE] == outcome

@@ -7,11 +7,16 @@ the log line of a difference, the pool's rest, the capture of the primary's answ
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +27,12 @@ from gateway.migration.shadow import (
     MAX_BODY,
     MAX_STUCK,
     Capture,
+    ReplayTimedOut,
     Shadower,
     TooLarge,
     call,
     call_asgi,
+    carries_credentials,
     changed,
     compare,
     fresh,
@@ -424,3 +431,238 @@ def test_an_empty_log_says_so(tmp_path: Path) -> None:
 def test_shown_escapes_only_what_does_not_print() -> None:
     assert shown("caf\xe9 /x") == "caf\xe9 /x"
     assert shown("a\x1bb\u202ec") == "a\\x1bb\\u202ec"
+
+
+# -- Found by the third run (docs/testing.md, gateway/migration/shadow.py) ----------------------------
+
+
+def fake_time(monkeypatch: pytest.MonkeyPatch, **clocks: Callable[..., Any]) -> None:
+    """The shadow module's ``time`` with some of its functions replaced (the rest as they are)."""
+    fake = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    for name, function in clocks.items():
+        setattr(fake, name, function)
+    monkeypatch.setattr(shadow, "time", fake)
+
+
+def test_an_asgi_replay_sees_its_scope_and_its_client_stays_while_the_body_goes_on() -> None:
+    """The app is given the request's scope; a body message without ``body`` is empty; the
+    client does not leave before the last message; a body of exactly MAX_BODY is compared."""
+    seen: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode(), "more_body": True})
+        await send({"type": "http.response.body", "more_body": True})
+        waiting = asyncio.ensure_future(receive())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(waiting.done())  # the body is not over: the client is still there
+        await send({"type": "http.response.body", "body": b"x" * (MAX_BODY - 2)})
+        seen.append(await waiting)
+
+    assert call_asgi(app, ENVIRON) == (200, {}, b"/x" + b"x" * (MAX_BODY - 2))
+    assert seen == [False, {"type": "http.disconnect"}]
+
+
+def test_a_scope_of_undecodable_bytes_and_the_ports_bounds() -> None:
+    scope = scope_of({"SCRIPT_NAME": "/\xff", "PATH_INFO": "/caf\xc3", "SERVER_PORT": "65535"})
+    assert (scope["root_path"], scope["path"], scope["server"], scope["http_version"]) == (
+        "/\ufffd", "/\ufffd/caf\ufffd", ("localhost", 65535), "1.1")
+    assert scope_of({"SERVER_PORT": "123456"})["server"] == ("localhost", None)
+
+
+def test_a_replay_leaves_out_every_credential_and_nothing_else() -> None:
+    errors = io.StringIO()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "QUERY_STRING": "page=2&api_key=k&q=code&token&sort=price",
+               "RAW_URI": "/x?page=2&api_key=k", "REQUEST_URI": "/x?page=2&api_key=k", "HTTP_SESSION": "s",
+               "HTTP_X_API_KEY": "k", "HTTP_ACCEPT": "*/*", "wsgi.url_scheme": "https",
+               "wsgi.input": io.BytesIO(b"body"), "wsgi.errors": errors, "werkzeug.request": object()}
+    assert carries_credentials(environ)
+    replay = fresh(environ, credentials=False)
+    assert replay.pop("wsgi.input").read() == b""
+    assert replay == {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "QUERY_STRING": "page=2&q=code&sort=price",
+                      "HTTP_ACCEPT": "*/*", "wsgi.url_scheme": "https", "wsgi.errors": errors}
+    assert not carries_credentials(replay)
+    kept = fresh(environ)
+    assert kept.pop("wsgi.input").read() == b""
+    assert kept == {k: v for k, v in environ.items() if k not in ("wsgi.input", "werkzeug.request")}
+    # A credential in the query only, and no copy of the target to drop.
+    bare = fresh({"QUERY_STRING": "sig=1"}, credentials=False)
+    assert (bare["QUERY_STRING"], sorted(bare)) == ("", ["QUERY_STRING", "wsgi.errors", "wsgi.input"])
+    assert carries_credentials({"QUERY_STRING": "token"}) and carries_credentials({"HTTP_SESSION": "s"})
+    assert not carries_credentials({"HTTP_ACCEPT": "*/*"})
+
+
+def test_html_character_references_are_read_as_text() -> None:
+    assert tokens("text/html", b"<p>caf&eacute; &amp; th&#233;</p>") == ["<p>", "caf\xe9", "&", "th\xe9", "</p>"]
+
+
+def test_a_long_page_of_repeated_tokens_changes_where_it_changes() -> None:
+    """No token is junk however often it comes (difflib's autojunk off)."""
+    assert changed(["y"] + ["x"] * 250, ["z"] + ["x"] * 250) == {0}
+
+
+def test_each_body_is_read_by_its_own_content_type_or_as_text_without_one() -> None:
+    json_type = {"content-type": "application/json"}
+    # The secondary's JSON in another order is no noise: the value that differs is real.
+    assert compare((200, json_type, b'{"a": 1, "b": 2}'), (200, json_type, b'{"b": 2, "a": 1}'),
+                   (200, json_type, b'{"a": 1, "b": 3}'), []) == ("different", ["body: 1 token(s) differ"])
+    assert compare((200, {}, b"a b"), (200, {}, b"a b"), (200, {}, b"a c"), []) == (
+        "different", ["body: 1 token(s) differ"])
+    assert unified((200, json_type, b'{"a": 1}'), (200, {}, b'{"a": 2}')) == (
+        "--- primary\n+++ candidate\n@@ -1 +1 @@\n-$.a=1\n+$.a=2")
+    assert unified((200, {}, b"a"), (200, {}, b"b")) == "--- primary\n+++ candidate\n@@ -1 +1 @@\n-a\n+b"
+
+
+def test_the_pools_threads_are_named_by_role_and_never_hold_the_process() -> None:
+    pool = Shadower(None, threads=2)
+    assert [(w.name, w.daemon) for w in pool.workers] == [("gateway-shadow-0", True), ("gateway-shadow-1", True)]
+    threads: list[tuple[str, bool]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        threads.append((threading.current_thread().name, threading.current_thread().daemon))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    pool.compare(RULE, ENVIRON, (200, TEXT, b"hello alice"), ((app, "wsgi"), (app, "wsgi")), (), anonymous=True)
+    assert threads == [("gateway-shadow-primary", True), ("gateway-shadow-candidate", True),
+                       ("gateway-shadow-primary", True)]
+    assert pool.counts[RULE] == {"compared": 1, "equal": 1}
+
+
+def test_an_asgi_candidate_is_replayed_natively_within_the_timeout() -> None:
+    async def candidate(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.05)  # longer than a thread's first turn: the replay is waited for
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    pool = Shadower(None)
+    pool.compare(RULE, ENVIRON, (200, TEXT, b"/x"), ((candidate, "asgi"), (wsgi(chunks=[b"/x"]), "wsgi")), ())
+    assert pool.counts[RULE] == {"compared": 1, "equal": 1}
+
+
+def test_the_pool_rests_for_its_own_cpu_and_each_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of the clock is a second later: the worker's own 5 (from its start to its
+    end), of which the two replays, each in a thread of its own, took 1 each, added."""
+    ticks, lock = itertools.count(100), threading.Lock()
+
+    def thread_time() -> float:
+        with lock:
+            return float(next(ticks))
+
+    fake_time(monkeypatch, thread_time=thread_time)
+    pool = Shadower(None)
+    rested: list[float] = []
+    done = threading.Event()
+    monkeypatch.setattr(pool, "rest", lambda spent: (rested.append(spent), done.set()))
+    pool.submit(RULE, ENVIRON, (200, TEXT, b"hello"), ((wsgi(), "wsgi"), (wsgi(), "wsgi")), ())
+    assert done.wait(10)
+    assert rested == [7.0] and pool.counts[RULE] == {"compared": 1, "equal": 1}
+
+
+def test_a_first_warning_is_logged_at_once_and_the_next_a_minute_later(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    now = [30.0]  # a clock that started 30 s ago (time.monotonic() counts from the machine's start)
+    fake_time(monkeypatch, monotonic=lambda: now[0])
+    pool = Shadower(None)
+    with caplog.at_level(logging.WARNING, "gateway.shadow"):
+        for now[0], what in ((30.0, "one"), (89.9, "two"), (90.0, "three")):
+            pool.warn(RULE, "candidate timeout", what)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Shadow comparison of rule {RULE}: one; counted, and logged at most once a minute.",
+        f"Shadow comparison of rule {RULE}: three (1 more since the last such line); counted, and logged at most "
+        "once a minute."]
+
+
+def test_a_timeout_of_each_app_has_its_own_line(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    pool = Shadower(None, timeout=2)
+    hung = wsgi()
+
+    def replay(replayed: Any, environ: Any, deadline: float, which: str, spent: list[float]) -> Any:
+        if replayed[0] is hung:
+            raise ReplayTimedOut(which)
+        return call(replayed[0], environ)
+
+    monkeypatch.setattr(pool, "replay", replay)
+    with caplog.at_level(logging.WARNING, "gateway.shadow"):
+        pool.compare(RULE, ENVIRON, (200, TEXT, b"hello"), ((hung, "wsgi"), (wsgi(), "wsgi")), ())
+        pool.compare(RULE, ENVIRON, (200, TEXT, b"hello"), ((wsgi(), "wsgi"), (hung, "wsgi")), ())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Shadow comparison of rule {RULE}: the {which} did not answer within 2 s ([shadow] timeout); it is left to "
+        "finish, and the comparison is not made; counted, and logged at most once a minute."
+        for which in ("candidate", "primary")]
+    assert pool.counts[RULE] == {"timeout": 2}
+
+
+def test_a_difference_is_timed_in_utc_and_a_thousand_are_kept_a_rule(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    fake_time(monkeypatch, gmtime=lambda *seconds: time.struct_time((2026, 1, 2, 3, 4, 5, 4, 2, 0)))
+    log = tmp_path / "shadow.jsonl"
+    pool = Shadower(log)
+    for _ in range(1001):
+        pool.record(RULE, ENVIRON, (200, TEXT, b"a"), (200, TEXT, b"b"), ["body: 1 token(s) differ"])
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1000
+    assert json.loads(lines[0])["time"] == "2026-01-02T03:04:05Z"
+
+
+def test_a_capture_closed_before_its_answer_was_whole_submits_nothing() -> None:
+    pool = Pool()
+    Capture(pool, RULE, ENVIRON, APPS).close()  # the client left before the app started
+    cut = Capture(pool, RULE, ENVIRON, APPS)
+    cut.start(200, [("Content-Type", "text/plain")])  # no length, and the end never came
+    cut.add(b"hel")
+    cut.close()
+    assert pool.submitted == [] and pool.counts == {}
+
+
+def test_the_summary_reads_past_blank_lines_and_bad_bytes_and_orders_rules_by_count(tmp_path: Path) -> None:
+    log = tmp_path / "shadow.jsonl"
+    odd = record("~/b", "/b-HERE", ["x: 1"]).encode().replace(b"HERE", b"\xff")
+    log.write_bytes(b"\n".join([record("~/a", "/a", ["x: 1"]).encode(), b"", odd, odd, b""]))
+    assert summarise(log) == [
+        "~/b: 2 difference(s) on 1 path(s); x x2", "  /b-\ufffd  x2", "  latest (t, /b-\ufffd):", "    -a", "    +b",
+        "~/a: 1 difference(s) on 1 path(s); x x1", "  /a  x1", "  latest (t, /a):", "    -a", "    +b"]
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param("[1]", id="not-an-object"),
+    pytest.param('{"rule": 1, "path": "/", "differences": [], "diff": ""}', id="rule"),
+    pytest.param('{"rule": "r", "path": 1, "differences": [], "diff": ""}', id="path"),
+    pytest.param('{"rule": "r", "path": "/", "differences": "x", "diff": ""}', id="differences"),
+    pytest.param('{"rule": "r", "path": "/", "differences": [], "diff": 1}', id="diff"),
+    pytest.param("not json", id="not-json"),
+])
+def test_a_line_not_of_the_shadow_log_is_named_by_its_number(tmp_path: Path, bad: str) -> None:
+    log = tmp_path / "shadow.jsonl"
+    log.write_text(record("~/a", "/a", ["x: 1"]) + "\n" + bad + "\n")
+    with pytest.raises(ValueError) as error:
+        summarise(log)
+    assert str(error.value) == f"{log}, line 2: not a JSON line of the shadow log."
+
+
+def test_shown_escapes_only_the_characters_that_do_not_print() -> None:
+    assert shown("caf\xe9\x1b") == "caf\xe9\\x1b"
+
+
+def test_a_wsgi_replay_keeps_what_the_app_gave_write() -> None:
+    """PEP 3333's ``write()`` (start_response's return value): its bytes come before the
+    iterable's, and count towards the limit. (It dropped them: an app that writes was
+    always compared without that part, and counted as noise.)"""
+    def writer(chunks: list[bytes]) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            for chunk in chunks:
+                write(chunk)
+            return [b"end"]
+        return app
+
+    assert call(writer([b"hello ", b"there "]), ENVIRON) == (200, {"content-type": "text/plain"}, b"hello there end")
+    with pytest.raises(TooLarge):
+        call(writer([b"x" * MAX_BODY]), ENVIRON)
+    pool = Shadower(None)
+    pool.compare(RULE, ENVIRON, (200, TEXT, b"hello there end"), ((writer([b"hello ", b"here "]), "wsgi"),
+                                                                   (writer([b"hello ", b"there "]), "wsgi")), ())
+    assert pool.counts[RULE] == {"compared": 1, "different": 1}

@@ -9,23 +9,18 @@ entry point builds it::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gateway.core.config import Config
-
-#: The configuration to build from when a server's master process sets it for the worker
-#: it forked (gunicorn: :mod:`gateway.serve.gunicorn_conf`); else the environment's.
-config: Config | None = None
+from typing import Any
 
 
 def __getattr__(name: str) -> Any:
     # Built on first access, so that importing this module imports no app.
     if name == "application":
         from gateway.core.config import Config
-        from gateway.serve.builder import build
+        from gateway.serve import builder
 
-        app = build(config if config is not None else Config.from_env(), "wsgi")
+        # The configuration gunicorn's master accepted, in a worker it forked; else the environment's.
+        config = builder.forked_config if builder.forked_config is not None else Config.from_env()
+        app = builder.build(config, "wsgi")
         globals()["application"] = app
         return app
     raise AttributeError(name)

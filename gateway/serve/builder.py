@@ -72,6 +72,11 @@ def load_table(config: Config, *, strict: bool = True) -> MountTable:
     return table
 
 
+#: The configuration a server's master process accepted for the workers it forks (gunicorn:
+#: ``post_fork`` in :mod:`gateway.serve.gunicorn_conf`); None: a worker reads the environment's.
+forked_config: Config | None = None
+
+
 def build(config: Config, interface: Interface = "asgi", *, table: MountTable | None = None) -> Any:
     """The gateway for ``config`` as a WSGI or an ASGI app (``table``: its apps, loaded already)."""
     configure_logging_if_unset(config.log_format, config.access_log)

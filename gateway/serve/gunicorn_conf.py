@@ -11,9 +11,10 @@ one line and starts no new worker, so the old ones keep serving the rules they h
 
 The master also keeps the configuration it last accepted (read at its start, and again
 at each reload that passed the check), and every worker it forks builds from that one
-(``post_fork``), never from the file as it is when the worker starts: a worker that
-replaces one that died (killed, out of memory) would otherwise read a file edited since,
-fail to boot, and gunicorn's master would shut the whole site down.
+(``post_fork``, through :data:`gateway.serve.builder.forked_config`), never from the file
+as it is when the worker starts: a worker that replaces one that died (killed, out of
+memory) would otherwise read a file edited since, fail to boot, and gunicorn's master
+would shut the whole site down.
 
 This reaches into two things gunicorn 23-27 does in ``Arbiter.reload`` (it spawns
 ``workers`` new ones, then waits until every worker is newer than the last it had),
@@ -75,9 +76,9 @@ def post_fork(server: Any, worker: Any) -> None:
     """gunicorn's hook, run in each new worker before it loads the app: the gateway is
     built from the configuration the master accepted (:data:`accepted`)."""
     if accepted is not None:
-        from gateway import wsgi
+        from gateway.serve import builder
 
-        wsgi.config = accepted
+        builder.forked_config = accepted
 
 
 def post_worker_init(worker: Any) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env
+from tests.support import GATEWAY, ROOT, ServerProcess, free_port, server_env, until
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 DEPLOY = ROOT / "deploy"
@@ -181,11 +181,7 @@ def distinct_ports(count: int) -> list[int]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, message: str | Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message() if callable(message) else message)
-        time.sleep(0.2)
+    until(predicate, timeout, message, interval=0.2)
 
 
 def _answers(url: str) -> bool:

@@ -32,7 +32,7 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, chunked, http_request, request
-from tests.support import GATEWAY, ServerProcess, free_port, server_env
+from tests.support import GATEWAY, ServerProcess, free_port, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -74,10 +74,7 @@ def metric(port: int, name: str) -> float:
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
+    until(check, timeout, f"not within {timeout} s: {what}", interval=0.05)
 
 
 def granian_worker(server: ServerProcess) -> int:

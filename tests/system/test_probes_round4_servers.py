@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.apps.rawhttp import http_request, request
-from tests.support import GATEWAY, ServerProcess, free_port, server_env
+from tests.support import GATEWAY, ServerProcess, free_port, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -43,11 +42,7 @@ def workers_of(server: ServerProcess) -> list[int]:
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
-    return result
+    return until(check, timeout, f"not within {timeout} s: {what}", interval=0.05)
 
 
 def answers(server: ServerProcess, path: str = "/a/x") -> bool:

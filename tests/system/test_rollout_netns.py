@@ -22,7 +22,7 @@ from gateway.migration.rollout_store import Store
 from gateway.migration.rules import parse_gateway_file
 from tests.apps.shop import ROLLOUT as SHOP
 from tests.netns import DB_NAME, DB_PASSWORD, DB_USER, Instance, Lan, NetnsPostgres, remove_leftovers
-from tests.support import GATEWAY, server_env
+from tests.support import GATEWAY, server_env, until
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 pytestmark = [pytest.mark.server, pytest.mark.skipif(not INITDB, reason="no PostgreSQL's initdb")]
@@ -89,10 +89,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
 
 
 def wait_until(what: Callable[[], bool], within: float, message: Callable[[], str]) -> None:
-    deadline = time.monotonic() + within
-    while not what():
-        assert time.monotonic() < deadline, message()
-        time.sleep(0.05)
+    until(what, within, message, interval=0.05)
 
 
 def promote(hosts: Hosts) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, ServerProcess, free_port, server_env
+from tests.support import DEMO_MOUNTS, GATEWAY, ROOT, ServerProcess, free_port, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -168,11 +168,7 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
     """Wait for ``condition`` to hold (an event in another process), or fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
+    until(condition, timeout, f"{what} did not happen within {timeout} s", interval=0.05)
 
 
 def hold(gateway: Served, folder: Path, count: int) -> tuple[list[Future[httpx.Response]], Callable[[], None]]:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.adapters.buffering import ClientDisconnected, Outbox, ReadAhead
+from gateway.adapters.buffering import SENDS_A_TURN, ClientDisconnected, Outbox, ReadAhead
 from gateway.types import Message
 
 TIMEOUT = 5.0
@@ -170,6 +170,80 @@ def test_a_client_that_does_not_take_the_end_is_cut_off() -> None:
 
     outbox = asyncio.run(main())
     assert outbox.closed and outbox.put(b"more") is False
+
+
+def test_sends_that_each_return_within_the_timeout_are_not_cut_off_however_long_in_all() -> None:
+    """The send timeout is each send's, not the response's: five sends of 0.25 s with a
+    1 s timeout all go out (one timer for the response, moved on by each send)."""
+    async def main() -> list[bytes]:
+        outbox = Outbox(asyncio.get_running_loop(), memory=100, limit=100, piece=2)
+        assert outbox.put(b"aabbccddee")
+        outbox.end()
+        sent: list[bytes] = []
+
+        async def send(message: Message) -> None:
+            await asyncio.sleep(0.25)  # a client that takes each piece a quarter second late
+            sent.append(message["body"])
+
+        await outbox.drain(send, 1.0)
+        return sent
+
+    assert asyncio.run(main()) == [b"aa", b"bb", b"cc", b"dd", b"ee", b""]
+
+
+def test_a_thread_slower_than_the_send_timeout_is_waited_for() -> None:
+    """Waiting for the app's next chunk is no send: an app that takes longer than the send
+    timeout between two chunks is not cut off (its client took all it was given)."""
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        outbox = Outbox(loop, memory=100, limit=100, piece=100)
+        sent: list[bytes] = []
+        first_sent = threading.Event()
+
+        def produce() -> None:
+            assert outbox.put(b"first")
+            assert first_sent.wait(TIMEOUT)
+            # The loop's timer, 0.05 s, runs out several times while the app works.
+            assert not threading.Event().wait(0.3)
+            assert outbox.put(b"second")
+            outbox.end()
+            outbox.leave()
+
+        async def send(message: Message) -> None:
+            sent.append(message["body"])
+            first_sent.set()
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        await outbox.drain(send, 0.05)
+        outbox.leave()
+        thread.join(TIMEOUT)
+        return sent
+
+    assert asyncio.run(main()) == [b"first", b"second", b""]
+
+
+def test_a_response_whose_sends_all_return_at_once_lets_the_loop_cut_it_off() -> None:
+    """Granian's ``send`` returns at once, the data ignored, once the client has gone: the
+    drain gives the loop a turn every SENDS_A_TURN sends, so that the disconnect (here a
+    task that cuts the outbox as soon as it runs) stops it, not the end of the file."""
+    async def main() -> tuple[int, bool]:
+        outbox = Outbox(asyncio.get_running_loop(), memory=10, limit=1 << 20, piece=10)
+        assert outbox.put(b"x" * 10_000)  # a thousand pieces, from the file
+        outbox.end()
+        outbox.leave()  # the thread is done
+        sends = 0
+
+        async def send(message: Message) -> None:
+            nonlocal sends
+            sends += 1  # taken at once: no turn of the loop
+
+        asyncio.get_running_loop().call_soon(outbox.cut)  # the client left
+        await outbox.drain(send, TIMEOUT)
+        outbox.leave()  # the loop is done: the file is closed
+        return sends, outbox.closed
+
+    assert asyncio.run(main()) == (SENDS_A_TURN, True)
 
 
 def read_ahead(bodies: list[bytes | Message | None], reader: Callable[..., T], *, last: str = "http.request",

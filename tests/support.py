@@ -60,6 +60,15 @@ def until(predicate: Callable[[], T], timeout: float, message: str | Callable[[]
     return value
 
 
+def metric(port: int, name: str) -> float:
+    """The value of the gateway's metric ``name`` (summed over its labels), from its
+    ``/metrics`` (a server started with ``--metrics``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + " ", name + "{")))
+
+
 #: /proc/net/tcp's states of a connection the server has not closed yet: established,
 #: and closed by the client only (CLOSE_WAIT).
 _OPEN = {0x01, 0x08}

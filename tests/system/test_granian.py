@@ -24,7 +24,6 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, chunked, http_request, request
-from tests.support import GATEWAY, ServerProcess, free_port, server_env, until
+from tests.support import GATEWAY, ServerProcess, free_port, metric, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -63,14 +62,6 @@ def granian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 def prompt_get(port: int, path: str) -> Response:
     """GET ``path``; a response later than :data:`PROMPT` counts as none."""
     return request(port, http_request("GET", path), timeout=PROMPT)
-
-
-def metric(port: int, name: str) -> float:
-    """The value of the gateway's metric ``name`` (summed over its labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith((name + " ", name + "{")))
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -223,7 +214,8 @@ def test_300_uploads_trickling_a_byte_a_second_leave_the_gateway_answering(grani
 
 def test_300_slow_readers_of_large_pages_leave_the_gateway_answering(granian: ServerProcess) -> None:
     """300 clients (three times the threads) each read a 5 MiB page at about 1 KiB/s: the
-    health check and both apps answer within a second, and memory stays bounded."""
+    health check and both apps answer within a second, and memory stays bounded; then all
+    hang up at once, and the health check still answers within a second."""
     for path in ("/flask/", "/django/", "/faults/large"):
         assert request(granian.port, http_request("GET", path)).status == 200  # warm, and the page made
     worker = granian_worker(granian)
@@ -237,8 +229,12 @@ def test_300_slow_readers_of_large_pages_leave_the_gateway_answering(granian: Se
             sock.connect(("127.0.0.1", granian.port))
             sock.sendall(http_request("GET", "/faults/large"))
             slow.append(sock)
-        for sock in slow:  # every response has begun: its app's thread has produced it
+        for sock in slow:  # every response has begun
             assert sock.recv(1024).startswith(b"HTTP/1.1 200 "), "a large page did not begin"
+        # ... and every app's thread has put all of its page: a response begins before.
+        # Until then the threads are the apps' (300 pages for 100 threads), and /flask/
+        # waits its turn on any server; from then on only slow readers are left.
+        wait_until(lambda: metric(granian.port, "gateway_wsgi_threads_busy") == 0, "every page produced")
         stop = threading.Event()
 
         def read_slowly() -> None:  # about 1 KiB a second from each
@@ -259,6 +255,14 @@ def test_300_slow_readers_of_large_pages_leave_the_gateway_answering(granian: Se
         finally:
             stop.set()
             reader.join()
+        # All 300 hang up. Granian takes what is sent to a closed connection at once, with
+        # an INFO line each: the loop read out the rest of every file before a disconnect
+        # could stop it (/healthz waited 2.1 s), and wrote 37,000 lines.
+        watch = LogWatch(granian)
+        for sock in slow:
+            sock.close()
+        assert prompt_get(granian.port, "/healthz").status == 200
+        assert "ASGI transport error" not in watch.settle()
     finally:
         for sock in slow:
             sock.close()

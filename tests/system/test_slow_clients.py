@@ -26,7 +26,7 @@ import pytest
 
 from tests.apps import SERVE_ARGS, apps_env, events
 from tests.apps.rawhttp import Connection, LogWatch, Response, http_request, request
-from tests.support import GATEWAY, ROOT, ServerProcess, accepted, free_port, load_size, server_env, until
+from tests.support import GATEWAY, ROOT, ServerProcess, accepted, free_port, load_size, metric, server_env, until
 
 pytestmark = pytest.mark.server
 
@@ -204,7 +204,8 @@ def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -
     """300 clients (three times the threads) each download a large page (LARGE_PAGE) at
     about 1 KiB/s: the health check and both apps still answer within a second, and memory
     stays bounded."""
-    server = start(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    server = start(tmp_path, "uvicorn", "--metrics", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     slow: list[socket.socket] = []
     large = f"/faults/large?size={LARGE_PAGE}"
     try:
@@ -218,8 +219,12 @@ def test_slow_readers_of_large_pages_do_not_freeze_the_gateway(tmp_path: Path) -
             sock.connect(("127.0.0.1", server.port))
             sock.sendall(http_request("GET", large))
             slow.append(sock)
-        for sock in slow:  # every response has begun: its app's thread has produced it
+        for sock in slow:  # every response has begun
             assert sock.recv(1024).startswith(b"HTTP/1.1 200 "), "a large page did not begin"
+        # ... and every app's thread has put all of its page: a response begins before.
+        # Until then the threads are the apps' (300 pages for 100 threads), and /flask/
+        # waits its turn; from then on only slow readers are left.
+        until(lambda: metric(server.port, "gateway_wsgi_threads_busy") == 0, 30, "a page not produced in 30 s")
         stop = threading.Event()
 
         def read_slowly() -> None:  # about 1 KiB a second from each

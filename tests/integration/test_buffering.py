@@ -193,8 +193,9 @@ def test_sends_that_each_return_within_the_timeout_are_not_cut_off_however_long_
 
 def test_a_thread_slower_than_the_send_timeout_is_waited_for() -> None:
     """Waiting for the app's next chunk is no send: an app that takes longer than the send
-    timeout between two chunks is not cut off (its client took all it was given)."""
-    async def main() -> list[bytes]:
+    timeout between two chunks is not cut off (its client took all it was given); and a
+    send that waits on the client after that pause is still cut off."""
+    async def main() -> tuple[list[bytes], bool]:
         loop = asyncio.get_running_loop()
         outbox = Outbox(loop, memory=100, limit=100, piece=100)
         sent: list[bytes] = []
@@ -212,15 +213,20 @@ def test_a_thread_slower_than_the_send_timeout_is_waited_for() -> None:
         async def send(message: Message) -> None:
             sent.append(message["body"])
             first_sent.set()
+            if not message["more_body"]:
+                await asyncio.Event().wait()  # the client's window is full: the end never leaves
 
         thread = threading.Thread(target=produce)
         thread.start()
-        await outbox.drain(send, 0.05)
+        drain = asyncio.ensure_future(outbox.drain(send, 0.05))
+        await asyncio.wait({drain}, timeout=TIMEOUT)
+        cut_off = drain.done() and isinstance(drain.exception(), TimeoutError)
+        drain.cancel()
         outbox.leave()
         thread.join(TIMEOUT)
-        return sent
+        return sent, cut_off
 
-    assert asyncio.run(main()) == [b"first", b"second", b""]
+    assert asyncio.run(main()) == ([b"first", b"second", b""], True)
 
 
 def test_a_response_whose_sends_all_return_at_once_lets_the_loop_cut_it_off() -> None:

@@ -330,6 +330,8 @@ def logging_config(level: str = "info", fmt: str = "text", access: bool = True) 
             "uvicorn.error": {"handlers": [], "level": level, "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "gateway.access": {"handlers": ["access"], "level": access_level, "propagate": False},
+            # Granian's own lines go to the one handler too (its level is Granian's to set).
+            "_granian": {"handlers": [], "propagate": True},
             "_granian.asgi.io": {"filters": ["client_gone"]},
         },
     }

@@ -32,6 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
     else:  # a second run in this process (mutmut's): Django keeps the directory it read at the first
         django_settings.DATA_DIR.mkdir(mode=0o700, exist_ok=True)
         os.environ["GATEWAY_DATA_DIR"] = str(django_settings.DATA_DIR)
+        # ... and the name of its embedded database, which it opens read-write only: the
+        # first run's end removed the file with its directory ("unable to open database file").
+        sqlite = getattr(django_settings, "_sqlite", None)
+        if sqlite is not None and not sqlite.exists():
+            sqlite.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(sqlite, os.O_RDONLY | os.O_CREAT, 0o600))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
